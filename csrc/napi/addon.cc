@@ -1,0 +1,20 @@
+// Module entry: registers the tensor handle class and every export group.
+#include "bridge.h"
+
+namespace moma::napi {
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  exports.Set("TensorHandle", TensorHandle::define(env));
+  register_tensor_exports(env, exports);
+  register_math_exports(env, exports);
+  register_io_exports(env, exports);
+  register_runtime_exports(env, exports);
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  return exports;
+}
+
+}  // namespace moma::napi
+
+static Napi::Object InitMoma(Napi::Env env, Napi::Object exports) { return moma::napi::init(env, exports); }
+
+NODE_API_MODULE(moma, InitMoma)

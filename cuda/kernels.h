@@ -1,0 +1,42 @@
+// CUDA kernel table: the same functions as csrc/cpu/kernels.h with the same semantics (read that
+// header for each one), launched asynchronously on `stream` (a cudaStream_t passed as void* so
+// that this header needs no CUDA headers). Data-dependent range errors (bad indices) do not throw:
+// the kernel records `code` in the device's error word (runtime.h) and writes 0 for that element;
+// the next synchronisation reports it. Launch errors throw MomaException(ERR_CUDA).
+#pragma once
+#include <cstdint>
+#include "../csrc/core/kernel_types.h"
+
+namespace moma::cuda {
+
+// Codes stored in the device error word by kernels that find bad data.
+enum DeviceErrorCode : int32_t { kNoError = 0, kIndexSelectRange = 1, kScatterAddRange = 2 };
+
+void fill(void* stream, DType dt, void* y, int64_t n, double value);
+void arange(void* stream, DType dt, void* y, int64_t n, double start, double step);
+void random_uniform(void* stream, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset,
+                    float low, float high);
+void random_normal(void* stream, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset,
+                   float mean, float std);
+void cast(void* stream, DType src_dt, const void* x, DType dst_dt, void* y, int64_t n);
+void strided_copy(void* stream, DType dt, const void* x, const StridedView& src, void* y, int64_t n);
+void unary(void* stream, UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha);
+void binary(void* stream, BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
+            const StridedView& bv, void* y, int64_t n);
+void where(void* stream, const uint8_t* cond, const StridedView& cv, DType dt, const void* a,
+           const StridedView& av, const void* b, const StridedView& bv, void* y, int64_t n);
+void reduce(void* stream, ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_t n,
+            int64_t inner);
+void softmax(void* stream, bool log, DType dt, const void* x, void* y, int64_t outer, int64_t n,
+             int64_t inner);
+void index_select(void* stream, int32_t* err, DType dt, const void* x, const int32_t* idx, void* y,
+                  int64_t outer, int64_t n, int64_t k, int64_t inner);
+// Deterministic: no float atomics; each output element sums its contributions in increasing j.
+void scatter_add(void* stream, int32_t* err, DType dt, const void* src, const int32_t* idx, void* y,
+                 int64_t outer, int64_t k, int64_t n, int64_t inner);
+// Tensor-core GEMM (mma.sync bf16 x bf16 -> f32 accumulate). A, B float32 or bf16 (float32 is
+// rounded to bf16 on load); C float32 or bf16 (beta reads C in its own dtype).
+void gemm(void* stream, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
+          const GemmShape& g);
+
+}  // namespace moma::cuda

@@ -1,0 +1,128 @@
+/**
+ * The typed interface of the native addon, and its loader. Every native export is declared here;
+ * nothing untyped crosses this boundary. The addon is found by node-gyp-build: a source build in
+ * build/Release first, then the prebuilt binary in prebuilds/<platform>-<arch>/.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import nodeGypBuild = require('node-gyp-build');
+import { MomaError, MomaErrorCode } from './errors';
+
+/** Opaque native tensor handle (owned by a Tensor). */
+export interface TensorHandle {
+  readonly shape: number[];
+  readonly dtype: number;
+  readonly device: string;
+  readonly disposed: boolean;
+  dispose(): void;
+}
+
+export interface NativeDeviceInfo {
+  index: number;
+  name: string;
+  totalMemory: number;
+  computeCapability: string;
+  multiprocessors: number;
+}
+
+export interface NativeInfo {
+  cuda: { compiled: boolean; runtimeVersion: number; driverVersion: number; devices: NativeDeviceInfo[] };
+  cpu: { threads: number; simd: string; gemm: string };
+}
+
+export interface NativeMemoryStats {
+  allocated: number;
+  reserved: number;
+  peakAllocated: number;
+  numAllocs: number;
+  numDeviceMallocs: number;
+  liveStorages: number;
+  pendingTasks: number;
+}
+
+type H = TensorHandle;
+
+export interface BindingModule {
+  abiVersion: number;
+  TensorHandle: new () => TensorHandle;
+  fromData(data: Float32Array | Int32Array | Uint8Array | Uint16Array, srcDtype: number, shape: number[], dtype: number, device: string): H;
+  empty(shape: number[], dtype: number, device: string): H;
+  full(shape: number[], value: number, dtype: number, device: string): H;
+  arange(start: number, end: number, step: number, dtype: number, device: string): H;
+  randUniform(shape: number[], low: number, high: number, seed: bigint, offset: bigint, dtype: number, device: string): H;
+  randNormal(shape: number[], mean: number, std: number, seed: bigint, offset: bigint, dtype: number, device: string): H;
+  to(x: H, device: string): H;
+  astype(x: H, dtype: number): H;
+  reshape(x: H, shape: number[]): H;
+  clone(x: H): H;
+  permute(x: H, dims: number[]): H;
+  transpose(x: H, dim0: number, dim1: number): H;
+  slice(x: H, axis: number, start: number, end: number): H;
+  concat(xs: H[], axis: number): H;
+  broadcastTo(x: H, shape: number[]): H;
+  unary(op: number, x: H, scalar?: number): H;
+  binary(op: number, a: H, b: H): H;
+  where(cond: H, a: H, b: H): H;
+  reduce(op: number, x: H, axis: number, keepdim: boolean): H;
+  softmax(x: H, axis: number, log: boolean): H;
+  indexSelect(x: H, axis: number, index: H): H;
+  scatterAdd(x: H, axis: number, index: H, src: H): H;
+  matmul(a: H, b: H, transA: boolean, transB: boolean): H;
+  read(x: H): Promise<Float32Array | Int32Array | Uint8Array>;
+  synchronize(device: string): Promise<void>;
+  info(): NativeInfo;
+  memoryStats(device: string): NativeMemoryStats;
+  resetPeakMemory(device: string): void;
+  emptyCache(device: string): void;
+  setErrorClass(ctor: new (code: MomaErrorCode, message: string) => MomaError): void;
+}
+
+/** Where the loaded addon came from (for `moma inspect`). */
+export interface LoadedBinary {
+  path: string;
+  kind: 'prebuilt' | 'source';
+}
+
+export const packageRoot = path.resolve(__dirname, '..');
+
+let cached: { binding: BindingModule; loaded: LoadedBinary } | undefined;
+
+function loadFailure(cause: unknown): MomaError {
+  const tried = [
+    path.join(packageRoot, 'build', 'Release', 'moma.node'),
+    path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, '*.node'),
+  ];
+  const present = tried.filter((p) => !p.includes('*') && fs.existsSync(p));
+  const reason = cause instanceof Error ? cause.message.split('\n')[0] : String(cause);
+  return new MomaError(
+    'ERR_LOAD',
+    [
+      `moma: the native addon could not be loaded (${reason}).`,
+      `Tried: ${tried.join(', ')}${present.length ? ` (present: ${present.join(', ')})` : ''}.`,
+      'Likely fixes: prebuilt binaries exist for linux-x64 only (glibc); elsewhere build from source with',
+      "`npm rebuild moma` (needs CMake >= 3.20 and a C++17 compiler; nvcc for CUDA). Set MOMA_PREBUILD to a",
+      'folder holding a prebuilds/ tree to load another binary.',
+    ].join('\n'),
+  );
+}
+
+/** Loads the addon once; throws MomaError('ERR_LOAD') listing what was tried and how to fix it. */
+export function loadBinding(): { binding: BindingModule; loaded: LoadedBinary } {
+  if (cached) return cached;
+  let file: string;
+  let binding: BindingModule;
+  try {
+    file = nodeGypBuild.path(packageRoot);
+    binding = require(file) as BindingModule;
+  } catch (err) {
+    throw loadFailure(err);
+  }
+  binding.setErrorClass(MomaError);
+  const kind = file.split(path.sep).includes('prebuilds') ? 'prebuilt' : 'source';
+  cached = { binding, loaded: { path: file, kind } };
+  return cached;
+}
+
+export function native(): BindingModule {
+  return loadBinding().binding;
+}

@@ -1,0 +1,139 @@
+/** Creating tensors: from JS data, constant fills, ranges and seeded random values. */
+import { native } from './binding';
+import { getDefaultDevice } from './device';
+import { DType, dtypeCode } from './dtype';
+import { MomaError } from './errors';
+import { defaultGenerator, Generator } from './random';
+import { Tensor, wrap } from './tensor';
+
+export interface CreateOptions {
+  dtype?: DType;
+  device?: string;
+}
+
+export interface RandomOptions extends CreateOptions {
+  generator?: Generator;
+}
+
+type Nested = number | boolean | Nested[];
+export type TensorData = Nested | Float32Array | Float64Array | Int32Array | Uint8Array | Uint16Array;
+
+function deviceOf(options: CreateOptions): string {
+  return options.device === undefined ? getDefaultDevice() : options.device === 'cuda' ? 'cuda:0' : options.device;
+}
+
+function inferShape(data: Nested, op: string): number[] {
+  const shape: number[] = [];
+  let level: Nested = data;
+  while (Array.isArray(level)) {
+    shape.push(level.length);
+    if (level.length === 0) break;
+    level = level[0] as Nested;
+  }
+  if (shape.length > 8) throw new MomaError('ERR_SHAPE', `${op}: nested data has more than 8 dimensions`);
+  return shape;
+}
+
+function flatten(data: Nested, shape: number[], op: string): number[] {
+  const out: number[] = [];
+  const walk = (v: Nested, dim: number, where: string): void => {
+    if (dim === shape.length) {
+      if (typeof v === 'boolean') out.push(v ? 1 : 0);
+      else if (typeof v === 'number') out.push(v);
+      else throw new MomaError('ERR_SHAPE', `${op}: expected a number at ${where}, found an array (ragged data)`);
+      return;
+    }
+    if (!Array.isArray(v) || v.length !== shape[dim]) {
+      throw new MomaError('ERR_SHAPE', `${op}: ragged data at ${where}: expected an array of length ${shape[dim]}`);
+    }
+    v.forEach((x, i) => walk(x, dim + 1, `${where}[${i}]`));
+  };
+  walk(data, 0, 'data');
+  return out;
+}
+
+/**
+ * A tensor from nested arrays, a number or a TypedArray (flat; give `shape`). The default dtype is
+ * int32 for an Int32Array, uint8 for a Uint8Array, float32 otherwise. A Uint16Array holds raw
+ * bfloat16 bits.
+ */
+export function tensor(data: TensorData, options: CreateOptions & { shape?: number[] } = {}): Tensor {
+  const op = 'tensor';
+  const device = deviceOf(options);
+  if (ArrayBuffer.isView(data)) {
+    const shape = options.shape ?? [data.length];
+    let src: Float32Array | Int32Array | Uint8Array | Uint16Array;
+    let srcDtype: DType;
+    if (data instanceof Int32Array) [src, srcDtype] = [data, 'int32'];
+    else if (data instanceof Uint8Array) [src, srcDtype] = [data, 'uint8'];
+    else if (data instanceof Uint16Array) [src, srcDtype] = [data, 'bfloat16'];
+    else if (data instanceof Float32Array) [src, srcDtype] = [data, 'float32'];
+    else if (data instanceof Float64Array) [src, srcDtype] = [Float32Array.from(data), 'float32'];
+    else throw new MomaError('ERR_ARG', `${op}: unsupported TypedArray ${(data as object).constructor.name}`);
+    const dtype = options.dtype ?? srcDtype;
+    return wrap(native().fromData(src, dtypeCode(srcDtype, op), shape, dtypeCode(dtype, op), device));
+  }
+  if (typeof data !== 'number' && typeof data !== 'boolean' && !Array.isArray(data)) {
+    throw new MomaError('ERR_ARG', `${op}: data must be a number, a nested array or a TypedArray`);
+  }
+  const shape = options.shape ?? inferShape(data, op);
+  const flat = options.shape && Array.isArray(data) ? flatten(data, inferShape(data, op), op) : flatten(data, shape, op);
+  const dtype = options.dtype ?? 'float32';
+  if (dtype === 'float32' || dtype === 'bfloat16') {
+    return wrap(native().fromData(Float32Array.from(flat), 0, shape, dtypeCode(dtype, op), device));
+  }
+  for (const v of flat) {
+    const [lo, hi] = dtype === 'uint8' ? [0, 255] : [-2147483648, 2147483647];
+    if (!Number.isInteger(v) || v < lo || v > hi) {
+      throw new MomaError('ERR_RANGE', `${op}: value ${v} is not representable as ${dtype}`);
+    }
+  }
+  const src = dtype === 'uint8' ? Uint8Array.from(flat) : Int32Array.from(flat);
+  return wrap(native().fromData(src, dtypeCode(dtype, op), shape, dtypeCode(dtype, op), device));
+}
+
+export function empty(shape: number[], options: CreateOptions = {}): Tensor {
+  return wrap(native().empty(shape, dtypeCode(options.dtype ?? 'float32', 'empty'), deviceOf(options)));
+}
+
+export function full(shape: number[], value: number, options: CreateOptions = {}): Tensor {
+  return wrap(native().full(shape, value, dtypeCode(options.dtype ?? 'float32', 'full'), deviceOf(options)));
+}
+
+export function zeros(shape: number[], options: CreateOptions = {}): Tensor {
+  return full(shape, 0, options);
+}
+
+export function ones(shape: number[], options: CreateOptions = {}): Tensor {
+  return full(shape, 1, options);
+}
+
+/** Values start, start+step, … below end (like torch.arange); arange(n) counts 0..n-1. */
+export function arange(start: number, end?: number, step = 1, options: CreateOptions = {}): Tensor {
+  const [from, to] = end === undefined ? [0, start] : [start, end];
+  const dtype = options.dtype ?? (Number.isInteger(from) && Number.isInteger(to) && Number.isInteger(step) ? 'int32' : 'float32');
+  return wrap(native().arange(from, to, step, dtypeCode(dtype, 'arange'), deviceOf(options)));
+}
+
+function blocks(shape: number[], perBlock: number): number {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return Number.isFinite(n) && n >= 0 ? Math.ceil(n / perBlock) : 0;
+}
+
+/** Uniform values in (low, high] from the seeded Philox generator (same numbers on CPU and CUDA). */
+export function rand(shape: number[], options: RandomOptions & { low?: number; high?: number } = {}): Tensor {
+  const gen = options.generator ?? defaultGenerator;
+  const dtype = dtypeCode(options.dtype ?? 'float32', 'rand');
+  const handle = native().randUniform(shape, options.low ?? 0, options.high ?? 1, gen.seed, gen.offset, dtype, deviceOf(options));
+  gen.take(blocks(shape, 4));
+  return wrap(handle);
+}
+
+/** Normal values (Box–Muller over Philox) with the given mean and std. */
+export function randn(shape: number[], options: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
+  const gen = options.generator ?? defaultGenerator;
+  const dtype = dtypeCode(options.dtype ?? 'float32', 'randn');
+  const handle = native().randNormal(shape, options.mean ?? 0, options.std ?? 1, gen.seed, gen.offset, dtype, deviceOf(options));
+  gen.take(blocks(shape, 2));
+  return wrap(handle);
+}
