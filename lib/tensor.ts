@@ -226,7 +226,8 @@ export class Tensor {
         scalar.dispose();
       }
     }
-    return wrap(native().binary(op, this.handle, handleOf(other, 'binary', 'b')));
+    const name = Object.keys(BinaryOp).find((k) => BinaryOp[k as keyof typeof BinaryOp] === op) ?? 'binary';
+    return wrap(native().binary(op, this.handle, handleOf(other, name, 'b')));
   }
 
   private reduce(op: number, axis: number | undefined, keepdim: boolean): Tensor {

@@ -34,7 +34,10 @@ Napi::Object TensorHandle::wrap(Napi::Env, const Tensor& tensor) {
 Tensor TensorHandle::unwrap(const Napi::Value& value, const char* op, const char* arg) {
   if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(handle_class().Value()))
     fail("ERR_ARG", op, ": ", arg, " is not a tensor");
-  TensorHandle* h = Unwrap(value.As<Napi::Object>());
+  void* raw = nullptr;
+  if (napi_unwrap(value.Env(), value, &raw) != napi_ok || raw == nullptr)
+    fail("ERR_ARG", op, ": ", arg, " is not a tensor (an object without a native tensor)");
+  TensorHandle* h = static_cast<TensorHandle*>(raw);
   if (!h->alive_) fail("ERR_DISPOSED", op, ": ", arg, " was disposed");
   return h->tensor_;
 }

@@ -12,14 +12,16 @@ Napi::Value wrap(Info info, const Tensor& t) { return TensorHandle::wrap(info.En
 // unary(op, x, alpha)
 Napi::Value unary(Info info) {
   auto op = to_enum<UnaryOp>(info[0], static_cast<int>(UnaryOp::PowScalar), "unary", "op");
-  double alpha = info[2].IsUndefined() ? 0.0 : to_number(info[2], "unary", "scalar");
-  return wrap(info, ops::unary(op, TensorHandle::unwrap(info[1], "unary", "x"), alpha));
+  const char* name = ops::op_name(op);
+  bool takes_scalar = op == UnaryOp::Scale || op == UnaryOp::AddScalar || op == UnaryOp::PowScalar;
+  double alpha = takes_scalar ? to_number(info[2], name, "scalar") : 0.0;
+  return wrap(info, ops::unary(op, TensorHandle::unwrap(info[1], name, "x"), alpha));
 }
 
 Napi::Value binary(Info info) {
   auto op = to_enum<BinaryOp>(info[0], static_cast<int>(BinaryOp::Minimum), "binary", "op");
-  return wrap(info, ops::binary(op, TensorHandle::unwrap(info[1], "binary", "a"),
-                                TensorHandle::unwrap(info[2], "binary", "b")));
+  const char* name = ops::op_name(op);
+  return wrap(info, ops::binary(op, TensorHandle::unwrap(info[1], name, "a"), TensorHandle::unwrap(info[2], name, "b")));
 }
 
 Napi::Value where(Info info) {
@@ -30,8 +32,9 @@ Napi::Value where(Info info) {
 // reduce(op, x, axis, keepdim)
 Napi::Value reduce(Info info) {
   auto op = to_enum<ReduceOp>(info[0], static_cast<int>(ReduceOp::Argmax), "reduce", "op");
-  return wrap(info, ops::reduce(op, TensorHandle::unwrap(info[1], "reduce", "x"), to_int(info[2], "reduce", "axis"),
-                                to_bool(info[3], "reduce", "keepdim")));
+  const char* name = ops::op_name(op);
+  return wrap(info, ops::reduce(op, TensorHandle::unwrap(info[1], name, "x"), to_int(info[2], name, "axis"),
+                                to_bool(info[3], name, "keepdim")));
 }
 
 // softmax(x, axis, log)

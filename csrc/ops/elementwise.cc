@@ -8,9 +8,8 @@
 #include "ops.h"
 
 namespace moma::ops {
-namespace {
 
-const char* unary_name(UnaryOp op) {
+const char* op_name(UnaryOp op) {
   switch (op) {
     case UnaryOp::Neg: return "neg";
     case UnaryOp::Exp: return "exp";
@@ -29,7 +28,7 @@ const char* unary_name(UnaryOp op) {
   return "unary";
 }
 
-const char* binary_name(BinaryOp op) {
+const char* op_name(BinaryOp op) {
   switch (op) {
     case BinaryOp::Add: return "add";
     case BinaryOp::Sub: return "sub";
@@ -41,6 +40,8 @@ const char* binary_name(BinaryOp op) {
   return "binary";
 }
 
+namespace {
+
 bool int_safe(UnaryOp op) {
   return op == UnaryOp::Neg || op == UnaryOp::Abs || op == UnaryOp::Square || op == UnaryOp::Scale ||
          op == UnaryOp::AddScalar;
@@ -49,12 +50,18 @@ bool int_safe(UnaryOp op) {
 }  // namespace
 
 Tensor unary(UnaryOp op, const Tensor& x, double alpha) {
-  const char* name = unary_name(op);
+  const char* name = op_name(op);
   if (static_cast<int>(op) < 0 || static_cast<int>(op) > static_cast<int>(UnaryOp::PowScalar))
     fail("ERR_ARG", "unary: unknown op ", static_cast<int>(op));
   if (x.dtype == DType::I32) {
     if (!int_safe(op)) fail("ERR_DTYPE", name, ": x has dtype int32 (expected float32 or bfloat16)");
-    if (alpha != std::floor(alpha)) fail("ERR_ARG", name, ": scalar ", alpha, " is not an integer for an int32 tensor");
+    if (op == UnaryOp::Scale || op == UnaryOp::AddScalar) {
+      // Exact integer arithmetic: the scalar becomes an int32 tensor (the kernels' scalar is float).
+      if (!std::isfinite(alpha) || alpha != std::floor(alpha) || alpha < -2147483648.0 || alpha > 2147483647.0)
+        fail("ERR_ARG", name, ": scalar ", alpha, " is not an int32 value for an int32 tensor");
+      Tensor scalar = full({}, alpha, DType::I32, x.device());
+      return binary(op == UnaryOp::Scale ? BinaryOp::Mul : BinaryOp::Add, x, scalar);
+    }
   } else {
     check_dtype(name, x, "x", {DType::F32, DType::BF16});
   }
@@ -68,7 +75,7 @@ Tensor unary(UnaryOp op, const Tensor& x, double alpha) {
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   if (static_cast<int>(op) < 0 || static_cast<int>(op) > static_cast<int>(BinaryOp::Minimum))
     fail("ERR_ARG", "binary: unknown op ", static_cast<int>(op));
-  const char* name = binary_name(op);
+  const char* name = op_name(op);
   check_same_device(name, a, "a", b, "b");
   check_dtype(name, a, "a", {DType::F32, DType::BF16, DType::I32});
   if (a.dtype != b.dtype)

@@ -73,6 +73,11 @@ Tensor scatter_add(const Tensor& x, int64_t axis, const Tensor& index, const Ten
 // Batch dims: equal, or one side has none (broadcast). Output float32 unless both are bf16.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b);
 
+// ---- user-facing op names, for messages (elementwise.cc, reduce.cc)
+const char* op_name(UnaryOp op);
+const char* op_name(BinaryOp op);
+const char* op_name(ReduceOp op);
+
 // ---- shared validation helpers (common.cc)
 int64_t normalize_axis(int64_t axis, int ndim, const char* op, const char* arg);
 void check_same_device(const char* op, const Tensor& a, const char* an, const Tensor& b, const char* bn);

@@ -19,7 +19,9 @@ AxisSplit split_at(const Shape& shape, int64_t axis) {
   return s;
 }
 
-const char* reduce_name(ReduceOp op) {
+}  // namespace
+
+const char* op_name(ReduceOp op) {
   switch (op) {
     case ReduceOp::Sum: return "sum";
     case ReduceOp::Mean: return "mean";
@@ -29,12 +31,10 @@ const char* reduce_name(ReduceOp op) {
   return "reduce";
 }
 
-}  // namespace
-
 Tensor reduce(ReduceOp op, const Tensor& x, int64_t axis, bool keepdim) {
   if (static_cast<int>(op) < 0 || static_cast<int>(op) > static_cast<int>(ReduceOp::Argmax))
     fail("ERR_ARG", "reduce: unknown op ", static_cast<int>(op));
-  const char* name = reduce_name(op);
+  const char* name = op_name(op);
   if (x.ndim() == 0) fail("ERR_SHAPE", name, ": x is a scalar (0 dims); reshape it to [1] first");
   int64_t ax = normalize_axis(axis, x.ndim(), name, "axis");
   if (op == ReduceOp::Mean) check_dtype(name, x, "x", {DType::F32, DType::BF16});

@@ -1,0 +1,61 @@
+// The CUDA runtime (runtime.h) and kernel table (kernels.h) for a build without the CUDA toolkit:
+// compiled() is false, device_count() 0, the versions 0, and everything else throws
+// MomaException("ERR_DEVICE", "<function>: moma was built without CUDA"). release() of nullptr
+// is a no-op so that generic cleanup paths never throw.
+#include "../csrc/core/error.h"
+#include "kernels.h"
+#include "runtime.h"
+
+namespace moma::cuda {
+
+namespace {
+[[noreturn]] void absent(const char* fn) {
+  throw MomaException("ERR_DEVICE", std::string("cuda ") + fn + ": moma was built without CUDA");
+}
+}  // namespace
+
+bool compiled() { return false; }
+int device_count() { return 0; }
+int runtime_version() { return 0; }
+int driver_version() { return 0; }
+DeviceInfo device_info(int) { absent("device_info"); }
+void* stream(int) { absent("stream"); }
+void* alloc(int, size_t) { absent("alloc"); }
+void release(int, void* ptr) {
+  if (ptr) absent("release");
+}
+AllocStats alloc_stats(int) { absent("alloc_stats"); }
+void empty_cache(int) { absent("empty_cache"); }
+void reset_peak(int) { absent("reset_peak"); }
+void copy_h2d(int, void*, const void*, size_t) { absent("copy_h2d"); }
+void copy_d2h(int, void*, const void*, size_t) { absent("copy_d2h"); }
+void copy_d2d(int, void*, const void*, size_t) { absent("copy_d2d"); }
+int32_t* error_word(int) { absent("error_word"); }
+void synchronize(int, const char*) { absent("synchronize"); }
+
+void fill(void*, DType, void*, int64_t, double) { absent("fill"); }
+void arange(void*, DType, void*, int64_t, double, double) { absent("arange"); }
+void random_uniform(void*, DType, void*, int64_t, uint64_t, uint64_t, float, float) { absent("random_uniform"); }
+void random_normal(void*, DType, void*, int64_t, uint64_t, uint64_t, float, float) { absent("random_normal"); }
+void cast(void*, DType, const void*, DType, void*, int64_t) { absent("cast"); }
+void strided_copy(void*, DType, const void*, const StridedView&, void*, int64_t) { absent("strided_copy"); }
+void unary(void*, UnaryOp, DType, const void*, void*, int64_t, float) { absent("unary"); }
+void binary(void*, BinaryOp, DType, const void*, const StridedView&, const void*, const StridedView&, void*,
+            int64_t) {
+  absent("binary");
+}
+void where(void*, const uint8_t*, const StridedView&, DType, const void*, const StridedView&, const void*,
+           const StridedView&, void*, int64_t) {
+  absent("where");
+}
+void reduce(void*, ReduceOp, DType, const void*, void*, int64_t, int64_t, int64_t) { absent("reduce"); }
+void softmax(void*, bool, DType, const void*, void*, int64_t, int64_t, int64_t) { absent("softmax"); }
+void index_select(void*, int32_t*, DType, const void*, const int32_t*, void*, int64_t, int64_t, int64_t, int64_t) {
+  absent("index_select");
+}
+void scatter_add(void*, int32_t*, DType, const void*, const int32_t*, void*, int64_t, int64_t, int64_t, int64_t) {
+  absent("scatter_add");
+}
+void gemm(void*, DType, const void*, DType, const void*, DType, void*, const GemmShape&) { absent("gemm"); }
+
+}  // namespace moma::cuda

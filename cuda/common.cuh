@@ -1,0 +1,156 @@
+// Private helpers shared by the CUDA translation units of moma (not part of the contract):
+//   * CUDA_CHECK(call): throws MomaException("ERR_CUDA", "<call text>: <cudaGetErrorString>").
+//   * check_launch(name): cudaGetLastError after a <<<>>> launch, ERR_CUDA naming the kernel.
+//   * grid sizing for grid-stride loops (256 threads, capped block count, 64-bit indices).
+//   * dtype traits: storage type per DType and load/store through float ("compute type" of f32 and
+//     bf16 is float; bf16 is rounded once on store with the shared bit-exact f32_to_bf16).
+//   * StridedView collapsing (host) and offset evaluation (device).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../csrc/core/bf16.h"
+#include "../csrc/core/dtype.h"
+#include "../csrc/core/error.h"
+#include "../csrc/core/kernel_types.h"
+
+namespace moma::cuda::detail {
+
+[[noreturn]] inline void throw_cuda(const char* what, cudaError_t err) {
+  throw MomaException("ERR_CUDA", std::string(what) + ": " + cudaGetErrorString(err) + " (" +
+                                      cudaGetErrorName(err) + ")");
+}
+
+#define MOMA_CUDA_CHECK(call)                                          \
+  do {                                                                 \
+    cudaError_t moma_err_ = (call);                                    \
+    if (moma_err_ != cudaSuccess) ::moma::cuda::detail::throw_cuda(#call, moma_err_); \
+  } while (0)
+
+// After a kernel launch: reports configuration / launch errors (asynchronous faults surface at
+// the next synchronisation).
+inline void check_launch(const char* kernel) {
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw_cuda(kernel, err);
+}
+
+inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+constexpr int kThreads = 256;
+// Grid for a grid-stride loop over n items: enough blocks to fill any current GPU several times
+// over, capped so that the grid dimension limit is never an issue.
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks > 8192) blocks = 8192;
+  if (blocks < 1) blocks = 1;
+  return static_cast<unsigned>(blocks);
+}
+
+[[noreturn]] inline void bad_dtype(const char* op, DType dt) {
+  fail("ERR_DTYPE", "cuda ", op, ": dtype ", dtype_name(dt), " is not supported");
+}
+
+// ---- dtype traits -------------------------------------------------------------------------
+struct bf16_t {  // storage-only wrapper so that templates can tell bf16 from uint16 data
+  uint16_t bits;
+};
+
+template <DType D> struct Storage;
+template <> struct Storage<DType::F32> { using T = float; };
+template <> struct Storage<DType::BF16> { using T = bf16_t; };
+template <> struct Storage<DType::I32> { using T = int32_t; };
+template <> struct Storage<DType::U8> { using T = uint8_t; };
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(bf16_t v) { return bf16_to_f32(v.bits); }
+__device__ __forceinline__ float to_float(int32_t v) { return static_cast<float>(v); }
+__device__ __forceinline__ float to_float(uint8_t v) { return static_cast<float>(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16_t from_float<bf16_t>(float v) {
+  return bf16_t{f32_to_bf16(v)};
+}
+
+// ---- strided views ------------------------------------------------------------------------
+// Host: drops size-1 dims and merges dims k, k+1 when stride[k] == stride[k+1] * shape[k+1].
+// The row-major linear index -> offset map is unchanged, so each view of an op can be collapsed
+// independently. A contiguous view becomes ndim 1, stride 1 (one multiply per element).
+inline StridedView collapse(const StridedView& v) {
+  StridedView out;
+  out.offset = v.offset;
+  int nd = 0;
+  for (int k = 0; k < v.ndim; ++k) {
+    if (v.shape[k] == 1) continue;
+    if (nd > 0 && out.strides[nd - 1] == v.strides[k] * v.shape[k]) {
+      out.shape[nd - 1] *= v.shape[k];
+      out.strides[nd - 1] = v.strides[k];
+    } else {
+      out.shape[nd] = v.shape[k];
+      out.strides[nd] = v.strides[k];
+      ++nd;
+    }
+  }
+  out.ndim = nd;
+  return out;
+}
+
+// Device: element offset of row-major linear index i (0 <= i < prod(shape)). The outermost dim
+// needs no modulo. Idx is uint32_t when every index fits (cheaper division) or int64_t.
+template <typename Idx>
+__device__ __forceinline__ int64_t view_offset(const StridedView& v, Idx i) {
+  int64_t off = v.offset;
+  for (int k = v.ndim - 1; k > 0; --k) {
+    Idx s = static_cast<Idx>(v.shape[k]);
+    Idx c = i % s;
+    i /= s;
+    off += static_cast<int64_t>(c) * v.strides[k];
+  }
+  if (v.ndim > 0) off += static_cast<int64_t>(i) * v.strides[0];
+  return off;
+}
+
+}  // namespace moma::cuda::detail
+
+namespace moma::cuda::detail {
+
+// ---- conversions shared by fill / arange / cast (same rules as the CPU kernels) -------------
+// Float -> int32 truncates toward zero, NaN -> 0, saturating; -> uint8 saturates to [0, 255].
+MOMA_HD int32_t sat_i32(double v) {
+  if (!(v == v)) return 0;
+  if (v >= 2147483647.0) return 2147483647;
+  if (v <= -2147483648.0) return static_cast<int32_t>(-2147483647 - 1);
+  return static_cast<int32_t>(v);
+}
+MOMA_HD uint8_t sat_u8(double v) {
+  if (!(v == v)) return 0;
+  if (v >= 255.0) return 255;
+  if (v <= 0.0) return 0;
+  return static_cast<uint8_t>(static_cast<int32_t>(v));
+}
+MOMA_HD int32_t sat_i32f(float v) {
+  if (!(v == v)) return 0;
+  if (v >= 2147483648.0f) return 2147483647;
+  if (v <= -2147483648.0f) return static_cast<int32_t>(-2147483647 - 1);
+  return static_cast<int32_t>(v);
+}
+MOMA_HD uint8_t sat_u8f(float v) {
+  if (!(v == v)) return 0;
+  if (v >= 255.0f) return 255;
+  if (v <= 0.0f) return 0;
+  return static_cast<uint8_t>(static_cast<int32_t>(v));
+}
+
+}  // namespace moma::cuda::detail
+
+// Instantiates `__VA_ARGS__` with `T` the storage type of the runtime dtype `dt`.
+#define MOMA_DISPATCH_ALL(dt, opname, ...)                                                 \
+  switch (dt) {                                                                            \
+    case ::moma::DType::F32: { using T = float; __VA_ARGS__; break; }                      \
+    case ::moma::DType::BF16: { using T = ::moma::cuda::detail::bf16_t; __VA_ARGS__; break; } \
+    case ::moma::DType::I32: { using T = int32_t; __VA_ARGS__; break; }                    \
+    case ::moma::DType::U8: { using T = uint8_t; __VA_ARGS__; break; }                     \
+    default: ::moma::cuda::detail::bad_dtype(opname, dt);                                  \
+  }

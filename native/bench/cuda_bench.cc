@@ -1,0 +1,221 @@
+// CUDA part of moma_kernel_bench (compiled in when the CUDA backend is, i.e. MOMA_WITH_CUDA).
+//
+// Uses only moma's runtime and kernel tables (cuda/runtime.h, cuda/kernels.h), no CUDA headers.
+// Timing: synchronize, launch a batch of repeats on the device stream, synchronize again and
+// divide the wall time (std::chrono) by the batch size; the batch is sized to about 20 ms and
+// the median of 7 batches is reported, after warm-up launches.
+// Ceilings: device-to-device copy bandwidth (copy_d2d of 1 GiB, read + write bytes) and the bf16
+// tensor-core GEMM rate of moma::cuda::gemm at 4096^3 and 8192x4096x4096 (the better one).
+// Nominal bf16 peak: MOMA_GPU_PEAK_TFLOPS, else 989 TFLOP/s (dense) for H100 / H200, else none.
+// Kernels: GEMMs (bf16 and float32 inputs, MoE-like shapes) and the memory-bound kernels on the
+// same [32768, 1024] tensors as the CPU part.
+#include <algorithm>
+#include <iterator>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench.h"
+
+#ifdef MOMA_WITH_CUDA
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+#endif
+
+namespace moma::bench {
+
+#ifdef MOMA_WITH_CUDA
+namespace {
+
+constexpr int kDev = 0;
+
+// Device buffer released on scope exit.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : ptr_(cuda::alloc(kDev, bytes)) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { cuda::release(kDev, ptr_); }
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_;
+};
+
+double gpu_seconds(const std::function<void()>& launch) {
+  for (int i = 0; i < 3; ++i) launch();
+  cuda::synchronize(kDev, "bench warm-up");
+  double t0 = now_s();
+  launch();
+  cuda::synchronize(kDev, "bench probe");
+  const double one = now_s() - t0;
+  const int reps = std::clamp(int(0.02 / std::max(one, 1e-6)), 1, 1000);
+  std::vector<double> samples;
+  for (int s = 0; s < 7; ++s) {
+    cuda::synchronize(kDev, "bench");
+    t0 = now_s();
+    for (int r = 0; r < reps; ++r) launch();
+    cuda::synchronize(kDev, "bench");
+    samples.push_back((now_s() - t0) / reps);
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+StridedView view2(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+  StridedView v;
+  v.ndim = 2;
+  v.shape[0] = rows;
+  v.shape[1] = cols;
+  v.strides[0] = row_stride;
+  v.strides[1] = col_stride;
+  return v;
+}
+
+GemmShape gemm_shape(int64_t M, int64_t N, int64_t K) {
+  GemmShape g;
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.lda = K;
+  g.ldb = N;
+  g.ldc = N;
+  return g;
+}
+
+}  // namespace
+
+constexpr const char* kOps[] = {
+    "ceiling.copy_d2d", "ceiling.gemm_bf16", "gemm_bf16", "gemm_f32in", "fill_f32", "cast_f32_bf16",
+    "unary_silu_f32", "unary_silu_bf16", "binary_add_bcast_f32", "softmax_rows_f32",
+    "reduce_sum_rows_f32", "strided_copy_transpose", "index_select_rows_f32"};
+
+void run_cuda(Runner& runner) {
+  if (std::none_of(std::begin(kOps), std::end(kOps),
+                   [&](const char* op) { return runner.wanted("cuda", op); }))
+    return;
+  if (cuda::device_count() <= 0) {
+    runner.note("cuda: backend compiled, no GPU visible; skipping the CUDA benchmarks");
+    return;
+  }
+  const cuda::DeviceInfo info = cuda::device_info(kDev);
+  void* st = cuda::stream(kDev);
+  char line[256];
+  std::snprintf(line, sizeof line, "cuda: %s, sm_%d%d, %d SMs, %.1f GiB, runtime %d, driver %d",
+                info.name.c_str(), info.cc_major, info.cc_minor, info.multiprocessors,
+                double(info.total_memory) / double(1ull << 30), cuda::runtime_version(),
+                cuda::driver_version());
+  runner.note(line);
+  const bool hopper = info.name.find("H100") != std::string::npos ||
+                      info.name.find("H200") != std::string::npos;
+  const double nominal_tflops = env_double("MOMA_GPU_PEAK_TFLOPS", hopper ? 989.0 : -1.0);
+
+  // Copy ceiling.
+  const size_t copy_bytes = size_t(1) << 30;
+  double copy_bw = 0;
+  {
+    DeviceBuffer src(copy_bytes), dst(copy_bytes);
+    cuda::fill(st, DType::U8, src.get(), int64_t(copy_bytes), 1.0);
+    const double s = gpu_seconds([&] { cuda::copy_d2d(kDev, dst.get(), src.get(), copy_bytes); });
+    copy_bw = 2.0 * double(copy_bytes) / s / 1e9;
+    runner.report({"cuda", "ceiling.copy_d2d", "1GiB", s * 1e3, copy_bw, "GB/s", 100.0, -1});
+  }
+
+  // GEMMs: the bf16 rate at the two large shapes is the measured ceiling.
+  struct GemmCase {
+    const char* op;
+    int64_t M, N, K;
+    DType in;
+    bool ceiling;
+  };
+  const GemmCase gemms[] = {
+      {"ceiling.gemm_bf16", 4096, 4096, 4096, DType::BF16, true},
+      {"ceiling.gemm_bf16", 8192, 4096, 4096, DType::BF16, true},
+      {"gemm_bf16", 8192, 4096, 1024, DType::BF16, false},
+      {"gemm_bf16", 8192, 1024, 4096, DType::BF16, false},
+      {"gemm_f32in", 4096, 4096, 4096, DType::F32, false},
+      {"gemm_f32in", 8192, 4096, 1024, DType::F32, false},
+  };
+  double gemm_peak = 0;
+  for (const auto& c : gemms) {
+    if (!c.ceiling && !runner.wanted("cuda", c.op)) continue;
+    const size_t es = dtype_size(c.in);
+    DeviceBuffer A(size_t(c.M * c.K) * es), B(size_t(c.K * c.N) * es), C(size_t(c.M * c.N) * 4);
+    cuda::random_uniform(st, c.in, A.get(), c.M * c.K, 1, 0, -1.0f, 1.0f);
+    cuda::random_uniform(st, c.in, B.get(), c.K * c.N, 2, 0, -1.0f, 1.0f);
+    const GemmShape g = gemm_shape(c.M, c.N, c.K);
+    const double s =
+        gpu_seconds([&] { cuda::gemm(st, c.in, A.get(), c.in, B.get(), DType::F32, C.get(), g); });
+    const double tflops = 2.0 * double(c.M) * double(c.N) * double(c.K) / s / 1e12;
+    if (c.ceiling) gemm_peak = std::max(gemm_peak, tflops);
+    runner.report({"cuda", c.op, shape_str({c.M, c.N, c.K}), s * 1e3, tflops, "TFLOP/s",
+                   c.ceiling ? -1 : 100.0 * tflops / gemm_peak,
+                   nominal_tflops > 0 ? 100.0 * tflops / nominal_tflops : -1});
+  }
+
+  // Memory-bound kernels on [32768, 1024].
+  const int64_t rows = 32768, cols = 1024, n = rows * cols;
+  DeviceBuffer x(size_t(n) * 4), y(size_t(n) * 4), x16(size_t(n) * 2), bias(size_t(cols) * 4),
+      idx(size_t(rows) * 4);
+  cuda::random_uniform(st, DType::F32, x.get(), n, 7, 0, -4.0f, 4.0f);
+  cuda::cast(st, DType::F32, x.get(), DType::BF16, x16.get(), n);
+  cuda::random_uniform(st, DType::F32, bias.get(), cols, 8, 0, -1.0f, 1.0f);
+  {
+    std::vector<int32_t> host_idx(static_cast<size_t>(rows));
+    for (int64_t i = 0; i < rows; ++i) host_idx[size_t(i)] = int32_t((i * 7919) % rows);
+    cuda::copy_h2d(kDev, idx.get(), host_idx.data(), host_idx.size() * 4);
+  }
+  int32_t* err = cuda::error_word(kDev);
+  const std::string rc = shape_str({rows, cols});
+  const StridedView full = view2(rows, cols, cols, 1), row_bcast = view2(rows, cols, 0, 1);
+  const StridedView transposed = view2(8192, 4096, 1, 8192);
+  struct MemCase {
+    const char* op;
+    std::string shape;
+    double bytes;
+    std::function<void()> fn;
+  };
+  const MemCase cases[] = {
+      {"fill_f32", rc, 4.0 * n, [&] { cuda::fill(st, DType::F32, y.get(), n, 0.5); }},
+      {"cast_f32_bf16", rc, 6.0 * n,
+       [&] { cuda::cast(st, DType::F32, x.get(), DType::BF16, y.get(), n); }},
+      {"unary_silu_f32", rc, 8.0 * n,
+       [&] { cuda::unary(st, UnaryOp::Silu, DType::F32, x.get(), y.get(), n, 0.0f); }},
+      {"unary_silu_bf16", rc, 4.0 * n,
+       [&] { cuda::unary(st, UnaryOp::Silu, DType::BF16, x16.get(), y.get(), n, 0.0f); }},
+      {"binary_add_bcast_f32", rc + " + " + shape_str({cols}), 8.0 * n + 4.0 * cols,
+       [&] {
+         cuda::binary(st, BinaryOp::Add, DType::F32, x.get(), full, bias.get(), row_bcast, y.get(),
+                      n);
+       }},
+      {"softmax_rows_f32", rc, 8.0 * n,
+       [&] { cuda::softmax(st, false, DType::F32, x.get(), y.get(), rows, cols, 1); }},
+      {"reduce_sum_rows_f32", rc, 4.0 * n + 4.0 * rows,
+       [&] { cuda::reduce(st, ReduceOp::Sum, DType::F32, x.get(), y.get(), rows, cols, 1); }},
+      {"strided_copy_transpose", "4096x8192->8192x4096", 8.0 * n,
+       [&] { cuda::strided_copy(st, DType::F32, x.get(), transposed, y.get(), n); }},
+      {"index_select_rows_f32", rc, 8.0 * n + 4.0 * rows,
+       [&] {
+         cuda::index_select(st, err, DType::F32, x.get(), idx.as<int32_t>(), y.get(), 1, rows,
+                            rows, cols);
+       }},
+  };
+  for (const auto& c : cases) {
+    if (!runner.wanted("cuda", c.op)) continue;
+    const double s = gpu_seconds(c.fn);
+    const double gbs = c.bytes / s / 1e9;
+    runner.report({"cuda", c.op, c.shape, s * 1e3, gbs, "GB/s", 100.0 * gbs / copy_bw, -1});
+  }
+}
+
+#else
+
+void run_cuda(Runner& runner) { runner.note("cuda: backend not compiled"); }
+
+#endif
+
+}  // namespace moma::bench

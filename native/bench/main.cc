@@ -1,0 +1,171 @@
+// moma_kernel_bench: times moma's native kernels against this machine's measured ceilings.
+//
+//   moma_kernel_bench [--json] [filter...]
+//
+// A filter is a substring of "device.op" (e.g. "gemm", "cpu.softmax", "cuda"); with none, every
+// benchmark runs. The CPU ceilings (copy bandwidth on 256 MiB, FMA peak of a register-only loop
+// on every pool thread) are always measured first, then the CPU kernels; when the CUDA backend is
+// compiled and a GPU is present, the same for the GPU (device-to-device copy, bf16 GEMM rate).
+// Output: a table, then one JSON line per result; --json prints only JSON lines on stdout (the
+// results, and the header lines as {"note": ...}).
+// Environment: MOMA_CPU_PEAK_GFLOPS (nominal CPU fp32 peak, default 256 = 2 cores x 2.0 GHz x
+// 2 AVX-512 FMA units), MOMA_GPU_PEAK_TFLOPS (nominal GPU bf16 peak), MOMA_NUM_THREADS.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <sstream>
+
+#include "bench.h"
+
+namespace moma::bench {
+
+bool Runner::wanted(const std::string& device, const std::string& op) const {
+  if (filters_.empty()) return true;
+  const std::string name = device + "." + op;
+  for (const auto& f : filters_)
+    if (name.find(f) != std::string::npos) return true;
+  return false;
+}
+
+namespace {
+
+std::string pct(double v) {
+  if (v < 0) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f%%", v);
+  return buf;
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string json_num(double v) {
+  if (v < 0 || !std::isfinite(v)) return "null";
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+std::string to_json(const Result& r) {
+  std::ostringstream os;
+  os << "{\"device\":\"" << json_escape(r.device) << "\",\"op\":\"" << json_escape(r.op)
+     << "\",\"shape\":\"" << json_escape(r.shape) << "\",\"ms\":" << json_num(r.ms)
+     << ",\"rate\":" << json_num(r.rate) << ",\"unit\":\"" << r.unit
+     << "\",\"pct_measured\":" << json_num(r.pct_measured)
+     << ",\"pct_nominal\":" << json_num(r.pct_nominal) << "}";
+  return os.str();
+}
+
+}  // namespace
+
+void Runner::report(const Result& r) {
+  results_.push_back(r);
+  if (json_only_) {
+    std::printf("%s\n", to_json(r).c_str());
+  } else {
+    if (!header_printed_) {
+      std::printf("%-6s %-24s %-22s %10s %10s %-8s %8s %8s\n", "device", "op", "shape", "ms",
+                  "rate", "unit", "%meas", "%nominal");
+      header_printed_ = true;
+    }
+    std::printf("%-6s %-24s %-22s %10.3f %10.1f %-8s %8s %8s\n", r.device.c_str(), r.op.c_str(),
+                r.shape.c_str(), r.ms, r.rate, r.unit.c_str(), pct(r.pct_measured).c_str(),
+                pct(r.pct_nominal).c_str());
+  }
+  std::fflush(stdout);
+}
+
+void Runner::note(const std::string& line) const {
+  if (json_only_) {
+    std::printf("{\"note\":\"%s\"}\n", json_escape(line).c_str());
+  } else {
+    std::printf("%s\n", line.c_str());
+  }
+  std::fflush(stdout);
+}
+
+void Runner::finish() const {
+  if (json_only_) return;
+  std::printf("\n");
+  for (const auto& r : results_) std::printf("%s\n", to_json(r).c_str());
+}
+
+double median_seconds(const std::function<void()>& fn, double target_s) {
+  double t0 = now_s();
+  fn();
+  const double first = now_s() - t0;
+  fn();
+  const int floor_reps = first < 0.1 ? 10 : 5;
+  const int reps = std::clamp(int(target_s / std::max(first, 1e-7)), floor_reps, 200);
+  std::vector<double> times;
+  times.reserve(size_t(reps));
+  for (int i = 0; i < reps; ++i) {
+    t0 = now_s();
+    fn();
+    times.push_back(now_s() - t0);
+  }
+  std::sort(times.begin(), times.end());
+  const size_t n = times.size();
+  return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+}
+
+double env_double(const char* name, double fallback) {
+  const char* s = std::getenv(name);
+  if (!s || !*s) return fallback;
+  char* end = nullptr;
+  const double v = std::strtod(s, &end);
+  return end != s && v > 0 ? v : fallback;
+}
+
+std::string shape_str(std::initializer_list<int64_t> dims) {
+  std::string s;
+  for (int64_t d : dims) {
+    if (!s.empty()) s += "x";
+    s += std::to_string(d);
+  }
+  return s;
+}
+
+}  // namespace moma::bench
+
+int main(int argc, char** argv) {
+  using namespace moma::bench;
+  bool json = false;
+  std::vector<std::string> filters;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--json") == 0) {
+      json = true;
+    } else if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      std::printf("usage: moma_kernel_bench [--json] [filter...]\n"
+                  "  filter: substring of device.op, e.g. gemm, cpu.softmax, cuda\n");
+      return 0;
+    } else {
+      filters.emplace_back(argv[i]);
+    }
+  }
+  Runner runner(filters, json);
+
+  char date[64];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S %Z", std::localtime(&t));
+  runner.note(std::string("moma kernel bench  ") + date);
+
+  try {
+    run_cpu(runner);
+    run_cuda(runner);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moma_kernel_bench: %s\n", e.what());
+    return 1;
+  }
+  runner.finish();
+  return 0;
+}

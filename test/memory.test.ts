@@ -1,0 +1,120 @@
+import * as v8 from 'v8';
+import * as vm from 'vm';
+import { Tensor, tensor, rand, matmul, memoryStats, resetPeakMemory, synchronize, concat } from '../lib';
+import { describeDevices } from './support/devices';
+
+/** global.gc when exposed (node --expose-gc); otherwise try to expose it at run time. */
+function findGc(): (() => void) | undefined {
+  const g = (globalThis as { gc?: () => void }).gc;
+  if (typeof g === 'function') return g;
+  try {
+    v8.setFlagsFromString('--expose-gc');
+    const fn = vm.runInNewContext('gc') as unknown;
+    return typeof fn === 'function' ? (fn as () => void) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+const gc = findGc();
+
+async function settle(device: string): Promise<void> {
+  await synchronize(device);
+  if (device !== 'cpu') await synchronize('cpu');
+}
+
+describeDevices('memory', (device) => {
+  test('allocated returns to its baseline after disposing', async () => {
+    await settle(device);
+    const base = memoryStats(device);
+    const a = rand([257, 33], { device });
+    const b = rand([33, 65], { device });
+    const c = matmul(a, b);
+    const sm = c.softmax();
+    const d = sm.astype('bfloat16');
+    const e = concat([d, d], 0);
+    await e.toArray();
+    await settle(device);
+    const during = memoryStats(device);
+    expect(during.allocated).toBeGreaterThanOrEqual(base.allocated + (257 * 33 + 33 * 65 + 257 * 65) * 4);
+    expect(during.liveStorages).toBeGreaterThanOrEqual(base.liveStorages + 6);
+    for (const t of [a, b, c, sm, d, e]) t.dispose();
+    await settle(device);
+    const after = memoryStats(device);
+    expect(after.allocated).toBe(base.allocated);
+    expect(after.liveStorages).toBe(base.liveStorages);
+  });
+
+  test('peak tracks the high-water mark and resets', async () => {
+    await settle(device);
+    resetPeakMemory(device);
+    const base = memoryStats(device);
+    expect(base.peakAllocated).toBe(base.allocated);
+    const big = rand([1024, 256], { device });
+    await settle(device);
+    big.dispose();
+    await settle(device);
+    const s = memoryStats(device);
+    expect(s.peakAllocated).toBeGreaterThanOrEqual(base.allocated + 1024 * 256 * 4);
+    expect(s.allocated).toBe(base.allocated);
+    resetPeakMemory(device);
+    expect(memoryStats(device).peakAllocated).toBe(s.allocated);
+  });
+
+  test('1,000 iterations of a small op chain with dispose keep allocated and liveStorages flat', async () => {
+    const w = rand([16, 16], { device });
+    let x = rand([8, 16], { device });
+    const step = (): void => {
+      const h = matmul(x, w);
+      const s = h.tanh();
+      const sx = s.add(x);
+      const y = sx.scale(0.5);
+      const idx = tensor(Int32Array.from([0, 3, 7]), { device });
+      const g = y.indexSelect(0, idx);
+      const sum = g.sum(0);
+      for (const t of [h, s, sx, idx, g, sum]) t.dispose();
+      x.dispose();
+      x = y;
+    };
+    for (let i = 0; i < 100; i++) step();
+    await settle(device);
+    const mid = memoryStats(device);
+    for (let i = 0; i < 900; i++) {
+      step();
+      if (i % 100 === 99) await settle(device);
+    }
+    await x.toArray();
+    await settle(device);
+    const end = memoryStats(device);
+    expect(end.allocated).toBe(mid.allocated);
+    expect(end.liveStorages).toBe(mid.liveStorages);
+    x.dispose();
+    w.dispose();
+  });
+
+  (gc ? test : test.skip)('tensors dropped without dispose are freed after gc', async () => {
+    await settle(device);
+    gc!();
+    await new Promise((r) => setTimeout(r, 10));
+    await settle(device);
+    const base = memoryStats(device);
+    const make = (): void => {
+      for (let i = 0; i < 50; i++) {
+        const t: Tensor = rand([64, 64], { device });
+        void t.exp(); // dropped result, never disposed
+      }
+    };
+    make();
+    await settle(device);
+    // (something older may be collected meanwhile, so allow for a little slack below the exact sum)
+    expect(memoryStats(device).allocated).toBeGreaterThanOrEqual(base.allocated + 100 * 64 * 64 * 4 - 4096);
+    for (let k = 0; k < 10 && memoryStats(device).allocated > base.allocated; k++) {
+      gc!();
+      await new Promise((r) => setTimeout(r, 20));
+      await settle(device);
+    }
+    const after = memoryStats(device);
+    expect(after.allocated).toBeLessThanOrEqual(base.allocated);
+    expect(after.liveStorages).toBeLessThanOrEqual(base.liveStorages);
+    expect(after.collectedWithoutDispose).toBeGreaterThanOrEqual(base.collectedWithoutDispose + 100);
+  });
+});
