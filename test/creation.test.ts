@@ -1,14 +1,11 @@
 import { DType, Tensor, tensor, full, zeros, ones, arange, empty, MomaError } from '../lib';
-import { describeDevices } from './support/devices';
+import { describeDevices, tensorFixture } from './support/devices';
 import {
-  mulberry32, randomF32, randomInt, assertExact, Disposer, f32ToBf16Bits, bf16BitsToF32, bitsF32, f32Bits, castTo, bf16Round,
+  mulberry32, randomF32, randomInt, assertExact, f32ToBf16Bits, bf16BitsToF32, bitsF32, f32Bits, castTo, bf16Round,
 } from './support/reference';
 
 describeDevices('creation', (device) => {
-  const bag = new Disposer();
-  const keep = <T extends Tensor>(t: T): T => bag.keep(t);
-  afterEach(() => bag.disposeAll());
-  const read = async (t: Tensor): Promise<number[]> => Array.from(await keep(t).toArray());
+  const { keep, read } = tensorFixture(device);
 
   test('tensor() from nested arrays infers shape, defaults to float32 and rounds to float32', async () => {
     const t = keep(tensor([[0.1, 2], [3, -4.5], [1e-50, 1e300]], { device }));

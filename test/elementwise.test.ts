@@ -1,9 +1,9 @@
 import * as moma from '../lib';
 import { DType, Tensor, tensor, where, MomaError } from '../lib';
-import { describeDevices } from './support/devices';
+import { describeDevices, tensorFixture } from './support/devices';
 import {
   mulberry32, randomF32, randomBf16, randomInt, unaryRef, unaryIntRef, binaryRef, whereRef, UnaryName, BinaryName,
-  assertClose, assertExact, Disposer, numel, bf16Round, castTo, Tolerance,
+  assertClose, assertExact, numel, bf16Round, castTo, Tolerance,
 } from './support/reference';
 
 const EDGE = [NaN, Infinity, -Infinity, -0, 0, 1e-40, -1e-30, 88.5, 89, -87, -104, 1e30, -1e30, 3.4e38, 1, -1, 0.5, 2, 20, -20].map(Math.fround);
@@ -16,16 +16,8 @@ function floatTol(device: string, dtype: DType = 'float32'): Tolerance {
 }
 
 describeDevices('elementwise', (device) => {
-  const bag = new Disposer();
-  const keep = <T extends Tensor>(t: T): T => bag.keep(t);
-  afterEach(() => bag.disposeAll());
+  const { keep, mk, read } = tensorFixture(device);
 
-  const mk = (data: ArrayLike<number>, shape: number[], dtype: DType = 'float32'): Tensor => {
-    if (dtype === 'int32') return keep(tensor(Int32Array.from(data), { shape, device }));
-    if (dtype === 'uint8') return keep(tensor(Uint8Array.from(data), { shape, device }));
-    return keep(tensor(Float32Array.from(data), { shape, dtype, device }));
-  };
-  const read = async (t: Tensor): Promise<number[]> => Array.from(await keep(t).toArray());
 
   // Input domains per op, so that random inputs stay in the op's interesting range.
   const domains: Record<string, [number, number]> = {

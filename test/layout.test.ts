@@ -1,20 +1,12 @@
 import { DType, Tensor, tensor, concat } from '../lib';
-import { describeDevices } from './support/devices';
+import { describeDevices, tensorFixture } from './support/devices';
 import {
   mulberry32, randomF32, randomInt, permuteRef, transposeRef, sliceRef, concatRef, broadcastToRef, assertExact,
-  Disposer, numel, bf16Round,
+  numel, bf16Round,
 } from './support/reference';
 
 describeDevices('layout', (device) => {
-  const bag = new Disposer();
-  const keep = <T extends Tensor>(t: T): T => bag.keep(t);
-  afterEach(() => bag.disposeAll());
-  const mk = (data: ArrayLike<number>, shape: number[], dtype: DType = 'float32'): Tensor => {
-    if (dtype === 'int32') return keep(tensor(Int32Array.from(data), { shape, device }));
-    if (dtype === 'uint8') return keep(tensor(Uint8Array.from(data), { shape, device }));
-    return keep(tensor(Float32Array.from(data), { shape, dtype, device }));
-  };
-  const read = async (t: Tensor): Promise<number[]> => Array.from(await keep(t).toArray());
+  const { keep, mk, read } = tensorFixture(device);
   const gen = (n: number, dtype: DType, seed = n): Float64Array => {
     const rng = mulberry32(seed);
     if (dtype === 'int32') return randomInt(rng, n, -2147483648, 2147483647);

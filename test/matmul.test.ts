@@ -1,6 +1,6 @@
 import { DType, Tensor, tensor, matmul } from '../lib';
-import { describeDevices } from './support/devices';
-import { mulberry32, randomF32, randomBf16, matmulRef, assertClose, assertExact, relFrobenius, Disposer, numel, bf16Round, castTo } from './support/reference';
+import { describeDevices, tensorFixture } from './support/devices';
+import { mulberry32, randomF32, randomBf16, matmulRef, assertClose, assertExact, relFrobenius, numel, bf16Round, castTo } from './support/reference';
 
 type Case = [number[], number[], boolean, boolean];
 
@@ -23,12 +23,7 @@ const CASES: Case[] = [
 ];
 
 describeDevices('matmul', (device) => {
-  const bag = new Disposer();
-  const keep = <T extends Tensor>(t: T): T => bag.keep(t);
-  afterEach(() => bag.disposeAll());
-  const mk = (data: ArrayLike<number>, shape: number[], dtype: DType = 'float32'): Tensor =>
-    keep(tensor(Float32Array.from(data), { shape, dtype, device }));
-  const read = async (t: Tensor): Promise<number[]> => Array.from(await keep(t).toArray());
+  const { keep, mk, read } = tensorFixture(device);
 
   /** CPU: float32 accumulation, elementwise bound ~ K*eps*sum|a||b| and tight Frobenius; CUDA: bf16 tensor cores. */
   const check = (got: number[], ref: ReturnType<typeof matmulRef>, outDtype: DType, label: string): void => {

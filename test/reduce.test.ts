@@ -1,7 +1,7 @@
 import { DType, Tensor, tensor, softmax, logSoftmax } from '../lib';
-import { describeDevices } from './support/devices';
+import { describeDevices, tensorFixture } from './support/devices';
 import {
-  mulberry32, randomF32, randomBf16, randomInt, reduceRef, softmaxRef, ReduceName, assertClose, assertExact, Disposer,
+  mulberry32, randomF32, randomBf16, randomInt, reduceRef, softmaxRef, ReduceName, assertClose, assertExact,
   numel, castTo,
 } from './support/reference';
 
@@ -11,12 +11,7 @@ const CASES: [number[], number][] = [
 ];
 
 describeDevices('reductions', (device) => {
-  const bag = new Disposer();
-  const keep = <T extends Tensor>(t: T): T => bag.keep(t);
-  afterEach(() => bag.disposeAll());
-  const mk = (data: ArrayLike<number>, shape: number[], dtype: DType = 'float32'): Tensor =>
-    keep(dtype === 'int32' ? tensor(Int32Array.from(data), { shape, device }) : tensor(Float32Array.from(data), { shape, dtype, device }));
-  const read = async (t: Tensor): Promise<number[]> => Array.from(await keep(t).toArray());
+  const { keep, mk, read } = tensorFixture(device);
   // Sums: CPU accumulates in double and rounds once; CUDA in float with a tree.
   const sumRtol = device === 'cpu' ? 2e-7 : 1e-5;
 

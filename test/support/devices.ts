@@ -2,7 +2,8 @@
  * Runs a suite once per device. CPU always; CUDA when a GPU is visible, otherwise the CUDA copy is
  * skipped with a notice. MOMA_TEST_DEVICES=cuda (npm run test:gpu) runs only the CUDA copies.
  */
-import { cudaAvailable } from '../../lib';
+import { cudaAvailable, DType, Tensor, tensor } from '../../lib';
+import { Disposer } from './reference';
 
 export function testDevices(): string[] {
   const only = process.env.MOMA_TEST_DEVICES;
@@ -25,4 +26,25 @@ export function describeDevices(name: string, body: (device: string) => void): v
     }
     describe(`${name} [${device}]`, () => body(device));
   }
+}
+
+/**
+ * Per-suite tensor helpers: `keep` registers a tensor for disposal after each test, `mk` builds a
+ * tensor of any dtype on `device` from plain numbers, `read` returns its values as numbers.
+ */
+export function tensorFixture(device: string): {
+  keep: <T extends Tensor>(t: T) => T;
+  mk: (data: ArrayLike<number>, shape: number[], dtype?: DType) => Tensor;
+  read: (t: Tensor) => Promise<number[]>;
+} {
+  const bag = new Disposer();
+  const keep = <T extends Tensor>(t: T): T => bag.keep(t);
+  afterEach(() => bag.disposeAll());
+  const mk = (data: ArrayLike<number>, shape: number[], dtype: DType = 'float32'): Tensor => {
+    if (dtype === 'int32') return keep(tensor(Int32Array.from(data), { shape, device }));
+    if (dtype === 'uint8') return keep(tensor(Uint8Array.from(data), { shape, device }));
+    return keep(tensor(Float32Array.from(data), { shape, dtype, device }));
+  };
+  const read = async (t: Tensor): Promise<number[]> => Array.from(await keep(t).toArray());
+  return { keep, mk, read };
 }
