@@ -39,6 +39,7 @@ void random_uniform(void*, DType, void*, int64_t, uint64_t, uint64_t, float, flo
 void random_normal(void*, DType, void*, int64_t, uint64_t, uint64_t, float, float) { absent("random_normal"); }
 void cast(void*, DType, const void*, DType, void*, int64_t) { absent("cast"); }
 void strided_copy(void*, DType, const void*, const StridedView&, void*, int64_t) { absent("strided_copy"); }
+void copy_2d(void*, const void*, int64_t, void*, int64_t, int64_t, int64_t) { absent("copy_2d"); }
 void unary(void*, UnaryOp, DType, const void*, void*, int64_t, float) { absent("unary"); }
 void binary(void*, BinaryOp, DType, const void*, const StridedView&, const void*, const StridedView&, void*,
             int64_t) {

@@ -20,6 +20,8 @@ void random_normal(void* stream, DType dt, void* y, int64_t n, uint64_t seed, ui
                    float mean, float std);
 void cast(void* stream, DType src_dt, const void* x, DType dst_dt, void* y, int64_t n);
 void strided_copy(void* stream, DType dt, const void* x, const StridedView& src, void* y, int64_t n);
+void copy_2d(void* stream, const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows,
+             int64_t row_bytes);
 void unary(void* stream, UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha);
 void binary(void* stream, BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
             const StridedView& bv, void* y, int64_t n);

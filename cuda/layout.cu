@@ -1,5 +1,5 @@
 // strided_copy: y (contiguous, n elements) = x read through a StridedView (permute, slice,
-// concat pieces, broadcast_to, contiguous copies).
+// broadcast_to, contiguous copies); copy_2d: pitched row copies (concat) by cudaMemcpy2DAsync.
 //
 // Mapping: one thread per output element (grid-stride); the view is collapsed on the host
 // (size-1 dims dropped, mergeable dims merged, common.cuh) so a contiguous or
@@ -45,6 +45,14 @@ void strided_copy(void* stream, DType dt, const void* x, const StridedView& src,
     default: bad_dtype("strided_copy", dt);
   }
   check_launch("strided_copy");
+}
+
+void copy_2d(void* stream, const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows,
+             int64_t row_bytes) {
+  if (rows <= 0 || row_bytes <= 0) return;
+  MOMA_CUDA_CHECK(cudaMemcpy2DAsync(y, static_cast<size_t>(y_pitch), x, static_cast<size_t>(x_pitch),
+                                    static_cast<size_t>(row_bytes), static_cast<size_t>(rows),
+                                    cudaMemcpyDeviceToDevice, as_stream(stream)));
 }
 
 }  // namespace moma::cuda

@@ -215,6 +215,27 @@ describe('range errors (ERR_RANGE)', () => {
   });
 });
 
+// With vm.overcommit_memory=1 the kernel grants any allocation and kills the process when the
+// pages are touched; there the test cannot be run safely.
+const overcommitAlways = ((): boolean => {
+  try {
+    return require('fs').readFileSync('/proc/sys/vm/overcommit_memory', 'utf8').trim() === '1';
+  } catch {
+    return false;
+  }
+})();
+
+describe('out of memory (ERR_OOM)', () => {
+  (overcommitAlways ? test.skip : test)('a 2 TiB host tensor is refused with ERR_OOM naming the op and shape; the process goes on', async () => {
+    const before = memoryStats('cpu').allocated;
+    const err = expectMomaError(() => moma.empty([1 << 20, 1 << 19]), 'ERR_OOM', 'empty');
+    expect(err.message).toContain('[1048576, 524288]');
+    expectMomaError(() => moma.zeros([1 << 19, 1 << 20]), 'ERR_OOM', 'full');
+    expect(memoryStats('cpu').allocated).toBe(before);
+    expect(await f([3], 2).sum().item()).toBe(6);
+  });
+});
+
 describe('non-tensor and undefined arguments (ERR_ARG)', () => {
   test('non-tensor arguments', () => {
     const t = f([2, 2]);

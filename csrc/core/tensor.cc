@@ -36,7 +36,11 @@ Tensor empty_tensor(const Shape& shape, DType dtype, Device device, const char* 
     n *= d;
   }
   Tensor t;
-  t.storage = Storage::allocate(device, static_cast<size_t>(n) * dtype_size(dtype));
+  try {
+    t.storage = Storage::allocate(device, static_cast<size_t>(n) * dtype_size(dtype));
+  } catch (const MomaException& e) {
+    throw MomaException(e.code(), std::string(op) + ": " + e.what() + " for shape " + shape_str(shape));
+  }
   t.shape = shape;
   t.dtype = dtype;
   return t;

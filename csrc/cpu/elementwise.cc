@@ -4,10 +4,14 @@
 // for the random ops, where the Philox rounds dominate). Strided operands are walked with
 // for_each_run (strided_iter.h); each innermost run gets its own loop for the stride-1 and
 // stride-0 (broadcast) cases, so contiguous and broadcast operands compile to plain loops the
-// compiler can vectorise.
+// compiler can vectorise. Exp / Log / Sigmoid / Silu / Tanh and the float32 <-> bf16 casts run
+// through the AVX-512 / AVX2 loops of vmath.h when the CPU has them (chosen once at run time),
+// else through the scalar loops here.
 // Numerics: float32 and bf16 compute in float (bf16 is widened exactly and rounded once on store,
-// ties to even). int32 arithmetic wraps modulo 2^32 (done in uint32); Div truncates toward zero,
-// x / 0 = 0 and INT32_MIN / -1 wraps. Maximum / Minimum propagate NaN. Conversions (cast, fill,
+// ties to even); the SIMD exp / log / tanh are within 1.4 ulp of the correctly rounded result and
+// may differ from the C library's in the last bit (vmath.h). int32 arithmetic wraps modulo 2^32
+// (done in uint32); Div truncates toward zero, x / 0 = 0 and INT32_MIN / -1 wraps. Maximum /
+// Minimum propagate NaN. Conversions (cast, fill,
 // arange) go through double, which holds every source value exactly: to float32 rounds to nearest,
 // to bf16 through float32, to int32 truncates toward zero with NaN -> 0 and saturation, to uint8
 // truncates and saturates to [0, 255] with NaN -> 0. Random op element i is a function of
@@ -16,11 +20,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "../core/philox.h"
 #include "kernels.h"
 #include "strided_iter.h"
 #include "thread_pool.h"
+#include "vmath.h"
 
 namespace moma::cpu {
 namespace {
@@ -122,8 +128,35 @@ inline float sigmoid(float v) {
   return e / (1.0f + e);
 }
 
+// Exp, Log, Sigmoid, Silu and Tanh through the SIMD table when this CPU has one (vmath.h);
+// false (nothing done) for other ops or without one.
+template <typename T>
+bool unary_vector(UnaryOp op, const void* x, void* y, int64_t n) {
+  const vmath::Kernels* k = vmath::vector_kernels();
+  if (!k) return false;
+  vmath::Fn fn;
+  switch (op) {
+    case UnaryOp::Exp: fn = vmath::Fn::Exp; break;
+    case UnaryOp::Log: fn = vmath::Fn::Log; break;
+    case UnaryOp::Sigmoid: fn = vmath::Fn::Sigmoid; break;
+    case UnaryOp::Silu: fn = vmath::Fn::Silu; break;
+    case UnaryOp::Tanh: fn = vmath::Fn::Tanh; break;
+    default: return false;
+  }
+  const T* xp = static_cast<const T*>(x);
+  T* yp = static_cast<T*>(y);
+  parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<T, float>)
+      k->map_f32(fn, xp + begin, yp + begin, end - begin);
+    else
+      k->map_bf16(fn, xp + begin, yp + begin, end - begin);
+  });
+  return true;
+}
+
 template <typename T>
 void unary_float(UnaryOp op, const void* x, void* y, int64_t n, float alpha) {
+  if (unary_vector<T>(op, x, y, n)) return;
   switch (op) {
     case UnaryOp::Neg: return map_float<T>(x, y, n, [](float v) { return -v; });
     case UnaryOp::Exp: return map_float<T>(x, y, n, [](float v) { return std::exp(v); });
@@ -231,6 +264,24 @@ void cast(DType src_dt, const void* x, DType dst_dt, void* y, int64_t n) {
       std::memcpy(yp + begin * es, xp + begin * es, static_cast<size_t>(end - begin) * es);
     });
     return;
+  }
+  if (const vmath::Kernels* k = vmath::vector_kernels()) {
+    if (src_dt == DType::F32 && dst_dt == DType::BF16) {
+      const float* xp = static_cast<const float*>(x);
+      uint16_t* yp = static_cast<uint16_t*>(y);
+      parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+        k->f32_to_bf16(xp + begin, yp + begin, end - begin);
+      });
+      return;
+    }
+    if (src_dt == DType::BF16 && dst_dt == DType::F32) {
+      const uint16_t* xp = static_cast<const uint16_t*>(x);
+      float* yp = static_cast<float*>(y);
+      parallel_for(n, kGrain, [&](int64_t begin, int64_t end) {
+        k->bf16_to_f32(xp + begin, yp + begin, end - begin);
+      });
+      return;
+    }
   }
   detail::dispatch_storage(src_dt, "cast", [&](auto src_tag) {
     detail::dispatch_storage(dst_dt, "cast", [&](auto dst_tag) {

@@ -21,6 +21,9 @@ void cast(DType src_dt, const void* x, DType dst_dt, void* y, int64_t n);
 // y (contiguous, n = prod(src.shape) elements) = x read through `src`. Used for permute,
 // slicing, concat pieces, broadcast_to, contiguous copies.
 void strided_copy(DType dt, const void* x, const StridedView& src, void* y, int64_t n);
+// Copies `rows` rows of `row_bytes` bytes from x (rows `x_pitch` bytes apart) to y (rows `y_pitch`
+// bytes apart), like cudaMemcpy2D: concat writes each piece into its columns of the output this way.
+void copy_2d(const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows, int64_t row_bytes);
 // dt float32 or bf16 (int32 allowed for Neg, Abs, Square, Scale/AddScalar with integral alpha).
 void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha);
 // y (contiguous, n elements in the output shape) = a op b, both read through views of the output

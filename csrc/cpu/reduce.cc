@@ -7,19 +7,27 @@
 // afterwards. The split depends only on the shape, so results never depend on the thread count.
 // softmax: one row per unit for inner == 1, else blocks of columns sized so that the float exp
 // scratch of a unit (n x columns) stays around 16K elements.
+// SIMD: when the CPU has AVX-512 or AVX2 (vmath.h, chosen once), float Sum / Mean of contiguous
+// rows (inner == 1) add in double vector lanes, softmax rows run max / exp / sum / scale as vector
+// loops, and the column-blocked softmax takes its exp per row of columns from the vector exp.
+// The lane order depends only on n, so results stay independent of the thread count.
 // Numerics: float Sum / Mean accumulate in double (Mean = sum / n) and round once to the output
 // dtype (bf16 through float32); int32 Sum wraps modulo 2^32. Max propagates NaN. Argmax returns
 // the first index of the maximum, NaN counting as the maximum (the first NaN wins). Softmax
-// subtracts the max (NaN-propagating), takes exp in float, sums in double and divides in double;
+// subtracts the max (NaN-propagating), takes exp in float, sums in double and divides in double
+// (the SIMD row path multiplies by 1 / sum in double instead, within half an ulp more of float);
 // log-softmax is x - max - log(sum) in double. bf16 is widened exactly and rounded once on store.
+// The SIMD exp is within 1 ulp of the correctly rounded float (vmath.h).
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
 #include "strided_iter.h"
 #include "thread_pool.h"
+#include "vmath.h"
 
 namespace moma::cpu {
 namespace {
@@ -130,6 +138,17 @@ template <typename P>
 void scan(const P& p, const typename P::In* x, int64_t n, int64_t inner, int64_t o, int64_t i0,
           int64_t len, int64_t j0, int64_t j1, typename P::Acc* acc) {
   const typename P::In* base = x + o * n * inner + i0;
+  if constexpr (std::is_same_v<P, SumF<float>> || std::is_same_v<P, SumF<uint16_t>>) {
+    if (inner == 1) {
+      if (const vmath::Kernels* k = vmath::vector_kernels()) {
+        if constexpr (std::is_same_v<P, SumF<float>>)
+          acc[0] = k->sum_f32(base + j0, j1 - j0);
+        else
+          acc[0] = k->sum_bf16(base + j0, j1 - j0);
+        return;
+      }
+    }
+  }
   if (len == 1) {
     typename P::Acc a = p.first(base[j0 * inner], j0);
     for (int64_t j = j0 + 1; j < j1; ++j) p.step(a, base[j * inner], j);
@@ -238,12 +257,44 @@ void softmax_row(bool log, const T* x, T* y, int64_t n, float* ex) {
   }
 }
 
+// softmax_row through the SIMD table: the same steps, with the sum in double lanes and the
+// division done as a multiplication by 1 / sum in double. bf16 rows are widened into ex first.
+template <typename T>
+void softmax_row_vector(const vmath::Kernels& k, bool log, const T* x, T* y, int64_t n,
+                        float* ex) {
+  const float* xf;
+  float* out;
+  if constexpr (std::is_same_v<T, float>) {
+    xf = x;
+    out = y;
+  } else {
+    k.bf16_to_f32(x, ex, n);
+    xf = ex;
+    out = ex;
+  }
+  const float mx = k.max_f32(xf, n);
+  if (log) {
+    const double sum = k.exp_shift_sum(xf, mx, nullptr, n);
+    k.sub2_f32(xf, mx, std::log(sum), out, n);
+  } else {
+    const double sum = k.exp_shift_sum(xf, mx, ex, n);
+    k.scale_f32(ex, 1.0 / sum, out, n);
+  }
+  if constexpr (!std::is_same_v<T, float>) k.f32_to_bf16(ex, y, n);
+}
+
 template <typename T>
 void softmax_run(bool log, const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+  const vmath::Kernels* k = vmath::vector_kernels();
   if (inner == 1) {
     parallel_for(outer, std::max<int64_t>(1, kGrain / n), [&](int64_t begin, int64_t end) {
       std::vector<float> ex(static_cast<size_t>(n));
-      for (int64_t o = begin; o < end; ++o) softmax_row(log, x + o * n, y + o * n, n, ex.data());
+      for (int64_t o = begin; o < end; ++o) {
+        if (k)
+          softmax_row_vector(*k, log, x + o * n, y + o * n, n, ex.data());
+        else
+          softmax_row(log, x + o * n, y + o * n, n, ex.data());
+      }
     });
     return;
   }
@@ -251,7 +302,8 @@ void softmax_run(bool log, const T* x, T* y, int64_t outer, int64_t n, int64_t i
   const int64_t nib = (inner + ib - 1) / ib;
   const int64_t grain = std::max<int64_t>(1, kGrain / (n * ib));
   parallel_for(outer * nib, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> ex(log ? 0 : static_cast<size_t>(n * ib));  // exp(x - max), [n][len]
+    // exp(x - max), [n][len]; for log-softmax one row of it, used by the SIMD exp only
+    std::vector<float> ex(static_cast<size_t>(log ? ib : n * ib));
     float mx[kBlock];
     double sum[kBlock];
     for (int64_t u = begin; u < end; ++u) {
@@ -266,6 +318,13 @@ void softmax_run(bool log, const T* x, T* y, int64_t outer, int64_t n, int64_t i
       for (int64_t t = 0; t < len; ++t) sum[t] = 0.0;
       for (int64_t j = 0; j < n; ++j) {
         const T* row = xb + j * inner;
+        if (k) {
+          float* er = ex.data() + (log ? 0 : j * len);
+          for (int64_t t = 0; t < len; ++t) er[t] = load_f(row[t]) - mx[t];
+          k->map_f32(vmath::Fn::Exp, er, er, len);
+          for (int64_t t = 0; t < len; ++t) sum[t] += er[t];
+          continue;
+        }
         for (int64_t t = 0; t < len; ++t) {
           const float e = std::exp(load_f(row[t]) - mx[t]);
           sum[t] += e;

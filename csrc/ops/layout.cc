@@ -136,31 +136,22 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t axis) {
     out_shape[ax] += t.shape[ax];
   }
   Tensor out = empty_tensor(out_shape, first.dtype, first.device(), "concat");
-  // Piece i lands in out viewed as [outer, total, inner] at column offset; write it through an
-  // out-shaped view of the piece, one task per piece.
+  // Out is [outer, total * inner] rows; piece i fills columns [at * inner, (at + len) * inner) of
+  // every row: one pitched 2-D copy per piece.
   int64_t outer = 1, inner = 1;
   for (int d = 0; d < ax; ++d) outer *= out_shape[d];
   for (int d = static_cast<int>(ax) + 1; d < first.ndim(); ++d) inner *= out_shape[d];
-  int64_t total = out_shape[ax], at = 0;
+  const int64_t esize = static_cast<int64_t>(dtype_size(first.dtype));
+  const int64_t out_pitch = out_shape[ax] * inner * esize;
+  int64_t at = 0;
   for (const Tensor& t : tensors) {
-    int64_t len = t.shape[ax];
+    const int64_t len = t.shape[ax];
     if (len > 0 && outer > 0 && inner > 0) {
       Device device = t.device();
-      DType dt = t.dtype;
-      int64_t col = at;
+      const int64_t piece_pitch = len * inner * esize, col_bytes = at * inner * esize;
       submit("concat", device, {t}, {out}, [=] {
-        // Copy each outer row's [len*inner] block to its place in out.
-        StridedView src = contiguous_view({outer, len * inner});
-        for (int64_t o = 0; o < outer; ++o) {
-          StridedView row = src;
-          row.ndim = 1;
-          row.shape[0] = len * inner;
-          row.strides[0] = 1;
-          row.offset = o * len * inner;
-          char* dst = static_cast<char*>(out.data()) +
-                      ((o * total + col) * inner) * static_cast<int64_t>(dtype_size(dt));
-          MOMA_DISPATCH(device, strided_copy, dt, t.data(), row, dst, len * inner);
-        }
+        char* dst = static_cast<char*>(out.data()) + col_bytes;
+        MOMA_DISPATCH(device, copy_2d, t.data(), piece_pitch, dst, out_pitch, outer, piece_pitch);
       });
     }
     at += len;

@@ -278,6 +278,16 @@ void add_layout_cases() {
       compare(dt, y.get(), want, n, Tol::Exact);
     });
   }
+  add("copy_2d pitched rows (concat piece)", [=] {
+    // 37 rows of 129 bytes from a 131-byte pitch into columns [11, 140) of a 257-byte pitch.
+    std::vector<uint8_t> x = make(DType::U8, rand_f(37 * 131, 0, 255));
+    std::vector<uint8_t> canvas = make(DType::U8, rand_f(37 * 257, 0, 255));
+    Dev dx(x), y(canvas);
+    cuda::copy_2d(S(), dx.p, 131, static_cast<char*>(y.p) + 11, 257, 37, 129);
+    std::vector<uint8_t> want = canvas;
+    cpu::copy_2d(x.data(), 131, want.data() + 11, 257, 37, 129);
+    compare(DType::U8, y.get(), want, want.size(), Tol::Exact);
+  });
 }
 
 void add_elementwise_cases() {
