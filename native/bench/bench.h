@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "core/kernel_types.h"
+
 namespace moma::bench {
 
 struct Result {
@@ -56,5 +58,16 @@ std::string shape_str(std::initializer_list<int64_t> dims);
 
 void run_cpu(Runner& runner);
 void run_cuda(Runner& runner);
+
+// A 2-D view (rows x cols) with the given element strides.
+inline StridedView view2(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+  StridedView v;
+  v.ndim = 2;
+  v.shape[0] = rows;
+  v.shape[1] = cols;
+  v.strides[0] = row_stride;
+  v.strides[1] = col_stride;
+  return v;
+}
 
 }  // namespace moma::bench

@@ -132,16 +132,6 @@ double measure_copy_bandwidth(double* seconds) {
   return 2.0 * double(bytes) / s / 1e9;
 }
 
-StridedView view2(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
-  StridedView v;
-  v.ndim = 2;
-  v.shape[0] = rows;
-  v.shape[1] = cols;
-  v.strides[0] = row_stride;
-  v.strides[1] = col_stride;
-  return v;
-}
-
 constexpr const char* kOps[] = {
     "ceiling.fma", "ceiling.copy", "gemm_f32", "fill_f32", "cast_f32_bf16", "unary_silu_f32",
     "unary_silu_bf16", "binary_add_bcast_f32", "softmax_rows_f32", "reduce_sum_rows_f32",

@@ -66,16 +66,6 @@ double gpu_seconds(const std::function<void()>& launch) {
   return samples[samples.size() / 2];
 }
 
-StridedView view2(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
-  StridedView v;
-  v.ndim = 2;
-  v.shape[0] = rows;
-  v.shape[1] = cols;
-  v.strides[0] = row_stride;
-  v.strides[1] = col_stride;
-  return v;
-}
-
 GemmShape gemm_shape(int64_t M, int64_t N, int64_t K) {
   GemmShape g;
   g.M = M;
