@@ -25,3 +25,25 @@ test('npm pack tarball installs from its prebuild and loads without compiling', 
   expect(report.binary.path).toMatch(/node_modules[\\/]moma[\\/]prebuilds[\\/]linux-x64[\\/]moma\.napi\.node$/);
   expect(report.values).toEqual([2, 4, 6]);
 }, 300_000);
+
+test('when no binary loads, one MomaError lists what was tried and the likely fixes', () => {
+  const fs = require('fs') as typeof import('fs');
+  const os = require('os') as typeof import('os');
+  const root = path.join(__dirname, '..');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-noload-'));
+  try {
+    fs.cpSync(path.join(root, 'dist'), path.join(dir, 'dist'), { recursive: true });
+    fs.copyFileSync(path.join(root, 'package.json'), path.join(dir, 'package.json'));
+    fs.symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
+    const probe = `try { require('./dist').inspect(); } catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message })); }`;
+    const out = execFileSync(process.execPath, ['-e', probe], { cwd: dir, encoding: 'utf8' });
+    const err = JSON.parse(out.trim()) as { name: string; code: string; message: string };
+    expect(err.name).toBe('MomaError');
+    expect(err.code).toBe('ERR_LOAD');
+    expect(err.message).toContain(path.join(dir, 'build', 'Release', 'moma.node'));
+    expect(err.message).toContain(path.join(dir, 'prebuilds', `${process.platform}-${process.arch}`));
+    expect(err.message).toMatch(/npm rebuild moma/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
