@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // npm run bench [-- filter...]: the native kernel benchmark (device ceilings first, then every
 // kernel with time, GB/s or GFLOP/s and % of the measured ceiling), plus the same matmul timed
-// through the Node API (queue and binding overhead included). Prints a table and writes
+// through the Node API (queue and binding overhead included), and with `moe` (or no filter) the
+// MoE layers forward + backward against the dense FFN (bench/layers.js). Prints a table and writes
 // bench/results/<date>-<device>.json and .md.
 'use strict';
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { execFileSync } = require('child_process');
+const { layerResults } = require('./layers');
 
 const root = path.resolve(__dirname, '..');
 const filters = process.argv.slice(2);
@@ -47,7 +49,9 @@ async function apiMatmul(moma, device, n, repeats) {
 
 async function main() {
   const bench = findBench();
-  const lines = execFileSync(bench, ['--json', ...filters], { encoding: 'utf8', maxBuffer: 64 << 20 }).split('\n');
+  // The ceilings are always measured: every fraction refers to them.
+  const nativeFilters = filters.length ? [...filters, 'ceiling'] : [];
+  const lines = execFileSync(bench, ['--json', ...nativeFilters], { encoding: 'utf8', maxBuffer: 64 << 20 }).split('\n');
   const records = lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
   const notes = records.filter((r) => r.note).map((r) => r.note);
   const results = records.filter((r) => !r.note);
@@ -60,6 +64,24 @@ async function main() {
     api.pct_nominal = (100 * api.rate) / Number(process.env.MOMA_CPU_PEAK_GFLOPS || 256);
     results.push(api);
     if (moma.cudaAvailable()) results.push(await apiMatmul(moma, 'cuda:0', 4096, 10));
+  }
+  if (filters.length === 0 || filters.some((f) => 'moe'.includes(f) || f.startsWith('layer'))) {
+    const T = Number(process.env.MOMA_BENCH_T || 8192);
+    const fma = results.find((r) => r.device === 'cpu' && r.op.startsWith('ceiling.fma'));
+    for (const r of await layerResults(moma, 'cpu', T, 3)) {
+      if (fma) r.pct_measured = (100 * r.rate * 1000) / fma.rate;
+      r.pct_nominal = (100 * r.rate * 1000) / Number(process.env.MOMA_CPU_PEAK_GFLOPS || 256);
+      results.push(r);
+    }
+    if (moma.cudaAvailable()) {
+      const ceiling = results.find((r) => r.device === 'cuda' && r.op === 'ceiling.gemm_bf16');
+      for (const Tg of [8192, 32768]) {
+        for (const r of await layerResults(moma, 'cuda:0', Tg, 5)) {
+          if (ceiling) r.pct_measured = (100 * r.rate) / (ceiling.unit === 'TFLOP/s' ? ceiling.rate : ceiling.rate / 1000);
+          results.push(r);
+        }
+      }
+    }
   }
 
   const info = moma.inspect();

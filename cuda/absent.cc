@@ -4,6 +4,7 @@
 // is a no-op so that generic cleanup paths never throw.
 #include "../csrc/core/error.h"
 #include "kernels.h"
+#include "kernels_moe.h"
 #include "runtime.h"
 
 namespace moma::cuda {
@@ -58,5 +59,53 @@ void scatter_add(void*, int32_t*, DType, const void*, const int32_t*, void*, int
   absent("scatter_add");
 }
 void gemm(void*, DType, const void*, DType, const void*, DType, void*, const GemmShape&) { absent("gemm"); }
+
+const char* device_error_op(int32_t) { return nullptr; }
+const char* device_error_message(int32_t) { return "moma was built without CUDA"; }
+
+// Mixture-of-experts kernels (kernels_moe.h).
+void moe_partition(void*, int32_t*, const int32_t*, int64_t, const MoeLayout&, int32_t*, int32_t*, int32_t*, int32_t*) {
+  absent("moe_partition");
+}
+void moe_router_scores(void*, const float*, const int32_t*, int64_t, const MoeLayout&, RouterFn, bool, uint64_t,
+                       uint64_t, float*) {
+  absent("moe_router_scores");
+}
+void moe_router_scores_backward(void*, const float*, const float*, const int32_t*, int64_t, const MoeLayout&, RouterFn,
+                                float*) {
+  absent("moe_router_scores_backward");
+}
+void moe_route(void*, int32_t*, const float*, const int32_t*, const int32_t*, const int32_t*, int64_t, const MoeLayout&,
+               const RoutingParams&, int64_t, int32_t*, int32_t*, float*, int32_t*) {
+  absent("moe_route");
+}
+void moe_gather_rows(void*, int32_t*, DType, const void*, const int32_t*, const float*, int64_t, int64_t, int64_t,
+                     void*) {
+  absent("moe_gather_rows");
+}
+void moe_combine(void*, int32_t*, DType, const void*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t,
+                 void*) {
+  absent("moe_combine");
+}
+void moe_gate_grad(void*, DType, const void*, const void*, const int32_t*, const int32_t*, int64_t, int64_t, int64_t,
+                   const MoeLayout&, float*) {
+  absent("moe_gate_grad");
+}
+void grouped_gemm(void*, int32_t*, DType, const void*, DType, const void*, bool, const int32_t*, int64_t, int64_t,
+                  int64_t, int64_t, DType, void*) {
+  absent("grouped_gemm");
+}
+void grouped_gemm_wgrad(void*, int32_t*, DType, const void*, DType, const void*, const int32_t*, int64_t, int64_t,
+                        int64_t, int64_t, float*) {
+  absent("grouped_gemm_wgrad");
+}
+void swiglu(void*, DType, const void*, const void*, void*, int64_t) { absent("swiglu"); }
+void swiglu_backward(void*, DType, const void*, const void*, const void*, void*, void*, int64_t) {
+  absent("swiglu_backward");
+}
+void moe_routing_stats(void*, const int32_t*, const int32_t*, const int32_t*, const float*, const int32_t*, int64_t,
+                       const MoeLayout&, float*, float*) {
+  absent("moe_routing_stats");
+}
 
 }  // namespace moma::cuda

@@ -10,7 +10,19 @@
 namespace moma::cuda {
 
 // Codes stored in the device error word by kernels that find bad data.
-enum DeviceErrorCode : int32_t { kNoError = 0, kIndexSelectRange = 1, kScatterAddRange = 2 };
+enum DeviceErrorCode : int32_t {
+  kNoError = 0,
+  kIndexSelectRange = 1,
+  kScatterAddRange = 2,
+  kMoePartitionRange = 3,  // a modality id outside [-1, M)
+  kMoeRouteOverflow = 4,   // a routing needed more slots than its bound
+  kMoeGatherRange = 5,     // a slot row outside [-1, T)
+  kMoeCombineRange = 6,    // a slot outside [-1, R)
+  kGroupedGemmOffsets = 7, // segment offsets not increasing or past R
+};
+// The op name and the message for a nonzero error word (runtime.cu reports them).
+const char* device_error_op(int32_t code);
+const char* device_error_message(int32_t code);
 
 void fill(void* stream, DType dt, void* y, int64_t n, double value);
 void arange(void* stream, DType dt, void* y, int64_t n, double start, double step);

@@ -230,12 +230,33 @@ void synchronize(int device, const char* what) {
   e = cudaMemsetAsync(err, 0, sizeof(int32_t), st);
   if (e == cudaSuccess) e = cudaStreamSynchronize(st);
   if (e != cudaSuccess) throw_cuda(what, e);
-  const char* kernel = code == kIndexSelectRange  ? "index_select"
-                       : code == kScatterAddRange ? "scatter_add"
-                                                  : nullptr;
-  if (kernel)
-    fail("ERR_RANGE", kernel, ": an index was out of range (reported at ", what, ")");
+  const char* kernel = device_error_op(code);
+  if (kernel) fail("ERR_RANGE", kernel, ": ", device_error_message(code), " (reported at ", what, ")");
   fail("ERR_RANGE", what, ": a kernel reported device error code ", code);
+}
+
+const char* device_error_op(int32_t code) {
+  switch (code) {
+    case kIndexSelectRange: return "index_select";
+    case kScatterAddRange: return "scatter_add";
+    case kMoePartitionRange: return "moe_partition";
+    case kMoeRouteOverflow: return "moe_route";
+    case kMoeGatherRange: return "moe_gather_rows";
+    case kMoeCombineRange: return "moe_combine";
+    case kGroupedGemmOffsets: return "grouped_matmul";
+    default: return nullptr;
+  }
+}
+
+const char* device_error_message(int32_t code) {
+  switch (code) {
+    case kMoePartitionRange: return "a modality id was outside [-1, num_modalities)";
+    case kMoeRouteOverflow: return "the routing needed more slots than its bound (internal error)";
+    case kMoeGatherRange: return "a slot row was outside [-1, rows)";
+    case kMoeCombineRange: return "a slot was outside [-1, slots)";
+    case kGroupedGemmOffsets: return "segment offsets were not increasing from 0 or exceeded the rows";
+    default: return "an index was out of range";
+  }
 }
 
 }  // namespace moma::cuda

@@ -68,6 +68,18 @@ export interface BindingModule {
   indexSelect(x: H, axis: number, index: H): H;
   scatterAdd(x: H, axis: number, index: H, src: H): H;
   matmul(a: H, b: H, transA: boolean, transB: boolean): H;
+  moePartition(modality: H, experts: number[], groupOfModality: number[]): [H, H, H, H];
+  moeRouterScores(logits: H, rowGroup: H, experts: number[], groupOfModality: number[], fn: number, gumbel: boolean, seed: bigint, offset: bigint): H;
+  moeRouterScoresBackward(scores: H, dscores: H, rowGroup: H, experts: number[], groupOfModality: number[], fn: number): H;
+  moeRoute(scores: H, rowGroup: H, counts: H, offsets: H, perm: H, experts: number[], groupOfModality: number[], mode: number, capacityFactor: number, topK: number): [H, H, H, H];
+  moeGatherRows(x: H, slotRow: H, scale: H | null): H;
+  moeCombine(src: H, rowSlots: H, weight: H | null): H;
+  moeGateGrad(out: H, dy: H, slotRow: H, expertOffsets: H, experts: number[], groupOfModality: number[]): H;
+  groupedMatmul(x: H, w: H, offsets: H, transW: boolean): H;
+  groupedMatmulWgrad(x: H, dy: H, offsets: H): H;
+  swiglu(h1: H, h3: H): H;
+  swigluBackward(h1: H, h3: H, da: H): [H, H];
+  moeRoutingStats(rowGroup: H, counts: H, offsets: H, perm: H, expertOffsets: H, slotRow: H, slotGate: H, rowSlots: H, experts: number[], groupOfModality: number[]): [H, H];
   read(x: H): Promise<Float32Array | Int32Array | Uint8Array>;
   synchronize(device: string): Promise<void>;
   info(): NativeInfo;

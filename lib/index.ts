@@ -13,3 +13,12 @@ export { memoryStats, resetPeakMemory, emptyCache, synchronize } from './memory'
 export type { MemoryStats } from './memory';
 export { inspect } from './inspect';
 export type { InspectReport } from './inspect';
+export {
+  moePartition, routerScores, routerScoresBackward, route, moeSlotBound, gatherRows, combineRows, gateGrad, groupedMatmul,
+  groupedMatmulWgrad, swiglu, swigluBackward, routingStats,
+} from './moe/ops';
+export type { MoeLayout, Partition, Routing, RoutingOptions, RoutingMode, RouterFn, RoutingStats } from './moe/ops';
+export { MoMaFFN, moeLayoutOf } from './moe/moma_ffn';
+export type { MoMaFFNConfig, MoMaFFNContext, MoeGroupConfig, RoutingStatsReport } from './moe/moma_ffn';
+export { SwiGLUFFN } from './moe/swiglu_ffn';
+export type { SwiGLUFFNConfig, SwiGLUFFNContext } from './moe/swiglu_ffn';

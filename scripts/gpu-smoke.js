@@ -33,6 +33,15 @@ async function main() {
   await check('silu+sum', (d) => moma.randn([1000, 77], { generator: g(6), device: d }).silu().sum(0), 1e-5);
   await check('permute', (d) => moma.randn([5, 6, 7], { generator: g(7), device: d }).permute(2, 0, 1), 0);
   await check('to cpu->cuda->cpu', (d) => moma.randn([1000], { generator: g(8) }).to(d).to('cpu'), 0);
+  const mod = (d) => moma.tensor(Int32Array.from({ length: 1000 }, (_, t) => (t % 7 < 3 ? 0 : t % 13 === 0 ? -1 : 1)), { device: d });
+  const ffnOut = (groups, read) => (d) => {
+    const ffn = new moma.MoMaFFN({ dModel: 64, dFF: 96, groups, device: d, seed: 5 });
+    const { y, ctx } = ffn.forward(moma.randn([1000, 64], { generator: g(9), device: d }), mod(d));
+    return read(y, ctx);
+  };
+  await check('MoMaFFN 1t1i forward', ffnOut([{ modality: 'text', experts: 1 }, { modality: 'image', experts: 1 }], (y) => y), 1e-2);
+  await check('MoMaFFN 4t4i expert offsets', ffnOut([{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }],
+    (_, ctx) => ctx.routing.expertOffsets), 0);
   const t0 = Date.now();
   const x = moma.randn([4096, 4096], { device: 'cuda:0', dtype: 'bfloat16' });
   let y = x;

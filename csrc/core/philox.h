@@ -51,6 +51,13 @@ MOMA_HD float philox_uniform(uint64_t seed, uint64_t offset, uint64_t i) {
   return philox_word_to_unit(r.v[i % 4]);
 }
 
+// Uniform in (0, 1) in double: 24 random bits plus one half, never 0 or 1 (Gumbel noise takes
+// log(-log(u))). Element i uses word i%4 of block offset + i/4, like philox_uniform.
+MOMA_HD double philox_uniform_open(uint64_t seed, uint64_t offset, uint64_t i) {
+  Philox4 r = philox4x32_10(offset + i / 4, seed);
+  return (static_cast<double>(r.v[i % 4] >> 8) + 0.5) * (1.0 / 16777216.0);
+}
+
 // Standard normal via Box-Muller computed in double (53-bit uniforms from two words each).
 MOMA_HD float philox_normal(uint64_t seed, uint64_t offset, uint64_t i) {
   Philox4 r = philox4x32_10(offset + i / 2, seed);

@@ -56,8 +56,20 @@ double median_seconds(const std::function<void()>& fn, double target_s = 1.0);
 double env_double(const char* name, double fallback);
 std::string shape_str(std::initializer_list<int64_t> dims);
 
+// CPU ceilings (cpu_bench.cc), measured on the first call and cached for the run: GFLOP/s of the
+// register-only FMA loop on every pool thread (0 without SIMD FMA) and GB/s of a 256 MiB memcpy.
+struct CpuCeilings {
+  double fma_gflops = 0, fma_s = 0;
+  double copy_gbs = 0, copy_s = 0;
+  std::string fma_isa = "none";
+};
+const CpuCeilings& cpu_ceilings();
+
 void run_cpu(Runner& runner);
 void run_cuda(Runner& runner);
+// Mixture-of-experts kernels at the paper's 435M shapes (cpu_moe_bench.cc, cuda_moe_bench.cc).
+void run_cpu_moe(Runner& runner);
+void run_cuda_moe(Runner& runner);
 
 // A 2-D view (rows x cols) with the given element strides.
 inline StridedView view2(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {

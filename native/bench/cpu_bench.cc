@@ -139,15 +139,26 @@ constexpr const char* kOps[] = {
 
 }  // namespace
 
+const CpuCeilings& cpu_ceilings() {
+  static const CpuCeilings c = [] {
+    CpuCeilings r;
+    r.fma_gflops = measure_fma_peak(&r.fma_isa, &r.fma_s);
+    r.copy_gbs = measure_copy_bandwidth(&r.copy_s);
+    return r;
+  }();
+  return c;
+}
+
 void run_cpu(Runner& runner) {
   if (std::none_of(std::begin(kOps), std::end(kOps),
                    [&](const char* op) { return runner.wanted("cpu", op); }))
     return;
-  std::string fma_isa = "none";
   const double nominal = env_double("MOMA_CPU_PEAK_GFLOPS", 256.0);
-  double fma_s = 0, copy_s = 0;
-  const double peak = measure_fma_peak(&fma_isa, &fma_s);
-  const double copy_bw = measure_copy_bandwidth(&copy_s);
+  const CpuCeilings& ceilings = cpu_ceilings();
+  const std::string& fma_isa = ceilings.fma_isa;
+  const double fma_s = ceilings.fma_s, copy_s = ceilings.copy_s;
+  const double peak = ceilings.fma_gflops;
+  const double copy_bw = ceilings.copy_gbs;
   char line[256];
   std::snprintf(line, sizeof line, "cpu: %s, %d threads, GEMM kernel %s, nominal fp32 peak %.0f GFLOP/s",
                 cpu_model().c_str(), cpu::num_threads(), cpu::gemm_isa(), nominal);

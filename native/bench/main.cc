@@ -161,7 +161,9 @@ int main(int argc, char** argv) {
 
   try {
     run_cpu(runner);
+    run_cpu_moe(runner);
     run_cuda(runner);
+    run_cuda_moe(runner);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moma_kernel_bench: %s\n", e.what());
     return 1;

@@ -43,7 +43,8 @@ export function stridesOf(shape: readonly number[]): number[] {
 /** float32-representable values uniform in [lo, hi). */
 export function randomF32(rng: Rng, n: number, lo = -1, hi = 1): Float64Array {
   const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = Math.fround(lo + (hi - lo) * rng());
+  const fround = Math.fround; // one global lookup (slow inside jest's vm context), not one per value
+  for (let i = 0; i < n; i++) out[i] = fround(lo + (hi - lo) * rng());
   return out;
 }
 
@@ -579,6 +580,26 @@ export function philoxUniformRef(n: number, seed: bigint, offset: bigint, low = 
   return out;
 }
 
+/**
+ * Uniform in the open interval (0, 1) in double (philox_uniform_open): 24 random bits plus one
+ * half of word i%4 of block offset + floor(i/4), never 0 or 1.
+ */
+export function philoxUniformOpen(seed: bigint, offset: bigint, i: number): number {
+  const r = philoxBlock(offset + BigInt(Math.floor(i / 4)), seed);
+  return (((r[i % 4] as number) >>> 8) + 0.5) / 16777216;
+}
+
+/** philoxUniformOpen for i = 0..n-1 (one block computed per four values). */
+export function philoxUniformOpenRef(n: number, seed: bigint, offset: bigint): Float64Array {
+  const out = new Float64Array(n);
+  let block: [number, number, number, number] = [0, 0, 0, 0];
+  for (let i = 0; i < n; i++) {
+    if (i % 4 === 0) block = philoxBlock(offset + BigInt(i / 4), seed);
+    out[i] = (((block[i % 4] as number) >>> 8) + 0.5) / 16777216;
+  }
+  return out;
+}
+
 /** Standard normal via Box–Muller in double, rounded to float (element i: lane i % 2 of block offset + i/2). */
 export function philoxNormalStd(seed: bigint, offset: bigint, i: number): number {
   const r = philoxBlock(offset + BigInt(Math.floor(i / 2)), seed);
@@ -679,17 +700,20 @@ export function compare(got: ArrayLike<number>, exp: ArrayLike<number>, tol: Tol
   if (got.length !== exp.length) return `${label}length ${got.length}, expected ${exp.length}`;
   const bad: string[] = [];
   let count = 0;
+  // bound once: global lookups inside hot loops are slow in jest's vm context
+  const { isNaN, isFinite } = Number;
+  const abs = Math.abs;
   for (let i = 0; i < exp.length; i++) {
     const g = got[i] as number, e = exp[i] as number;
     let ok: boolean;
-    if (Number.isNaN(e) || Number.isNaN(g)) ok = Number.isNaN(e) && Number.isNaN(g);
-    else if (!Number.isFinite(e) || !Number.isFinite(g)) ok = g === e;
+    if (isNaN(e) || isNaN(g)) ok = isNaN(e) && isNaN(g);
+    else if (!isFinite(e) || !isFinite(g)) ok = g === e;
     else {
-      let allowed = (tol.atol ?? 0) + (tol.rtol ?? 0) * Math.abs(e);
+      let allowed = (tol.atol ?? 0) + (tol.rtol ?? 0) * abs(e);
       if (tol.atolEach) allowed += tol.atolEach[i] as number;
       if (tol.bf16Ulps) allowed += tol.bf16Ulps * bf16Ulp(e);
       if (tol.f32Ulps) allowed += tol.f32Ulps * f32Ulp(e);
-      ok = Math.abs(g - e) <= allowed;
+      ok = abs(g - e) <= allowed;
       if (ok && tol.signedZero && e === 0 && g === 0) ok = Object.is(e, g);
     }
     if (!ok) {

@@ -1,0 +1,48 @@
+// CUDA kernel table of the mixture-of-experts ops: the same functions as csrc/cpu/kernels_moe.h
+// with the same semantics (read that header for each one), launched asynchronously on `stream`.
+// Nothing here synchronises with the host: counts, offsets and capacities stay on the device and
+// kernels read them; buffers are sized by bounds the host knows (T, R). Data-dependent errors do
+// not throw: the kernel records a DeviceErrorCode (kernels.h) in `err`, writes zeros / skips the
+// bad element, and the next synchronisation reports it. Launch errors throw ERR_CUDA.
+#pragma once
+#include <cstdint>
+#include "../csrc/core/dtype.h"
+#include "../csrc/core/moe_types.h"
+
+namespace moma::cuda {
+
+void moe_partition(void* stream, int32_t* err, const int32_t* modality, int64_t T, const MoeLayout& L,
+                   int32_t* row_group, int32_t* counts, int32_t* offsets, int32_t* perm);
+void moe_router_scores(void* stream, const float* logits, const int32_t* row_group, int64_t T,
+                       const MoeLayout& L, RouterFn fn, bool gumbel, uint64_t seed, uint64_t offset,
+                       float* scores);
+void moe_router_scores_backward(void* stream, const float* scores, const float* dscores,
+                                const int32_t* row_group, int64_t T, const MoeLayout& L, RouterFn fn,
+                                float* dlogits);
+void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* row_group,
+               const int32_t* offsets, const int32_t* perm, int64_t T, const MoeLayout& L,
+               const RoutingParams& p, int64_t R, int32_t* expert_offsets, int32_t* slot_row,
+               float* slot_gate, int32_t* row_slots);
+void moe_gather_rows(void* stream, int32_t* err, DType dt, const void* x, const int32_t* slot_row,
+                     const float* scale, int64_t T, int64_t R, int64_t d, void* y);
+void moe_combine(void* stream, int32_t* err, DType dt, const void* src, const int32_t* row_slots,
+                 const float* weight, int64_t T, int64_t W, int64_t R, int64_t d, void* y);
+void moe_gate_grad(void* stream, DType dt, const void* out, const void* dy, const int32_t* slot_row,
+                   const int32_t* expert_offsets, int64_t T, int64_t R, int64_t d, const MoeLayout& L,
+                   float* dscores);
+// Tensor-core grouped GEMM (mma.sync bf16 x bf16 -> f32, like gemm.cu). x, w float32 or bf16
+// (float32 is rounded to bf16 on load); y float32 or bf16.
+void grouped_gemm(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w,
+                  bool trans_w, const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N,
+                  DType dt_y, void* y);
+// x, dy float32 or bf16 (rounded to bf16 on load); dw float32.
+void grouped_gemm_wgrad(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_dy, const void* dy,
+                        const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, float* dw);
+void swiglu(void* stream, DType dt, const void* h1, const void* h3, void* a, int64_t n);
+void swiglu_backward(void* stream, DType dt, const void* h1, const void* h3, const void* da, void* dh1,
+                     void* dh3, int64_t n);
+void moe_routing_stats(void* stream, const int32_t* row_group, const int32_t* offsets,
+                       const int32_t* expert_offsets, const float* slot_gate, const int32_t* row_slots,
+                       int64_t T, const MoeLayout& L, float* expert_stats, float* group_stats);
+
+}  // namespace moma::cuda

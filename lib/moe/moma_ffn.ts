@@ -1,0 +1,305 @@
+/**
+ * MoMaFFN: the modality-aware mixture-of-experts feed-forward layer of SPEC.md §2, composed from
+ * the native ops of ./ops. One module covers the paper's variants through its groups:
+ *   moma "4t4i":  groups [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }]
+ *   moe "8x":     groups [{ modality: ['text', 'image'], experts: 8 }]  (mixed-modal expert choice)
+ *   "1t1i":       groups [{ modality: 'text', experts: 1 }, { modality: 'image', experts: 1 }]
+ * and token-choice top-k routing as an extra mode. forward() returns the output and a context;
+ * backward(ctx, dy) returns dx and the parameter gradients (explicit, ahead of the autograd tape).
+ *
+ * Parameters (experts of all groups stacked in group order; names as in Mixtral / Megatron):
+ *   w1, w3 [E, dModel, dFF], w2 [E, dFF, dModel], router [dModel, E] (float32; the columns of
+ *   single-expert groups are zero and unused: those groups have no router).
+ */
+import { MomaError } from '../errors';
+import { DType } from '../dtype';
+import { randn, tensor } from '../creation';
+import { getDefaultDevice } from '../device';
+import { matmul } from '../ops';
+import { Generator } from '../random';
+import { Tensor } from '../tensor';
+import {
+  combineRows, gateGrad, gatherRows, groupedMatmul, groupedMatmulWgrad, MoeLayout, moePartition, Partition, route,
+  RouterFn, routerScores, routerScoresBackward, Routing, RoutingMode, routingStats, swiglu, swigluBackward,
+} from './ops';
+
+export interface MoeGroupConfig {
+  /** The modality (or modalities) whose rows this group routes. */
+  modality: string | string[];
+  /** Experts in the group (1: no router, the expert takes every row with weight 1). */
+  experts: number;
+}
+
+export interface MoMaFFNConfig {
+  dModel: number;
+  dFF: number;
+  groups: MoeGroupConfig[];
+  /** Modality names by id (row modality m is modalities[m]); default ['text', 'image']. */
+  modalities?: string[];
+  capacityFactor?: number;
+  router?: RouterFn;
+  /** Gumbel-sigmoid noise on the router logits in training (forward with training: true). */
+  gumbel?: boolean;
+  routing?: RoutingMode;
+  /** Token choice: experts per row (default 2). */
+  topK?: number;
+  device?: string;
+  dtype?: 'float32' | 'bfloat16';
+  seed?: number;
+  initStd?: number;
+}
+
+export interface MoMaFFNContext {
+  readonly partition: Partition;
+  readonly scores: Tensor;
+  readonly routing: Routing;
+  dispose(): void;
+}
+
+export interface RoutingStatsReport {
+  experts: { group: number; expert: number; rows: number; meanGate: number }[];
+  groups: { group: number; modalities: string[]; rows: number; share0: number; share1: number; share2plus: number }[];
+}
+
+interface Saved extends MoMaFFNContext {
+  x: Tensor;
+  xd: Tensor;
+  h1: Tensor;
+  h3: Tensor;
+  a: Tensor;
+  out: Tensor;
+  disposed: boolean;
+}
+
+type Params = { w1: Tensor; w2: Tensor; w3: Tensor; router: Tensor };
+
+function positiveInt(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+    throw new MomaError('ERR_ARG', `MoMaFFN: ${name} must be an integer >= 1, got ${String(value)}`);
+  }
+  return value;
+}
+
+/** Resolves the config into a layout (and validates every field). */
+export function moeLayoutOf(config: Pick<MoMaFFNConfig, 'groups' | 'modalities'>): MoeLayout {
+  const modalities = config.modalities ?? ['text', 'image'];
+  if (!Array.isArray(modalities) || modalities.length === 0 || new Set(modalities).size !== modalities.length) {
+    throw new MomaError('ERR_ARG', 'MoMaFFN: modalities must be a non-empty list of distinct names');
+  }
+  if (!Array.isArray(config.groups) || config.groups.length === 0) {
+    throw new MomaError('ERR_ARG', 'MoMaFFN: groups must be a non-empty list of { modality, experts }');
+  }
+  const groupOfModality = modalities.map(() => -1);
+  const experts = config.groups.map((group, g) => {
+    const names = Array.isArray(group.modality) ? group.modality : [group.modality];
+    if (names.length === 0) throw new MomaError('ERR_ARG', `MoMaFFN: groups[${g}] names no modality`);
+    for (const name of names) {
+      const m = modalities.indexOf(name);
+      if (m < 0) throw new MomaError('ERR_ARG', `MoMaFFN: groups[${g}] names unknown modality '${name}' (modalities: ${modalities.join(', ')})`);
+      if (groupOfModality[m] !== -1) throw new MomaError('ERR_ARG', `MoMaFFN: modality '${name}' is in groups ${groupOfModality[m]} and ${g}`);
+      groupOfModality[m] = g;
+    }
+    return positiveInt(group.experts, `groups[${g}].experts`);
+  });
+  return { experts, groupOfModality };
+}
+
+export class MoMaFFN {
+  readonly config: Readonly<Required<Omit<MoMaFFNConfig, 'device' | 'seed'>>> & { device: string };
+  readonly layout: MoeLayout;
+  readonly numExperts: number;
+  private params: Params;
+
+  constructor(config: MoMaFFNConfig) {
+    const dModel = positiveInt(config.dModel, 'dModel');
+    const dFF = positiveInt(config.dFF, 'dFF');
+    this.layout = moeLayoutOf(config);
+    const capacityFactor = config.capacityFactor ?? 1;
+    if (typeof capacityFactor !== 'number' || !Number.isFinite(capacityFactor) || capacityFactor <= 0) {
+      throw new MomaError('ERR_ARG', `MoMaFFN: capacityFactor must be a finite number > 0, got ${String(capacityFactor)}`);
+    }
+    const router = config.router ?? 'sigmoid';
+    if (router !== 'sigmoid' && router !== 'softmax') throw new MomaError('ERR_ARG', `MoMaFFN: router must be 'sigmoid' or 'softmax', got ${String(router)}`);
+    const routing = config.routing ?? 'expert-choice';
+    if (routing !== 'expert-choice' && routing !== 'token-choice') {
+      throw new MomaError('ERR_ARG', `MoMaFFN: routing must be 'expert-choice' or 'token-choice', got ${String(routing)}`);
+    }
+    const topK = positiveInt(config.topK ?? 2, 'topK');
+    const dtype: DType = config.dtype ?? 'float32';
+    if (dtype !== 'float32' && dtype !== 'bfloat16') throw new MomaError('ERR_DTYPE', `MoMaFFN: dtype must be float32 or bfloat16, got ${String(dtype)}`);
+    const initStd = config.initStd ?? 0.02;
+    if (typeof initStd !== 'number' || !(initStd >= 0)) throw new MomaError('ERR_ARG', `MoMaFFN: initStd must be >= 0, got ${String(initStd)}`);
+    const device = config.device ?? getDefaultDevice();
+    this.config = {
+      dModel, dFF, groups: config.groups.map((g) => ({ ...g })), modalities: config.modalities ?? ['text', 'image'],
+      capacityFactor, router, gumbel: config.gumbel ?? false, routing, topK, dtype, initStd, device,
+    };
+    this.numExperts = this.layout.experts.reduce((a, b) => a + b, 0);
+    const E = this.numExperts;
+    const generator = new Generator(config.seed ?? 0);
+    const opts = { dtype, device, std: initStd, generator };
+    const routed = new Float32Array(E);
+    let begin = 0;
+    for (const e of this.layout.experts) {
+      if (e > 1) routed.fill(1, begin, begin + e);
+      begin += e;
+    }
+    const gaussian = randn([dModel, E], { device, std: initStd, generator });
+    const mask = tensor(routed, { shape: [1, E], device });
+    this.params = {
+      w1: randn([E, dModel, dFF], opts),
+      w3: randn([E, dModel, dFF], opts),
+      w2: randn([E, dFF, dModel], opts),
+      router: gaussian.mul(mask),
+    };
+    gaussian.dispose();
+    mask.dispose();
+  }
+
+  get w1(): Tensor { return this.params.w1; }
+  get w2(): Tensor { return this.params.w2; }
+  get w3(): Tensor { return this.params.w3; }
+  get router(): Tensor { return this.params.router; }
+
+  /** Named parameters: w1, w2, w3, router. */
+  parameters(): Map<string, Tensor> {
+    return new Map(Object.entries(this.params));
+  }
+
+  /** Replaces parameters with copies of the given tensors (shape, dtype and device checked). */
+  setParameters(values: Partial<Params>): void {
+    for (const [name, value] of Object.entries(values) as [keyof Params, Tensor | undefined][]) {
+      if (value === undefined) continue;
+      const current = this.params[name];
+      if (current === undefined) throw new MomaError('ERR_ARG', `MoMaFFN.setParameters: unknown parameter '${name}'`);
+      if (!(value instanceof Tensor)) throw new MomaError('ERR_ARG', `MoMaFFN.setParameters: ${name} must be a Tensor`);
+      if (value.shape.join() !== current.shape.join()) {
+        throw new MomaError('ERR_SHAPE', `MoMaFFN.setParameters: ${name} has shape [${value.shape.join(', ')}], expected [${current.shape.join(', ')}]`);
+      }
+      if (value.device !== current.device) {
+        throw new MomaError('ERR_DEVICE', `MoMaFFN.setParameters: ${name} is on ${value.device}, the module on ${current.device}`);
+      }
+      const copy = value.astype(current.dtype);
+      current.dispose();
+      this.params[name] = copy;
+    }
+  }
+
+  /**
+   * y [T, dModel] for rows x [T, dModel] of modality ids `modality` (int32 [T], -1 = padding).
+   * With `training` and config.gumbel, Gumbel noise is drawn from `generator` (required then).
+   */
+  forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator } = {}): { y: Tensor; ctx: MoMaFFNContext } {
+    if (!(x instanceof Tensor) || x.ndim !== 2 || x.shape[1] !== this.config.dModel) {
+      throw new MomaError('ERR_SHAPE', `MoMaFFN.forward: x must be [T, ${this.config.dModel}], got ${x instanceof Tensor ? `[${x.shape.join(', ')}]` : typeof x}`);
+    }
+    if (!(modality instanceof Tensor) || modality.ndim !== 1 || modality.shape[0] !== x.shape[0]) {
+      throw new MomaError('ERR_SHAPE', `MoMaFFN.forward: modality must be int32 [${x.shape[0]}]`);
+    }
+    const noisy = options.training === true && this.config.gumbel;
+    if (noisy && !(options.generator instanceof Generator)) {
+      throw new MomaError('ERR_ARG', 'MoMaFFN.forward: gumbel routing in training needs options.generator');
+    }
+    const { layout } = this;
+    const { w1, w2, w3 } = this.params;
+    const partition = moePartition(modality, layout);
+    const logits = matmul(x.dtype === 'float32' ? x : x.astype('float32'), this.params.router);
+    const scores = routerScores(logits, partition.rowGroup, layout, { fn: this.config.router, gumbel: noisy ? options.generator : undefined });
+    logits.dispose();
+    const routing = route(scores, partition, layout, {
+      mode: this.config.routing, capacityFactor: this.config.capacityFactor, topK: this.config.topK,
+    });
+    const xd = gatherRows(x, routing.slotRow);
+    const h1 = groupedMatmul(xd, w1, routing.expertOffsets);
+    const h3 = groupedMatmul(xd, w3, routing.expertOffsets);
+    const a = swiglu(h1, h3);
+    const out = groupedMatmul(a, w2, routing.expertOffsets);
+    const y = combineRows(out, routing.rowSlots, routing.slotGate);
+    const saved: Saved = {
+      partition, scores, routing, x, xd, h1, h3, a, out, disposed: false,
+      dispose(): void {
+        if (this.disposed) return;
+        this.disposed = true;
+        partition.dispose();
+        routing.dispose();
+        for (const t of [scores, xd, h1, h3, a, out]) t.dispose();
+      },
+    };
+    return { y, ctx: saved };
+  }
+
+  /** dx and the parameter gradients (float32) for the upstream gradient dy [T, dModel]. */
+  backward(ctx: MoMaFFNContext, dy: Tensor): { dx: Tensor; grads: Params } {
+    const saved = ctx as Saved;
+    if (saved.disposed === undefined || saved.xd === undefined) throw new MomaError('ERR_ARG', 'MoMaFFN.backward: ctx must come from forward()');
+    if (saved.disposed) throw new MomaError('ERR_DISPOSED', 'MoMaFFN.backward: the forward context was disposed');
+    if (!(dy instanceof Tensor) || dy.shape.join() !== saved.x.shape.join()) {
+      throw new MomaError('ERR_SHAPE', `MoMaFFN.backward: dy must have the shape of x [${saved.x.shape.join(', ')}]`);
+    }
+    const { layout } = this;
+    const { w1, w2, w3, router } = this.params;
+    const { routing, partition } = saved;
+    const offs = routing.expertOffsets;
+    const dyc = dy.dtype === saved.out.dtype ? dy : dy.astype(saved.out.dtype);
+    const dscores = gateGrad(saved.out, dyc, routing.slotRow, offs, layout);
+    const dout = gatherRows(dyc, routing.slotRow, routing.slotGate);
+    if (dyc !== dy) dyc.dispose();
+    const dw2 = groupedMatmulWgrad(saved.a, dout, offs);
+    const da = groupedMatmul(dout, w2, offs, { transW: true });
+    dout.dispose();
+    const { dh1, dh3 } = swigluBackward(saved.h1, saved.h3, da);
+    da.dispose();
+    const dw1 = groupedMatmulWgrad(saved.xd, dh1, offs);
+    const dw3 = groupedMatmulWgrad(saved.xd, dh3, offs);
+    const dxd1 = groupedMatmul(dh1, w1, offs, { transW: true });
+    const dxd3 = groupedMatmul(dh3, w3, offs, { transW: true });
+    dh1.dispose();
+    dh3.dispose();
+    const dxd = dxd1.add(dxd3);
+    dxd1.dispose();
+    dxd3.dispose();
+    const dxFfn = combineRows(dxd, routing.rowSlots);
+    dxd.dispose();
+    const dlogits = routerScoresBackward(saved.scores, dscores, partition.rowGroup, layout, this.config.router);
+    dscores.dispose();
+    const dxRouter = matmul(dlogits, router, { transB: true });
+    const x32 = saved.x.dtype === 'float32' ? saved.x : saved.x.astype('float32');
+    const drouter = matmul(x32, dlogits, { transA: true });
+    if (x32 !== saved.x) x32.dispose();
+    dlogits.dispose();
+    const dxSum = dxRouter.dtype === dxFfn.dtype ? dxFfn.add(dxRouter) : dxFfn.astype('float32').add(dxRouter);
+    dxFfn.dispose();
+    dxRouter.dispose();
+    const dx = dxSum.dtype === saved.x.dtype ? dxSum : dxSum.astype(saved.x.dtype);
+    if (dx !== dxSum) dxSum.dispose();
+    return { dx, grads: { w1: dw1, w2: dw2, w3: dw3, router: drouter } };
+  }
+
+  /** Routing statistics of a forward pass, read to the host (for logging). */
+  async stats(ctx: MoMaFFNContext): Promise<RoutingStatsReport> {
+    const s = routingStats(ctx.partition, ctx.routing, this.layout);
+    try {
+      const [experts, groups] = await Promise.all([s.expertStats.toArray(), s.groupStats.toArray()]);
+      const report: RoutingStatsReport = { experts: [], groups: [] };
+      let e = 0;
+      this.layout.experts.forEach((count, g) => {
+        for (let j = 0; j < count; ++j, ++e) {
+          report.experts.push({ group: g, expert: j, rows: experts[2 * e] as number, meanGate: experts[2 * e + 1] as number });
+        }
+        report.groups.push({
+          group: g,
+          modalities: this.config.modalities.filter((_, m) => this.layout.groupOfModality[m] === g),
+          rows: groups[4 * g] as number, share0: groups[4 * g + 1] as number, share1: groups[4 * g + 2] as number,
+          share2plus: groups[4 * g + 3] as number,
+        });
+      });
+      return report;
+    } finally {
+      s.dispose();
+    }
+  }
+
+  dispose(): void {
+    for (const t of Object.values(this.params)) t.dispose();
+  }
+}

@@ -1,0 +1,222 @@
+/**
+ * The mixture-of-experts ops of SPEC.md §2 as functions on tensors: modality partition, router
+ * scores, capacity-bounded expert-choice (or token-choice) routing, dispatch (gatherRows), grouped
+ * expert GEMMs, SwiGLU, combine, and the backward pieces. All run on the tensors' device without
+ * a host sync: data-dependent counts stay in int32 tensors, buffers are sized by bounds.
+ */
+import { native, TensorHandle } from '../binding';
+import { MomaError } from '../errors';
+import { Generator } from '../random';
+import { handleOf, Tensor, wrap } from '../tensor';
+
+/** Experts per group, and the group of each modality id (-1: that modality is never routed). */
+export interface MoeLayout {
+  experts: number[];
+  groupOfModality: number[];
+}
+
+export interface Partition {
+  /** int32 [T]: group of each row, -1 for padding / unrouted rows. */
+  rowGroup: Tensor;
+  /** int32 [G]: rows per group. */
+  counts: Tensor;
+  /** int32 [G + 1]: exclusive prefix sum of counts. */
+  offsets: Tensor;
+  /** int32 [T]: rows of group 0 ascending, then group 1, …, then rows of no group. */
+  perm: Tensor;
+  dispose(): void;
+}
+
+export type RouterFn = 'sigmoid' | 'softmax';
+export type RoutingMode = 'expert-choice' | 'token-choice';
+
+export interface RoutingOptions {
+  mode?: RoutingMode;
+  /** c > 0, default 1 (the paper's setting). */
+  capacityFactor?: number;
+  /** Token choice only: experts per row, default 1. */
+  topK?: number;
+}
+
+export interface Routing {
+  /** int32 [E + 1]: expert e owns slots [expertOffsets[e], expertOffsets[e + 1]). */
+  expertOffsets: Tensor;
+  /** int32 [R]: the row in each slot (ascending inside a segment), -1 past the end. */
+  slotRow: Tensor;
+  /** float32 [R]: the router score of the slot's (row, expert); 1 for single-expert groups. */
+  slotGate: Tensor;
+  /** int32 [T, W]: (t, j) = slot where local expert j of t's group took row t, or -1. */
+  rowSlots: Tensor;
+  dispose(): void;
+}
+
+export interface RoutingStats {
+  /** float32 [E, 2]: rows taken, mean gate. */
+  expertStats: Tensor;
+  /** float32 [G, 4]: rows of the group, shares of them taken by 0, by 1 and by 2+ experts. */
+  groupStats: Tensor;
+  dispose(): void;
+}
+
+const ROUTER_FN: Record<RouterFn, number> = { sigmoid: 0, softmax: 1 };
+const ROUTING_MODE: Record<RoutingMode, number> = { 'expert-choice': 0, 'token-choice': 1 };
+
+function bundle<T extends object>(fields: T): T & { dispose(): void } {
+  return Object.assign(fields, {
+    dispose(): void {
+      for (const value of Object.values(fields)) if (value instanceof Tensor) value.dispose();
+    },
+  });
+}
+
+/** Validates a layout (the native side checks again) and returns it as plain arrays. */
+export function checkLayout(layout: MoeLayout, op: string): MoeLayout {
+  if (typeof layout !== 'object' || layout === null || !Array.isArray(layout.experts) || !Array.isArray(layout.groupOfModality)) {
+    throw new MomaError('ERR_ARG', `${op}: layout must be { experts: number[], groupOfModality: number[] }`);
+  }
+  const experts = layout.experts;
+  if (experts.length === 0 || experts.some((e) => !Number.isInteger(e) || e < 1)) {
+    throw new MomaError('ERR_ARG', `${op}: layout.experts must be a non-empty list of integers >= 1, got [${experts.join(', ')}]`);
+  }
+  const groups = experts.length;
+  if (layout.groupOfModality.some((g) => !Number.isInteger(g) || g < -1 || g >= groups)) {
+    throw new MomaError('ERR_ARG', `${op}: layout.groupOfModality entries must be -1 or a group in [0, ${groups}), got [${layout.groupOfModality.join(', ')}]`);
+  }
+  return { experts: experts.slice(), groupOfModality: layout.groupOfModality.slice() };
+}
+
+function routerCode(fn: RouterFn | undefined, op: string): number {
+  const code = ROUTER_FN[fn ?? 'sigmoid'];
+  if (code === undefined) throw new MomaError('ERR_ARG', `${op}: router must be 'sigmoid' or 'softmax', got ${String(fn)}`);
+  return code;
+}
+
+function routingArgs(options: RoutingOptions, op: string): { mode: number; capacity: number; topK: number } {
+  const mode = ROUTING_MODE[options.mode ?? 'expert-choice'];
+  if (mode === undefined) throw new MomaError('ERR_ARG', `${op}: mode must be 'expert-choice' or 'token-choice', got ${String(options.mode)}`);
+  const capacity = options.capacityFactor ?? 1;
+  if (typeof capacity !== 'number' || !Number.isFinite(capacity) || capacity <= 0) {
+    throw new MomaError('ERR_ARG', `${op}: capacityFactor must be a finite number > 0, got ${String(capacity)}`);
+  }
+  const topK = options.topK ?? 1;
+  if (!Number.isInteger(topK) || topK < 1) throw new MomaError('ERR_ARG', `${op}: topK must be an integer >= 1, got ${String(topK)}`);
+  return { mode, capacity, topK };
+}
+
+/** Groups rows by modality (modality int32 [T], -1 = padding). */
+export function moePartition(modality: Tensor, layout: MoeLayout): Partition {
+  const L = checkLayout(layout, 'moe_partition');
+  const [rowGroup, counts, offsets, perm] = native().moePartition(handleOf(modality, 'moe_partition', 'modality'), L.experts, L.groupOfModality);
+  return bundle({ rowGroup: wrap(rowGroup), counts: wrap(counts), offsets: wrap(offsets), perm: wrap(perm) });
+}
+
+/**
+ * Router scores [T, E] from logits [T, E]: sigmoid (default) or softmax over each row's group;
+ * with `gumbel`, Gumbel-sigmoid noise from that generator (which advances).
+ */
+export function routerScores(logits: Tensor, rowGroup: Tensor, layout: MoeLayout, options: { fn?: RouterFn; gumbel?: Generator } = {}): Tensor {
+  const op = 'moe_router_scores';
+  const L = checkLayout(layout, op);
+  const fn = routerCode(options.fn, op);
+  const lh = handleOf(logits, op, 'logits');
+  const rh = handleOf(rowGroup, op, 'rowGroup');
+  let seed = 0n;
+  let offset = 0n;
+  const gen = options.gumbel;
+  if (gen !== undefined) {
+    if (!(gen instanceof Generator)) throw new MomaError('ERR_ARG', `${op}: gumbel must be a Generator`);
+    const entries = logits.shape.reduce((a, b) => a * b, 1);
+    seed = gen.seed;
+    offset = gen.offset;
+    const scores = native().moeRouterScores(lh, rh, L.experts, L.groupOfModality, fn, true, seed, offset);
+    gen.take(Math.ceil((2 * entries) / 4));
+    return wrap(scores);
+  }
+  return wrap(native().moeRouterScores(lh, rh, L.experts, L.groupOfModality, fn, false, seed, offset));
+}
+
+/** Gradient of the router logits from the gradient of the scores. */
+export function routerScoresBackward(scores: Tensor, dscores: Tensor, rowGroup: Tensor, layout: MoeLayout, fn: RouterFn = 'sigmoid'): Tensor {
+  const op = 'moe_router_scores_backward';
+  const L = checkLayout(layout, op);
+  return wrap(native().moeRouterScoresBackward(handleOf(scores, op, 'scores'), handleOf(dscores, op, 'dscores'),
+    handleOf(rowGroup, op, 'rowGroup'), L.experts, L.groupOfModality, routerCode(fn, op)));
+}
+
+/** R, the slots a routing of `rows` rows may fill at most (moe_slot_bound in csrc/core/moe_types.h). */
+export function moeSlotBound(rows: number, layout: MoeLayout, options: RoutingOptions = {}): number {
+  const L = checkLayout(layout, 'moe_slot_bound');
+  const { mode, capacity, topK } = routingArgs(options, 'moe_slot_bound');
+  const W = Math.max(...L.experts);
+  if (mode === ROUTING_MODE['token-choice']) return rows * Math.min(topK, W);
+  const E = L.experts.reduce((a, b) => a + b, 0);
+  return Math.min(Math.ceil(Math.max(capacity, 1) * rows) + E, rows * W);
+}
+
+/** Which rows each expert takes (expert choice by default; SPEC §2). */
+export function route(scores: Tensor, partition: Partition, layout: MoeLayout, options: RoutingOptions = {}): Routing {
+  const op = 'moe_route';
+  const L = checkLayout(layout, op);
+  const { mode, capacity, topK } = routingArgs(options, op);
+  if (typeof partition !== 'object' || partition === null) throw new MomaError('ERR_ARG', `${op}: partition must come from moePartition`);
+  const p = (name: keyof Omit<Partition, 'dispose'>): TensorHandle => handleOf(partition[name], op, `partition.${name}`);
+  const [expertOffsets, slotRow, slotGate, rowSlots] = native().moeRoute(handleOf(scores, op, 'scores'), p('rowGroup'), p('counts'),
+    p('offsets'), p('perm'), L.experts, L.groupOfModality, mode, capacity, topK);
+  return bundle({ expertOffsets: wrap(expertOffsets), slotRow: wrap(slotRow), slotGate: wrap(slotGate), rowSlots: wrap(rowSlots) });
+}
+
+/** Dispatch: y[s] = scale[s] · x[slotRow[s]] ([R, d]; zero rows where slotRow is -1). */
+export function gatherRows(x: Tensor, slotRow: Tensor, scale?: Tensor): Tensor {
+  const op = 'moe_gather_rows';
+  return wrap(native().moeGatherRows(handleOf(x, op, 'x'), handleOf(slotRow, op, 'slotRow'), scale === undefined ? null : handleOf(scale, op, 'scale')));
+}
+
+/** Combine: y[t] = Σ_j weight[s] · src[s] over the slots s = rowSlots[t, j] ≥ 0, in order of j. */
+export function combineRows(src: Tensor, rowSlots: Tensor, weight?: Tensor): Tensor {
+  const op = 'moe_combine';
+  return wrap(native().moeCombine(handleOf(src, op, 'src'), handleOf(rowSlots, op, 'rowSlots'), weight === undefined ? null : handleOf(weight, op, 'weight')));
+}
+
+/** Gradient of the scores [T, E] from combine: dscores[row, e] = out[s] · dy[row] per routed slot. */
+export function gateGrad(out: Tensor, dy: Tensor, slotRow: Tensor, expertOffsets: Tensor, layout: MoeLayout): Tensor {
+  const op = 'moe_gate_grad';
+  const L = checkLayout(layout, op);
+  return wrap(native().moeGateGrad(handleOf(out, op, 'out'), handleOf(dy, op, 'dy'), handleOf(slotRow, op, 'slotRow'),
+    handleOf(expertOffsets, op, 'expertOffsets'), L.experts, L.groupOfModality));
+}
+
+/** Grouped GEMM: rows of segment e times w[e] ([E, K, N], or [E, N, K] with transW). */
+export function groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, options: { transW?: boolean } = {}): Tensor {
+  const op = 'grouped_matmul';
+  return wrap(native().groupedMatmul(handleOf(x, op, 'x'), handleOf(w, op, 'w'), handleOf(offsets, op, 'offsets'), options.transW === true));
+}
+
+/** Weight gradient of groupedMatmul: dw[e] = x[seg e]ᵀ · dy[seg e] (float32 [E, K, N]). */
+export function groupedMatmulWgrad(x: Tensor, dy: Tensor, offsets: Tensor): Tensor {
+  const op = 'grouped_matmul_wgrad';
+  return wrap(native().groupedMatmulWgrad(handleOf(x, op, 'x'), handleOf(dy, op, 'dy'), handleOf(offsets, op, 'offsets')));
+}
+
+/** a = silu(h1) ⊙ h3. */
+export function swiglu(h1: Tensor, h3: Tensor): Tensor {
+  return wrap(native().swiglu(handleOf(h1, 'swiglu', 'h1'), handleOf(h3, 'swiglu', 'h3')));
+}
+
+export function swigluBackward(h1: Tensor, h3: Tensor, da: Tensor): { dh1: Tensor; dh3: Tensor } {
+  const op = 'swiglu_backward';
+  const [dh1, dh3] = native().swigluBackward(handleOf(h1, op, 'h1'), handleOf(h3, op, 'h3'), handleOf(da, op, 'da'));
+  return { dh1: wrap(dh1), dh3: wrap(dh3) };
+}
+
+/** Per-expert and per-group routing statistics, computed on the device. */
+export function routingStats(partition: Partition, routing: Routing, layout: MoeLayout): RoutingStats {
+  const op = 'moe_routing_stats';
+  const L = checkLayout(layout, op);
+  const [expertStats, groupStats] = native().moeRoutingStats(
+    handleOf(partition.rowGroup, op, 'partition.rowGroup'), handleOf(partition.counts, op, 'partition.counts'),
+    handleOf(partition.offsets, op, 'partition.offsets'), handleOf(partition.perm, op, 'partition.perm'),
+    handleOf(routing.expertOffsets, op, 'routing.expertOffsets'), handleOf(routing.slotRow, op, 'routing.slotRow'),
+    handleOf(routing.slotGate, op, 'routing.slotGate'), handleOf(routing.rowSlots, op, 'routing.rowSlots'),
+    L.experts, L.groupOfModality);
+  return bundle({ expertStats: wrap(expertStats), groupStats: wrap(groupStats) });
+}
