@@ -68,9 +68,9 @@ async function main() {
   if (filters.length === 0 || filters.some((f) => 'moe'.includes(f) || f.startsWith('layer'))) {
     const T = Number(process.env.MOMA_BENCH_T || 8192);
     const fma = results.find((r) => r.device === 'cpu' && r.op.startsWith('ceiling.fma'));
-    for (const r of await layerResults(moma, 'cpu', T, 3)) {
-      if (fma) r.pct_measured = (100 * r.rate * 1000) / fma.rate;
-      r.pct_nominal = (100 * r.rate * 1000) / Number(process.env.MOMA_CPU_PEAK_GFLOPS || 256);
+    for (const r of await layerResults(moma, 'cpu', T, 5)) {
+      if (fma) r.pct_measured = (100 * r.rate) / fma.rate;
+      r.pct_nominal = (100 * r.rate) / Number(process.env.MOMA_CPU_PEAK_GFLOPS || 256);
       results.push(r);
     }
     if (moma.cudaAvailable()) {
@@ -95,12 +95,14 @@ async function main() {
     '| device | op | shape | ms | rate | unit | % measured ceiling | % nominal peak |',
     '| --- | --- | --- | ---: | ---: | --- | ---: | ---: |',
     ...results.map((r) => `| ${r.device} | ${r.op} | ${r.shape} | ${fmt(r.ms, 3)} | ${fmt(r.rate)} | ${r.unit} | ${fmt(r.pct_measured)} | ${fmt(r.pct_nominal)} |`),
+    ...results.filter((r) => r.note).map((r, i) => `${i === 0 ? '\n' : ''}- ${r.device} ${r.op}: ${r.note}`),
   ].join('\n');
   console.log(table);
 
   const dir = path.join(root, 'bench', 'results');
   fs.mkdirSync(dir, { recursive: true });
-  const slug = `${date.slice(0, 10)}-${info.cuda.devices.length ? 'cuda' : 'cpu'}${filters.length ? `-${filters.join('_').replace(/[^a-zA-Z0-9_.-]/g, '')}` : ''}`;
+  const rows = process.env.MOMA_BENCH_T ? `-T${Number(process.env.MOMA_BENCH_T)}` : '';
+  const slug = `${date.slice(0, 10)}-${info.cuda.devices.length ? 'cuda' : 'cpu'}${filters.length ? `-${filters.join('_').replace(/[^a-zA-Z0-9_.-]/g, '')}` : ''}${rows}`;
   fs.writeFileSync(path.join(dir, `${slug}.json`), JSON.stringify({ date, device: deviceName, inspect: info, notes, results }, null, 2) + '\n');
   fs.writeFileSync(path.join(dir, `${slug}.md`), table + '\n');
   console.log(`\nwrote bench/results/${slug}.json and .md`);

@@ -74,6 +74,37 @@ template <> __device__ __forceinline__ bf16_t from_float<bf16_t>(float v) {
   return bf16_t{f32_to_bf16(v)};
 }
 
+// ---- 16-byte vectors ----------------------------------------------------------------------
+// VEC consecutive elements of storage type T moved as one unit: 16 bytes for f32 (4) and bf16 (8).
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+  static constexpr int N = 4;
+  using U = float4;
+  __device__ static void unpack(const U& u, float (&f)[N]) { f[0] = u.x; f[1] = u.y; f[2] = u.z; f[3] = u.w; }
+  __device__ static U pack(const float (&f)[N]) { return make_float4(f[0], f[1], f[2], f[3]); }
+};
+template <> struct Vec16<bf16_t> {
+  static constexpr int N = 8;
+  using U = uint4;
+  __device__ static void unpack(const U& u, float (&f)[N]) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = bf16_to_f32(static_cast<uint16_t>(w[i] & 0xFFFFu));
+      f[2 * i + 1] = bf16_to_f32(static_cast<uint16_t>(w[i] >> 16));
+    }
+  }
+  __device__ static U pack(const float (&f)[N]) {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      w[i] = static_cast<uint32_t>(f32_to_bf16(f[2 * i])) | (static_cast<uint32_t>(f32_to_bf16(f[2 * i + 1])) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+};
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // ---- strided views ------------------------------------------------------------------------
 // Host: drops size-1 dims and merges dims k, k+1 when stride[k] == stride[k+1] * shape[k+1].
 // The row-major linear index -> offset map is unchanged, so each view of an op can be collapsed

@@ -28,42 +28,13 @@ using namespace detail;
 
 namespace {
 
-// VEC consecutive elements of storage type T moved as one unit: 16 bytes for f32 (4) and bf16 (8).
-template <typename T> struct Vec;
-template <> struct Vec<float> {
-  static constexpr int N = 4;
-  using U = float4;
-  __device__ static void unpack(const U& u, float (&f)[N]) { f[0] = u.x; f[1] = u.y; f[2] = u.z; f[3] = u.w; }
-  __device__ static U pack(const float (&f)[N]) { return make_float4(f[0], f[1], f[2], f[3]); }
-};
-template <> struct Vec<bf16_t> {
-  static constexpr int N = 8;
-  using U = uint4;
-  __device__ static void unpack(const U& u, float (&f)[N]) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      f[2 * i] = bf16_to_f32(static_cast<uint16_t>(w[i] & 0xFFFFu));
-      f[2 * i + 1] = bf16_to_f32(static_cast<uint16_t>(w[i] >> 16));
-    }
-  }
-  __device__ static U pack(const float (&f)[N]) {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      w[i] = static_cast<uint32_t>(f32_to_bf16(f[2 * i])) | (static_cast<uint32_t>(f32_to_bf16(f[2 * i + 1])) << 16);
-    return make_uint4(w[0], w[1], w[2], w[3]);
-  }
-};
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // ---- gather ------------------------------------------------------------------------------
 template <typename T, bool VEC>
 __global__ void gather_rows_kernel(const T* __restrict__ x, const int32_t* __restrict__ slot_row,
                                    const float* __restrict__ scale, int64_t T_rows, int64_t R, int64_t d,
                                    T* __restrict__ y, int32_t* err) {
-  using V = Vec<T>;
+  using V = Vec16<T>;
   for (int64_t s = blockIdx.x; s < R; s += gridDim.x) {
     const int32_t t = slot_row[s];
     const bool bad = t < -1 || t >= T_rows;
@@ -103,7 +74,7 @@ template <typename T, bool VEC>
 __global__ void combine_kernel(const T* __restrict__ src, const int32_t* __restrict__ row_slots,
                                const float* __restrict__ weight, int64_t T_rows, int64_t W, int64_t R, int64_t d,
                                T* __restrict__ y, int32_t* err) {
-  using V = Vec<T>;
+  using V = Vec16<T>;
   for (int64_t t = blockIdx.x; t < T_rows; t += gridDim.x) {
     const int32_t* rs = row_slots + t * W;
     T* yr = y + t * d;
@@ -215,7 +186,7 @@ void moe_gather_rows(void* stream, int32_t* err, DType dt, const void* x, const 
   cudaStream_t s = as_stream(stream);
   auto go = [&](auto tag) {
     using E = decltype(tag);
-    constexpr int N = Vec<E>::N;
+    constexpr int N = Vec16<E>::N;
     const bool vec = d % N == 0 && aligned16(x) && aligned16(y);
     if (vec)
       gather_rows_kernel<E, true><<<rows_grid(R), row_threads(d / N), 0, s>>>(static_cast<const E*>(x), slot_row, scale, T, R, d, static_cast<E*>(y), err);
@@ -241,7 +212,7 @@ void moe_combine(void* stream, int32_t* err, DType dt, const void* src, const in
   if (T <= 0 || d <= 0) return;
   auto go = [&](auto tag) {
     using E = decltype(tag);
-    constexpr int N = Vec<E>::N;
+    constexpr int N = Vec16<E>::N;
     const bool vec = d % N == 0 && aligned16(src) && aligned16(y);
     if (vec)
       combine_kernel<E, true><<<rows_grid(T), row_threads(d / N), 0, s>>>(static_cast<const E*>(src), row_slots, weight, T, W, R, d, static_cast<E*>(y), err);

@@ -36,33 +36,6 @@ __device__ __forceinline__ void swiglu_bwd_f(float h1, float h3, float da, float
   dh3 = __fmul_rn(da, __fmul_rn(h1, s));
 }
 
-template <typename T> struct Vec4;  // 16 bytes
-template <> struct Vec4<float> {
-  static constexpr int N = 4;
-  using U = float4;
-  __device__ static void unpack(const U& u, float (&f)[N]) { f[0] = u.x; f[1] = u.y; f[2] = u.z; f[3] = u.w; }
-  __device__ static U pack(const float (&f)[N]) { return make_float4(f[0], f[1], f[2], f[3]); }
-};
-template <> struct Vec4<bf16_t> {
-  static constexpr int N = 8;
-  using U = uint4;
-  __device__ static void unpack(const U& u, float (&f)[N]) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      f[2 * i] = bf16_to_f32(static_cast<uint16_t>(w[i] & 0xFFFFu));
-      f[2 * i + 1] = bf16_to_f32(static_cast<uint16_t>(w[i] >> 16));
-    }
-  }
-  __device__ static U pack(const float (&f)[N]) {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      w[i] = static_cast<uint32_t>(f32_to_bf16(f[2 * i])) | (static_cast<uint32_t>(f32_to_bf16(f[2 * i + 1])) << 16);
-    return make_uint4(w[0], w[1], w[2], w[3]);
-  }
-};
-
 #define GRID_STRIDE64(i, n) \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
@@ -70,7 +43,7 @@ template <typename T, bool VEC>
 __global__ void swiglu_kernel(const T* __restrict__ h1, const T* __restrict__ h3, T* __restrict__ a, int64_t n) {
   int64_t done = 0;
   if constexpr (VEC) {
-    using V = Vec4<T>;
+    using V = Vec16<T>;
     const int64_t nv = n / V::N;
     GRID_STRIDE64(i, nv) {
       float x[V::N], y[V::N], r[V::N];
@@ -93,7 +66,7 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ h1, const T* __rest
                                        T* __restrict__ dh1, T* __restrict__ dh3, int64_t n) {
   int64_t done = 0;
   if constexpr (VEC) {
-    using V = Vec4<T>;
+    using V = Vec16<T>;
     const int64_t nv = n / V::N;
     GRID_STRIDE64(i, nv) {
       float x[V::N], y[V::N], g[V::N], r1[V::N], r3[V::N];
@@ -116,7 +89,6 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ h1, const T* __rest
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -130,7 +102,7 @@ void swiglu(void* stream, DType dt, const void* h1, const void* h3, void* a, int
     const auto* x = static_cast<const E*>(h1);
     const auto* y = static_cast<const E*>(h3);
     auto* z = static_cast<E*>(a);
-    if (vec) swiglu_kernel<E, true><<<grid_for(n / Vec4<E>::N + 1), kThreads, 0, s>>>(x, y, z, n);
+    if (vec) swiglu_kernel<E, true><<<grid_for(n / Vec16<E>::N + 1), kThreads, 0, s>>>(x, y, z, n);
     else swiglu_kernel<E, false><<<grid_for(n), kThreads, 0, s>>>(x, y, z, n);
   };
   if (dt == DType::F32) go(float{});
@@ -151,7 +123,7 @@ void swiglu_backward(void* stream, DType dt, const void* h1, const void* h3, con
     const auto* g = static_cast<const E*>(da);
     auto* r1 = static_cast<E*>(dh1);
     auto* r3 = static_cast<E*>(dh3);
-    if (vec) swiglu_backward_kernel<E, true><<<grid_for(n / Vec4<E>::N + 1), kThreads, 0, s>>>(x, y, g, r1, r3, n);
+    if (vec) swiglu_backward_kernel<E, true><<<grid_for(n / Vec16<E>::N + 1), kThreads, 0, s>>>(x, y, g, r1, r3, n);
     else swiglu_backward_kernel<E, false><<<grid_for(n), kThreads, 0, s>>>(x, y, g, r1, r3, n);
   };
   if (dt == DType::F32) go(float{});

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "bench.h"
+#include "ops/moe.h"
 #include "core/moe_types.h"
 #include "cpu/kernels.h"
 #include "cpu/kernels_moe.h"
@@ -30,20 +31,6 @@ constexpr const char* kMoeOps[] = {
     "moe.partition",  "moe.router_scores", "moe.router_gumbel", "moe.route_ec",
     "moe.route_tc",   "moe.gather_rows",   "moe.grouped_gemm",  "moe.grouped_gemm_wgrad",
     "moe.swiglu",     "moe.swiglu_backward", "moe.combine",     "moe.gate_grad"};
-
-MoeLayout make_layout(const std::vector<int32_t>& experts, const std::vector<int32_t>& group_of) {
-  MoeLayout L;
-  L.num_groups = static_cast<int32_t>(experts.size());
-  for (int g = 0; g < L.num_groups; ++g) {
-    L.experts[g] = experts[sz(g)];
-    L.begin[g + 1] = L.begin[g] + experts[sz(g)];
-    L.max_group_experts = std::max(L.max_group_experts, experts[sz(g)]);
-  }
-  L.num_experts = L.begin[L.num_groups];
-  L.num_modalities = static_cast<int32_t>(group_of.size());
-  for (size_t m = 0; m < group_of.size(); ++m) L.group_of[m] = group_of[m];
-  return L;
-}
 
 void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, const std::vector<int32_t>& modality,
                 int64_t d, int64_t f) {
@@ -205,8 +192,8 @@ void run_cpu_moe(Runner& runner) {
   std::mt19937 rng(2024);
   std::vector<int32_t> modality(sz(T));
   for (auto& m : modality) m = static_cast<int32_t>(rng() & 1u);
-  run_layout(runner, "4t4i", make_layout({4, 4}, {0, 1}), modality, d, f);
-  run_layout(runner, "8x", make_layout({8}, {0, 0}), modality, d, f);
+  run_layout(runner, "4t4i", ops::make_moe_layout({4, 4}, {0, 1}, "bench"), modality, d, f);
+  run_layout(runner, "8x", ops::make_moe_layout({8}, {0, 0}, "bench"), modality, d, f);
 }
 
 }  // namespace moma::bench

@@ -1,9 +1,7 @@
 // CUDA part of moma_kernel_bench (compiled in when the CUDA backend is, i.e. MOMA_WITH_CUDA).
 //
 // Uses only moma's runtime and kernel tables (cuda/runtime.h, cuda/kernels.h), no CUDA headers.
-// Timing: synchronize, launch a batch of repeats on the device stream, synchronize again and
-// divide the wall time (std::chrono) by the batch size; the batch is sized to about 20 ms and
-// the median of 7 batches is reported, after warm-up launches.
+// Timing: gpu_seconds (cuda_util.h).
 // Ceilings: device-to-device copy bandwidth (copy_d2d of 1 GiB, read + write bytes) and the bf16
 // tensor-core GEMM rate of moma::cuda::gemm at 4096^3 and 8192x4096x4096 (the better one).
 // Nominal bf16 peak: MOMA_GPU_PEAK_TFLOPS, else 989 TFLOP/s (dense) for H100 / H200, else none.
@@ -16,6 +14,7 @@
 #include <vector>
 
 #include "bench.h"
+#include "cuda_util.h"
 
 #ifdef MOMA_WITH_CUDA
 #include "cuda/kernels.h"
@@ -27,55 +26,7 @@ namespace moma::bench {
 #ifdef MOMA_WITH_CUDA
 namespace {
 
-constexpr int kDev = 0;
-
-// Device buffer released on scope exit.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : ptr_(cuda::alloc(kDev, bytes)) {}
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { cuda::release(kDev, ptr_); }
-  void* get() const { return ptr_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  void* ptr_;
-};
-
-double gpu_seconds(const std::function<void()>& launch) {
-  for (int i = 0; i < 3; ++i) launch();
-  cuda::synchronize(kDev, "bench warm-up");
-  double t0 = now_s();
-  launch();
-  cuda::synchronize(kDev, "bench probe");
-  const double one = now_s() - t0;
-  const int reps = std::clamp(int(0.02 / std::max(one, 1e-6)), 1, 1000);
-  std::vector<double> samples;
-  for (int s = 0; s < 7; ++s) {
-    cuda::synchronize(kDev, "bench");
-    t0 = now_s();
-    for (int r = 0; r < reps; ++r) launch();
-    cuda::synchronize(kDev, "bench");
-    samples.push_back((now_s() - t0) / reps);
-  }
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
-}
-
-GemmShape gemm_shape(int64_t M, int64_t N, int64_t K) {
-  GemmShape g;
-  g.M = M;
-  g.N = N;
-  g.K = K;
-  g.lda = K;
-  g.ldb = N;
-  g.ldc = N;
-  return g;
-}
+constexpr int kDev = kCudaBenchDevice;
 
 }  // namespace
 

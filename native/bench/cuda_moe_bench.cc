@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "bench.h"
+#include "ops/moe.h"
+#include "cuda_util.h"
 #include "core/moe_types.h"
 
 #ifdef MOMA_WITH_CUDA
@@ -35,60 +37,13 @@ namespace moma::bench {
 #ifdef MOMA_WITH_CUDA
 namespace {
 
-constexpr int kDev = 0;
+constexpr int kDev = kCudaBenchDevice;
 inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
 constexpr const char* kMoeOps[] = {
     "moe.partition",  "moe.router_scores", "moe.router_gumbel", "moe.route_ec",
     "moe.route_tc",   "moe.gather_rows",   "moe.grouped_gemm",  "moe.grouped_gemm_wgrad",
     "moe.swiglu",     "moe.swiglu_backward", "moe.combine",     "moe.gate_grad"};
-
-class Buf {
- public:
-  explicit Buf(size_t bytes) : ptr_(cuda::alloc(kDev, bytes < 4 ? 4 : bytes)) {}
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  ~Buf() { cuda::release(kDev, ptr_); }
-  void* get() const { return ptr_; }
-  template <typename T> T* as() const { return static_cast<T*>(ptr_); }
-
- private:
-  void* ptr_;
-};
-
-double gpu_seconds(const std::function<void()>& launch) {
-  for (int i = 0; i < 3; ++i) launch();
-  cuda::synchronize(kDev, "moe bench warm-up");
-  double t0 = now_s();
-  launch();
-  cuda::synchronize(kDev, "moe bench probe");
-  const double one = now_s() - t0;
-  const int reps = std::clamp(int(0.02 / std::max(one, 1e-6)), 1, 1000);
-  std::vector<double> samples;
-  for (int s = 0; s < 7; ++s) {
-    cuda::synchronize(kDev, "moe bench");
-    t0 = now_s();
-    for (int r = 0; r < reps; ++r) launch();
-    cuda::synchronize(kDev, "moe bench");
-    samples.push_back((now_s() - t0) / reps);
-  }
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
-}
-
-MoeLayout make_layout(const std::vector<int32_t>& experts, const std::vector<int32_t>& group_of) {
-  MoeLayout L;
-  L.num_groups = static_cast<int32_t>(experts.size());
-  for (int g = 0; g < L.num_groups; ++g) {
-    L.experts[g] = experts[sz(g)];
-    L.begin[g + 1] = L.begin[g] + experts[sz(g)];
-    L.max_group_experts = std::max(L.max_group_experts, experts[sz(g)]);
-  }
-  L.num_experts = L.begin[L.num_groups];
-  L.num_modalities = static_cast<int32_t>(group_of.size());
-  for (size_t m = 0; m < group_of.size(); ++m) L.group_of[m] = group_of[m];
-  return L;
-}
 
 struct Ceilings {
   double copy_gbs = 0, gemm_tflops = 0, nominal_tflops = -1;
@@ -101,23 +56,17 @@ Ceilings measure_ceilings(void* st) {
   c.nominal_tflops = env_double("MOMA_GPU_PEAK_TFLOPS", hopper ? 989.0 : -1.0);
   {
     const size_t bytes = size_t(1) << 30;
-    Buf src(bytes), dst(bytes);
+    DeviceBuffer src(bytes), dst(bytes);
     cuda::fill(st, DType::U8, src.get(), int64_t(bytes), 1.0);
     const double s = gpu_seconds([&] { cuda::copy_d2d(kDev, dst.get(), src.get(), bytes); });
     c.copy_gbs = 2.0 * double(bytes) / s / 1e9;
   }
   {
     const int64_t M = 8192, N = 4096, K = 4096;
-    Buf A(sz(M * K) * 2), B(sz(K * N) * 2), C(sz(M * N) * 4);
+    DeviceBuffer A(sz(M * K) * 2), B(sz(K * N) * 2), C(sz(M * N) * 4);
     cuda::random_uniform(st, DType::BF16, A.get(), M * K, 1, 0, -1.0f, 1.0f);
     cuda::random_uniform(st, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
-    GemmShape g;
-    g.M = M;
-    g.N = N;
-    g.K = K;
-    g.lda = K;
-    g.ldb = N;
-    g.ldc = N;
+    const GemmShape g = gemm_shape(M, N, K);
     const double s = gpu_seconds([&] { cuda::gemm(st, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32, C.get(), g); });
     c.gemm_tflops = 2.0 * double(M) * double(N) * double(K) / s / 1e12;
   }
@@ -142,7 +91,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   };
 
   // Partition.
-  Buf modality(sz(T) * 4), row_group(sz(T) * 4), counts(sz(G) * 4), offsets(sz(G + 1) * 4), perm(sz(T) * 4);
+  DeviceBuffer modality(sz(T) * 4), row_group(sz(T) * 4), counts(sz(G) * 4), offsets(sz(G + 1) * 4), perm(sz(T) * 4);
   cuda::copy_h2d(kDev, modality.get(), modality_host.data(), sz(T) * 4);
   const auto partition = [&] {
     cuda::moe_partition(st, err, modality.as<int32_t>(), T, L, row_group.as<int32_t>(), counts.as<int32_t>(),
@@ -152,7 +101,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   if (want("moe.partition")) report_bw("moe.partition", "T" + std::to_string(T), 12.0 * T, gpu_seconds(partition));
 
   // Router scores (sigmoid), with and without Gumbel noise.
-  Buf logits(sz(T * E) * 4), scores(sz(T * E) * 4);
+  DeviceBuffer logits(sz(T * E) * 4), scores(sz(T * E) * 4);
   cuda::random_uniform(st, DType::F32, logits.get(), T * E, 11, 0, -2.0f, 2.0f);
   const auto router = [&](bool gumbel) {
     cuda::moe_router_scores(st, logits.as<float>(), row_group.as<int32_t>(), T, L, RouterFn::Sigmoid, gumbel, 5, 0,
@@ -166,7 +115,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   // Routing (expert choice, c = 1; token choice top-2 for comparison).
   RoutingParams ec;
   const int64_t R = moe_slot_bound(T, L, ec);
-  Buf expert_offsets(sz(E + 1) * 4), slot_row(sz(R) * 4), slot_gate(sz(R) * 4), row_slots(sz(T * W) * 4);
+  DeviceBuffer expert_offsets(sz(E + 1) * 4), slot_row(sz(R) * 4), slot_gate(sz(R) * 4), row_slots(sz(T * W) * 4);
   const auto route = [&] {
     cuda::moe_route(st, err, scores.as<float>(), row_group.as<int32_t>(), offsets.as<int32_t>(), perm.as<int32_t>(), T,
                     L, ec, R, expert_offsets.as<int32_t>(), slot_row.as<int32_t>(), slot_gate.as<float>(),
@@ -184,7 +133,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
     tc.mode = RoutingMode::TokenChoice;
     tc.top_k = 2;
     const int64_t Rt = moe_slot_bound(T, L, tc);
-    Buf eo(sz(E + 1) * 4), sr(sz(Rt) * 4), sg(sz(Rt) * 4), rs(sz(T * W) * 4);
+    DeviceBuffer eo(sz(E + 1) * 4), sr(sz(Rt) * 4), sg(sz(Rt) * 4), rs(sz(T * W) * 4);
     const double s = gpu_seconds([&] {
       cuda::moe_route(st, err, scores.as<float>(), row_group.as<int32_t>(), offsets.as<int32_t>(), perm.as<int32_t>(),
                       T, L, tc, Rt, eo.as<int32_t>(), sr.as<int32_t>(), sg.as<float>(), rs.as<int32_t>());
@@ -193,7 +142,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   }
 
   // Dispatch: xs [R, d] = x[slot_row] (bf16).
-  Buf x(sz(T * d) * 2), xs(sz(R * d) * 2);
+  DeviceBuffer x(sz(T * d) * 2), xs(sz(R * d) * 2);
   cuda::random_uniform(st, DType::BF16, x.get(), T * d, 12, 0, -1.0f, 1.0f);
   const auto gather = [&] {
     cuda::moe_gather_rows(st, err, DType::BF16, x.get(), slot_row.as<int32_t>(), nullptr, T, R, d, xs.get());
@@ -206,11 +155,11 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   const bool gemm_ops = want("moe.grouped_gemm") || want("moe.grouped_gemm_wgrad");
   const bool swiglu_ops = want("moe.swiglu") || want("moe.swiglu_backward");
   if (gemm_ops || swiglu_ops) {
-    Buf h1(sz(R * f) * 2), h3(sz(R * f) * 2);
+    DeviceBuffer h1(sz(R * f) * 2), h3(sz(R * f) * 2);
     const double flops = 2.0 * double(used) * double(d) * double(f);
     const std::string gshape = shape_str({used, d, f}) + " bf16";
     if (gemm_ops) {
-      Buf w1(sz(E * d * f) * 2), dw(sz(E * d * f) * 4);
+      DeviceBuffer w1(sz(E * d * f) * 2), dw(sz(E * d * f) * 4);
       cuda::random_uniform(st, DType::BF16, w1.get(), E * d * f, 13, 0, -0.03f, 0.03f);
       if (want("moe.grouped_gemm"))
         report_flops("moe.grouped_gemm", gshape, flops, gpu_seconds([&] {
@@ -227,14 +176,14 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
     }
     if (swiglu_ops) {
       const int64_t n = R * f;
-      Buf a(sz(n) * 2);
+      DeviceBuffer a(sz(n) * 2);
       cuda::random_uniform(st, DType::BF16, h1.get(), n, 15, 0, -4.0f, 4.0f);
       cuda::random_uniform(st, DType::BF16, h3.get(), n, 16, 0, -4.0f, 4.0f);
       const std::string sshape = shape_str({R, f}) + " bf16";
       if (want("moe.swiglu"))
         report_bw("moe.swiglu", sshape, 6.0 * n, gpu_seconds([&] { cuda::swiglu(st, DType::BF16, h1.get(), h3.get(), a.get(), n); }));
       if (want("moe.swiglu_backward")) {
-        Buf dh1(sz(n) * 2), dh3(sz(n) * 2);
+        DeviceBuffer dh1(sz(n) * 2), dh3(sz(n) * 2);
         report_bw("moe.swiglu_backward", sshape, 10.0 * n, gpu_seconds([&] {
                     cuda::swiglu_backward(st, DType::BF16, h1.get(), h3.get(), a.get(), dh1.get(), dh3.get(), n);
                   }));
@@ -244,7 +193,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
 
   // Combine: y [T, d] = sum of gate * expert output (xs stands in for the outputs).
   if (want("moe.combine")) {
-    Buf y(sz(T * d) * 2);
+    DeviceBuffer y(sz(T * d) * 2);
     report_bw("moe.combine", shape_str({T, d}) + " bf16", 2.0 * d * (used + T) + 4.0 * T * W + 4.0 * used, gpu_seconds([&] {
                 cuda::moe_combine(st, err, DType::BF16, xs.get(), row_slots.as<int32_t>(), slot_gate.as<float>(), T, W,
                                   R, d, y.get());
@@ -252,7 +201,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   }
   // Gate gradient: dscores [T, E] from the expert outputs and dy = x.
   if (want("moe.gate_grad")) {
-    Buf dscores(sz(T * E) * 4);
+    DeviceBuffer dscores(sz(T * E) * 4);
     report_bw("moe.gate_grad", shape_str({used, d}) + " bf16", 4.0 * d * used + 4.0 * used + 4.0 * T * E, gpu_seconds([&] {
                 cuda::moe_gate_grad(st, DType::BF16, xs.get(), x.get(), slot_row.as<int32_t>(),
                                     expert_offsets.as<int32_t>(), T, R, d, L, dscores.as<float>());
@@ -282,8 +231,8 @@ void run_cuda_moe(Runner& runner) {
     std::mt19937 rng(2024);
     std::vector<int32_t> modality(sz(T));
     for (auto& m : modality) m = static_cast<int32_t>(rng() & 1u);  // 0 = text, 1 = image, 50% each
-    run_layout(runner, ceil, st, "4t4i", make_layout({4, 4}, {0, 1}), modality, d, f);
-    run_layout(runner, ceil, st, "8x", make_layout({8}, {0, 0}), modality, d, f);
+    run_layout(runner, ceil, st, "4t4i", ops::make_moe_layout({4, 4}, {0, 1}, "bench"), modality, d, f);
+    run_layout(runner, ceil, st, "8x", ops::make_moe_layout({8}, {0, 0}, "bench"), modality, d, f);
   }
 }
 

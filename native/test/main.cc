@@ -28,6 +28,7 @@
 #include "../../cuda/kernels.h"
 #include "../../cuda/kernels_moe.h"
 #include "../../cuda/runtime.h"
+#include "../../csrc/ops/moe.h"
 
 using namespace moma;
 
@@ -631,30 +632,16 @@ void add_runtime_cases() {
 // ---- mixture-of-experts kernels (kernels_moe.h) --------------------------------------------
 // Every MoE CUDA kernel against its CPU twin. Routing cases feed both sides the same scores
 // (computed by the CPU router) so that the routes must agree exactly.
-MoeLayout moe_layout(const std::vector<int>& experts, const std::vector<int>& group_of) {
-  MoeLayout L;
-  L.num_groups = static_cast<int32_t>(experts.size());
-  for (size_t g = 0; g < experts.size(); ++g) {
-    L.experts[g] = experts[g];
-    L.begin[g + 1] = L.begin[g] + experts[g];
-    L.max_group_experts = std::max(L.max_group_experts, experts[g]);
-  }
-  L.num_experts = L.begin[L.num_groups];
-  L.num_modalities = static_cast<int32_t>(group_of.size());
-  for (size_t m = 0; m < group_of.size(); ++m) L.group_of[m] = group_of[m];
-  return L;
-}
-
 struct MoeLayoutCase {
   std::string name;
   MoeLayout L;
 };
 std::vector<MoeLayoutCase> moe_layouts() {
-  return {{"[4,4]", moe_layout({4, 4}, {0, 1})},
-          {"[8]", moe_layout({8}, {0, 0})},
-          {"[1,1]", moe_layout({1, 1}, {0, 1})},
-          {"[3,1,2]+unrouted", moe_layout({3, 1, 2}, {0, 1, 2, -1})},
-          {"[1]", moe_layout({1}, {0})}};
+  return {{"[4,4]", ops::make_moe_layout({4, 4}, {0, 1}, "native test")},
+          {"[8]", ops::make_moe_layout({8}, {0, 0}, "native test")},
+          {"[1,1]", ops::make_moe_layout({1, 1}, {0, 1}, "native test")},
+          {"[3,1,2]+unrouted", ops::make_moe_layout({3, 1, 2}, {0, 1, 2, -1}, "native test")},
+          {"[1]", ops::make_moe_layout({1}, {0}, "native test")}};
 }
 
 // Modalities of T rows. mode 0: random with ~10% padding; 1: every row modality 0; 2: no row of
@@ -881,7 +868,7 @@ void add_moe_routing_cases() {
         }
       }
   add("moe_partition bad modality", [] {
-    const MoeLayout L = moe_layout({4, 4}, {0, 1});
+    const MoeLayout L = ops::make_moe_layout({4, 4}, {0, 1}, "native test");
     std::vector<int32_t> mod = {0, 1, 2, -1};
     auto dm = dev_of(mod);
     auto a = dev_poisoned(16), b = dev_poisoned(8), c = dev_poisoned(12), d = dev_poisoned(16);
@@ -900,7 +887,7 @@ void add_moe_row_cases() {
         for (int li = 0; li < 2; ++li) {
           const std::string tag = std::string(li ? "[3,1,2]" : "[4,4]") + " T=" + std::to_string(T) + " d=" +
                                   std::to_string(d) + " " + dtype_name(dt);
-          const MoeLayout L = li ? moe_layout({3, 1, 2}, {0, 1, 2, -1}) : moe_layout({4, 4}, {0, 1});
+          const MoeLayout L = li ? ops::make_moe_layout({3, 1, 2}, {0, 1, 2, -1}, "native test") : ops::make_moe_layout({4, 4}, {0, 1}, "native test");
           RoutingParams p;
           p.capacity = li ? 2.0 : 1.37;
           for (int scaled = 0; scaled < 2; ++scaled)
@@ -1180,7 +1167,7 @@ void cpu_sanity() {
   }
   g_case = "cpu moe_route expert choice vs brute force";
   {
-    const MoeLayout L = moe_layout({4, 4}, {0, 1});
+    const MoeLayout L = ops::make_moe_layout({4, 4}, {0, 1}, "native test");
     RoutingParams p;
     p.capacity = 1.37;
     MoeHostRoute h = host_route(L, 200, p, 0, true);
