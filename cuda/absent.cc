@@ -5,6 +5,7 @@
 #include "../csrc/core/error.h"
 #include "kernels.h"
 #include "kernels_moe.h"
+#include "kernels_nn.h"
 #include "runtime.h"
 
 namespace moma::cuda {
@@ -106,6 +107,46 @@ void swiglu_backward(void*, DType, const void*, const void*, const void*, void*,
 void moe_routing_stats(void*, const int32_t*, const int32_t*, const int32_t*, const float*, const int32_t*, int64_t,
                        const MoeLayout&, float*, float*) {
   absent("moe_routing_stats");
+}
+void mod_select(void*, int32_t*, const float*, const int32_t*, int64_t, int64_t, int32_t*) { absent("mod_select"); }
+void segment_starts(void*, const int32_t*, int64_t, int32_t*) { absent("segment_starts"); }
+
+
+// Transformer kernels (kernels_nn.h).
+void rmsnorm(void*, DType, const void*, const float*, int64_t, int64_t, float, void*, float*) { absent("rmsnorm"); }
+void rmsnorm_backward(void*, DType, const void*, const float*, const float*, const void*, int64_t, int64_t, void*,
+                      float*) {
+  absent("rmsnorm_backward");
+}
+void layernorm(void*, DType, const void*, const float*, const float*, int64_t, int64_t, int64_t, float, void*, float*,
+               float*) {
+  absent("layernorm");
+}
+void layernorm_backward(void*, DType, const void*, const float*, const float*, const float*, const void*, int64_t,
+                        int64_t, int64_t, void*, float*, float*) {
+  absent("layernorm_backward");
+}
+void rope(void*, int32_t*, DType, const void*, const int32_t*, int64_t, int64_t, int64_t, float, bool, void*) {
+  absent("rope");
+}
+void attention(void*, int32_t*, DType, const void*, const void*, const void*, const int32_t*, int64_t, int64_t, int64_t,
+               float, void*, float*) {
+  absent("attention");
+}
+void attention_backward(void*, int32_t*, DType, const void*, const void*, const void*, const void*, const float*,
+                        const void*, const int32_t*, int64_t, int64_t, int64_t, float, void*, void*, void*) {
+  absent("attention_backward");
+}
+void cross_entropy(void*, int32_t*, DType, const void*, const int32_t*, int64_t, int64_t, float*, float*) {
+  absent("cross_entropy");
+}
+void cross_entropy_backward(void*, DType, const void*, const int32_t*, const float*, const float*, const float*, int64_t,
+                            int64_t, void*) {
+  absent("cross_entropy_backward");
+}
+void adamw(void*, const float*, const float*, const float*, const float*, int64_t, const AdamWParams&, float*, float*,
+           float*, uint16_t*) {
+  absent("adamw");
 }
 
 }  // namespace moma::cuda

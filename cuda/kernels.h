@@ -19,6 +19,10 @@ enum DeviceErrorCode : int32_t {
   kMoeGatherRange = 5,     // a slot row outside [-1, T)
   kMoeCombineRange = 6,    // a slot outside [-1, R)
   kGroupedGemmOffsets = 7, // segment offsets not increasing or past R
+  kRopePosition = 8,       // a negative position
+  kAttentionSegment = 9,   // seg_start[t] neither t nor seg_start[t - 1]
+  kCrossEntropyTarget = 10, // a target outside [-1, V)
+  kModSelectCount = 11,    // fewer valid rows than the rows to select
 };
 // The op name and the message for a nonzero error word (runtime.cu reports them).
 const char* device_error_op(int32_t code);

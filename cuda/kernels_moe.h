@@ -45,4 +45,11 @@ void moe_routing_stats(void* stream, const int32_t* row_group, const int32_t* of
                        const int32_t* expert_offsets, const float* slot_gate, const int32_t* row_slots,
                        int64_t T, const MoeLayout& L, float* expert_stats, float* group_stats);
 
+// Simple first version: one thread per row counts the rows ranked above it (O(T^2) compares,
+// T <= 64K), then a block-wide scan places the selected rows in row order.
+void mod_select(void* stream, int32_t* err, const float* scores, const int32_t* modality, int64_t T, int64_t k,
+                int32_t* rows);
+
+void segment_starts(void* stream, const int32_t* seg, int64_t n, int32_t* starts);
+
 }  // namespace moma::cuda

@@ -244,6 +244,10 @@ const char* device_error_op(int32_t code) {
     case kMoeGatherRange: return "moe_gather_rows";
     case kMoeCombineRange: return "moe_combine";
     case kGroupedGemmOffsets: return "grouped_matmul";
+    case kRopePosition: return "rope";
+    case kAttentionSegment: return "attention";
+    case kCrossEntropyTarget: return "cross_entropy";
+    case kModSelectCount: return "mod_select";
     default: return nullptr;
   }
 }
@@ -255,6 +259,10 @@ const char* device_error_message(int32_t code) {
     case kMoeGatherRange: return "a slot row was outside [-1, rows)";
     case kMoeCombineRange: return "a slot was outside [-1, slots)";
     case kGroupedGemmOffsets: return "segment offsets were not increasing from 0 or exceeded the rows";
+    case kRopePosition: return "a position was negative";
+    case kAttentionSegment: return "a segment start was neither the row itself nor the previous row's start";
+    case kCrossEntropyTarget: return "a target was outside [-1, vocabulary)";
+    case kModSelectCount: return "fewer non-padding rows than rows to select";
     default: return "an index was out of range";
   }
 }

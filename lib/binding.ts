@@ -42,6 +42,18 @@ export interface NativeMemoryStats {
 
 type H = TensorHandle;
 
+/** One AdamW step's hyper-parameters (csrc/core/nn_types.h); biasC1/C2 = 1 - beta^step. */
+export interface NativeAdamWParams {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  gradScale: number;
+  biasC1: number;
+  biasC2: number;
+}
+
 export interface BindingModule {
   abiVersion: number;
   TensorHandle: new () => TensorHandle;
@@ -78,8 +90,20 @@ export interface BindingModule {
   groupedMatmul(x: H, w: H, offsets: H, transW: boolean): H;
   groupedMatmulWgrad(x: H, dy: H, offsets: H): H;
   swiglu(h1: H, h3: H): H;
+  modSelect(scores: H, modality: H, k: number): H;
+  segmentStarts(seg: H): H;
   swigluBackward(h1: H, h3: H, da: H): [H, H];
   moeRoutingStats(rowGroup: H, counts: H, offsets: H, perm: H, expertOffsets: H, slotRow: H, slotGate: H, rowSlots: H, experts: number[], groupOfModality: number[]): [H, H];
+  rmsNorm(x: H, weight: H, eps: number): [H, H];
+  rmsNormBackward(x: H, weight: H, rstd: H, dy: H): [H, H];
+  layerNorm(x: H, weight: H, bias: H, eps: number): [H, H, H];
+  layerNormBackward(x: H, weight: H, mean: H, rstd: H, dy: H): [H, H, H];
+  rope(x: H, positions: H, theta: number, inverse: boolean): H;
+  attention(q: H, k: H, v: H, segStart: H, scale: number): [H, H];
+  attentionBackward(q: H, k: H, v: H, o: H, lse: H, dout: H, segStart: H, scale: number): [H, H, H];
+  crossEntropy(logits: H, targets: H): [H, H];
+  crossEntropyBackward(logits: H, targets: H, lse: H, gradNll: H, gradZ: H | null): H;
+  adamw(param: H, grad: H, expAvg: H, expAvgSq: H, hyper: NativeAdamWParams, wantBf16: boolean): H[];
   read(x: H): Promise<Float32Array | Int32Array | Uint8Array>;
   synchronize(device: string): Promise<void>;
   info(): NativeInfo;

@@ -9,6 +9,7 @@ export type MomaErrorCode =
   | 'ERR_CUDA'
   | 'ERR_OOM'
   | 'ERR_LOAD'
+  | 'ERR_FILE'
   | 'ERR_INTERNAL';
 
 /**

@@ -28,6 +28,13 @@ export function tensorsCollectedWithoutDispose(): number {
   return collectedWithoutDispose;
 }
 
+/**
+ * Scopes (see lib/autograd/scope.ts, `tidy`): every Tensor created while a scope is open is
+ * recorded in the innermost one, which disposes what it recorded when it closes.
+ * @internal
+ */
+export const openScopes: Set<Tensor>[] = [];
+
 export type Scalar = number;
 export type TensorOrScalar = Tensor | Scalar;
 
@@ -37,6 +44,10 @@ export class Tensor {
   readonly shape: readonly number[];
   readonly dtype: DType;
   readonly device: string;
+  /** Autograd: a leaf that collects gradients in `grad` when backward() reaches it. */
+  requiresGrad = false;
+  /** Autograd: the accumulated gradient of a leaf with requiresGrad (float32), or null. */
+  grad: Tensor | null = null;
 
   /** @internal Use moma.tensor(), zeros(), randn() … to create tensors. */
   constructor(handle: TensorHandle) {
@@ -45,6 +56,7 @@ export class Tensor {
     this.dtype = dtypeName(handle.dtype);
     this.device = handle.device;
     registry.register(this, handle, this);
+    openScopes[openScopes.length - 1]?.add(this);
   }
 
   get ndim(): number {

@@ -109,4 +109,13 @@ void moe_routing_stats(const int32_t* row_group, const int32_t* offsets, const i
                        const float* slot_gate, const int32_t* row_slots, int64_t T, const MoeLayout& L,
                        float* expert_stats, float* group_stats);
 
+// Mixture-of-depths selection (SPEC §3): the k rows with modality[t] >= 0 and the largest
+// scores[t] (score_key order, ties to the smaller row), written to rows[0..k) in increasing row
+// order. Fewer than k such rows throws ERR_RANGE ("mod_select").
+void mod_select(const float* scores, const int32_t* modality, int64_t T, int64_t k, int32_t* rows);
+
+// Segment starts of a row subset (MoD: the selected rows keep their documents): starts[j] is the
+// smallest j' <= j with seg[j'] == seg[j''] for every j'' in [j', j] (runs of equal ids).
+void segment_starts(const int32_t* seg, int64_t n, int32_t* starts);
+
 }  // namespace moma::cpu

@@ -10,6 +10,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   register_io_exports(env, exports);
   register_runtime_exports(env, exports);
   register_moe_exports(env, exports);
+  register_nn_exports(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -62,5 +62,6 @@ void register_math_exports(Napi::Env env, Napi::Object exports);
 void register_io_exports(Napi::Env env, Napi::Object exports);
 void register_runtime_exports(Napi::Env env, Napi::Object exports);
 void register_moe_exports(Napi::Env env, Napi::Object exports);
+void register_nn_exports(Napi::Env env, Napi::Object exports);
 
 }  // namespace moma::napi

@@ -134,6 +134,17 @@ Napi::Value moe_routing_stats(Info info) {
   return handles(info, {s.expert_stats, s.group_stats});
 }
 
+// modSelect(scores, modality, k)
+Napi::Value mod_select(Info info) {
+  const char* op = "mod_select";
+  return TensorHandle::wrap(info.Env(), ops::mod_select(arg(info, 0, op, "scores"), arg(info, 1, op, "modality"),
+                                                        to_int(info[2], op, "k")));
+}
+
+Napi::Value segment_starts(Info info) {
+  return TensorHandle::wrap(info.Env(), ops::segment_starts(arg(info, 0, "segment_starts", "seg")));
+}
+
 }  // namespace
 
 void register_moe_exports(Napi::Env env, Napi::Object exports) {
@@ -149,6 +160,8 @@ void register_moe_exports(Napi::Env env, Napi::Object exports) {
   exports.Set("swiglu", guarded(env, "swiglu", swiglu));
   exports.Set("swigluBackward", guarded(env, "swiglu_backward", swiglu_backward));
   exports.Set("moeRoutingStats", guarded(env, "moe_routing_stats", moe_routing_stats));
+  exports.Set("modSelect", guarded(env, "mod_select", mod_select));
+  exports.Set("segmentStarts", guarded(env, "segment_starts", segment_starts));
 }
 
 }  // namespace moma::napi

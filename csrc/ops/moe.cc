@@ -416,4 +416,42 @@ MoeRoutingStats moe_routing_stats(const MoePartition& part, const MoeRouting& ro
   return s;
 }
 
+Tensor mod_select(const Tensor& scores, const Tensor& modality, int64_t k) {
+  const char* op = "mod_select";
+  check_dtype(op, scores, "scores", {DType::F32});
+  check_rank(op, scores, "scores", 1);
+  check_same_device(op, scores, "scores", modality, "modality");
+  int64_t T = scores.numel();
+  check_int_vector(op, modality, "modality", T);
+  if (k < 0 || k > T) fail("ERR_ARG", op, ": k must be in [0, ", T, "], got ", k);
+  Device dev = scores.device();
+  Tensor rows = empty_tensor({k}, DType::I32, dev, op);
+  if (k == 0) return rows;
+  submit(op, dev, {scores, modality}, {rows}, [=] {
+    if (dev.is_cuda())
+      cuda::mod_select(stream_of(dev), err_of(dev), cdata<float>(scores), cdata<int32_t>(modality), T, k,
+                       mdata<int32_t>(rows));
+    else
+      cpu::mod_select(cdata<float>(scores), cdata<int32_t>(modality), T, k, mdata<int32_t>(rows));
+  });
+  return rows;
+}
+
+Tensor segment_starts(const Tensor& seg) {
+  const char* op = "segment_starts";
+  check_dtype(op, seg, "seg", {DType::I32});
+  check_rank(op, seg, "seg", 1);
+  int64_t n = seg.numel();
+  Device dev = seg.device();
+  Tensor starts = empty_tensor({n}, DType::I32, dev, op);
+  if (n == 0) return starts;
+  submit(op, dev, {seg}, {starts}, [=] {
+    if (dev.is_cuda())
+      cuda::segment_starts(stream_of(dev), cdata<int32_t>(seg), n, mdata<int32_t>(starts));
+    else
+      cpu::segment_starts(cdata<int32_t>(seg), n, mdata<int32_t>(starts));
+  });
+  return starts;
+}
+
 }  // namespace moma::ops

@@ -61,4 +61,10 @@ struct MoeRoutingStats {
 };
 MoeRoutingStats moe_routing_stats(const MoePartition& part, const MoeRouting& routing, const MoeLayout& L);
 
+// Mixture-of-depths selection: scores float32 [T], modality int32 [T] -> the k best rows with
+// modality >= 0, int32 [k] in increasing row order (k known on the host: ceil(c_d T_valid)).
+Tensor mod_select(const Tensor& scores, const Tensor& modality, int64_t k);
+// seg int32 [n] -> starts int32 [n]: the first index of each row's run of equal ids.
+Tensor segment_starts(const Tensor& seg);
+
 }  // namespace moma::ops

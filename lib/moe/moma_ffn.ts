@@ -185,6 +185,15 @@ export class MoMaFFN {
     }
   }
 
+  /** Uses `tensor` as parameter `name` from now on (shape-checked; the old tensor is not disposed: its owner does that). */
+  adopt(name: keyof Params, tensor: Tensor): void {
+    const current = this.params[name];
+    if (current === undefined || current.shape.join() !== tensor.shape.join() || current.dtype !== tensor.dtype) {
+      throw new MomaError('ERR_SHAPE', `MoMaFFN.adopt: ${String(name)} must match the current parameter`);
+    }
+    this.params[name] = tensor;
+  }
+
   /**
    * y [T, dModel] for rows x [T, dModel] of modality ids `modality` (int32 [T], -1 = padding).
    * With `training` and config.gumbel, Gumbel noise is drawn from `generator` (required then).

@@ -220,3 +220,18 @@ export function routingStats(partition: Partition, routing: Routing, layout: Moe
     L.experts, L.groupOfModality);
   return bundle({ expertStats: wrap(expertStats), groupStats: wrap(groupStats) });
 }
+
+/**
+ * Mixture-of-depths selection (SPEC §3): the k rows with modality ≥ 0 and the largest scores
+ * (ties to the smaller row), as int32 [k] in increasing row order.
+ */
+export function modSelect(scores: Tensor, modality: Tensor, k: number): Tensor {
+  const op = 'mod_select';
+  if (!Number.isInteger(k) || k < 0) throw new MomaError('ERR_ARG', `${op}: k must be an integer >= 0, got ${String(k)}`);
+  return wrap(native().modSelect(handleOf(scores, op, 'scores'), handleOf(modality, op, 'modality'), k));
+}
+
+/** For int32 ids [n]: the index where each row's run of equal ids starts (attention segments of a row subset). */
+export function segmentStarts(seg: Tensor): Tensor {
+  return wrap(native().segmentStarts(handleOf(seg, 'segment_starts', 'seg')));
+}

@@ -70,6 +70,8 @@ void run_cuda(Runner& runner);
 // Mixture-of-experts kernels at the paper's 435M shapes (cpu_moe_bench.cc, cuda_moe_bench.cc).
 void run_cpu_moe(Runner& runner);
 void run_cuda_moe(Runner& runner);
+void run_cuda_nn(Runner& runner);  // transformer kernels (cuda_nn_bench.cc)
+void run_cpu_nn(Runner& runner);  // transformer kernels of csrc/cpu/kernels_nn.h (cpu_nn_bench.cc)
 
 // A 2-D view (rows x cols) with the given element strides.
 inline StridedView view2(int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {

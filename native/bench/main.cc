@@ -162,8 +162,10 @@ int main(int argc, char** argv) {
   try {
     run_cpu(runner);
     run_cpu_moe(runner);
+    run_cpu_nn(runner);
     run_cuda(runner);
     run_cuda_moe(runner);
+    run_cuda_nn(runner);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moma_kernel_bench: %s\n", e.what());
     return 1;

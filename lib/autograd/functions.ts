@@ -1,0 +1,165 @@
+/**
+ * Differentiable functions: each computes its output with native ops and records how to map the
+ * output's gradient back to its inputs (tape.ts). Gradients are float32; inputs may be bf16.
+ */
+import { full, zeros } from '../creation';
+import { MomaError } from '../errors';
+import { matmul as matmulOp } from '../ops';
+import { Tensor } from '../tensor';
+import { swiglu as swigluOp, swigluBackward } from '../moe/ops';
+import * as nn from '../nn/ops';
+import { record } from './tape';
+
+function f32(t: Tensor): Tensor {
+  return t.dtype === 'float32' ? t : t.astype('float32');
+}
+
+function cast(t: Tensor, like: Tensor): Tensor {
+  return t.dtype === like.dtype ? t : t.astype(like.dtype);
+}
+
+function sameShape(op: string, a: Tensor, b: Tensor): void {
+  if (a.shape.join() !== b.shape.join()) {
+    throw new MomaError('ERR_SHAPE', `${op}: shapes [${a.shape.join(', ')}] and [${b.shape.join(', ')}] differ`);
+  }
+}
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  sameShape('add', a, b);
+  return record(a.add(b), [a, b], (g) => [g.clone(), g.clone()]);
+}
+
+export function sub(a: Tensor, b: Tensor): Tensor {
+  sameShape('sub', a, b);
+  return record(a.sub(b), [a, b], (g) => [g.clone(), g.neg()]);
+}
+
+export function mul(a: Tensor, b: Tensor): Tensor {
+  sameShape('mul', a, b);
+  return record(a.mul(b), [a, b], (g) => [g.mul(f32(b)), g.mul(f32(a))]);
+}
+
+export function scale(x: Tensor, alpha: number): Tensor {
+  return record(x.scale(alpha), [x], (g) => [g.scale(alpha)]);
+}
+
+export function sigmoid(x: Tensor): Tensor {
+  const y = x.sigmoid();
+  return record(y, [x], (g) => {
+    const y32 = f32(y);
+    return [g.mul(y32).mul(y32.neg().add(1))];
+  });
+}
+
+/** x [N, D] times a per-row factor s [N]: y[n] = s[n] · x[n]. */
+export function mulRows(x: Tensor, s: Tensor): Tensor {
+  if (x.ndim !== 2 || s.ndim !== 1 || s.shape[0] !== x.shape[0]) {
+    throw new MomaError('ERR_SHAPE', `mul_rows: x must be [N, D] and s [N], got [${x.shape.join(', ')}] and [${s.shape.join(', ')}]`);
+  }
+  const col = s.reshape([s.shape[0] as number, 1]);
+  const y = x.mul(cast(col, x));
+  return record(y, [x, s], (g) => [g.mul(f32(col)), g.mul(f32(x)).sum(1)]);
+}
+
+export function reshape(x: Tensor, shape: number[]): Tensor {
+  const original = x.shape.slice();
+  return record(x.reshape(shape), [x], (g) => [g.reshape(original)]);
+}
+
+/** a [M, K] @ b [K, N] (2-D; transB: b is [N, K]). */
+export function matmul(a: Tensor, b: Tensor, options: { transB?: boolean } = {}): Tensor {
+  if (a.ndim !== 2 || b.ndim !== 2) throw new MomaError('ERR_SHAPE', 'matmul (autograd): a and b must be 2-D');
+  const transB = options.transB === true;
+  const y = matmulOp(a, b, { transB });
+  return record(y, [a, b], (g) => {
+    const gc = cast(g, a);
+    const da = matmulOp(gc, cast(b, a), { transB: !transB });
+    const db = transB ? matmulOp(gc, cast(a, gc), { transA: true }) : matmulOp(cast(a, gc), gc, { transA: true });
+    return [da, db];
+  });
+}
+
+/** Rows of `table` [V, D] at int32 ids [N]; the gradient is a deterministic scatter-add. */
+export function embedding(ids: Tensor, table: Tensor): Tensor {
+  const y = table.indexSelect(0, ids);
+  return record(y, [table], (g) => [zeros(table.shape as number[], { device: table.device }).scatterAdd(0, ids, f32(g))]);
+}
+
+/** Rows of x [N, D] at int32 index [K] (MoD: the selected rows). */
+export function gatherRows(x: Tensor, index: Tensor): Tensor {
+  const y = x.indexSelect(0, index);
+  return record(y, [x], (g) => [zeros(x.shape as number[], { device: x.device }).scatterAdd(0, index, f32(g))]);
+}
+
+/** base [N, D] with src [K, D] added at rows index [K] (distinct rows). */
+export function scatterAddRows(base: Tensor, index: Tensor, src: Tensor): Tensor {
+  const y = base.scatterAdd(0, index, cast(src, base));
+  return record(y, [base, src], (g) => [g.clone(), g.indexSelect(0, index)]);
+}
+
+export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): Tensor {
+  const { y, rstd } = nn.rmsNorm(x, weight, eps);
+  return record(y, [x, weight], (g) => {
+    const { dx, dweight } = nn.rmsNormBackward(x, weight, rstd, cast(g, x));
+    return [dx, dweight];
+  });
+}
+
+/** LayerNorm over the last dim of x [..., G, D] with weight and bias [G, D]. */
+export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
+  const { y, mean, rstd } = nn.layerNorm(x, weight, bias, eps);
+  return record(y, [x, weight, bias], (g) => {
+    const { dx, dweight, dbias } = nn.layerNormBackward(x, weight, mean, rstd, cast(g, x));
+    return [dx, dweight, dbias];
+  });
+}
+
+export function rope(x: Tensor, positions: Tensor, theta = 10000): Tensor {
+  const y = nn.rope(x, positions, { theta });
+  return record(y, [x], (g) => [nn.rope(cast(g, x), positions, { theta, inverse: true })]);
+}
+
+/** Causal attention inside the segments given by segStart (lib/nn/ops.ts attention). */
+export function attention(q: Tensor, k: Tensor, v: Tensor, segStart: Tensor): Tensor {
+  const { o, lse } = nn.attention(q, k, v, segStart);
+  return record(o, [q, k, v], (g) => {
+    const { dq, dk, dv } = nn.attentionBackward(q, k, v, o, lse, cast(g, q), segStart);
+    return [dq, dk, dv];
+  });
+}
+
+export function swiglu(h1: Tensor, h3: Tensor): Tensor {
+  const a = swigluOp(h1, h3);
+  return record(a, [h1, h3], (g) => {
+    const { dh1, dh3 } = swigluBackward(h1, h3, cast(g, h1));
+    return [dh1, dh3];
+  });
+}
+
+/**
+ * Weighted cross-entropy of logits [N, V] against int32 targets [N] (-1 ignored):
+ * loss = Σ weights[n]·nll[n] + Σ zWeights[n]·lse[n]² (a scalar). `nll` (not differentiable)
+ * is returned for per-modality reporting.
+ */
+export function crossEntropyLoss(logits: Tensor, targets: Tensor, weights: Tensor, zWeights?: Tensor): { loss: Tensor; nll: Tensor } {
+  const { nll, lse } = nn.crossEntropy(logits, targets);
+  let loss = nll.mul(weights).sum();
+  if (zWeights !== undefined) {
+    const z = lse.square().mul(zWeights).sum();
+    const total = loss.add(z);
+    loss.dispose();
+    z.dispose();
+    loss = total;
+  }
+  record(loss, [logits], (g) => {
+    const gNll = weights.mul(g);
+    const gZ = zWeights === undefined ? undefined : zWeights.mul(g);
+    return [nn.crossEntropyBackward(logits, targets, lse, gNll, gZ)];
+  });
+  return { loss, nll };
+}
+
+/** A constant like `t` filled with `value` (no gradient). */
+export function constantLike(t: Tensor, value: number): Tensor {
+  return full(t.shape as number[], value, { dtype: t.dtype, device: t.device });
+}

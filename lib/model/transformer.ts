@@ -1,0 +1,211 @@
+/**
+ * The early-fusion decoder of SPEC.md §1: token embedding, decoder blocks (dense, moe or moma
+ * FFN), final RMSNorm and an untied LM head, with the next-token loss overall and per modality of
+ * the target token (and optional z-loss in the training loss).
+ */
+import * as F from '../autograd/functions';
+import { noGrad } from '../autograd/tape';
+import { tensor } from '../creation';
+import { MomaError } from '../errors';
+import { Generator } from '../random';
+import { Tensor } from '../tensor';
+import { Module } from '../nn/module';
+import { BlockContext, DecoderBlock, Embedding, InitOptions, Linear, MoDBlock, MoEFeedForward, NormPlacement, RMSNorm, SwiGLU } from './layers';
+import type { MoeGroupConfig } from '../moe/moma_ffn';
+import type { RouterFn, RoutingMode } from '../moe/ops';
+
+export interface FFNConfig {
+  kind: 'dense' | 'moe';
+  dFF: number;
+  /** kind 'moe': the groups (moma 4t4i, moe 8x, 1t1i … as in MoMaFFN). */
+  groups?: MoeGroupConfig[];
+  capacityFactor?: number;
+  router?: RouterFn;
+  gumbel?: boolean;
+  routing?: RoutingMode;
+  topK?: number;
+}
+
+export interface TransformerConfig {
+  vocabSize: number;
+  dModel: number;
+  layers: number;
+  heads: number;
+  ffn: FFNConfig;
+  /** Modality names by id; default ['text', 'image']. */
+  modalities?: string[];
+  norm?: NormPlacement;
+  /** Mixture-of-depths: layers 0, interval, 2·interval, … process ceil(capacity · T_valid) rows. */
+  mod?: { interval?: number; capacity?: number } | null;
+  ropeTheta?: number;
+  zLoss?: number;
+  initStd?: number;
+  seed?: number;
+  device?: string;
+}
+
+/** A micro-batch on the device: T rows (B sequences of S positions, flattened). */
+export interface Batch {
+  tokens: Tensor;       // int32 [T]
+  targets: Tensor;      // int32 [T], -1 where the target is padding
+  positions: Tensor;    // int32 [T], index inside the sequence
+  segStart: Tensor;     // int32 [T], first row of the row's document (attention mask)
+  modality: Tensor;     // int32 [T], modality of the input token (-1 padding)
+  /** float32 [T] loss weights: overall and per modality of the target (1 / count, 0 elsewhere). */
+  weights: Tensor;
+  modalityWeights: Tensor[];
+  /** Host-side counts: non-padding rows, and valid targets overall and per modality. */
+  counts: { rows: number; total: number; perModality: number[] };
+}
+
+export interface LossOutput {
+  /** The training loss (mean next-token cross-entropy + z-loss), a scalar with a gradient. */
+  loss: Tensor;
+  /** Per-row cross-entropy (float32 [T], 0 for padding targets). */
+  nll: Tensor;
+  /** Mean loss per modality of the target token (scalars, no gradient). */
+  perModality: Tensor[];
+}
+
+export class Transformer extends Module {
+  readonly config: Required<Omit<TransformerConfig, 'seed' | 'device'>> & { device: string; seed: number };
+  private readonly embed: Embedding;
+  private readonly blocks: (DecoderBlock | MoDBlock)[] = [];
+  private readonly finalNorm: RMSNorm;
+  private readonly head: Linear;
+
+  constructor(config: TransformerConfig) {
+    super();
+    const c = validateConfig(config);
+    this.config = c;
+    const init: InitOptions = { device: c.device, generator: new Generator(c.seed), std: c.initStd };
+    this.embed = this.addModule('embed', new Embedding(c.vocabSize, c.dModel, init));
+    for (let i = 0; i < c.layers; i++) {
+      const ffn = c.ffn.kind === 'dense'
+        ? new SwiGLU(c.dModel, c.ffn.dFF, init)
+        : new MoEFeedForward({
+          dModel: c.dModel, dFF: c.ffn.dFF, groups: c.ffn.groups as MoeGroupConfig[], modalities: c.modalities,
+          capacityFactor: c.ffn.capacityFactor, router: c.ffn.router, gumbel: c.ffn.gumbel, routing: c.ffn.routing, topK: c.ffn.topK,
+          device: c.device, seed: c.seed * 1000 + i + 1, initStd: c.initStd,
+        });
+      const block = new DecoderBlock(c.dModel, c.heads, ffn, init, c.norm, c.ropeTheta);
+      const routed = c.mod !== null && i % (c.mod.interval ?? 2) === 0;
+      this.blocks.push(this.addModule(`layers.${i}`, routed ? new MoDBlock(block, c.dModel, c.mod!.capacity ?? 0.25, init) : block));
+    }
+    this.finalNorm = this.addModule('norm', new RMSNorm(c.dModel, c.device));
+    this.head = this.addModule('lm_head', new Linear(c.dModel, c.vocabSize, init));
+  }
+
+  /** Logits [T, vocab] of a batch (training: Gumbel routing noise from `generator` when configured). */
+  logits(batch: Batch, options: { training?: boolean; generator?: Generator } = {}): Tensor {
+    let x = this.embed.forward(batch.tokens);
+    const ctx: BlockContext = {
+      positions: batch.positions, segStart: batch.segStart, modality: batch.modality, training: options.training === true,
+      generator: options.generator, validRows: batch.counts.rows,
+    };
+    for (const block of this.blocks) x = block.forward(x, ctx);
+    return this.head.forward(this.finalNorm.forward(x));
+  }
+
+  /** The training loss and the per-modality losses of a batch. */
+  loss(batch: Batch, options: { training?: boolean; generator?: Generator } = {}): LossOutput {
+    const logits = this.logits(batch, options);
+    const zWeights = this.config.zLoss > 0 ? batch.weights.scale(this.config.zLoss) : undefined;
+    const { loss, nll } = F.crossEntropyLoss(logits, batch.targets, batch.weights, zWeights);
+    const perModality = noGrad(() => batch.modalityWeights.map((w) => nll.mul(w).sum()));
+    return { loss, nll, perModality };
+  }
+}
+
+function positiveInt(v: unknown, name: string): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new MomaError('ERR_ARG', `Transformer config: ${name} must be an integer >= 1, got ${String(v)}`);
+  return v;
+}
+
+export function validateConfig(config: TransformerConfig): Transformer['config'] {
+  if (typeof config !== 'object' || config === null) throw new MomaError('ERR_ARG', 'Transformer config must be an object');
+  const vocabSize = positiveInt(config.vocabSize, 'vocabSize');
+  const dModel = positiveInt(config.dModel, 'dModel');
+  const layers = positiveInt(config.layers, 'layers');
+  const heads = positiveInt(config.heads, 'heads');
+  if (dModel % heads !== 0) throw new MomaError('ERR_ARG', `Transformer config: heads (${heads}) must divide dModel (${dModel})`);
+  if ((dModel / heads) % 2 !== 0) throw new MomaError('ERR_ARG', `Transformer config: the head size dModel / heads = ${dModel / heads} must be even (RoPE)`);
+  const ffn = config.ffn;
+  if (typeof ffn !== 'object' || ffn === null || (ffn.kind !== 'dense' && ffn.kind !== 'moe')) {
+    throw new MomaError('ERR_ARG', "Transformer config: ffn.kind must be 'dense' or 'moe'");
+  }
+  positiveInt(ffn.dFF, 'ffn.dFF');
+  if (ffn.kind === 'moe' && (!Array.isArray(ffn.groups) || ffn.groups.length === 0)) {
+    throw new MomaError('ERR_ARG', 'Transformer config: ffn.groups must list the expert groups for kind moe');
+  }
+  const mod = config.mod ?? null;
+  if (mod !== null) {
+    const interval = mod.interval ?? 2;
+    const capacity = mod.capacity ?? 0.25;
+    if (!Number.isInteger(interval) || interval < 1) throw new MomaError('ERR_ARG', `Transformer config: mod.interval must be an integer >= 1, got ${String(interval)}`);
+    if (typeof capacity !== 'number' || !(capacity > 0 && capacity <= 1)) throw new MomaError('ERR_ARG', `Transformer config: mod.capacity must be in (0, 1], got ${String(capacity)}`);
+  }
+  const norm = config.norm ?? 'swin';
+  if (norm !== 'swin' && norm !== 'pre') throw new MomaError('ERR_ARG', `Transformer config: norm must be 'swin' or 'pre', got ${String(norm)}`);
+  const zLoss = config.zLoss ?? 0;
+  if (typeof zLoss !== 'number' || !(zLoss >= 0)) throw new MomaError('ERR_ARG', `Transformer config: zLoss must be >= 0, got ${String(zLoss)}`);
+  const seed = config.seed ?? 0;
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new MomaError('ERR_ARG', `Transformer config: seed must be a non-negative integer, got ${String(seed)}`);
+  return {
+    vocabSize, dModel, layers, heads, ffn: { ...ffn }, modalities: config.modalities ?? ['text', 'image'], norm, mod: mod === null ? null : { ...mod },
+    ropeTheta: config.ropeTheta ?? 10000, zLoss, initStd: config.initStd ?? 0.02, seed, device: config.device ?? 'cpu',
+  };
+}
+
+/**
+ * A batch from host token ids [B][S]: targets are the next tokens (the last position's target
+ * is padding), rows whose token is `padId` are padding, and a document starts at each `bosId`
+ * (and at each sequence start). `modalityOf(id)` gives a token's modality id (-1 for padding).
+ */
+export function makeBatch(sequences: ArrayLike<number>[], options: { padId: number; bosId?: number; modalityOf: (id: number) => number; modalities: number; device?: string }): Batch {
+  const device = options.device ?? 'cpu';
+  if (!Array.isArray(sequences) || sequences.length === 0) throw new MomaError('ERR_ARG', 'makeBatch: need at least one sequence');
+  const S = sequences[0]!.length;
+  if (S < 2 || sequences.some((s) => s.length !== S)) throw new MomaError('ERR_SHAPE', 'makeBatch: sequences must all have the same length >= 2');
+  const T = sequences.length * S;
+  const tokens = new Int32Array(T);
+  const targets = new Int32Array(T);
+  const positions = new Int32Array(T);
+  const segStart = new Int32Array(T);
+  const modality = new Int32Array(T);
+  const targetModality = new Int32Array(T);
+  sequences.forEach((seq, b) => {
+    let start = b * S;
+    for (let s = 0; s < S; s++) {
+      const t = b * S + s;
+      const id = seq[s] as number;
+      tokens[t] = id;
+      positions[t] = s;
+      if (s > 0 && options.bosId !== undefined && id === options.bosId) start = t;
+      segStart[t] = start;
+      modality[t] = id === options.padId ? -1 : options.modalityOf(id);
+      const next = s + 1 < S ? (seq[s + 1] as number) : options.padId;
+      const valid = next !== options.padId && !(options.bosId !== undefined && next === options.bosId);
+      targets[t] = valid ? next : -1;
+      targetModality[t] = valid ? options.modalityOf(next) : -1;
+    }
+  });
+  const counts = { rows: 0, total: 0, perModality: new Array<number>(options.modalities).fill(0) };
+  for (let t = 0; t < T; t++) {
+    if (modality[t]! >= 0) counts.rows++;
+    if (targets[t]! < 0) continue;
+    counts.total++;
+    counts.perModality[targetModality[t]!]!++;
+  }
+  const weightsFor = (m: number | null): Tensor => {
+    const w = new Float32Array(T);
+    const n = m === null ? counts.total : (counts.perModality[m] as number);
+    for (let t = 0; t < T; t++) if (targets[t]! >= 0 && (m === null || targetModality[t] === m) && n > 0) w[t] = 1 / n;
+    return tensor(w, { device });
+  };
+  return {
+    tokens: tensor(tokens, { device }), targets: tensor(targets, { device }), positions: tensor(positions, { device }),
+    segStart: tensor(segStart, { device }), modality: tensor(modality, { device }), weights: weightsFor(null),
+    modalityWeights: counts.perModality.map((_, m) => weightsFor(m)), counts,
+  };
+}

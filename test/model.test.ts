@@ -1,0 +1,139 @@
+// The decoder end to end on the CPU: config validation, the loss against a directional finite
+// difference, per-modality losses, and the overfit test (a tiny MoMa model drives the loss on one
+// batch below 0.05 with AdamW).
+import { AdamW, backward, Batch, keep, makeBatch, MomaError, noGrad, tensor, tidy, Transformer, TransformerConfig } from '../lib';
+import { mulberry32 } from './support/reference';
+
+const V = 24;
+const IMAGE_FROM = 16; // ids 16..23 are image codes, 0 is PAD, 1 is BOS
+const modalityOf = (id: number): number => (id >= IMAGE_FROM ? 1 : 0);
+
+function batchOf(seed: number, B = 2, S = 12): Batch {
+  const rng = mulberry32(seed);
+  const seqs = Array.from({ length: B }, () => {
+    const s = [1];
+    while (s.length < S) s.push(s.length % 4 === 0 ? 16 + Math.floor(rng() * 8) : 2 + Math.floor(rng() * 14));
+    return s;
+  });
+  return makeBatch(seqs, { padId: 0, bosId: 1, modalityOf, modalities: 2 });
+}
+
+function disposeBatch(b: Batch): void {
+  for (const t of [b.tokens, b.targets, b.positions, b.segStart, b.modality, b.weights, ...b.modalityWeights]) t.dispose();
+}
+
+const tiny = (ffn: TransformerConfig['ffn'], extra: Partial<TransformerConfig> = {}): TransformerConfig => ({
+  vocabSize: V, dModel: 16, layers: 2, heads: 2, ffn, seed: 5, initStd: 0.1, ...extra,
+});
+const DENSE = { kind: 'dense' as const, dFF: 24 };
+const MOMA = { kind: 'moe' as const, dFF: 24, groups: [{ modality: 'text', experts: 2 }, { modality: 'image', experts: 2 }] };
+// capacity 2 with 2 experts per group: every expert takes every row, so the loss is smooth in the
+// parameters (no selection flips under the finite-difference perturbation)
+const MOMA_SMOOTH = { ...MOMA, capacityFactor: 2 };
+
+describe('Transformer', () => {
+  test('config errors name the field', () => {
+    const bad: [Partial<TransformerConfig>, RegExp][] = [
+      [{ heads: 3 }, /heads \(3\) must divide dModel/],
+      [{ layers: 0 }, /layers must be an integer/],
+      [{ ffn: { kind: 'moe', dFF: 8 } }, /ffn.groups/],
+      [{ norm: 'post' as never }, /norm must be/],
+      [{ ffn: { kind: 'moe', dFF: 8, groups: [{ modality: 'audio', experts: 2 }] } }, /unknown modality 'audio'/],
+    ];
+    for (const [patch, msg] of bad) {
+      let err: unknown;
+      try {
+        new Transformer({ ...tiny(DENSE), ...patch }).dispose();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(MomaError);
+      expect((err as Error).message).toMatch(msg);
+    }
+  });
+
+  test.each([['dense', DENSE], ['moma 2t2i, c = 2', MOMA_SMOOTH]] as const)('%s: the gradient matches a directional finite difference of the loss', async (_, ffn) => {
+    const model = new Transformer(tiny(ffn));
+    const batch = batchOf(1);
+    const loss0 = await tidy(() => {
+      const { loss } = model.loss(batch);
+      backward(loss);
+      return keep(loss);
+    }).item();
+    // direction: a random ±1 pattern on every parameter, scaled
+    const params = [...model.namedParameters()];
+    const rng = mulberry32(9);
+    const dirs = params.map(([, p]) => Float32Array.from({ length: p.numel }, () => (rng() < 0.5 ? -1 : 1)));
+    let analytic = 0;
+    for (const [i, [, p]] of params.entries()) {
+      const g = await p.grad!.toArray();
+      for (let j = 0; j < g.length; j++) analytic += g[j]! * dirs[i]![j]!;
+    }
+    const eps = 1e-3;
+    const saved = params.map(([, p]) => p.clone());
+    const directions = params.map(([, p], i) => tensor(dirs[i]!, { shape: p.shape as number[] }));
+    const lossAt = async (sign: number): Promise<number> => {
+      noGrad(() => params.forEach(([name], i) => model.setParameter(name, saved[i]!.add(directions[i]!.scale(sign * eps)))));
+      const value = await tidy(() => keep(noGrad(() => model.loss(batch).loss))).item();
+      noGrad(() => params.forEach(([name], i) => model.setParameter(name, saved[i]!.clone())));
+      return value;
+    };
+    const plus = await lossAt(1);
+    const minus = await lossAt(-1);
+    const fd = (plus - minus) / (2 * eps);
+    expect(Number.isFinite(loss0)).toBe(true);
+    expect(Math.abs(fd - analytic)).toBeLessThanOrEqual(0.02 * Math.abs(analytic) + 1e-3);
+    for (const t of [...saved, ...directions]) t.dispose();
+    disposeBatch(batch);
+    model.dispose();
+  });
+
+  test('per-modality losses are the means over targets of each modality', async () => {
+    const model = new Transformer(tiny(MOMA));
+    const batch = batchOf(2);
+    const [loss, nll, text, image] = tidy(() => noGrad(() => {
+      const r = model.loss(batch);
+      return [r.loss, r.nll, ...r.perModality];
+    }));
+    const n = await nll!.toArray();
+    const targets = await batch.targets.toArray();
+    let sum = 0, sumText = 0, sumImage = 0, count = 0, countText = 0, countImage = 0;
+    for (let t = 0; t < n.length; t++) {
+      if (targets[t]! < 0) { expect(n[t]).toBe(0); continue; }
+      sum += n[t]!; count++;
+      if (modalityOf(targets[t]!) === 1) { sumImage += n[t]!; countImage++; } else { sumText += n[t]!; countText++; }
+    }
+    expect(countImage).toBeGreaterThan(0);
+    expect(Math.abs((await loss!.item()) - sum / count)).toBeLessThan(1e-5);
+    expect(Math.abs((await text!.item()) - sumText / countText)).toBeLessThan(1e-5);
+    expect(Math.abs((await image!.item()) - sumImage / countImage)).toBeLessThan(1e-5);
+    for (const t of [loss, nll, text, image]) t!.dispose();
+    disposeBatch(batch);
+    model.dispose();
+  });
+
+  test('overfit: a tiny MoMa model drives the loss on one batch below 0.05', async () => {
+    const model = new Transformer(tiny(MOMA, { seed: 1 }));
+    const opt = new AdamW(model, { lr: 1e-2, weightDecay: 0, clipNorm: 1 });
+    const batch = batchOf(3, 2, 10);
+    let last = Infinity;
+    let first = NaN;
+    for (let step = 0; step < 300 && last >= 0.05; step++) {
+      const loss = tidy(() => {
+        const { loss: l } = model.loss(batch, { training: true });
+        backward(l);
+        return l;
+      });
+      last = await loss.item();
+      if (step === 0) first = last;
+      loss.dispose();
+      await opt.update();
+      opt.zeroGrad();
+    }
+    expect(first).toBeGreaterThan(2);
+    expect(last).toBeLessThan(0.05);
+    opt.dispose();
+    disposeBatch(batch);
+    model.dispose();
+  }, 120000);
+});
