@@ -1,3 +1,5 @@
+import * as v8 from 'v8';
+import * as vm from 'vm';
 import { Tensor, tensor, full, matmul, memoryStats, synchronize, MomaError } from '../lib';
 import { describeDevices } from './support/devices';
 import { mulberry32, randomF32, matmulRef, relFrobenius, assertExact, Disposer } from './support/reference';
@@ -96,6 +98,15 @@ describeDevices('asynchronous execution', (device) => {
   });
 
   test('Symbol.dispose and `using` free tensors at scope exit', async () => {
+    // tensors that earlier tests left to the garbage collector must not be freed mid-count:
+    // collect them now and let their finalizers run
+    const gc = (globalThis as { gc?: () => void }).gc ?? (() => {
+      v8.setFlagsFromString('--expose-gc');
+      return vm.runInNewContext('gc') as () => void;
+    })();
+    gc();
+    await new Promise((resolve) => setImmediate(resolve));
+    await synchronize(device);
     const before = memoryStats(device).liveStorages;
     let escaped: Tensor | undefined;
     {

@@ -1,4 +1,4 @@
-import { DType, Tensor, tensor, full, zeros, ones, arange, empty, MomaError } from '../lib';
+import { DType, tensor, full, zeros, ones, arange, empty, MomaError } from '../lib';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
   mulberry32, randomF32, randomInt, assertExact, f32ToBf16Bits, bf16BitsToF32, bitsF32, f32Bits, castTo, bf16Round,

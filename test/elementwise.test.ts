@@ -1,5 +1,5 @@
 import * as moma from '../lib';
-import { DType, Tensor, tensor, where, MomaError } from '../lib';
+import { DType, Tensor, where } from '../lib';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
   mulberry32, randomF32, randomBf16, randomInt, unaryRef, unaryIntRef, binaryRef, whereRef, UnaryName, BinaryName,

@@ -1,4 +1,4 @@
-import { DType, Tensor, tensor, indexSelect, scatterAdd, MomaError } from '../lib';
+import { DType, Tensor, indexSelect, scatterAdd, MomaError } from '../lib';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
   mulberry32, randomF32, randomBf16, randomInt, indexSelectRef, scatterAddRef, assertExact, assertClose, numel,

@@ -1,4 +1,4 @@
-import { DType, Tensor, tensor, concat } from '../lib';
+import { DType, tensor, concat } from '../lib';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
   mulberry32, randomF32, randomInt, permuteRef, transposeRef, sliceRef, concatRef, broadcastToRef, assertExact,

@@ -1,4 +1,4 @@
-import { DType, Tensor, tensor, matmul } from '../lib';
+import { DType, matmul } from '../lib';
 import { describeDevices, tensorFixture } from './support/devices';
 import { mulberry32, randomF32, randomBf16, matmulRef, assertClose, assertExact, relFrobenius, numel, bf16Round, castTo } from './support/reference';
 

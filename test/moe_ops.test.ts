@@ -6,7 +6,7 @@
  * exact, error codes, determinism.
  */
 import {
-  DType, Generator, HostArray, MomaError, MomaErrorCode, Tensor, combineRows, gateGrad, gatherRows, groupedMatmul,
+  DType, Generator, HostArray, MomaErrorCode, Tensor, combineRows, gateGrad, gatherRows, groupedMatmul,
   groupedMatmulWgrad, moePartition, moeSlotBound, route, routerScores, routerScoresBackward, routingStats, swiglu,
   swigluBackward, tensor,
 } from '../lib';
@@ -20,6 +20,7 @@ import {
   groupedMatmulWgradRef, gumbelBlocks, gumbelNoiseRef, layoutInfo, partitionRef, routeRef, routerScoresBackwardRef,
   routerScoresRef, routingStatsRef, slotBoundRef, swigluBackwardRef, swigluRef, tokenChoiceCapacity,
 } from './support/moe_reference';
+import { throwsCode } from './support/errors';
 
 // ---------------------------------------------------------------------------------------------
 // Cases
@@ -74,18 +75,6 @@ function exactWhere(got: ArrayLike<number>, exp: ArrayLike<number>, mask: (i: nu
   assertExact(g, e, label);
 }
 
-function throwsCode(fn: () => unknown, code: MomaErrorCode): void {
-  let err: unknown;
-  let result: unknown;
-  try {
-    result = fn();
-  } catch (e) {
-    err = e;
-  }
-  if (result !== undefined && typeof (result as { dispose?: unknown }).dispose === 'function') (result as { dispose(): void }).dispose();
-  expect(err).toBeInstanceOf(MomaError);
-  expect((err as MomaError).code).toBe(code);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Reference self-checks (hand-computed answers; no moma calls)

@@ -13,6 +13,7 @@ import {
   FfnArg, FfnParams, FfnShape, RefLayout, RefRoutingOptions, gumbelNoiseRef, layoutInfo, momaBackwardRef, momaDirectionalFiniteDiff,
   momaFiniteDiff, momaForwardRef, routingStatsRef, selectionMargin, swigluRef,
 } from './support/moe_reference';
+import { Disposer } from './support/reference';
 
 const D = 16, F = 24;
 
@@ -89,14 +90,9 @@ function denseExpert(p: FfnParams, e: number, x: ArrayLike<number>, T: number): 
 describeDevices('MoMaFFN', (device) => {
   const { keep, mk, read } = tensorFixture(device);
   const cuda = device !== 'cpu';
-  const bag: { dispose(): void }[] = [];
-  const hold = <T extends { dispose(): void }>(x: T): T => {
-    bag.push(x);
-    return x;
-  };
-  afterEach(() => {
-    for (const x of bag.splice(0)) x.dispose();
-  });
+  const bag = new Disposer();
+  const hold = <T extends { dispose(): void }>(x: T): T => bag.keep(x);
+  afterEach(() => bag.disposeAll());
 
   /** float32 chain on the CPU; bf16 tensor cores on CUDA */
   const FWD_TOL = cuda ? 2e-2 : 1e-4;

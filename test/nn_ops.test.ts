@@ -10,7 +10,7 @@
  * returns), bf16 results additionally within 1 bf16 ulp (one rounding on store).
  */
 import {
-  DType, HostArray, MomaError, MomaErrorCode, Tensor, adamwStep, attention, attentionBackward, crossEntropy,
+  DType, HostArray, MomaErrorCode, Tensor, adamwStep, attention, attentionBackward, crossEntropy,
   crossEntropyBackward, layerNorm, layerNormBackward, rmsNorm, rmsNormBackward, rope, tensor,
 } from '../lib';
 import type { AdamWStep } from '../lib';
@@ -22,6 +22,7 @@ import {
   AdamWHyper, adamwF32, adamwRef, attentionBackwardRef, attentionRef, centralDiff, checkSegStart, crossEntropyBackwardRef,
   crossEntropyRef, dotRef, layerNormBackwardRef, layerNormRef, pick, rmsNormBackwardRef, rmsNormRef, ropeRef, segStartOf,
 } from './support/nn_reference';
+import { throwsCode } from './support/errors';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -104,20 +105,6 @@ function sameBits(a: HostArray, b: HostArray): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
 
-function throwsCode(fn: () => unknown, code: MomaErrorCode): void {
-  let err: unknown;
-  let result: unknown;
-  try {
-    result = fn();
-  } catch (e) {
-    err = e;
-  }
-  if (result !== undefined && typeof result === 'object' && result !== null) {
-    for (const v of result instanceof Tensor ? [result] : Object.values(result)) if (v instanceof Tensor) v.dispose();
-  }
-  expect(err).toBeInstanceOf(MomaError);
-  expect((err as MomaError).code).toBe(code);
-}
 
 /** Indices 0..n-1, or an evenly spread subset of about `limit` of them. */
 function spread(n: number, limit: number): number[] {

@@ -1,4 +1,4 @@
-import { DType, Tensor, tensor, softmax, logSoftmax } from '../lib';
+import { softmax, logSoftmax } from '../lib';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
   mulberry32, randomF32, randomBf16, randomInt, reduceRef, softmaxRef, ReduceName, assertClose, assertExact,

@@ -3,6 +3,8 @@
 import { Command } from 'commander';
 import { MomaError } from '../errors';
 import { inspect, InspectReport } from '../inspect';
+import { registerModelCommands } from './model';
+import { registerEval } from './eval';
 
 function printReport(r: InspectReport): void {
   const lines = [
@@ -32,6 +34,8 @@ export function buildProgram(): Command {
       if (opts.json) console.log(JSON.stringify(report, null, 2));
       else printReport(report);
     });
+  registerModelCommands(program);
+  registerEval(program);
   return program;
 }
 

@@ -10,7 +10,8 @@ import { full, randn } from '../creation';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { MoMaFFN, MoMaFFNConfig } from '../moe/moma_ffn';
-import { modSelect, segmentStarts } from '../moe/ops';
+import { modSelect, RoutingStats, routingStats, segmentStarts } from '../moe/ops';
+import { keep } from '../autograd/scope';
 import { Module } from '../nn/module';
 
 export interface InitOptions {
@@ -133,13 +134,29 @@ export class MoEFeedForward extends Module {
     this.ffn.adopt(name as 'w1' | 'w2' | 'w3' | 'router', tensor);
   }
 
+  /** Routing statistics of the last forward when `collectStats` is on (device tensors, kept across steps). */
+  lastStats: RoutingStats | null = null;
+  collectStats = false;
+
   forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator } = {}): Tensor {
     const { y, ctx } = this.ffn.forward(x, modality, options);
+    if (this.collectStats) {
+      this.lastStats?.dispose();
+      this.lastStats = routingStats(ctx.partition, ctx.routing, this.ffn.layout);
+      keep(this.lastStats.expertStats);
+      keep(this.lastStats.groupStats);
+    }
     const params = ['w1', 'w2', 'w3', 'router'].map((n) => this.param(n));
     return record(y, [x, ...params], (g) => {
       const { dx, grads } = this.ffn.backward(ctx, g);
       return [dx, grads.w1, grads.w2, grads.w3, grads.router];
     });
+  }
+
+  override dispose(): void {
+    this.lastStats?.dispose();
+    this.lastStats = null;
+    super.dispose();
   }
 }
 

@@ -4,7 +4,9 @@
  * asked), gradient clipping by global norm. Defaults follow the paper's recipe (SPEC §7):
  * betas (0.9, 0.95), eps 1e-5, clip 1.0.
  */
+import { tidy } from '../autograd/scope';
 import { noGrad } from '../autograd/tape';
+import { concat } from '../ops';
 import { zeros } from '../creation';
 import { MomaError } from '../errors';
 import { Tensor } from '../tensor';
@@ -54,21 +56,11 @@ export class AdamW {
 
   /** Global gradient norm (reads one number from the device). */
   async gradNorm(): Promise<number> {
-    const squares = noGrad(() => {
-      let total: Tensor | null = null;
-      for (const p of this.module.parameters()) {
-        if (p.grad === null) continue;
-        const s = p.grad.square().sum();
-        if (total === null) total = s;
-        else {
-          const next: Tensor = total.add(s);
-          total.dispose();
-          s.dispose();
-          total = next;
-        }
-      }
-      return total;
-    });
+    const squares = tidy(() => noGrad(() => {
+      const parts = this.module.parameters().filter((p) => p.grad !== null).map((p) => (p.grad as Tensor).square().sum());
+      if (parts.length === 0) return null;
+      return parts.length === 1 ? parts[0]! : concat(parts.map((t) => t.reshape([1])), 0).sum();
+    }));
     if (squares === null) return 0;
     const value = await squares.item();
     squares.dispose();

@@ -21,7 +21,8 @@ export interface TrainerState {
   [key: string]: unknown;
 }
 
-export async function saveCheckpoint(dir: string, parts: { config: unknown; model: Module; optimizer?: AdamW; state: TrainerState }): Promise<void> {
+/** Writes a checkpoint; `files` adds JSON files (e.g. vocab.json) next to the others. */
+export async function saveCheckpoint(dir: string, parts: { config: unknown; model: Module; optimizer?: AdamW; state: TrainerState; files?: Record<string, unknown> }): Promise<void> {
   const target = path.resolve(dir);
   const partial = `${target}.partial-${process.pid}`;
   fs.rmSync(partial, { recursive: true, force: true });
@@ -37,6 +38,10 @@ export async function saveCheckpoint(dir: string, parts: { config: unknown; mode
     await saveSafetensors(path.join(partial, 'optimizer.safetensors'), moments);
   }
   writeFileAtomic(path.join(partial, 'trainer.json'), JSON.stringify(parts.state, null, 2) + '\n');
+  for (const [name, value] of Object.entries(parts.files ?? {})) {
+    if (name.includes('/') || name.includes('\\')) throw new MomaError('ERR_ARG', `saveCheckpoint: bad file name '${name}'`);
+    writeFileAtomic(path.join(partial, name), JSON.stringify(value, null, 2) + '\n');
+  }
   const old = `${target}.old-${process.pid}`;
   if (fs.existsSync(target)) fs.renameSync(target, old);
   fs.renameSync(partial, target);

@@ -1,0 +1,139 @@
+/** `moma model list` and `moma model info PRESET`: presets, parameter counts and FLOPs per row (no tensors allocated). */
+import { Command } from 'commander';
+import { MomaError } from '../errors';
+import { moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
+import { countParameters, FlopsReport, forwardFlopsPerRow, ParameterCount } from '../model/params';
+import { describePreset, listPresets, preset } from '../model/presets';
+import type { TransformerConfig } from '../model/transformer';
+
+/** Exit code of a usage error (unknown preset, bad option value). */
+const EXIT_USAGE = 2;
+
+export interface ModelInfo {
+  name: string;
+  description: string;
+  config: TransformerConfig;
+  parameters: ParameterCount;
+  flopsPerRow: FlopsReport;
+}
+
+/** Everything `moma model info` prints, as an object. */
+export function modelInfo(name: string, options: { seqLen?: number } = {}): ModelInfo {
+  const config = preset(name);
+  return {
+    name: name.trim().toLowerCase(), description: describePreset(name), config,
+    parameters: countParameters(config), flopsPerRow: forwardFlopsPerRow(config, { seqLen: options.seqLen }),
+  };
+}
+
+/** 92_307_456 → "92.3M", 1_476_800_000 → "1.48B". */
+export function human(n: number): string {
+  const units: [number, string][] = [[1e12, 'T'], [1e9, 'B'], [1e6, 'M'], [1e3, 'K']];
+  for (const [scale, unit] of units) {
+    if (Math.abs(n) >= scale) {
+      const v = n / scale;
+      return `${v >= 100 ? v.toFixed(1) : v >= 10 ? v.toFixed(2) : v.toFixed(3)}${unit}`;
+    }
+  }
+  return String(Math.round(n * 1000) / 1000);
+}
+
+const exact = (n: number): string => (Number.isInteger(n) ? n.toLocaleString('en-US') : n.toLocaleString('en-US', { maximumFractionDigits: 1 }));
+
+function expertsText(config: TransformerConfig): string {
+  if (config.ffn.kind === 'dense') return 'dense';
+  const modalities = config.modalities ?? ['text', 'image'];
+  const groups = config.ffn.groups as MoeGroupConfig[];
+  moeLayoutOf({ groups, modalities });
+  return groups.map((g) => `${g.experts}×${Array.isArray(g.modality) ? g.modality.join('+') : g.modality}`).join(', ');
+}
+
+function printInfo(info: ModelInfo): void {
+  const c = info.config;
+  const p = info.parameters;
+  const fl = info.flopsPerRow;
+  const ffn = c.ffn;
+  const pad = (s: string, n = 24): string => s.padEnd(n);
+  const lines = [
+    `${info.name}: ${info.description}`,
+    '',
+    'config',
+    `  ${pad('vocabSize')}${c.vocabSize}`,
+    `  ${pad('dModel')}${c.dModel}`,
+    `  ${pad('layers')}${c.layers}`,
+    `  ${pad('heads')}${c.heads} (head size ${c.dModel / c.heads})`,
+    `  ${pad('ffn')}${ffn.kind}, SwiGLU hidden ${ffn.dFF}${ffn.kind === 'moe' ? `; experts ${expertsText(c)}; capacity factor ${ffn.capacityFactor ?? 1}; router ${ffn.router ?? 'sigmoid'}; ${ffn.routing ?? 'expert-choice'}` : ''}`,
+    `  ${pad('mod')}${c.mod ? `interval ${c.mod.interval ?? 2}, capacity ${c.mod.capacity ?? 0.25} (${p.modLayers} MoD layers)` : 'none'}`,
+    `  ${pad('modalities')}${(c.modalities ?? ['text', 'image']).join(', ')}`,
+    `  ${pad('norm')}${c.norm ?? 'swin'}, zLoss ${c.zLoss ?? 0}, initStd ${c.initStd ?? 0.02}, seed ${c.seed ?? 0}`,
+    '',
+    'parameters',
+    `  ${pad('total')}${exact(p.total)} (${human(p.total)})`,
+    `  ${pad('active per token')}${exact(p.active)} (${human(p.active)}; ${p.activeExpertsPerRow} of ${p.expertsPerLayer} expert FFNs per layer)`,
+    ...Object.entries(p.components).map(([k, v]) => `  ${pad(`  ${k}`)}${exact(v)} (${human(v)})`),
+    '',
+    `forward FLOPs per row (expected; attention span L_t = seq/2 = ${fl.attendedKeys} at seq ${fl.seqLen}; MoD layers scaled by c_d)`,
+    `  ${pad('excluding scores')}${human(fl.overall.excludingScores)}`,
+    `  ${pad('  attn projections')}${human(fl.overall.attentionProjections)}`,
+    `  ${pad('  ffn')}${human(fl.overall.ffn)}`,
+    `  ${pad('  routers')}${human(fl.overall.routers)}`,
+    `  ${pad('  lm head')}${human(fl.overall.lmHead)}`,
+    `  ${pad('attention scores')}${human(fl.overall.attentionScores)} (4·d·L_t)`,
+    `  ${pad('total')}${human(fl.overall.total)} (training 3×: ${human(fl.overall.training)})`,
+  ];
+  const mods = Object.entries(fl.perModality);
+  if (mods.some(([, b]) => b.total !== fl.overall.total)) {
+    for (const [m, b] of mods) lines.push(`  ${pad(`  ${m}`)}${human(b.total)}`);
+  }
+  console.log(lines.join('\n'));
+}
+
+function usageError(err: unknown): void {
+  if (!(err instanceof MomaError)) throw err;
+  console.error(`moma: ${err.code}: ${err.message}`);
+  process.exitCode = EXIT_USAGE;
+}
+
+/** Adds the `model` command group (list, info) to the program. */
+export function registerModelCommands(program: Command): void {
+  const model = program.command('model').description('model presets: configs, parameter counts and FLOPs per row');
+  model
+    .command('list')
+    .description('list the presets with their shape and parameter counts')
+    .option('--json', 'print JSON')
+    .action((opts: { json?: boolean }) => {
+      const rows = listPresets().map((name) => {
+        const config = preset(name);
+        const params = countParameters(config);
+        return { name, description: describePreset(name), layers: config.layers, dModel: config.dModel, dFF: config.ffn.dFF, heads: config.heads, experts: expertsText(config), mod: config.mod !== null && config.mod !== undefined, total: params.total, active: params.active };
+      });
+      if (opts.json) {
+        console.log(JSON.stringify(rows, null, 2));
+        return;
+      }
+      const header = ['preset', 'layers', 'd', 'f', 'heads', 'experts', 'MoD', 'total', 'active'];
+      const table = rows.map((r) => [r.name, String(r.layers), String(r.dModel), String(r.dFF), String(r.heads), r.experts, r.mod ? 'yes' : '', human(r.total), human(r.active)]);
+      const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i]!.length)));
+      const fmt = (row: string[]): string => row.map((cell, i) => (i === 0 || i === 5 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join('  ').trimEnd();
+      console.log([fmt(header), ...table.map(fmt)].join('\n'));
+    });
+  model
+    .command('info')
+    .description('show a preset: config, parameter breakdown (total, per component, active per token) and forward FLOPs per row')
+    .argument('<preset>', `preset name (see moma model list)`)
+    .option('--json', 'print JSON')
+    .option('--seq <n>', 'sequence length for the attention-score FLOPs (L_t = seq/2)', '4096')
+    .action((name: string, opts: { json?: boolean; seq: string }) => {
+      let info: ModelInfo;
+      try {
+        const seqLen = Number(opts.seq);
+        if (!Number.isInteger(seqLen) || seqLen < 1) throw new MomaError('ERR_ARG', `--seq must be an integer >= 1, got '${opts.seq}'`);
+        info = modelInfo(name, { seqLen });
+      } catch (err) {
+        usageError(err);
+        return;
+      }
+      if (opts.json) console.log(JSON.stringify(info, null, 2));
+      else printInfo(info);
+    });
+}
