@@ -120,3 +120,44 @@ describe('Transformer', () => {
     model.dispose();
   }, 120000);
 });
+
+describe('mixed precision (computeDtype bfloat16)', () => {
+  test('loss and gradients track the float32 model; parameters and gradients stay float32', async () => {
+    const config = tiny(MOMA, { seed: 2 });
+    const f32 = new Transformer(config);
+    const bf16 = new Transformer({ ...config, computeDtype: 'bfloat16' });
+    const batch = batchOf(4);
+    const run = async (m: Transformer): Promise<{ loss: number; grads: Float32Array[] }> => {
+      const loss = tidy(() => {
+        const { loss: l } = m.loss(batch);
+        backward(l);
+        return l;
+      });
+      const value = await loss.item();
+      loss.dispose();
+      const grads: Float32Array[] = [];
+      for (const p of m.parameters()) {
+        expect(p.dtype).toBe('float32');
+        expect(p.grad!.dtype).toBe('float32');
+        grads.push((await p.grad!.toArray()) as Float32Array);
+      }
+      return { loss: value, grads };
+    };
+    const a = await run(f32);
+    const b = await run(bf16);
+    expect(Math.abs(a.loss - b.loss)).toBeLessThan(0.02 * a.loss);
+    // the whole gradient points the same way (cosine similarity), parameter by parameter too
+    let dot = 0, na = 0, nb = 0;
+    a.grads.forEach((ga, i) => {
+      const gb = b.grads[i]!;
+      let d = 0, x = 0, y = 0;
+      for (let j = 0; j < ga.length; j++) { d += ga[j]! * gb[j]!; x += ga[j]! ** 2; y += gb[j]! ** 2; }
+      dot += d; na += x; nb += y;
+      if (x > 1e-12) expect(d / Math.sqrt(x * y)).toBeGreaterThan(0.95);
+    });
+    expect(dot / Math.sqrt(na * nb)).toBeGreaterThan(0.99);
+    disposeBatch(batch);
+    f32.dispose();
+    bf16.dispose();
+  });
+});

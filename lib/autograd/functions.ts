@@ -14,7 +14,7 @@ function f32(t: Tensor): Tensor {
   return t.dtype === 'float32' ? t : t.astype('float32');
 }
 
-function cast(t: Tensor, like: Tensor): Tensor {
+function asLike(t: Tensor, like: Tensor): Tensor {
   return t.dtype === like.dtype ? t : t.astype(like.dtype);
 }
 
@@ -22,6 +22,12 @@ function sameShape(op: string, a: Tensor, b: Tensor): void {
   if (a.shape.join() !== b.shape.join()) {
     throw new MomaError('ERR_SHAPE', `${op}: shapes [${a.shape.join(', ')}] and [${b.shape.join(', ')}] differ`);
   }
+}
+
+/** x in another dtype (mixed precision); the gradient comes back in float32. */
+export function cast(x: Tensor, dtype: 'float32' | 'bfloat16'): Tensor {
+  if (x.dtype === dtype) return x;
+  return record(x.astype(dtype), [x], (g) => [f32(g)]);
 }
 
 export function add(a: Tensor, b: Tensor): Tensor {
@@ -57,7 +63,7 @@ export function mulRows(x: Tensor, s: Tensor): Tensor {
     throw new MomaError('ERR_SHAPE', `mul_rows: x must be [N, D] and s [N], got [${x.shape.join(', ')}] and [${s.shape.join(', ')}]`);
   }
   const col = s.reshape([s.shape[0] as number, 1]);
-  const y = x.mul(cast(col, x));
+  const y = x.mul(asLike(col, x));
   return record(y, [x, s], (g) => [g.mul(f32(col)), g.mul(f32(x)).sum(1)]);
 }
 
@@ -72,9 +78,10 @@ export function matmul(a: Tensor, b: Tensor, options: { transB?: boolean } = {})
   const transB = options.transB === true;
   const y = matmulOp(a, b, { transB });
   return record(y, [a, b], (g) => {
-    const gc = cast(g, a);
-    const da = matmulOp(gc, cast(b, a), { transB: !transB });
-    const db = transB ? matmulOp(gc, cast(a, gc), { transA: true }) : matmulOp(cast(a, gc), gc, { transA: true });
+    // d a in a's dtype; d b from the float32 gradient (bf16 x float32 multiplies in float32 on the
+    // CPU, reads bf16-rounded operands on the tensor cores, and always writes float32)
+    const da = matmulOp(asLike(g, a), asLike(b, a), { transB: !transB });
+    const db = transB ? matmulOp(g, a, { transA: true }) : matmulOp(a, g, { transA: true });
     return [da, db];
   });
 }
@@ -93,14 +100,14 @@ export function gatherRows(x: Tensor, index: Tensor): Tensor {
 
 /** base [N, D] with src [K, D] added at rows index [K] (distinct rows). */
 export function scatterAddRows(base: Tensor, index: Tensor, src: Tensor): Tensor {
-  const y = base.scatterAdd(0, index, cast(src, base));
+  const y = base.scatterAdd(0, index, asLike(src, base));
   return record(y, [base, src], (g) => [g.clone(), g.indexSelect(0, index)]);
 }
 
 export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): Tensor {
   const { y, rstd } = nn.rmsNorm(x, weight, eps);
   return record(y, [x, weight], (g) => {
-    const { dx, dweight } = nn.rmsNormBackward(x, weight, rstd, cast(g, x));
+    const { dx, dweight } = nn.rmsNormBackward(x, weight, rstd, asLike(g, x));
     return [dx, dweight];
   });
 }
@@ -109,21 +116,21 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): Tensor {
 export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
   const { y, mean, rstd } = nn.layerNorm(x, weight, bias, eps);
   return record(y, [x, weight, bias], (g) => {
-    const { dx, dweight, dbias } = nn.layerNormBackward(x, weight, mean, rstd, cast(g, x));
+    const { dx, dweight, dbias } = nn.layerNormBackward(x, weight, mean, rstd, asLike(g, x));
     return [dx, dweight, dbias];
   });
 }
 
 export function rope(x: Tensor, positions: Tensor, theta = 10000): Tensor {
   const y = nn.rope(x, positions, { theta });
-  return record(y, [x], (g) => [nn.rope(cast(g, x), positions, { theta, inverse: true })]);
+  return record(y, [x], (g) => [nn.rope(asLike(g, x), positions, { theta, inverse: true })]);
 }
 
 /** Causal attention inside the segments given by segStart (lib/nn/ops.ts attention). */
 export function attention(q: Tensor, k: Tensor, v: Tensor, segStart: Tensor): Tensor {
   const { o, lse } = nn.attention(q, k, v, segStart);
   return record(o, [q, k, v], (g) => {
-    const { dq, dk, dv } = nn.attentionBackward(q, k, v, o, lse, cast(g, q), segStart);
+    const { dq, dk, dv } = nn.attentionBackward(q, k, v, o, lse, asLike(g, q), segStart);
     return [dq, dk, dv];
   });
 }
@@ -131,7 +138,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, segStart: Tensor): Te
 export function swiglu(h1: Tensor, h3: Tensor): Tensor {
   const a = swigluOp(h1, h3);
   return record(a, [h1, h3], (g) => {
-    const { dh1, dh3 } = swigluBackward(h1, h3, cast(g, h1));
+    const { dh1, dh3 } = swigluBackward(h1, h3, asLike(g, h1));
     return [dh1, dh3];
   });
 }

@@ -105,7 +105,7 @@ export function backward(loss: Tensor, gradient?: Tensor): void {
     grads.delete(t);
     const node = nodes.get(t) as Node;
     const inputGrads = node.backward(g);
-    g.dispose();
+    if (!inputGrads.includes(g)) g.dispose(); // a node may pass its gradient through as is
     node.inputs.forEach((input, i) => {
       const gi = inputGrads[i];
       if (gi === null || gi === undefined) return;

@@ -26,8 +26,9 @@ export class Linear extends Module {
     this.addParameter('weight', randn([outFeatures, inFeatures], { device: init.device, std: init.std, generator: init.generator }));
   }
 
+  /** x [N, in] -> [N, out] in x's dtype (a bf16 x multiplies a bf16 copy of the float32 weight). */
   forward(x: Tensor): Tensor {
-    return F.matmul(x, this.param('weight'), { transB: true });
+    return F.matmul(x, F.cast(this.param('weight'), x.dtype === 'bfloat16' ? 'bfloat16' : 'float32'), { transB: true });
   }
 }
 

@@ -38,6 +38,11 @@ export interface TransformerConfig {
   /** Mixture-of-depths: layers 0, interval, 2·interval, … process ceil(capacity · T_valid) rows. */
   mod?: { interval?: number; capacity?: number } | null;
   ropeTheta?: number;
+  /**
+   * Activation dtype: 'float32' (default) or 'bfloat16' (mixed precision: float32 parameters,
+   * optimizer state and gradients; activations and GEMM inputs in bf16).
+   */
+  computeDtype?: 'float32' | 'bfloat16';
   zLoss?: number;
   initStd?: number;
   seed?: number;
@@ -98,7 +103,7 @@ export class Transformer extends Module {
 
   /** Logits [T, vocab] of a batch (training: Gumbel routing noise from `generator` when configured). */
   logits(batch: Batch, options: { training?: boolean; generator?: Generator } = {}): Tensor {
-    let x = this.embed.forward(batch.tokens);
+    let x = F.cast(this.embed.forward(batch.tokens), this.config.computeDtype);
     const ctx: BlockContext = {
       positions: batch.positions, segStart: batch.segStart, modality: batch.modality, training: options.training === true,
       generator: options.generator, validRows: batch.counts.rows,
@@ -149,11 +154,15 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
   if (norm !== 'swin' && norm !== 'pre') throw new MomaError('ERR_ARG', `Transformer config: norm must be 'swin' or 'pre', got ${String(norm)}`);
   const zLoss = config.zLoss ?? 0;
   if (typeof zLoss !== 'number' || !(zLoss >= 0)) throw new MomaError('ERR_ARG', `Transformer config: zLoss must be >= 0, got ${String(zLoss)}`);
+  const computeDtype = config.computeDtype ?? 'float32';
+  if (computeDtype !== 'float32' && computeDtype !== 'bfloat16') {
+    throw new MomaError('ERR_ARG', `Transformer config: computeDtype must be 'float32' or 'bfloat16', got ${String(computeDtype)}`);
+  }
   const seed = config.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) throw new MomaError('ERR_ARG', `Transformer config: seed must be a non-negative integer, got ${String(seed)}`);
   return {
     vocabSize, dModel, layers, heads, ffn: { ...ffn }, modalities: config.modalities ?? ['text', 'image'], norm, mod: mod === null ? null : { ...mod },
-    ropeTheta: config.ropeTheta ?? 10000, zLoss, initStd: config.initStd ?? 0.02, seed, device: config.device ?? 'cpu',
+    ropeTheta: config.ropeTheta ?? 10000, computeDtype, zLoss, initStd: config.initStd ?? 0.02, seed, device: config.device ?? 'cpu',
   };
 }
 

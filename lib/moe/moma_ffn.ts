@@ -63,6 +63,8 @@ export interface RoutingStatsReport {
 
 interface Saved extends MoMaFFNContext {
   x: Tensor;
+  /** The expert weights in the activations' dtype (the parameters themselves when equal). */
+  weights: { w1: Tensor; w2: Tensor; w3: Tensor };
   xd: Tensor;
   h1: Tensor;
   h3: Tensor;
@@ -210,7 +212,10 @@ export class MoMaFFN {
       throw new MomaError('ERR_ARG', 'MoMaFFN.forward: gumbel routing in training needs options.generator');
     }
     const { layout } = this;
-    const { w1, w2, w3 } = this.params;
+    // bf16 activations with float32 parameters (mixed precision): the expert GEMMs read bf16 copies
+    const compute = (w: Tensor): Tensor => (w.dtype === x.dtype ? w : w.astype(x.dtype));
+    const weights = { w1: compute(this.params.w1), w2: compute(this.params.w2), w3: compute(this.params.w3) };
+    const { w1, w2, w3 } = weights;
     const partition = moePartition(modality, layout);
     const logits = matmul(x.dtype === 'float32' ? x : x.astype('float32'), this.params.router);
     const scores = routerScores(logits, partition.rowGroup, layout, { fn: this.config.router, gumbel: noisy ? options.generator : undefined });
@@ -224,14 +229,16 @@ export class MoMaFFN {
     const a = swiglu(h1, h3);
     const out = groupedMatmul(a, w2, routing.expertOffsets);
     const y = combineRows(out, routing.rowSlots, routing.slotGate);
+    const params = this.params;
     const saved: Saved = {
-      partition, scores, routing, x, xd, h1, h3, a, out, disposed: false,
+      partition, scores, routing, x, weights, xd, h1, h3, a, out, disposed: false,
       dispose(): void {
         if (this.disposed) return;
         this.disposed = true;
         partition.dispose();
         routing.dispose();
         for (const t of [scores, xd, h1, h3, a, out]) t.dispose();
+        for (const name of ['w1', 'w2', 'w3'] as const) if (weights[name] !== params[name]) weights[name].dispose();
       },
     };
     return { y, ctx: saved };
@@ -246,7 +253,8 @@ export class MoMaFFN {
       throw new MomaError('ERR_SHAPE', `MoMaFFN.backward: dy must have the shape of x [${saved.x.shape.join(', ')}]`);
     }
     const { layout } = this;
-    const { w1, w2, w3, router } = this.params;
+    const { router } = this.params;
+    const { w1, w2, w3 } = saved.weights;
     const { routing, partition } = saved;
     const offs = routing.expertOffsets;
     const dyc = dy.dtype === saved.out.dtype ? dy : dy.astype(saved.out.dtype);
