@@ -305,6 +305,26 @@ void add_indexing_cases() {
           // same float additions in the same order, one bf16 rounding: exact
           compare(dt, y.get(), want, ny, Tol::Exact);
         });
+  // Many duplicates: buckets far above the warp rank-sort limit (256), k = 5000 all on one row
+  // (the block compaction path), and k = 3000 spread over 7 rows (~430 each) or over 300 rows.
+  struct DupCase { int64_t outer, n, inner, k, rows; };
+  for (DType dt : {DType::F32, DType::BF16, DType::I32})
+    for (DupCase c : {DupCase{1, 7, 1, 5000, 1}, DupCase{2, 100, 33, 5000, 1}, DupCase{1, 7, 5, 3000, 7},
+                      DupCase{2, 7, 40, 3000, 7}, DupCase{1, 1000, 3, 3000, 300}})
+      add(std::string("scatter_add ") + dtype_name(dt) + " duplicates n=" + std::to_string(c.n) + " k=" +
+              std::to_string(c.k) + " rows=" + std::to_string(c.rows) + " inner=" + std::to_string(c.inner), [=] {
+        std::vector<uint8_t> src = make(dt, rand_f(c.outer * c.k * c.inner, -100, 100));
+        std::vector<uint8_t> y0 = make(dt, rand_f(c.outer * c.n * c.inner, -100, 100));
+        std::vector<int32_t> idx = rand_i(c.k, 0, static_cast<int32_t>(c.rows - 1));
+        const int32_t shift = rand_i(1, 0, static_cast<int32_t>(c.n - c.rows))[0];
+        for (auto& v : idx) v += shift;  // the hot rows are not always the first ones
+        const int64_t ny = c.outer * c.n * c.inner;
+        Dev ds(src), di(idx.data(), c.k * 4), y(y0);
+        cuda::scatter_add(S(), cuda::error_word(0), dt, ds.p, static_cast<const int32_t*>(di.p), y.p, c.outer, c.k, c.n, c.inner);
+        std::vector<uint8_t> want = y0;
+        cpu::scatter_add(dt, src.data(), idx.data(), want.data(), c.outer, c.k, c.n, c.inner);
+        compare(dt, y.get(), want, ny, Tol::Exact);
+      });
   add("error word: index_select bad index -> ERR_RANGE", [] {
     std::vector<float> x(10 * 3, 1.0f);
     std::vector<int32_t> idx = {1, 10, 2};
@@ -330,6 +350,10 @@ void add_indexing_cases() {
     std::string code, msg;
     try { cuda::synchronize(0, "test"); } catch (const MomaException& e) { code = e.code(); msg = e.what(); }
     expect(code == "ERR_RANGE" && msg.find("scatter_add") != std::string::npos, "got '" + code + "' " + msg);
+    // the bad index (position 1) is skipped, the others are added: rows 0, 3 and 4 get 1
+    std::vector<float> got(y0.size());
+    cuda::copy_d2h(0, got.data(), y.p, got.size() * 4);
+    expect_equal(got, std::vector<float>{1, 1, 0, 0, 0, 0, 1, 1, 1, 1}, "scatter_add values with a bad index");
     bool clean = true;
     try { cuda::synchronize(0, "test"); } catch (...) { clean = false; }
     expect(clean, "error word was not cleared");
