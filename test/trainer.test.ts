@@ -166,3 +166,29 @@ test('vocabulary specs: overlapping ranges and specials inside image ranges are 
   const v = vocabFromSpec(syntheticVocab);
   expect([0, 1, 63, 64, 127].map((id) => v.modalityOf(id))).toEqual([0, 0, 0, 1, 1]);
 });
+
+test('learning-rate schedules: linear warm-up, then linear or cosine decay to the floor', () => {
+  const s = { peak: 1, warmup: 4, total: 14 };
+  expect([0, 1, 3].map((t) => learningRate(t, s))).toEqual([0.25, 0.5, 1]);
+  expect(learningRate(4, s)).toBe(1);
+  expect(learningRate(9, s)).toBeCloseTo(1 + (0.01 - 1) * 0.5, 12);
+  expect(learningRate(14, s)).toBeCloseTo(0.01, 12);
+  expect(learningRate(100, s)).toBeCloseTo(0.01, 12);
+  const c = { ...s, shape: 'cosine' as const, floor: 0.1 };
+  expect(learningRate(9, c)).toBeCloseTo(0.1 + 0.9 * 0.5, 12);
+  expect(learningRate(14, c)).toBeCloseTo(0.1, 12);
+});
+
+test('requestStop ends the run after the current step and writes a checkpoint', async () => {
+  const dir = path.join(tmp, 'stopped');
+  const model = new Transformer(moma44());
+  const trainer = new Trainer({ model, data: new SyntheticSource({ batchSize: 2, seqLen: 32 }), vocab: syntheticVocab, steps: 50, schedule: { peak: 1e-3, warmup: 1 }, checkpointDir: dir });
+  trainer.on('step', (m: StepMetrics) => {
+    if (m.step === 3) trainer.requestStop();
+  });
+  const summary = await trainer.run();
+  expect(summary.steps).toBe(3);
+  expect(JSON.parse(fs.readFileSync(path.join(dir, 'trainer.json'), 'utf8'))).toMatchObject({ step: 3, optimizerStep: 3, dataPosition: { position: 3 } });
+  trainer.dispose();
+  model.dispose();
+});
