@@ -192,3 +192,15 @@ test('requestStop ends the run after the current step and writes a checkpoint', 
   trainer.dispose();
   model.dispose();
 });
+
+test('bad token ids from a data source are refused with ERR_RANGE naming the position', async () => {
+  const model = new Transformer(moma44());
+  const bad = { next: () => [[1, 2, 3, 500, 4, 5, 6, 7]], state: () => ({}), restore: () => undefined };
+  const trainer = new Trainer({ model, data: bad, vocab: syntheticVocab, steps: 1, schedule: { peak: 1e-3, warmup: 0 } });
+  await expect(trainer.run()).rejects.toMatchObject({ code: 'ERR_RANGE', message: expect.stringContaining('position 3 holds 500') });
+  const fractional = { next: () => [[1, 2.5, 3, 4, 5, 6, 7, 8]], state: () => ({}), restore: () => undefined };
+  const t2 = new Trainer({ model, data: fractional, vocab: syntheticVocab, steps: 1, schedule: { peak: 1e-3, warmup: 0 } });
+  await expect(t2.run()).rejects.toMatchObject({ code: 'ERR_RANGE' });
+  for (const t of [trainer, t2]) t.dispose();
+  model.dispose();
+});

@@ -171,7 +171,7 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
  * is padding), rows whose token is `padId` are padding, and a document starts at each `bosId`
  * (and at each sequence start). `modalityOf(id)` gives a token's modality id (-1 for padding).
  */
-export function makeBatch(sequences: ArrayLike<number>[], options: { padId: number; bosId?: number; modalityOf: (id: number) => number; modalities: number; device?: string }): Batch {
+export function makeBatch(sequences: ArrayLike<number>[], options: { padId: number; bosId?: number; modalityOf: (id: number) => number; modalities: number; device?: string; vocabSize?: number }): Batch {
   const device = options.device ?? 'cpu';
   if (!Array.isArray(sequences) || sequences.length === 0) throw new MomaError('ERR_ARG', 'makeBatch: need at least one sequence');
   const S = sequences[0]!.length;
@@ -188,11 +188,17 @@ export function makeBatch(sequences: ArrayLike<number>[], options: { padId: numb
     for (let s = 0; s < S; s++) {
       const t = b * S + s;
       const id = seq[s] as number;
+      if (!Number.isInteger(id) || id < 0 || (options.vocabSize !== undefined && id >= options.vocabSize)) {
+        throw new MomaError('ERR_RANGE', `makeBatch: sequence ${b} position ${s} holds ${String(id)}, not a token id in [0, ${options.vocabSize ?? '2^31'})`);
+      }
       tokens[t] = id;
       positions[t] = s;
       if (s > 0 && options.bosId !== undefined && id === options.bosId) start = t;
       segStart[t] = start;
       modality[t] = id === options.padId ? -1 : options.modalityOf(id);
+      if (!Number.isInteger(modality[t]) || modality[t]! >= options.modalities) {
+        throw new MomaError('ERR_RANGE', `makeBatch: token ${id} maps to modality ${modality[t]}, outside [0, ${options.modalities})`);
+      }
       const next = s + 1 < S ? (seq[s + 1] as number) : options.padId;
       const valid = next !== options.padId && !(options.bosId !== undefined && next === options.bosId);
       targets[t] = valid ? next : -1;

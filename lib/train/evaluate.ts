@@ -26,7 +26,7 @@ export async function evaluate(model: Transformer, sequences: number[][], vocab:
   const counts = new Array<number>(names.length + 1).fill(0);
   for (let i = 0; i < sequences.length; i += batchSize) {
     const chunk = sequences.slice(i, i + batchSize);
-    const batch = makeBatch(chunk, { padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: names.length, device: model.config.device });
+    const batch = makeBatch(chunk, { padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: names.length, device: model.config.device, vocabSize: model.config.vocabSize });
     const losses = tidy(() => noGrad(() => {
       const out = model.loss(batch);
       return [out.loss, ...out.perModality];

@@ -151,7 +151,7 @@ export class Trainer extends EventEmitter {
     const { vocab } = this;
     const batch = makeBatch(sequences, {
       padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: this.modalities().length,
-      device: this.model.config.device,
+      device: this.model.config.device, vocabSize: this.model.config.vocabSize,
     });
     // host copies for FLOPs accounting (the same rules as makeBatch)
     const T = sequences.length * (sequences[0]?.length ?? 0);
