@@ -105,6 +105,55 @@ template <> struct Vec16<bf16_t> {
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Element k of a row as floats: vector k (Vec16<T>::N elements) when VEC, else element k.
+template <typename T, bool VEC>
+struct RowIO {
+  static constexpr int N = VEC ? Vec16<T>::N : 1;
+  __device__ __forceinline__ static void load(const T* row, int64_t k, float (&f)[N]) {
+    if constexpr (VEC) {
+      Vec16<T>::unpack(reinterpret_cast<const typename Vec16<T>::U*>(row)[k], f);
+    } else {
+      f[0] = to_float(row[k]);
+    }
+  }
+  __device__ __forceinline__ static void store(T* row, int64_t k, const float (&f)[N]) {
+    if constexpr (VEC) {
+      reinterpret_cast<typename Vec16<T>::U*>(row)[k] = Vec16<T>::pack(f);
+    } else {
+      row[k] = from_float<T>(f[0]);
+    }
+  }
+};
+
+// ---- block scan ------------------------------------------------------------------------------
+// Block-wide exclusive prefix sum of v (blockDim.x a multiple of 32). `warp_sums` is shared
+// [32]; `total` receives the block's sum. Contains barriers: call from every thread.
+__device__ __forceinline__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  uint32_t x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t y = __shfl_up_sync(0xFFFFFFFFu, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    uint32_t w = lane < nwarps ? warp_sums[lane] : 0u;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t y = __shfl_up_sync(0xFFFFFFFFu, w, o);
+      if (lane >= o) w += y;
+    }
+    warp_sums[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  const uint32_t base = warp == 0 ? 0u : warp_sums[warp - 1];
+  total = warp_sums[nwarps - 1];
+  __syncthreads();  // warp_sums may be reused by the next call
+  return base + x - v;
+}
+
 // ---- strided views ------------------------------------------------------------------------
 // Host: drops size-1 dims and merges dims k, k+1 when stride[k] == stride[k+1] * shape[k+1].
 // The row-major linear index -> offset map is unchanged, so each view of an op can be collapsed

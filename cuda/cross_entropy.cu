@@ -51,29 +51,10 @@ __device__ __forceinline__ U block_reduce(U v, U* red, Op op) {
 }
 
 template <typename T, bool VEC>
-struct Row {
-  static constexpr int N = VEC ? Vec16<T>::N : 1;
-  __device__ __forceinline__ static void load(const T* row, int64_t k, float (&f)[N]) {
-    if constexpr (VEC) {
-      Vec16<T>::unpack(reinterpret_cast<const typename Vec16<T>::U*>(row)[k], f);
-    } else {
-      f[0] = to_float(row[k]);
-    }
-  }
-  __device__ __forceinline__ static void store(T* row, int64_t k, const float (&f)[N]) {
-    if constexpr (VEC) {
-      reinterpret_cast<typename Vec16<T>::U*>(row)[k] = Vec16<T>::pack(f);
-    } else {
-      row[k] = from_float<T>(f[0]);
-    }
-  }
-};
-
-template <typename T, bool VEC>
 __global__ void __launch_bounds__(kCeThreads)
     cross_entropy_kernel(const T* __restrict__ logits, const int32_t* __restrict__ targets, int64_t N, int64_t V,
                          float* __restrict__ nll, float* __restrict__ lse, int32_t* err) {
-  using IO = Row<T, VEC>;
+  using IO = RowIO<T, VEC>;
   constexpr int VN = IO::N;
   __shared__ float red_f[kCeWarps];
   __shared__ double red_d[kCeWarps];
@@ -120,7 +101,7 @@ __global__ void __launch_bounds__(kCeThreads)
     cross_entropy_backward_kernel(const T* __restrict__ logits, const int32_t* __restrict__ targets,
                                   const float* __restrict__ lse, const float* __restrict__ g_nll,
                                   const float* __restrict__ g_z, int64_t N, int64_t V, T* __restrict__ dlogits) {
-  using IO = Row<T, VEC>;
+  using IO = RowIO<T, VEC>;
   constexpr int VN = IO::N;
   const int64_t nk = V / VN;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {

@@ -51,7 +51,7 @@ __global__ void mod_rank_kernel(const float* __restrict__ scores, const int32_t*
 // One block of 1024 threads: selected rows in increasing order, and the count check.
 __global__ void mod_compact_kernel(const uint8_t* __restrict__ selected, const int32_t* __restrict__ modality, int64_t T,
                                    int64_t k, int32_t* __restrict__ rows, int32_t* err) {
-  __shared__ int32_t warp_sums[32];
+  __shared__ uint32_t warp_sums[32];
   __shared__ int64_t running;
   __shared__ int64_t valid_total;
   if (threadIdx.x == 0) {
@@ -64,29 +64,12 @@ __global__ void mod_compact_kernel(const uint8_t* __restrict__ selected, const i
   atomicAdd(reinterpret_cast<unsigned long long*>(&valid_total), static_cast<unsigned long long>(my_valid));
   for (int64_t base = 0; base < T; base += blockDim.x) {
     const int64_t t = base + threadIdx.x;
-    const int32_t flag = t < T ? selected[t] : 0;
-    // block-wide exclusive scan of flag
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int32_t x = flag;
-    for (int o = 1; o < 32; o <<= 1) {
-      const int32_t y = __shfl_up_sync(0xFFFFFFFFu, x, o);
-      if (lane >= o) x += y;
-    }
-    if (lane == 31) warp_sums[warp] = x;
-    __syncthreads();
-    if (warp == 0) {
-      int32_t w = lane < static_cast<int>(blockDim.x >> 5) ? warp_sums[lane] : 0;
-      for (int o = 1; o < 32; o <<= 1) {
-        const int32_t y = __shfl_up_sync(0xFFFFFFFFu, w, o);
-        if (lane >= o) w += y;
-      }
-      warp_sums[lane] = w;
-    }
-    __syncthreads();
-    const int64_t pos = running + (warp == 0 ? 0 : warp_sums[warp - 1]) + x - flag;
+    const uint32_t flag = t < T ? selected[t] : 0u;
+    uint32_t chunk_total = 0;
+    const int64_t pos = running + block_exclusive_scan(flag, warp_sums, chunk_total);
     if (flag && pos < k) rows[pos] = static_cast<int32_t>(t);
-    __syncthreads();
-    if (threadIdx.x == 0) running += warp_sums[(blockDim.x >> 5) - 1];
+    __syncthreads();  // every thread has read `running`
+    if (threadIdx.x == 0) running += chunk_total;
     __syncthreads();
   }
   if (threadIdx.x == 0 && valid_total < k) {

@@ -54,34 +54,6 @@ constexpr int kBlock = 1024;  // partition / select / prefix blocks
 
 __device__ __forceinline__ uint32_t lanemask_lt() { return (1u << (threadIdx.x & 31)) - 1u; }
 
-// Block-wide exclusive prefix sum of v (blockDim.x a multiple of 32). `warp_sums` is shared
-// [32]; `total` receives the block's sum. Contains barriers: call from every thread.
-__device__ uint32_t block_exclusive_scan(uint32_t v, uint32_t* warp_sums, uint32_t& total) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  uint32_t x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const uint32_t y = __shfl_up_sync(kFull, x, o);
-    if (lane >= o) x += y;
-  }
-  if (lane == 31) warp_sums[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    uint32_t w = lane < nwarps ? warp_sums[lane] : 0u;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const uint32_t y = __shfl_up_sync(kFull, w, o);
-      if (lane >= o) w += y;
-    }
-    warp_sums[lane] = w;  // inclusive over warps
-  }
-  __syncthreads();
-  const uint32_t base = warp == 0 ? 0u : warp_sums[warp - 1];
-  total = warp_sums[nwarps - 1];
-  __syncthreads();  // warp_sums may be reused by the next call
-  return base + x - v;
-}
-
 __device__ __forceinline__ int group_of_expert(const MoeLayout& L, int e) {
   int g = 0;
   while (g + 1 < L.num_groups && L.begin[g + 1] <= e) ++g;

@@ -33,26 +33,6 @@ namespace {
 
 constexpr int kNormThreads = 256;
 
-// Element k (vector k when VEC) of a row, as floats.
-template <typename T, bool VEC>
-struct RowIO {
-  static constexpr int N = VEC ? Vec16<T>::N : 1;
-  __device__ __forceinline__ static void load(const T* row, int64_t k, float (&f)[N]) {
-    if constexpr (VEC) {
-      Vec16<T>::unpack(reinterpret_cast<const typename Vec16<T>::U*>(row)[k], f);
-    } else {
-      f[0] = to_float(row[k]);
-    }
-  }
-  __device__ __forceinline__ static void store(T* row, int64_t k, const float (&f)[N]) {
-    if constexpr (VEC) {
-      reinterpret_cast<typename Vec16<T>::U*>(row)[k] = Vec16<T>::pack(f);
-    } else {
-      row[k] = from_float<T>(f[0]);
-    }
-  }
-};
-
 // Sum over the LPR lanes of a lane group (xor butterfly; all lanes of the warp must call it).
 template <int LPR>
 __device__ __forceinline__ float group_sum(float v) {

@@ -33,7 +33,7 @@ export * as F from './autograd/functions';
 export { Module } from './nn/module';
 export { Linear, Embedding, RMSNorm, HeadNorm, Attention, SwiGLU, MoEFeedForward, DecoderBlock, MoDBlock } from './model/layers';
 export type { AttentionContext, BlockContext, InitOptions, NormPlacement } from './model/layers';
-export { Transformer, makeBatch, validateConfig } from './model/transformer';
+export { Transformer, makeBatch, disposeBatch, validateConfig } from './model/transformer';
 export type { TransformerConfig, FFNConfig, Batch, LossOutput } from './model/transformer';
 export { AdamW, learningRate, defaultDecay } from './optim/adamw';
 export type { AdamWOptions, StepResult } from './optim/adamw';

@@ -5,27 +5,14 @@
 #include <cmath>
 
 #include "../../cuda/kernels_nn.h"
-#include "../../cuda/runtime.h"
 #include "../core/error.h"
 #include "../core/queue.h"
 #include "../cpu/kernels_nn.h"
+#include "op_util.h"
 #include "ops.h"
 
 namespace moma::ops {
 namespace {
-
-void* stream_of(Device d) { return cuda::stream(d.index); }
-int32_t* err_of(Device d) { return cuda::error_word(d.index); }
-
-template <typename T>
-const T* cdata(const Tensor& t) { return static_cast<const T*>(t.data()); }
-template <typename T>
-T* mdata(const Tensor& t) { return static_cast<T*>(t.data()); }
-
-void check_shape(const char* op, const Tensor& t, const char* arg, const Shape& expected) {
-  if (t.shape != expected)
-    fail("ERR_SHAPE", op, ": ", arg, " has shape ", shape_str(t.shape), ", expected ", shape_str(expected));
-}
 
 void check_float_act(const char* op, const Tensor& x, const char* arg, int min_dims) {
   check_dtype(op, x, arg, {DType::F32, DType::BF16});

@@ -59,8 +59,15 @@ export interface Batch {
   /** float32 [T] loss weights: overall and per modality of the target (1 / count, 0 elsewhere). */
   weights: Tensor;
   modalityWeights: Tensor[];
+  /** Host copies of the row modalities and segment starts (FLOPs accounting reads them). */
+  host: { modality: Int32Array; segStart: Int32Array };
   /** Host-side counts: non-padding rows, and valid targets overall and per modality. */
   counts: { rows: number; total: number; perModality: number[] };
+}
+
+/** Frees a batch's device tensors. */
+export function disposeBatch(batch: Batch): void {
+  for (const t of [batch.tokens, batch.targets, batch.positions, batch.segStart, batch.modality, batch.weights, ...batch.modalityWeights]) t.dispose();
 }
 
 export interface LossOutput {
@@ -221,6 +228,6 @@ export function makeBatch(sequences: ArrayLike<number>[], options: { padId: numb
   return {
     tokens: tensor(tokens, { device }), targets: tensor(targets, { device }), positions: tensor(positions, { device }),
     segStart: tensor(segStart, { device }), modality: tensor(modality, { device }), weights: weightsFor(null),
-    modalityWeights: counts.perModality.map((_, m) => weightsFor(m)), counts,
+    modalityWeights: counts.perModality.map((_, m) => weightsFor(m)), host: { modality, segStart }, counts,
   };
 }

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import { noGrad } from '../autograd/tape';
 import { tidy } from '../autograd/scope';
 import { MomaError } from '../errors';
-import { makeBatch, Transformer } from '../model/transformer';
+import { disposeBatch, makeBatch, Transformer } from '../model/transformer';
 import type { VocabInfo } from './trainer';
 
 export interface EvalResult {
@@ -41,7 +41,7 @@ export async function evaluate(model: Transformer, sequences: number[][], vocab:
         counts[k] += batchCounts[k] as number;
       }
     });
-    for (const t of [batch.tokens, batch.targets, batch.positions, batch.segStart, batch.modality, batch.weights, ...batch.modalityWeights]) t.dispose();
+    disposeBatch(batch);
   }
   const mean = (k: number): number => (counts[k]! > 0 ? sums[k]! / counts[k]! : NaN);
   return {

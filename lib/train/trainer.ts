@@ -15,7 +15,7 @@ import { MomaError } from '../errors';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { MoEFeedForward } from '../model/layers';
-import { Batch, makeBatch, Transformer, TransformerConfig } from '../model/transformer';
+import { Batch, disposeBatch, makeBatch, Transformer, TransformerConfig } from '../model/transformer';
 import { AdamW, AdamWOptions, learningRate } from '../optim/adamw';
 import { loadCheckpointInto, saveCheckpoint } from './checkpoint';
 import { trainingFlops } from './flops';
@@ -147,33 +147,19 @@ export class Trainer extends EventEmitter {
     this.emit('checkpoint', { step: this.step, dir });
   }
 
-  private toBatch(sequences: number[][]): { batch: Batch; segStart: Int32Array; modality: Int32Array } {
+  private toBatch(sequences: number[][]): Batch {
     const { vocab } = this;
-    const batch = makeBatch(sequences, {
+    return makeBatch(sequences, {
       padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: this.modalities().length,
       device: this.model.config.device, vocabSize: this.model.config.vocabSize,
     });
-    // host copies for FLOPs accounting (the same rules as makeBatch)
-    const T = sequences.length * (sequences[0]?.length ?? 0);
-    const segStart = new Int32Array(T);
-    const modality = new Int32Array(T);
-    sequences.forEach((seq, b) => {
-      let start = b * seq.length;
-      seq.forEach((id, s) => {
-        const t = b * seq.length + s;
-        if (s > 0 && vocab.bosId !== undefined && id === vocab.bosId) start = t;
-        segStart[t] = start;
-        modality[t] = id === vocab.padId ? -1 : vocab.modalityOf(id);
-      });
-    });
-    return { batch, segStart, modality };
   }
 
   /** One training step; returns its metrics. */
   async trainStep(): Promise<StepMetrics> {
     const started = process.hrtime.bigint();
     const sequences = await this.options.data.next();
-    const { batch, segStart, modality } = this.toBatch(sequences);
+    const batch = this.toBatch(sequences);
     const { schedule } = this.options;
     const lr = learningRate(this.step, { ...schedule, total: schedule.total ?? this.options.steps });
     const [loss, ...perModality] = tidy(() => {
@@ -185,12 +171,12 @@ export class Trainer extends EventEmitter {
     this.optimizer.zeroGrad();
     const values = await Promise.all([loss, ...perModality].map((t) => (t as Tensor).item()));
     for (const t of [loss, ...perModality]) (t as Tensor).dispose();
-    for (const t of [batch.tokens, batch.targets, batch.positions, batch.segStart, batch.modality, batch.weights, ...batch.modalityWeights]) t.dispose();
+    disposeBatch(batch);
 
     this.step++;
     const rows = batch.counts.rows;
     this.tokens += rows;
-    const f = trainingFlops(this.model.config, { modality, segStart });
+    const f = trainingFlops(this.model.config, batch.host);
     this.flops.total += f.total;
     f.perModality.forEach((x, m) => (this.flops.perModality[m] = (this.flops.perModality[m] ?? 0) + x));
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;

@@ -45,6 +45,8 @@ class Runner {
   std::vector<Result> results_;
 };
 
+inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
+
 inline double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }

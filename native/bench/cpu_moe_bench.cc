@@ -25,8 +25,6 @@
 namespace moma::bench {
 namespace {
 
-inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
-
 constexpr const char* kMoeOps[] = {
     "moe.partition",  "moe.router_scores", "moe.router_gumbel", "moe.route_ec",
     "moe.route_tc",   "moe.gather_rows",   "moe.grouped_gemm",  "moe.grouped_gemm_wgrad",

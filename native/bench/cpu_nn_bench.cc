@@ -23,8 +23,6 @@
 namespace moma::bench {
 namespace {
 
-inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
-
 constexpr const char* kNnOps[] = {"nn.rmsnorm",   "nn.rmsnorm_backward",      "nn.layernorm",
                                   "nn.layernorm_backward", "nn.rope",         "nn.attention",
                                   "nn.attention_backward", "nn.cross_entropy", "nn.cross_entropy_backward",

@@ -56,15 +56,9 @@ void run_cuda(Runner& runner) {
   const double nominal_tflops = env_double("MOMA_GPU_PEAK_TFLOPS", hopper ? 989.0 : -1.0);
 
   // Copy ceiling.
-  const size_t copy_bytes = size_t(1) << 30;
-  double copy_bw = 0;
-  {
-    DeviceBuffer src(copy_bytes), dst(copy_bytes);
-    cuda::fill(st, DType::U8, src.get(), int64_t(copy_bytes), 1.0);
-    const double s = gpu_seconds([&] { cuda::copy_d2d(kDev, dst.get(), src.get(), copy_bytes); });
-    copy_bw = 2.0 * double(copy_bytes) / s / 1e9;
-    runner.report({"cuda", "ceiling.copy_d2d", "1GiB", s * 1e3, copy_bw, "GB/s", 100.0, -1});
-  }
+  double copy_seconds = 0;
+  const double copy_bw = copy_ceiling_gbs(st, &copy_seconds);
+  runner.report({"cuda", "ceiling.copy_d2d", "1GiB", copy_seconds * 1e3, copy_bw, "GB/s", 100.0, -1});
 
   // GEMMs: the bf16 rate at the two large shapes is the measured ceiling.
   struct GemmCase {

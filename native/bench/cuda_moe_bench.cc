@@ -38,7 +38,6 @@ namespace moma::bench {
 namespace {
 
 constexpr int kDev = kCudaBenchDevice;
-inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
 constexpr const char* kMoeOps[] = {
     "moe.partition",  "moe.router_scores", "moe.router_gumbel", "moe.route_ec",
@@ -54,13 +53,7 @@ Ceilings measure_ceilings(void* st) {
   const cuda::DeviceInfo info = cuda::device_info(kDev);
   const bool hopper = info.name.find("H100") != std::string::npos || info.name.find("H200") != std::string::npos;
   c.nominal_tflops = env_double("MOMA_GPU_PEAK_TFLOPS", hopper ? 989.0 : -1.0);
-  {
-    const size_t bytes = size_t(1) << 30;
-    DeviceBuffer src(bytes), dst(bytes);
-    cuda::fill(st, DType::U8, src.get(), int64_t(bytes), 1.0);
-    const double s = gpu_seconds([&] { cuda::copy_d2d(kDev, dst.get(), src.get(), bytes); });
-    c.copy_gbs = 2.0 * double(bytes) / s / 1e9;
-  }
+  c.copy_gbs = copy_ceiling_gbs(st);
   {
     const int64_t M = 8192, N = 4096, K = 4096;
     DeviceBuffer A(sz(M * K) * 2), B(sz(K * N) * 2), C(sz(M * N) * 4);

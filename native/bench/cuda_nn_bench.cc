@@ -35,20 +35,10 @@ namespace moma::bench {
 namespace {
 
 constexpr int kDev = kCudaBenchDevice;
-inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
-
 constexpr const char* kNnOps[] = {"nn.rmsnorm",        "nn.rmsnorm_backward", "nn.layernorm",
                                   "nn.layernorm_backward", "nn.rope",         "nn.attention",
                                   "nn.attention_backward", "nn.cross_entropy", "nn.cross_entropy_backward",
                                   "nn.adamw"};
-
-double copy_ceiling_gbs(void* st) {
-  const size_t bytes = size_t(1) << 30;
-  DeviceBuffer src(bytes), dst(bytes);
-  cuda::fill(st, DType::U8, src.get(), int64_t(bytes), 1.0);
-  const double s = gpu_seconds([&] { cuda::copy_d2d(kDev, dst.get(), src.get(), bytes); });
-  return 2.0 * double(bytes) / s / 1e9;
-}
 
 size_t elem_size(DType dt) { return dt == DType::BF16 ? 2 : 4; }
 const char* dt_name(DType dt) { return dt == DType::BF16 ? "bf16" : "f32"; }

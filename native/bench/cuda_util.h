@@ -1,5 +1,6 @@
-// Helpers shared by the CUDA parts of moma_kernel_bench (cuda_bench.cc, cuda_moe_bench.cc):
-// device buffers, the timing loop and a plain row-major GEMM shape. Only compiled with CUDA.
+// Helpers shared by the CUDA parts of moma_kernel_bench (cuda_bench.cc, cuda_moe_bench.cc,
+// cuda_nn_bench.cc): device buffers, the timing loop, the copy-bandwidth ceiling and a plain
+// row-major GEMM shape. Only compiled with CUDA.
 //
 // Timing: warm-up launches, then a probe sizes a batch of repeats to about 20 ms; the median of 7
 // batches (synchronise, launch the batch on the device stream, synchronise, divide) is reported.
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "bench.h"
+#include "cuda/kernels.h"
 #include "cuda/runtime.h"
 
 namespace moma::bench {
@@ -52,6 +54,16 @@ inline double gpu_seconds(const std::function<void()>& launch) {
   }
   std::sort(samples.begin(), samples.end());
   return samples[samples.size() / 2];
+}
+
+// Device-to-device copy bandwidth (GB/s, read + write bytes) of 1 GiB; `seconds` receives one copy's time.
+inline double copy_ceiling_gbs(void* stream, double* seconds = nullptr) {
+  const size_t bytes = size_t(1) << 30;
+  DeviceBuffer src(bytes), dst(bytes);
+  cuda::fill(stream, DType::U8, src.get(), int64_t(bytes), 1.0);
+  const double s = gpu_seconds([&] { cuda::copy_d2d(kCudaBenchDevice, dst.get(), src.get(), bytes); });
+  if (seconds) *seconds = s;
+  return 2.0 * double(bytes) / s / 1e9;
 }
 
 // C = A @ B, all row-major and contiguous.
