@@ -21,7 +21,7 @@ export interface TrainerState {
   [key: string]: unknown;
 }
 
-/** Writes a checkpoint; `files` adds JSON files (e.g. vocab.json) next to the others. */
+/** Writes a checkpoint; `files` adds files next to the others: Buffers as they are, anything else as JSON (e.g. vocab.json). */
 export async function saveCheckpoint(dir: string, parts: { config: unknown; model: Module; optimizer?: AdamW; state: TrainerState; files?: Record<string, unknown> }): Promise<void> {
   const target = path.resolve(dir);
   const partial = `${target}.partial-${process.pid}`;
@@ -40,7 +40,7 @@ export async function saveCheckpoint(dir: string, parts: { config: unknown; mode
   writeFileAtomic(path.join(partial, 'trainer.json'), JSON.stringify(parts.state, null, 2) + '\n');
   for (const [name, value] of Object.entries(parts.files ?? {})) {
     if (name.includes('/') || name.includes('\\')) throw new MomaError('ERR_ARG', `saveCheckpoint: bad file name '${name}'`);
-    writeFileAtomic(path.join(partial, name), JSON.stringify(value, null, 2) + '\n');
+    writeFileAtomic(path.join(partial, name), Buffer.isBuffer(value) ? value : JSON.stringify(value, null, 2) + '\n');
   }
   const old = `${target}.old-${process.pid}`;
   if (fs.existsSync(target)) fs.renameSync(target, old);

@@ -47,8 +47,10 @@ export interface ScheduleOptions {
 export interface TrainerOptions {
   model: Transformer;
   data: TokenBatchSource;
-  /** The vocabulary (saved as vocab.json with every checkpoint). */
+  /** The vocabulary (saved as vocab.json with every checkpoint; a data layer VocabLayout is one). */
   vocab: VocabSpec;
+  /** More files saved with every checkpoint (e.g. the tokenizer files a VocabLayout names): Buffers raw, others as JSON. */
+  checkpointFiles?: Record<string, unknown>;
   steps: number;
   schedule: ScheduleOptions;
   optimizer?: AdamWOptions;
@@ -142,7 +144,7 @@ export class Trainer extends EventEmitter {
         step: this.step, optimizerStep: this.optimizer.step, tokens: this.tokens, flops: this.flops,
         generator: this.generator.getState(), dataPosition: this.options.data.state(),
       },
-      files: { 'vocab.json': this.options.vocab },
+      files: { ...this.options.checkpointFiles, 'vocab.json': this.options.vocab },
     });
     this.emit('checkpoint', { step: this.step, dir });
   }
