@@ -176,3 +176,15 @@ describe('documents', () => {
     throwsCode(() => splitDocument(layout, [1, layout.size]), 'ERR_RANGE');
   });
 });
+
+test('a tokenizer.json whose vocabulary has no id for a word is refused, not passed on as undefined', () => {
+  const dir = tmpdir();
+  const file = path.join(dir, 'wordlevel.json');
+  fs.writeFileSync(file, JSON.stringify({
+    version: '1.0', added_tokens: [], normalizer: null, pre_tokenizer: { type: 'Whitespace' }, post_processor: null, decoder: null,
+    model: { type: 'WordLevel', vocab: { red: 0, circle: 1 }, unk_token: '[UNK]' },
+  }));
+  const tok = HFTokenizer.fromFile(file);
+  expect(tok.encode('red circle')).toEqual([0, 1]);
+  throwsCode(() => tok.encode('red square'), 'ERR_RANGE');
+});

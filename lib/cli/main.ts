@@ -5,6 +5,9 @@ import { MomaError } from '../errors';
 import { inspect, InspectReport } from '../inspect';
 import { registerModelCommands } from './model';
 import { registerEval } from './eval';
+import { registerTrainCommands } from './train';
+import { registerDataCommands } from './data';
+import { registerTokenizerCommands } from './tokenizer';
 
 function printReport(r: InspectReport): void {
   const lines = [
@@ -36,6 +39,9 @@ export function buildProgram(): Command {
     });
   registerModelCommands(program);
   registerEval(program);
+  registerTrainCommands(program);
+  registerDataCommands(program);
+  registerTokenizerCommands(program);
   return program;
 }
 

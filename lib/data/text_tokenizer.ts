@@ -78,7 +78,10 @@ export class HFTokenizer implements TextTokenizer {
 
   encode(text: string): number[] {
     if (typeof text !== 'string') throw new MomaError('ERR_ARG', 'HFTokenizer.encode: expected a string');
-    return this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const ids = this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+    const bad = ids.findIndex((id) => !Number.isInteger(id));
+    if (bad >= 0) throw new MomaError('ERR_RANGE', `HFTokenizer.encode: ${this.file} has no id for token ${bad} of ${JSON.stringify(text.slice(0, 60))} (a vocabulary without an unknown token?)`);
+    return ids;
   }
 
   decode(ids: ArrayLike<number>): string {

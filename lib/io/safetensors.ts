@@ -3,7 +3,8 @@
  * length, a JSON header { name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__":
  * { string: string } } padded with spaces to a multiple of 8, then the raw little-endian data.
  * Writes are atomic (temp file, fsync, rename); reads validate every field and name the file
- * and the problem in a MomaError('ERR_FILE').
+ * and the problem in a MomaError('ERR_FILE'). encodeSafetensors / decodeSafetensors work on
+ * host typed arrays and bytes (no tensors), for small files such as tokenizer codebooks.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -29,27 +30,31 @@ export function writeFileAtomic(file: string, data: Buffer | string): void {
   fs.renameSync(tmp, file);
 }
 
-/** Serialises named tensors (read from their devices) into a safetensors file. */
-export async function saveSafetensors(file: string, tensors: Map<string, Tensor>, metadata: Record<string, string> = {}): Promise<void> {
+/** A tensor's raw host values as stored in the file; BF16 values are their raw 16-bit patterns. */
+export type HostTensor =
+  | { dtype: 'F32'; shape: number[]; data: Float32Array }
+  | { dtype: 'BF16'; shape: number[]; data: Uint16Array }
+  | { dtype: 'I32'; shape: number[]; data: Int32Array }
+  | { dtype: 'U8'; shape: number[]; data: Uint8Array };
+
+export interface HostSafetensors {
+  metadata: Record<string, string>;
+  tensors: Map<string, HostTensor>;
+}
+
+/** The bytes of a safetensors file holding `entries` (in order) and `metadata`; deterministic. */
+export function encodeSafetensors(entries: Iterable<[string, HostTensor]>, metadata: Record<string, string> = {}): Buffer {
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length) header.__metadata__ = metadata;
   const chunks: Buffer[] = [];
   let offset = 0;
-  for (const [name, t] of tensors) {
-    const dtype = DTYPES[t.dtype];
-    let bytes: Buffer;
-    if (t.dtype === 'bfloat16') {
-      // values read as float32 are exact for bf16: keep the top 16 bits
-      const f = await t.toArray() as Float32Array;
-      const u32 = new Uint32Array(f.buffer, f.byteOffset, f.length);
-      const u16 = new Uint16Array(f.length);
-      for (let i = 0; i < f.length; i++) u16[i] = u32[i]! >>> 16;
-      bytes = Buffer.from(u16.buffer, u16.byteOffset, u16.byteLength);
-    } else {
-      const a = await t.toArray();
-      bytes = Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+  for (const [name, t] of entries) {
+    const count = t.shape.reduce((a, b) => a * b, 1);
+    if (name === '__metadata__' || SIZES[t.dtype] === undefined || t.data.length !== count) {
+      throw new MomaError('ERR_ARG', `encodeSafetensors: tensor '${name}' (${String(t.dtype)} [${t.shape.join(', ')}], ${t.data.length} values) is not a valid entry`);
     }
-    header[name] = { dtype, shape: t.shape.slice(), data_offsets: [offset, offset + bytes.length] };
+    const bytes = Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    header[name] = { dtype: t.dtype, shape: t.shape.slice(), data_offsets: [offset, offset + bytes.length] };
     chunks.push(bytes);
     offset += bytes.length;
   }
@@ -57,7 +62,27 @@ export async function saveSafetensors(file: string, tensors: Map<string, Tensor>
   json += ' '.repeat((8 - (json.length % 8)) % 8);
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  writeFileAtomic(file, Buffer.concat([len, Buffer.from(json), ...chunks]));
+  return Buffer.concat([len, Buffer.from(json), ...chunks]);
+}
+
+/** Serialises named tensors (read from their devices) into a safetensors file. */
+export async function saveSafetensors(file: string, tensors: Map<string, Tensor>, metadata: Record<string, string> = {}): Promise<void> {
+  const entries: [string, HostTensor][] = [];
+  for (const [name, t] of tensors) {
+    const dtype = DTYPES[t.dtype];
+    const a = await t.toArray();
+    if (dtype === 'BF16') {
+      // values read as float32 are exact for bf16: keep the top 16 bits
+      const f = a as Float32Array;
+      const u32 = new Uint32Array(f.buffer, f.byteOffset, f.length);
+      const u16 = new Uint16Array(f.length);
+      for (let i = 0; i < f.length; i++) u16[i] = u32[i]! >>> 16;
+      entries.push([name, { dtype, shape: t.shape.slice(), data: u16 }]);
+    } else {
+      entries.push([name, { dtype, shape: t.shape.slice(), data: a } as HostTensor]);
+    }
+  }
+  writeFileAtomic(file, encodeSafetensors(entries, metadata));
 }
 
 export interface SafetensorsFile {
@@ -69,6 +94,54 @@ function bad(file: string, what: string): MomaError {
   return new MomaError('ERR_FILE', `safetensors ${file}: ${what}`);
 }
 
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/** Parses and validates the bytes of a safetensors file (named `file` in errors) into host arrays (copies). */
+export function decodeSafetensors(buf: Buffer, file: string): HostSafetensors {
+  if (!Buffer.isBuffer(buf)) throw new MomaError('ERR_ARG', `decodeSafetensors: buf must be a Buffer (${String(file)})`);
+  if (buf.length < 8) throw bad(file, `is ${buf.length} bytes, shorter than its 8-byte header length`);
+  const n = Number(buf.readBigUInt64LE(0));
+  if (n > buf.length - 8) throw bad(file, `header length ${n} runs past the end of the file (${buf.length} bytes)`);
+  let header: unknown;
+  try {
+    header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  } catch {
+    throw bad(file, 'header is not valid JSON');
+  }
+  if (!isObject(header)) throw bad(file, 'header is not a JSON object');
+  const dataStart = 8 + n;
+  const out: HostSafetensors = { metadata: {}, tensors: new Map() };
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      if (!isObject(entry) || Object.values(entry).some((v) => typeof v !== 'string')) throw bad(file, "'__metadata__' is not an object of strings");
+      out.metadata = entry as Record<string, string>;
+      continue;
+    }
+    if (!isObject(entry)) throw bad(file, `tensor '${name}' is not an object`);
+    const e = entry as { dtype?: string; shape?: number[]; data_offsets?: number[] };
+    const size = SIZES[e.dtype ?? ''];
+    if (size === undefined) throw bad(file, `tensor '${name}' has unsupported dtype ${String(e.dtype)}`);
+    if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isInteger(d) || d < 0)) throw bad(file, `tensor '${name}' has a bad shape`);
+    const [begin, end] = Array.isArray(e.data_offsets) ? e.data_offsets : [];
+    const count = e.shape.reduce((a, b) => a * b, 1);
+    if (!Number.isInteger(begin) || !Number.isInteger(end) || begin! < 0 || end! - begin! !== count * size || dataStart + end! > buf.length) {
+      throw bad(file, `tensor '${name}' has data offsets [${String(begin)}, ${String(end)}] that do not fit its shape or the file`);
+    }
+    const shape = e.shape.slice();
+    const bytes = buf.subarray(dataStart + begin!, dataStart + end!);
+    let t: HostTensor;
+    if (e.dtype === 'F32') t = { dtype: 'F32', shape, data: new Float32Array(count) };
+    else if (e.dtype === 'I32') t = { dtype: 'I32', shape, data: new Int32Array(count) };
+    else if (e.dtype === 'U8') t = { dtype: 'U8', shape, data: new Uint8Array(count) };
+    else t = { dtype: 'BF16', shape, data: new Uint16Array(count) };
+    new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength).set(bytes);
+    out.tensors.set(name, t);
+  }
+  return out;
+}
+
 /** Reads a safetensors file into tensors on `device`. */
 export function loadSafetensors(file: string, device = 'cpu'): SafetensorsFile {
   let buf: Buffer;
@@ -77,39 +150,12 @@ export function loadSafetensors(file: string, device = 'cpu'): SafetensorsFile {
   } catch (err) {
     throw bad(file, `cannot be read (${(err as Error).message})`);
   }
-  if (buf.length < 8) throw bad(file, `is ${buf.length} bytes, shorter than its 8-byte header length`);
-  const n = Number(buf.readBigUInt64LE(0));
-  if (n > buf.length - 8) throw bad(file, `header length ${n} runs past the end of the file (${buf.length} bytes)`);
-  let header: Record<string, unknown>;
+  const host = decodeSafetensors(buf, file);
+  const out: SafetensorsFile = { metadata: host.metadata, tensors: new Map() };
   try {
-    header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, unknown>;
-  } catch {
-    throw bad(file, 'header is not valid JSON');
-  }
-  const dataStart = 8 + n;
-  const out: SafetensorsFile = { metadata: {}, tensors: new Map() };
-  try {
-    for (const [name, entry] of Object.entries(header)) {
-      if (name === '__metadata__') {
-        out.metadata = entry as Record<string, string>;
-        continue;
-      }
-      const e = entry as { dtype?: string; shape?: number[]; data_offsets?: number[] };
-      const size = SIZES[e.dtype ?? ''];
-      if (size === undefined) throw bad(file, `tensor '${name}' has unsupported dtype ${String(e.dtype)}`);
-      if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isInteger(d) || d < 0)) throw bad(file, `tensor '${name}' has a bad shape`);
-      const [begin, end] = e.data_offsets ?? [];
-      const count = e.shape.reduce((a, b) => a * b, 1);
-      if (!Number.isInteger(begin) || !Number.isInteger(end) || begin! < 0 || end! - begin! !== count * size || dataStart + end! > buf.length) {
-        throw bad(file, `tensor '${name}' has data offsets [${String(begin)}, ${String(end)}] that do not fit its shape or the file`);
-      }
-      const bytes = Buffer.from(buf.subarray(dataStart + begin!, dataStart + end!));
-      let t: Tensor;
-      if (e.dtype === 'F32') t = tensor(new Float32Array(bytes.buffer, bytes.byteOffset, count), { shape: e.shape, device });
-      else if (e.dtype === 'I32') t = tensor(new Int32Array(bytes.buffer, bytes.byteOffset, count), { shape: e.shape, device });
-      else if (e.dtype === 'U8') t = tensor(new Uint8Array(bytes.buffer, bytes.byteOffset, count), { shape: e.shape, device });
-      else t = tensor(new Uint16Array(bytes.buffer, bytes.byteOffset, count), { shape: e.shape, dtype: 'bfloat16', device });
-      out.tensors.set(name, t);
+    for (const [name, t] of host.tensors) {
+      const options = { shape: t.shape, device };
+      out.tensors.set(name, t.dtype === 'BF16' ? tensor(t.data, { ...options, dtype: 'bfloat16' }) : tensor(t.data, options));
     }
   } catch (err) {
     for (const t of out.tensors.values()) t.dispose();

@@ -1,0 +1,203 @@
+/**
+ * `moma train` and `moma report`: a thin layer over trainRun (lib/train/run.ts) and writeReport.
+ *
+ * train shows a progress bar on a terminal (step, loss text / image, tokens/s, ETA), one line
+ * every few steps elsewhere (CI, pipes), or the metrics records as JSON lines with --json-log
+ * (human messages then go to stderr, so stdout stays JSON). The first Ctrl-C stops after the
+ * current step, checkpoints, writes the report, prints how to resume and exits with 130; a second
+ * one exits at once.
+ */
+import * as path from 'path';
+import { Command } from 'commander';
+import * as cliProgress from 'cli-progress';
+import { formatDuration, formatSI, LossRow, writeReport } from '../report/report';
+import { EvalRecord, RunStartInfo, RunSummary, StepRecord, trainRun } from '../train/run';
+import { RUN_DEFAULTS } from '../train/run_config';
+
+interface TrainFlags {
+  preset?: string;
+  config?: string;
+  data?: string;
+  device?: string;
+  steps?: string;
+  batchSize?: string;
+  seqLen?: string;
+  lr?: string;
+  warmup?: string;
+  seed?: string;
+  imageFraction?: string;
+  evalEvery?: string;
+  evalBatches?: string;
+  checkpointEvery?: string;
+  resume?: string;
+  out?: string;
+  jsonLog?: boolean;
+}
+
+/** A path as the user would type it: relative to the working directory when inside it. */
+function shown(p: string): string {
+  const relative = path.relative(process.cwd(), p);
+  return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : p;
+}
+
+function lossText(value: number | null | undefined): string {
+  return value === null || value === undefined || !Number.isFinite(value) ? '  -   ' : value.toFixed(3);
+}
+
+/** How progress is shown: JSON lines, plain lines, or a bar. */
+interface Progress {
+  start(info: RunStartInfo): void;
+  step(record: StepRecord): void;
+  eval(record: EvalRecord): void;
+  stop(): void;
+}
+
+function jsonProgress(): Progress {
+  return {
+    start: () => undefined,
+    step: (r) => console.log(JSON.stringify(r)),
+    eval: (r) => console.log(JSON.stringify(r)),
+    stop: () => undefined,
+  };
+}
+
+function lineProgress(say: (line: string) => void): Progress {
+  let total = 0;
+  let every = 1;
+  let began = 0;
+  let firstStep = 0;
+  return {
+    start(info) {
+      total = info.settings.steps;
+      every = Math.max(1, Math.round((total - info.startStep) / 20));
+      began = Date.now();
+      firstStep = info.startStep;
+    },
+    step(r) {
+      if (r.step !== firstStep + 1 && r.step % every !== 0 && r.step !== total) return;
+      const elapsed = (Date.now() - began) / 1000;
+      const eta = (elapsed / (r.step - firstStep)) * (total - r.step);
+      say(`step ${r.step}/${total}  loss ${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})  ${Math.round(r.tokensPerSecond)} tok/s  elapsed ${formatDuration(elapsed)}  eta ${formatDuration(eta)}`);
+    },
+    eval(r) {
+      say(`held-out at step ${r.step}: loss ${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})`);
+    },
+    stop: () => undefined,
+  };
+}
+
+/** The bar fits 80 columns: step, bar, loss text / image, tokens/s, ETA (held-out losses come in the summary). */
+function barProgress(): Progress {
+  const bar = new cliProgress.SingleBar({
+    format: 'step {value}/{total} {bar} text {text} image {image} | {tps} tok/s | ETA {eta_formatted}',
+    barsize: 16, barCompleteChar: '█', barIncompleteChar: '░', hideCursor: true, etaBuffer: 50, stream: process.stderr,
+  });
+  let running = false;
+  return {
+    start(info) {
+      bar.start(info.settings.steps, info.startStep, { text: '-', image: '-', tps: '-' });
+      running = true;
+    },
+    step(r) {
+      bar.update(r.step, { text: lossText(r.lossPerModality.text), image: lossText(r.lossPerModality.image), tps: Math.round(r.tokensPerSecond) });
+    },
+    eval: () => undefined,
+    stop() {
+      if (running) bar.stop();
+      running = false;
+    },
+  };
+}
+
+function lossTable(summary: RunSummary): string[] {
+  const keys = Object.keys(summary.loss.first).length > 0 ? Object.keys(summary.loss.first) : ['overall'];
+  const rows: [string, LossRow][] = [['first step', summary.loss.first], [`final (last ${summary.loss.finalWindow})`, summary.loss.final]];
+  if (summary.heldOut) rows.push([`held-out (step ${summary.heldOut.step})`, summary.heldOut.loss]);
+  const width = Math.max(...rows.map(([label]) => label.length), 4) + 2;
+  return [
+    `${'loss'.padEnd(width)}${keys.map((k) => k.padStart(9)).join('')}`,
+    ...rows.map(([label, row]) => `${label.padEnd(width)}${keys.map((k) => lossText(row[k]).padStart(9)).join('')}`),
+  ];
+}
+
+function printSummary(summary: RunSummary, say: (line: string) => void): void {
+  const s = summary.session;
+  say(`${summary.stopped ? 'stopped' : 'done'} at step ${summary.steps} in ${formatDuration(summary.wallSeconds)}: ${s.steps} steps, ${formatSI(s.tokens)} tokens this session `
+    + `(${formatSI(s.tokensPerSecond)} tokens/s); run total ${formatSI(summary.tokens)} tokens, ${formatSI(summary.flops.total)} training FLOPs`);
+  for (const line of lossTable(summary)) say(`  ${line}`);
+  say(`results in ${shown(summary.runDir)}:`);
+  say(`  report      ${shown(summary.report.html)} (picture: ${path.basename(summary.report.png)}, ${path.basename(summary.report.svg)})`);
+  say(`  metrics     ${shown(path.join(summary.runDir, 'metrics.jsonl'))}`);
+  say(`  checkpoint  ${shown(summary.checkpoint)}`);
+}
+
+async function runTrain(flags: TrainFlags): Promise<void> {
+  const { config, resume, jsonLog, ...settings } = flags;
+  const say = jsonLog ? (line: string): void => void process.stderr.write(line + '\n') : (line: string): void => console.log(line);
+  const progress = jsonLog ? jsonProgress() : process.stderr.isTTY ? barProgress() : lineProgress(say);
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onInterrupt = (): void => {
+    interrupts++;
+    if (interrupts > 1) process.exit(130);
+    progress.stop();
+    say('stopping after the current step (Ctrl-C again quits at once, without a checkpoint)…');
+    controller.abort();
+  };
+  process.on('SIGINT', onInterrupt);
+  let summary: RunSummary;
+  try {
+    summary = await trainRun({ flags: settings, configFile: config, resume }, {
+      signal: controller.signal,
+      onStart(info) {
+        const what = info.resumedFrom ? `resuming ${shown(info.runDir)} from step ${info.startStep}` : `training into ${shown(info.runDir)}`;
+        say(`moma train: ${what} — ${info.settings.preset} (${formatSI(info.parameters.total)} parameters) on ${info.settings.device}, data ${info.dataset}, `
+          + `${info.settings.steps} steps × ${info.settings.batchSize} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`);
+        progress.start(info);
+      },
+      onStep: (r) => progress.step(r),
+      onEval: (r) => progress.eval(r),
+    });
+  } finally {
+    progress.stop();
+    process.off('SIGINT', onInterrupt);
+  }
+  printSummary(summary, say);
+  if (summary.stopped) {
+    say(`resume with: moma train --resume ${shown(summary.runDir)}`);
+    process.exitCode = 130;
+  }
+}
+
+export function registerTrainCommands(program: Command): void {
+  program
+    .command('train')
+    .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
+    .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, out); flags override it')
+    .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
+    .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
+    .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
+    .option('--batch-size <n>', `sequences per step (default ${RUN_DEFAULTS.batchSize})`)
+    .option('--seq-len <n>', `tokens per sequence (default ${RUN_DEFAULTS.seqLen})`)
+    .option('--lr <x>', `peak learning rate, cosine decay to 1% (default ${RUN_DEFAULTS.lr})`)
+    .option('--warmup <n>', `warm-up steps (default ${RUN_DEFAULTS.warmup})`)
+    .option('--seed <n>', `seed of the model, data order and routing noise (default ${RUN_DEFAULTS.seed})`)
+    .option('--image-fraction <x>', "target share of image tokens per batch, 'off' or 'auto' (default auto: the image experts' share for MoMa presets, else off)")
+    .option('--eval-every <n>', `held-out evaluation every n steps, 0: at the end only (default ${RUN_DEFAULTS.evalEvery})`)
+    .option('--eval-batches <n>', `held-out batches per evaluation (default ${RUN_DEFAULTS.evalBatches})`)
+    .option('--checkpoint-every <n>', `checkpoint every n steps, 0: at the end only (default ${RUN_DEFAULTS.checkpointEvery}); the newest 2 are kept`)
+    .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps may change)')
+    .option('--out <run dir>', 'run directory (default runs/<yyyymmdd-hhmmss>-<preset>)')
+    .option('--json-log', 'print the metrics records as JSON lines instead of a progress bar')
+    .action(runTrain);
+
+  program
+    .command('report')
+    .description('regenerate report.html, report.svg and report.png of a run directory from its metrics.jsonl')
+    .argument('<run dir>', 'a directory written by moma train')
+    .action(async (runDir: string) => {
+      const files = await writeReport(runDir);
+      console.log(`report: ${shown(files.html)} (picture: ${shown(files.png)}, ${shown(files.svg)})`);
+    });
+}

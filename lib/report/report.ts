@@ -1,0 +1,288 @@
+/**
+ * The report of a training run, rebuilt from its run.json and metrics.jsonl at any time
+ * (`moma report <run dir>`, and by `trainRun` at the end or on a stop):
+ *   report.svg   loss per modality against tokens and against training FLOPs, side by side
+ *   report.png   the same picture, rendered by sharp at twice the size
+ *   report.html  one self-contained page (inline SVG, no scripts, no network): a summary table,
+ *                the loss, learning-rate and throughput charts, the last routing statistics of
+ *                MoE models, and the run configuration.
+ * `summarizeMetrics` gives the numbers the CLI prints at the end of a run.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import sharp from 'sharp';
+import { MomaError } from '../errors';
+import { writeFileAtomic } from '../io/safetensors';
+import { countParameters } from '../model/params';
+import type { ExpertStat } from '../train/trainer';
+import type { EvalRecord, RunFile, StepRecord } from '../train/run';
+import { ChartSeries, lineChartSpec, renderSvg, sideBySide } from './charts';
+
+/** Loss overall ('overall') and per modality; null where a modality never appeared. */
+export type LossRow = Record<string, number | null>;
+
+export interface MetricsSummary {
+  /** The last step recorded. */
+  steps: number;
+  tokens: number;
+  flops: { total: number; perModality: Record<string, number> };
+  /** Sum of the step times (training only). */
+  trainSeconds: number;
+  tokensPerSecond: number;
+  loss: {
+    first: LossRow;
+    /** Mean over the last `finalWindow` steps (5% of the run, at least 1). */
+    final: LossRow;
+    finalWindow: number;
+  };
+  /** The last held-out evaluation. */
+  heldOut: { step: number; loss: LossRow } | null;
+  /** The last routing statistics the trainer emitted. */
+  routing: { step: number; experts: ExpertStat[] } | null;
+}
+
+export interface ReportFiles {
+  html: string;
+  svg: string;
+  png: string;
+}
+
+const COLORS: Record<string, string> = { overall: '#444444', text: '#1f77b4', image: '#ff7f0e' };
+
+/** The step and eval records of a run's metrics.jsonl (a torn last line, from a killed run, is ignored). */
+export function readMetrics(runDir: string): { steps: StepRecord[]; evals: EvalRecord[] } {
+  const file = path.join(runDir, 'metrics.jsonl');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new MomaError('ERR_FILE', `report: cannot read ${file} (${(err as Error).message})`);
+  }
+  const steps: StepRecord[] = [];
+  const evals: EvalRecord[] = [];
+  const lines = text.split('\n').filter((l) => l.trim() !== '');
+  lines.forEach((line, i) => {
+    let record: unknown;
+    try {
+      record = JSON.parse(line);
+    } catch {
+      if (i === lines.length - 1) return;
+      throw new MomaError('ERR_FILE', `report: ${file} line ${i + 1} is not JSON`);
+    }
+    const r = record as { kind?: unknown; step?: unknown; loss?: unknown; tokens?: unknown };
+    if (r === null || typeof r !== 'object' || !Number.isInteger(r.step) || typeof r.tokens !== 'number') {
+      throw new MomaError('ERR_FILE', `report: ${file} line ${i + 1} lacks an integer step and tokens`);
+    }
+    if (r.kind === 'eval') evals.push(record as EvalRecord);
+    else steps.push(record as StepRecord);
+  });
+  return { steps, evals };
+}
+
+function lossRow(record: { loss: number | null; lossPerModality: Record<string, number | null> }): LossRow {
+  const row: LossRow = { overall: record.loss };
+  for (const [name, value] of Object.entries(record.lossPerModality)) row[name] = value === null || !Number.isFinite(value) ? null : value;
+  return row;
+}
+
+function meanRows(rows: LossRow[]): LossRow {
+  const out: LossRow = {};
+  for (const key of new Set(rows.flatMap((r) => Object.keys(r)))) {
+    const values = rows.map((r) => r[key]).filter((v): v is number => v !== null && v !== undefined && Number.isFinite(v));
+    out[key] = values.length > 0 ? values.reduce((a, b) => a + b, 0) / values.length : null;
+  }
+  return out;
+}
+
+/** Totals and first / final / held-out losses of a run's records. */
+export function summarizeMetrics(steps: StepRecord[], evals: EvalRecord[]): MetricsSummary {
+  const last = steps[steps.length - 1];
+  const trainSeconds = steps.reduce((s, r) => s + r.seconds, 0);
+  const finalWindow = Math.max(1, Math.round(steps.length * 0.05));
+  const lastEval = evals[evals.length - 1];
+  const routed = [...steps].reverse().find((r) => Array.isArray(r.routing) && r.routing.length > 0);
+  return {
+    steps: last?.step ?? 0,
+    tokens: last?.tokens ?? 0,
+    flops: last?.flops ?? { total: 0, perModality: {} },
+    trainSeconds,
+    tokensPerSecond: trainSeconds > 0 && last ? last.tokens / trainSeconds : 0,
+    loss: {
+      first: steps[0] ? lossRow(steps[0]) : {},
+      final: meanRows(steps.slice(-finalWindow).map(lossRow)),
+      finalWindow,
+    },
+    heldOut: lastEval ? { step: lastEval.step, loss: lossRow(lastEval) } : null,
+    routing: routed ? { step: routed.step, experts: routed.routing! } : null,
+  };
+}
+
+/** What a loss chart reads from step and eval records alike. */
+type LossRecord = Pick<StepRecord, 'tokens' | 'flops' | 'loss' | 'lossPerModality'>;
+
+function lossSeries(records: LossRecord[], x: (r: LossRecord) => number, names: string[]): ChartSeries[] {
+  return ['overall', ...names].map((name) => ({
+    name,
+    points: records.map((r) => [x(r), lossRow(r)[name] ?? null] as [number, number | null]),
+  }));
+}
+
+/** The four charts of a report, as SVG strings. */
+async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities: string[]): Promise<{ lossTokens: string; lossFlops: string; lr: string; throughput: string }> {
+  const subtitle = 'faint: each step; bold: smoothed (EMA); dots: held-out evaluation';
+  const byTokens = (r: LossRecord): number => r.tokens;
+  const byFlops = (r: LossRecord): number => r.flops.total;
+  const [lossTokens, lossFlops, lr, throughput] = await Promise.all([
+    renderSvg(lineChartSpec({
+      title: 'Training loss by modality', subtitle, xTitle: 'tokens', yTitle: 'loss (nats per token)', yScale: 'log', legendTitle: 'modality', colors: COLORS,
+      series: lossSeries(steps, byTokens, modalities), markers: lossSeries(evals, byTokens, modalities),
+    })),
+    renderSvg(lineChartSpec({
+      title: 'Training loss against compute', subtitle, xTitle: 'training FLOPs', yTitle: 'loss (nats per token)', xScale: 'log', yScale: 'log', legendTitle: 'modality', colors: COLORS,
+      series: lossSeries(steps, byFlops, modalities), markers: lossSeries(evals, byFlops, modalities),
+    })),
+    renderSvg(lineChartSpec({
+      title: 'Learning rate', xTitle: 'step', yTitle: 'learning rate', raw: true, colors: { 'learning rate': COLORS.overall! },
+      series: [{ name: 'learning rate', points: steps.map((r) => [r.step, r.lr]) }],
+    })),
+    renderSvg(lineChartSpec({
+      title: 'Throughput', subtitle: 'faint: each step; bold: smoothed (EMA)', xTitle: 'step', yTitle: 'tokens per second', colors: { 'tokens/s': COLORS.overall! },
+      series: [{ name: 'tokens/s', points: steps.map((r) => [r.step, r.tokensPerSecond]) }],
+    })),
+  ]);
+  return { lossTokens, lossFlops, lr, throughput };
+}
+
+function escapeHtml(text: string): string {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+}
+
+/** 1234567 -> "1.23 M" (SI prefixes), for tokens and FLOPs. */
+export function formatSI(value: number): string {
+  if (!Number.isFinite(value)) return '-';
+  const prefixes = ['', 'k', 'M', 'G', 'T', 'P', 'E'];
+  let i = 0;
+  let v = Math.abs(value);
+  while (v >= 1000 && i < prefixes.length - 1) {
+    v /= 1000;
+    i++;
+  }
+  return `${value < 0 ? '-' : ''}${i === 0 ? String(Math.round(v * 100) / 100) : v.toPrecision(3)}${prefixes[i] ? ` ${prefixes[i]}` : ''}`;
+}
+
+/** 193.4 -> "3m 13s". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return '-';
+  if (seconds < 60) return `${seconds.toFixed(1)}s`;
+  const m = Math.floor(seconds / 60);
+  const s = Math.round(seconds - 60 * m);
+  return m < 60 ? `${m}m ${s}s` : `${Math.floor(m / 60)}h ${m % 60}m`;
+}
+
+function formatLoss(value: number | null | undefined): string {
+  return value === null || value === undefined || !Number.isFinite(value) ? '-' : value.toFixed(4);
+}
+
+function lossTable(summary: MetricsSummary, modalities: string[]): string {
+  const keys = ['overall', ...modalities];
+  const rows: [string, LossRow][] = [
+    ['first step', summary.loss.first],
+    [`final (mean of last ${summary.loss.finalWindow} steps)`, summary.loss.final],
+  ];
+  if (summary.heldOut) rows.push([`held-out (step ${summary.heldOut.step})`, summary.heldOut.loss]);
+  const head = `<tr><th>loss</th>${keys.map((k) => `<th>${escapeHtml(k)}</th>`).join('')}</tr>`;
+  const body = rows.map(([label, row]) => `<tr><td>${escapeHtml(label)}</td>${keys.map((k) => `<td class="num">${formatLoss(row[k])}</td>`).join('')}</tr>`).join('');
+  return `<table>${head}${body}</table>`;
+}
+
+function routingTable(run: RunFile, routing: NonNullable<MetricsSummary['routing']>): string {
+  const groups = run.model.ffn.groups ?? [];
+  const groupName = (g: number): string => {
+    const m = groups[g]?.modality;
+    return Array.isArray(m) ? m.join('+') : m ?? `group ${g}`;
+  };
+  const columns = [...new Map(routing.experts.map((e) => [`${e.group}:${e.expert}`, e])).values()];
+  const layers = [...new Set(routing.experts.map((e) => e.layer))].sort((a, b) => a - b);
+  const head = `<tr><th>layer</th>${columns.map((c) => `<th>${escapeHtml(groupName(c.group))} ${c.expert}</th>`).join('')}</tr>`;
+  const body = layers.map((layer) => {
+    const cells = columns.map((c) => {
+      const e = routing.experts.find((x) => x.layer === layer && x.group === c.group && x.expert === c.expert);
+      return e ? `<td class="num">${e.rows} <span class="gate">${e.meanGate.toFixed(2)}</span></td>` : '<td>-</td>';
+    });
+    return `<tr><td>${layer}</td>${cells.join('')}</tr>`;
+  }).join('');
+  return `<h2>Routing (step ${routing.step})</h2><p>Rows each expert selected in the step's micro-batch, per layer, and (grey) the mean gate of the selected rows.</p><table>${head}${body}</table>`;
+}
+
+function summaryTable(run: RunFile, summary: MetricsSummary): string {
+  const params = countParameters(run.model);
+  const flopsText = `${formatSI(summary.flops.total)} (${Object.entries(summary.flops.perModality).map(([k, v]) => `${escapeHtml(k)} ${formatSI(v)}`).join(', ')})`;
+  const rows: [string, string][] = [
+    ['preset', escapeHtml(run.config.preset)],
+    ['parameters', `${formatSI(params.total)} total, ${formatSI(params.active)} active per token`],
+    ['device', escapeHtml(run.config.device)],
+    ['data', escapeHtml(run.dataset.name)],
+    ['steps', `${summary.steps} of ${run.config.steps} (batch ${run.config.batchSize} × ${run.config.seqLen} tokens)`],
+    ['tokens', formatSI(summary.tokens)],
+    ['training FLOPs', flopsText],
+    ['training time', formatDuration(summary.trainSeconds)],
+    ['throughput', `${formatSI(summary.tokensPerSecond)} tokens/s`],
+    ['moma', `${escapeHtml(run.moma)}, started ${escapeHtml(run.startedAt)}${run.resumes.length > 0 ? `, resumed at step ${run.resumes.map((r) => r.step).join(', ')}` : ''}`],
+  ];
+  return `<table>${rows.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join('')}</table>`;
+}
+
+function readRunFile(runDir: string): RunFile {
+  const file = path.join(runDir, 'run.json');
+  let run: RunFile;
+  try {
+    run = JSON.parse(fs.readFileSync(file, 'utf8')) as RunFile;
+  } catch (err) {
+    throw new MomaError('ERR_FILE', `report: cannot read ${file} (${(err as Error).message})`);
+  }
+  if (run === null || typeof run !== 'object' || run.format !== 'moma-run' || typeof run.model !== 'object' || typeof run.config !== 'object') {
+    throw new MomaError('ERR_FILE', `report: ${file} is not a moma run file`);
+  }
+  return run;
+}
+
+const STYLE = `body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.charts{display:flex;flex-wrap:wrap;gap:12px}
+.gate{color:#888;font-size:85%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}`;
+
+/** Writes report.svg, report.png and report.html into a run directory from its run.json and metrics.jsonl. */
+export async function writeReport(runDir: string): Promise<ReportFiles> {
+  if (typeof runDir !== 'string' || !fs.existsSync(runDir) || !fs.statSync(runDir).isDirectory()) {
+    throw new MomaError('ERR_ARG', `report: ${String(runDir)} is not a run directory`);
+  }
+  const run = readRunFile(runDir);
+  const { steps, evals } = readMetrics(runDir);
+  const modalities = run.model.modalities ?? ['text', 'image'];
+  const summary = summarizeMetrics(steps, evals);
+  const charts = await renderCharts(steps, evals, modalities);
+  const files: ReportFiles = { html: path.join(runDir, 'report.html'), svg: path.join(runDir, 'report.svg'), png: path.join(runDir, 'report.png') };
+
+  const picture = sideBySide([charts.lossTokens, charts.lossFlops]);
+  writeFileAtomic(files.svg, picture);
+  writeFileAtomic(files.png, await sharp(Buffer.from(picture), { density: 144 }).png().toBuffer());
+
+  const title = `moma run ${path.basename(path.resolve(runDir))} — ${run.config.preset}`;
+  const html = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title><style>${STYLE}</style></head>
+<body>
+<h1>${escapeHtml(title)}</h1>
+${summaryTable(run, summary)}
+<h2>Loss</h2>
+${lossTable(summary, modalities)}
+<div class="charts">${charts.lossTokens}${charts.lossFlops}</div>
+<h2>Learning rate and throughput</h2>
+<div class="charts">${charts.lr}${charts.throughput}</div>
+${summary.routing ? routingTable(run, summary.routing) : ''}
+<h2>Configuration (run.json)</h2>
+<pre>${escapeHtml(JSON.stringify(run, null, 2))}</pre>
+</body></html>
+`;
+  writeFileAtomic(files.html, html);
+  return files;
+}

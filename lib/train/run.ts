@@ -1,0 +1,402 @@
+/**
+ * A training run with everything around the Trainer loop: the run directory, metrics, held-out
+ * evaluation, rolling checkpoints, resume and the report. `moma train` is a thin layer over
+ * `trainRun`; tests call it directly.
+ *
+ * Run directory:
+ *   run.json             the resolved settings, model config, dataset, optimiser, version, start time
+ *   vocab.json + files   the vocabulary layout and the tokenizer files the dataset names
+ *   metrics.jsonl        one JSON object per step, and {"kind":"eval", …} per held-out evaluation
+ *   checkpoints/step-NNNNNN/   the newest two checkpoints (an older one is deleted only after the
+ *                        new one is complete; each is written under a temporary name and renamed)
+ *   report.html/.svg/.png
+ *
+ * Resume loads the newest checkpoint, drops metrics lines past its step and continues: the data
+ * position, generator and optimizer continue exactly, so a run stopped and resumed equals an
+ * uninterrupted one bit for bit. Raising `steps` on resume stretches the cosine schedule over the
+ * new total (the steps already taken keep the rates they had).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { packageRoot } from '../binding';
+import { MomaError } from '../errors';
+import { countParameters, ParameterCount } from '../model/params';
+import { preset } from '../model/presets';
+import { Transformer, TransformerConfig } from '../model/transformer';
+import { builtinDataset } from '../data/builtin';
+import type { MixedModalDataset } from '../data/dataset';
+import { SequencePacker } from '../data/packer';
+import { openShardSet } from '../data/shard_set';
+import { modalityOfId, parseVocabLayout, VocabLayout } from '../data/vocab';
+import { writeFileAtomic } from '../io/safetensors';
+import { readMetrics, summarizeMetrics, writeReport, MetricsSummary, ReportFiles } from '../report/report';
+import { readCheckpoint } from './checkpoint';
+import { evaluate, vocabFromSpec } from './evaluate';
+import { RunConfigSources, resolveRunConfig, RunSettings } from './run_config';
+import { StepMetrics, TokenBatchSource, Trainer } from './trainer';
+
+/** A metrics.jsonl line of a training step. */
+export interface StepRecord extends StepMetrics {
+  /** Image tokens / all tokens of the step's batch. */
+  imageFraction: number;
+}
+
+/** A metrics.jsonl line of a held-out evaluation (after `step` training steps). */
+export interface EvalRecord {
+  kind: 'eval';
+  step: number;
+  tokens: number;
+  flops: { total: number; perModality: Record<string, number> };
+  loss: number;
+  lossPerModality: Record<string, number>;
+  targets: number;
+  targetsPerModality: Record<string, number>;
+  seconds: number;
+}
+
+export type MetricsRecord = StepRecord | EvalRecord;
+
+/** run.json. */
+export interface RunFile {
+  format: 'moma-run';
+  version: 1;
+  moma: string;
+  startedAt: string;
+  config: RunSettings;
+  model: TransformerConfig;
+  parameters: { total: number; active: number };
+  dataset: { name: string; vocabHash: string; vocabSize: number; files: string[] };
+  optimizer: {
+    kind: 'adamw'; betas: [number, number]; eps: number; weightDecay: number; clipNorm: number;
+    schedule: { shape: 'cosine'; peak: number; warmup: number; total: number; floor: number };
+  };
+  /** Each resume: the checkpoint step it continued from, when, and the steps it ran to. */
+  resumes: { step: number; at: string; steps: number }[];
+}
+
+export interface RunOptions extends RunConfigSources {
+  /** Train on this dataset instead of opening settings.data (custom data, tests). */
+  dataset?: MixedModalDataset;
+}
+
+export interface RunStartInfo {
+  runDir: string;
+  settings: RunSettings;
+  model: TransformerConfig;
+  parameters: ParameterCount;
+  dataset: string;
+  /** The step training starts from (the checkpoint's step on resume, else 0). */
+  startStep: number;
+  /** The checkpoint resumed from, or null. */
+  resumedFrom: string | null;
+}
+
+export interface RunHooks {
+  onStart?(info: RunStartInfo): void;
+  onStep?(record: StepRecord): void;
+  onEval?(record: EvalRecord): void;
+  onCheckpoint?(info: { step: number; dir: string }): void;
+  /** Aborting stops the run after the current step; it then checkpoints and writes the report. */
+  signal?: AbortSignal;
+}
+
+export interface RunSummary extends MetricsSummary {
+  runDir: string;
+  /** True when the signal ended the run before `steps`. */
+  stopped: boolean;
+  /** Steps, tokens and step seconds of this invocation (a resumed run counts from its checkpoint). */
+  session: { steps: number; tokens: number; trainSeconds: number; tokensPerSecond: number };
+  /** Wall-clock seconds of this invocation, setup and report included. */
+  wallSeconds: number;
+  checkpoint: string;
+  report: ReportFiles;
+}
+
+const SCHEDULE_FLOOR = 0.01;
+const KEEP_CHECKPOINTS = 2;
+const CHECKPOINT_NAME = /^step-(\d+)$/;
+
+function momaVersion(): string {
+  const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function readJson(file: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new MomaError('ERR_FILE', `trainRun: cannot read ${file} (${(err as Error).message})`);
+  }
+}
+
+/** Runs a file system step, turning its errors (permissions, missing files, full disk) into MomaError('ERR_FILE'). */
+function onDisk<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof MomaError) throw err;
+    throw new MomaError('ERR_FILE', `trainRun: cannot ${what} (${(err as Error).message})`);
+  }
+}
+
+function writeJson(file: string, value: unknown): void {
+  writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n');
+}
+
+/** Opens the dataset a run's settings name; a resumed builtin run reuses the image tokenizer saved in its directory. */
+async function openDataset(settings: RunSettings, runDir: string | null): Promise<MixedModalDataset> {
+  if (settings.data === 'builtin') {
+    let imageTokenizer: Buffer | undefined;
+    if (runDir !== null) {
+      const layout = parseVocabLayout(readJson(path.join(runDir, 'vocab.json')), path.join(runDir, 'vocab.json'));
+      const file = layout.image === null ? null : path.join(runDir, layout.image.tokenizer.file);
+      if (file !== null) imageTokenizer = onDisk(`read the run's image tokenizer ${file}`, () => fs.readFileSync(file));
+    }
+    return builtinDataset({ seed: settings.seed, imageTokenizer });
+  }
+  if (!fs.existsSync(settings.data) || !fs.statSync(settings.data).isDirectory()) {
+    throw new MomaError('ERR_ARG', `trainRun: --data ${settings.data} is not a folder (a shard set folder, or 'builtin')`);
+  }
+  return openShardSet(settings.data);
+}
+
+/** Checkpoint folders of a run, newest first. */
+function listCheckpoints(runDir: string): { step: number; dir: string }[] {
+  const root = path.join(runDir, 'checkpoints');
+  if (!fs.existsSync(root)) return [];
+  return fs.readdirSync(root)
+    .map((name) => ({ match: CHECKPOINT_NAME.exec(name), name }))
+    .filter((e) => e.match !== null)
+    .map((e) => ({ step: Number(e.match![1]), dir: path.join(root, e.name) }))
+    .sort((a, b) => b.step - a.step);
+}
+
+/** Removes temporary checkpoint folders a killed process left behind. */
+function removePartialCheckpoints(runDir: string): void {
+  const root = path.join(runDir, 'checkpoints');
+  if (!fs.existsSync(root)) return;
+  for (const name of fs.readdirSync(root)) {
+    if (/\.(partial|old)-\d+$/.test(name)) fs.rmSync(path.join(root, name), { recursive: true, force: true });
+  }
+}
+
+function checkpointDirOf(runDir: string, step: number): string {
+  return path.join(runDir, 'checkpoints', `step-${String(step).padStart(6, '0')}`);
+}
+
+/** Keeps metrics lines up to `step` (a resume drops what came after its checkpoint, and a torn last line). */
+function truncateMetrics(file: string, step: number): MetricsRecord[] {
+  if (!fs.existsSync(file)) return [];
+  const kept: MetricsRecord[] = [];
+  const lines = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
+  lines.forEach((line, i) => {
+    let record: MetricsRecord;
+    try {
+      record = JSON.parse(line) as MetricsRecord;
+    } catch {
+      if (i === lines.length - 1) return;
+      throw new MomaError('ERR_FILE', `trainRun: ${file} line ${i + 1} is not JSON`);
+    }
+    if (record.step <= step) kept.push(record);
+  });
+  writeFileAtomic(file, kept.map((r) => JSON.stringify(r) + '\n').join(''));
+  return kept;
+}
+
+/** The packer as the trainer's batch source, remembering each batch's image share for the metrics. */
+class ObservedPacker implements TokenBatchSource {
+  lastImageFraction = 0;
+
+  constructor(private readonly packer: SequencePacker) {}
+
+  next(): number[][] {
+    const batch = this.packer.next();
+    this.lastImageFraction = this.packer.imageFractionOf(batch);
+    return batch;
+  }
+
+  state(): unknown {
+    return this.packer.state();
+  }
+
+  restore(state: unknown): void {
+    this.packer.restore(state);
+  }
+}
+
+function isImageOf(layout: VocabLayout): (id: number) => boolean {
+  return (id) => modalityOfId(layout, id) === 1;
+}
+
+/** The fixed held-out sequences: the first `evalBatches` batches of the eval split, packed as the training batches are. */
+function heldOutSequences(dataset: MixedModalDataset, settings: RunSettings): number[][] | null {
+  const store = dataset.store('eval', settings.seed);
+  if (store === null) return null;
+  const packer = new SequencePacker(store, { batchSize: settings.batchSize, seqLen: settings.seqLen, isImage: isImageOf(dataset.layout), imageFraction: settings.imageFraction });
+  const sequences: number[][] = [];
+  for (let i = 0; i < settings.evalBatches; i++) sequences.push(...packer.next());
+  return sequences;
+}
+
+function newRunFile(settings: RunSettings, dataset: MixedModalDataset): RunFile {
+  const model = preset(settings.preset, {
+    ...settings.model, vocabSize: dataset.layout.size, modalities: ['text', 'image'], device: settings.device, seed: settings.seed,
+  });
+  const parameters = countParameters(model);
+  return {
+    format: 'moma-run', version: 1, moma: momaVersion(), startedAt: new Date().toISOString(),
+    config: settings, model, parameters: { total: parameters.total, active: parameters.active },
+    dataset: { name: dataset.name, vocabHash: dataset.layout.hash, vocabSize: dataset.layout.size, files: Object.keys(dataset.files) },
+    optimizer: {
+      kind: 'adamw', betas: [0.9, 0.95], eps: 1e-5, weightDecay: 0.1, clipNorm: 1,
+      schedule: { shape: 'cosine', peak: settings.lr, warmup: settings.warmup, total: settings.steps, floor: SCHEDULE_FLOOR },
+    },
+    resumes: [],
+  };
+}
+
+/** Creates the run directory of a new run (refusing one that already holds a run or other files). */
+function createRunDir(runDir: string, run: RunFile, dataset: MixedModalDataset): void {
+  if (fs.existsSync(runDir)) {
+    if (!fs.statSync(runDir).isDirectory()) throw new MomaError('ERR_ARG', `trainRun: --out ${runDir} exists and is not a folder`);
+    if (fs.existsSync(path.join(runDir, 'run.json'))) {
+      throw new MomaError('ERR_ARG', `trainRun: --out ${runDir} already holds a run; continue it with --resume ${runDir} or choose another --out`);
+    }
+    if (fs.readdirSync(runDir).length > 0) throw new MomaError('ERR_ARG', `trainRun: --out ${runDir} is not empty`);
+  }
+  for (const name of Object.keys(dataset.files)) {
+    if (name.includes('/') || name.includes('\\') || name === 'run.json' || name === 'vocab.json') {
+      throw new MomaError('ERR_ARG', `trainRun: dataset file name '${name}' is not allowed in a run directory`);
+    }
+  }
+  onDisk(`create the run directory ${runDir}`, () => {
+    fs.mkdirSync(path.join(runDir, 'checkpoints'), { recursive: true });
+    for (const [name, bytes] of Object.entries(dataset.files)) writeFileAtomic(path.join(runDir, name), bytes);
+    writeJson(path.join(runDir, 'vocab.json'), dataset.layout);
+    writeFileAtomic(path.join(runDir, 'metrics.jsonl'), '');
+    writeJson(path.join(runDir, 'run.json'), run);
+  });
+}
+
+interface Prepared {
+  run: RunFile;
+  checkpoint: { step: number; dir: string } | null;
+  records: MetricsRecord[];
+}
+
+function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModalDataset): Prepared {
+  const run = readJson(path.join(runDir, 'run.json')) as RunFile;
+  const saved = parseVocabLayout(readJson(path.join(runDir, 'vocab.json')), path.join(runDir, 'vocab.json'));
+  if (dataset.layout.hash !== saved.hash || run.dataset?.vocabHash !== saved.hash) {
+    throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: the dataset's vocabulary (hash ${dataset.layout.hash.slice(0, 12)}…) differs from the run's vocab.json (${saved.hash.slice(0, 12)}…)`);
+  }
+  removePartialCheckpoints(runDir);
+  const newest = listCheckpoints(runDir)[0];
+  if (newest === undefined) throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: no complete checkpoint in ${path.join(runDir, 'checkpoints')}`);
+  const { state } = readCheckpoint(newest.dir);
+  if (state.step !== newest.step) throw new MomaError('ERR_FILE', `trainRun: ${newest.dir} holds step ${state.step}, its name says ${newest.step}`);
+  if (settings.steps < newest.step) {
+    throw new MomaError('ERR_ARG', `trainRun: --steps ${settings.steps} is below the step of the newest checkpoint (${newest.step}) of ${runDir}`);
+  }
+  const records = truncateMetrics(path.join(runDir, 'metrics.jsonl'), newest.step);
+  run.config = settings;
+  run.optimizer.schedule.total = settings.steps;
+  run.resumes = [...(run.resumes ?? []), { step: newest.step, at: new Date().toISOString(), steps: settings.steps }];
+  writeJson(path.join(runDir, 'run.json'), run);
+  return { run, checkpoint: newest, records };
+}
+
+/** Trains as the settings say (see the module comment); resolves when done, stopped by the signal, or rejects on an error. */
+export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): Promise<RunSummary> {
+  const started = Date.now();
+  const { settings, resume } = resolveRunConfig(options);
+  const runDir = path.resolve(settings.out);
+  const dataset = options.dataset ?? await openDataset(settings, resume === null ? null : runDir);
+  let prepared: Prepared;
+  if (resume !== null) {
+    prepared = prepareResume(runDir, settings, dataset);
+  } else {
+    const run = newRunFile(settings, dataset);
+    createRunDir(runDir, run, dataset);
+    prepared = { run, checkpoint: null, records: [] };
+  }
+  const { run } = prepared;
+  const trainStore = dataset.store('train', settings.seed);
+  if (trainStore === null) throw new MomaError('ERR_ARG', `trainRun: dataset ${dataset.name} has no train split`);
+  const data = new ObservedPacker(new SequencePacker(trainStore, {
+    batchSize: settings.batchSize, seqLen: settings.seqLen, isImage: isImageOf(dataset.layout), imageFraction: settings.imageFraction,
+  }));
+  const heldOut = heldOutSequences(dataset, settings);
+  const vocabInfo = vocabFromSpec(dataset.layout);
+  const metricsFile = path.join(runDir, 'metrics.jsonl');
+  const appendRecord = (record: MetricsRecord): void => onDisk(`append to ${metricsFile}`, () => fs.appendFileSync(metricsFile, JSON.stringify(record) + '\n'));
+
+  const model = new Transformer(run.model);
+  let trainer: Trainer | null = null;
+  try {
+    trainer = new Trainer({
+      model, data, vocab: dataset.layout, checkpointFiles: dataset.files, steps: settings.steps,
+      schedule: { peak: settings.lr, warmup: settings.warmup, shape: 'cosine', floor: SCHEDULE_FLOOR },
+      optimizer: { betas: run.optimizer.betas, eps: run.optimizer.eps, weightDecay: run.optimizer.weightDecay, clipNorm: run.optimizer.clipNorm },
+      seed: settings.seed, statsEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.floor(settings.steps / 10)),
+    });
+    if (prepared.checkpoint !== null) trainer.resume(prepared.checkpoint.dir);
+    const startStep = trainer.step;
+    const startTokens = trainer.tokens;
+    hooks.onStart?.({
+      runDir, settings, model: run.model, parameters: countParameters(run.model), dataset: dataset.name, startStep,
+      resumedFrom: prepared.checkpoint?.dir ?? null,
+    });
+
+    const t = trainer;
+    let lastEvalStep = prepared.records.filter((r) => 'kind' in r && r.kind === 'eval').reduce((s, r) => Math.max(s, r.step), -1);
+    let lastCheckpoint = prepared.checkpoint;
+    let trainSeconds = 0;
+
+    const runEval = async (): Promise<void> => {
+      if (heldOut === null) return;
+      const begun = process.hrtime.bigint();
+      const result = await evaluate(model, heldOut, vocabInfo, settings.batchSize);
+      const names = model.config.modalities;
+      const record: EvalRecord = {
+        kind: 'eval', step: t.step, tokens: t.tokens,
+        flops: { total: t.flops.total, perModality: Object.fromEntries(names.map((n, m) => [n, t.flops.perModality[m] ?? 0])) },
+        loss: result.loss, lossPerModality: result.perModality, targets: result.targets, targetsPerModality: result.targetsPerModality,
+        seconds: Number(process.hrtime.bigint() - begun) / 1e9,
+      };
+      appendRecord(record);
+      lastEvalStep = t.step;
+      hooks.onEval?.(record);
+    };
+    const runCheckpoint = async (): Promise<void> => {
+      const dir = checkpointDirOf(runDir, t.step);
+      await t.checkpoint(dir);
+      lastCheckpoint = { step: t.step, dir };
+      for (const old of listCheckpoints(runDir).slice(KEEP_CHECKPOINTS)) fs.rmSync(old.dir, { recursive: true, force: true });
+      hooks.onCheckpoint?.({ step: t.step, dir });
+    };
+
+    while (t.step < settings.steps && hooks.signal?.aborted !== true) {
+      const metrics = await t.trainStep();
+      trainSeconds += metrics.seconds;
+      const record: StepRecord = { ...metrics, imageFraction: data.lastImageFraction };
+      appendRecord(record);
+      hooks.onStep?.(record);
+      if (settings.evalEvery > 0 && t.step % settings.evalEvery === 0) await runEval();
+      if (settings.checkpointEvery > 0 && t.step % settings.checkpointEvery === 0) await runCheckpoint();
+    }
+    const stopped = t.step < settings.steps;
+    if (!stopped && lastEvalStep !== t.step) await runEval();
+    if (lastCheckpoint?.step !== t.step) await runCheckpoint();
+    const report = await writeReport(runDir);
+    const { steps, evals } = readMetrics(runDir);
+    const session = { steps: t.step - startStep, tokens: t.tokens - startTokens, trainSeconds, tokensPerSecond: trainSeconds > 0 ? (t.tokens - startTokens) / trainSeconds : 0 };
+    return {
+      ...summarizeMetrics(steps, evals), runDir, stopped, session,
+      wallSeconds: (Date.now() - started) / 1000, checkpoint: lastCheckpoint!.dir, report,
+    };
+  } finally {
+    trainer?.dispose();
+    model.dispose();
+  }
+}

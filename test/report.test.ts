@@ -1,0 +1,201 @@
+/**
+ * Report charts and pages from hand-made metrics: the smoothing, chart specs (thinning, log axes,
+ * skipped values), SVG rendering and composition, the summary numbers, the HTML page (escaped,
+ * self-contained, routing table) and the refusals.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import sharp from 'sharp';
+import { MomaError } from '../lib';
+import { preset } from '../lib/model/presets';
+import { ema, lineChartSpec, renderSvg, sideBySide, smoothingAlpha } from '../lib/report/charts';
+import { formatDuration, formatSI, readMetrics, summarizeMetrics, writeReport } from '../lib/report/report';
+import type { EvalRecord, RunFile, StepRecord } from '../lib/train/run';
+import { resolveRunConfig } from '../lib/train/run_config';
+import { throwsCode } from './support/errors';
+
+let dir: string;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-report-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+test('ema is bias-corrected, skips missing values and checks alpha', () => {
+  expect(ema([2, 2, 2], 0.3)).toEqual([2, 2, 2]);
+  const [a, b] = ema([0, 2], 0.5) as number[];
+  expect(a).toBe(0);
+  expect(b).toBeCloseTo(1 / 0.75, 12);
+  const out = ema([1, null, 3, NaN], 0.5);
+  expect(out[0]).toBe(1);
+  expect(out[1]).toBeNull();
+  expect(out[2]).toBeCloseTo(1.75 / 0.75, 12);
+  expect(out[3]).toBeNull();
+  expect(ema([5], 1)).toEqual([5]);
+  for (const alpha of [0, -0.1, 1.5, NaN]) throwsCode(() => ema([1], alpha), 'ERR_ARG');
+  expect(smoothingAlpha(10)).toBeCloseTo(2 / 4, 12);
+  expect(smoothingAlpha(600)).toBeCloseTo(2 / 13, 12);
+  expect(smoothingAlpha(100000)).toBeCloseTo(2 / 26, 12);
+});
+
+function rowsOf(spec: ReturnType<typeof lineChartSpec>, name: string): { x: number; y: number; series: string; layer: string }[] {
+  return (spec.data!.find((d) => d.name === name) as { values: { x: number; y: number; series: string; layer: string }[] }).values;
+}
+
+test('lineChartSpec: raw and smoothed lines per series, long series thinned, log axes drop x <= 0, missing y skipped', () => {
+  const long = Array.from({ length: 5000 }, (_, i): [number, number | null] => [i, i % 7 === 0 ? null : Math.sin(i)]);
+  const spec = lineChartSpec({
+    title: 't', xTitle: 'tokens', yTitle: 'loss', xScale: 'log',
+    series: [{ name: 'text', points: long }, { name: 'image', points: [[0, 1], [1, 2], [2, Infinity]] }],
+    markers: [{ name: 'text', points: [[10, 0.5], [-1, 0.4]] }],
+  });
+  const lines = rowsOf(spec, 'lines');
+  const text = lines.filter((r) => r.series === 'text');
+  expect(text.filter((r) => r.layer === 'raw').length).toBe(1501);
+  expect(text.filter((r) => r.layer === 'smooth').length).toBe(1501);
+  expect(text.every((r) => r.x > 0 && Number.isFinite(r.y))).toBe(true);
+  expect(lines.filter((r) => r.series === 'image').map((r) => [r.x, r.y, r.layer])).toEqual([[1, 2, 'raw'], [1, expect.any(Number), 'smooth']]);
+  expect(rowsOf(spec, 'markers')).toEqual([{ x: 10, y: 0.5, series: 'text', layer: 'smooth' }]);
+  expect((spec.scales as { name: string; type: string }[]).find((s) => s.name === 'x')!.type).toBe('log');
+  const raw = lineChartSpec({ title: 'lr', xTitle: 'step', yTitle: 'lr', raw: true, series: [{ name: 'lr', points: [[1, 0.1], [2, 0.2]] }] });
+  expect(rowsOf(raw, 'lines').map((r) => r.layer)).toEqual(['smooth', 'smooth']);
+  expect(raw.legends).toEqual([]);
+  const logY = lineChartSpec({ title: 'l', xTitle: 'x', yTitle: 'y', yScale: 'log', raw: true, series: [{ name: 'a', points: [[1, 0], [2, -1], [3, 0.5]] }] });
+  expect(rowsOf(logY, 'lines').map((r) => r.y)).toEqual([0.5]);
+  expect((logY.scales as { name: string; type: string }[]).find((s) => s.name === 'y')!.type).toBe('log');
+  throwsCode(() => lineChartSpec({ title: 't', xTitle: 'x', yTitle: 'y', series: [{ name: 'a', points: [[1, 2, 3] as unknown as [number, number]] }] }), 'ERR_ARG');
+  throwsCode(() => lineChartSpec({ title: 't', xTitle: 'x', yTitle: 'y', series: 'a' as unknown as [] }), 'ERR_ARG');
+});
+
+test('renderSvg draws the titles; sideBySide places SVGs in a row', async () => {
+  const spec = lineChartSpec({ title: 'Loss chart', xTitle: 'tokens seen', yTitle: 'nats', width: 200, height: 100, series: [{ name: 'a', points: [[1, 3], [2, 2], [3, 1]] }] });
+  const svg = await renderSvg(spec);
+  expect(svg.startsWith('<svg')).toBe(true);
+  for (const text of ['>Loss chart<', '>tokens seen<', '>nats<']) expect(svg).toContain(text);
+  const width = Number(/width="(\d+)"/.exec(svg)![1]);
+  const height = Number(/height="(\d+)"/.exec(svg)![1]);
+  const both = sideBySide([svg, svg], 10);
+  expect(both).toMatch(new RegExp(`^<svg [^>]*width="${2 * width + 10}" height="${height}"`));
+  expect(both).toContain(`<svg x="${width + 10}" y="0"`);
+  const png = await sharp(Buffer.from(both)).png().toBuffer();
+  expect((await sharp(png).metadata()).width).toBe(2 * width + 10);
+  throwsCode(() => sideBySide([]), 'ERR_ARG');
+  throwsCode(() => sideBySide(['<div>no</div>']), 'ERR_ARG');
+});
+
+test('formatSI and formatDuration', () => {
+  expect(formatSI(0)).toBe('0');
+  expect(formatSI(999)).toBe('999');
+  expect(formatSI(12.345)).toBe('12.35');
+  expect(formatSI(1234)).toBe('1.23 k');
+  expect(formatSI(2.5e12)).toBe('2.50 T');
+  expect(formatSI(-3e6)).toBe('-3.00 M');
+  expect(formatSI(NaN)).toBe('-');
+  expect(formatDuration(5.25)).toBe('5.3s');
+  expect(formatDuration(193.4)).toBe('3m 13s');
+  expect(formatDuration(7260)).toBe('2h 1m');
+  expect(formatDuration(-1)).toBe('-');
+});
+
+/** Step records with losses falling as 1/step; routing at steps 20 and 40. */
+function fakeSteps(n: number): StepRecord[] {
+  return Array.from({ length: n }, (_, i) => {
+    const step = i + 1;
+    const record: StepRecord = {
+      step, tokens: step * 100, flops: { total: step * 1e9, perModality: { text: step * 4e8, image: step * 6e8 } },
+      loss: 5 / step, lossPerModality: { text: 6 / step, image: step === 3 ? NaN : 4 / step }, lr: 1e-3, gradNorm: 1, tokensPerSecond: 1000,
+      mfu: 0.1, seconds: 0.1, imageFraction: 0.5,
+    };
+    if (step % 20 === 0) record.routing = [0, 1].flatMap((layer) => [0, 1].map((expert) => ({ layer, group: expert, expert: 0, rows: 10 * step + layer + expert, meanGate: 0.5 })));
+    return record;
+  });
+}
+
+function fakeEval(step: number, loss: number): EvalRecord {
+  return {
+    kind: 'eval', step, tokens: step * 100, flops: { total: step * 1e9, perModality: { text: 0, image: 0 } }, loss,
+    lossPerModality: { text: loss + 1, image: loss - 1 }, targets: 100, targetsPerModality: { text: 50, image: 50 }, seconds: 0.5,
+  };
+}
+
+test('summarizeMetrics: first step, mean of the last 5% of steps, last held-out and routing', () => {
+  const steps = fakeSteps(40);
+  const summary = summarizeMetrics(steps, [fakeEval(20, 2), fakeEval(40, 1.5)]);
+  expect(summary.steps).toBe(40);
+  expect(summary.tokens).toBe(4000);
+  expect(summary.trainSeconds).toBeCloseTo(4, 10);
+  expect(summary.tokensPerSecond).toBeCloseTo(1000, 8);
+  expect(summary.loss.first).toEqual({ overall: 5, text: 6, image: 4 });
+  expect(summary.loss.finalWindow).toBe(2);
+  expect(summary.loss.final.overall).toBeCloseTo((5 / 39 + 5 / 40) / 2, 12);
+  expect(summary.loss.final.image).toBeCloseTo((4 / 39 + 4 / 40) / 2, 12);
+  expect(summary.heldOut).toEqual({ step: 40, loss: { overall: 1.5, text: 2.5, image: 0.5 } });
+  expect(summary.routing!.step).toBe(40);
+  expect(summary.routing!.experts.map((e) => e.rows)).toEqual([400, 401, 401, 402]);
+  const empty = summarizeMetrics([], []);
+  expect(empty).toMatchObject({ steps: 0, tokens: 0, tokensPerSecond: 0, heldOut: null, routing: null, loss: { first: {}, final: {} } });
+});
+
+function writeRun(runDir: string, lines: string[], name = 'builtin:shapes'): void {
+  fs.mkdirSync(runDir, { recursive: true });
+  const settings = { ...resolveRunConfig({ values: { steps: 40, device: 'cpu', out: runDir } }).settings };
+  const model = preset('tiny-4t4i', { vocabSize: 517, device: 'cpu' });
+  const run: RunFile = {
+    format: 'moma-run', version: 1, moma: '0.0.0-test', startedAt: '2025-01-02T03:04:05.000Z', config: settings, model, parameters: { total: 1, active: 1 },
+    dataset: { name, vocabHash: 'abc', vocabSize: 517, files: [] },
+    optimizer: { kind: 'adamw', betas: [0.9, 0.95], eps: 1e-5, weightDecay: 0.1, clipNorm: 1, schedule: { shape: 'cosine', peak: 3e-3, warmup: 50, total: 40, floor: 0.01 } },
+    resumes: [{ step: 20, at: '2025-01-02T04:00:00.000Z', steps: 40 }],
+  };
+  fs.writeFileSync(path.join(runDir, 'run.json'), JSON.stringify(run));
+  fs.writeFileSync(path.join(runDir, 'metrics.jsonl'), lines.join('\n'));
+}
+
+test('writeReport: the summary table, loss table, routing table and config on one page; the PNG at twice the SVG size', async () => {
+  const runDir = path.join(dir, 'fake');
+  const steps = fakeSteps(40);
+  const lines = [...steps.slice(0, 20), fakeEval(20, 2), ...steps.slice(20), fakeEval(40, 1.5)].map((r) => JSON.stringify(r));
+  writeRun(runDir, [...lines, '{"step": 41, "tok'], '<b>odd & "name"</b>');
+  const files = await writeReport(runDir);
+  expect(files).toEqual({ html: path.join(runDir, 'report.html'), svg: path.join(runDir, 'report.svg'), png: path.join(runDir, 'report.png') });
+  const html = fs.readFileSync(files.html, 'utf8');
+  expect(html).toContain('&lt;b&gt;odd &amp; &quot;name&quot;&lt;/b&gt;');
+  expect(html).not.toContain('<b>odd');
+  expect(html).not.toMatch(/<script|<link|<img|src=|https?:\/\/(?!www\.w3\.org)/);
+  expect(html).toContain('<tr><th>tokens</th><td>4.00 k</td></tr>');
+  expect(html).toContain('<tr><th>training FLOPs</th><td>40.0 G (text 16.0 G, image 24.0 G)</td></tr>');
+  expect(html).toContain('resumed at step 20');
+  expect(html).toContain('<td>first step</td><td class="num">5.0000</td><td class="num">6.0000</td><td class="num">4.0000</td>');
+  expect(html).toContain('<td>held-out (step 40)</td><td class="num">1.5000</td><td class="num">2.5000</td><td class="num">0.5000</td>');
+  expect(html).toContain('<h2>Routing (step 40)</h2>');
+  expect(html).toContain('<th>layer</th><th>text 0</th><th>image 0</th>');
+  expect(html).toContain('<tr><td>1</td><td class="num">401 <span class="gate">0.50</span></td><td class="num">402 <span class="gate">0.50</span></td></tr>');
+  expect(html).toContain('&quot;format&quot;: &quot;moma-run&quot;');
+  expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(4);
+  const svg = fs.readFileSync(files.svg, 'utf8');
+  const meta = await sharp(fs.readFileSync(files.png)).metadata();
+  expect(meta.width).toBe(2 * Number(/width="(\d+)"/.exec(svg)![1]));
+  expect(meta.height).toBe(2 * Number(/height="(\d+)"/.exec(svg)![1]));
+  expect(readMetrics(runDir).steps).toHaveLength(40);
+});
+
+test('a run with no steps yet still gets a report; broken inputs are refused with ERR_FILE / ERR_ARG', async () => {
+  const empty = path.join(dir, 'empty');
+  writeRun(empty, []);
+  const files = await writeReport(empty);
+  expect(fs.readFileSync(files.svg, 'utf8')).toContain('>training FLOPs<');
+
+  const torn = path.join(dir, 'torn');
+  writeRun(torn, ['{"step": 1, "tokens": 1', JSON.stringify(fakeSteps(1)[0])]);
+  throwsCode(() => readMetrics(torn), 'ERR_FILE');
+  const noStep = path.join(dir, 'no-step');
+  writeRun(noStep, ['{"tokens": 5}']);
+  throwsCode(() => readMetrics(noStep), 'ERR_FILE');
+  throwsCode(() => readMetrics(path.join(dir, 'missing')), 'ERR_FILE');
+
+  await expect(writeReport(path.join(dir, 'missing'))).rejects.toMatchObject({ code: 'ERR_ARG' });
+  const notRun = path.join(dir, 'not-a-run');
+  fs.mkdirSync(notRun);
+  fs.writeFileSync(path.join(notRun, 'run.json'), '{"format": "other"}');
+  await expect(writeReport(notRun)).rejects.toBeInstanceOf(MomaError);
+  await expect(writeReport(notRun)).rejects.toMatchObject({ code: 'ERR_FILE' });
+});
