@@ -3,9 +3,9 @@
 // random access, disjoint train/eval streams, a deterministic codebook that keeps the shapes'
 // colours through tokenization, packing with SequencePacker, and bad options.
 import { createHash } from 'crypto';
-import { BUILTIN_NAME, builtinDataset, BuiltinDataset, IMAGE_TOKENIZER_FILE } from '../lib/data/builtin';
+import { BUILTIN_NAME, builtinDataset, BuiltinDataset } from '../lib/data/builtin';
 import { splitDocument } from '../lib/data/document';
-import { ImageTokenizer } from '../lib/data/image_tokenizer';
+import { IMAGE_TOKENIZER_FILE, ImageTokenizer } from '../lib/data/image_tokenizer';
 import { SequencePacker } from '../lib/data/packer';
 import { BACKGROUND, COLOUR_NAMES, COLOURS, describeDocument, renderScene, sampleScene, shapeGeometry } from '../lib/data/shapes';
 import { modalityOfId } from '../lib/data/vocab';
@@ -151,11 +151,11 @@ describe('builtinDataset', () => {
     }
     const psnr = (se: number): number => 10 * Math.log10((255 * 255 * values) / se);
     // Measured: 30.4 dB held out (31.5 on the training patches); a flat background image scores
-    // 21.8 dB, so the codes carry the shapes, not just the background.
+    // 21.6 dB, so the codes carry the shapes, not just the background.
     expect(psnr(squared)).toBeGreaterThan(28);
     expect(psnr(squared) - psnr(flat)).toBeGreaterThan(6);
-    // Measured: 99.6% of background pixels stay background, 98% of (non-ring) shape centres keep
-    // their named colour, 99% of ring centres stay hollow; the misses are small thin shapes
+    // Measured: 99.6% of background pixels stay background, 96.9% of (non-ring) shape centres
+    // keep their named colour, every ring centre stays hollow; the misses are small thin shapes
     // straddling patch borders, whose patches the 256 codes can't all hold exactly.
     expect(backgroundKept / background).toBeGreaterThan(0.99);
     expect(centresKept / centres).toBeGreaterThan(0.95);
@@ -183,11 +183,14 @@ describe('builtinDataset', () => {
     expect(resumed.next()).toEqual(next);
 
     // Documents hold 36%…65% image tokens (64 codes, captions of about 30…110 bytes); in order, a
-    // batch averages about 47%. Targets inside that range move the mix to within 0.03.
+    // batch averages about 47%. Targets inside that range move the mix to within 0.03: the mean
+    // over 4 store seeds × 10 batches (measured: 0.430 for 0.42, 0.466 in order, 0.522 for 0.54).
     const mean = (target: number | null): number => {
-      const balanced = new SequencePacker(ds.store('train', 5)!, { batchSize: 4, seqLen: 128, isImage, imageFraction: target });
       let fraction = 0;
-      for (let b = 0; b < 10; b++) fraction += balanced.imageFractionOf(balanced.next()) / 10;
+      for (const seed of [1, 2, 3, 4]) {
+        const balanced = new SequencePacker(ds.store('train', seed)!, { batchSize: 4, seqLen: 128, isImage, imageFraction: target });
+        for (let b = 0; b < 10; b++) fraction += balanced.imageFractionOf(balanced.next()) / 40;
+      }
       return fraction;
     };
     const [low, inOrder, high] = [mean(0.42), mean(null), mean(0.54)];
@@ -219,7 +222,7 @@ describe('builtinDataset', () => {
       text += tokens.length - 64;
     }
     // Captions are about 30…110 bytes (one shape, shortest wording … two shapes, longest), plus
-    // BOS, EOS, BOI, EOI; measured mean 71.5 text tokens a document.
+    // BOS, EOS, BOI, EOI; measured mean 72.5 text tokens a document.
     expect(text / 4200).toBeGreaterThan(60);
     expect(text / 4200).toBeLessThan(80);
     expect(Array.from(store.tokens(0))).toEqual(first);

@@ -11,7 +11,8 @@ import sharp, { type Sharp } from 'sharp';
 import { MomaError, MomaErrorCode } from '../lib';
 import { registerTokenizerCommands } from '../lib/cli/tokenizer';
 import { ImageTokenizer, listImageFiles } from '../lib/data/image_tokenizer';
-import { kmeans, kmeansPlusPlus, nearestCentroids, seededRandom } from '../lib/data/kmeans';
+import { kmeans, kmeansPlusPlus, nearestCentroids } from '../lib/data/kmeans';
+import { SeededRandom } from '../lib/data/seeded_random';
 import { decodeSafetensors, encodeSafetensors, HostTensor } from '../lib/io/safetensors';
 import { throwsCode } from './support/errors';
 
@@ -74,11 +75,17 @@ function referenceKmeans(points: number[][], init: number[][], maxIterations: nu
   return { centroids, assignments, iterations, converged, mse: total / (points.length * points[0]!.length) };
 }
 
+/** Seeded floats in [0, 1) for test data. */
+function randomFloats(seed: number): () => number {
+  const random = new SeededRandom(seed);
+  return () => random.float();
+}
+
 const rows = (flat: Float32Array, dim: number): number[][] => Array.from({ length: flat.length / dim }, (_, i) => Array.from(flat.subarray(i * dim, (i + 1) * dim)));
 
 /** Gaussian-ish blobs: `clusters` centres in [0, 10)^dim, points spread ±`spread` around them. */
 function blobs(n: number, dim: number, clusters: number, spread: number, seed: number): Float32Array {
-  const random = seededRandom(seed);
+  const random = randomFloats(seed);
   const centres = Array.from({ length: clusters }, () => Array.from({ length: dim }, () => random() * 10));
   const out = new Float32Array(n * dim);
   for (let i = 0; i < n; i++) {
@@ -89,28 +96,12 @@ function blobs(n: number, dim: number, clusters: number, spread: number, seed: n
 }
 
 describe('k-means', () => {
-  test('seededRandom is splitmix32: fixed bits for a seed, uniform in [0, 1)', () => {
-    const a = seededRandom(0);
-    const first = [a(), a(), a()].map((v) => Math.round(v * 2 ** 32));
-    expect(first).toEqual(FIRST_SPLITMIX32_SEED0);
-    const b = seededRandom(12345);
-    let sum = 0;
-    for (let i = 0; i < 10000; i++) {
-      const v = b();
-      expect(v >= 0 && v < 1).toBe(true);
-      sum += v;
-    }
-    expect(Math.abs(sum / 10000 - 0.5)).toBeLessThan(0.01);
-    throwsCode(() => seededRandom(-1), 'ERR_ARG');
-    throwsCode(() => seededRandom(2 ** 32), 'ERR_ARG');
-  });
-
   test.each([
     ['clustered, converges', 1001, 5, 7, 100, 1],
     ['uniform 48-d, stopped after 4 updates', 1501, 48, 37, 4, 2],
     ['k = 1', 64, 3, 1, 10, 3],
   ])('matches the float64 reference (%s): assignments, centroids, iterations, mse', (_name, n, dim, k, iterations, seed) => {
-    const points = dim === 48 ? Float32Array.from({ length: n * dim }, seededRandom(seed)) : blobs(n, dim, k, 1.5, seed);
+    const points = dim === 48 ? Float32Array.from({ length: n * dim }, randomFloats(seed)) : blobs(n, dim, k, 1.5, seed);
     // the reference starts from the same centres: k distinct points spread over the data
     const init = new Float32Array(k * dim);
     for (let c = 0; c < k; c++) init.set(points.subarray(c * 13 * dim, (c * 13 + 1) * dim), c * dim);
@@ -182,6 +173,7 @@ describe('k-means', () => {
     throwsCode(() => kmeans(Float32Array.from([1, 2]), 1, { k: 0 }), 'ERR_ARG');
     throwsCode(() => kmeans(Float32Array.from([1, 2]), 1, { k: 1, iterations: -1 }), 'ERR_ARG');
     throwsCode(() => kmeans(Float32Array.from([1, 2]), 1, { k: 1, seed: 1.5 }), 'ERR_ARG');
+    for (const seed of [-1, 2 ** 32, NaN]) throwsCode(() => kmeansPlusPlus(Float32Array.from([1, 2]), 1, 1, seed), 'ERR_ARG');
     throwsCode(() => kmeans(Float32Array.from([1, 2]), 1, { k: 2, init: Float32Array.from([1]) }), 'ERR_SHAPE');
     throwsCode(() => kmeans([1, 2] as unknown as Float32Array, 1, { k: 1 }), 'ERR_ARG');
     throwsCode(() => nearestCentroids(Float32Array.from([1, 2]), 2, Float32Array.from([1, 2, 3])), 'ERR_SHAPE');
@@ -192,7 +184,7 @@ describe('k-means', () => {
 
 /** Synthetic w×h RGB: gradients, aligned blocks, stripes, a disk, a noisy ramp (kind = seed mod 5). */
 function synthImage(seed: number, w: number, h: number): Uint8Array {
-  const random = seededRandom(seed);
+  const random = randomFloats(seed);
   const colour = (): number[] => [0, 0, 0].map(() => Math.floor(random() * 256));
   const [a, b] = [colour(), colour()];
   const blocks = Array.from({ length: 64 }, colour);
@@ -232,7 +224,7 @@ async function writeImages(dir: string, count: number, size: number, formats: st
 
 /** A tokenizer whose codes are random patches on the uint8 grid (so decode is exact). */
 function gridTokenizer(imageSize: number, patchSize: number, codes: number, seed: number): ImageTokenizer {
-  const random = seededRandom(seed);
+  const random = randomFloats(seed);
   const codebook = Float32Array.from({ length: codes * patchSize * patchSize * 3 }, () => Math.floor(random() * 256) / 255);
   return new ImageTokenizer({ imageSize, patchSize, codebook });
 }
@@ -257,7 +249,7 @@ describe('ImageTokenizer: patches, encode and decode', () => {
 
   test.each([[24, 3, 50], [16, 16, 7], [10, 1, 33]])('images built from codebook patches round-trip exactly (image %i, patch %i, %i codes)', (imageSize, patchSize, codes) => {
     const tok = gridTokenizer(imageSize, patchSize, codes, imageSize);
-    const random = seededRandom(7);
+    const random = randomFloats(7);
     const grid = imageSize / patchSize;
     for (let trial = 0; trial < 3; trial++) {
       const chosen = Array.from({ length: tok.tokensPerImage }, () => Math.floor(random() * codes));
@@ -442,15 +434,16 @@ describe('ImageTokenizer: training', () => {
     expect(Math.abs(squared / values - stats.mse) / stats.mse).toBeLessThan(1e-12);
     // rounding the decoded patches to bytes costs at most (0.5/255)² per value
     expect(roundedSquared / values).toBeLessThan(stats.mse + (0.5 / 255) ** 2);
-    // Measured here: 1 code (the mean patch) 11.6 dB, 64 codes 24.3 dB, 256 codes 37.5 dB (flat
-    // blocks and stripes become exact, gradients and the noisy ramp do not). The bounds leave
-    // ~1 dB for other JPEG/WebP decoders and resamplers; a wrong patch layout or distance falls
-    // towards the one-code baseline.
+    // Measured here: 1 code (the mean patch) 11.1 dB, 64 codes 24.2 dB, 256 codes 35.3 dB (flat
+    // blocks and stripes become exact, gradients and the noisy ramp do not; over seeds 0-7 the
+    // 256 codes reach 35.3-36.9 dB). The bounds leave ~1 dB for other JPEG/WebP decoders and
+    // resamplers; a wrong patch layout or distance falls towards the one-code baseline, and the
+    // 256-code bound sits above what k-means++ alone reaches (33.0 dB, iterations: 0).
     const one = await ImageTokenizer.trainFromFolder(folder, { imageSize: 32, patchSize: 4, codebookSize: 1 });
     const bigger = await ImageTokenizer.trainFromFolder(folder, { imageSize: 32, patchSize: 4, codebookSize: 256, iterations: 30, seed: 5 });
     expect(psnr(one.stats.mse)).toBeLessThan(13);
     expect(psnr(stats.mse)).toBeGreaterThan(23);
-    expect(psnr(bigger.stats.mse)).toBeGreaterThan(36);
+    expect(psnr(bigger.stats.mse)).toBeGreaterThan(34);
   });
 
   test('train (in memory): deterministic by seed, reservoir sample of maxPatches', () => {
@@ -682,6 +675,5 @@ describe('moma tokenizer', () => {
   });
 });
 
-// splitmix32's first three outputs for seed 0 (× 2^32), and the sha256 of the tiny codebook file
-const FIRST_SPLITMIX32_SEED0 = [2462723854, 1020716019, 454327756];
+// the sha256 of the tiny codebook file
 const TINY_SHA256 = '02b620cf11b0ddf53866ba94ae822ed6902c0564308a0de0ad3269c197fbd31d';

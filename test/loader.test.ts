@@ -9,7 +9,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { DocumentStore, PackerOptions, SequencePacker } from '../lib/data/packer';
 import { ShardWriter } from '../lib/data/shard';
-import { openShardSet, SeededRandom, seededPermutation } from '../lib/data/shard_set';
+import { SeededRandom, seededPermutation } from '../lib/data/seeded_random';
+import { openShardSet } from '../lib/data/shard_set';
 import { buildVocabLayout, modalityOfId } from '../lib/data/vocab';
 import { throwsCode } from './support/errors';
 

@@ -9,7 +9,7 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { MomaError } from '../lib';
 import { preset } from '../lib/model/presets';
-import { ema, lineChartSpec, renderSvg, sideBySide, smoothingAlpha } from '../lib/report/charts';
+import { centredMean, lineChartSpec, renderSvg, sideBySide, smoothingHalfWidth } from '../lib/report/charts';
 import { formatDuration, formatSI, readMetrics, summarizeMetrics, writeReport } from '../lib/report/report';
 import type { EvalRecord, RunFile, StepRecord } from '../lib/train/run';
 import { resolveRunConfig } from '../lib/train/run_config';
@@ -21,21 +21,18 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-test('ema is bias-corrected, skips missing values and checks alpha', () => {
-  expect(ema([2, 2, 2], 0.3)).toEqual([2, 2, 2]);
-  const [a, b] = ema([0, 2], 0.5) as number[];
-  expect(a).toBe(0);
-  expect(b).toBeCloseTo(1 / 0.75, 12);
-  const out = ema([1, null, 3, NaN], 0.5);
-  expect(out[0]).toBe(1);
-  expect(out[1]).toBeNull();
-  expect(out[2]).toBeCloseTo(1.75 / 0.75, 12);
-  expect(out[3]).toBeNull();
-  expect(ema([5], 1)).toEqual([5]);
-  for (const alpha of [0, -0.1, 1.5, NaN]) throwsCode(() => ema([1], alpha), 'ERR_ARG');
-  expect(smoothingAlpha(10)).toBeCloseTo(2 / 4, 12);
-  expect(smoothingAlpha(600)).toBeCloseTo(2 / 13, 12);
-  expect(smoothingAlpha(100000)).toBeCloseTo(2 / 26, 12);
+test('centredMean averages a symmetric window that shrinks at the ends, skips missing values, checks its width', () => {
+  expect(centredMean([2, 2, 2], 5)).toEqual([2, 2, 2]);
+  // h = min(1, i, n-1-i): ends unsmoothed, the middle averages three
+  expect(centredMean([0, 3, 6, 30], 1)).toEqual([0, 3, 13, 30]);
+  expect(centredMean([1, 2, 3, 4, 5, 6, 7], 2)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+  // a null inside a window is skipped, and stays null itself
+  const out = centredMean([1, null, 3, NaN, 5], 1);
+  expect(out).toEqual([1, null, 3, null, 5]);
+  expect(centredMean([4, 0, 8], 1)).toEqual([4, 4, 8]);
+  expect(centredMean([], 3)).toEqual([]);
+  for (const h of [-1, 1.5, NaN]) throwsCode(() => centredMean([1], h), 'ERR_ARG');
+  expect([10, 600, 1000, 100000].map(smoothingHalfWidth)).toEqual([1, 6, 10, 12]);
 });
 
 function rowsOf(spec: ReturnType<typeof lineChartSpec>, name: string): { x: number; y: number; series: string; layer: string }[] {

@@ -9,7 +9,8 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import { MomaError, MomaErrorCode } from '../lib/errors';
 import { ShardReader, ShardWriter, shardFileBytes } from '../lib/data/shard';
-import { openShardSet, SeededRandom, seededPermutation } from '../lib/data/shard_set';
+import { SeededRandom, seededPermutation } from '../lib/data/seeded_random';
+import { openShardSet } from '../lib/data/shard_set';
 import { buildVocabLayout, ImageTokenizerInfo, VocabLayout } from '../lib/data/vocab';
 import { throwsCode } from './support/errors';
 
@@ -340,22 +341,18 @@ describe('shard sets', () => {
     throwsCode(() => store.tokens(0), 'ERR_DISPOSED');
   });
 
-  test('epochs are seeded Fisher–Yates permutations: pure in (seed, epoch), different per epoch and seed', () => {
-    const n = 1000;
-    const a = seededPermutation(n, 7, 0);
-    expect(Array.from(a).sort((x, y) => x - y)).toEqual(Array.from({ length: n }, (_, i) => i));
-    expect(Array.from(seededPermutation(n, 7, 0))).toEqual(Array.from(a));
-    const same = (x: Uint32Array, y: Uint32Array): number => x.reduce((c, v, i) => c + (v === y[i] ? 1 : 0), 0);
-    expect(same(a, seededPermutation(n, 7, 1))).toBeLessThan(10);
-    expect(same(a, seededPermutation(n, 8, 0))).toBeLessThan(10);
-    expect(Array.from(seededPermutation(1, 3, 0))).toEqual([0]);
-    expect(seededPermutation(0, 1).length).toBe(0);
-    throwsCode(() => seededPermutation(-1, 1), 'ERR_ARG');
-    throwsCode(() => new SeededRandom(0.5), 'ERR_ARG');
-    // roughly uniform: position 0 holds each of 4 values about a quarter of the time
-    const hits = [0, 0, 0, 0];
-    for (let e = 0; e < 4000; e++) hits[seededPermutation(4, 1, e)[0]!]!++;
-    for (const h of hits) expect(Math.abs(h - 1000)).toBeLessThan(120);
+  test('draw k of a store is seededPermutation(N, seed, epoch)[k mod N], epoch = floor(k / N)', () => {
+    const set = openShardSet(makeSet('epochs'));
+    const store = set.store('train', 7)!;
+    const draws = Array.from({ length: 30 }, (_, k) => store.idAt(k));
+    const expected = Array.from({ length: 10 }, (_, epoch) => Array.from(seededPermutation(3, 7, epoch))).flat();
+    expect(draws).toEqual(expected);
+    // 10 epochs of 3 documents are not all the same order, and another seed draws another sequence
+    expect(new Set(Array.from({ length: 10 }, (_, e) => draws.slice(3 * e, 3 * e + 3).join())).size).toBeGreaterThan(1);
+    expect(Array.from({ length: 30 }, (_, k) => set.store('train', 8)!.idAt(k))).not.toEqual(draws);
+    // any order of access (the store keeps two epochs' orders)
+    expect([29, 0, 14, 3].map((k) => store.idAt(k))).toEqual([29, 0, 14, 3].map((k) => draws[k]));
+    set.close();
   });
 
   test.each([

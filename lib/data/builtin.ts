@@ -14,7 +14,7 @@
 import { MomaError } from '../errors';
 import type { MixedModalDataset, Split } from './dataset';
 import { documentTokens, TokenSegment } from './document';
-import { ImageTokenizer, ImageTokenizerTrainStats } from './image_tokenizer';
+import { IMAGE_TOKENIZER_FILE, ImageTokenizer, ImageTokenizerTrainStats } from './image_tokenizer';
 import type { DocumentStore } from './packer';
 import { checkImageSize, describeDocument, DocumentSpec, renderScene, sampleScene } from './shapes';
 import { ByteTokenizer } from './text_tokenizer';
@@ -23,7 +23,6 @@ import { buildVocabLayout, VocabLayout } from './vocab';
 export { captionOf, describeDocument, renderScene, sampleScene } from './shapes';
 
 export const BUILTIN_NAME = 'builtin:shapes';
-export const IMAGE_TOKENIZER_FILE = 'image_tokenizer.safetensors';
 /** Documents each store keeps built. */
 const CACHE_DOCUMENTS = 4096;
 

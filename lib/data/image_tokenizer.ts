@@ -19,9 +19,12 @@ import * as path from 'path';
 import sharp, { type OutputInfo } from 'sharp';
 import { MomaError } from '../errors';
 import { decodeSafetensors, encodeSafetensors, writeFileAtomic } from '../io/safetensors';
-import { kmeans, nearestCentroids, seededRandom } from './kmeans';
+import { kmeans, nearestCentroids } from './kmeans';
+import { SeededRandom } from './seeded_random';
 import type { ImageTokenizerInfo } from './vocab';
 
+/** The image codebook's file name among a dataset's files (shard sets, the built-in dataset). */
+export const IMAGE_TOKENIZER_FILE = 'image_tokenizer.safetensors';
 /** File extensions (lower case) trainFromFolder reads. */
 export const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp'] as const;
 export const MAX_IMAGE_SIZE = 4096;
@@ -30,6 +33,8 @@ const FORMAT = 'moma-vq-patch';
 const VERSION = '1';
 /** Images decoded at once by trainFromFolder (sharp runs them on its thread pool). */
 const READ_BATCH = 4;
+/** Purpose key of the reservoir's stream: SeededRandom(seed, RESERVOIR_KEY) ('resv'), apart from k-means++'s. */
+const RESERVOIR_KEY = 0x72657376;
 
 export interface ImageTokenizerTrainOptions {
   imageSize: number;
@@ -88,19 +93,19 @@ function writePatch(rgb: Uint8Array, imageSize: number, patchSize: number, py: n
 
 /**
  * The training patches: every patch while there are at most `capacity`, then a reservoir sample
- * (algorithm R with a seeded RNG), so the sample depends only on the images, their order and the seed.
+ * (algorithm R drawing from SeededRandom), so the sample depends only on the images, their order
+ * and the seed.
  */
 class PatchReservoir {
   private points = new Float32Array(0);
   held = 0;
   seen = 0;
-  private readonly random: () => number;
+  private readonly random: SeededRandom;
   private readonly dim: number;
 
   constructor(private readonly imageSize: number, private readonly patchSize: number, private readonly capacity: number, seed: number) {
     this.dim = patchSize * patchSize * 3;
-    // a stream of its own, distinct from the k-means++ one with the same seed
-    this.random = seededRandom((seed ^ 0x5bd1e995) >>> 0);
+    this.random = new SeededRandom(seed, RESERVOIR_KEY);
   }
 
   add(rgb: Uint8Array): void {
@@ -112,7 +117,7 @@ class PatchReservoir {
           slot = this.held++;
           if (slot * this.dim >= this.points.length) this.grow();
         } else {
-          slot = Math.floor(this.random() * (this.seen + 1));
+          slot = this.random.below(this.seen + 1);
         }
         this.seen++;
         if (slot < this.capacity) writePatch(rgb, this.imageSize, this.patchSize, py, px, this.points, slot * this.dim);
@@ -426,7 +431,7 @@ export class ImageTokenizer {
   }
 
   /** What a vocabulary layout records about this tokenizer, stored as `fileName`. */
-  info(fileName = 'image_tokenizer.safetensors'): ImageTokenizerInfo {
+  info(fileName = IMAGE_TOKENIZER_FILE): ImageTokenizerInfo {
     if (typeof fileName !== 'string' || fileName === '') throw new MomaError('ERR_ARG', 'ImageTokenizer.info: fileName must be a non-empty string');
     return {
       kind: 'vq-patch', file: fileName, sha256: createHash('sha256').update(this.toBuffer()).digest('hex'),

@@ -2,9 +2,10 @@
  * k-means over Float32Array points [N, D] (Lloyd's algorithm), deterministic by seed.
  *
  * - Initialisation: k-means++ (first centre uniform, then each next centre drawn with probability
- *   proportional to its squared distance from the nearest chosen centre) with splitmix32 as the
- *   seeded RNG; or the centres the caller gives. When every point already sits on a chosen centre
- *   (fewer distinct points than k) the next centre is drawn uniformly: it duplicates one.
+ *   proportional to its squared distance from the nearest chosen centre), with draws from
+ *   SeededRandom(seed, 'km++' tag) (lib/data/seeded_random.ts); or the centres the caller gives.
+ *   When every point already sits on a chosen centre (fewer distinct points than k) the next
+ *   centre is drawn uniformly: it duplicates one.
  * - Iteration: update centres to the mean of their points (sums in float64, stored as float32),
  *   then reassign every point to its nearest centre (squared L2, ties to the smaller index); stop
  *   when no assignment changes or after `iterations` updates. The returned assignments are always
@@ -22,22 +23,10 @@
  * near-ties depend on summation order.)
  */
 import { MomaError } from '../errors';
+import { SeededRandom } from './seeded_random';
 
-/** A seeded PRNG (splitmix32: a golden-ratio Weyl sequence through the murmur3 finaliser): returns floats uniform in [0, 1) with 32 random bits each. */
-export function seededRandom(seed: number): () => number {
-  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
-    throw new MomaError('ERR_ARG', `seededRandom: seed must be an integer in [0, 2^32), got ${String(seed)}`);
-  }
-  let state = seed | 0;
-  return () => {
-    state = (state + 0x9e3779b9) | 0;
-    let z = state;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    z ^= z >>> 16;
-    return (z >>> 0) / 4294967296;
-  };
-}
+/** Purpose key of the k-means++ stream: SeededRandom(seed, KMEANS_PLUS_PLUS_KEY) ('km++'). */
+const KMEANS_PLUS_PLUS_KEY = 0x6b6d2b2b;
 
 export interface KMeansOptions {
   /** Number of centres (>= 1). */
@@ -78,6 +67,10 @@ function checkPoints(op: string, points: Float32Array, dim: number): number {
     throw new MomaError('ERR_SHAPE', `${op}: points has ${points.length} values, not a positive multiple of dim ${dim}`);
   }
   return points.length / dim;
+}
+
+function checkSeed(op: string, seed: number): void {
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new MomaError('ERR_ARG', `${op}: seed must be an integer in [0, 2^32), got ${String(seed)}`);
 }
 
 function checkFinite(op: string, what: string, values: Float32Array, dim: number): void {
@@ -167,10 +160,11 @@ export function kmeansPlusPlus(points: Float32Array, dim: number, k: number, see
   const op = 'kmeansPlusPlus';
   const n = checkPoints(op, points, dim);
   if (!Number.isInteger(k) || k < 1) throw new MomaError('ERR_ARG', `${op}: k must be an integer >= 1, got ${String(k)}`);
-  const random = seededRandom(seed);
+  checkSeed(op, seed);
+  const random = new SeededRandom(seed, KMEANS_PLUS_PLUS_KEY);
   const centroids = new Float32Array(k * dim);
   const nearest = new Float64Array(n).fill(Infinity);
-  let chosen = Math.floor(random() * n);
+  let chosen = random.below(n);
   for (let c = 0; c < k; c++) {
     centroids.set(points.subarray(chosen * dim, (chosen + 1) * dim), c * dim);
     if (c === k - 1) break;
@@ -180,7 +174,7 @@ export function kmeansPlusPlus(points: Float32Array, dim: number, k: number, see
       if (d < nearest[i]) nearest[i] = d;
       total += nearest[i];
     }
-    const r = random();
+    const r = random.float();
     if (total > 0) {
       const target = r * total;
       let cumulative = 0;
@@ -237,7 +231,7 @@ export function kmeans(points: Float32Array, dim: number, options: KMeansOptions
   const { k, iterations = 20, seed = 0, init, onIteration } = options;
   if (!Number.isInteger(k) || k < 1) throw new MomaError('ERR_ARG', `${op}: k must be an integer >= 1, got ${String(k)}`);
   if (!Number.isInteger(iterations) || iterations < 0) throw new MomaError('ERR_ARG', `${op}: iterations must be an integer >= 0, got ${String(iterations)}`);
-  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new MomaError('ERR_ARG', `${op}: seed must be an integer in [0, 2^32), got ${String(seed)}`);
+  checkSeed(op, seed);
   if (onIteration !== undefined && typeof onIteration !== 'function') throw new MomaError('ERR_ARG', `${op}: onIteration must be a function`);
   checkFinite(op, 'points', points, dim);
   let centroids: Float32Array;

@@ -20,13 +20,13 @@ import { MomaError } from '../errors';
 import { writeFileAtomic } from '../io/safetensors';
 import type { Split } from './dataset';
 import { documentTokens, TokenSegment } from './document';
-import { ImageTokenizer } from './image_tokenizer';
+import { IMAGE_TOKENIZER_FILE, ImageTokenizer } from './image_tokenizer';
 import { ShardWriter } from './shard';
-import { SHARD_SET_FORMAT, SHARD_SET_VERSION, ShardEntry, ShardSetIndex, seededPermutation, SplitSummary, SPLITS } from './shard_set';
+import { seededPermutation } from './seeded_random';
+import { SHARD_SET_FORMAT, SHARD_SET_VERSION, ShardEntry, ShardSetIndex, SplitSummary, SPLITS } from './shard_set';
 import { ByteTokenizer, HFTokenizer, TextTokenizer } from './text_tokenizer';
 import { buildVocabLayout, TextTokenizerInfo, VocabLayout } from './vocab';
 
-export const IMAGE_TOKENIZER_FILE = 'image_tokenizer.safetensors';
 export const TEXT_TOKENIZER_FILE = 'tokenizer.json';
 export const DEFAULT_SHARD_TOKENS = 2 ** 26;
 /** Key that separates the eval choice's random stream from the epoch shuffles of the same seed. */

@@ -13,11 +13,13 @@
  * wordings. A document puts the caption before the image (to learn text → image) or after it
  * (image → text, framed as "above: …"), about half each.
  *
- * Everything is counter-based: document k of (seed, split) is a pure function of its arguments
- * (a hash of them seeds a small generator), so a store can read any document in any order.
+ * Everything is keyed: document k of (seed, split) is drawn from SeededRandom(seed, split tag, k)
+ * (lib/data/seeded_random.ts), a pure function of its arguments, so a store can read any
+ * document in any order.
  */
 import { MomaError } from '../errors';
 import type { Split } from './dataset';
+import { SeededRandom } from './seeded_random';
 
 export const SHAPE_KINDS = ['circle', 'square', 'triangle', 'diamond', 'cross', 'ring'] as const;
 export const SIZES = ['small', 'medium', 'large'] as const;
@@ -72,42 +74,8 @@ export interface DocumentSpec {
 export const MIN_IMAGE_SIZE = 28;
 export const MAX_IMAGE_SIZE = 512;
 
-
 // ---------------------------------------------------------------------------------------------
-// Counter-based randomness
-
-function mix32(a: number): number {
-  let x = a | 0;
-  x = Math.imul(x ^ (x >>> 16), 0x7feb352d);
-  x = Math.imul(x ^ (x >>> 15), 0x846ca68b);
-  return (x ^ (x >>> 16)) >>> 0;
-}
-
-/** A small generator (splitmix32 steps) seeded by a hash of its key words. */
-class CounterRng {
-  private state: number;
-
-  constructor(words: number[]) {
-    let h = 0x2545f491;
-    for (const w of words) {
-      const hi = Math.floor(w / 0x100000000);
-      h = mix32(h ^ mix32((w - hi * 0x100000000) + 0x9e3779b9));
-      h = mix32(h ^ mix32(hi + 0x632be5ab));
-    }
-    this.state = h;
-  }
-
-  /** A uniform 32-bit unsigned integer. */
-  nextUint32(): number {
-    this.state = (this.state + 0x9e3779b9) | 0;
-    return mix32(this.state);
-  }
-
-  /** A uniform integer in [0, n). */
-  below(n: number): number {
-    return Math.floor((this.nextUint32() / 0x100000000) * n);
-  }
-}
+// Keyed randomness
 
 const SPLIT_TAG: Record<Split, number> = { train: 0x7261696e, eval: 0x6576616c };
 
@@ -116,16 +84,16 @@ function checkSeedAndIndex(where: string, seed: number, k: number): void {
   if (!Number.isSafeInteger(k) || k < 0) throw new MomaError('ERR_RANGE', `${where}: document index must be a safe integer >= 0, got ${String(k)}`);
 }
 
-function rngFor(where: string, seed: number, k: number, split: Split): CounterRng {
+function rngFor(where: string, seed: number, k: number, split: Split): SeededRandom {
   checkSeedAndIndex(where, seed, k);
-  if (SPLIT_TAG[split] === undefined) throw new MomaError('ERR_ARG', `${where}: split must be 'train' or 'eval', got ${JSON.stringify(split)}`);
-  return new CounterRng([seed, SPLIT_TAG[split], k]);
+  if (split !== 'train' && split !== 'eval') throw new MomaError('ERR_ARG', `${where}: split must be 'train' or 'eval', got ${JSON.stringify(split)}`);
+  return new SeededRandom(seed, SPLIT_TAG[split], k);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Scenes
 
-function drawScene(rng: CounterRng): Scene {
+function drawScene(rng: SeededRandom): Scene {
   const count = 1 + rng.below(2);
   const firstCell = rng.below(POSITIONS.length);
   const cells = [firstCell];

@@ -14,9 +14,9 @@
  * every shard's SHA-256). Documents are read lazily.
  *
  * A split's store numbers its documents 0 … N-1 in shard order and draws them shuffled per
- * epoch: draw k is position k mod N of the Fisher–Yates permutation seeded by (seed, epoch =
- * floor(k / N)). The generator is a counter-based 32-bit hash (SeededRandom), so the order is a
- * pure function of (seed, epoch, N).
+ * epoch: draw k is position k mod N of seededPermutation(N, seed, epoch = floor(k / N)), a
+ * Fisher–Yates shuffle (lib/data/seeded_random.ts), so the order is a pure function of
+ * (seed, epoch, N).
  */
 import { createHash } from 'crypto';
 import * as fs from 'fs';
@@ -24,6 +24,7 @@ import * as path from 'path';
 import { MomaError } from '../errors';
 import type { MixedModalDataset, Split } from './dataset';
 import type { DocumentStore } from './packer';
+import { seededPermutation } from './seeded_random';
 import { ShardReader } from './shard';
 import { parseVocabLayout, VocabLayout } from './vocab';
 
@@ -47,59 +48,6 @@ export interface ShardSetIndex {
   /** The layout's hash (vocab.json). */
   vocabHash: string;
   splits: Record<Split, ShardEntry[]>;
-}
-
-/** 32-bit finalizer (xor-shift-multiply) used to derive and advance SeededRandom. */
-function mix32(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x7feb352d);
-  h ^= h >>> 15;
-  h = Math.imul(h, 0x846ca68b);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
-/** A small deterministic generator keyed by integers (seed, epoch, purpose…). */
-export class SeededRandom {
-  private key = 0x6d6f6d61;
-  private counter = 0;
-
-  constructor(...keys: number[]) {
-    for (const k of keys) {
-      if (!Number.isSafeInteger(k)) throw new MomaError('ERR_ARG', `SeededRandom: keys must be safe integers, got ${String(k)}`);
-      const low = k % 0x100000000 >>> 0;
-      const high = Math.floor(k / 0x100000000) >>> 0;
-      this.key = mix32(this.key ^ mix32(low + 0x9e3779b9));
-      this.key = mix32(this.key ^ mix32(high + 0x85ebca6b));
-    }
-  }
-
-  /** Uniform in [0, 2^32). */
-  uint32(): number {
-    this.counter = (this.counter + 0x9e3779b9) >>> 0;
-    return mix32(mix32(this.counter ^ this.key) + this.key);
-  }
-
-  /** Uniform integer in [0, n), from 53 random bits. */
-  below(n: number): number {
-    const unit = ((this.uint32() >>> 5) * 67108864 + (this.uint32() >>> 6)) / 9007199254740992;
-    return Math.floor(unit * n);
-  }
-}
-
-/** A Fisher–Yates permutation of 0 … n-1 drawn from SeededRandom(...keys). */
-export function seededPermutation(n: number, ...keys: number[]): Uint32Array {
-  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new MomaError('ERR_ARG', `seededPermutation: n must be an integer in [0, 2^32), got ${String(n)}`);
-  const rng = new SeededRandom(...keys);
-  const order = new Uint32Array(n);
-  for (let i = 0; i < n; i++) order[i] = i;
-  for (let i = n - 1; i > 0; i--) {
-    const j = rng.below(i + 1);
-    const t = order[i] as number;
-    order[i] = order[j] as number;
-    order[j] = t;
-  }
-  return order;
 }
 
 const INDEX_KEYS = ['format', 'version', 'vocabHash', 'splits'];

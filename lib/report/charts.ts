@@ -39,23 +39,32 @@ export interface LineChartOptions {
 /** Points kept per line; longer series are thinned evenly (the smoothing still sees every point). */
 const MAX_POINTS = 1500;
 
-/** Bias-corrected exponential moving average (TensorBoard style); entries that are null stay null and are skipped. */
-export function ema(values: (number | null)[], alpha: number): (number | null)[] {
-  if (!(alpha > 0 && alpha <= 1)) throw new MomaError('ERR_ARG', `charts.ema: alpha must lie in (0, 1], got ${String(alpha)}`);
-  let mean = 0;
-  let weight = 0;
-  return values.map((v) => {
+/**
+ * Centred moving average: entry i averages the finite values in [i − h, i + h] with
+ * h = min(halfWidth, i, n − 1 − i), so the window shrinks symmetrically at both ends and the
+ * smoothed line never lags the raw one (an EMA's lag shows as a shift on a log-FLOPs axis).
+ * Entries that are null or not finite stay null.
+ */
+export function centredMean(values: (number | null)[], halfWidth: number): (number | null)[] {
+  if (!Number.isInteger(halfWidth) || halfWidth < 0) throw new MomaError('ERR_ARG', `charts.centredMean: halfWidth must be an integer >= 0, got ${String(halfWidth)}`);
+  const n = values.length;
+  const sums = new Float64Array(n + 1);
+  const counts = new Int32Array(n + 1);
+  values.forEach((v, i) => {
+    const ok = v !== null && Number.isFinite(v);
+    sums[i + 1] = sums[i]! + (ok ? (v as number) : 0);
+    counts[i + 1] = counts[i]! + (ok ? 1 : 0);
+  });
+  return values.map((v, i) => {
     if (v === null || !Number.isFinite(v)) return null;
-    mean = (1 - alpha) * mean + alpha * v;
-    weight = (1 - alpha) * weight + alpha;
-    return mean / weight;
+    const h = Math.min(halfWidth, i, n - 1 - i);
+    return (sums[i + h + 1]! - sums[i - h]!) / (counts[i + h + 1]! - counts[i - h]!);
   });
 }
 
-/** Smoothing for a series of n points: an EMA window of about n/50 points, between 3 and 25 (short enough to follow a steep start). */
-export function smoothingAlpha(n: number): number {
-  const window = Math.min(25, Math.max(3, n / 50));
-  return 2 / (window + 1);
+/** Half-width of the smoothing window for a series of n points: about n/100, between 1 and 12. */
+export function smoothingHalfWidth(n: number): number {
+  return Math.min(12, Math.max(1, Math.round(n / 100)));
 }
 
 interface Row {
@@ -100,7 +109,7 @@ export function lineChartSpec(options: LineChartOptions): vega.Spec {
       lines.push(...thin(rowsOf(s, 'smooth', log)));
       continue;
     }
-    const smooth = ema(s.points.map(([, y]) => y), smoothingAlpha(s.points.length));
+    const smooth = centredMean(s.points.map(([, y]) => y), smoothingHalfWidth(s.points.length));
     lines.push(...thin(rowsOf(s, 'raw', log)));
     lines.push(...thin(rowsOf({ name: s.name, points: s.points.map(([x], i) => [x, smooth[i] ?? null]) }, 'smooth', log)));
   }

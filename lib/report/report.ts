@@ -129,7 +129,7 @@ function lossSeries(records: LossRecord[], x: (r: LossRecord) => number, names: 
 
 /** The four charts of a report, as SVG strings. */
 async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities: string[]): Promise<{ lossTokens: string; lossFlops: string; lr: string; throughput: string }> {
-  const subtitle = 'faint: each step; bold: smoothed (EMA); dots: held-out evaluation';
+  const subtitle = 'faint: each step; bold: smoothed; dots: held-out evaluation';
   const byTokens = (r: LossRecord): number => r.tokens;
   const byFlops = (r: LossRecord): number => r.flops.total;
   const [lossTokens, lossFlops, lr, throughput] = await Promise.all([
@@ -146,7 +146,7 @@ async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities
       series: [{ name: 'learning rate', points: steps.map((r) => [r.step, r.lr]) }],
     })),
     renderSvg(lineChartSpec({
-      title: 'Throughput', subtitle: 'faint: each step; bold: smoothed (EMA)', xTitle: 'step', yTitle: 'tokens per second', colors: { 'tokens/s': COLORS.overall! },
+      title: 'Throughput', subtitle: 'faint: each step; bold: smoothed', xTitle: 'step', yTitle: 'tokens per second', colors: { 'tokens/s': COLORS.overall! },
       series: [{ name: 'tokens/s', points: steps.map((r) => [r.step, r.tokensPerSecond]) }],
     })),
   ]);
