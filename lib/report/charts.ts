@@ -34,6 +34,8 @@ export interface LineChartOptions {
   colors?: Record<string, string>;
   /** Draw the raw line only (no smoothing), e.g. a learning-rate schedule. */
   raw?: boolean;
+  /** d3 number format of the y axis (default '~g'; '~s' for SI prefixes such as 12k). */
+  yFormat?: string;
 }
 
 /** Points kept per line; longer series are thinned evenly (the smoothing still sees every point). */
@@ -135,7 +137,7 @@ export function lineChartSpec(options: LineChartOptions): vega.Spec {
     ],
     axes: [
       { orient: 'bottom', scale: 'x', title: options.xTitle, format: '~s', grid: true, gridOpacity: 0.4, tickCount: 6 },
-      { orient: 'left', scale: 'y', title: options.yTitle, grid: true, gridOpacity: 0.4, format: '~g' },
+      { orient: 'left', scale: 'y', title: options.yTitle, grid: true, gridOpacity: 0.4, format: options.yFormat ?? '~g' },
     ],
     legends: names.length > 1 ? [{ stroke: 'color', title: options.legendTitle ?? 'series', symbolType: 'stroke' }] : [],
     marks: [

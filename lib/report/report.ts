@@ -146,7 +146,7 @@ async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities
       series: [{ name: 'learning rate', points: steps.map((r) => [r.step, r.lr]) }],
     })),
     renderSvg(lineChartSpec({
-      title: 'Throughput', subtitle: 'faint: each step; bold: smoothed', xTitle: 'step', yTitle: 'tokens per second', colors: { 'tokens/s': COLORS.overall! },
+      title: 'Throughput', subtitle: 'faint: each step; bold: smoothed', xTitle: 'step', yTitle: 'tokens per second', yFormat: '~s', colors: { 'tokens/s': COLORS.overall! },
       series: [{ name: 'tokens/s', points: steps.map((r) => [r.step, r.tokensPerSecond]) }],
     })),
   ]);
