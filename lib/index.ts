@@ -77,3 +77,9 @@ export type { RunOptions, RunHooks, RunSummary, StepRecord, EvalRecord } from '.
 export { resolveRunConfig, RUN_DEFAULTS } from './train/run_config';
 export type { RunSettings } from './train/run_config';
 export { writeReport } from './report/report';
+export { computeEta, fitPowerLaw, solvePowerLaw, smoothingWindow, trailingMean, formatEta, etaInterval } from './experiment/eta';
+export type { LossCurve, PowerLawFit, EtaKind, EtaResult, EtaOptions } from './experiment/eta';
+export { runFlopsSavings, resolveFlopsSavingsConfig, FLOPS_SAVINGS_TIERS, FLOPS_SAVINGS_DEFAULTS, BASELINE_VARIANT } from './experiment/flops_savings';
+export type { FlopsSavingsOptions, FlopsSavingsHooks, FlopsSavingsRun, VariantAction, VariantStartInfo, ExperimentSettings } from './experiment/flops_savings';
+export { analyzeFlopsSavings, compareWithPaper, PAPER_ETA } from './experiment/flops_savings_results';
+export type { FlopsSavingsResults, VariantResult, ResultFiles, LossByKey, EtaByKey } from './experiment/flops_savings_results';

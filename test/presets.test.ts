@@ -47,7 +47,7 @@ describe('presets', () => {
       expect(config.dModel).toBeGreaterThanOrEqual(64);
       expect(config.dModel).toBeLessThanOrEqual(128);
       expect(config.layers).toBeGreaterThanOrEqual(2);
-      expect(config.layers).toBeLessThanOrEqual(4);
+      expect(config.layers).toBeLessThanOrEqual(5);
     } else {
       expect(config.vocabSize).toBe(65536);
       if (config.ffn.kind === 'moe') {
@@ -191,6 +191,18 @@ describe('forwardFlopsPerRow', () => {
     expect(mod.overall.attentionProjections).toBe((7 + 7 * 0.25) * 8 * d * d);
     expect(mod.overall.attentionScores).toBe((7 + 7 * 0.25 * 0.25) * 4 * d * 2048);
     expect(mod.overall.routers).toBe(7 * 2 * d);
+  });
+
+  test('tiny MoD presets: 5 layers with 0, 2, 4 routed at 0.25 — 2.75 layer-equivalents against the plain 3', () => {
+    for (const v of ['dense', 'moe8x', '4t4i']) {
+      const plain = forwardFlopsPerRow(preset(`tiny-${v}`)).overall;
+      const mod = forwardFlopsPerRow(preset(`tiny-${v}-mod`)).overall;
+      const perLayer = (plain.excludingScores - plain.lmHead - plain.routers) / 3;
+      expect(mod.attentionProjections + mod.ffn).toBeCloseTo(2.75 * perLayer, 6);
+      const ratio = mod.excludingScores / plain.excludingScores;
+      expect(ratio).toBeGreaterThan(0.9);
+      expect(ratio).toBeLessThan(0.95);
+    }
   });
 });
 

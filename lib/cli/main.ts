@@ -8,6 +8,7 @@ import { registerEval } from './eval';
 import { registerTrainCommands } from './train';
 import { registerDataCommands } from './data';
 import { registerTokenizerCommands } from './tokenizer';
+import { registerExperimentCommands } from './experiment';
 
 function printReport(r: InspectReport): void {
   const lines = [
@@ -42,6 +43,7 @@ export function buildProgram(): Command {
   registerTrainCommands(program);
   registerDataCommands(program);
   registerTokenizerCommands(program);
+  registerExperimentCommands(program);
   return program;
 }
 

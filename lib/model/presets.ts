@@ -75,11 +75,12 @@ function register(name: string, description: string, build: () => TransformerCon
 }
 
 // Tiny presets: d 128, 4 heads (head size 32), nominal ffn 512 (SwiGLU f = 344), vocabulary 512.
-// The plain ones have 3 layers; the MoD ones 4 (layers 0 and 2 routed at c_d 0.25), roughly
-// matching the plain ones' FLOPs per row.
+// The plain ones have 3 layers; the MoD ones 5 (layers 0, 2 and 4 routed at c_d 0.25: 2.75
+// layer-equivalents), whose expected FLOPs per row (excluding attention scores) are 0.92 of the
+// plain ones' — the closest whole-layer match at c_d 0.25 (4 layers give 0.85, 6 give 1.22).
 const TINY_VOCAB = 512;
 const TINY: Shape = { layers: 3, dModel: 128, ffn: 512, heads: 4 };
-const TINY_MOD: Shape = { layers: 4, dModel: 128, ffn: 512, heads: 4 };
+const TINY_MOD: Shape = { layers: 5, dModel: 128, ffn: 512, heads: 4 };
 for (const v of ['dense', 'moe8x', '1t1i', '4t4i'] as const) {
   register(`tiny-${v}`, `tiny (CPU) — ${VARIANT_TEXT[v]}`, () => makeConfig(TINY, v, TINY_VOCAB, false));
 }
