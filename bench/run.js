@@ -1,110 +1,133 @@
 #!/usr/bin/env node
-// npm run bench [-- filter...]: the native kernel benchmark (device ceilings first, then every
-// kernel with time, GB/s or GFLOP/s and % of the measured ceiling), plus the same matmul timed
-// through the Node API (queue and binding overhead included), and with `moe` (or no filter) the
-// MoE layers forward + backward against the dense FFN (bench/layers.js). Prints a table and writes
-// bench/results/<date>-<device>.json and .md.
+// npm run bench [-- suite... | kernel-filter...] [--devices cpu,cuda:0]
+//
+// Suites (default: all of them, in this order; the ceilings are always measured first):
+//   ceiling  copy bandwidth and FMA peak (CPU) / bf16 GEMM (GPU) from the native benchmark, and a
+//            GEMM through the Node API                                            (bench/native.js)
+//   kernels  every native kernel against those ceilings (routing, dispatch, grouped expert GEMM,
+//            combine, attention, norms, AdamW, …); any other word is a kernel filter, e.g. `moe`,
+//            `nn`, `cpu.gemm` (substrings of device.op), and implies this suite   (bench/native.js)
+//   layers   FFN layers dense vs moma 4t4i vs moe 8x, a block with and without MoD, and the
+//            breakdown of the MoE layer's time                        (bench/layers.js, breakdown.js)
+//   step     full training steps of tiny and d-512 models                           (bench/train_step.js)
+//   torch    the same layers, steps (and kernels, when run) in PyTorch, paired with moma's rows;
+//            alone it implies layers and step                                       (bench/torch.js)
+// Devices: the CPU, plus cuda:0 when a GPU is visible (--devices picks; the torch suite is CPU only).
+// Environment: MOMA_BENCH_T (layer rows), MOMA_BENCH_REPEATS (timed rounds, default 5),
+// MOMA_BENCH_STEP_BATCH / _SEQ / _MODELS, MOMA_TORCH_PYTHON, MOMA_KERNEL_BENCH, MOMA_CPU_PEAK_GFLOPS.
+// Prints the report and writes bench/results/<date>-<cpu|cuda>-<suites and filters, or all>[-T<rows>].{json,md}.
 'use strict';
-const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { execFileSync } = require('child_process');
-const { layerResults } = require('./layers');
+const { nativeSuites, apiMatmul } = require('./native');
+const { layerSuite, modalityPattern } = require('./layers');
+const { layerBreakdown } = require('./breakdown');
+const { stepSuite } = require('./train_step');
+const { torchSuite } = require('./torch');
+const { markdown, saveReport } = require('./report');
+const { envInt, deviceKind, isCuda } = require('./common');
 
 const root = path.resolve(__dirname, '..');
-const filters = process.argv.slice(2);
+const SUITES = ['ceiling', 'kernels', 'layers', 'step', 'torch'];
+const USAGE = 'usage: npm run bench [-- [ceiling|kernels|layers|step|torch|all|<kernel filter>]... [--devices cpu,cuda:0]]';
 
-function findBench() {
-  for (const rel of ['build/moma_kernel_bench', 'build/Release/moma_kernel_bench', 'build-native/moma_kernel_bench']) {
-    const file = path.join(root, rel);
-    if (fs.existsSync(file)) return file;
+function parseArgs(argv, moma) {
+  const suites = new Set();
+  const filters = [];
+  let devices = null;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help' || a === '-h') {
+      console.log(USAGE);
+      process.exit(0);
+    } else if (a === '--devices' || a === '--device') {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value, e.g. cpu,cuda:0`);
+      devices = argv[++i].split(',').map((d) => d.trim()).filter(Boolean);
+    } else if (a === 'all') {
+      SUITES.forEach((s) => suites.add(s));
+    } else if (SUITES.includes(a)) {
+      suites.add(a);
+    } else if (a.startsWith('-')) {
+      throw new Error(`unknown option ${a}\n${USAGE}`);
+    } else {
+      filters.push(a);
+      suites.add('kernels');
+    }
   }
-  throw new Error('moma_kernel_bench not found: run npm install (or npm run build:native) first');
+  const explicit = suites.size > 0;
+  if (!explicit) SUITES.forEach((s) => suites.add(s));
+  if (suites.has('torch') && !suites.has('layers') && !suites.has('step') && !suites.has('kernels')) {
+    suites.add('layers');
+    suites.add('step');
+  }
+  suites.add('ceiling');
+  devices ??= moma.cudaAvailable() ? ['cpu', 'cuda:0'] : ['cpu'];
+  for (const d of devices) {
+    if (d !== 'cpu' && !/^cuda(:\d+)?$/.test(d)) throw new Error(`--devices: '${d}' is not cpu, cuda or cuda:N`);
+    if (isCuda(d) && !moma.cudaAvailable()) throw new Error(`--devices: ${d} asked for, but no CUDA device is visible`);
+  }
+  return { suites: SUITES.filter((s) => suites.has(s)), filters, devices, explicit };
 }
 
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-async function apiMatmul(moma, device, n, repeats) {
-  const gen = new moma.Generator(7);
-  const a = moma.randn([n, n], { generator: gen, device });
-  const b = moma.randn([n, n], { generator: gen, device });
-  await moma.synchronize(device);
-  const times = [];
-  for (let i = 0; i < repeats + 2; i++) {
-    const t0 = process.hrtime.bigint();
-    const c = a.matmul(b);
-    await moma.synchronize(device);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    c.dispose();
-    if (i >= 2) times.push(ms);
-  }
-  a.dispose();
-  b.dispose();
-  const ms = median(times);
-  return { device: device.startsWith('cuda') ? 'cuda' : 'cpu', op: 'api.matmul_f32', shape: `${n}x${n}x${n}`, ms, rate: (2 * n ** 3) / ms / 1e6, unit: 'GFLOP/s' };
+function deviceName(moma, devices) {
+  const info = moma.inspect();
+  if (devices.some(isCuda) && info.cuda.devices.length) return info.cuda.devices[0].name;
+  return `${os.cpus()[0].model.trim()} x${os.cpus().length}`;
 }
 
 async function main() {
-  const bench = findBench();
-  // The ceilings are always measured: every fraction refers to them.
-  const nativeFilters = filters.length ? [...filters, 'ceiling'] : [];
-  const lines = execFileSync(bench, ['--json', ...nativeFilters], { encoding: 'utf8', maxBuffer: 64 << 20 }).split('\n');
-  const records = lines.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
-  const notes = records.filter((r) => r.note).map((r) => r.note);
-  const results = records.filter((r) => !r.note);
-
   const moma = require(path.join(root, 'dist'));
-  if (filters.length === 0 || filters.some((f) => 'api.matmul'.includes(f) || f === 'api')) {
-    const cpuPeak = results.find((r) => r.device === 'cpu' && r.op.startsWith('ceiling.fma'));
-    const api = await apiMatmul(moma, 'cpu', 1024, 10);
-    if (cpuPeak) api.pct_measured = (100 * api.rate) / cpuPeak.rate;
-    api.pct_nominal = (100 * api.rate) / Number(process.env.MOMA_CPU_PEAK_GFLOPS || 256);
-    results.push(api);
-    if (moma.cudaAvailable()) results.push(await apiMatmul(moma, 'cuda:0', 4096, 10));
-  }
-  if (filters.length === 0 || filters.some((f) => 'moe'.includes(f) || f.startsWith('layer'))) {
-    const T = Number(process.env.MOMA_BENCH_T || 8192);
-    const fma = results.find((r) => r.device === 'cpu' && r.op.startsWith('ceiling.fma'));
-    for (const r of await layerResults(moma, 'cpu', T, 5)) {
-      if (fma) r.pct_measured = (100 * r.rate) / fma.rate;
-      r.pct_nominal = (100 * r.rate) / Number(process.env.MOMA_CPU_PEAK_GFLOPS || 256);
-      results.push(r);
-    }
-    if (moma.cudaAvailable()) {
-      const ceiling = results.find((r) => r.device === 'cuda' && r.op === 'ceiling.gemm_bf16');
-      for (const Tg of [8192, 32768]) {
-        for (const r of await layerResults(moma, 'cuda:0', Tg, 5)) {
-          if (ceiling) r.pct_measured = (100 * r.rate) / (ceiling.unit === 'TFLOP/s' ? ceiling.rate : ceiling.rate / 1000);
-          results.push(r);
-        }
-      }
-    }
-  }
-
-  const info = moma.inspect();
+  const { suites, filters, devices, explicit } = parseArgs(process.argv.slice(2), moma);
+  const has = (s) => suites.includes(s);
+  const load = os.loadavg();
   const date = new Date().toISOString();
-  const deviceName = info.cuda.devices.length ? info.cuda.devices[0].name : `${os.cpus()[0].model.trim()} x${os.cpus().length}`;
-  const fmt = (v, d = 1) => (v === null || v === undefined || v < 0 ? '-' : Number(v).toFixed(d));
-  const table = [
-    `moma bench — ${date} — ${deviceName}`,
-    ...notes,
-    '',
-    '| device | op | shape | ms | rate | unit | % measured ceiling | % nominal peak |',
-    '| --- | --- | --- | ---: | ---: | --- | ---: | ---: |',
-    ...results.map((r) => `| ${r.device} | ${r.op} | ${r.shape} | ${fmt(r.ms, 3)} | ${fmt(r.rate)} | ${r.unit} | ${fmt(r.pct_measured)} | ${fmt(r.pct_nominal)} |`),
-    ...results.filter((r) => r.note).map((r, i) => `${i === 0 ? '\n' : ''}- ${r.device} ${r.op}: ${r.note}`),
-  ].join('\n');
-  console.log(table);
+  const kinds = [...new Set(devices.map(deviceKind))];
+  const info = moma.inspect();
+  console.error(`moma bench: suites ${suites.join(', ')} on ${devices.join(', ')}; load average ${load.map((l) => l.toFixed(2)).join(' ')}`);
 
-  const dir = path.join(root, 'bench', 'results');
-  fs.mkdirSync(dir, { recursive: true });
-  const rows = process.env.MOMA_BENCH_T ? `-T${Number(process.env.MOMA_BENCH_T)}` : '';
-  const slug = `${date.slice(0, 10)}-${info.cuda.devices.length ? 'cuda' : 'cpu'}${filters.length ? `-${filters.join('_').replace(/[^a-zA-Z0-9_.-]/g, '')}` : ''}${rows}`;
-  fs.writeFileSync(path.join(dir, `${slug}.json`), JSON.stringify({ date, device: deviceName, inspect: info, notes, results }, null, 2) + '\n');
-  fs.writeFileSync(path.join(dir, `${slug}.md`), table + '\n');
+  const native = nativeSuites(kinds, { kernels: has('kernels'), filters });
+  const notes = [`moma ${info.cpu.threads} CPU threads, GEMM kernel ${info.cpu.gemmKernel}`, ...native.notes];
+  const results = native.results;
+  for (const device of devices) results.push(await apiMatmul(moma, device, isCuda(device) ? 4096 : 1024, 10, results));
+
+  const jobs = [];
+  const breakdowns = [];
+  if (has('layers')) {
+    for (const device of devices) {
+      console.error(`layers on ${device} …`);
+      const suite = await layerSuite(moma, device, results);
+      results.push(...suite.rows);
+      jobs.push(...suite.jobs);
+      const denseRow = suite.rows.find((r) => r.op === 'layer.dense_swiglu.fwd_bwd');
+      const T = Number(/^T(\d+)/.exec(denseRow.shape)[1]);
+      const b = await layerBreakdown(moma, device, T, Math.min(3, envInt('MOMA_BENCH_REPEATS', 5)), modalityPattern(T));
+      const whole = (op) => suite.rows.find((r) => r.op === op && r.shape.startsWith(`T${T} `))?.ms;
+      b.whole = { dense: whole('layer.dense_swiglu.fwd_bwd'), 'moma 4t4i': whole('layer.moma_4t4i.fwd_bwd'), 'moe 8x': whole('layer.moe_8x.fwd_bwd') };
+      breakdowns.push(b);
+    }
+  }
+  if (has('step')) {
+    for (const device of devices) {
+      console.error(`step on ${device} …`);
+      const suite = await stepSuite(moma, device, results);
+      results.push(...suite.rows);
+      jobs.push(...suite.jobs);
+    }
+  }
+  let torch = null;
+  if (has('torch')) {
+    console.error('torch …');
+    const t = torchSuite(jobs, results, { threads: info.cpu.threads, kernels: has('kernels') });
+    notes.push(...t.notes);
+    results.push(...t.rows);
+    torch = t.info;
+  }
+
+  const report = { date, device: deviceName(moma, devices), devices, suites, filters, load, inspect: info, notes, results, breakdowns, torch };
+  console.log(markdown(report));
+  const parts = explicit ? [...suites.filter((s) => s !== 'ceiling' || suites.length === 1), ...filters] : ['all'];
+  const suffix = `-${parts.join('_').replace(/[^a-zA-Z0-9_.-]/g, '')}` + (process.env.MOMA_BENCH_T ? `-T${envInt('MOMA_BENCH_T', 1)}` : '');
+  const slug = saveReport(report, { root, suffix });
   console.log(`\nwrote bench/results/${slug}.json and .md`);
 }
 

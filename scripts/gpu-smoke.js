@@ -1,15 +1,32 @@
 #!/usr/bin/env node
-// Node smoke run on a GPU machine (scripts/gpu-check.sh): the same ops on cpu and cuda:0 through
-// the public API, compared; prints one line per check and "N passed, N failed".
+// Node smoke run on a GPU machine (scripts/gpu-check.sh), two parts:
+//   1. (CUDA only) the same ops on cpu and cuda:0 through the public API, compared; a tiny
+//      4t4i + MoD Trainer run on both; bf16 matmul throughput through the API.
+//   2. trainRun: `--train-steps` (default 50) steps of tiny-4t4i on the built-in data on
+//      `--device` (default cuda:0) into a temporary run directory (report PNG included, so sharp's
+//      libvips is exercised); prints the losses per modality and tokens/s, and writes
+//      train-run.json to $OUT when set. Passes when the loss falls.
+//   node scripts/gpu-smoke.js [--device cpu|cuda:N] [--train-steps N]
+// `--device cpu` runs part 2 alone (the dry run of the carried archive on a machine without a GPU).
+// Prints one line per check and "N passed, N failed"; exits non-zero on a failure.
 'use strict';
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
 const moma = require('../dist');
 
-async function main() {
-  const info = moma.inspect();
-  console.log(`binary ${info.binary.path}; devices ${JSON.stringify(info.cuda.devices)}`);
-  if (!moma.cudaAvailable()) throw new Error('no CUDA device visible to Node');
-  let passed = 0;
-  let failed = 0;
+function parseArgs(argv) {
+  const args = { device: 'cuda:0', trainSteps: 50 };
+  for (let i = 0; i < argv.length; i++) {
+    const value = argv[i + 1];
+    if (argv[i] === '--device' && value) args.device = argv[++i];
+    else if (argv[i] === '--train-steps' && /^\d+$/.test(value ?? '')) args.trainSteps = Number(argv[++i]);
+    else throw new Error(`gpu-smoke: unknown or incomplete argument ${argv[i]}; usage: gpu-smoke.js [--device cpu|cuda:N] [--train-steps N]`);
+  }
+  return args;
+}
+
+async function crossDeviceChecks(record) {
   const check = async (name, make, tol) => {
     const a = await make('cpu').toArray();
     const b = await make('cuda:0').toArray();
@@ -20,9 +37,7 @@ async function main() {
       den += a[i] ** 2;
     }
     const rel = Math.sqrt(num / Math.max(den, 1e-30));
-    const ok = a.length === b.length && rel <= tol;
-    ok ? passed++ : failed++;
-    console.log(`${ok ? 'ok  ' : 'FAIL'} ${name}: rel err ${rel.toExponential(2)} (tol ${tol})`);
+    record(a.length === b.length && rel <= tol, `${name}: rel err ${rel.toExponential(2)} (tol ${tol})`);
   };
   const g = (seed) => new moma.Generator(seed);
   await check('randn bits', (d) => moma.randn([4097], { generator: g(1), device: d }), 1e-7);
@@ -48,20 +63,19 @@ async function main() {
     ffn: { kind: 'moe', dFF: 128, groups: [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }] },
     mod: { interval: 2, capacity: 0.5 },
   });
-  const firstLoss = async (device) => {
+  const losses = async (device) => {
     const t = new moma.Trainer({ model: new moma.Transformer(cfg(device)), data: new moma.SyntheticSource({ batchSize: 8, seqLen: 64 }),
       vocab: moma.syntheticVocab, steps: 30, schedule: { peak: 3e-3, warmup: 5 } });
-    const losses = [];
-    t.on('step', (m) => losses.push(m.loss));
+    const seen = [];
+    t.on('step', (m) => seen.push(m.loss));
     const t1 = Date.now();
     await t.run();
-    return { first: losses[0], last: losses[losses.length - 1], ms: Date.now() - t1 };
+    return { first: seen[0], last: seen[seen.length - 1], ms: Date.now() - t1 };
   };
-  const lc = await firstLoss('cpu');
-  const lg = await firstLoss('cuda:0');
-  const lossOk = Math.abs(lc.first - lg.first) < 1e-2 * lc.first && lg.last < 0.8 * lg.first;
-  lossOk ? passed++ : failed++;
-  console.log(`${lossOk ? 'ok  ' : 'FAIL'} Trainer 4t4i+MoD: cpu loss ${lc.first.toFixed(4)} -> ${lc.last.toFixed(4)} (${lc.ms} ms), cuda ${lg.first.toFixed(4)} -> ${lg.last.toFixed(4)} (${lg.ms} ms)`);
+  const lc = await losses('cpu');
+  const lg = await losses('cuda:0');
+  record(Math.abs(lc.first - lg.first) < 1e-2 * lc.first && lg.last < 0.8 * lg.first,
+    `Trainer 4t4i+MoD: cpu loss ${lc.first.toFixed(4)} -> ${lc.last.toFixed(4)} (${lc.ms} ms), cuda ${lg.first.toFixed(4)} -> ${lg.last.toFixed(4)} (${lg.ms} ms)`);
   const t0 = Date.now();
   const x = moma.randn([4096, 4096], { device: 'cuda:0', dtype: 'bfloat16' });
   let y = x;
@@ -70,9 +84,58 @@ async function main() {
   const ms = Date.now() - t0;
   console.log(`20 bf16 4096^3 matmuls through the API: ${ms} ms (${((20 * 2 * 4096 ** 3) / ms / 1e9).toFixed(1)} TFLOP/s incl. launch)`);
   console.log(JSON.stringify(moma.memoryStats('cuda:0')));
+}
+
+/** trainRun on the built-in data: returns the summary printed and saved. */
+async function trainingRun(device, steps, record) {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-smoke-run-'));
+  const rates = [];
+  const t0 = Date.now();
+  try {
+    const summary = await moma.trainRun(
+      { values: { preset: 'tiny-4t4i', data: 'builtin', device, steps, evalEvery: 0, checkpointEvery: 0, out: path.join(out, 'run') } },
+      { onStep: (r) => rates.push(r.tokensPerSecond) },
+    );
+    const steady = rates.slice(Math.min(5, rates.length - 1));
+    const result = {
+      device, preset: 'tiny-4t4i', steps: summary.steps, tokens: summary.tokens, wallSeconds: (Date.now() - t0) / 1000,
+      trainSeconds: summary.session.trainSeconds, tokensPerSecond: summary.session.tokensPerSecond,
+      tokensPerSecondAfter5: steady.reduce((a, b) => a + b, 0) / steady.length,
+      loss: { first: summary.loss.first, final: summary.loss.final, heldOut: summary.heldOut?.loss ?? null },
+      report: Object.fromEntries(Object.entries(summary.report).map(([k, f]) => [k, fs.statSync(f).size])),
+    };
+    const num = (v) => (typeof v === 'number' ? v.toFixed(3) : '-');
+    const loss = (l) => `${num(l.overall)} (text ${num(l.text)}, image ${num(l.image)})`;
+    record(summary.loss.final.overall < summary.loss.first.overall && summary.steps === steps,
+      `trainRun tiny-4t4i builtin on ${device}: ${summary.steps} steps, loss ${loss(summary.loss.first)} -> ${loss(summary.loss.final)}` +
+      `${summary.heldOut ? `, held out ${loss(summary.heldOut.loss)}` : ''}; ${Math.round(result.tokensPerSecond)} tokens/s ` +
+      `(${Math.round(result.tokensPerSecondAfter5)} after step 5), ${result.wallSeconds.toFixed(1)} s wall; report png ${result.report.png} bytes`);
+    console.log(JSON.stringify(result));
+    if (process.env.OUT) fs.writeFileSync(path.join(process.env.OUT, 'train-run.json'), JSON.stringify(result, null, 2) + '\n');
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const info = moma.inspect();
+  console.log(`binary ${info.binary.path}; devices ${JSON.stringify(info.cuda.devices)}`);
+  let passed = 0;
+  let failed = 0;
+  const record = (ok, line) => {
+    ok ? passed++ : failed++;
+    console.log(`${ok ? 'ok  ' : 'FAIL'} ${line}`);
+  };
+  if (args.device.startsWith('cuda')) {
+    if (!moma.cudaAvailable()) throw new Error('no CUDA device visible to Node');
+    await crossDeviceChecks(record);
+  }
+  if (args.trainSteps > 0) await trainingRun(args.device, args.trainSteps, record);
   console.log(`${passed} passed, ${failed} failed`);
   process.exitCode = failed ? 1 : 0;
 }
+
 main().catch((e) => {
   console.error(e);
   process.exitCode = 1;

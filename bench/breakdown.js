@@ -1,0 +1,151 @@
+// Where the MoE layer's time goes (part of the `layers` suite): the forward + backward of the
+// dense SwiGLU FFN and of MoMaFFN (4t4i, 8x) replayed op by op through the public ops, exactly
+// as lib/moe/swiglu_ffn.ts and lib/moe/moma_ffn.ts compose them, with a device synchronisation
+// after every op so that each op's time can be attributed to one category:
+//   routing   partition, router logits, scores, expert-choice selection, router backward
+//   dispatch  gathering rows into expert order (x forward, dy backward)
+//   GEMM      expert (or dense) matmuls: forward, input gradient, weight gradient
+//   SwiGLU    the activation forward and backward
+//   combine   weighted scatter back to rows (y, dx) and the gate gradient
+//   add       summing the two input-gradient halves
+// The per-op synchronisations cost a little against the layer timed whole (the table shows both).
+// The replay's forward output is checked against the module's once (max abs difference).
+'use strict';
+const { median } = require('./common');
+
+const CATEGORIES = ['routing', 'dispatch', 'GEMM', 'SwiGLU', 'combine', 'add'];
+
+class OpClock {
+  constructor(moma, device) {
+    this.moma = moma;
+    this.device = device;
+    this.ms = Object.fromEntries(CATEGORIES.map((c) => [c, 0]));
+  }
+
+  /** Runs one op (queued), waits for the device and charges the time to `category`. */
+  async time(category, op) {
+    const t0 = process.hrtime.bigint();
+    const out = op();
+    await this.moma.synchronize(this.device);
+    this.ms[category] += Number(process.hrtime.bigint() - t0) / 1e6;
+    return out;
+  }
+}
+
+async function denseReplay(moma, clock, ffn, x, dy) {
+  const { w1, w2, w3 } = Object.fromEntries(ffn.parameters());
+  const mm = (a, b, o) => clock.time('GEMM', () => moma.matmul(a, b, o));
+  const h1 = await mm(x, w1);
+  const h3 = await mm(x, w3);
+  const a = await clock.time('SwiGLU', () => moma.swiglu(h1, h3));
+  const y = await mm(a, w2);
+  const dw2 = await mm(a, dy, { transA: true });
+  const da = await mm(dy, w2, { transB: true });
+  const { dh1, dh3 } = await clock.time('SwiGLU', () => moma.swigluBackward(h1, h3, da));
+  const dw1 = await mm(x, dh1, { transA: true });
+  const dw3 = await mm(x, dh3, { transA: true });
+  const dx1 = await mm(dh1, w1, { transB: true });
+  const dx3 = await mm(dh3, w3, { transB: true });
+  const dx = await clock.time('add', () => dx1.add(dx3));
+  for (const t of [h1, h3, a, dw2, da, dh1, dh3, dw1, dw3, dx1, dx3, dx]) t.dispose();
+  return y;
+}
+
+async function moeReplay(moma, clock, ffn, x, modality, dy) {
+  const { layout } = ffn;
+  const { router: fn, routing: mode, capacityFactor, topK } = ffn.config;
+  const cast = (w) => (w.dtype === x.dtype ? w : w.astype(x.dtype));
+  const w1 = cast(ffn.w1);
+  const w2 = cast(ffn.w2);
+  const w3 = cast(ffn.w3);
+  const router = ffn.router;
+  const route = (op) => clock.time('routing', op);
+  const gemm = (op) => clock.time('GEMM', op);
+  const x32 = x.dtype === 'float32' ? x : await route(() => x.astype('float32'));
+  const partition = await route(() => moma.moePartition(modality, layout));
+  const logits = await route(() => moma.matmul(x32, router));
+  const scores = await route(() => moma.routerScores(logits, partition.rowGroup, layout, { fn }));
+  const routing = await route(() => moma.route(scores, partition, layout, { mode, capacityFactor, topK }));
+  const offs = routing.expertOffsets;
+  const xd = await clock.time('dispatch', () => moma.gatherRows(x, routing.slotRow));
+  const h1 = await gemm(() => moma.groupedMatmul(xd, w1, offs));
+  const h3 = await gemm(() => moma.groupedMatmul(xd, w3, offs));
+  const a = await clock.time('SwiGLU', () => moma.swiglu(h1, h3));
+  const out = await gemm(() => moma.groupedMatmul(a, w2, offs));
+  const y = await clock.time('combine', () => moma.combineRows(out, routing.rowSlots, routing.slotGate));
+
+  const dyc = dy.dtype === out.dtype ? dy : dy.astype(out.dtype);
+  const dscores = await clock.time('combine', () => moma.gateGrad(out, dyc, routing.slotRow, offs, layout));
+  const dout = await clock.time('dispatch', () => moma.gatherRows(dyc, routing.slotRow, routing.slotGate));
+  const dw2 = await gemm(() => moma.groupedMatmulWgrad(a, dout, offs));
+  const da = await gemm(() => moma.groupedMatmul(dout, w2, offs, { transW: true }));
+  const { dh1, dh3 } = await clock.time('SwiGLU', () => moma.swigluBackward(h1, h3, da));
+  const dw1 = await gemm(() => moma.groupedMatmulWgrad(xd, dh1, offs));
+  const dw3 = await gemm(() => moma.groupedMatmulWgrad(xd, dh3, offs));
+  const dxd1 = await gemm(() => moma.groupedMatmul(dh1, w1, offs, { transW: true }));
+  const dxd3 = await gemm(() => moma.groupedMatmul(dh3, w3, offs, { transW: true }));
+  const dxd = await clock.time('add', () => dxd1.add(dxd3));
+  const dxFfn = await clock.time('combine', () => moma.combineRows(dxd, routing.rowSlots));
+  const dlogits = await route(() => moma.routerScoresBackward(scores, dscores, partition.rowGroup, layout, fn));
+  const dxRouter = await route(() => moma.matmul(dlogits, router, { transB: true }));
+  const drouter = await route(() => moma.matmul(x32, dlogits, { transA: true }));
+  const dx = await route(() => (dxRouter.dtype === dxFfn.dtype ? dxFfn.add(dxRouter) : dxFfn.astype('float32').add(dxRouter)));
+  for (const t of [logits, scores, xd, h1, h3, a, out, dscores, dout, dw2, da, dh1, dh3, dw1, dw3, dxd1, dxd3, dxd, dxFfn, dlogits, dxRouter, drouter, dx]) t.dispose();
+  for (const [t, orig] of [[w1, ffn.w1], [w2, ffn.w2], [w3, ffn.w3], [x32, x], [dyc, dy]]) if (t !== orig) t.dispose();
+  partition.dispose();
+  routing.dispose();
+  return y;
+}
+
+async function maxAbsDiff(a, b) {
+  const [u, v] = await Promise.all([a.toArray(), b.toArray()]);
+  let m = 0;
+  for (let i = 0; i < u.length; i++) m = Math.max(m, Math.abs(u[i] - v[i]));
+  return m;
+}
+
+/**
+ * Replays dense, 4t4i and 8x at T rows (d 1024, f 4096) `repeats` times after a warm-up; returns
+ * { T, d, f, variants: [{ name, ms: {category: median ms}, total, check }] }.
+ */
+async function layerBreakdown(moma, device, T, repeats, modalityHost) {
+  const d = 1024;
+  const f = 4096;
+  const dtype = device.startsWith('cuda') ? 'bfloat16' : 'float32';
+  const gen = new moma.Generator(11);
+  const x = moma.randn([T, d], { device, dtype, generator: gen });
+  const dy = moma.randn([T, d], { device, dtype, generator: gen, std: 1e-3 });
+  const modality = moma.tensor(modalityHost, { device });
+  const variants = [
+    { name: 'dense', module: new moma.SwiGLUFFN({ dModel: d, dFF: f, device, dtype }) },
+    { name: 'moma 4t4i', module: new moma.MoMaFFN({ dModel: d, dFF: f, groups: [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }], device, dtype }) },
+    { name: 'moe 8x', module: new moma.MoMaFFN({ dModel: d, dFF: f, groups: [{ modality: ['text', 'image'], experts: 8 }], device, dtype }) },
+  ];
+  const out = [];
+  for (const v of variants) {
+    const isDense = v.name === 'dense';
+    const rounds = [];
+    for (let round = 0; round <= repeats; round++) {
+      const clock = new OpClock(moma, device);
+      await moma.synchronize(device);
+      const y = isDense ? await denseReplay(moma, clock, v.module, x, dy) : await moeReplay(moma, clock, v.module, x, modality, dy);
+      if (round === 0) {
+        const ref = isDense ? v.module.forward(x) : v.module.forward(x, modality, { training: true });
+        v.check = await maxAbsDiff(y, ref.y);
+        ref.y.dispose();
+        ref.ctx.dispose();
+      } else {
+        rounds.push(clock.ms);
+      }
+      y.dispose();
+    }
+    const ms = Object.fromEntries(CATEGORIES.map((c) => [c, median(rounds.map((r) => r[c]))]));
+    const total = median(rounds.map((r) => CATEGORIES.reduce((s, c) => s + r[c], 0)));
+    out.push({ name: v.name, ms, total, check: v.check });
+    v.module.dispose();
+  }
+  for (const t of [x, dy, modality]) t.dispose();
+  return { device, T, d, f, repeats, categories: CATEGORIES, variants: out };
+}
+
+module.exports = { layerBreakdown };
