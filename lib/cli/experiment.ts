@@ -7,6 +7,7 @@
  */
 import * as path from 'path';
 import { Command } from 'commander';
+import { shownPath } from './paths';
 import { formatEta } from '../experiment/eta';
 import { FLOPS_SAVINGS_DEFAULTS, FLOPS_SAVINGS_TIERS, FlopsSavingsRun, runFlopsSavings } from '../experiment/flops_savings';
 import { formatDuration, formatSI } from '../report/report';
@@ -26,11 +27,6 @@ interface ExperimentFlags {
   evalEvery?: string;
   imageFraction?: string;
   out?: string;
-}
-
-function shown(p: string): string {
-  const relative = path.relative(process.cwd(), p);
-  return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : p;
 }
 
 /** An argument as a POSIX shell would need it. */
@@ -56,7 +52,7 @@ function printResults(run: FlopsSavingsRun): void {
   console.log(line(header));
   for (const r of rows) console.log(line(r));
   for (const sentence of results.comparison) console.log(`- ${sentence}`);
-  console.log(`results: ${shown(files.markdown)} (${path.basename(files.json)}, ${path.basename(files.png)}, ${path.basename(files.svg)}); runs in ${shown(path.join(run.dir, 'variants'))}/`);
+  console.log(`results: ${shownPath(files.markdown)} (${path.basename(files.json)}, ${path.basename(files.png)}, ${path.basename(files.svg)}); runs in ${shownPath(path.join(run.dir, 'variants'))}/`);
 }
 
 async function runExperiment(flags: ExperimentFlags, commandLine: string): Promise<void> {
@@ -80,7 +76,7 @@ async function runExperiment(flags: ExperimentFlags, commandLine: string): Promi
         const s = info.settings;
         steps = s.steps;
         every = Math.max(1, Math.round(s.steps / 10));
-        console.log(`moma experiment flops-savings: ${info.resumed ? 'continuing' : 'writing'} ${shown(s.out)} — ${s.variants.join(', ')}; `
+        console.log(`moma experiment flops-savings: ${info.resumed ? 'continuing' : 'writing'} ${shownPath(s.out)} — ${s.variants.join(', ')}; `
           + `${s.steps} steps × ${s.batchSize} × ${s.seqLen} tokens each on ${s.device}, data ${info.dataset}, image fraction ${s.imageFraction ?? 'off'}`);
       },
       onVariantStart(info) {
@@ -102,7 +98,7 @@ async function runExperiment(flags: ExperimentFlags, commandLine: string): Promi
     process.off('SIGINT', onInterrupt);
   }
   if (run.stopped) {
-    const again = flags.out === undefined ? `${commandLine} --out ${shellQuote(shown(run.dir))}` : commandLine;
+    const again = flags.out === undefined ? `${commandLine} --out ${shellQuote(shownPath(run.dir))}` : commandLine;
     console.log(`stopped; continue with: ${again}`);
     process.exitCode = 130;
     return;

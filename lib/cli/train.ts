@@ -9,6 +9,7 @@
  */
 import * as path from 'path';
 import { Command } from 'commander';
+import { shownPath } from './paths';
 import * as cliProgress from 'cli-progress';
 import { formatDuration, formatSI, LossRow, writeReport } from '../report/report';
 import { EvalRecord, RunStartInfo, RunSummary, StepRecord, trainRun } from '../train/run';
@@ -32,12 +33,6 @@ interface TrainFlags {
   resume?: string;
   out?: string;
   jsonLog?: boolean;
-}
-
-/** A path as the user would type it: relative to the working directory when inside it. */
-function shown(p: string): string {
-  const relative = path.relative(process.cwd(), p);
-  return relative !== '' && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : p;
 }
 
 function lossText(value: number | null | undefined): string {
@@ -125,10 +120,10 @@ function printSummary(summary: RunSummary, say: (line: string) => void): void {
   say(`${summary.stopped ? 'stopped' : 'done'} at step ${summary.steps} in ${formatDuration(summary.wallSeconds)}: ${s.steps} steps, ${formatSI(s.tokens)} tokens this session `
     + `(${formatSI(s.tokensPerSecond)} tokens/s); run total ${formatSI(summary.tokens)} tokens, ${formatSI(summary.flops.total)} training FLOPs`);
   for (const line of lossTable(summary)) say(`  ${line}`);
-  say(`results in ${shown(summary.runDir)}:`);
-  say(`  report      ${shown(summary.report.html)} (picture: ${path.basename(summary.report.png)}, ${path.basename(summary.report.svg)})`);
-  say(`  metrics     ${shown(path.join(summary.runDir, 'metrics.jsonl'))}`);
-  say(`  checkpoint  ${shown(summary.checkpoint)}`);
+  say(`results in ${shownPath(summary.runDir)}:`);
+  say(`  report      ${shownPath(summary.report.html)} (picture: ${path.basename(summary.report.png)}, ${path.basename(summary.report.svg)})`);
+  say(`  metrics     ${shownPath(path.join(summary.runDir, 'metrics.jsonl'))}`);
+  say(`  checkpoint  ${shownPath(summary.checkpoint)}`);
 }
 
 async function runTrain(flags: TrainFlags): Promise<void> {
@@ -150,7 +145,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
     summary = await trainRun({ flags: settings, configFile: config, resume }, {
       signal: controller.signal,
       onStart(info) {
-        const what = info.resumedFrom ? `resuming ${shown(info.runDir)} from step ${info.startStep}` : `training into ${shown(info.runDir)}`;
+        const what = info.resumedFrom ? `resuming ${shownPath(info.runDir)} from step ${info.startStep}` : `training into ${shownPath(info.runDir)}`;
         say(`moma train: ${what} — ${info.settings.preset} (${formatSI(info.parameters.total)} parameters) on ${info.settings.device}, data ${info.dataset}, `
           + `${info.settings.steps} steps × ${info.settings.batchSize} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`);
         progress.start(info);
@@ -164,7 +159,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
   }
   printSummary(summary, say);
   if (summary.stopped) {
-    say(`resume with: moma train --resume ${shown(summary.runDir)}`);
+    say(`resume with: moma train --resume ${shownPath(summary.runDir)}`);
     process.exitCode = 130;
   }
 }
@@ -198,6 +193,6 @@ export function registerTrainCommands(program: Command): void {
     .argument('<run dir>', 'a directory written by moma train')
     .action(async (runDir: string) => {
       const files = await writeReport(runDir);
-      console.log(`report: ${shown(files.html)} (picture: ${shown(files.png)}, ${shown(files.svg)})`);
+      console.log(`report: ${shownPath(files.html)} (picture: ${shownPath(files.png)}, ${shownPath(files.svg)})`);
     });
 }

@@ -8,31 +8,15 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { MomaError } from '../errors';
 import { writeFileAtomic } from '../io/safetensors';
-import type { ModelOverrides } from '../train/run_config';
+import type { RunSettings } from '../train/run_config';
 
 export const EXPERIMENT_FILE = 'experiment.json';
 
-/** The settings every variant shares, plus the variant list and the folder. */
-export interface ExperimentSettings {
+/** The settings every variant shares (a run's settings without its preset), plus the tier, the variant list and the folder. */
+export interface ExperimentSettings extends Omit<RunSettings, 'preset'> {
   tier: string;
   /** Short variant names (the preset is `<tier>-<name>`), the baseline first. */
   variants: string[];
-  model: ModelOverrides;
-  /** 'builtin' or a shard set folder (absolute). */
-  data: string;
-  device: string;
-  steps: number;
-  batchSize: number;
-  seqLen: number;
-  lr: number;
-  warmup: number;
-  seed: number;
-  imageFraction: number | null;
-  evalEvery: number;
-  evalBatches: number;
-  checkpointEvery: number;
-  /** The experiment folder (absolute). */
-  out: string;
 }
 
 export type SharedSettings = Omit<ExperimentSettings, 'variants' | 'device' | 'out'>;
