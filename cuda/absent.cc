@@ -77,7 +77,7 @@ void moe_router_scores_backward(void*, const float*, const float*, const int32_t
   absent("moe_router_scores_backward");
 }
 void moe_route(void*, int32_t*, const float*, const int32_t*, const int32_t*, const int32_t*, int64_t, const MoeLayout&,
-               const RoutingParams&, int64_t, int32_t*, int32_t*, float*, int32_t*) {
+               const RoutingParams&, int64_t, int32_t*, int32_t*, float*, int32_t*, const float*) {
   absent("moe_route");
 }
 void moe_gather_rows(void*, int32_t*, DType, const void*, const int32_t*, const float*, int64_t, int64_t, int64_t,

@@ -22,7 +22,7 @@ void moe_router_scores_backward(void* stream, const float* scores, const float* 
 void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* row_group,
                const int32_t* offsets, const int32_t* perm, int64_t T, const MoeLayout& L,
                const RoutingParams& p, int64_t R, int32_t* expert_offsets, int32_t* slot_row,
-               float* slot_gate, int32_t* row_slots);
+               float* slot_gate, int32_t* row_slots, const float* select = nullptr);
 void moe_gather_rows(void* stream, int32_t* err, DType dt, const void* x, const int32_t* slot_row,
                      const float* scale, int64_t T, int64_t R, int64_t d, void* y);
 void moe_combine(void* stream, int32_t* err, DType dt, const void* src, const int32_t* row_slots,

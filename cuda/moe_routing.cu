@@ -1,7 +1,7 @@
 // Routing kernels of the MoE layer (semantics: csrc/cpu/kernels_moe.h, SPEC.md §2): partition,
-// router scores (+ backward), expert-choice / token-choice routing and routing statistics. All
-// are small next to the expert GEMMs (T <= ~64K rows, E <= 1024 experts); the designs favour
-// simple, deterministic code over peak bandwidth.
+// router scores (+ backward), expert-choice / token-choice / threshold routing and routing
+// statistics. All are small next to the expert GEMMs (T <= ~64K rows, E <= 1024 experts); the
+// designs favour simple, deterministic code over peak bandwidth.
 //
 // moe_partition: one block of 1024 threads. Pass 1 computes each row's group and the group counts
 //   (shared integer atomics), thread 0 turns them into offsets; pass 2 walks the rows in chunks of
@@ -16,9 +16,11 @@
 // moe_route:
 //   1. row_slots <- -1 (expert choice) or, for token choice, a mark kernel (one thread per row)
 //      that writes -2 in the columns of the row's top-min(k, E_g) local experts (ties to the
-//      smaller expert) and -1 elsewhere.
+//      smaller expert) and -1 elsewhere; for threshold, a mark kernel (one thread per row) that
+//      writes -2 where select[t, e] > 0.5 (and in column 0 of single-expert groups), else -1.
 //   2. one block per expert writes its capacity k_e into expert_offsets[e + 1] (expert choice:
-//      expert_choice_capacity; token choice: min(#rows marked -2, token_choice_capacity)).
+//      expert_choice_capacity; token choice: min(#rows marked -2, token_choice_capacity);
+//      threshold: #rows marked -2, no cap).
 //   3. one block scans them into offsets (block-wide scan); a running total past R records
 //      kMoeRouteOverflow and is clamped to R (so later kernels never write past R).
 //   4. slots [expert_offsets[E], R) <- (row -1, gate 0).
@@ -29,7 +31,8 @@
 //      keys equal to it to take; a block-wide scan over chunks then takes keys above the
 //      threshold and the first such equal keys in increasing row order, writing slot_row,
 //      slot_gate and row_slots (and -1 in row_slots for the candidates not taken). Single-expert
-//      groups (and capacity >= rows) take every candidate without the select.
+//      groups, threshold mode (k = #candidates) and expert choice with capacity >= rows take
+//      every candidate without the select.
 //   Bytes: per expert one pass over n_g (row, score) pairs (cached) or six (not cached), mostly L2
 //   hits; latency bound for small E (only E blocks are busy).
 // moe_routing_stats: one kernel, a block per expert (count, mean gate summed in double over a
@@ -222,7 +225,7 @@ __global__ void router_scores_backward_kernel(const float* __restrict__ scores, 
 }
 
 // ---- routing -----------------------------------------------------------------------------
-constexpr int32_t kCandidate = -2;  // token choice: row_slots mark of a (row, local expert) pick
+constexpr int32_t kCandidate = -2;  // token choice / threshold: row_slots mark of a (row, local expert) candidate
 
 __global__ void fill_i32_kernel(int32_t* y, int64_t n, int32_t v) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -268,6 +271,28 @@ __global__ void route_mark_kernel(const float* __restrict__ scores, const int32_
   }
 }
 
+// Threshold: row t marks local expert j of its group where select[t, begin + j] > 0.5 (NaN is
+// not); a single-expert group marks its expert. Padding / unrouted rows mark nothing.
+__global__ void route_mark_threshold_kernel(const float* __restrict__ select, const int32_t* __restrict__ row_group,
+                                            int64_t T, MoeLayout L, int32_t* __restrict__ row_slots) {
+  const int64_t E = L.num_experts, W = L.max_group_experts;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < T;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int32_t* rs = row_slots + t * W;
+    for (int64_t j = 0; j < W; ++j) rs[j] = -1;
+    const int g = row_group[t];
+    if (g < 0 || g >= L.num_groups) continue;
+    const int Eg = L.experts[g];
+    if (Eg == 1) {
+      rs[0] = kCandidate;
+      continue;
+    }
+    const float* arow = select + t * E + L.begin[g];
+    for (int j = 0; j < Eg; ++j)
+      if (arow[j] > 0.5f) rs[j] = kCandidate;
+  }
+}
+
 // Capacity of expert blockIdx.x into expert_offsets[e + 1].
 __global__ void route_capacity_kernel(const int32_t* __restrict__ offsets, const int32_t* __restrict__ perm, MoeLayout L,
                                       RoutingParams p, const int32_t* __restrict__ row_slots,
@@ -291,7 +316,7 @@ __global__ void route_capacity_kernel(const int32_t* __restrict__ offsets, const
   if (mine) atomicAdd(&count, mine);
   __syncthreads();
   if (threadIdx.x == 0) {
-    const int64_t cap = token_choice_capacity(n, Eg, p.top_k, p.capacity);
+    const int64_t cap = p.mode == RoutingMode::Threshold ? count : token_choice_capacity(n, Eg, p.top_k, p.capacity);
     expert_offsets[e + 1] = static_cast<int32_t>(count < cap ? count : cap);
   }
 }
@@ -332,7 +357,7 @@ constexpr uint32_t kNotCandidate = 1u;
 
 __global__ void __launch_bounds__(kBlock, 1)
     route_select_kernel(const float* __restrict__ scores, const int32_t* __restrict__ offsets,
-                        const int32_t* __restrict__ perm, MoeLayout L, bool token_choice,
+                        const int32_t* __restrict__ perm, MoeLayout L, RoutingMode mode,
                         const int32_t* __restrict__ expert_offsets, int32_t* __restrict__ slot_row,
                         float* __restrict__ slot_gate, int32_t* __restrict__ row_slots, int64_t cache_cap) {
   extern __shared__ uint32_t key_cache[];  // cache_cap entries: the candidates' keys in perm order
@@ -348,13 +373,14 @@ __global__ void __launch_bounds__(kBlock, 1)
   const int64_t start = offsets[g], n = offsets[g + 1] - start;
   const int64_t s0 = expert_offsets[e];
   const int64_t k = expert_offsets[e + 1] - s0;
+  const bool marked = mode != RoutingMode::ExpertChoice;  // candidates are the rows marked kCandidate
 
-  // Key of the i-th row of the group, or kNotCandidate when the row did not pick e (token
-  // choice). Cached in shared memory when the group fits (every pass but the first then reads
-  // shared memory only).
+  // Key of the i-th row of the group, or kNotCandidate when the row is not marked for e (token
+  // choice, threshold). Cached in shared memory when the group fits (every pass but the first
+  // then reads shared memory only).
   auto load_key = [&](int64_t i) -> uint32_t {
     const int64_t row = perm[start + i];
-    if (token_choice && row_slots[row * W + j] != kCandidate) return kNotCandidate;
+    if (marked && row_slots[row * W + j] != kCandidate) return kNotCandidate;
     return score_key(scores[row * E + e]);
   };
   const bool cached = n <= cache_cap;
@@ -367,7 +393,7 @@ __global__ void __launch_bounds__(kBlock, 1)
   if (k <= 0) {
     thr = 0xFFFFFFFFu;  // no key exceeds it and no equal key is taken
     eq_take = 0;
-  } else if (Eg == 1 || (!token_choice && k >= n)) {
+  } else if (Eg == 1 || mode == RoutingMode::Threshold || (mode == RoutingMode::ExpertChoice && k >= n)) {
     thr = 0;  // take every candidate: all keys are >= 0 and k >= #candidates
     eq_take = static_cast<uint32_t>(k);
   } else {
@@ -544,15 +570,19 @@ void moe_router_scores_backward(void* stream, const float* scores, const float* 
 
 void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* row_group, const int32_t* offsets,
                const int32_t* perm, int64_t T, const MoeLayout& L, const RoutingParams& p, int64_t R,
-               int32_t* expert_offsets, int32_t* slot_row, float* slot_gate, int32_t* row_slots) {
+               int32_t* expert_offsets, int32_t* slot_row, float* slot_gate, int32_t* row_slots, const float* select) {
   const int64_t E = L.num_experts, W = L.max_group_experts;
   if (E < 1 || E > kMaxMoeExperts) fail("ERR_ARG", "cuda moe_route: bad layout");
   if (R > INT32_MAX || T > INT32_MAX) fail("ERR_ARG", "cuda moe_route: sizes exceed int32");
+  if (p.mode == RoutingMode::Threshold && select == nullptr) fail("ERR_ARG", "cuda moe_route: threshold mode needs select");
   cudaStream_t s = as_stream(stream);
-  const bool tc = p.mode == RoutingMode::TokenChoice;
   if (T * W > 0) {
-    if (tc) route_mark_kernel<<<grid_for(T), kThreads, 0, s>>>(scores, row_group, T, L, p.top_k, row_slots);
-    else fill_i32_kernel<<<grid_for(T * W), kThreads, 0, s>>>(row_slots, T * W, -1);
+    if (p.mode == RoutingMode::TokenChoice)
+      route_mark_kernel<<<grid_for(T), kThreads, 0, s>>>(scores, row_group, T, L, p.top_k, row_slots);
+    else if (p.mode == RoutingMode::Threshold)
+      route_mark_threshold_kernel<<<grid_for(T), kThreads, 0, s>>>(select, row_group, T, L, row_slots);
+    else
+      fill_i32_kernel<<<grid_for(T * W), kThreads, 0, s>>>(row_slots, T * W, -1);
     check_launch("moe_route (row_slots)");
   }
   route_capacity_kernel<<<static_cast<unsigned>(E), kThreads, 0, s>>>(offsets, perm, L, p, row_slots, expert_offsets);
@@ -574,7 +604,7 @@ void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* r
   if (smem > 48 * 1024)
     MOMA_CUDA_CHECK(cudaFuncSetAttribute(route_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
-  route_select_kernel<<<static_cast<unsigned>(E), kBlock, smem, s>>>(scores, offsets, perm, L, tc, expert_offsets,
+  route_select_kernel<<<static_cast<unsigned>(E), kBlock, smem, s>>>(scores, offsets, perm, L, p.mode, expert_offsets,
                                                                      slot_row, slot_gate, row_slots, cache_cap);
   check_launch("moe_route (select)");
 }

@@ -83,7 +83,7 @@ export interface BindingModule {
   moePartition(modality: H, experts: number[], groupOfModality: number[]): [H, H, H, H];
   moeRouterScores(logits: H, rowGroup: H, experts: number[], groupOfModality: number[], fn: number, gumbel: boolean, seed: bigint, offset: bigint): H;
   moeRouterScoresBackward(scores: H, dscores: H, rowGroup: H, experts: number[], groupOfModality: number[], fn: number): H;
-  moeRoute(scores: H, rowGroup: H, counts: H, offsets: H, perm: H, experts: number[], groupOfModality: number[], mode: number, capacityFactor: number, topK: number): [H, H, H, H];
+  moeRoute(scores: H, rowGroup: H, counts: H, offsets: H, perm: H, experts: number[], groupOfModality: number[], mode: number, capacityFactor: number, topK: number, select: H | null): [H, H, H, H];
   moeGatherRows(x: H, slotRow: H, scale: H | null): H;
   moeCombine(src: H, rowSlots: H, weight: H | null): H;
   moeGateGrad(out: H, dy: H, slotRow: H, expertOffsets: H, experts: number[], groupOfModality: number[]): H;

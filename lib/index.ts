@@ -27,7 +27,7 @@ export {
   crossEntropyBackward, adamwStep,
 } from './nn/ops';
 export type { AdamWStep } from './nn/ops';
-export { tidy, keep } from './autograd/scope';
+export { tidy, keep, untrack } from './autograd/scope';
 export { backward, noGrad, gradEnabled, zeroGrad } from './autograd/tape';
 export * as F from './autograd/functions';
 export { Module } from './nn/module';
@@ -83,3 +83,21 @@ export { runFlopsSavings, resolveFlopsSavingsConfig, FLOPS_SAVINGS_TIERS, FLOPS_
 export type { FlopsSavingsOptions, FlopsSavingsHooks, FlopsSavingsRun, VariantAction, VariantStartInfo, ExperimentSettings } from './experiment/flops_savings';
 export { analyzeFlopsSavings, compareWithPaper, PAPER_ETA } from './experiment/flops_savings_results';
 export type { FlopsSavingsResults, VariantResult, ResultFiles, LossByKey, EtaByKey } from './experiment/flops_savings_results';
+export { AuxRouter, AuxRouters, AUX_ROUTERS_FILE } from './model/aux_router';
+export type { RoutingSites } from './model/aux_router';
+export type { CausalRouting, RoutingObserver } from './model/layers';
+export { KVCache, LayerCache, cachedAttention } from './model/kv_cache';
+export { trainAuxRouters, AUX_DEFAULTS, AUX_SUMMARY_FILE } from './train/aux_train';
+export type { AuxTrainOptions, AuxTrainHooks, AuxTrainSummary, AuxStepRecord } from './train/aux_train';
+export { auxRouterRefs, collectAuxExamples, auxLoss, confusionOf, confusionRates } from './train/aux_targets';
+export type { AuxRouterRef, AuxExamples, Confusion } from './train/aux_targets';
+export { evaluateCausal, evaluateAuxRouters } from './train/causal_eval';
+export type { AuxRouterMetrics, CausalEvalResult } from './train/causal_eval';
+export { openCheckpoint, resolveCheckpointDir, loadModel, loadAuxRouters, newAuxRouters, openStageData, stageBatches, stageHeldOut } from './train/checkpoint_source';
+export type { CheckpointSource, StageData } from './train/checkpoint_source';
+export { generateTokens, captionToImage, imageToCaption } from './generate/generator';
+export type { GenerateOptions, GenerateResult } from './generate/generator';
+export { sampleToken, tokenProbabilities, validateSampling, DEFAULT_SAMPLING } from './generate/sampling';
+export type { SamplingOptions } from './generate/sampling';
+export { ModalityConstraint } from './generate/modality_constraint';
+export type { ModalityConstraintOptions, ConstraintState } from './generate/modality_constraint';

@@ -7,7 +7,8 @@
 #   3. kernel bench, CUDA only (the CPU numbers come from the CPU machines)
 #   with Node carried (scripts/gpu-carry.sh: carry `.node` and `dist`):
 #   4. Node smoke run: cpu vs cuda:0 through the public API, then trainRun: 50 steps of tiny-4t4i
-#      on the built-in data on cuda:0 (losses, tokens/s)           (scripts/gpu-smoke.js)
+#      on the built-in data on cuda:0 (losses, tokens/s), then causal inference: train-aux, eval
+#      --causal, KV-cache decode vs full forward, a generated image   (scripts/gpu-smoke.js)
 #   5. `npm run bench -- layers step` on cuda:0 (FFN layers, MoD block, breakdown, training steps)
 # Logs and results go to $OUT (or ./gpu-check-out). `bash scripts/gpu-check.sh --cpu` runs stages
 # 4-5 on the CPU from the carried archive (no GPU, no build: the dry run of the Node part).

@@ -3,60 +3,17 @@
  * a source is newer) in a child process. A short run, bad flags, Ctrl-C (exit 130, checkpoint,
  * resume command) then --resume, SIGKILL then --resume, and `moma report`.
  */
-import { ChildProcess, execFileSync, spawn } from 'child_process';
+import type { ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { CliResult, ensureDist, runCli } from './support/cli';
 
-const root = path.join(__dirname, '..');
-const cli = path.join(root, 'dist', 'cli', 'main.js');
 let dir: string;
 let config: string;
 
-function newestSource(folder: string): number {
-  let newest = 0;
-  for (const entry of fs.readdirSync(folder, { withFileTypes: true })) {
-    const full = path.join(folder, entry.name);
-    if (entry.isDirectory()) newest = Math.max(newest, newestSource(full));
-    else if (entry.name.endsWith('.ts')) newest = Math.max(newest, fs.statSync(full).mtimeMs);
-  }
-  return newest;
-}
-
-/** Rebuilds dist/ when a lib/ source is newer than the built CLI. */
-function ensureDist(): void {
-  const built = fs.existsSync(path.join(root, 'dist', 'cli', 'train.js')) ? fs.statSync(cli).mtimeMs : 0;
-  if (built >= newestSource(path.join(root, 'lib'))) return;
-  try {
-    execFileSync('npx', ['tsc', '-p', '.'], { cwd: root, stdio: 'pipe' });
-  } catch {
-    // tsc emits even when someone else's file in progress has a type error; the check below decides
-  }
-  if (!fs.existsSync(path.join(root, 'dist', 'cli', 'train.js'))) throw new Error('building dist/ with tsc did not produce dist/cli/train.js');
-}
-
-interface Result {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI; `onStdout` sees the output so far (and the child) after each chunk. */
-function moma(args: string[], onStdout?: (text: string, child: ChildProcess) => void): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cli, ...args], { cwd: dir, env: { ...process.env, MOMA_DEVICE: 'cpu' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-      onStdout?.(stdout, child);
-    });
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
-}
+/** Runs the CLI in the temp working folder. */
+const moma = (args: string[], onStdout?: (text: string, child: ChildProcess) => void): Promise<CliResult> => runCli(dir, args, onStdout);
 
 function stepLines(runDir: string): number[] {
   return fs.readFileSync(path.join(dir, runDir, 'metrics.jsonl'), 'utf8').split('\n').filter((l) => l !== '')

@@ -11,6 +11,7 @@ import {
   swigluBackward, tensor,
 } from '../lib';
 import type { MoeLayout, Partition, RoutingOptions } from '../lib';
+import { native } from '../lib/binding';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
   Rng, assertClose, assertExact, bf16Round, f32Ulp, mulberry32, philoxBlock, philoxUniformOpen, philoxUniformOpenRef, randomBf16, randomF32,
@@ -129,6 +130,18 @@ describe('MoE reference self-checks', () => {
     expect(capped.slotRow).toEqual([0, 3, 1, 2, -1]);
     const two = routeRef(scores, part, L, { mode: 'token-choice', topK: 2 });
     expect(two.expertOffsets).toEqual([0, 5, 10]);
+  });
+
+  test('threshold by hand: select > 0.5 strictly, NaN not taken, no capacity', () => {
+    // select[t, 0], select[t, 1] for rows 0..4
+    const select = [0.6, 0.5, NaN, 0.51, 0.2, 0.7, 0.9, 0.9, 0.5, 0.1];
+    const r = routeRef(scores, part, L, { mode: 'threshold', select });
+    expect(slotBoundRef(5, L, { mode: 'threshold' })).toBe(10);
+    expect(r.expertOffsets).toEqual([0, 2, 5]);
+    expect(r.slotRow).toEqual([0, 3, 1, 2, 3, -1, -1, -1, -1, -1]);
+    expect(r.slotGate).toEqual([0.9, 0.5, 0.8, 0.8, 0.1, 0, 0, 0, 0, 0]);
+    expect(r.rowSlots).toEqual([0, -1, -1, 2, -1, 3, 1, 4, -1, -1]);
+    expect(() => routeRef(scores, part, L, { mode: 'threshold' })).toThrow();
   });
 
   test('single-expert groups take every row with gate 1', () => {
@@ -495,6 +508,180 @@ describeDevices('moe ops', (device) => {
       throwsCode(() => route(mk(new Array(12).fill(0.5), [3, 4], 'bfloat16'), p, L), 'ERR_DTYPE');
       throwsCode(() => route(s, p, { experts: [2, 2], groupOfModality: [0, 5] }), 'ERR_ARG');
       throwsCode(() => route(s, p, { experts: [0, 4], groupOfModality: [0, 1] }), 'ERR_ARG');
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('route: threshold mode (SPEC §4 causal)', () => {
+    const HALF_UP = f32(0.5 + 2 ** -24); // the float32 just above 0.5
+    const HALF_DOWN = f32(0.5 - 2 ** -25); // the float32 just below 0.5
+    /** select [T, E]: uniform float32 in (0, 1) mixed with 0.5 exactly, its neighbours, NaN, 0, 1. */
+    const randomSelect = (rng: Rng, T: number, E: number): Float64Array => {
+      const special = [0.5, 0.5, NaN, HALF_UP, HALF_DOWN, 0, 1];
+      const out = new Float64Array(T * E);
+      for (let i = 0; i < out.length; i++) {
+        const u = rng();
+        out[i] = u < 0.3 ? (special[floor(rng() * special.length)] as number) : f32(rng());
+      }
+      return out;
+    };
+    /** Scores with ~3% NaN and some exact zeros: the gate is copied whatever it is. */
+    const thresholdScores = (rng: Rng, T: number, E: number): Float64Array =>
+      randomScores(rng, T, E, 'distinct').map((v) => { const u = rng(); return u < 0.03 ? NaN : u < 0.05 ? 0 : v; });
+    const routeThreshold = (scores: ArrayLike<number>, select: ArrayLike<number>, p: Partition, L: MoeLayout, T: number, E: number) =>
+      keepAll(route(mk(scores, [T, E]), p, L, { mode: 'threshold', select: mk(select, [T, E]) }));
+
+    test('moeSlotBound is T W and the slot arrays have that length', async () => {
+      for (const [, L] of LAYOUTS)
+        for (const T of [0, 1, 7, 37, 301, 4096]) {
+          expect(moeSlotBound(T, L, { mode: 'threshold' })).toBe(slotBoundRef(T, L, { mode: 'threshold' }));
+          expect(moeSlotBound(T, L, { mode: 'threshold' })).toBe(T * Math.max(...L.experts));
+        }
+      const L = { experts: [3, 1, 2], groupOfModality: [0, 1, 2] };
+      const p = partitionOf([0, 1, 2, -1, 0], L);
+      const r = routeThreshold(new Array(30).fill(0.7), new Array(30).fill(0.7), p, L, 5, 6);
+      expect(r.slotRow.shape).toEqual([15]);
+      expect(r.slotGate.shape).toEqual([15]);
+      expect(r.rowSlots.shape).toEqual([5, 3]);
+      // every routed row is taken by every expert of its group: 2 rows x 3 + 1 + 1 row x 2 = 9 of 15 slots
+      expect(Array.from(await r.expertOffsets.toArray())).toEqual([0, 2, 4, 6, 7, 8, 9]);
+    });
+
+    test.each(LAYOUTS)('%s: exact against the reference (T = 1, 7, 37, 301; every row pattern; 0.5, its neighbours, NaN)', async (_name, L) => {
+      const { E, M, W } = layoutInfo(L);
+      for (const T of ROWS)
+        for (const pattern of PATTERNS) {
+          if (T === 1 && pattern !== 'mixed') continue;
+          const rng = mulberry32(T * 211 + E * 5 + M);
+          const modality = randomModality(rng, T, M, pattern);
+          // every column holds a value, padding rows and other groups' columns included: they must be ignored
+          const scores = thresholdScores(rng, T, E);
+          const select = randomSelect(rng, T, E);
+          const p = partitionOf(modality, L);
+          const r = routeThreshold(scores, select, p, L, T, E);
+          const ref = routeRef(scores, partitionRef(modality, L), L, { mode: 'threshold', select });
+          const label = `T=${T} ${pattern}`;
+          expect(r.slotRow.shape).toEqual([ref.R]);
+          expect(r.rowSlots.shape).toEqual([T, W]);
+          expect([r.expertOffsets.dtype, r.slotRow.dtype, r.slotGate.dtype, r.rowSlots.dtype]).toEqual(['int32', 'int32', 'float32', 'int32']);
+          assertExact(Array.from(await r.expertOffsets.toArray()), ref.expertOffsets, `${label} expertOffsets`);
+          assertExact(Array.from(await r.slotRow.toArray()), ref.slotRow, `${label} slotRow`);
+          assertExact(Array.from(await r.slotGate.toArray()), ref.slotGate, `${label} slotGate`);
+          assertExact(Array.from(await r.rowSlots.toArray()), ref.rowSlots, `${label} rowSlots`);
+        }
+    });
+
+    test('large groups (T = 2500, more than one 1024-row chunk) and all-or-nothing selects', async () => {
+      const L = { experts: [4, 1, 3], groupOfModality: [0, 1, 2, -1] };
+      const T = 2500, E = 8;
+      for (const fill of ['random', 'all', 'none'] as const) {
+        const rng = mulberry32(fill.length * 17);
+        const modality = randomModality(rng, T, 4, 'mixed');
+        const scores = randomScores(rng, T, E, 'ties');
+        const select = fill === 'random' ? randomSelect(rng, T, E) : new Float64Array(T * E).fill(fill === 'all' ? 0.75 : 0.5);
+        const r = routeThreshold(scores, select, partitionOf(modality, L), L, T, E);
+        const ref = routeRef(scores, partitionRef(modality, L), L, { mode: 'threshold', select });
+        assertExact(Array.from(await r.expertOffsets.toArray()), ref.expertOffsets, `${fill} expertOffsets`);
+        assertExact(Array.from(await r.slotRow.toArray()), ref.slotRow, `${fill} slotRow`);
+        assertExact(Array.from(await r.slotGate.toArray()), ref.slotGate, `${fill} slotGate`);
+        assertExact(Array.from(await r.rowSlots.toArray()), ref.rowSlots, `${fill} rowSlots`);
+        if (fill === 'none') {
+          // only the single-expert group takes rows
+          const off = ref.expertOffsets;
+          expect(off.slice(0, 5).every((v) => v === 0)).toBe(true);
+          expect(off[5]).toBe(modality.filter((m) => m === 1).length);
+        }
+      }
+    });
+
+    test('end to end: y_t = sum over experts e of t\'s group with a > 0.5 of s_te (x_t W_e); stats; determinism', async () => {
+      const L = { experts: [3, 1, 2], groupOfModality: [0, 1, -1, 2] };
+      const T = 53, E = 6, d = 12, W = 3;
+      const rng = mulberry32(777);
+      const modality = randomModality(rng, T, 4, 'mixed');
+      const scores = randomScores(rng, T, E, 'distinct');
+      const select = randomSelect(rng, T, E);
+      // bf16-representable inputs: the products are exact on both devices (CUDA's GEMM reads bf16)
+      const x = randomBf16(rng, T * d);
+      const w = randomBf16(rng, E * d * d);
+      const p = partitionOf(modality, L);
+      const run = async (): Promise<HostArray[]> => {
+        const r = routeThreshold(scores, select, p, L, T, E);
+        const xd = keep(gatherRows(mk(x, [T, d]), r.slotRow));
+        const out = keep(groupedMatmul(xd, mk(w, [E, d, d]), r.expertOffsets));
+        const y = keep(combineRows(out, r.rowSlots, r.slotGate));
+        const st = keepAll(routingStats(p, r, L));
+        return Promise.all([y, st.expertStats, st.groupStats, r.slotRow, r.slotGate].map((t) => t.toArray()));
+      };
+      const first = await run();
+      const second = await run();
+      first.forEach((v, i) => expect(sameBits(v, second[i] as HostArray)).toBe(true));
+
+      const { begin } = layoutInfo(L);
+      const rowGroup = partitionRef(modality, L).rowGroup;
+      const want = new Float64Array(T * d), bound = new Float64Array(T * d);
+      for (let t = 0; t < T; t++) {
+        const g = rowGroup[t] as number;
+        if (g < 0) continue;
+        for (let e = begin[g] as number; e < (begin[g + 1] as number); e++) {
+          const single = L.experts[g] === 1;
+          if (!single && !((select[t * E + e] as number) > 0.5)) continue;
+          const gate = single ? 1 : (scores[t * E + e] as number);
+          for (let o = 0; o < d; o++) {
+            let acc = 0, abs = 0;
+            for (let i = 0; i < d; i++) {
+              const v = (x[t * d + i] as number) * (w[(e * d + i) * d + o] as number);
+              acc += v;
+              abs += Math.abs(v);
+            }
+            want[t * d + o] += gate * acc;
+            bound[t * d + o] += Math.abs(gate) * abs;
+          }
+        }
+      }
+      assertClose(Array.from(first[0] as HostArray), want, { atolEach: Array.from(bound, (b) => b * (d + W + 4) * 2 ** -24), atol: 1e-30, label: 'y' });
+
+      const ref = routeRef(scores, partitionRef(modality, L), L, { mode: 'threshold', select });
+      const stats = routingStatsRef(partitionRef(modality, L), ref.expertOffsets, ref.slotGate, ref.rowSlots, L);
+      const es = Array.from(first[1] as HostArray), gs = Array.from(first[2] as HostArray);
+      for (let e = 0; e < E; e++) {
+        expect(es[2 * e]).toBe(stats.expertStats[2 * e]);
+        assertClose([es[2 * e + 1] as number], [stats.expertStats[2 * e + 1] as number], { rtol: (T + 4) * 2 ** -23, label: `mean gate e=${e}` });
+      }
+      assertClose(gs, stats.groupStats, { f32Ulps: 2, label: 'group stats' });
+    });
+
+    test('argument errors: select missing, unexpected, wrong shape, dtype or kind', () => {
+      const L = { experts: [2, 2], groupOfModality: [0, 1] };
+      const p = partitionOf([0, 1, 0], L);
+      const s = mk(new Array(12).fill(0.5), [3, 4]);
+      const a = mk(new Array(12).fill(0.7), [3, 4]);
+      throwsCode(() => route(s, p, L, { mode: 'threshold' }), 'ERR_ARG');
+      throwsCode(() => route(s, p, L, { select: a }), 'ERR_ARG');
+      throwsCode(() => route(s, p, L, { mode: 'token-choice', select: a }), 'ERR_ARG');
+      throwsCode(() => route(s, p, L, { mode: 'threshold', select: [0.7] as never }), 'ERR_ARG');
+      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(15).fill(0.7), [3, 5]) }), 'ERR_SHAPE');
+      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(16).fill(0.7), [4, 4]) }), 'ERR_SHAPE');
+      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(12).fill(0.7), [12]) }), 'ERR_SHAPE');
+      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(12).fill(0.7), [3, 4], 'bfloat16') }), 'ERR_DTYPE');
+      throwsCode(() => route(s, p, L, { mode: 'threshold', select: ints(new Array(12).fill(1), [3, 4]) }), 'ERR_DTYPE');
+      throwsCode(() => moeSlotBound(3, L, { mode: 'causal' as never }), 'ERR_ARG');
+      // the native op checks on its own (error messages name moe_route and select)
+      const h = (t: Tensor): unknown => t.handle;
+      const nat = native() as unknown as { moeRoute: (...args: unknown[]) => unknown };
+      const call = (mode: number, select: unknown): unknown =>
+        nat.moeRoute(h(s), h(p.rowGroup), h(p.counts), h(p.offsets), h(p.perm), L.experts, L.groupOfModality, mode, 1, 1, select);
+      expect(() => call(2, null)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/moe_route.*select/) }));
+      expect(() => call(0, h(a))).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/moe_route.*select/) }));
+      expect(() => call(3, h(a))).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
+      expect(() => call(2, h(mk(new Array(12).fill(0.7), [4, 3])))).toThrow(expect.objectContaining({ code: 'ERR_SHAPE', message: expect.stringMatching(/moe_route.*select/) }));
+    });
+
+    (cuda ? test : test.skip)('select on another device is rejected with ERR_DEVICE', () => {
+      const L = { experts: [2], groupOfModality: [0] };
+      const p = partitionOf([0, 0], L);
+      const host = keep(tensor(Float32Array.from([0.7, 0.7, 0.7, 0.7]), { shape: [2, 2], device: 'cpu' }));
+      throwsCode(() => route(mk([0.5, 0.5, 0.5, 0.5], [2, 2]), p, L, { mode: 'threshold', select: host }), 'ERR_DEVICE');
     });
   });
 

@@ -2,28 +2,17 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { MomaError } from '../lib';
 import { buildVocabLayout, describeId, ImageTokenizerInfo, modalityOfId, parseVocabLayout, vocabHash } from '../lib/data/vocab';
 import { ByteTokenizer, HFTokenizer, loadTextTokenizer } from '../lib/data/text_tokenizer';
 import { documentTokens, splitDocument, textIds } from '../lib/data/document';
 import { vocabFromSpec } from '../lib/train/evaluate';
-import { throwsCode } from './support/errors';
+import { throwsCode, messageOf } from './support/errors';
 import { byteLevelBpeJson, HF_MERGES } from './support/hf_tokenizer';
 
 const image: ImageTokenizerInfo = { kind: 'vq-patch', file: 'image_tokenizer.safetensors', sha256: 'ab'.repeat(32), imageSize: 32, patchSize: 4, codebookSize: 256, tokensPerImage: 64 };
 
 function tmpdir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'moma-vocab-'));
-}
-
-function messageOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(MomaError);
-    return (err as MomaError).message;
-  }
-  throw new Error('expected a MomaError');
 }
 
 describe('vocabulary layout', () => {

@@ -27,11 +27,13 @@ struct MoeLayout {
 };
 
 enum class RouterFn : int32_t { Sigmoid = 0, Softmax = 1 };
-enum class RoutingMode : int32_t { ExpertChoice = 0, TokenChoice = 1 };
+// Threshold: the causal mode of SPEC §4 (rows taken where an auxiliary router's probability
+// exceeds 0.5; no capacity). It reads a `select` [T, E] array the other modes do not have.
+enum class RoutingMode : int32_t { ExpertChoice = 0, TokenChoice = 1, Threshold = 2 };
 
 struct RoutingParams {
   RoutingMode mode = RoutingMode::ExpertChoice;
-  double capacity = 1.0;  // c > 0
+  double capacity = 1.0;  // c > 0 (ignored by threshold)
   int32_t top_k = 1;      // token choice only, >= 1
 };
 
@@ -52,10 +54,12 @@ MOMA_HD int64_t token_choice_capacity(int64_t n, int32_t experts, int32_t k, dou
 // Slots a routing may fill at most (the length R of its per-slot buffers), known on the host from
 // T alone. Expert choice: sum_g E_g k_g <= sum_g (c n_g + E_g) for routed groups and n_g for
 // single-expert groups, so R = min(T W, ceil(max(c, 1) T) + E). Token choice: each row makes at
-// most min(k, W) pairs, R = T min(k, W).
+// most min(k, W) pairs, R = T min(k, W). Threshold: every expert of a row's group may take it,
+// R = T W.
 inline int64_t moe_slot_bound(int64_t T, const MoeLayout& L, const RoutingParams& p) {
   int64_t W = L.max_group_experts;
   if (p.mode == RoutingMode::TokenChoice) return T * (p.top_k < W ? p.top_k : W);
+  if (p.mode == RoutingMode::Threshold) return T * W;
   double c = p.capacity > 1.0 ? p.capacity : 1.0;
   int64_t bound = static_cast<int64_t>(ceil(c * static_cast<double>(T))) + L.num_experts;
   return bound < T * W ? bound : T * W;

@@ -49,7 +49,10 @@ void moe_router_scores_backward(const float* scores, const float* dscores, const
 //     (ties to the smaller expert); expert e then keeps the
 //     min(#rows that picked it, token_choice_capacity(n_g, E_g, top_k, c)) of them with the
 //     largest scores (ties to the smaller row).
-//   Single-expert groups take every row of the group (either mode).
+//   Threshold (SPEC §4 causal mode): expert e of g takes every row t of g with
+//     select[t, e] > 0.5 (NaN: not taken), with no capacity bound. select is float32 [T, E]
+//     (one column per global expert, like scores) and read in this mode only (else nullptr).
+//   Single-expert groups take every row of the group (every mode).
 // Outputs (R = slot bound):
 //   expert_offsets[E + 1]  segment e is slots [expert_offsets[e], expert_offsets[e + 1]), packed
 //                          back to back in expert order; expert_offsets[0] = 0.
@@ -59,7 +62,7 @@ void moe_router_scores_backward(const float* scores, const float* dscores, const
 // If the slots would exceed R, throws ERR_INTERNAL ("moe_route: slot bound exceeded").
 void moe_route(const float* scores, const int32_t* row_group, const int32_t* offsets, const int32_t* perm,
                int64_t T, const MoeLayout& L, const RoutingParams& p, int64_t R, int32_t* expert_offsets,
-               int32_t* slot_row, float* slot_gate, int32_t* row_slots);
+               int32_t* slot_row, float* slot_gate, int32_t* row_slots, const float* select = nullptr);
 
 // y[s, :] = scale[s] * x[slot_row[s], :] (scale == nullptr: 1) for s < R; zeros where
 // slot_row[s] == -1. x is [T, d], y [R, d], dtype dt. A row outside [-1, T) throws ERR_RANGE.

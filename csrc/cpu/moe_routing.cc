@@ -1,5 +1,6 @@
 // Mixture-of-experts routing kernels (kernels_moe.h, SPEC.md §2): partition by modality, router
-// scores and their backward, expert-choice / token-choice routing and routing statistics.
+// scores and their backward, expert-choice / token-choice / threshold routing and routing
+// statistics.
 //
 // Top-k selection: a candidate (score s, index i) ranks by score_key(s) descending, then index
 // ascending. Both keys fit one 64-bit word, rank = (score_key(s) << 32) | ~i, so every candidate
@@ -8,7 +9,9 @@
 // increasing row order and keeps those at or above that rank, which writes its slots already
 // sorted by row. Experts are independent (disjoint slots, disjoint row_slots columns), so they
 // run in parallel after a serial prefix sum of the per-expert counts; nothing depends on the
-// thread layout.
+// thread layout. Every mode runs these two passes over each expert's candidates (expert choice:
+// its group's rows; token choice: the rows that picked it; threshold: the rows with
+// select > 0.5) with a capacity, except threshold, which keeps every candidate (no nth_element).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -162,11 +165,13 @@ void moe_router_scores_backward(const float* scores, const float* dscores, const
 
 void moe_route(const float* scores, const int32_t* row_group, const int32_t* offsets, const int32_t* perm,
                int64_t T, const MoeLayout& L, const RoutingParams& p, int64_t R, int32_t* expert_offsets,
-               int32_t* slot_row, float* slot_gate, int32_t* row_slots) {
+               int32_t* slot_row, float* slot_gate, int32_t* row_slots, const float* select) {
   (void)row_group;  // groups come from offsets / perm
   check_partition("moe_route", offsets, perm, T, L);
   const int64_t E = L.num_experts, W = L.max_group_experts;
   const bool token_choice = p.mode == RoutingMode::TokenChoice;
+  const bool threshold_mode = p.mode == RoutingMode::Threshold;
+  if (threshold_mode && select == nullptr) fail("ERR_ARG", "moe_route: threshold mode needs select");
 
   // Token choice: picked[t * W + j] = 1 when row t picked local expert j of its group.
   std::vector<uint8_t> picked;
@@ -193,6 +198,13 @@ void moe_route(const float* scores, const int32_t* row_group, const int32_t* off
     }
   }
 
+  // Whether row t is a candidate of global expert e (local index j); expert choice: every row.
+  auto candidate = [&](int64_t t, int64_t e, int64_t j) -> bool {
+    if (token_choice) return picked[static_cast<size_t>(t * W + j)] != 0;
+    if (threshold_mode) return select[t * E + e] > 0.5f;  // false for NaN
+    return true;
+  };
+
   // Pass 1: rows taken by each expert and the rank of its worst kept candidate.
   std::vector<int64_t> taken(static_cast<size_t>(E), 0);
   std::vector<uint64_t> threshold(static_cast<size_t>(E), 0);
@@ -206,20 +218,13 @@ void moe_route(const float* scores, const int32_t* row_group, const int32_t* off
         continue;
       }
       r.clear();
-      int64_t cap;
-      if (token_choice) {
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t t = perm[lo + i];
-          if (picked[static_cast<size_t>(t * W + j)]) r.push_back(rank_of(scores[t * E + e], t));
-        }
-        cap = token_choice_capacity(n, L.experts[g], p.top_k, p.capacity);
-      } else {
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t t = perm[lo + i];
-          r.push_back(rank_of(scores[t * E + e], t));
-        }
-        cap = expert_choice_capacity(n, L.experts[g], p.capacity);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t t = perm[lo + i];
+        if (candidate(t, e, j)) r.push_back(rank_of(scores[t * E + e], t));
       }
+      const int64_t cap = token_choice ? token_choice_capacity(n, L.experts[g], p.top_k, p.capacity)
+                          : threshold_mode ? static_cast<int64_t>(r.size())
+                                           : expert_choice_capacity(n, L.experts[g], p.capacity);
       const int64_t k = std::min<int64_t>(cap, static_cast<int64_t>(r.size()));
       taken[static_cast<size_t>(e)] = k;
       if (k > 0 && k < static_cast<int64_t>(r.size())) {
@@ -264,7 +269,7 @@ void moe_route(const float* scores, const int32_t* row_group, const int32_t* off
       const int64_t end = s + k;
       for (int64_t i = 0; i < n && s < end; ++i) {
         const int64_t t = perm[lo + i];
-        if (token_choice && !picked[static_cast<size_t>(t * W + j)]) continue;
+        if (!candidate(t, e, j)) continue;
         const float v = scores[t * E + e];
         if (rank_of(v, t) < thr) continue;
         slot_row[s] = static_cast<int32_t>(t);

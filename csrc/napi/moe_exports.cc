@@ -51,20 +51,23 @@ Napi::Value moe_router_scores_backward(Info info) {
                                             arg(info, 2, op, "rowGroup"), layout_arg(info, 3, op), router_fn_arg(info, 5, op)));
 }
 
-// moeRoute(scores, rowGroup, counts, offsets, perm, experts, groupOfModality, mode, capacity, topK)
-//   -> [expertOffsets, slotRow, slotGate, rowSlots]
+// moeRoute(scores, rowGroup, counts, offsets, perm, experts, groupOfModality, mode, capacity, topK,
+//          select | null) -> [expertOffsets, slotRow, slotGate, rowSlots]; select: threshold mode only
 Napi::Value moe_route(Info info) {
   const char* op = "moe_route";
   ops::MoePartition part{arg(info, 1, op, "partition.rowGroup"), arg(info, 2, op, "partition.counts"),
                          arg(info, 3, op, "partition.offsets"), arg(info, 4, op, "partition.perm")};
   MoeLayout L = layout_arg(info, 5, op);
   RoutingParams p;
-  p.mode = to_enum<RoutingMode>(info[7], static_cast<int>(RoutingMode::TokenChoice), op, "mode");
+  p.mode = to_enum<RoutingMode>(info[7], static_cast<int>(RoutingMode::Threshold), op, "mode");
   p.capacity = to_number(info[8], op, "capacityFactor");
   int64_t k = to_int(info[9], op, "topK");
   if (k < 1 || k > kMaxMoeExperts) fail("ERR_ARG", op, ": topK must be in [1, ", kMaxMoeExperts, "], got ", k);
   p.top_k = static_cast<int32_t>(k);
-  ops::MoeRouting r = ops::moe_route(arg(info, 0, op, "scores"), part, L, p);
+  Tensor select;
+  const bool has_select = !info[10].IsNull() && !info[10].IsUndefined();
+  if (has_select) select = arg(info, 10, op, "select");
+  ops::MoeRouting r = ops::moe_route(arg(info, 0, op, "scores"), part, L, p, has_select ? &select : nullptr);
   return handles(info, {r.expert_offsets, r.slot_row, r.slot_gate, r.row_slots});
 }
 

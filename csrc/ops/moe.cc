@@ -154,7 +154,8 @@ Tensor moe_router_scores_backward(const Tensor& scores, const Tensor& dscores, c
   return dlogits;
 }
 
-MoeRouting moe_route(const Tensor& scores, const MoePartition& part, const MoeLayout& L, const RoutingParams& p) {
+MoeRouting moe_route(const Tensor& scores, const MoePartition& part, const MoeLayout& L, const RoutingParams& p,
+                     const Tensor* select) {
   const char* op = "moe_route";
   check_scores(op, scores, "scores", L);
   int64_t T = scores.shape[0];
@@ -164,23 +165,33 @@ MoeRouting moe_route(const Tensor& scores, const MoePartition& part, const MoeLa
     fail("ERR_ARG", op, ": capacityFactor must be a finite number > 0, got ", p.capacity);
   if (p.mode == RoutingMode::TokenChoice && p.top_k < 1)
     fail("ERR_ARG", op, ": topK must be >= 1, got ", p.top_k);
+  const bool threshold = p.mode == RoutingMode::Threshold;
+  if (threshold && !select) fail("ERR_ARG", op, ": select is required in threshold mode");
+  if (!threshold && select) fail("ERR_ARG", op, ": select is only used in threshold mode");
+  std::vector<Tensor> inputs{scores, part.row_group, part.offsets, part.perm};
+  if (select) {
+    check_same_device(op, scores, "scores", *select, "select");
+    check_dtype(op, *select, "select", {DType::F32});
+    check_shape(op, *select, "select", Shape{T, L.num_experts});
+    inputs.push_back(*select);
+  }
+  const float* sel = select ? cdata<float>(*select) : nullptr;
   int64_t R = moe_slot_bound(T, L, p);
   if (R > INT32_MAX) fail("ERR_SHAPE", op, ": ", R, " slots (at most 2^31 - 1); use fewer rows per call");
   int64_t W = L.max_group_experts;
   MoeRouting r{empty_tensor({L.num_experts + 1}, DType::I32, dev, op), empty_tensor({R}, DType::I32, dev, op),
                empty_tensor({R}, DType::F32, dev, op), empty_tensor({T, W}, DType::I32, dev, op)};
-  submit(op, dev, {scores, part.row_group, part.offsets, part.perm},
-         {r.expert_offsets, r.slot_row, r.slot_gate, r.row_slots}, [=] {
-           if (dev.is_cuda())
-             cuda::moe_route(stream_of(dev), err_of(dev), cdata<float>(scores), cdata<int32_t>(part.row_group),
-                             cdata<int32_t>(part.offsets), cdata<int32_t>(part.perm), T, L, p, R,
-                             mdata<int32_t>(r.expert_offsets), mdata<int32_t>(r.slot_row), mdata<float>(r.slot_gate),
-                             mdata<int32_t>(r.row_slots));
-           else
-             cpu::moe_route(cdata<float>(scores), cdata<int32_t>(part.row_group), cdata<int32_t>(part.offsets),
-                            cdata<int32_t>(part.perm), T, L, p, R, mdata<int32_t>(r.expert_offsets),
-                            mdata<int32_t>(r.slot_row), mdata<float>(r.slot_gate), mdata<int32_t>(r.row_slots));
-         });
+  submit(op, dev, inputs, {r.expert_offsets, r.slot_row, r.slot_gate, r.row_slots}, [=] {
+    if (dev.is_cuda())
+      cuda::moe_route(stream_of(dev), err_of(dev), cdata<float>(scores), cdata<int32_t>(part.row_group),
+                      cdata<int32_t>(part.offsets), cdata<int32_t>(part.perm), T, L, p, R,
+                      mdata<int32_t>(r.expert_offsets), mdata<int32_t>(r.slot_row), mdata<float>(r.slot_gate),
+                      mdata<int32_t>(r.row_slots), sel);
+    else
+      cpu::moe_route(cdata<float>(scores), cdata<int32_t>(part.row_group), cdata<int32_t>(part.offsets),
+                     cdata<int32_t>(part.perm), T, L, p, R, mdata<int32_t>(r.expert_offsets),
+                     mdata<int32_t>(r.slot_row), mdata<float>(r.slot_gate), mdata<int32_t>(r.row_slots), sel);
+  });
   return r;
 }
 

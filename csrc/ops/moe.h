@@ -36,7 +36,10 @@ struct MoeRouting {
   Tensor slot_gate;       // float32 [R]
   Tensor row_slots;       // int32 [T, W]
 };
-MoeRouting moe_route(const Tensor& scores, const MoePartition& part, const MoeLayout& L, const RoutingParams& p);
+// select: float32 [T, E] on the scores' device in threshold mode (the auxiliary router's
+// probabilities, SPEC §4), nullptr in the other modes.
+MoeRouting moe_route(const Tensor& scores, const MoePartition& part, const MoeLayout& L, const RoutingParams& p,
+                     const Tensor* select);
 
 // x [T, d] -> [R, d]; scale: float32 [R] or an empty Tensor (no scaling).
 Tensor moe_gather_rows(const Tensor& x, const Tensor& slot_row, const Tensor* scale);

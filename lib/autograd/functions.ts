@@ -57,6 +57,33 @@ export function sigmoid(x: Tensor): Tensor {
   });
 }
 
+/** SiLU x·σ(x); gradient g·σ(x)·(1 + x·(1 − σ(x))). */
+export function silu(x: Tensor): Tensor {
+  const y = x.silu();
+  return record(y, [x], (g) => {
+    const x32 = f32(x);
+    const s = x32.sigmoid();
+    const slope = s.mul(x32.mul(s.neg().add(1)).add(1));
+    return [g.mul(slope)];
+  });
+}
+
+/**
+ * Weighted binary cross-entropy from logits z against targets y in [0, 1] (same shape):
+ * loss = Σ w·(softplus(z) − y·z), with softplus(z) = max(z, 0) + log(1 + exp(−|z|)) (stable for
+ * any z); gradient w·(σ(z) − y). Returns the scalar loss and the per-entry terms (no gradient).
+ */
+export function binaryCrossEntropyWithLogits(z: Tensor, targets: Tensor, weights: Tensor): { loss: Tensor; terms: Tensor } {
+  sameShape('binary_cross_entropy', z, targets);
+  sameShape('binary_cross_entropy', z, weights);
+  const z32 = f32(z);
+  const softplus = z32.maximum(0).add(z32.abs().neg().exp().add(1).log());
+  const terms = softplus.sub(targets.mul(z32)).mul(weights);
+  const loss = terms.sum();
+  record(loss, [z], (g) => [z32.sigmoid().sub(targets).mul(weights).mul(g)]);
+  return { loss, terms };
+}
+
 /** x [N, D] times a per-row factor s [N]: y[n] = s[n] · x[n]. */
 export function mulRows(x: Tensor, s: Tensor): Tensor {
   if (x.ndim !== 2 || s.ndim !== 1 || s.shape[0] !== x.shape[0]) {

@@ -54,3 +54,9 @@ export function keep<T extends Tensor>(t: T): T {
   if (inner?.delete(t)) openScopes[openScopes.length - 2]?.add(t);
   return t;
 }
+
+/** Takes `t` out of every open tidy scope: its owner (a cache, say) disposes it. */
+export function untrack<T extends Tensor>(t: T): T {
+  for (const scope of openScopes) scope.delete(t);
+  return t;
+}

@@ -9,6 +9,8 @@ import { registerTrainCommands } from './train';
 import { registerDataCommands } from './data';
 import { registerTokenizerCommands } from './tokenizer';
 import { registerExperimentCommands } from './experiment';
+import { registerAuxCommands } from './aux';
+import { registerGenerateCommand } from './generate';
 
 function printReport(r: InspectReport): void {
   const lines = [
@@ -41,6 +43,8 @@ export function buildProgram(): Command {
   registerModelCommands(program);
   registerEval(program);
   registerTrainCommands(program);
+  registerAuxCommands(program);
+  registerGenerateCommand(program);
   registerDataCommands(program);
   registerTokenizerCommands(program);
   registerExperimentCommands(program);

@@ -15,19 +15,28 @@ import { Tensor } from '../tensor';
 const DTYPES = { float32: 'F32', bfloat16: 'BF16', int32: 'I32', uint8: 'U8' } as const;
 const SIZES: Record<string, number> = { F32: 4, BF16: 2, I32: 4, U8: 1 };
 
-/** Writes `data` to `file` atomically: a temp file in the same folder, fsync, rename. */
+/** Writes `data` to `file` atomically: a temp file in the same folder, fsync, rename (ERR_FILE naming the file on failure, no temp file left). */
 export function writeFileAtomic(file: string, data: Buffer | string): void {
   const dir = path.dirname(file);
-  fs.mkdirSync(dir, { recursive: true });
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    fs.mkdirSync(dir, { recursive: true });
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    try {
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      // the folder itself is unusable: there is no temp file to remove
+    }
+    throw new MomaError('ERR_FILE', `cannot write ${file} (${(err as Error).message})`);
   }
-  fs.renameSync(tmp, file);
 }
 
 /** A tensor's raw host values as stored in the file; BF16 values are their raw 16-bit patterns. */

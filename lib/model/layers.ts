@@ -3,6 +3,12 @@
  * bias), Embedding, RMSNorm, causal multi-head attention with per-head LayerNorm QK-norm and RoPE,
  * the dense SwiGLU FFN, the MoE / MoMa FFN (lib/moe MoMaFFN), and the decoder block with swin
  * (default) or pre norm placement.
+ *
+ * Routing modes: by default the MoE FFN and MoD blocks route by batch top-k (training mode, SPEC
+ * §2–3); with `ctx.causal` the MoE FFN routes by the auxiliary routers' scores (SPEC §4) and MoD
+ * blocks run on rows chosen by the caller (lib/model/transformer.ts decides them from â > 0.5).
+ * `ctx.observer` sees each training-mode decision (aux-router training and evaluation). Blocks
+ * also run incrementally over a KV cache (forwardCached: generation).
  */
 import * as F from '../autograd/functions';
 import { record } from '../autograd/tape';
@@ -13,6 +19,7 @@ import { MoMaFFN, MoMaFFNConfig } from '../moe/moma_ffn';
 import { modSelect, RoutingStats, routingStats, segmentStarts } from '../moe/ops';
 import { keep } from '../autograd/scope';
 import { Module } from '../nn/module';
+import { cachedAttention, LayerCache } from './kv_cache';
 
 export interface InitOptions {
   device: string;
@@ -102,6 +109,21 @@ export class Attention extends Module {
     const o = F.attention(q, k, v, ctx.segStart);
     return this.wo.forward(F.reshape(o, [T, this.dModel]));
   }
+
+  /**
+   * Rows x [n, d] that follow the rows already in `cache` (one sequence): their keys and values
+   * are appended to the cache and each row attends to the cache up to itself (no gradient).
+   */
+  forwardCached(x: Tensor, positions: Tensor, cache: LayerCache): Tensor {
+    const n = x.shape[0] as number;
+    const split = (t: Tensor): Tensor => t.reshape([n, this.heads, this.headDim]);
+    const q = F.rope(this.qNorm.forward(split(this.wq.forward(x))), positions, this.ropeTheta);
+    const k = F.rope(this.kNorm.forward(split(this.wk.forward(x))), positions, this.ropeTheta);
+    const v = split(this.wv.forward(x));
+    cache.append(k, v);
+    const o = cachedAttention(q, cache);
+    return this.wo.forward(F.cast(o.reshape([n, this.dModel]), x.dtype === 'bfloat16' ? 'bfloat16' : 'float32'));
+  }
 }
 
 export class SwiGLU extends Module {
@@ -138,9 +160,14 @@ export class MoEFeedForward extends Module {
   /** Routing statistics of the last forward when `collectStats` is on (device tensors, kept across steps). */
   lastStats: RoutingStats | null = null;
   collectStats = false;
+  /** The module path of this FFN in its model ('layers.3.ffn'): names its auxiliary routers. */
+  site = 'ffn';
 
-  forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator } = {}): Tensor {
-    const { y, ctx } = this.ffn.forward(x, modality, options);
+  forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator; causal?: CausalRouting; observer?: RoutingObserver } = {}): Tensor {
+    const select = options.causal?.expertSelect(this.site, x);
+    const { y, ctx } = this.ffn.forward(x, modality, { training: options.training, generator: options.generator, select });
+    select?.dispose();
+    if (options.observer !== undefined && select === undefined) options.observer.experts(this.site, x, ctx.partition.rowGroup, ctx.routing.rowSlots);
     if (this.collectStats) {
       this.lastStats?.dispose();
       this.lastStats = routingStats(ctx.partition, ctx.routing, this.ffn.layout);
@@ -163,6 +190,22 @@ export class MoEFeedForward extends Module {
 
 export type NormPlacement = 'swin' | 'pre';
 
+/** Routing by the auxiliary routers (SPEC §4 causal mode) instead of batch top-k. */
+export interface CausalRouting {
+  /** a [T, E] float32: expert e of a routed group takes row t iff a[t, e] > 0.5. */
+  expertSelect(site: string, v: Tensor): Tensor;
+  /** â [T] float32: the MoD block at `site` runs on row t iff â[t] > 0.5. */
+  depthSelect(site: string, x: Tensor): Tensor;
+}
+
+/** Sees the training-mode routing decisions with the rows they were made on (no gradient needed). */
+export interface RoutingObserver {
+  /** MoE FFN input v [T, d], row groups [T] and the routing's rowSlots [T, W] (≥ 0 where taken). */
+  experts(site: string, v: Tensor, rowGroup: Tensor, rowSlots: Tensor): void;
+  /** MoD block input x [T, d] and the selected rows (int32 [k], ascending). */
+  depth(site: string, x: Tensor, rows: Tensor): void;
+}
+
 /** What a block needs besides its input rows. */
 export interface BlockContext extends AttentionContext {
   modality: Tensor;
@@ -170,6 +213,15 @@ export interface BlockContext extends AttentionContext {
   generator?: Generator;
   /** Non-padding rows (MoD capacity). */
   validRows: number;
+  causal?: CausalRouting;
+  observer?: RoutingObserver;
+}
+
+/** What a block needs to run rows incrementally over its KV cache (one sequence, causal routing). */
+export interface CachedContext {
+  positions: Tensor;
+  modality: Tensor;
+  causal: CausalRouting;
 }
 
 export class DecoderBlock extends Module {
@@ -187,13 +239,22 @@ export class DecoderBlock extends Module {
   }
 
   forward(x: Tensor, ctx: BlockContext): Tensor {
-    const ffn = (v: Tensor): Tensor =>
-      this.ffn instanceof MoEFeedForward ? this.ffn.forward(v, ctx.modality, { training: ctx.training, generator: ctx.generator }) : this.ffn.forward(v);
+    return this.run(x, (v) => this.attn.forward(v, ctx), ctx.modality,
+      { training: ctx.training, generator: ctx.generator, causal: ctx.causal, observer: ctx.observer });
+  }
+
+  /** Rows x [n, d] after those in `cache` (generation; causal routing). */
+  forwardCached(x: Tensor, ctx: CachedContext, cache: LayerCache): Tensor {
+    return this.run(x, (v) => this.attn.forwardCached(v, ctx.positions, cache), ctx.modality, { causal: ctx.causal });
+  }
+
+  private run(x: Tensor, attn: (v: Tensor) => Tensor, modality: Tensor, routing: { training?: boolean; generator?: Generator; causal?: CausalRouting; observer?: RoutingObserver }): Tensor {
+    const ffn = (v: Tensor): Tensor => (this.ffn instanceof MoEFeedForward ? this.ffn.forward(v, modality, routing) : this.ffn.forward(v));
     if (this.norm === 'pre') {
-      const h = F.add(x, this.attn.forward(this.attnNorm.forward(x), ctx));
+      const h = F.add(x, attn(this.attnNorm.forward(x)));
       return F.add(h, ffn(this.ffnNorm.forward(h)));
     }
-    const h = F.add(x, this.attnNorm.forward(this.attn.forward(x, ctx)));
+    const h = F.add(x, this.attnNorm.forward(attn(x)));
     return F.add(h, this.ffnNorm.forward(ffn(h)));
   }
 }
@@ -207,9 +268,10 @@ export class DecoderBlock extends Module {
  */
 export class MoDBlock extends Module {
   private readonly router: Linear;
-  private readonly block: DecoderBlock;
+  readonly block: DecoderBlock;
 
-  constructor(block: DecoderBlock, dModel: number, readonly capacity: number, init: InitOptions) {
+  /** `site`: the module path of this block in its model ('layers.0'): names its auxiliary router. */
+  constructor(block: DecoderBlock, dModel: number, readonly capacity: number, init: InitOptions, readonly site = 'mod') {
     super();
     this.router = this.addModule('mod_router', new Linear(dModel, 1, init));
     this.block = this.addModule('block', block);
@@ -220,12 +282,24 @@ export class MoDBlock extends Module {
     return Math.min(validRows, Math.ceil(this.capacity * validRows));
   }
 
+  /** ĝ = sigmoid(x·ŵ) [T]. */
+  gate(x: Tensor): Tensor {
+    return F.sigmoid(F.reshape(this.router.forward(x), [x.shape[0] as number]));
+  }
+
+  /** Training mode: the block runs on the ceil(c_d · T_valid) rows with the largest ĝ. */
   forward(x: Tensor, ctx: BlockContext): Tensor {
-    const T = x.shape[0] as number;
-    const gate = F.sigmoid(F.reshape(this.router.forward(x), [T]));
+    const gate = this.gate(x);
     const k = this.selectedRows(ctx.validRows);
     if (k === 0) return x;
     const rows = modSelect(gate.dtype === 'float32' ? gate : gate.astype('float32'), ctx.modality, k);
+    ctx.observer?.depth(this.site, x, rows);
+    return this.forwardRows(x, gate, rows, ctx);
+  }
+
+  /** The block on the given rows (int32 [k], ascending, k ≥ 1), weighted by ĝ; other rows pass unchanged. */
+  forwardRows(x: Tensor, gate: Tensor, rows: Tensor, ctx: BlockContext): Tensor {
+    const k = rows.shape[0] as number;
     const xs = F.gatherRows(x, rows);
     const sub: BlockContext = {
       ...ctx,
@@ -235,7 +309,21 @@ export class MoDBlock extends Module {
       validRows: k,
     };
     const ys = this.block.forward(xs, sub);
-    const gs = F.reshape(F.gatherRows(F.reshape(gate, [T, 1]), rows), [k]);
+    return this.mix(x, xs, ys, gate, rows);
+  }
+
+  /** Generation: the block on the given rows of x (those after `cache`), over its KV cache. */
+  forwardCachedRows(x: Tensor, gate: Tensor, rows: Tensor, ctx: CachedContext, cache: LayerCache): Tensor {
+    const xs = F.gatherRows(x, rows);
+    const sub: CachedContext = { ...ctx, positions: ctx.positions.indexSelect(0, rows), modality: ctx.modality.indexSelect(0, rows) };
+    const ys = this.block.forwardCached(xs, sub, cache);
+    return this.mix(x, xs, ys, gate, rows);
+  }
+
+  /** x_t + ĝ_t (block(x)_t − x_t) on the selected rows. */
+  private mix(x: Tensor, xs: Tensor, ys: Tensor, gate: Tensor, rows: Tensor): Tensor {
+    const T = x.shape[0] as number;
+    const gs = F.reshape(F.gatherRows(F.reshape(gate, [T, 1]), rows), [rows.shape[0] as number]);
     return F.scatterAddRows(x, rows, F.mulRows(F.sub(ys, xs), gs));
   }
 }

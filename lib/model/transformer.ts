@@ -2,6 +2,11 @@
  * The early-fusion decoder of SPEC.md §1: token embedding, decoder blocks (dense, moe or moma
  * FFN), final RMSNorm and an untied LM head, with the next-token loss overall and per modality of
  * the target token (and optional z-loss in the training loss).
+ *
+ * Two routing modes (SPEC §4): training mode (`logits`, `loss`: batch top-k, what training
+ * optimises) and causal mode (`causalLogits`, `causalLoss`, `decode`: the auxiliary routers decide
+ * per row, so a row's output never depends on later rows). Causal mode reads each MoD layer's
+ * â to the host to size the block's rows, so those methods are async.
  */
 import * as F from '../autograd/functions';
 import { noGrad } from '../autograd/tape';
@@ -10,7 +15,10 @@ import { MomaError } from '../errors';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { Module } from '../nn/module';
-import { BlockContext, DecoderBlock, Embedding, InitOptions, Linear, MoDBlock, MoEFeedForward, NormPlacement, RMSNorm, SwiGLU } from './layers';
+import { tidy } from '../autograd/scope';
+import { BlockContext, CachedContext, CausalRouting, DecoderBlock, Embedding, InitOptions, Linear, MoDBlock, MoEFeedForward, NormPlacement, RMSNorm, RoutingObserver, SwiGLU } from './layers';
+import { KVCache } from './kv_cache';
+import type { RoutingSites } from './aux_router';
 import type { MoeGroupConfig } from '../moe/moma_ffn';
 import type { RouterFn, RoutingMode } from '../moe/ops';
 
@@ -83,6 +91,7 @@ export class Transformer extends Module {
   readonly config: Required<Omit<TransformerConfig, 'seed' | 'device'>> & { device: string; seed: number };
   private readonly embed: Embedding;
   private readonly blocks: (DecoderBlock | MoDBlock)[] = [];
+  private readonly expertSites: { site: string; ffn: MoEFeedForward }[] = [];
   private readonly finalNorm: RMSNorm;
   private readonly head: Linear;
 
@@ -102,31 +111,155 @@ export class Transformer extends Module {
         });
       const block = new DecoderBlock(c.dModel, c.heads, ffn, init, c.norm, c.ropeTheta);
       const routed = c.mod !== null && i % (c.mod.interval ?? 2) === 0;
-      this.blocks.push(this.addModule(`layers.${i}`, routed ? new MoDBlock(block, c.dModel, c.mod!.capacity ?? 0.25, init) : block));
+      if (ffn instanceof MoEFeedForward) {
+        ffn.site = routed ? `layers.${i}.block.ffn` : `layers.${i}.ffn`;
+        this.expertSites.push({ site: ffn.site, ffn });
+      }
+      this.blocks.push(this.addModule(`layers.${i}`, routed ? new MoDBlock(block, c.dModel, c.mod!.capacity ?? 0.25, init, `layers.${i}`) : block));
     }
     this.finalNorm = this.addModule('norm', new RMSNorm(c.dModel, c.device));
     this.head = this.addModule('lm_head', new Linear(c.dModel, c.vocabSize, init));
   }
 
-  /** Logits [T, vocab] of a batch (training: Gumbel routing noise from `generator` when configured). */
-  logits(batch: Batch, options: { training?: boolean; generator?: Generator } = {}): Tensor {
+  /** The routed sites: MoE FFNs with their layouts, and MoD layers (what auxiliary routers serve). */
+  routingSites(): RoutingSites {
+    return {
+      experts: this.expertSites.map(({ site, ffn }) => ({ site, layout: ffn.ffn.layout })),
+      depth: this.blocks.filter((b): b is MoDBlock => b instanceof MoDBlock).map((b) => ({ site: b.site })),
+    };
+  }
+
+  /**
+   * Logits [T, vocab] of a batch in training mode (batch top-k routing; Gumbel noise from
+   * `generator` when training and configured). `observer` sees every routing decision.
+   */
+  logits(batch: Batch, options: { training?: boolean; generator?: Generator; observer?: RoutingObserver } = {}): Tensor {
     let x = F.cast(this.embed.forward(batch.tokens), this.config.computeDtype);
     const ctx: BlockContext = {
       positions: batch.positions, segStart: batch.segStart, modality: batch.modality, training: options.training === true,
-      generator: options.generator, validRows: batch.counts.rows,
+      generator: options.generator, validRows: batch.counts.rows, observer: options.observer,
     };
     for (const block of this.blocks) x = block.forward(x, ctx);
     return this.head.forward(this.finalNorm.forward(x));
   }
 
   /** The training loss and the per-modality losses of a batch. */
-  loss(batch: Batch, options: { training?: boolean; generator?: Generator } = {}): LossOutput {
-    const logits = this.logits(batch, options);
+  loss(batch: Batch, options: { training?: boolean; generator?: Generator; observer?: RoutingObserver } = {}): LossOutput {
+    return this.lossOf(this.logits(batch, options), batch);
+  }
+
+  /** Logits [T, vocab] in causal mode (no gradient): experts and MoD blocks take the rows the auxiliary routers pick. */
+  async causalLogits(batch: Batch, routing: CausalRouting): Promise<Tensor> {
+    const ctx: BlockContext = {
+      positions: batch.positions, segStart: batch.segStart, modality: batch.modality, training: false,
+      validRows: batch.counts.rows, causal: routing,
+    };
+    let x = step(() => F.cast(this.embed.forward(batch.tokens), this.config.computeDtype));
+    for (const block of this.blocks) {
+      let next: Tensor | null;
+      if (block instanceof MoDBlock) {
+        const rows = await this.causalDepthRows(block, x, batch.host.modality, routing);
+        next = rows === null ? null : step(() => block.forwardRows(x, block.gate(x), rows, ctx));
+        rows?.dispose();
+      } else {
+        next = step(() => block.forward(x, ctx));
+      }
+      if (next !== null) {
+        x.dispose();
+        x = next;
+      }
+    }
+    const logits = step(() => this.head.forward(this.finalNorm.forward(x)));
+    x.dispose();
+    return logits;
+  }
+
+  /** Loss and per-modality losses in causal mode (no gradient). */
+  async causalLoss(batch: Batch, routing: CausalRouting): Promise<LossOutput> {
+    const logits = await this.causalLogits(batch, routing);
+    const out = step(() => this.lossOf(logits, batch));
+    logits.dispose();
+    return out;
+  }
+
+  /**
+   * Generation: runs token ids after those already in `cache` (one sequence, causal mode), appends
+   * their keys and values to it, and returns the logits of the last one (float32 [vocab] on the host).
+   */
+  async decode(cache: KVCache, ids: ArrayLike<number>, modalityOf: (id: number) => number, routing: CausalRouting): Promise<Float32Array> {
+    const n = ids.length;
+    if (!(cache instanceof KVCache) || cache.layers.length !== this.blocks.length) {
+      throw new MomaError('ERR_ARG', `Transformer.decode: cache must be a KVCache of ${this.blocks.length} layers`);
+    }
+    if (n === 0) throw new MomaError('ERR_ARG', 'Transformer.decode: no token ids');
+    const host = { ids: new Int32Array(n), positions: new Int32Array(n), modality: new Int32Array(n) };
+    for (let i = 0; i < n; i++) {
+      const id = ids[i] as number;
+      if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
+        throw new MomaError('ERR_RANGE', `Transformer.decode: token ${i} is ${String(id)}, not an id in [0, ${this.config.vocabSize})`);
+      }
+      const m = modalityOf(id);
+      if (!Number.isInteger(m) || m < 0 || m >= this.config.modalities.length) {
+        throw new MomaError('ERR_RANGE', `Transformer.decode: token ${i} (id ${id}) has modality ${String(m)}; padding cannot be decoded`);
+      }
+      host.ids[i] = id;
+      host.positions[i] = cache.length + i;
+      host.modality[i] = m;
+    }
+    const device = this.config.device;
+    const ctx: CachedContext = { positions: tensor(host.positions, { device }), modality: tensor(host.modality, { device }), causal: routing };
+    const tokens = tensor(host.ids, { device });
+    try {
+      let x = step(() => F.cast(this.embed.forward(tokens), this.config.computeDtype));
+      for (const [i, block] of this.blocks.entries()) {
+        const layerCache = cache.layers[i]!;
+        let next: Tensor | null;
+        if (block instanceof MoDBlock) {
+          const rows = await this.causalDepthRows(block, x, host.modality, routing);
+          next = rows === null ? null : step(() => block.forwardCachedRows(x, block.gate(x), rows, ctx, layerCache));
+          rows?.dispose();
+        } else {
+          next = step(() => block.forwardCached(x, ctx, layerCache));
+        }
+        if (next !== null) {
+          x.dispose();
+          x = next;
+        }
+      }
+      const logits = step(() => this.head.forward(this.finalNorm.forward(x.slice(0, n - 1, n))).astype('float32'));
+      x.dispose();
+      cache.length += n;
+      const values = (await logits.toArray()) as Float32Array;
+      logits.dispose();
+      return values;
+    } finally {
+      tokens.dispose();
+      ctx.positions.dispose();
+      ctx.modality.dispose();
+    }
+  }
+
+  /** The rows (int32, ascending) a MoD block runs on in causal mode: non-padding rows with â > 0.5; null when none. */
+  private async causalDepthRows(block: MoDBlock, x: Tensor, modality: Int32Array, routing: CausalRouting): Promise<Tensor | null> {
+    const select = step(() => routing.depthSelect(block.site, x));
+    const a = await select.toArray();
+    select.dispose();
+    const rows: number[] = [];
+    for (let t = 0; t < a.length; t++) if ((modality[t] as number) >= 0 && (a[t] as number) > 0.5) rows.push(t);
+    return rows.length === 0 ? null : tensor(Int32Array.from(rows), { device: x.device });
+  }
+
+  private lossOf(logits: Tensor, batch: Batch): LossOutput {
     const zWeights = this.config.zLoss > 0 ? batch.weights.scale(this.config.zLoss) : undefined;
     const { loss, nll } = F.crossEntropyLoss(logits, batch.targets, batch.weights, zWeights);
     const perModality = noGrad(() => batch.modalityWeights.map((w) => nll.mul(w).sum()));
     return { loss, nll, perModality };
   }
+}
+
+/** One synchronous piece of a causal forward: no gradient, intermediates freed. */
+function step<T>(fn: () => T): T {
+  return noGrad(() => tidy(fn));
 }
 
 function positiveInt(v: unknown, name: string): number {

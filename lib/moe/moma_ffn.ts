@@ -199,8 +199,10 @@ export class MoMaFFN {
   /**
    * y [T, dModel] for rows x [T, dModel] of modality ids `modality` (int32 [T], -1 = padding).
    * With `training` and config.gumbel, Gumbel noise is drawn from `generator` (required then).
+   * With `select` (float32 [T, E], the auxiliary routers' probabilities; SPEC §4 causal mode),
+   * expert e takes every row of its group with select > 0.5 instead of the batch top-k.
    */
-  forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator } = {}): { y: Tensor; ctx: MoMaFFNContext } {
+  forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator; select?: Tensor } = {}): { y: Tensor; ctx: MoMaFFNContext } {
     if (!(x instanceof Tensor) || x.ndim !== 2 || x.shape[1] !== this.config.dModel) {
       throw new MomaError('ERR_SHAPE', `MoMaFFN.forward: x must be [T, ${this.config.dModel}], got ${x instanceof Tensor ? `[${x.shape.join(', ')}]` : typeof x}`);
     }
@@ -220,9 +222,9 @@ export class MoMaFFN {
     const logits = matmul(x.dtype === 'float32' ? x : x.astype('float32'), this.params.router);
     const scores = routerScores(logits, partition.rowGroup, layout, { fn: this.config.router, gumbel: noisy ? options.generator : undefined });
     logits.dispose();
-    const routing = route(scores, partition, layout, {
-      mode: this.config.routing, capacityFactor: this.config.capacityFactor, topK: this.config.topK,
-    });
+    const routing = options.select === undefined
+      ? route(scores, partition, layout, { mode: this.config.routing, capacityFactor: this.config.capacityFactor, topK: this.config.topK })
+      : route(scores, partition, layout, { mode: 'threshold', select: options.select });
     const xd = gatherRows(x, routing.slotRow);
     const h1 = groupedMatmul(xd, w1, routing.expertOffsets);
     const h3 = groupedMatmul(xd, w3, routing.expertOffsets);

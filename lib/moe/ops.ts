@@ -1,6 +1,7 @@
 /**
  * The mixture-of-experts ops of SPEC.md §2 as functions on tensors: modality partition, router
- * scores, capacity-bounded expert-choice (or token-choice) routing, dispatch (gatherRows), grouped
+ * scores, capacity-bounded expert-choice (or token-choice) routing, the causal threshold routing
+ * of SPEC §4 (auxiliary-router probabilities > 0.5, no capacity), dispatch (gatherRows), grouped
  * expert GEMMs, SwiGLU, combine, and the backward pieces. All run on the tensors' device without
  * a host sync: data-dependent counts stay in int32 tensors, buffers are sized by bounds.
  */
@@ -28,14 +29,19 @@ export interface Partition {
 }
 
 export type RouterFn = 'sigmoid' | 'softmax';
-export type RoutingMode = 'expert-choice' | 'token-choice';
+export type RoutingMode = 'expert-choice' | 'token-choice' | 'threshold';
 
 export interface RoutingOptions {
   mode?: RoutingMode;
-  /** c > 0, default 1 (the paper's setting). */
+  /** c > 0, default 1 (the paper's setting); ignored by threshold. */
   capacityFactor?: number;
   /** Token choice only: experts per row, default 1. */
   topK?: number;
+  /**
+   * Threshold only (required there, rejected otherwise): float32 [T, E] on the scores' device,
+   * the auxiliary router's probabilities; expert e takes row t of its group iff select[t, e] > 0.5.
+   */
+  select?: Tensor;
 }
 
 export interface Routing {
@@ -59,7 +65,7 @@ export interface RoutingStats {
 }
 
 const ROUTER_FN: Record<RouterFn, number> = { sigmoid: 0, softmax: 1 };
-const ROUTING_MODE: Record<RoutingMode, number> = { 'expert-choice': 0, 'token-choice': 1 };
+const ROUTING_MODE: Record<RoutingMode, number> = { 'expert-choice': 0, 'token-choice': 1, threshold: 2 };
 
 function bundle<T extends object>(fields: T): T & { dispose(): void } {
   return Object.assign(fields, {
@@ -93,7 +99,9 @@ function routerCode(fn: RouterFn | undefined, op: string): number {
 
 function routingArgs(options: RoutingOptions, op: string): { mode: number; capacity: number; topK: number } {
   const mode = ROUTING_MODE[options.mode ?? 'expert-choice'];
-  if (mode === undefined) throw new MomaError('ERR_ARG', `${op}: mode must be 'expert-choice' or 'token-choice', got ${String(options.mode)}`);
+  if (mode === undefined) {
+    throw new MomaError('ERR_ARG', `${op}: mode must be 'expert-choice', 'token-choice' or 'threshold', got ${String(options.mode)}`);
+  }
   const capacity = options.capacityFactor ?? 1;
   if (typeof capacity !== 'number' || !Number.isFinite(capacity) || capacity <= 0) {
     throw new MomaError('ERR_ARG', `${op}: capacityFactor must be a finite number > 0, got ${String(capacity)}`);
@@ -149,19 +157,30 @@ export function moeSlotBound(rows: number, layout: MoeLayout, options: RoutingOp
   const { mode, capacity, topK } = routingArgs(options, 'moe_slot_bound');
   const W = Math.max(...L.experts);
   if (mode === ROUTING_MODE['token-choice']) return rows * Math.min(topK, W);
+  if (mode === ROUTING_MODE.threshold) return rows * W;
   const E = L.experts.reduce((a, b) => a + b, 0);
   return Math.min(Math.ceil(Math.max(capacity, 1) * rows) + E, rows * W);
 }
 
-/** Which rows each expert takes (expert choice by default; SPEC §2). */
+/**
+ * Which rows each expert takes (expert choice by default; SPEC §2). Threshold mode (SPEC §4,
+ * causal): expert e takes every row t of its group with options.select[t, e] > 0.5 (NaN: not),
+ * gated by scores[t, e]; single-expert groups take all their rows with gate 1.
+ */
 export function route(scores: Tensor, partition: Partition, layout: MoeLayout, options: RoutingOptions = {}): Routing {
   const op = 'moe_route';
   const L = checkLayout(layout, op);
   const { mode, capacity, topK } = routingArgs(options, op);
+  const threshold = mode === ROUTING_MODE.threshold;
+  if (threshold && options.select === undefined) throw new MomaError('ERR_ARG', `${op}: select is required in threshold mode`);
+  if (!threshold && options.select !== undefined) {
+    throw new MomaError('ERR_ARG', `${op}: select is only used in threshold mode (mode is ${options.mode ?? 'expert-choice'})`);
+  }
+  const select = threshold ? handleOf(options.select, op, 'select') : null;
   if (typeof partition !== 'object' || partition === null) throw new MomaError('ERR_ARG', `${op}: partition must come from moePartition`);
   const p = (name: keyof Omit<Partition, 'dispose'>): TensorHandle => handleOf(partition[name], op, `partition.${name}`);
   const [expertOffsets, slotRow, slotGate, rowSlots] = native().moeRoute(handleOf(scores, op, 'scores'), p('rowGroup'), p('counts'),
-    p('offsets'), p('perm'), L.experts, L.groupOfModality, mode, capacity, topK);
+    p('offsets'), p('perm'), L.experts, L.groupOfModality, mode, capacity, topK, select);
   return bundle({ expertOffsets: wrap(expertOffsets), slotRow: wrap(slotRow), slotGate: wrap(slotGate), rowSlots: wrap(rowSlots) });
 }
 

@@ -1,6 +1,6 @@
 /**
  * Evaluation: next-token loss overall and per modality of the target token over token sequences,
- * in training mode routing (batch top-k), without gradients. Sums per-row losses on the device
+ * in training mode routing (batch top-k) or causal mode (auxiliary routers), without gradients. Sums per-row losses on the device
  * and reads one small vector per batch.
  */
 import * as fs from 'fs';
@@ -8,6 +8,7 @@ import { noGrad } from '../autograd/tape';
 import { tidy } from '../autograd/scope';
 import { MomaError } from '../errors';
 import { disposeBatch, makeBatch, Transformer } from '../model/transformer';
+import type { CausalRouting } from '../model/layers';
 import type { VocabInfo } from './trainer';
 
 export interface EvalResult {
@@ -19,18 +20,20 @@ export interface EvalResult {
   sequences: number;
 }
 
-/** Mean loss over `sequences` (all of one length), `batchSize` sequences per forward pass. */
-export async function evaluate(model: Transformer, sequences: number[][], vocab: VocabInfo, batchSize = 8): Promise<EvalResult> {
+/**
+ * Mean loss over `sequences` (all of one length), `batchSize` sequences per forward pass; with
+ * `causal` (auxiliary routers, SPEC §4) in causal mode instead of training mode.
+ */
+export async function evaluate(model: Transformer, sequences: number[][], vocab: VocabInfo, batchSize = 8, causal?: CausalRouting): Promise<EvalResult> {
   const names = model.config.modalities;
   const sums = new Array<number>(names.length + 1).fill(0);
   const counts = new Array<number>(names.length + 1).fill(0);
   for (let i = 0; i < sequences.length; i += batchSize) {
     const chunk = sequences.slice(i, i + batchSize);
     const batch = makeBatch(chunk, { padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: names.length, device: model.config.device, vocabSize: model.config.vocabSize });
-    const losses = tidy(() => noGrad(() => {
-      const out = model.loss(batch);
-      return [out.loss, ...out.perModality];
-    }));
+    const out = causal === undefined ? tidy(() => noGrad(() => model.loss(batch))) : await model.causalLoss(batch, causal);
+    out.nll.dispose();
+    const losses = [out.loss, ...out.perModality];
     const values = await Promise.all(losses.map((t) => t.item()));
     losses.forEach((t) => t.dispose());
     // the batch losses are means: weight them back by their target counts

@@ -144,7 +144,7 @@ function writeJson(file: string, value: unknown): void {
 }
 
 /** Opens the dataset a run's settings name; a resumed builtin run reuses the image tokenizer saved in its directory. */
-async function openDataset(settings: RunSettings, runDir: string | null): Promise<MixedModalDataset> {
+export async function openDataset(settings: RunSettings, runDir: string | null): Promise<MixedModalDataset> {
   if (settings.data === 'builtin') {
     let imageTokenizer: Buffer | undefined;
     if (runDir !== null) {
@@ -161,7 +161,7 @@ async function openDataset(settings: RunSettings, runDir: string | null): Promis
 }
 
 /** Checkpoint folders of a run, newest first. */
-function listCheckpoints(runDir: string): { step: number; dir: string }[] {
+export function listCheckpoints(runDir: string): { step: number; dir: string }[] {
   const root = path.join(runDir, 'checkpoints');
   if (!fs.existsSync(root)) return [];
   return fs.readdirSync(root)
@@ -224,12 +224,12 @@ class ObservedPacker implements TokenBatchSource {
   }
 }
 
-function isImageOf(layout: VocabLayout): (id: number) => boolean {
+export function isImageOf(layout: VocabLayout): (id: number) => boolean {
   return (id) => modalityOfId(layout, id) === 1;
 }
 
 /** The fixed held-out sequences: the first `evalBatches` batches of the eval split, packed as the training batches are. */
-function heldOutSequences(dataset: MixedModalDataset, settings: RunSettings): number[][] | null {
+export function heldOutSequences(dataset: MixedModalDataset, settings: RunSettings): number[][] | null {
   const store = dataset.store('eval', settings.seed);
   if (store === null) return null;
   const packer = new SequencePacker(store, { batchSize: settings.batchSize, seqLen: settings.seqLen, isImage: isImageOf(dataset.layout), imageFraction: settings.imageFraction });

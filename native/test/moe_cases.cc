@@ -1,10 +1,11 @@
 // The mixture-of-experts CUDA kernels (cuda/kernels_moe.h) against their CPU twins
 // (csrc/cpu/kernels_moe.h); routing cases feed both sides the same scores (computed by the CPU
-// router) so that the routes must agree exactly. Also the CPU expert-choice routing by brute force.
+// router), and in threshold mode the same select values, so that the routes must agree exactly. Also the CPU expert-choice routing by brute force.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -46,13 +47,14 @@ std::vector<int32_t> moe_modality(int64_t T, const MoeLayout& L, int mode) {
   return m;
 }
 
-// A CPU partition + scores + route for a layout (the inputs of the row kernels' cases).
+// A CPU partition + scores + route for a layout (the inputs of the row kernels' cases). In
+// threshold mode, select [T, E] mixes uniform values with 0.5 exactly, its float neighbours and NaN.
 struct MoeHostRoute {
   MoeLayout L;
   RoutingParams p;
   int64_t T = 0, R = 0;
   std::vector<int32_t> modality, row_group, counts, offsets, perm, expert_offsets, slot_row, row_slots;
-  std::vector<float> scores, slot_gate;
+  std::vector<float> scores, select, slot_gate;
 };
 MoeHostRoute host_route(const MoeLayout& L, int64_t T, const RoutingParams& p, int mod_mode, bool ties) {
   MoeHostRoute h;
@@ -72,13 +74,23 @@ MoeHostRoute host_route(const MoeLayout& L, int64_t T, const RoutingParams& p, i
   if (ties)  // few distinct values: many exact ties between rows and between experts
     for (auto& s : h.scores)
       if (s != 0.0f && s != 1.0f) s = std::round(s * 4.0f) / 4.0f;
+  if (p.mode == RoutingMode::Threshold) {
+    h.select = rand_f(static_cast<size_t>(T * E), 0.0f, 1.0f);
+    const float special[] = {0.5f, std::nextafter(0.5f, 1.0f), std::nextafter(0.5f, 0.0f), NAN, 1.0f, 0.0f};
+    std::uniform_int_distribution<int> pick(0, 3 * static_cast<int>(std::size(special)) - 1);
+    for (auto& a : h.select) {
+      const int i = pick(g_rng);
+      if (i < static_cast<int>(std::size(special))) a = special[i];
+    }
+  }
   h.R = moe_slot_bound(T, L, p);
   h.expert_offsets.resize(E + 1);
   h.slot_row.resize(h.R);
   h.slot_gate.resize(h.R);
   h.row_slots.resize(T * W);
   cpu::moe_route(h.scores.data(), h.row_group.data(), h.offsets.data(), h.perm.data(), T, L, p, h.R,
-                 h.expert_offsets.data(), h.slot_row.data(), h.slot_gate.data(), h.row_slots.data());
+                 h.expert_offsets.data(), h.slot_row.data(), h.slot_gate.data(), h.row_slots.data(),
+                 h.select.empty() ? nullptr : h.select.data());
   return h;
 }
 
@@ -130,12 +142,12 @@ void add_moe_routing_cases() {
             expect_close(fetch<float>(*ddl, T * E), dwant, 1e-5, 1e-6, "dlogits");
           });
         }
-        // routing: expert choice at four capacities, token choice top 1 / 2
+        // routing: expert choice at four capacities, token choice top 1 / 2, threshold
         struct RP { RoutingMode mode; double c; int k; };
         const RP rps[] = {{RoutingMode::ExpertChoice, 1.0, 1},  {RoutingMode::ExpertChoice, 0.5, 1},
                           {RoutingMode::ExpertChoice, 1.37, 1}, {RoutingMode::ExpertChoice, 2.0, 1},
                           {RoutingMode::TokenChoice, 1.0, 1},   {RoutingMode::TokenChoice, 1.37, 2},
-                          {RoutingMode::TokenChoice, 0.5, 2}};
+                          {RoutingMode::TokenChoice, 0.5, 2},   {RoutingMode::Threshold, 1.0, 1}};
         for (const RP& rp : rps) {
           const bool ties = (rot++ % 2) == 1;
           RoutingParams p;
@@ -144,17 +156,20 @@ void add_moe_routing_cases() {
           p.top_k = rp.k;
           char name[160];
           std::snprintf(name, sizeof name, "moe_route %s %s c=%g k=%d%s", tag.c_str(),
-                        rp.mode == RoutingMode::TokenChoice ? "token" : "expert", rp.c, rp.k, ties ? " ties" : "");
+                        rp.mode == RoutingMode::TokenChoice ? "token" : rp.mode == RoutingMode::Threshold ? "threshold" : "expert",
+                        rp.c, rp.k, ties ? " ties" : "");
           add(name, [=] {
             MoeHostRoute h = host_route(L, T, p, mod_mode, ties);
             const int64_t E = L.num_experts, W = L.max_group_experts, R = h.R, G = L.num_groups;
             auto dsc = dev_of(h.scores), drg = dev_of(h.row_group), doff = dev_of(h.offsets), dperm = dev_of(h.perm);
+            auto dsel = h.select.empty() ? nullptr : dev_of(h.select);
             auto deo = dev_poisoned((E + 1) * 4), dsr = dev_poisoned(R * 4), dsg = dev_poisoned(R * 4),
                  drs = dev_poisoned(T * W * 4);
             cuda::moe_route(S(), cuda::error_word(0), static_cast<const float*>(dsc->p),
                             static_cast<const int32_t*>(drg->p), static_cast<const int32_t*>(doff->p),
                             static_cast<const int32_t*>(dperm->p), T, L, p, R, static_cast<int32_t*>(deo->p),
-                            static_cast<int32_t*>(dsr->p), static_cast<float*>(dsg->p), static_cast<int32_t*>(drs->p));
+                            static_cast<int32_t*>(dsr->p), static_cast<float*>(dsg->p), static_cast<int32_t*>(drs->p),
+                            dsel ? static_cast<const float*>(dsel->p) : nullptr);
             expect_equal(fetch<int32_t>(*deo, E + 1), h.expert_offsets, "expert_offsets");
             expect_equal(fetch<int32_t>(*dsr, R), h.slot_row, "slot_row");
             expect_equal(fetch<float>(*dsg, R), h.slot_gate, "slot_gate");

@@ -20,3 +20,14 @@ export function throwsCode(fn: () => unknown, code: MomaErrorCode): void {
   expect(err).toBeInstanceOf(MomaError);
   expect((err as MomaError).code).toBe(code);
 }
+
+/** The message of the MomaError fn throws (fails when it throws anything else, or nothing). */
+export function messageOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(MomaError);
+    return (err as MomaError).message;
+  }
+  throw new Error('expected a MomaError');
+}

@@ -171,12 +171,14 @@ export function routerScoresBackwardRef(
 // ---------------------------------------------------------------------------------------------
 // Routing
 
-export type RefRoutingMode = 'expert-choice' | 'token-choice';
+export type RefRoutingMode = 'expert-choice' | 'token-choice' | 'threshold';
 
 export interface RefRoutingOptions {
   mode?: RefRoutingMode;
   capacityFactor?: number;
   topK?: number;
+  /** Threshold mode: [T, E] auxiliary-router probabilities; expert e takes row t iff select[t, e] > 0.5. */
+  select?: ArrayLike<number>;
 }
 
 /** min(n, ceil(c n / E)); n for a single-expert group. */
@@ -191,10 +193,11 @@ export function tokenChoiceCapacity(n: number, Eg: number, k: number, c: number)
   return Math.ceil((c * k * n) / Eg);
 }
 
-/** R: token choice T min(k, W); expert choice min(T W, ceil(max(c, 1) T) + E). */
+/** R: token choice T min(k, W); threshold T W; expert choice min(T W, ceil(max(c, 1) T) + E). */
 export function slotBoundRef(T: number, L: RefLayout, o: RefRoutingOptions = {}): number {
   const { E, W } = layoutInfo(L);
   if ((o.mode ?? 'expert-choice') === 'token-choice') return T * Math.min(o.topK ?? 1, W);
+  if (o.mode === 'threshold') return T * W;
   const c = Math.max(o.capacityFactor ?? 1, 1);
   return Math.min(T * W, Math.ceil(c * T) + E);
 }
@@ -249,7 +252,11 @@ export function packRouting(rowsOf: number[][], scores: ArrayLike<number>, T: nu
   return { R, W, expertOffsets, slotRow, slotGate, rowSlots, rowsOf: rowsOf.map((r) => r.slice().sort((a, b) => a - b)) };
 }
 
-/** moe_route: expert-choice or token-choice routing of `scores` [T, E]. */
+/**
+ * moe_route: expert-choice, token-choice or threshold routing of `scores` [T, E]. Threshold (SPEC
+ * §4 causal mode): expert e of a group with E_g > 1 takes the rows t of its group with
+ * o.select[t, e] > 0.5 (NaN is not), no capacity.
+ */
 export function routeRef(scores: ArrayLike<number>, part: RefPartition, L: RefLayout, o: RefRoutingOptions = {}): RefRouting {
   const { E, G, begin } = layoutInfo(L);
   const T = part.rowGroup.length;
@@ -262,7 +269,11 @@ export function routeRef(scores: ArrayLike<number>, part: RefPartition, L: RefLa
     for (let t = 0; t < T; t++) if (part.rowGroup[t] === g) rows.push(t);
     const n = rows.length, Eg = L.experts[g] as number, b = begin[g] as number;
     if (Eg === 1) { rowsOf[b] = rows; continue; }
-    if (mode === 'expert-choice') {
+    if (mode === 'threshold') {
+      const select = o.select;
+      if (select === undefined) throw new Error('routeRef: threshold mode needs select');
+      for (let e = b; e < b + Eg; e++) rowsOf[e] = rows.filter((t) => (select[t * E + e] as number) > 0.5);
+    } else if (mode === 'expert-choice') {
       const cap = expertChoiceCapacity(n, Eg, c);
       for (let e = b; e < b + Eg; e++) rowsOf[e] = topK(rows, (t) => scores[t * E + e] as number, cap);
     } else {
