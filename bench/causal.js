@@ -165,6 +165,14 @@ function markdown(env, o, results) {
     const d = (k) => signed(k === 'all' ? r.causal.loss - r.training.loss : r.causal.perModality[k] - r.training.perModality[k]);
     lines.push(`| ${r.preset} | ${r.auxLr} | ${f3(r.training.loss)} | ${f3(r.training.perModality.text)} | ${f3(r.training.perModality.image)} | ${f3(r.causal.loss)} | ${f3(r.causal.perModality.text)} | ${f3(r.causal.perModality.image)} | ${d('all')} | ${d('text')} | ${d('image')} |`);
   }
+  const gap = (r) => r.causal.loss - r.training.loss;
+  const lrs = [...new Set(results.map((r) => r.auxLr))];
+  lines.push('', 'Sensitivity to router errors (causal − training, overall): ' + lrs.map((lr) => {
+    const at = results.filter((r) => r.auxLr === lr);
+    const [plain, mod] = [at.find((r) => !r.preset.endsWith('-mod')), at.find((r) => r.preset.endsWith('-mod'))];
+    const ratio = plain && mod && Math.abs(gap(plain)) > 1e-3 ? ` (${(gap(mod) / gap(plain)).toFixed(1)}×)` : '';
+    return `aux LR ${lr}: ${at.map((r) => `${r.preset} ${signed(gap(r))}`).join(', ')}${ratio}`;
+  }).join('; ') + '.');
   lines.push('', `## Generation in causal mode (KV cache), ${GENERATIONS} single-shape captions of eval-split scenes`, '',
     'Caption → image: temperature 1, one sample per caption; the drawn shape\'s colour (nearest named colour of the mean foreground pixel) and grid cell (of the foreground centroid) against the caption (chance 12.5% and 11.1%). Image → caption: greedy, from the rendered scene; the caption names the colour, the shape, the position.', '',
     '| model | aux LR | image: colour | cell | both | tokens/s | caption: colour | shape | position | all three | tokens/s |', '|---|---|---|---|---|---|---|---|---|---|---|');

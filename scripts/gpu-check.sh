@@ -77,7 +77,7 @@ fi
 if [ "$have_node" -eq 1 ]; then
   device=cuda:0
   [ "$cpu_only" -eq 1 ] && device=cpu
-  stage "node smoke + trainRun ($device)" 180 60 bash -c "'$node_bin' scripts/gpu-smoke.js --device $device --train-steps 50 2>&1 | tee \"\$OUT/node-smoke.log\"; exit \${PIPESTATUS[0]}"
+  stage "node smoke + trainRun + causal ($device)" 240 60 bash -c "'$node_bin' scripts/gpu-smoke.js --device $device --train-steps 50 2>&1 | tee \"\$OUT/node-smoke.log\"; exit \${PIPESTATUS[0]}"
   # the bench on the chosen device only; small repeats keep it inside the budget
   [ "$cpu_only" -eq 0 ] && export MOMA_KERNEL_BENCH="${MOMA_KERNEL_BENCH:-$PWD/build-gpu/moma_kernel_bench}"
   stage "bench layers step ($device)" 240 60 env MOMA_BENCH_REPEATS="${MOMA_BENCH_REPEATS:-3}" \
