@@ -15,6 +15,7 @@ import {
   synchronize, tidy, trainAuxRouters, trainRun,
 } from '../lib';
 import type { ImageTokenizerInfo } from '../lib';
+import { collectGarbage } from './support/gc';
 import { mulberry32 } from './support/reference';
 
 let dir: string;
@@ -134,13 +135,15 @@ describe('memory over long loops', () => {
       opt.zeroGrad();
     };
     for (let i = 0; i < 20; i++) await step();
-    await synchronize('cpu');
+    // earlier tests' garbage must not be freed during the loop: collect it first
+    await collectGarbage('cpu');
     const base = memoryStats('cpu');
     for (let i = 0; i < 1000; i++) await step();
     await synchronize('cpu');
     const after = memoryStats('cpu');
     expect(after.allocated).toBe(base.allocated);
     expect(after.liveStorages).toBe(base.liveStorages);
+    expect(after.collectedWithoutDispose).toBe(base.collectedWithoutDispose);
 
     // generation: 50 samples of up to 20 tokens, each with its own KV cache
     let generated = 0;
@@ -153,6 +156,7 @@ describe('memory over long loops', () => {
     const end = memoryStats('cpu');
     expect(end.allocated).toBe(base.allocated);
     expect(end.liveStorages).toBe(base.liveStorages);
+    expect(end.collectedWithoutDispose).toBe(base.collectedWithoutDispose);
     opt.dispose();
     aux.dispose();
     disposeBatch(batch);

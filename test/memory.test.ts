@@ -1,21 +1,7 @@
-import * as v8 from 'v8';
-import * as vm from 'vm';
 import { Tensor, tensor, rand, matmul, memoryStats, resetPeakMemory, synchronize, concat } from '../lib';
 import { describeDevices } from './support/devices';
+import { gc } from './support/gc';
 
-/** global.gc when exposed (node --expose-gc); otherwise try to expose it at run time. */
-function findGc(): (() => void) | undefined {
-  const g = (globalThis as { gc?: () => void }).gc;
-  if (typeof g === 'function') return g;
-  try {
-    v8.setFlagsFromString('--expose-gc');
-    const fn = vm.runInNewContext('gc') as unknown;
-    return typeof fn === 'function' ? (fn as () => void) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-const gc = findGc();
 
 async function settle(device: string): Promise<void> {
   await synchronize(device);
