@@ -3,6 +3,7 @@
  * (a failing `cmake` is first on PATH) and loads and computes there.
  */
 import { execFileSync } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 
 interface PackReport {
@@ -47,3 +48,12 @@ test('when no binary loads, one MomaError lists what was tried and the likely fi
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('from a clone, `npx moma` runs the built CLI (dist/cli/main.js is executable with a node shebang)', () => {
+  const root = path.join(__dirname, '..');
+  const main = path.join(root, 'dist', 'cli', 'main.js');
+  expect(fs.statSync(main).mode & 0o111).toBe(0o111);
+  expect(fs.readFileSync(main, 'utf8').startsWith('#!/usr/bin/env node\n')).toBe(true);
+  const report = JSON.parse(execFileSync('npx', ['--no-install', 'moma', 'inspect', '--json'], { cwd: root, encoding: 'utf8' })) as { version: string };
+  expect(report.version).toBe(JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version);
+}, 60000);

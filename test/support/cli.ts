@@ -1,6 +1,6 @@
 /**
  * Running the built CLI (dist/cli/main.js) as a user does: a child process on the CPU in a given
- * working folder. `ensureDist` rebuilds dist/ with tsc when a lib/ source is newer than it.
+ * working folder. `ensureDist` rebuilds dist/ (npm run build:ts) when a lib/ source is newer than it.
  */
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -26,12 +26,12 @@ function newestSource(folder: string): number {
   return newest;
 }
 
-/** Rebuilds dist/ when a lib/ source is newer than the built CLI. */
+/** Rebuilds dist/ (tsc, and the CLI's executable bit) when a lib/ source is newer than the built CLI. */
 export function ensureDist(): void {
   const built = fs.existsSync(cli) ? fs.statSync(cli).mtimeMs : 0;
   if (built >= newestSource(path.join(root, 'lib'))) return;
   try {
-    execFileSync('npx', ['tsc', '-p', '.'], { cwd: root, stdio: 'pipe' });
+    execFileSync('npm', ['run', 'build:ts'], { cwd: root, stdio: 'pipe' });
   } catch {
     // tsc emits even when someone else's file in progress has a type error; the check below decides
   }
