@@ -14,10 +14,10 @@
 //   CPU's order), then each entry is divided by it. Gumbel noise in double from
 //   philox_uniform_open at the global column index. Bytes 8 T E (+ T): tiny.
 // moe_route:
-//   1. row_slots <- -1 (expert choice) or, for token choice, a mark kernel (one thread per row)
-//      that writes -2 in the columns of the row's top-min(k, E_g) local experts (ties to the
-//      smaller expert) and -1 elsewhere; for threshold, a mark kernel (one thread per row) that
-//      writes -2 where select[t, e] > 0.5 (and in column 0 of single-expert groups), else -1.
+//   1. row_slots <- -1 (expert choice) or the mark kernel (one thread per row) that writes -2 in
+//      the columns of the row's candidates and -1 elsewhere: for token choice its top-min(k, E_g)
+//      local experts (ties to the smaller expert), for threshold those with select[t, e] > 0.5;
+//      column 0 of single-expert groups in both.
 //   2. one block per expert writes its capacity k_e into expert_offsets[e + 1] (expert choice:
 //      expert_choice_capacity; token choice: min(#rows marked -2, token_choice_capacity);
 //      threshold: #rows marked -2, no cap).
@@ -233,9 +233,12 @@ __global__ void fill_i32_kernel(int32_t* y, int64_t n, int32_t v) {
     y[i] = v;
 }
 
-// Token choice: row t marks its top-min(k, E_g) local experts (ties to the smaller expert).
-__global__ void route_mark_kernel(const float* __restrict__ scores, const int32_t* __restrict__ row_group, int64_t T,
-                                  MoeLayout L, int32_t top_k, int32_t* __restrict__ row_slots) {
+// Row t marks local experts of its group with kCandidate (-1 elsewhere); a single-expert group
+// marks its expert, padding / unrouted rows mark nothing. Token choice (values = scores): the
+// top-min(k, E_g) experts, ties to the smaller expert. Threshold (values = select): the experts
+// with select > 0.5 (NaN is not).
+__global__ void route_mark_kernel(const float* __restrict__ values, const int32_t* __restrict__ row_group, int64_t T,
+                                  MoeLayout L, int32_t top_k, bool threshold, int32_t* __restrict__ row_slots) {
   const int64_t E = L.num_experts, W = L.max_group_experts;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < T;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -248,7 +251,12 @@ __global__ void route_mark_kernel(const float* __restrict__ scores, const int32_
       rs[0] = kCandidate;
       continue;
     }
-    const float* srow = scores + t * E + L.begin[g];
+    const float* vrow = values + t * E + L.begin[g];
+    if (threshold) {
+      for (int j = 0; j < Eg; ++j)
+        if (vrow[j] > 0.5f) rs[j] = kCandidate;
+      continue;
+    }
     const int kk = top_k < Eg ? top_k : Eg;
     uint32_t prev_key = 0;
     int prev_j = -1;
@@ -257,7 +265,7 @@ __global__ void route_mark_kernel(const float* __restrict__ scores, const int32_
       int best_j = -1;
       uint32_t best_key = 0;
       for (int j = 0; j < Eg; ++j) {
-        const uint32_t key = score_key(srow[j]);
+        const uint32_t key = score_key(vrow[j]);
         const bool below = prev_j < 0 || key < prev_key || (key == prev_key && j > prev_j);
         if (below && (best_j < 0 || key > best_key)) {
           best_j = j;
@@ -268,28 +276,6 @@ __global__ void route_mark_kernel(const float* __restrict__ scores, const int32_
       prev_j = best_j;
       prev_key = best_key;
     }
-  }
-}
-
-// Threshold: row t marks local expert j of its group where select[t, begin + j] > 0.5 (NaN is
-// not); a single-expert group marks its expert. Padding / unrouted rows mark nothing.
-__global__ void route_mark_threshold_kernel(const float* __restrict__ select, const int32_t* __restrict__ row_group,
-                                            int64_t T, MoeLayout L, int32_t* __restrict__ row_slots) {
-  const int64_t E = L.num_experts, W = L.max_group_experts;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < T;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int32_t* rs = row_slots + t * W;
-    for (int64_t j = 0; j < W; ++j) rs[j] = -1;
-    const int g = row_group[t];
-    if (g < 0 || g >= L.num_groups) continue;
-    const int Eg = L.experts[g];
-    if (Eg == 1) {
-      rs[0] = kCandidate;
-      continue;
-    }
-    const float* arow = select + t * E + L.begin[g];
-    for (int j = 0; j < Eg; ++j)
-      if (arow[j] > 0.5f) rs[j] = kCandidate;
   }
 }
 
@@ -578,9 +564,9 @@ void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* r
   cudaStream_t s = as_stream(stream);
   if (T * W > 0) {
     if (p.mode == RoutingMode::TokenChoice)
-      route_mark_kernel<<<grid_for(T), kThreads, 0, s>>>(scores, row_group, T, L, p.top_k, row_slots);
+      route_mark_kernel<<<grid_for(T), kThreads, 0, s>>>(scores, row_group, T, L, p.top_k, false, row_slots);
     else if (p.mode == RoutingMode::Threshold)
-      route_mark_threshold_kernel<<<grid_for(T), kThreads, 0, s>>>(select, row_group, T, L, row_slots);
+      route_mark_kernel<<<grid_for(T), kThreads, 0, s>>>(select, row_group, T, L, 0, true, row_slots);
     else
       fill_i32_kernel<<<grid_for(T * W), kThreads, 0, s>>>(row_slots, T * W, -1);
     check_launch("moe_route (row_slots)");
