@@ -13,7 +13,8 @@
 //   it runs in destructors).
 // * On cudaMalloc failure alloc() empties the cache (cudaStreamSynchronize, then cudaFree of every
 //   cached block) and retries once; then it throws ERR_OOM
-//   "cuda:N: out of memory allocating X bytes (allocated A, reserved R)".
+//   "cuda:N: out of memory allocating X bytes (allocated A, reserved R)". Each failed cudaMalloc's
+//   non-sticky error is consumed, so no later check_launch reports it.
 #include <cstdio>
 #include <cuda_runtime.h>
 
@@ -97,11 +98,11 @@ void* alloc(int device, size_t bytes) {
     stream(device);  // selects the device on this thread
     cudaError_t e = cudaMalloc(&p, size);
     if (e == cudaErrorMemoryAllocation) {
-      cudaGetLastError();  // clear the (non-sticky) error before retrying
+      detail::clear_last_error();  // the failed cudaMalloc's error is non-sticky: consume it
       free_cached_locked(device, c);
       e = cudaMalloc(&p, size);
       if (e == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
+        detail::clear_last_error();
         fail("ERR_OOM", "cuda:", device, ": out of memory allocating ", bytes, " bytes (allocated ",
              c.stats.allocated, ", reserved ", c.stats.reserved, ")");
       }

@@ -1,6 +1,9 @@
 // Private helpers shared by the CUDA translation units of moma (not part of the contract):
 //   * CUDA_CHECK(call): throws MomaException("ERR_CUDA", "<call text>: <cudaGetErrorString>").
-//   * check_launch(name): cudaGetLastError after a <<<>>> launch, ERR_CUDA naming the kernel.
+//   * check_launch(name): cudaGetLastError after a <<<>>> launch, ERR_CUDA naming the kernel;
+//     throw_cuda and event_done consume non-sticky errors so none is ever reported twice.
+//   * allow_dynamic_smem / max_dynamic_smem: the > 48 KiB dynamic shared memory opt-in, counting
+//     the kernel's static shared memory.
 //   * grid sizing for grid-stride loops (256 threads, capped block count, 64-bit indices).
 //   * dtype traits: storage type per DType and load/store through float ("compute type" of f32 and
 //     bf16 is float; bf16 is rounded once on store with the shared bit-exact f32_to_bf16).
@@ -18,7 +21,19 @@
 
 namespace moma::cuda::detail {
 
+// CUDA keeps one "last error" per host thread; every failing runtime call also records its error
+// there, and cudaGetLastError() returns it and resets it to cudaSuccess. Non-sticky errors (a bad
+// launch configuration, cudaErrorNotReady from a query, cudaErrorMemoryAllocation, an invalid
+// argument) are cleared that way; left behind, the next check_launch would report them under the
+// next kernel's name. Sticky errors (a kernel fault: illegal address, trap, ...) corrupt the
+// context: cudaGetLastError() returns them and they stay, every later call fails with them again,
+// and nothing short of a process restart recovers.
+inline void clear_last_error() { (void)cudaGetLastError(); }
+
+// Throws MomaException(ERR_CUDA) naming `what`, after consuming the (non-sticky) last error so that
+// it is reported once, here, and never again by a later check.
 [[noreturn]] inline void throw_cuda(const char* what, cudaError_t err) {
+  clear_last_error();
   throw MomaException("ERR_CUDA", std::string(what) + ": " + cudaGetErrorString(err) + " (" +
                                       cudaGetErrorName(err) + ")");
 }
@@ -30,10 +45,53 @@ namespace moma::cuda::detail {
   } while (0)
 
 // After a kernel launch: reports configuration / launch errors (asynchronous faults surface at
-// the next synchronisation).
+// the next synchronisation). cudaGetLastError() consumes a non-sticky error as it reads it.
 inline void check_launch(const char* kernel) {
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw_cuda(kernel, err);
+}
+
+// Polls an event: true when its work is done, false while it is pending (the cudaErrorNotReady
+// that cudaEventQuery also records as the last error is consumed here); throws on any other error.
+inline bool event_done(cudaEvent_t ev, const char* what) {
+  const cudaError_t q = cudaEventQuery(ev);
+  if (q == cudaSuccess) return true;
+  if (q == cudaErrorNotReady) {
+    clear_last_error();
+    return false;
+  }
+  throw_cuda(what, q);
+}
+
+// Lets `kernel` launch with `dynamic_bytes` of dynamic shared memory. A kernel may use at most
+// 48 KiB of static + dynamic shared memory by default (its attribute maxDynamicSharedSizeBytes
+// starts at 48 KiB minus its static bytes); more needs the opt-in attribute, and static + dynamic
+// may not exceed the device's sharedMemPerBlockOptin. Raises the attribute when the request is
+// above the kernel's current limit (on the current device); ERR_ARG naming `what` when static +
+// dynamic exceeds the device's opt-in limit.
+inline void allow_dynamic_smem(const void* kernel, size_t dynamic_bytes, const char* what) {
+  cudaFuncAttributes attr;
+  MOMA_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  if (dynamic_bytes <= static_cast<size_t>(attr.maxDynamicSharedSizeBytes)) return;
+  int dev = 0, optin = 0;
+  MOMA_CUDA_CHECK(cudaGetDevice(&dev));
+  MOMA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (attr.sharedSizeBytes + dynamic_bytes > static_cast<size_t>(optin))
+    fail("ERR_ARG", what, ": needs ", attr.sharedSizeBytes, " B static + ", dynamic_bytes,
+         " B dynamic shared memory per block, the device allows ", optin, " B");
+  MOMA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(dynamic_bytes)));
+}
+
+// Largest dynamic shared memory (bytes) `kernel` may opt into on the current device: the device's
+// per-block opt-in limit minus the kernel's static shared memory.
+inline size_t max_dynamic_smem(const void* kernel) {
+  cudaFuncAttributes attr;
+  MOMA_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  int dev = 0, optin = 0;
+  MOMA_CUDA_CHECK(cudaGetDevice(&dev));
+  MOMA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return static_cast<size_t>(optin) > attr.sharedSizeBytes ? static_cast<size_t>(optin) - attr.sharedSizeBytes : 0;
 }
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }

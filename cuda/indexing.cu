@@ -18,6 +18,7 @@
 #include "common.cuh"
 #include "kernels.h"
 #include "runtime.h"
+#include "scratch.cuh"
 
 namespace moma::cuda {
 using namespace detail;
@@ -305,8 +306,9 @@ void scatter_add(void* stream, int32_t* err, DType dt, const void* src, const in
   // scratch (int32): counts[n], n_large[1] | offsets[n + 1] | slots[k] | sorted[k] | large_rows[k / 257 + 1]
   const int64_t max_large = k / (kSmallBucket + 1) + 1;
   const int64_t words = (n + 1) + (n + 1) + 2 * k + max_large;
-  int32_t* scratch = static_cast<int32_t*>(alloc(dev, static_cast<size_t>(words) * sizeof(int32_t)));
-  int32_t* counts = scratch;
+  // back to the cache (stream-ordered reuse) on return or when a launch throws
+  Scratch scratch(dev, static_cast<size_t>(words) * sizeof(int32_t));
+  int32_t* counts = scratch.as<int32_t>();
   int32_t* n_large = counts + n;
   int32_t* offsets = n_large + 1;
   int32_t* slots = offsets + n + 1;
@@ -338,7 +340,6 @@ void scatter_add(void* stream, int32_t* err, DType dt, const void* src, const in
     default: bad_dtype("scatter_add", dt);
   }
   check_launch("scatter_add");
-  release(dev, scratch);  // stream-ordered reuse
 }
 
 }  // namespace moma::cuda

@@ -15,6 +15,7 @@
 #include "kernels.h"
 #include "kernels_moe.h"
 #include "runtime.h"
+#include "scratch.cuh"
 
 namespace moma::cuda {
 using namespace detail;
@@ -22,6 +23,7 @@ using namespace detail;
 namespace {
 
 constexpr int kSelectThreads = 256;
+constexpr int kScanThreads = 1024;  // the one-block compaction and segment_starts scans
 
 __global__ void mod_rank_kernel(const float* __restrict__ scores, const int32_t* __restrict__ modality, int64_t T,
                                 int64_t k, uint8_t* __restrict__ selected) {
@@ -48,8 +50,8 @@ __global__ void mod_rank_kernel(const float* __restrict__ scores, const int32_t*
   if (t < T) selected[t] = mine && above < k;
 }
 
-// One block of 1024 threads: selected rows in increasing order, and the count check.
-__global__ void mod_compact_kernel(const uint8_t* __restrict__ selected, const int32_t* __restrict__ modality, int64_t T,
+// One block of kScanThreads threads: selected rows in increasing order, and the count check.
+__global__ void __launch_bounds__(kScanThreads) mod_compact_kernel(const uint8_t* __restrict__ selected, const int32_t* __restrict__ modality, int64_t T,
                                    int64_t k, int32_t* __restrict__ rows, int32_t* err) {
   __shared__ uint32_t warp_sums[32];
   __shared__ int64_t running;
@@ -78,9 +80,10 @@ __global__ void mod_compact_kernel(const uint8_t* __restrict__ selected, const i
   }
 }
 
-// One block of 1024 threads walks the rows in chunks: a row starts a run when its id differs
-// from the previous row's; starts = running maximum of the run-start indices (block max-scan).
-__global__ void segment_starts_kernel(const int32_t* __restrict__ seg, int64_t n, int32_t* __restrict__ starts) {
+// One block of kScanThreads threads walks the rows in chunks: a row starts a run when its id
+// differs from the previous row's; starts = running maximum of the run-start indices (block
+// max-scan).
+__global__ void __launch_bounds__(kScanThreads) segment_starts_kernel(const int32_t* __restrict__ seg, int64_t n, int32_t* __restrict__ starts) {
   __shared__ int32_t warp_max[32];
   __shared__ int32_t carry;
   if (threadIdx.x == 0) carry = 0;
@@ -118,7 +121,7 @@ __global__ void segment_starts_kernel(const int32_t* __restrict__ seg, int64_t n
 
 void segment_starts(void* stream, const int32_t* seg, int64_t n, int32_t* starts) {
   if (n <= 0) return;
-  segment_starts_kernel<<<1, 1024, 0, static_cast<cudaStream_t>(stream)>>>(seg, n, starts);
+  segment_starts_kernel<<<1, kScanThreads, 0, static_cast<cudaStream_t>(stream)>>>(seg, n, starts);
   check_launch("segment_starts");
 }
 
@@ -128,16 +131,16 @@ void mod_select(void* stream, int32_t* err, const float* scores, const int32_t* 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   int dev = 0;
   MOMA_CUDA_CHECK(cudaGetDevice(&dev));
-  // flags for T rows (at least one byte); the cache returns the block stream-ordered
-  uint8_t* flags = static_cast<uint8_t*>(alloc(dev, static_cast<size_t>(T > 0 ? T : 1)));
+  // flags for T rows (at least one byte), back to the cache (stream-ordered) even if a launch throws
+  Scratch flag_buf(dev, static_cast<size_t>(T > 0 ? T : 1));
+  uint8_t* flags = flag_buf.as<uint8_t>();
   if (T > 0) {
     const unsigned blocks = static_cast<unsigned>((T + kSelectThreads - 1) / kSelectThreads);
     mod_rank_kernel<<<blocks, kSelectThreads, 0, s>>>(scores, modality, T, k, flags);
     check_launch("mod_select (rank)");
   }
-  mod_compact_kernel<<<1, 1024, 0, s>>>(flags, modality, T, k, rows, err);
+  mod_compact_kernel<<<1, kScanThreads, 0, s>>>(flags, modality, T, k, rows, err);
   check_launch("mod_select (compact)");
-  release(dev, flags);
 }
 
 }  // namespace moma::cuda

@@ -8,11 +8,13 @@
 //   1024 and places each row at offsets[bucket] + (rows of its bucket in earlier chunks) + (rows of
 //   its bucket in earlier warps of this chunk) + (rank in its warp, __match_any_sync), which is a
 //   stable partition. Bytes ~ 16 T; latency bound (~T / 1024 chunk steps with 4 barriers each).
-// moe_router_scores (+ backward): one warp per row. Sigmoid 1 / (1 + expf(-z)) per element;
+// moe_router_scores (+ backward): one warp per row. Sigmoid 1 / (1 + exp(-z)) per element;
 //   softmax: z is staged in the output row, the max is a warp max (exact), the sum of
-//   expf(z - max) is accumulated in increasing column order by every lane through shuffles (the
-//   CPU's order), then each entry is divided by it. Gumbel noise in double from
-//   philox_uniform_open at the global column index. Bytes 8 T E (+ T): tiny.
+//   exp(z - max) is accumulated in increasing column order by every lane through shuffles (the
+//   CPU's order), then each entry is divided by it. exp is pmath::expf and the Gumbel noise
+//   philox_gumbel_difference at the global column index (csrc/core/portable_math.h: the same
+//   operations as the CPU, no library transcendental), so the scores are bit-identical to the
+//   CPU's for the same logits. Bytes 8 T E (+ T): tiny; ~60 double flops per entry with noise.
 // moe_route:
 //   1. row_slots <- -1 (expert choice) or the mark kernel (one thread per row) that writes -2 in
 //      the columns of the row's candidates and -1 elsewhere: for token choice its top-min(k, E_g)
@@ -26,7 +28,7 @@
 //   4. slots [expert_offsets[E], R) <- (row -1, gate 0).
 //   5. one block (1024 threads) per expert selects among the rows of its group (perm order =
 //      increasing row), with the group's keys cached in dynamic shared memory when they fit
-//      (T <= ~55K on sm_90, ~40K on sm_80, ~24K on sm_86 / sm_89): radix select of the k-th largest score_key (4 passes of 8 bits over a
+//      (T <= ~57K on sm_90, ~41K on sm_80, ~25K on sm_86 / sm_89): radix select of the k-th largest score_key (4 passes of 8 bits over a
 //      shared 256-bin histogram, warp-aggregated atomics) gives the threshold key and how many
 //      keys equal to it to take; a block-wide scan over chunks then takes keys above the
 //      threshold and the first such equal keys in increasing row order, writing slot_row,
@@ -43,6 +45,7 @@
 #include <cstdint>
 
 #include "../csrc/core/philox.h"
+#include "../csrc/core/portable_math.h"
 #include "common.cuh"
 #include "kernels.h"
 #include "kernels_moe.h"
@@ -136,11 +139,7 @@ __device__ __forceinline__ float router_z(const float* logits, int64_t t, int64_
                                           uint64_t seed, uint64_t offset) {
   const float l = logits[t * E + j];
   if (!gumbel) return l;
-  const uint64_t i = 2 * static_cast<uint64_t>(t * E + j);
-  const double u1 = philox_uniform_open(seed, offset, i);
-  const double u2 = philox_uniform_open(seed, offset, i + 1);
-  const float noise = static_cast<float>(-log(-log(u1)) + log(-log(u2)));
-  return __fadd_rn(l, noise);
+  return __fadd_rn(l, philox_gumbel_difference(seed, offset, static_cast<uint64_t>(t * E + j)));
 }
 
 __global__ void router_scores_kernel(const float* __restrict__ logits, const int32_t* __restrict__ row_group, int64_t T,
@@ -164,7 +163,7 @@ __global__ void router_scores_kernel(const float* __restrict__ logits, const int
     if (fn == RouterFn::Sigmoid) {
       for (int64_t j = lo + lane; j < hi; j += 32) {
         const float z = router_z(logits, t, E, j, gumbel, seed, offset);
-        srow[j] = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z)));
+        srow[j] = __fdiv_rn(1.0f, __fadd_rn(1.0f, pmath::expf(-z)));
       }
       continue;
     }
@@ -182,7 +181,7 @@ __global__ void router_scores_kernel(const float* __restrict__ logits, const int
       const int64_t j = c + lane;
       float ev = 0.0f;
       if (j < hi) {
-        ev = expf(__fsub_rn(srow[j], m));
+        ev = pmath::expf(__fsub_rn(srow[j], m));
         srow[j] = ev;
       }
       const int n = hi - c < 32 ? static_cast<int>(hi - c) : 32;
@@ -580,16 +579,14 @@ void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* r
     check_launch("moe_route (tail)");
   }
   // Key cache: up to T keys in dynamic shared memory, as much as the device allows beyond the
-  // kernel's static 1.2 KiB (a group larger than the cache reads its keys from global memory).
-  int dev = 0, optin = 0;
-  MOMA_CUDA_CHECK(cudaGetDevice(&dev));
-  MOMA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  const int64_t avail = (static_cast<int64_t>(optin) - 4096) / 4;
-  const int64_t cache_cap = T < avail ? T : (avail > 0 ? avail : 0);
-  const size_t smem = static_cast<size_t>(cache_cap) * 4;
-  if (smem > 48 * 1024)
-    MOMA_CUDA_CHECK(cudaFuncSetAttribute(route_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
+  // kernel's static shared memory (a group larger than the cache reads its keys from global
+  // memory). The > 48 KiB opt-in counts static + dynamic bytes (allow_dynamic_smem): sizing it
+  // from the dynamic bytes alone left T in [11,997, 12,288] unable to launch.
+  const void* select_fn = reinterpret_cast<const void*>(&route_select_kernel);
+  const int64_t avail = static_cast<int64_t>(max_dynamic_smem(select_fn) / sizeof(uint32_t));
+  const int64_t cache_cap = T < avail ? T : avail;
+  const size_t smem = static_cast<size_t>(cache_cap) * sizeof(uint32_t);
+  allow_dynamic_smem(select_fn, smem, "moe_route (select)");
   route_select_kernel<<<static_cast<unsigned>(E), kBlock, smem, s>>>(scores, offsets, perm, L, p.mode, expert_offsets,
                                                                      slot_row, slot_gate, row_slots, cache_cap);
   check_launch("moe_route (select)");

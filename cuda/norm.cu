@@ -13,7 +13,7 @@
 // Weight gradients (dw = sum_n dy xh, db = sum_n dy), deterministic without atomics:
 //   kernel 1: block (32 columns x 8 row lanes) per (column tile, row block of RB rows); lane ty
 //     folds rows n0 + ty, n0 + ty + 8, ... in increasing n, then the 8 partials are added in ty
-//     order and written to partial[row block][column] in a scratch buffer (cuda::alloc);
+//     order and written to partial[row block][column] in a scratch buffer (Scratch, scratch.cuh);
 //   kernel 2: one thread per column adds the partials in row-block order.
 //   RB depends only on N (at least 64, at most 1024 row blocks), so the result is a pure function
 //   of the inputs. The scratch traffic is <= 1024 * G * D * 8 bytes; x and dy are read once more
@@ -25,6 +25,7 @@
 #include "common.cuh"
 #include "kernels_nn.h"
 #include "runtime.h"
+#include "scratch.cuh"
 
 namespace moma::cuda {
 using namespace detail;
@@ -306,11 +307,13 @@ void launch_wgrad(cudaStream_t s, const T* x, const T* dy, const float* mean, co
   if (C <= 0) return;
   const int64_t rb = wgrad_rows_per_block(N);
   const int64_t nblk = N > 0 ? (N + rb - 1) / rb : 0;
-  float* scratch = nullptr;
   int dev = 0;
+  MOMA_CUDA_CHECK(cudaGetDevice(&dev));
+  // Partial sums; back to the cache when this returns or throws. Stream-ordered reuse: later work
+  // on the one stream runs after the kernels below.
+  Scratch partials(dev, static_cast<size_t>(nblk * C * (LN ? 2 : 1)) * sizeof(float));
+  float* scratch = partials.as<float>();
   if (nblk > 0) {
-    MOMA_CUDA_CHECK(cudaGetDevice(&dev));
-    scratch = static_cast<float*>(alloc(dev, static_cast<size_t>(nblk * C * (LN ? 2 : 1)) * sizeof(float)));
     float* pb = LN ? scratch + nblk * C : nullptr;
     dim3 grid(static_cast<unsigned>((C + kWX - 1) / kWX), static_cast<unsigned>(nblk));
     norm_wgrad_partial_kernel<T, LN><<<grid, dim3(kWX, kWY), 0, s>>>(x, dy, mean, rstd, N, G, D, rb, scratch, pb);
@@ -319,8 +322,6 @@ void launch_wgrad(cudaStream_t s, const T* x, const T* dy, const float* mean, co
   norm_wgrad_final_kernel<<<grid_for(C), kThreads, 0, s>>>(scratch, LN ? scratch + nblk * C : nullptr, nblk, C, dw,
                                                            LN ? db : nullptr);
   check_launch("norm weight gradient (sum)");
-  // Stream-ordered reuse: later work on the one stream runs after the kernels above.
-  if (scratch) release(dev, scratch);
 }
 
 unsigned row_blocks(int64_t rows, int lpr) {

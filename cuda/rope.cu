@@ -2,7 +2,10 @@
 // twin is csrc/cpu/rope.cc).
 //
 // inv_freq[i] = theta^(-2i / D) is computed on the host in double with std::pow, exactly as the
-// CPU does (same bits), and copied to a scratch buffer on the stream. Per row n (one block per
+// CPU does (same bits), once per (device, theta, D): the table is uploaded to a cudaMalloc'd
+// buffer on the device's stream the first time that key is seen and kept for the life of the
+// process (a few KiB per key; outside the caching allocator so it never counts as a live block),
+// so a call does no allocation and no host-to-device copy. Per row n (one block per
 // row, grid-stride) the angles of the row are computed once in chunks of kChunk frequencies:
 // a = pos * inv_freq[i] in double, c = float(cos a), s = float(sin a) (CUDA's double cos / sin
 // are within 2 ulp of the correctly rounded value, so after rounding to float they agree with the
@@ -17,6 +20,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "common.cuh"
@@ -72,6 +79,40 @@ __global__ void __launch_bounds__(kRopeThreads)
   }
 }
 
+// Device table of inv_freq for (theta, D) on the current device; built and uploaded on first use
+// under a mutex (the upload is queued on the device's single stream, so every later kernel that
+// reads the table runs after it), never freed.
+const double* rope_inv_freq(float theta, int64_t D) {
+  int dev = 0;
+  MOMA_CUDA_CHECK(cudaGetDevice(&dev));
+  uint32_t theta_bits;
+  std::memcpy(&theta_bits, &theta, sizeof theta_bits);
+  const auto key = std::make_tuple(dev, theta_bits, D);
+  static std::mutex mu;
+  static auto* tables = new std::map<std::tuple<int, uint32_t, int64_t>, double*>();  // never destroyed
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = tables->find(key);
+  if (it != tables->end()) return it->second;
+  const int64_t half = D / 2;
+  // The CPU's frequencies, bit for bit (same expression, host libm).
+  std::vector<double> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[static_cast<size_t>(i)] =
+        std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(D));
+  const size_t bytes = static_cast<size_t>(half) * sizeof(double);
+  double* table = nullptr;
+  MOMA_CUDA_CHECK(cudaMalloc(&table, bytes));
+  try {
+    copy_h2d(dev, table, inv_freq.data(), bytes);
+  } catch (...) {
+    cudaFree(table);
+    clear_last_error();
+    throw;
+  }
+  tables->emplace(key, table);
+  return table;
+}
+
 }  // namespace
 
 void rope(void* stream, int32_t* err, DType dt, const void* x, const int32_t* pos, int64_t N, int64_t H, int64_t D,
@@ -80,16 +121,7 @@ void rope(void* stream, int32_t* err, DType dt, const void* x, const int32_t* po
   const int64_t half = D / 2;
   if (N <= 0 || H <= 0 || half <= 0) return;
   cudaStream_t s = as_stream(stream);
-  // The CPU's frequencies, bit for bit (same expression, host libm).
-  std::vector<double> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i)
-    inv_freq[static_cast<size_t>(i)] =
-        std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(D));
-  int dev = 0;
-  MOMA_CUDA_CHECK(cudaGetDevice(&dev));
-  const size_t bytes = static_cast<size_t>(half) * sizeof(double);
-  double* f = static_cast<double*>(alloc(dev, bytes));
-  MOMA_CUDA_CHECK(cudaMemcpyAsync(f, inv_freq.data(), bytes, cudaMemcpyHostToDevice, s));
+  const double* f = rope_inv_freq(theta, D);
   const unsigned blocks = static_cast<unsigned>(N < 65535 * 8 ? N : 65535 * 8);
   if (dt == DType::F32)
     rope_kernel<float><<<blocks, kRopeThreads, 0, s>>>(static_cast<const float*>(x), pos, f, N, H, D, inverse,
@@ -98,9 +130,6 @@ void rope(void* stream, int32_t* err, DType dt, const void* x, const int32_t* po
     rope_kernel<bf16_t><<<blocks, kRopeThreads, 0, s>>>(static_cast<const bf16_t*>(x), pos, f, N, H, D, inverse,
                                                          static_cast<bf16_t*>(y), err);
   check_launch("rope");
-  // cudaMemcpyAsync from pageable memory has copied the source before returning; the buffer goes
-  // back to the cache, reused only by later work on the same stream.
-  release(dev, f);
 }
 
 }  // namespace moma::cuda

@@ -9,11 +9,14 @@
 //   synchronize() reads it back after the stream has drained, clears it and throws ERR_RANGE.
 // * copy_h2d staging: copies of up to 8 MiB go through a pool of pinned host buffers: the source
 //   is memcpy'd into an idle pinned buffer, cudaMemcpyAsync'd on the stream and an event is
-//   recorded; the buffer is reused once its event has completed (cudaEventQuery), so the caller
+//   recorded; the buffer is reused once its event has completed (cudaEventQuery through
+//   detail::event_done, which clears the cudaErrorNotReady of a pending buffer), so the caller
 //   may free src at once and the host does not wait for queued kernels. Larger copies (or when
 //   the pool already holds 256 MiB of buffers still in flight) use cudaMemcpyAsync from the
 //   pageable source followed by cudaStreamSynchronize. Pinned buffers live until process exit.
 // * copy_d2h: cudaMemcpyAsync + cudaStreamSynchronize (waits for all earlier work on the stream).
+// * Errors: every failing call goes through detail::throw_cuda, which consumes the thread's
+//   (non-sticky) last error, and failed queries clear it, so an error is reported once only.
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -58,7 +61,7 @@ void init_devices() {
   std::call_once(g_once, [] {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
-      cudaGetLastError();  // clear the sticky "last error" of the failed query
+      detail::clear_last_error();  // the failed query left its (non-sticky) error behind
       n = 0;
     }
     g_count = n;
@@ -100,7 +103,7 @@ int device_count() {
 int runtime_version() {
   int v = 0;
   if (cudaRuntimeGetVersion(&v) != cudaSuccess) {
-    cudaGetLastError();
+    detail::clear_last_error();
     return 0;
   }
   return v;
@@ -109,7 +112,7 @@ int runtime_version() {
 int driver_version() {
   int v = 0;
   if (cudaDriverGetVersion(&v) != cudaSuccess) {
-    cudaGetLastError();
+    detail::clear_last_error();
     return 0;
   }
   return v;
@@ -146,7 +149,7 @@ int32_t* error_word(int device) {
     MOMA_CUDA_CHECK(cudaMalloc(&p, sizeof(int32_t)));
     cudaError_t e = cudaMemsetAsync(p, 0, sizeof(int32_t), s.stream);
     if (e != cudaSuccess) {
-      cudaFree(p);
+      cudaFree(p);  // throw_cuda then clears the last error of both calls
       throw_cuda("cudaMemsetAsync(error word)", e);
     }
     s.err = p;
@@ -163,12 +166,10 @@ void copy_h2d(int device, void* dst, const void* src, size_t bytes) {
     StagingBuf* buf = nullptr;
     for (StagingBuf& b : s.staging) {
       if (b.cap < bytes) continue;
-      cudaError_t q = cudaEventQuery(b.done);
-      if (q == cudaSuccess) {
-        if (!buf || b.cap < buf->cap) buf = &b;  // smallest idle buffer that fits
-      } else if (q != cudaErrorNotReady) {
-        throw_cuda("copy_h2d: cudaEventQuery", q);
-      }
+      // A buffer still in flight answers cudaErrorNotReady, which event_done consumes: left as
+      // the thread's last error, the next check_launch would throw it as "device not ready".
+      if (detail::event_done(b.done, "copy_h2d: cudaEventQuery") && (!buf || b.cap < buf->cap))
+        buf = &b;  // smallest idle buffer that fits
     }
     if (!buf && s.staging_bytes < kMaxStagingPool) {
       size_t cap = kMinStagingBuf;
@@ -178,7 +179,7 @@ void copy_h2d(int device, void* dst, const void* src, size_t bytes) {
       MOMA_CUDA_CHECK(cudaMallocHost(&nb.host, cap));
       cudaError_t e = cudaEventCreateWithFlags(&nb.done, cudaEventDisableTiming);
       if (e != cudaSuccess) {
-        cudaFreeHost(nb.host);
+        cudaFreeHost(nb.host);  // throw_cuda then clears the last error of both calls
         throw_cuda("copy_h2d: cudaEventCreateWithFlags", e);
       }
       s.staging.push_back(nb);

@@ -7,10 +7,14 @@
 //   uniform: element i uses word i%4 of block offset + i/4          -> ceil(n/4) blocks consumed
 //   normal:  element i uses words 2*(i%2), 2*(i%2)+1 of block offset + i/2 (Box-Muller in
 //            double, rounded to float)                               -> ceil(n/2) blocks consumed
+//   gumbel difference: element i uses the open uniforms 2i and 2i+1 (uniform layout)
+// The transcendental functions are portable_math.h's, evaluated operation by operation without
+// fused multiply-adds, so normals and Gumbel noise are the same bits on the CPU and on CUDA (the
+// library log / cos of glibc and CUDA differ in the last double bit now and then).
 #pragma once
-#include <cmath>
 #include <cstdint>
 #include "hostdevice.h"
+#include "portable_math.h"
 
 namespace moma {
 
@@ -58,20 +62,26 @@ MOMA_HD double philox_uniform_open(uint64_t seed, uint64_t offset, uint64_t i) {
   return (static_cast<double>(r.v[i % 4] >> 8) + 0.5) * (1.0 / 16777216.0);
 }
 
-// Standard normal via Box-Muller computed in double (53-bit uniforms from two words each).
+// Standard normal via Box-Muller computed in double from two 32-bit words:
+// u1 = (w0 + 1) / 2^32 in (0, 1], u2 = w1 / 2^32 in [0, 1), z = sqrt(-2 log u1) cos(2 pi u2).
 MOMA_HD float philox_normal(uint64_t seed, uint64_t offset, uint64_t i) {
   Philox4 r = philox4x32_10(offset + i / 2, seed);
-  int lane = static_cast<int>(i % 2);
-  // two uniforms in (0,1] from 32-bit words
-  double u1 = (static_cast<double>(r.v[0]) + 1.0) * (1.0 / 4294967296.0);
-  double u2 = static_cast<double>(r.v[1]) * (1.0 / 4294967296.0);
-  if (lane == 1) {
-    u1 = (static_cast<double>(r.v[2]) + 1.0) * (1.0 / 4294967296.0);
-    u2 = static_cast<double>(r.v[3]) * (1.0 / 4294967296.0);
-  }
+  const int lane = static_cast<int>(i % 2);
+  const uint32_t w1 = lane == 0 ? r.v[0] : r.v[2], w2 = lane == 0 ? r.v[1] : r.v[3];
+  const double u1 = (static_cast<double>(w1) + 1.0) * (1.0 / 4294967296.0);  // exact
+  const double u2 = static_cast<double>(w2) * (1.0 / 4294967296.0);          // exact
   const double two_pi = 6.283185307179586;
-  double radius = sqrt(-2.0 * log(u1));
-  return static_cast<float>(radius * cos(two_pi * u2));
+  const double radius = pmath::sqrt(pmath::mul(-2.0, pmath::log(u1)));
+  return static_cast<float>(pmath::mul(radius, pmath::cos(pmath::mul(two_pi, u2))));
+}
+
+// Difference of two independent standard Gumbel samples G' - G'' (the router's noise, SPEC §2),
+// in double from the open uniforms 2i and 2i + 1: -log(-log u1) + log(-log u2), rounded to float.
+MOMA_HD float philox_gumbel_difference(uint64_t seed, uint64_t offset, uint64_t i) {
+  const double u1 = philox_uniform_open(seed, offset, 2 * i);
+  const double u2 = philox_uniform_open(seed, offset, 2 * i + 1);
+  const double g1 = pmath::log(-pmath::log(u1)), g2 = pmath::log(-pmath::log(u2));
+  return static_cast<float>(pmath::add(-g1, g2));
 }
 
 inline uint64_t philox_blocks_uniform(uint64_t n) { return (n + 3) / 4; }

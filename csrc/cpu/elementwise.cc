@@ -15,7 +15,8 @@
 // arange) go through double, which holds every source value exactly: to float32 rounds to nearest,
 // to bf16 through float32, to int32 truncates toward zero with NaN -> 0 and saturation, to uint8
 // truncates and saturates to [0, 255] with NaN -> 0. Random op element i is a function of
-// (seed, offset, i) only (philox.h), whatever the thread layout.
+// (seed, offset, i) only (philox.h), whatever the thread layout, and the same bits as CUDA's:
+// random_normal's Box-Muller log / cos are portable_math.h's, not libm's.
 #include <algorithm>
 #include <cmath>
 #include <cstring>

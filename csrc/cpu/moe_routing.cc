@@ -12,6 +12,9 @@
 // thread layout. Every mode runs these two passes over each expert's candidates (expert choice:
 // its group's rows; token choice: the rows that picked it; threshold: the rows with
 // select > 0.5) with a capacity, except threshold, which keeps every candidate (no nth_element).
+//
+// Router scores use philox_gumbel_difference and pmath::expf (csrc/core/portable_math.h), not
+// libm, so that the CUDA twin computes the same bits for the same logits.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,6 +22,7 @@
 
 #include "../core/error.h"
 #include "../core/philox.h"
+#include "../core/portable_math.h"
 #include "kernels_moe.h"
 #include "thread_pool.h"
 
@@ -112,24 +116,18 @@ void moe_router_scores(const float* logits, const int32_t* row_group, int64_t T,
       const float* lrow = logits + t * E;
       for (int64_t j = 0; j < n; ++j) {
         float v = lrow[b + j];
-        if (gumbel) {
-          const uint64_t i = 2 * static_cast<uint64_t>(t * E + b + j);
-          const double u1 = philox_uniform_open(seed, offset, i);
-          const double u2 = philox_uniform_open(seed, offset, i + 1);
-          const double noise = -std::log(-std::log(u1)) + std::log(-std::log(u2));
-          v = v + static_cast<float>(noise);
-        }
+        if (gumbel) v = v + philox_gumbel_difference(seed, offset, static_cast<uint64_t>(t * E + b + j));
         z[static_cast<size_t>(j)] = v;
       }
       if (fn == RouterFn::Sigmoid) {
-        for (int64_t j = 0; j < n; ++j) srow[b + j] = 1.0f / (1.0f + std::exp(-z[static_cast<size_t>(j)]));
+        for (int64_t j = 0; j < n; ++j) srow[b + j] = 1.0f / (1.0f + pmath::expf(-z[static_cast<size_t>(j)]));
       } else {
         float mx = z[0];
         for (int64_t j = 1; j < n; ++j)
           if (z[static_cast<size_t>(j)] > mx) mx = z[static_cast<size_t>(j)];
         float sum = 0.0f;
         for (int64_t j = 0; j < n; ++j) {
-          const float e = std::exp(z[static_cast<size_t>(j)] - mx);
+          const float e = pmath::expf(z[static_cast<size_t>(j)] - mx);
           z[static_cast<size_t>(j)] = e;
           sum = sum + e;
         }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,11 +57,21 @@ void add_creation_cases() {
           cuda::random_normal(S(), dt, y.p, n, 42, off, 0.5f, 2.0f);
           std::vector<uint8_t> want(y.bytes);
           cpu::random_normal(dt, want.data(), n, 42, off, 0.5f, 2.0f);
-          // Box-Muller in double: device log/cos may differ from libm in the last double bits,
-          // which can flip a float / bf16 rounding very rarely: allow that, nothing more.
-          compare(dt, y.get(), want, n, dt == DType::F32 ? Tol::F32Elem : Tol::Bf16Ulp);
+          // bitwise: Box-Muller through portable_math.h, the same operations on both backends
+          compare(dt, y.get(), want, n, Tol::Exact);
         });
       }
+  // past the grid-stride cap of grid_for (8192 blocks x 256 threads = 2^21 elements)
+  for (DType dt : kFloat)
+    for (int64_t n : {int64_t(1) << 21, (int64_t(1) << 21) + 1, int64_t(5000001)})
+      add(std::string("random_normal ") + dtype_name(dt) + " n=" + std::to_string(n) + " bitwise", [=] {
+        Dev y(n * dtype_size(dt));
+        y.poison();
+        cuda::random_normal(S(), dt, y.p, n, 0xfeedbeefull, 12345, -0.25f, 0.02f);
+        std::vector<uint8_t> want(y.bytes);
+        cpu::random_normal(dt, want.data(), n, 0xfeedbeefull, 12345, -0.25f, 0.02f);
+        compare(dt, y.get(), want, n, Tol::Exact);
+      });
 }
 
 void add_cast_cases() {
@@ -488,6 +499,43 @@ void add_runtime_cases() {
     std::string code;
     try { cuda::alloc(0, size_t(1) << 50); } catch (const MomaException& e) { code = e.code(); }
     expect(code == "ERR_OOM", "a 1 PiB allocation throws ERR_OOM, got '" + code + "'");
+  });
+  // copy_h2d polls its staging buffers with cudaEventQuery; a buffer still in flight answers
+  // cudaErrorNotReady, which must not stay behind as the thread's last error (the next launch's
+  // check would report "device not ready"). Keep the stream busy so that the uploads find their
+  // predecessors pending, upload several small buffers back to back, then launch.
+  add("copy_h2d back to back on a busy stream, then a launch", [] {
+    const int64_t busy_n = int64_t(1) << 26;
+    Dev busy(busy_n * 4);
+    for (int round = 0; round < 3; ++round) {
+      cuda::random_normal(S(), DType::F32, busy.p, busy_n, 1, 0, 0.0f, 1.0f);  // ~0.2 ms of device work
+      std::vector<std::vector<uint8_t>> host(6);
+      std::vector<std::unique_ptr<Dev>> dev;
+      for (size_t i = 0; i < host.size(); ++i) {
+        host[i].resize(1000 + 37 * i);
+        for (auto& v : host[i]) v = static_cast<uint8_t>(g_rng());
+        dev.push_back(std::make_unique<Dev>(host[i].size()));
+        cuda::copy_h2d(0, dev[i]->p, host[i].data(), host[i].size());
+      }
+      Dev y(4096 * 4);
+      cuda::fill(S(), DType::F32, y.p, 4096, 1.5);  // its check_launch must not see NotReady
+      bool same = true;
+      for (size_t i = 0; i < host.size(); ++i) same &= dev[i]->get() == host[i];
+      expect(same, "uploaded bytes, round " + std::to_string(round));
+      std::vector<float> f = fetch<float>(y, 4096);
+      expect(f[0] == 1.5f && f[4095] == 1.5f, "fill after the uploads");
+    }
+  });
+  // A failed cudaMalloc (non-sticky cudaErrorMemoryAllocation) is consumed when ERR_OOM is thrown:
+  // the next launch must not report it under its own name.
+  add("ERR_OOM leaves no error behind", [] {
+    std::string code;
+    try { cuda::alloc(0, size_t(1) << 50); } catch (const MomaException& e) { code = e.code(); }
+    expect(code == "ERR_OOM", "a 1 PiB allocation throws ERR_OOM, got '" + code + "'");
+    Dev y(1000 * 4);
+    cuda::fill(S(), DType::I32, y.p, 1000, 7.0);
+    std::vector<int32_t> v = fetch<int32_t>(y, 1000);
+    expect(v[0] == 7 && v[999] == 7, "a fill after the failed allocation runs and reports nothing");
   });
   add("device info", [] {
     cuda::DeviceInfo d = cuda::device_info(0);

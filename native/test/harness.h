@@ -153,10 +153,14 @@ void add_elementwise_cases();
 void add_reduce_cases();
 void add_indexing_cases();
 void add_gemm_cases();
+// gemm_cases.cc (pipelined tensor-core, f32 and fused grouped GEMMs)
+void add_gemm_kernel_cases();
 // moe_cases.cc
 void add_moe_cases();
 // nn_cases.cc (transformer kernels, cuda/kernels_nn.h)
 void add_nn_cases();
+// coverage_cases.cc (mod_select, segment_starts, RoPE tables at their launch boundaries)
+void add_coverage_cases();
 
 // CPU kernels against double references, run directly (cpu_sanity.cc); its mixture-of-experts
 // routing check is cpu_moe_sanity (moe_cases.cc).

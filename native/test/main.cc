@@ -1,5 +1,12 @@
 // moma_native_test: runs the CPU sanity checks, registers the CUDA cases of every group and runs
 // them (or skips them without a CUDA device), then prints the counts. Exit status 1 on any failure.
+//
+//   moma_native_test [--require-cuda]
+//
+// --require-cuda makes skipped CUDA cases an error (exit status 1): no CUDA backend compiled or no
+// device visible. scripts/gpu-check.sh passes it, so a GPU check that ran nothing on the GPU fails.
+// The last line is machine-readable, "N passed, N failed, N skipped" (test/native.test.ts and
+// scripts/gpu_summary.py read it); a failure prints "FAIL <case>: <message>" before it.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -12,7 +19,16 @@
 using namespace moma;
 using namespace moma::native_test;
 
-int main() {
+int main(int argc, char** argv) {
+  bool require_cuda = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--require-cuda") {
+      require_cuda = true;
+    } else {
+      std::fprintf(stderr, "moma_native_test: unknown argument '%s'; usage: moma_native_test [--require-cuda]\n", argv[i]);
+      return 2;
+    }
+  }
   std::printf("moma_native_test: CUDA compiled=%d devices=%d runtime=%d driver=%d cpu gemm isa=%s\n",
               cuda::compiled() ? 1 : 0, cuda::device_count(), cuda::runtime_version(), cuda::driver_version(),
               cpu::gemm_isa());
@@ -29,8 +45,10 @@ int main() {
   add_reduce_cases();
   add_indexing_cases();
   add_gemm_cases();
+  add_gemm_kernel_cases();
   add_moe_cases();
   add_nn_cases();
+  add_coverage_cases();
   if (cuda::device_count() == 0) {
     g_skipped = static_cast<int>(g_cuda_cases.size());
     std::printf("moma_native_test: no CUDA device; %d CUDA cases skipped\n", g_skipped);
@@ -51,6 +69,10 @@ int main() {
       }
     }
   }
+  const bool missing_cuda = require_cuda && g_skipped > 0;
+  if (missing_cuda)
+    std::printf("FAIL --require-cuda: %d CUDA cases skipped (%s)\n", g_skipped,
+                cuda::compiled() ? "no CUDA device visible" : "built without the CUDA backend");
   std::printf("%d passed, %d failed, %d skipped\n", g_passed, g_failed, g_skipped);
-  return g_failed ? 1 : 0;
+  return g_failed || missing_cuda ? 1 : 0;
 }

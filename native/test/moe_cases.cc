@@ -94,6 +94,59 @@ MoeHostRoute host_route(const MoeLayout& L, int64_t T, const RoutingParams& p, i
   return h;
 }
 
+// moe_router_scores (+ backward) against the CPU: scores bitwise (the same Gumbel noise and exp,
+// portable_math.h, and the same summation order), dlogits to rounding.
+void router_case(const MoeLayout& L, int64_t T, RouterFn fn, bool gumbel, int mod_mode) {
+  const int64_t E = L.num_experts, G = L.num_groups;
+  std::vector<int32_t> mod = moe_modality(T, L, mod_mode);
+  std::vector<int32_t> rg(T), cnt(G), off(G + 1), perm(T);
+  cpu::moe_partition(mod.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
+  std::vector<float> logits = rand_f(T * E, -4.0f, 4.0f), want(T * E), ds = rand_f(T * E), dwant(T * E);
+  const uint64_t seed = 0x5eed0000ull + T, offset = (1ull << 33) + 7;
+  cpu::moe_router_scores(logits.data(), rg.data(), T, L, fn, gumbel, seed, offset, want.data());
+  cpu::moe_router_scores_backward(want.data(), ds.data(), rg.data(), T, L, fn, dwant.data());
+  auto dl = dev_of(logits), drg = dev_of(rg), dds = dev_of(ds), dsw = dev_of(want);
+  auto dsc = dev_poisoned(T * E * 4), ddl = dev_poisoned(T * E * 4);
+  cuda::moe_router_scores(S(), static_cast<const float*>(dl->p), static_cast<const int32_t*>(drg->p), T, L, fn, gumbel,
+                          seed, offset, static_cast<float*>(dsc->p));
+  expect_equal(fetch<float>(*dsc, T * E), want, "scores");
+  // the backward from the CPU's scores: same inputs on both sides
+  cuda::moe_router_scores_backward(S(), static_cast<const float*>(dsw->p), static_cast<const float*>(dds->p),
+                                   static_cast<const int32_t*>(drg->p), T, L, fn, static_cast<float*>(ddl->p));
+  expect_close(fetch<float>(*ddl, T * E), dwant, 1e-5, 1e-6, "dlogits");
+}
+
+// moe_route and moe_routing_stats on the CPU's scores (and select values) against the CPU's
+// routing, bitwise.
+void route_case(const MoeLayout& L, int64_t T, const RoutingParams& p, int mod_mode, bool ties) {
+  MoeHostRoute h = host_route(L, T, p, mod_mode, ties);
+  const int64_t E = L.num_experts, W = L.max_group_experts, R = h.R, G = L.num_groups;
+  auto dsc = dev_of(h.scores), drg = dev_of(h.row_group), doff = dev_of(h.offsets), dperm = dev_of(h.perm);
+  auto dsel = h.select.empty() ? nullptr : dev_of(h.select);
+  auto deo = dev_poisoned((E + 1) * 4), dsr = dev_poisoned(R * 4), dsg = dev_poisoned(R * 4),
+       drs = dev_poisoned(T * W * 4);
+  cuda::moe_route(S(), cuda::error_word(0), static_cast<const float*>(dsc->p), static_cast<const int32_t*>(drg->p),
+                  static_cast<const int32_t*>(doff->p), static_cast<const int32_t*>(dperm->p), T, L, p, R,
+                  static_cast<int32_t*>(deo->p), static_cast<int32_t*>(dsr->p), static_cast<float*>(dsg->p),
+                  static_cast<int32_t*>(drs->p), dsel ? static_cast<const float*>(dsel->p) : nullptr);
+  expect_equal(fetch<int32_t>(*deo, E + 1), h.expert_offsets, "expert_offsets");
+  expect_equal(fetch<int32_t>(*dsr, R), h.slot_row, "slot_row");
+  expect_equal(fetch<float>(*dsg, R), h.slot_gate, "slot_gate");
+  expect_equal(fetch<int32_t>(*drs, T * W), h.row_slots, "row_slots");
+  // statistics from the (CPU) routing
+  std::vector<float> es(2 * E), gs(4 * G);
+  cpu::moe_routing_stats(h.row_group.data(), h.offsets.data(), h.expert_offsets.data(), h.slot_gate.data(),
+                         h.row_slots.data(), T, L, es.data(), gs.data());
+  auto deo2 = dev_of(h.expert_offsets), dsg2 = dev_of(h.slot_gate), drs2 = dev_of(h.row_slots);
+  auto des = dev_poisoned(2 * E * 4), dgs = dev_poisoned(4 * G * 4);
+  cuda::moe_routing_stats(S(), static_cast<const int32_t*>(drg->p), static_cast<const int32_t*>(doff->p),
+                          static_cast<const int32_t*>(deo2->p), static_cast<const float*>(dsg2->p),
+                          static_cast<const int32_t*>(drs2->p), T, L, static_cast<float*>(des->p),
+                          static_cast<float*>(dgs->p));
+  expect_close(fetch<float>(*des, 2 * E), es, 1e-6, 0.0, "expert_stats");
+  expect_close(fetch<float>(*dgs, 4 * G), gs, 1e-6, 0.0, "group_stats");
+}
+
 void add_moe_routing_cases() {
   const int64_t Ts[] = {1, 37, 1000, 4099};
   int rot = 0;
@@ -122,25 +175,8 @@ void add_moe_routing_cases() {
         for (int v = 0; v < 4; ++v) {
           const RouterFn fn = v & 1 ? RouterFn::Softmax : RouterFn::Sigmoid;
           const bool gumbel = v & 2;
-          add("moe_router_scores " + tag + (v & 1 ? " softmax" : " sigmoid") + (gumbel ? " gumbel" : ""), [=] {
-            const int64_t E = L.num_experts, G = L.num_groups;
-            std::vector<int32_t> mod = moe_modality(T, L, mod_mode);
-            std::vector<int32_t> rg(T), cnt(G), off(G + 1), perm(T);
-            cpu::moe_partition(mod.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
-            std::vector<float> logits = rand_f(T * E, -4.0f, 4.0f), want(T * E), ds = rand_f(T * E), dwant(T * E);
-            const uint64_t seed = 0x5eed0000ull + T, offset = (1ull << 33) + 7;
-            cpu::moe_router_scores(logits.data(), rg.data(), T, L, fn, gumbel, seed, offset, want.data());
-            cpu::moe_router_scores_backward(want.data(), ds.data(), rg.data(), T, L, fn, dwant.data());
-            auto dl = dev_of(logits), drg = dev_of(rg), dds = dev_of(ds), dsw = dev_of(want);
-            auto dsc = dev_poisoned(T * E * 4), ddl = dev_poisoned(T * E * 4);
-            cuda::moe_router_scores(S(), static_cast<const float*>(dl->p), static_cast<const int32_t*>(drg->p), T, L,
-                                    fn, gumbel, seed, offset, static_cast<float*>(dsc->p));
-            expect_close(fetch<float>(*dsc, T * E), want, 1e-6, 1e-30, "scores");
-            // the backward from the CPU's scores: same inputs on both sides
-            cuda::moe_router_scores_backward(S(), static_cast<const float*>(dsw->p), static_cast<const float*>(dds->p),
-                                             static_cast<const int32_t*>(drg->p), T, L, fn, static_cast<float*>(ddl->p));
-            expect_close(fetch<float>(*ddl, T * E), dwant, 1e-5, 1e-6, "dlogits");
-          });
+          add("moe_router_scores " + tag + (v & 1 ? " softmax" : " sigmoid") + (gumbel ? " gumbel" : ""),
+              [=] { router_case(L, T, fn, gumbel, mod_mode); });
         }
         // routing: expert choice at four capacities, token choice top 1 / 2, threshold
         struct RP { RoutingMode mode; double c; int k; };
@@ -158,35 +194,7 @@ void add_moe_routing_cases() {
           std::snprintf(name, sizeof name, "moe_route %s %s c=%g k=%d%s", tag.c_str(),
                         rp.mode == RoutingMode::TokenChoice ? "token" : rp.mode == RoutingMode::Threshold ? "threshold" : "expert",
                         rp.c, rp.k, ties ? " ties" : "");
-          add(name, [=] {
-            MoeHostRoute h = host_route(L, T, p, mod_mode, ties);
-            const int64_t E = L.num_experts, W = L.max_group_experts, R = h.R, G = L.num_groups;
-            auto dsc = dev_of(h.scores), drg = dev_of(h.row_group), doff = dev_of(h.offsets), dperm = dev_of(h.perm);
-            auto dsel = h.select.empty() ? nullptr : dev_of(h.select);
-            auto deo = dev_poisoned((E + 1) * 4), dsr = dev_poisoned(R * 4), dsg = dev_poisoned(R * 4),
-                 drs = dev_poisoned(T * W * 4);
-            cuda::moe_route(S(), cuda::error_word(0), static_cast<const float*>(dsc->p),
-                            static_cast<const int32_t*>(drg->p), static_cast<const int32_t*>(doff->p),
-                            static_cast<const int32_t*>(dperm->p), T, L, p, R, static_cast<int32_t*>(deo->p),
-                            static_cast<int32_t*>(dsr->p), static_cast<float*>(dsg->p), static_cast<int32_t*>(drs->p),
-                            dsel ? static_cast<const float*>(dsel->p) : nullptr);
-            expect_equal(fetch<int32_t>(*deo, E + 1), h.expert_offsets, "expert_offsets");
-            expect_equal(fetch<int32_t>(*dsr, R), h.slot_row, "slot_row");
-            expect_equal(fetch<float>(*dsg, R), h.slot_gate, "slot_gate");
-            expect_equal(fetch<int32_t>(*drs, T * W), h.row_slots, "row_slots");
-            // statistics from the (CPU) routing
-            std::vector<float> es(2 * E), gs(4 * G);
-            cpu::moe_routing_stats(h.row_group.data(), h.offsets.data(), h.expert_offsets.data(), h.slot_gate.data(),
-                                   h.row_slots.data(), T, L, es.data(), gs.data());
-            auto deo2 = dev_of(h.expert_offsets), dsg2 = dev_of(h.slot_gate), drs2 = dev_of(h.row_slots);
-            auto des = dev_poisoned(2 * E * 4), dgs = dev_poisoned(4 * G * 4);
-            cuda::moe_routing_stats(S(), static_cast<const int32_t*>(drg->p), static_cast<const int32_t*>(doff->p),
-                                    static_cast<const int32_t*>(deo2->p), static_cast<const float*>(dsg2->p),
-                                    static_cast<const int32_t*>(drs2->p), T, L, static_cast<float*>(des->p),
-                                    static_cast<float*>(dgs->p));
-            expect_close(fetch<float>(*des, 2 * E), es, 1e-6, 0.0, "expert_stats");
-            expect_close(fetch<float>(*dgs, 4 * G), gs, 1e-6, 0.0, "group_stats");
-          });
+          add(name, [=] { route_case(L, T, p, mod_mode, ties); });
         }
       }
   add("moe_partition bad modality", [] {
@@ -396,11 +404,104 @@ void add_moe_gemm_cases() {
   });
 }
 
+// Sizes at the kernels' launch boundaries (cuda/moe_routing.cu, cuda/moe_rows.cu), larger expert
+// groups, and the route_select key cache: T in [11,997, 12,288] needed the > 48 KiB opt-in that
+// once ignored the kernel's 1,168 B of static shared memory; groups larger than the cache (57,820
+// keys on sm_90, 41,436 on sm_80, 25,052 on sm_86 / sm_89) take the uncached path.
+void add_moe_boundary_cases() {
+  const MoeLayout one8 = ops::make_moe_layout({8}, {0}, "native test");
+  RoutingParams ec, tc, th;
+  ec.capacity = 1.0;
+  tc.mode = RoutingMode::TokenChoice;
+  tc.capacity = 1.37;
+  tc.top_k = 2;
+  th.mode = RoutingMode::Threshold;
+  for (int64_t T : {11996, 11997, 12288, 12289, 16384, 25052, 25053, 41436, 41437, 57820, 57821, 65536}) {
+    add("moe_route smem window [8] T=" + std::to_string(T) + " expert", [=] { route_case(one8, T, ec, 1, false); });
+    add("moe_route smem window [8] T=" + std::to_string(T) + " token", [=] { route_case(one8, T, tc, 1, true); });
+  }
+  // Groups of 16 and 64 experts. Boundaries: partition / select / prefix blocks of 1024 rows,
+  // fill_i32 / route_mark grids of 8192 x 256 (T W = 2^21 at T = 32768 for W = 64), the router's
+  // 8192 blocks x 8 rows (T = 65536).
+  struct Big { const char* name; MoeLayout L; };
+  const Big bigs[] = {{"[16]", ops::make_moe_layout({16}, {0}, "native test")},
+                      {"[64]", ops::make_moe_layout({64}, {0}, "native test")},
+                      {"[16,64]+unrouted", ops::make_moe_layout({16, 64}, {0, 1, -1}, "native test")}};
+  for (const Big& b : bigs) {
+    const MoeLayout L = b.L;
+    for (int64_t T : {1023, 1024, 1025, 2049, 32767, 32768, 32769}) {
+      const std::string tag = std::string(b.name) + " T=" + std::to_string(T);
+      add("moe_route " + tag + " expert", [=] { route_case(L, T, ec, 0, false); });
+      add("moe_route " + tag + " token", [=] { route_case(L, T, tc, 0, T % 2 == 1); });
+      add("moe_route " + tag + " threshold", [=] { route_case(L, T, th, 0, false); });
+    }
+    for (int64_t T : {7, 8, 9, 65535, 65536, 65537})
+      for (int v = 0; v < 2; ++v) {
+        const RouterFn fn = v ? RouterFn::Softmax : RouterFn::Sigmoid;
+        add("moe_router_scores " + std::string(b.name) + " T=" + std::to_string(T) + (v ? " softmax" : " sigmoid") +
+                " gumbel",
+            [=] { router_case(L, T, fn, true, 0); });
+      }
+  }
+  add("moe_route [16,64]+unrouted T=65536 expert c=2", [] {
+    RoutingParams p;
+    p.capacity = 2.0;
+    route_case(ops::make_moe_layout({16, 64}, {0, 1, -1}, "native test"), 65536, p, 0, false);
+  });
+}
+
+// The row kernels at their grid limits: one block per row up to 65535 blocks (gather over R slots,
+// combine over T rows), gate_grad's 8192 x 256 threads = 131072 half-warp slots.
+void add_moe_row_boundary_cases() {
+  const MoeLayout L = ops::make_moe_layout({4, 4}, {0, 1}, "native test");
+  for (int64_t T : {32767, 32768, 65535, 65536, 65537}) {
+    RoutingParams p;
+    p.capacity = 2.0;  // R ~ 2 T: past 65535 gather rows and around 131072 gate_grad slots
+    const int64_t d = 40;
+    const std::string tag = "[4,4] T=" + std::to_string(T) + " d=40 c=2";
+    add("moe_gather_rows " + tag, [=] {
+      MoeHostRoute h = host_route(L, T, p, 0, false);
+      const int64_t R = h.R;
+      std::vector<uint8_t> x = make(DType::BF16, rand_f(T * d)), want(R * d * 2);
+      cpu::moe_gather_rows(DType::BF16, x.data(), h.slot_row.data(), h.slot_gate.data(), T, R, d, want.data());
+      auto dx = dev_of(x), dsr = dev_of(h.slot_row), dsc = dev_of(h.slot_gate), dy = dev_poisoned(R * d * 2);
+      cuda::moe_gather_rows(S(), cuda::error_word(0), DType::BF16, dx->p, static_cast<const int32_t*>(dsr->p),
+                            static_cast<const float*>(dsc->p), T, R, d, dy->p);
+      compare(DType::BF16, dy->get(), want, R * d, Tol::Exact);
+    });
+    add("moe_combine " + tag, [=] {
+      MoeHostRoute h = host_route(L, T, p, 0, false);
+      const int64_t R = h.R, W = L.max_group_experts;
+      std::vector<uint8_t> src = make(DType::F32, rand_f(R * d)), want(T * d * 4);
+      cpu::moe_combine(DType::F32, src.data(), h.row_slots.data(), h.slot_gate.data(), T, W, R, d, want.data());
+      auto ds_ = dev_of(src), drs = dev_of(h.row_slots), dw = dev_of(h.slot_gate), dy = dev_poisoned(T * d * 4);
+      cuda::moe_combine(S(), cuda::error_word(0), DType::F32, ds_->p, static_cast<const int32_t*>(drs->p),
+                        static_cast<const float*>(dw->p), T, W, R, d, dy->p);
+      compare(DType::F32, dy->get(), want, T * d, Tol::Exact);
+    });
+    add("moe_gate_grad " + tag, [=] {
+      MoeHostRoute h = host_route(L, T, p, 0, false);
+      const int64_t R = h.R, E = L.num_experts;
+      std::vector<uint8_t> out = make(DType::F32, rand_f(R * d)), dyv = make(DType::F32, rand_f(T * d));
+      std::vector<float> want(T * E);
+      cpu::moe_gate_grad(DType::F32, out.data(), dyv.data(), h.slot_row.data(), h.expert_offsets.data(), T, R, d, L,
+                         want.data());
+      auto dout = dev_of(out), ddy = dev_of(dyv), dsr = dev_of(h.slot_row), deo = dev_of(h.expert_offsets);
+      auto dsc = dev_poisoned(T * E * 4);
+      cuda::moe_gate_grad(S(), DType::F32, dout->p, ddy->p, static_cast<const int32_t*>(dsr->p),
+                          static_cast<const int32_t*>(deo->p), T, R, d, L, static_cast<float*>(dsc->p));
+      expect_close(fetch<float>(*dsc, T * E), want, 1e-5, 1e-5 * static_cast<double>(d), "dscores");
+    });
+  }
+}
+
 }  // namespace
 
 void add_moe_cases() {
   add_moe_routing_cases();
+  add_moe_boundary_cases();
   add_moe_row_cases();
+  add_moe_row_boundary_cases();
   add_moe_swiglu_cases();
   add_moe_gemm_cases();
 }
