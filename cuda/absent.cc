@@ -60,6 +60,7 @@ void scatter_add(void*, int32_t*, DType, const void*, const int32_t*, void*, int
   absent("scatter_add");
 }
 void gemm(void*, DType, const void*, DType, const void*, DType, void*, const GemmShape&) { absent("gemm"); }
+const char* gemm_tile_config(DType, DType, const GemmShape&) { absent("gemm_tile_config"); }
 
 const char* device_error_op(int32_t) { return nullptr; }
 const char* device_error_message(int32_t) { return "moma was built without CUDA"; }
@@ -95,6 +96,14 @@ void moe_gate_grad(void*, DType, const void*, const void*, const int32_t*, const
 void grouped_gemm(void*, int32_t*, DType, const void*, DType, const void*, bool, const int32_t*, int64_t, int64_t,
                   int64_t, int64_t, DType, void*) {
   absent("grouped_gemm");
+}
+void grouped_gemm_scaled(void*, int32_t*, DType, const void*, DType, const void*, bool, const int32_t*, const float*,
+                         int64_t, int64_t, int64_t, int64_t, DType, void*) {
+  absent("grouped_gemm_scaled");
+}
+void grouped_gemm_swiglu(void*, int32_t*, DType, const void*, DType, const void*, const void*, bool, const int32_t*,
+                         int64_t, int64_t, int64_t, int64_t, DType, void*, void*, void*) {
+  absent("grouped_gemm_swiglu");
 }
 void grouped_gemm_wgrad(void*, int32_t*, DType, const void*, DType, const void*, const int32_t*, int64_t, int64_t,
                         int64_t, int64_t, float*) {

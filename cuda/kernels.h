@@ -52,9 +52,14 @@ void index_select(void* stream, int32_t* err, DType dt, const void* x, const int
 // Deterministic: no float atomics; each output element sums its contributions in increasing j.
 void scatter_add(void* stream, int32_t* err, DType dt, const void* src, const int32_t* idx, void* y,
                  int64_t outer, int64_t k, int64_t n, int64_t inner);
-// Tensor-core GEMM (mma.sync bf16 x bf16 -> f32 accumulate). A, B float32 or bf16 (float32 is
-// rounded to bf16 on load); C float32 or bf16 (beta reads C in its own dtype).
+// GEMM (design: gemm.cu). A, B float32 or bf16; C float32 or bf16 (beta reads C in its own dtype).
+// A and B both float32: float32-accurate (f32 FMAs, error like the CPU's f32 GEMM). Otherwise
+// bf16 tensor cores (mma.sync bf16 x bf16 -> f32 accumulate; a float32 operand next to a bf16 one
+// is rounded to bf16 on load).
 void gemm(void* stream, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
           const GemmShape& g);
+// The kernel and block tile gemm() picks for these dtypes and shape on the current device, e.g.
+// "mma_bf16 128x128x32", "mma_bf16 64x64x32" or "simt_f32 128x128x16" (tests and benchmarks).
+const char* gemm_tile_config(DType dt_a, DType dt_b, const GemmShape& g);
 
 }  // namespace moma::cuda

@@ -30,12 +30,27 @@ void moe_combine(void* stream, int32_t* err, DType dt, const void* src, const in
 void moe_gate_grad(void* stream, DType dt, const void* out, const void* dy, const int32_t* slot_row,
                    const int32_t* expert_offsets, int64_t T, int64_t R, int64_t d, const MoeLayout& L,
                    float* dscores);
-// Tensor-core grouped GEMM (mma.sync bf16 x bf16 -> f32, like gemm.cu). x, w float32 or bf16
-// (float32 is rounded to bf16 on load); y float32 or bf16.
+// Grouped GEMM (design: grouped_gemm.cu). x, w float32 or bf16; y float32 or bf16. x and w both
+// float32: float32-accurate (f32 FMAs, like the CPU); otherwise bf16 tensor cores (mma.sync bf16 x
+// bf16 -> f32; a float32 operand next to a bf16 one is rounded to bf16 on load).
 void grouped_gemm(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w,
                   bool trans_w, const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N,
                   DType dt_y, void* y);
-// x, dy float32 or bf16 (rounded to bf16 on load); dw float32.
+// Fused epilogues of the expert FFN (CPU twins in csrc/cpu/kernels_moe.h; dtypes and paths as
+// grouped_gemm, the epilogue math in float32 on the accumulators, one rounding per stored value):
+//   grouped_gemm_scaled: y[r, :] = row_scale[r] * (x[r, :] @ op(w[e])) (row_scale float32 [R], the
+//     slot gates: the gate scale before combine); rows past offsets[E] are 0.
+//   grouped_gemm_swiglu: h1 = x[r, :] @ op(w1[e]), h3 = x[r, :] @ op(w3[e]) in one pass,
+//     a[r, :] = silu(h1) h3 (swiglu's formula on the float32 accumulators); h1, h3 [R, N] are also
+//     written when non-null (swiglu_backward reads them). w1, w3 share dt_w, trans_w and shape.
+//     a, h1, h3 have dtype dt_y; rows past offsets[E] are 0.
+void grouped_gemm_scaled(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w,
+                         bool trans_w, const int32_t* offsets, const float* row_scale, int64_t E, int64_t R,
+                         int64_t K, int64_t N, DType dt_y, void* y);
+void grouped_gemm_swiglu(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w1,
+                         const void* w3, bool trans_w, const int32_t* offsets, int64_t E, int64_t R, int64_t K,
+                         int64_t N, DType dt_y, void* a, void* h1, void* h3);
+// x, dy float32 or bf16 (both float32: float32-accurate; else bf16 tensor cores); dw float32.
 void grouped_gemm_wgrad(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_dy, const void* dy,
                         const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, float* dw);
 void swiglu(void* stream, DType dt, const void* h1, const void* h3, void* a, int64_t n);

@@ -93,6 +93,18 @@ void moe_gate_grad(DType dt, const void* out, const void* dy, const int32_t* slo
 void grouped_gemm(const float* x, const float* w, bool trans_w, const int32_t* offsets, int64_t E, int64_t R,
                   int64_t K, int64_t N, float* y);
 
+// Fused epilogues of the expert FFN (grouped_epilogue.cc; the CUDA kernels fuse them into the GEMM):
+//   grouped_gemm_scaled: y[r, :] = row_scale[r] * (x[r, :] @ w[e]) for r < offsets[E] (float32
+//     product of the GEMM result, the gate scale before combine); rows past offsets[E] are 0.
+//   grouped_gemm_swiglu: h1 = grouped_gemm(x, w1), h3 = grouped_gemm(x, w3), a = swiglu(h1, h3)
+//     (float32); h1 / h3 are written when non-null. w1, w3 share trans_w and shape.
+// x [R, K], w / w1 / w3 [E, K, N] (or [E, N, K] with trans_w), y / a / h1 / h3 [R, N], float32
+// (the op layer widens bf16). Offsets as grouped_gemm, else ERR_RANGE.
+void grouped_gemm_scaled(const float* x, const float* w, bool trans_w, const int32_t* offsets,
+                         const float* row_scale, int64_t E, int64_t R, int64_t K, int64_t N, float* y);
+void grouped_gemm_swiglu(const float* x, const float* w1, const float* w3, bool trans_w, const int32_t* offsets,
+                         int64_t E, int64_t R, int64_t K, int64_t N, float* a, float* h1, float* h3);
+
 // Weight gradient of grouped_gemm: dw[e] = x[seg e]^T @ dy[seg e] ([K, N]; zero for an empty
 // segment). x [R, K], dy [R, N], dw [E, K, N], float32.
 void grouped_gemm_wgrad(const float* x, const float* dy, const int32_t* offsets, int64_t E, int64_t R,

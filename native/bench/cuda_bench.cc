@@ -5,8 +5,10 @@
 // Ceilings: device-to-device copy bandwidth (copy_d2d of 1 GiB, read + write bytes) and the bf16
 // tensor-core GEMM rate of moma::cuda::gemm at 4096^3 and 8192x4096x4096 (the better one).
 // Nominal bf16 peak: MOMA_GPU_PEAK_TFLOPS, else 989 TFLOP/s (dense) for H100 / H200, else none.
-// Kernels: GEMMs (bf16 and float32 inputs, MoE-like shapes) and the memory-bound kernels on the
-// same [32768, 1024] tensors as the CPU part.
+// Kernels: GEMMs (bf16 tensor cores: gemm_bf16; float32 x float32, the f32-accurate SIMT path:
+// gemm_f32in, and gemm_f32_router at the router-logit shape [8192, 1024] x [1024, 8]) and the
+// memory-bound kernels on the same [32768, 1024] tensors as the CPU part. Each GEMM row names the
+// tile the kernel picked (gemm_tile_config) in a note.
 #include <algorithm>
 #include <iterator>
 #include <cstdio>
@@ -31,7 +33,7 @@ constexpr int kDev = kCudaBenchDevice;
 }  // namespace
 
 constexpr const char* kOps[] = {
-    "ceiling.copy_d2d", "ceiling.gemm_bf16", "gemm_bf16", "gemm_f32in", "fill_f32", "cast_f32_bf16",
+    "ceiling.copy_d2d", "ceiling.gemm_bf16", "gemm_bf16", "gemm_f32in", "gemm_f32_router", "fill_f32", "cast_f32_bf16",
     "unary_silu_f32", "unary_silu_bf16", "binary_add_bcast_f32", "softmax_rows_f32",
     "reduce_sum_rows_f32", "strided_copy_transpose", "index_select_rows_f32"};
 
@@ -70,10 +72,12 @@ void run_cuda(Runner& runner) {
   const GemmCase gemms[] = {
       {"ceiling.gemm_bf16", 4096, 4096, 4096, DType::BF16, true},
       {"ceiling.gemm_bf16", 8192, 4096, 4096, DType::BF16, true},
+      {"gemm_bf16", 4096, 4096, 4096, DType::BF16, false},
       {"gemm_bf16", 8192, 4096, 1024, DType::BF16, false},
       {"gemm_bf16", 8192, 1024, 4096, DType::BF16, false},
       {"gemm_f32in", 4096, 4096, 4096, DType::F32, false},
       {"gemm_f32in", 8192, 4096, 1024, DType::F32, false},
+      {"gemm_f32_router", 8192, 8, 1024, DType::F32, false},
   };
   double gemm_peak = 0;
   for (const auto& c : gemms) {
@@ -86,6 +90,7 @@ void run_cuda(Runner& runner) {
     const double s =
         gpu_seconds([&] { cuda::gemm(st, c.in, A.get(), c.in, B.get(), DType::F32, C.get(), g); });
     const double tflops = 2.0 * double(c.M) * double(c.N) * double(c.K) / s / 1e12;
+    if (!c.ceiling) runner.note(std::string(c.op) + " " + shape_str({c.M, c.N, c.K}) + ": " + cuda::gemm_tile_config(c.in, c.in, g));
     if (c.ceiling) gemm_peak = std::max(gemm_peak, tflops);
     runner.report({"cuda", c.op, shape_str({c.M, c.N, c.K}), s * 1e3, tflops, "TFLOP/s",
                    c.ceiling ? -1 : 100.0 * tflops / gemm_peak,

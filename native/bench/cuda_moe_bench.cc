@@ -4,7 +4,9 @@
 // and weights are bf16 (the GPU training dtype); scores and gates float32. Op names match the CPU
 // part (cpu_moe_bench.cc): moe.partition, moe.router_scores, moe.router_gumbel, moe.route_ec,
 // moe.route_tc, moe.gather_rows, moe.grouped_gemm, moe.grouped_gemm_wgrad, moe.swiglu,
-// moe.swiglu_backward, moe.combine, moe.gate_grad.
+// moe.swiglu_backward, moe.combine, moe.gate_grad, and the fused expert-FFN GEMMs
+// moe.grouped_gemm_swiglu (x @ W1 and x @ W3 + SwiGLU in one kernel, writing a, h1 and h3; FLOPs
+// 2 * 2 * rows * d * f) and moe.grouped_gemm_scaled (a @ W2 times the slot gate; 2 * rows * f * d).
 //
 // Timing as cuda_bench.cc (batches of launches between synchronisations, median of 7). Ceilings
 // measured in this run like cuda_bench.cc: device-to-device copy bandwidth (1 GiB, read + write)
@@ -42,7 +44,8 @@ constexpr int kDev = kCudaBenchDevice;
 constexpr const char* kMoeOps[] = {
     "moe.partition",  "moe.router_scores", "moe.router_gumbel", "moe.route_ec",
     "moe.route_tc",   "moe.gather_rows",   "moe.grouped_gemm",  "moe.grouped_gemm_wgrad",
-    "moe.swiglu",     "moe.swiglu_backward", "moe.combine",     "moe.gate_grad"};
+    "moe.swiglu",     "moe.swiglu_backward", "moe.combine",     "moe.gate_grad",
+    "moe.grouped_gemm_swiglu", "moe.grouped_gemm_scaled"};
 
 struct Ceilings {
   double copy_gbs = 0, gemm_tflops = 0, nominal_tflops = -1;
@@ -181,6 +184,30 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
                     cuda::swiglu_backward(st, DType::BF16, h1.get(), h3.get(), a.get(), dh1.get(), dh3.get(), n);
                   }));
       }
+    }
+  }
+
+  // Fused expert FFN GEMMs: [R, d] x W1, W3 [E, d, f] -> a, h1, h3 [R, f]; a [R, f] x W2 [E, f, d]
+  // scaled by the slot gates -> [R, d].
+  if (want("moe.grouped_gemm_swiglu") || want("moe.grouped_gemm_scaled")) {
+    DeviceBuffer w1(sz(E * d * f) * 2), w3(sz(E * d * f) * 2), a(sz(R * f) * 2), h1(sz(R * f) * 2), h3(sz(R * f) * 2);
+    cuda::random_uniform(st, DType::BF16, w1.get(), E * d * f, 17, 0, -0.03f, 0.03f);
+    cuda::random_uniform(st, DType::BF16, w3.get(), E * d * f, 18, 0, -0.03f, 0.03f);
+    const double flops = 2.0 * double(used) * double(d) * double(f);
+    if (want("moe.grouped_gemm_swiglu"))
+      report_flops("moe.grouped_gemm_swiglu", shape_str({used, d, f}) + " x2 bf16", 2.0 * flops, gpu_seconds([&] {
+                     cuda::grouped_gemm_swiglu(st, err, DType::BF16, xs.get(), DType::BF16, w1.get(), w3.get(), false,
+                                               expert_offsets.as<int32_t>(), E, R, d, f, DType::BF16, a.get(), h1.get(),
+                                               h3.get());
+                   }));
+    if (want("moe.grouped_gemm_scaled")) {
+      DeviceBuffer out(sz(R * d) * 2);
+      cuda::random_uniform(st, DType::BF16, a.get(), R * f, 19, 0, -1.0f, 1.0f);
+      report_flops("moe.grouped_gemm_scaled", shape_str({used, f, d}) + " bf16", flops, gpu_seconds([&] {
+                     cuda::grouped_gemm_scaled(st, err, DType::BF16, a.get(), DType::BF16, w1.get(), false,
+                                               expert_offsets.as<int32_t>(), slot_gate.as<float>(), E, R, f, d,
+                                               DType::BF16, out.get());
+                   }));
     }
   }
 
