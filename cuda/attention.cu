@@ -1,7 +1,11 @@
 // Causal attention inside contiguous segments (packed documents, MoD row subsets) and its
 // backward (semantics: csrc/cpu/kernels_nn.h; CPU twin csrc/cpu/attention.cc). Row t attends the
-// rows s in [seg_start[t], t]; q, k, v, o, dout [N, H, D] float32 or bf16 (widened to float32 in
-// shared memory; all math float32 SIMT, no tensor cores; bf16 rounded once on store).
+// rows s in [seg_start[t], t]; q, k, v, o, dout [N, H, D] float32 or bf16.
+// Dispatch: bf16 with D 64 or 128 and 16-byte aligned tensors run the tensor-core kernels of
+// flash_attention.cu (FlashAttention-2 style, mma.sync bf16); everything else runs the SIMT
+// kernels below (widened to float32 in shared memory; all math float32, no tensor cores; bf16
+// rounded once on store). Both write the same lse (natural log), so either backward can follow
+// either forward.
 //
 // Tiled kernels (D <= 128; the head dim is padded to DC = 32, 64 or 128 with zeros in shared
 // memory; tiles are row-major [rows][DC + 4] floats, so a warp's 16-byte reads of 8 consecutive
@@ -30,8 +34,8 @@
 // seg_start[t - 1]); the attention kernels clamp each start into [0, t] so that bad data never
 // reads out of bounds (results are then unspecified, the error is reported).
 // Cost: forward 4 D sum_t L_t FLOPs (L_t keys of row t), backward 2.5x that (S, dP, dQ, dK, dV);
-// bytes ~ 4 N H D elem: compute bound (float32 FMA rate; tensor cores would be ~10x faster for
-// bf16 inputs). Segments of 4096, H 16, D 64, N 32768: 275 GFLOP forward.
+// bytes ~ 4 N H D elem: compute bound (float32 FMA rate; the tensor-core path is ~10x faster
+// for bf16 inputs). Segments of 4096, H 16, D 64, N 32768: 275 GFLOP forward.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -39,9 +43,11 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "flash_attention.cuh"
 #include "kernels.h"
 #include "kernels_nn.h"
 #include "runtime.h"
+#include "scratch.cuh"
 
 namespace moma::cuda {
 using namespace detail;
@@ -608,6 +614,10 @@ void attention(void* stream, int32_t* err, DType dt, const void* q, const void* 
     cudaStream_t s = as_stream(stream);
     check_segments(s, seg_start, N, err);
     if (D <= 0) return;  // empty tensors: the op layer never calls with them
+    if (flash_attention_supported(dt, N, H, D, {q, k, v, o})) {
+      flash_attention_forward(s, q, k, v, seg_start, N, H, D, scale, o, lse);
+      return;
+    }
     const E* qq = static_cast<const E*>(q);
     const E* kk = static_cast<const E*>(k);
     const E* vv = static_cast<const E*>(v);
@@ -637,13 +647,18 @@ void attention_backward(void* stream, int32_t* err, DType dt, const void* q, con
     if (H > 65535) fail("ERR_ARG", "cuda attention_backward: at most 65535 heads, got ", H);
     cudaStream_t s = as_stream(stream);
     check_segments(s, seg_start, N, err);
+    if (flash_attention_supported(dt, N, H, D, {q, k, v, o, dout, dq, dk, dv})) {
+      flash_attention_backward(s, q, k, v, o, lse, dout, seg_start, N, H, D, scale, dq, dk, dv);
+      return;
+    }
     const E* qq = static_cast<const E*>(q);
     const E* kk = static_cast<const E*>(k);
     const E* vv = static_cast<const E*>(v);
     const E* gg = static_cast<const E*>(dout);
     int dev = 0;
     MOMA_CUDA_CHECK(cudaGetDevice(&dev));
-    float* delta = static_cast<float*>(alloc(dev, static_cast<size_t>(N * H) * sizeof(float)));
+    Scratch delta_buf(dev, static_cast<size_t>(N * H) * sizeof(float));  // released on return or throw
+    float* delta = delta_buf.as<float>();
     attn_delta_kernel<E><<<warp_rows_grid(N * H), 256, 0, s>>>(static_cast<const E*>(o), gg, N * H, D, delta);
     check_launch("attention_backward (delta)");
     if (D > 128) {
@@ -668,7 +683,6 @@ void attention_backward(void* stream, int32_t* err, DType dt, const void* q, con
         check_launch("attention_backward (dk dv)");
       });
     }
-    release(dev, delta);  // stream-ordered reuse
   });
 }
 

@@ -1,19 +1,29 @@
 // CUDA transformer kernels (cuda/kernels_nn.h) at the 435M tier's shapes: d = 1024, 16 heads of
 // 64, T = 32768 rows (8 sequences of 4096), vocabulary 65,536. Op names: nn.rmsnorm,
 // nn.rmsnorm_backward, nn.layernorm, nn.layernorm_backward, nn.rope, nn.attention,
-// nn.attention_backward, nn.cross_entropy, nn.cross_entropy_backward, nn.adamw.
+// nn.attention_backward, nn.cross_entropy, nn.cross_entropy_backward, nn.adamw, and the
+// tensor-core attention attention_fwd_bf16_tc, attention_bwd_bf16_tc, attention_fwd_bwd_bf16_tc.
 //
 // Activations bf16 (the GPU training dtype) and, for the norms, float32 too; statistics, losses
 // and optimizer state float32. Timing as cuda_bench.cc (batches of launches between
 // synchronisations, median of 7). Ceilings: device-to-device copy bandwidth measured in this run
 // (1 GiB, read + write) for the memory-bound kernels, which report GB/s of compulsory traffic
-// (each input read once, each output written once); attention reports TFLOP/s (forward
-// 4 D sum_t L_t per head, backward 2.5x that, L_t the keys row t sees) against the nominal
-// float32 SIMT peak (the kernels use float32 FMA, not tensor cores): MOMA_GPU_F32_TFLOPS, else
-// 67 TFLOP/s for H100 / H200 SXM; no measured ceiling (-). Plain C++: only runtime.h and the
-// kernel headers.
+// (each input read once, each output written once). Attention reports TFLOP/s with the causal
+// count (forward 4 D sum_t L_t per head, backward 2.5x that, L_t the keys row t sees):
+//   nn.attention, nn.attention_backward: float32 inputs (the SIMT kernels) against the nominal
+//     float32 SIMT peak MOMA_GPU_F32_TFLOPS, else 67 TFLOP/s for H100 / H200 SXM; no measured
+//     ceiling (-).
+//   attention_fwd_bf16_tc, attention_bwd_bf16_tc, attention_fwd_bwd_bf16_tc (3.5x the forward's
+//     count): bf16 (the tensor-core kernels), N 8192 rows in
+//     segments of 4096 and of 1024, H 16, D 64 and 128 (shape "N8192xH16xD64xseg4096"), against
+//     the bf16 GEMM rate measured in this run (moma::cuda::gemm at 8192x4096x4096, as
+//     cuda_moe_bench.cc) and the nominal bf16 peak MOMA_GPU_PEAK_TFLOPS, else 989 TFLOP/s for
+//     H100 / H200.
+// Plain C++: only runtime.h and the kernel headers.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <functional>
 #include <iterator>
 #include <random>
 #include <string>
@@ -38,10 +48,23 @@ constexpr int kDev = kCudaBenchDevice;
 constexpr const char* kNnOps[] = {"nn.rmsnorm",        "nn.rmsnorm_backward", "nn.layernorm",
                                   "nn.layernorm_backward", "nn.rope",         "nn.attention",
                                   "nn.attention_backward", "nn.cross_entropy", "nn.cross_entropy_backward",
-                                  "nn.adamw"};
+                                  "nn.adamw",          "attention_fwd_bf16_tc", "attention_bwd_bf16_tc",
+                                  "attention_fwd_bwd_bf16_tc"};
 
 size_t elem_size(DType dt) { return dt == DType::BF16 ? 2 : 4; }
 const char* dt_name(DType dt) { return dt == DType::BF16 ? "bf16" : "f32"; }
+
+// The bf16 tensor-core GEMM rate of this run (TFLOP/s), as cuda_moe_bench.cc measures it.
+double gemm_ceiling_tflops(void* st) {
+  const int64_t M = 8192, N = 4096, K = 4096;
+  DeviceBuffer A(sz(M * K) * 2), B(sz(K * N) * 2), C(sz(M * N) * 4);
+  cuda::random_uniform(st, DType::BF16, A.get(), M * K, 1, 0, -1.0f, 1.0f);
+  cuda::random_uniform(st, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
+  const GemmShape g = gemm_shape(M, N, K);
+  const double s =
+      gpu_seconds([&] { cuda::gemm(st, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32, C.get(), g); });
+  return 2.0 * double(M) * double(N) * double(K) / s / 1e12;
+}
 
 }  // namespace
 
@@ -120,11 +143,8 @@ void run_cuda_nn(Runner& runner) {
   }
 
   // RoPE on [T, H, Dh] bf16, positions 0..4095 per sequence.
-  std::vector<int32_t> pos_h(sz(T)), seg_h(sz(T));
-  for (int64_t t = 0; t < T; ++t) {
-    pos_h[sz(t)] = static_cast<int32_t>(t % 4096);
-    seg_h[sz(t)] = static_cast<int32_t>(t - t % 4096);
-  }
+  std::vector<int32_t> pos_h(sz(T));
+  for (int64_t t = 0; t < T; ++t) pos_h[sz(t)] = static_cast<int32_t>(t % 4096);
   if (want("nn.rope")) {
     const int64_t n = T * H * Dh;
     DeviceBuffer x(sz(n) * 2), y(sz(n) * 2), pos(sz(T) * 4);
@@ -135,34 +155,73 @@ void run_cuda_nn(Runner& runner) {
               }));
   }
 
-  // Attention: 8 documents of 4096 rows, H 16, Dh 64, bf16.
-  if (want("nn.attention") || want("nn.attention_backward")) {
-    const int64_t n = T * H * Dh;
-    DeviceBuffer q(sz(n) * 2), k(sz(n) * 2), v(sz(n) * 2), o(sz(n) * 2), lse(sz(T * H) * 4), seg(sz(T) * 4);
-    cuda::random_normal(st, DType::BF16, q.get(), n, 9, 0, 0.0f, 1.0f);
-    cuda::random_normal(st, DType::BF16, k.get(), n, 10, 0, 0.0f, 1.0f);
-    cuda::random_normal(st, DType::BF16, v.get(), n, 11, 0, 0.0f, 1.0f);
-    cuda::copy_h2d(kDev, seg.get(), seg_h.data(), sz(T) * 4);
+  // Attention of N rows in documents of `seg_len`, H heads of D, dtype dt: reports op_fwd, op_bwd
+  // and (unless nullptr) op_both, the forward followed by the backward, through `report`.
+  const auto bench_attention = [&](DType dt, int64_t N, int64_t Ha, int64_t D, int64_t seg_len, const char* op_fwd,
+                                   const char* op_bwd, const char* op_both, const std::string& shape,
+                                   const std::function<void(const char*, const std::string&, double, double)>& report) {
+    const int64_t n = N * Ha * D;
+    const size_t es = elem_size(dt);
+    DeviceBuffer q(sz(n) * es), k(sz(n) * es), v(sz(n) * es), o(sz(n) * es), lse(sz(N * Ha) * 4), seg(sz(N) * 4);
+    cuda::random_normal(st, dt, q.get(), n, 9, 0, 0.0f, 1.0f);
+    cuda::random_normal(st, dt, k.get(), n, 10, 0, 0.0f, 1.0f);
+    cuda::random_normal(st, dt, v.get(), n, 11, 0, 0.0f, 1.0f);
+    std::vector<int32_t> starts(sz(N));
     double pairs = 0;  // sum_t L_t
-    for (int64_t t = 0; t < T; ++t) pairs += double(t - seg_h[sz(t)] + 1);
-    const double fwd_flops = 4.0 * double(Dh) * pairs * double(H);
-    const float scale = 0.125f;
+    for (int64_t t = 0; t < N; ++t) {
+      starts[sz(t)] = static_cast<int32_t>(t - t % seg_len);
+      pairs += double(t % seg_len + 1);
+    }
+    cuda::copy_h2d(kDev, seg.get(), starts.data(), sz(N) * 4);
+    const double fwd_flops = 4.0 * double(D) * pairs * double(Ha);
+    const float scale = static_cast<float>(1.0 / std::sqrt(double(D)));
     const auto fwd = [&] {
-      cuda::attention(st, err, DType::BF16, q.get(), k.get(), v.get(), seg.as<int32_t>(), T, H, Dh, scale, o.get(),
+      cuda::attention(st, err, dt, q.get(), k.get(), v.get(), seg.as<int32_t>(), N, Ha, D, scale, o.get(),
                       lse.as<float>());
     };
     fwd();
-    const std::string shape = shape_str({T, H, Dh}) + " seg4096 bf16";
-    if (want("nn.attention")) report_flops("nn.attention", shape, fwd_flops, gpu_seconds(fwd));
-    if (want("nn.attention_backward")) {
-      DeviceBuffer dout(sz(n) * 2), dq(sz(n) * 2), dk(sz(n) * 2), dv(sz(n) * 2);
-      cuda::random_normal(st, DType::BF16, dout.get(), n, 12, 0, 0.0f, 1.0f);
-      report_flops("nn.attention_backward", shape, 2.5 * fwd_flops, gpu_seconds([&] {
-                     cuda::attention_backward(st, err, DType::BF16, q.get(), k.get(), v.get(), o.get(), lse.as<float>(),
-                                              dout.get(), seg.as<int32_t>(), T, H, Dh, scale, dq.get(), dk.get(),
-                                              dv.get());
-                   }));
+    if (want(op_fwd)) report(op_fwd, shape, fwd_flops, gpu_seconds(fwd));
+    const bool both = op_both != nullptr && want(op_both);
+    if (want(op_bwd) || both) {
+      DeviceBuffer dout(sz(n) * es), dq(sz(n) * es), dk(sz(n) * es), dv(sz(n) * es);
+      cuda::random_normal(st, dt, dout.get(), n, 12, 0, 0.0f, 1.0f);
+      const auto bwd = [&] {
+        cuda::attention_backward(st, err, dt, q.get(), k.get(), v.get(), o.get(), lse.as<float>(), dout.get(),
+                                 seg.as<int32_t>(), N, Ha, D, scale, dq.get(), dk.get(), dv.get());
+      };
+      if (want(op_bwd)) report(op_bwd, shape, 2.5 * fwd_flops, gpu_seconds(bwd));
+      if (both) report(op_both, shape, 3.5 * fwd_flops, gpu_seconds([&] {
+                         fwd();
+                         bwd();
+                       }));
     }
+  };
+
+  // SIMT attention: 8 documents of 4096 rows, H 16, Dh 64, float32.
+  if (want("nn.attention") || want("nn.attention_backward"))
+    bench_attention(DType::F32, T, H, Dh, 4096, "nn.attention", "nn.attention_backward", nullptr,
+                    shape_str({T, H, Dh}) + " seg4096 f32", report_flops);
+
+  // Tensor-core attention, bf16: N 8192, H 16, D 64 / 128, documents of 4096 / 1024.
+  if (want("attention_fwd_bf16_tc") || want("attention_bwd_bf16_tc") || want("attention_fwd_bwd_bf16_tc")) {
+    const double gemm_tflops = gemm_ceiling_tflops(st);
+    const double bf16_peak = env_double("MOMA_GPU_PEAK_TFLOPS", hopper ? 989.0 : -1.0);
+    std::snprintf(line, sizeof line, "cuda nn: ceilings: gemm_bf16 %.1f TFLOP/s (8192x4096x4096), nominal bf16 %.0f TFLOP/s",
+                  gemm_tflops, bf16_peak);
+    runner.note(line);
+    const auto report_tc = [&](const char* op, const std::string& shape, double flops, double s) {
+      const double tf = flops / s / 1e12;
+      runner.report({"cuda", op, shape, s * 1e3, tf, "TFLOP/s", 100.0 * tf / gemm_tflops,
+                     bf16_peak > 0 ? 100.0 * tf / bf16_peak : -1});
+    };
+    const int64_t N = 8192;
+    for (int64_t D : {64, 128})
+      for (int64_t seg_len : {4096, 1024}) {
+        const std::string shape = "N" + std::to_string(N) + "xH" + std::to_string(H) + "xD" + std::to_string(D) +
+                                  "xseg" + std::to_string(seg_len);
+        bench_attention(DType::BF16, N, H, D, seg_len, "attention_fwd_bf16_tc", "attention_bwd_bf16_tc",
+                        "attention_fwd_bwd_bf16_tc", shape, report_tc);
+      }
   }
 
   // Cross-entropy [8192, 65536] bf16 logits, 5% ignored rows.

@@ -8,6 +8,9 @@
 // nll): 1e-4 relative to the magnitude of the summed terms, computed here in double from the
 // inputs (e.g. sum_s p_ts |v_s| for the attention output). bf16 results add one bf16 ulp of the
 // reference (both sides round their own float32 result once). AdamW: bitwise equal.
+// Tensor-core attention (bf16, head dim 64 / 128) rounds P and dS to bf16 for its products:
+// relative Frobenius error <= 1e-2 for o and 2e-2 for dq / dk / dv (+ 1e-5 RMS absolute), lse
+// within 1e-4 (|lse| + 1) of the CPU and of the float32 SIMT kernel, backward bitwise repeatable.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -190,7 +193,7 @@ void rope_case(DType dt, int64_t N, int64_t H, int64_t D, bool inverse, int32_t 
   });
 }
 
-// ---- attention -----------------------------------------------------------------------------
+// ---- attention ----------------------------------------------------------------------------
 // Segment starts: mode 0 one segment, 1 every row its own segment, 2 ragged (random lengths).
 std::vector<int32_t> segments(int64_t N, int mode) {
   std::vector<int32_t> s(sz(N));
@@ -202,64 +205,166 @@ std::vector<int32_t> segments(int64_t N, int mode) {
   return s;
 }
 
+// Segment patterns of the tensor-core cases (boundaries fall anywhere inside the 64-row tiles).
+enum SegPattern { kOneSegment, kLen1, kLen2, kLen17, kRandomLen, kPadded, kLongThenShort, kNumPatterns };
+const char* const kPatternNames[] = {"one segment", "segments of 1", "segments of 2", "segments of 17",
+                                     "random lengths 1..200", "documents + singleton padding",
+                                     "one long then short 1..40"};
+
+std::vector<int32_t> segments_tc(int64_t N, int pattern) {
+  std::vector<int32_t> s(sz(N));
+  std::vector<int64_t> lengths;  // consecutive segment lengths covering N rows
+  int64_t covered = 0;
+  const auto push = [&](int64_t len) {
+    len = std::min(len, N - covered);
+    lengths.push_back(len);
+    covered += len;
+  };
+  while (covered < N) {
+    switch (pattern) {
+      case kOneSegment: push(N); break;
+      case kLen1: push(1); break;
+      case kLen2: push(2); break;
+      case kLen17: push(17); break;
+      case kRandomLen: push(rand_i(1, 1, 200)[0]); break;
+      case kPadded:  // a document, then 1..4 padding rows, each its own segment (never attended by others)
+        push(rand_i(1, 1, 300)[0]);
+        for (int32_t p = rand_i(1, 1, 4)[0]; p > 0 && covered < N; --p) push(1);
+        break;
+      default:  // kLongThenShort
+        if (covered == 0) push(std::max<int64_t>(1, N * 3 / 4));
+        else push(rand_i(1, 1, 40)[0]);
+        break;
+    }
+  }
+  int64_t t = 0;
+  for (int64_t len : lengths)
+    for (int64_t i = 0; i < len; ++i, ++t) s[sz(t)] = static_cast<int32_t>(t - i);
+  return s;
+}
+
+// RMS(got - want) <= rel RMS(want) + abs_rms and no NaN (unwritten poisoned bf16 reads as NaN).
+void check_frobenius(const std::vector<float>& got, const std::vector<float>& want, double rel, double abs_rms,
+                     const std::string& what) {
+  size_t nans = 0;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::isnan(got[i])) ++nans;
+    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  const double n = double(std::max<size_t>(1, want.size()));
+  const double err = std::sqrt(num / n), ref = std::sqrt(den / n);
+  if (nans > 0 || !(err <= rel * ref + abs_rms)) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "%s: rms error %.3g vs rms %.3g (rel %.3g, allowed %.3g + %.3g), %zu NaN",
+                  what.c_str(), err, ref, ref > 0 ? err / ref : err, rel, abs_rms, nans);
+    failure(buf);
+  } else {
+    pass();
+  }
+}
+
+// One attention forward + backward case against the CPU kernels on the same (rounded) inputs.
+// bf16 with D 64 / 128 runs the tensor-core kernels (P and dS rounded to bf16 for their products,
+// FlashAttention-2 style): o within 1e-2 and dq / dk / dv within 2e-2 relative Frobenius
+// (+ 1e-5 RMS absolute, for results that cancel to ~0, e.g. dq with one key per row); lse within
+// 1e-4 (|lse| + 1) of the CPU and of the float32 SIMT kernel on the same inputs; `twice` runs the
+// backward again and expects the same bits. Every other case runs the SIMT kernels and uses the
+// element-wise tolerances of the header.
+void attention_check(DType dt, int64_t N, int64_t H, int64_t D, const std::vector<int32_t>& seg, bool twice) {
+  const bool tc = dt == DType::BF16 && (D == 64 || D == 128);
+  const size_t n = sz(N * H * D), es = dtype_size(dt), nh = sz(N * H);
+  const float scale = static_cast<float>(1.0 / std::sqrt(double(D)));
+  const std::vector<float> qf = rounded(dt, rand_f(n, -1.5f, 1.5f)), kf = rounded(dt, rand_f(n, -1.5f, 1.5f));
+  const std::vector<float> vf = rounded(dt, rand_f(n, -1.0f, 1.0f)), gf = rounded(dt, rand_f(n, -1.0f, 1.0f));
+  const auto qb = make(dt, qf), kb = make(dt, kf), vb = make(dt, vf), gb = make(dt, gf);
+  std::vector<uint8_t> o_w(n * es), dq_w(n * es), dk_w(n * es), dv_w(n * es);
+  std::vector<float> lse_w(nh);
+  cpu::attention(dt, qb.data(), kb.data(), vb.data(), seg.data(), N, H, D, scale, o_w.data(), lse_w.data());
+  cpu::attention_backward(dt, qb.data(), kb.data(), vb.data(), o_w.data(), lse_w.data(), gb.data(), seg.data(), N, H,
+                          D, scale, dq_w.data(), dk_w.data(), dv_w.data());
+  auto dqi = std::make_unique<Dev>(qb), dki = std::make_unique<Dev>(kb), dvi = std::make_unique<Dev>(vb);
+  auto dgi = std::make_unique<Dev>(gb), doi = std::make_unique<Dev>(o_w);
+  auto dseg = dev_of(seg), dlse_in = dev_of(lse_w);
+  auto o = dev_poisoned(n * es), lse = dev_poisoned(nh * 4);
+  auto dq = dev_poisoned(n * es), dk = dev_poisoned(n * es), dv = dev_poisoned(n * es);
+  int32_t* err = cuda::error_word(0);
+  cuda::attention(S(), err, dt, dqi->p, dki->p, dvi->p, P<int32_t>(dseg), N, H, D, scale, o->p, P<float>(lse));
+  // the backward gets the CPU's o and lse, so both sides start from the same values
+  cuda::attention_backward(S(), err, dt, dqi->p, dki->p, dvi->p, doi->p, P<float>(dlse_in), dgi->p, P<int32_t>(dseg),
+                           N, H, D, scale, dq->p, dk->p, dv->p);
+  std::vector<double> sl(nh);
+  for (size_t i = 0; i < nh; ++i) sl[i] = std::fabs(lse_w[i]) + 1.0;
+  if (tc) {
+    // the float32 SIMT kernel on the same values: its lse is the tensor-core kernel's contract too
+    auto q32 = dev_of(qf), k32 = dev_of(kf), v32 = dev_of(vf);
+    auto o32 = dev_poisoned(n * 4), lse32 = dev_poisoned(nh * 4);
+    cuda::attention(S(), err, DType::F32, q32->p, k32->p, v32->p, P<int32_t>(dseg), N, H, D, scale, o32->p,
+                    P<float>(lse32));
+    const std::vector<uint8_t> lse_tc = lse->get();
+    check_scaled(DType::F32, lse_tc, make(DType::F32, lse_w), nh, sl, 1e-4, "lse");
+    check_scaled(DType::F32, lse_tc, lse32->get(), nh, sl, 1e-4, "lse vs SIMT");
+    check_frobenius(as_floats(dt, o->get(), n), as_floats(dt, o_w, n), 1e-2, 1e-5, "o");
+    const std::vector<float> dq_g = as_floats(dt, dq->get(), n), dk_g = as_floats(dt, dk->get(), n),
+                             dv_g = as_floats(dt, dv->get(), n);
+    check_frobenius(dq_g, as_floats(dt, dq_w, n), 2e-2, 1e-5, "dq");
+    check_frobenius(dk_g, as_floats(dt, dk_w, n), 2e-2, 1e-5, "dk");
+    check_frobenius(dv_g, as_floats(dt, dv_w, n), 2e-2, 1e-5, "dv");
+    if (twice) {
+      auto dq2 = dev_poisoned(n * es), dk2 = dev_poisoned(n * es), dv2 = dev_poisoned(n * es);
+      cuda::attention_backward(S(), err, dt, dqi->p, dki->p, dvi->p, doi->p, P<float>(dlse_in), dgi->p,
+                               P<int32_t>(dseg), N, H, D, scale, dq2->p, dk2->p, dv2->p);
+      expect_equal(vec_of<uint16_t>(dq2->get()), vec_of<uint16_t>(dq->get()), "dq repeat");
+      expect_equal(vec_of<uint16_t>(dk2->get()), vec_of<uint16_t>(dk->get()), "dk repeat");
+      expect_equal(vec_of<uint16_t>(dv2->get()), vec_of<uint16_t>(dv->get()), "dv repeat");
+    }
+    return;
+  }
+  // magnitudes (double): p_ts, |dp| + |delta|
+  const std::vector<float> of = as_floats(dt, o_w, n);
+  std::vector<double> so(n, 0.0), sdq(n, 0.0), sdk(n, 0.0), sdv(n, 0.0);
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      const size_t rt = sz((t * H + h) * D);
+      double delta = 0;
+      for (int64_t d = 0; d < D; ++d) delta += std::fabs(double(gf[rt + sz(d)]) * of[rt + sz(d)]);
+      for (int64_t s = seg[sz(t)]; s <= t; ++s) {
+        const size_t rs = sz((s * H + h) * D);
+        double x = 0, dp = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          x += double(qf[rt + sz(d)]) * kf[rs + sz(d)];
+          dp += std::fabs(double(gf[rt + sz(d)]) * vf[rs + sz(d)]);
+        }
+        const double p = std::exp(scale * x - lse_w[sz(t * H + h)]);
+        const double m = p * (dp + delta);
+        for (int64_t d = 0; d < D; ++d) {
+          so[rt + sz(d)] += p * std::fabs(vf[rs + sz(d)]);
+          sdv[rs + sz(d)] += p * std::fabs(gf[rt + sz(d)]);
+          sdq[rt + sz(d)] += scale * m * std::fabs(kf[rs + sz(d)]);
+          sdk[rs + sz(d)] += scale * m * std::fabs(qf[rt + sz(d)]);
+        }
+      }
+    }
+  check_scaled(dt, o->get(), o_w, n, so, 1e-4, "o");
+  check_scaled(DType::F32, lse->get(), make(DType::F32, lse_w), nh, sl, 1e-4, "lse");
+  check_scaled(dt, dq->get(), dq_w, n, sdq, 1e-4, "dq");
+  check_scaled(dt, dk->get(), dk_w, n, sdk, 1e-4, "dk");
+  check_scaled(dt, dv->get(), dv_w, n, sdv, 1e-4, "dv");
+}
+
 void attention_case(DType dt, int64_t N, int64_t H, int64_t D, int mode) {
   static const char* kModes[] = {"one segment", "segments of 1", "ragged"};
   const std::string tag = std::string(dname(dt)) + " " + std::to_string(N) + "x" + std::to_string(H) + "x" +
                           std::to_string(D) + " " + kModes[mode];
-  add("attention " + tag, [=] {
-    const size_t n = sz(N * H * D), es = dtype_size(dt), nh = sz(N * H);
-    const float scale = static_cast<float>(1.0 / std::sqrt(double(D)));
-    const std::vector<float> qf = rounded(dt, rand_f(n, -1.5f, 1.5f)), kf = rounded(dt, rand_f(n, -1.5f, 1.5f));
-    const std::vector<float> vf = rounded(dt, rand_f(n, -1.0f, 1.0f)), gf = rounded(dt, rand_f(n, -1.0f, 1.0f));
-    const std::vector<int32_t> seg = segments(N, mode);
-    const auto qb = make(dt, qf), kb = make(dt, kf), vb = make(dt, vf), gb = make(dt, gf);
-    std::vector<uint8_t> o_w(n * es), dq_w(n * es), dk_w(n * es), dv_w(n * es);
-    std::vector<float> lse_w(nh);
-    cpu::attention(dt, qb.data(), kb.data(), vb.data(), seg.data(), N, H, D, scale, o_w.data(), lse_w.data());
-    cpu::attention_backward(dt, qb.data(), kb.data(), vb.data(), o_w.data(), lse_w.data(), gb.data(), seg.data(), N, H,
-                            D, scale, dq_w.data(), dk_w.data(), dv_w.data());
-    auto dqi = std::make_unique<Dev>(qb), dki = std::make_unique<Dev>(kb), dvi = std::make_unique<Dev>(vb);
-    auto dgi = std::make_unique<Dev>(gb), doi = std::make_unique<Dev>(o_w);
-    auto dseg = dev_of(seg), dlse_in = dev_of(lse_w);
-    auto o = dev_poisoned(n * es), lse = dev_poisoned(nh * 4);
-    auto dq = dev_poisoned(n * es), dk = dev_poisoned(n * es), dv = dev_poisoned(n * es);
-    int32_t* err = cuda::error_word(0);
-    cuda::attention(S(), err, dt, dqi->p, dki->p, dvi->p, P<int32_t>(dseg), N, H, D, scale, o->p, P<float>(lse));
-    // the backward gets the CPU's o and lse, so both sides start from the same values
-    cuda::attention_backward(S(), err, dt, dqi->p, dki->p, dvi->p, doi->p, P<float>(dlse_in), dgi->p, P<int32_t>(dseg),
-                             N, H, D, scale, dq->p, dk->p, dv->p);
-    // magnitudes (double): p_ts, |dp| + |delta|
-    const std::vector<float> of = as_floats(dt, o_w, n);
-    std::vector<double> so(n, 0.0), sdq(n, 0.0), sdk(n, 0.0), sdv(n, 0.0), sl(nh);
-    for (int64_t t = 0; t < N; ++t)
-      for (int64_t h = 0; h < H; ++h) {
-        const size_t rt = sz((t * H + h) * D);
-        double delta = 0;
-        for (int64_t d = 0; d < D; ++d) delta += std::fabs(double(gf[rt + sz(d)]) * of[rt + sz(d)]);
-        sl[sz(t * H + h)] = std::fabs(lse_w[sz(t * H + h)]) + 1.0;
-        for (int64_t s = seg[sz(t)]; s <= t; ++s) {
-          const size_t rs = sz((s * H + h) * D);
-          double x = 0, dp = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            x += double(qf[rt + sz(d)]) * kf[rs + sz(d)];
-            dp += std::fabs(double(gf[rt + sz(d)]) * vf[rs + sz(d)]);
-          }
-          const double p = std::exp(scale * x - lse_w[sz(t * H + h)]);
-          const double m = p * (dp + delta);
-          for (int64_t d = 0; d < D; ++d) {
-            so[rt + sz(d)] += p * std::fabs(vf[rs + sz(d)]);
-            sdv[rs + sz(d)] += p * std::fabs(gf[rt + sz(d)]);
-            sdq[rt + sz(d)] += scale * m * std::fabs(kf[rs + sz(d)]);
-            sdk[rs + sz(d)] += scale * m * std::fabs(qf[rt + sz(d)]);
-          }
-        }
-      }
-    check_scaled(dt, o->get(), o_w, n, so, 1e-4, "o");
-    check_scaled(DType::F32, lse->get(), make(DType::F32, lse_w), nh, sl, 1e-4, "lse");
-    check_scaled(dt, dq->get(), dq_w, n, sdq, 1e-4, "dq");
-    check_scaled(dt, dk->get(), dk_w, n, sdk, 1e-4, "dk");
-    check_scaled(dt, dv->get(), dv_w, n, sdv, 1e-4, "dv");
-  });
+  add("attention " + tag, [=] { attention_check(dt, N, H, D, segments(N, mode), false); });
+}
+
+void attention_tc_case(int64_t N, int64_t H, int64_t D, int pattern, bool twice = false) {
+  const std::string tag = std::to_string(N) + "x" + std::to_string(H) + "x" + std::to_string(D) + " " +
+                          kPatternNames[pattern] + (twice ? " (deterministic)" : "");
+  add("attention bf16 tensor cores " + tag,
+      [=] { attention_check(DType::BF16, N, H, D, segments_tc(N, pattern), twice); });
 }
 
 // ---- cross-entropy -------------------------------------------------------------------------
@@ -362,6 +467,24 @@ void add_nn_cases() {
         }
   attention_case(DType::F32, 300, 2, 96, 2);
   attention_case(DType::BF16, 300, 2, 128, 0);
+  // Tensor-core path (bf16, D 64 / 128): N around the 64-row tiles and 32 / 64-row stages, every
+  // segment pattern, H 1..16.
+  {
+    const int64_t kHeads[] = {1, 2, 16, 3};
+    int c = 0;
+    for (int64_t D : {64, 128}) {
+      for (int64_t N : {1, 7, 63, 64, 65, 127, 129}) {
+        attention_tc_case(N, kHeads[c % 4], D, kOneSegment);
+        if (N > 1) attention_tc_case(N, kHeads[(c + 1) % 4], D, 1 + c % (kNumPatterns - 1));
+        ++c;
+      }
+      for (int pattern = 0; pattern < kNumPatterns; ++pattern) attention_tc_case(1000, 4, D, pattern);
+      attention_tc_case(1000, 16, D, kLen17);
+      attention_tc_case(1000, 3, D, kRandomLen, true);
+      attention_tc_case(4099, 2, D, kOneSegment);
+      attention_tc_case(4099, 2, D, kPadded);
+    }
+  }
 
   for (DType dt : kFloat)
     for (int64_t N : {1, 37, 1000})
@@ -410,6 +533,21 @@ void add_nn_cases() {
       expect_device_error("attention");
     });
   }
+  add("attention bad segment bf16 tensor cores", [] {  // out-of-range starts are clamped, never read out of bounds
+    const int64_t N = 70, H = 2, D = 64;
+    std::vector<int32_t> bad(sz(N));
+    for (int64_t t = 0; t < N; ++t) bad[sz(t)] = t < 40 ? 0 : (t % 2 ? 1000 : -5);
+    const auto xb = make(DType::BF16, std::vector<float>(sz(N * H * D), 0.25f));
+    auto dx = std::make_unique<Dev>(xb), ds = dev_of(bad);
+    auto o = dev_poisoned(xb.size()), lse = dev_poisoned(sz(N * H) * 4);
+    cuda::attention(S(), cuda::error_word(0), DType::BF16, dx->p, dx->p, dx->p, P<int32_t>(ds), N, H, D, 0.125f, o->p,
+                    P<float>(lse));
+    expect_device_error("attention");
+    auto g1 = dev_poisoned(xb.size()), g2 = dev_poisoned(xb.size()), g3 = dev_poisoned(xb.size());
+    cuda::attention_backward(S(), cuda::error_word(0), DType::BF16, dx->p, dx->p, dx->p, dx->p, P<float>(lse), dx->p,
+                             P<int32_t>(ds), N, H, D, 0.125f, g1->p, g2->p, g3->p);
+    expect_device_error("attention");
+  });
   add("cross_entropy target out of range", [] {
     std::vector<float> x(3 * 5, 0.5f);
     for (const std::vector<int32_t>& tg : {std::vector<int32_t>{0, 5, -1}, std::vector<int32_t>{-2, 1, 1}}) {
