@@ -18,6 +18,9 @@ w1, w3 [E, d, f], w2 [E, f, d] and router [d, E] (columns of single-expert group
   the block; selected rows become x + g (block(x) - x).
 - Transformer: embedding, blocks (MoD at layers 0, i, 2i, ...), final RMSNorm, untied LM head;
   loss = mean next-token cross-entropy over non-padding targets + z_loss mean(lse^2).
+
+Every tensor made inside follows its input's device (and, for RoPE's tables, dtype), so a module
+moved with .to(device, dtype) runs there: run.py --device cuda --dtype bfloat16 times them on a GPU.
 """
 import math
 
@@ -38,9 +41,9 @@ def rms_norm(x, w):
 def rope(x, positions, theta):
     """x [N, H, D], rotate-half: y[i] = x[i] c - x[i+h] s, y[i+h] = x[i+h] c + x[i] s."""
     half = x.shape[-1] // 2
-    inv_freq = theta ** (-torch.arange(half, dtype=torch.float64) * 2 / x.shape[-1])
+    inv_freq = theta ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2 / x.shape[-1])
     angle = positions.to(torch.float64).unsqueeze(1) * inv_freq.unsqueeze(0)
-    cos, sin = angle.cos().float().unsqueeze(1), angle.sin().float().unsqueeze(1)
+    cos, sin = angle.cos().to(x.dtype).unsqueeze(1), angle.sin().to(x.dtype).unsqueeze(1)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -126,7 +129,8 @@ class MoMaFFN(torch.nn.Module):
             dest.append(rows)
         if not outs:
             return torch.zeros_like(v)
-        return torch.zeros_like(v).index_add(0, torch.cat(dest), torch.cat(outs))
+        out = torch.cat(outs)  # under autocast the experts' dtype, not the residual stream's
+        return out.new_zeros(v.shape).index_add(0, torch.cat(dest), out)
 
 
 class HeadNorm(torch.nn.Module):
@@ -162,16 +166,16 @@ def batched_attention(q, k, v, ctx):
     counts = torch.bincount(seq - seq.min())
     B, L = counts.numel(), int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(N) - starts[seq - seq.min()]
+    slot = torch.arange(N, device=q.device) - starts[seq - seq.min()]
     flat = (seq - seq.min()) * L + slot
     if B * L == N:
         pad = lambda t: t.view(B, L, H, D)
         doc = ctx.seg_start.view(B, L)
     else:
         pad = lambda t: t.new_zeros(B * L, H, D).index_copy(0, flat, t).view(B, L, H, D)
-        doc = torch.full((B * L,), -1, dtype=ctx.seg_start.dtype).index_copy(0, flat, ctx.seg_start).view(B, L)
+        doc = ctx.seg_start.new_full((B * L,), -1).index_copy(0, flat, ctx.seg_start).view(B, L)
     qb, kb, vb = (pad(t).transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
-    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     allowed = (doc.unsqueeze(2) == doc.unsqueeze(1)) & causal  # [B, L, L]; padding attends to padding
     scores = (qb @ kb.transpose(-1, -2)) * (1.0 / math.sqrt(D))
     o = torch.softmax(scores.masked_fill(~allowed.unsqueeze(1), float('-inf')), dim=-1) @ vb
@@ -277,7 +281,8 @@ class Transformer(torch.nn.Module):
     def loss(self, batch):
         """batch: tokens, targets (-1 = padding), positions, seg_start, modality (-1 = padding), seq_len."""
         T = batch['tokens'].numel()
-        ctx = Rows(batch['positions'], batch['seg_start'], batch['modality'], torch.arange(T) // batch['seq_len'],
+        ctx = Rows(batch['positions'], batch['seg_start'], batch['modality'],
+                   torch.arange(T, device=batch['tokens'].device) // batch['seq_len'],
                    int((batch['modality'] >= 0).sum()))
         x = self.embed(batch['tokens'])
         for block in self.layers:

@@ -23,6 +23,12 @@ struct Result {
   double pct_nominal = -1;   // of the nominal peak; < 0: not applicable
 };
 
+// One fact of the run's meta line (main.cc): a JSON number when `number`, else a string.
+struct MetaField {
+  std::string key, value;
+  bool number = false;
+};
+
 class Runner {
  public:
   Runner(std::vector<std::string> filters, bool json_only)
@@ -34,6 +40,9 @@ class Runner {
   void report(const Result& r);
   // A free-form line (date, device names); with --json it becomes {"note": "..."}.
   void note(const std::string& line) const;
+  // The run's facts as the first line: {"note": "...", "meta": {...}} with --json (a note to
+  // readers that only know notes), else one text line.
+  void meta(const std::vector<MetaField>& fields) const;
   // After the run: the JSON lines of every result (the table mode ends with them).
   void finish() const;
   bool json_only() const { return json_only_; }

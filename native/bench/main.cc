@@ -6,8 +6,10 @@
 // benchmark runs. The CPU ceilings (copy bandwidth on 256 MiB, FMA peak of a register-only loop
 // on every pool thread) are always measured first, then the CPU kernels; when the CUDA backend is
 // compiled and a GPU is present, the same for the GPU (device-to-device copy, bf16 GEMM rate).
-// Output: a table, then one JSON line per result; --json prints only JSON lines on stdout (the
-// results, and the header lines as {"note": ...}).
+// Output: a table, then one JSON line per result; --json prints only JSON lines on stdout: first
+// {"note": "moma kernel bench  date ...", "meta": {date, host, cuda_compiled, device,
+// compute_capability, multiprocessors, memory_gib, driver_cuda, runtime_cuda}} (the GPU fields only
+// with a GPU; CUDA versions as "13.0"), then the results, and the header lines as {"note": ...}.
 // Environment: MOMA_CPU_PEAK_GFLOPS (nominal CPU fp32 peak, default 256 = 2 cores x 2.0 GHz x
 // 2 AVX-512 FMA units), MOMA_GPU_PEAK_TFLOPS (nominal GPU bf16 peak), MOMA_NUM_THREADS.
 #include <algorithm>
@@ -17,8 +19,10 @@
 #include <cstring>
 #include <ctime>
 #include <sstream>
+#include <unistd.h>
 
 #include "bench.h"
+#include "cuda/runtime.h"
 
 namespace moma::bench {
 
@@ -93,6 +97,20 @@ void Runner::note(const std::string& line) const {
   std::fflush(stdout);
 }
 
+void Runner::meta(const std::vector<MetaField>& fields) const {
+  std::string text = "moma kernel bench", json;
+  for (const MetaField& f : fields) {
+    text += "  " + f.key + " " + f.value;
+    if (!json.empty()) json += ",";
+    json += "\"" + json_escape(f.key) + "\":" + (f.number ? f.value : "\"" + json_escape(f.value) + "\"");
+  }
+  if (json_only_)
+    std::printf("{\"note\":\"%s\",\"meta\":{%s}}\n", json_escape(text).c_str(), json.c_str());
+  else
+    std::printf("%s\n", text.c_str());
+  std::fflush(stdout);
+}
+
 void Runner::finish() const {
   if (json_only_) return;
   std::printf("\n");
@@ -135,6 +153,38 @@ std::string shape_str(std::initializer_list<int64_t> dims) {
   return s;
 }
 
+namespace {
+
+// "13.0" from CUDA's integer version 13000 (0: "none").
+std::string cuda_version_str(int v) {
+  return v > 0 ? std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10) : "none";
+}
+
+// Date (UTC), host, whether CUDA is compiled, the GPU (name, compute capability, SMs, memory)
+// when one is visible, and the CUDA versions of its driver and of the runtime compiled in.
+std::vector<MetaField> run_meta() {
+  char date[64];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  char host[256] = "unknown";
+  gethostname(host, sizeof host - 1);
+  std::vector<MetaField> m = {{"date", date}, {"host", host}, {"cuda_compiled", cuda::compiled() ? "yes" : "no"}};
+  if (cuda::device_count() > 0) {
+    const cuda::DeviceInfo info = cuda::device_info(0);
+    char mem[32];
+    std::snprintf(mem, sizeof mem, "%.1f", double(info.total_memory) / double(1ull << 30));
+    m.push_back({"device", info.name});
+    m.push_back({"compute_capability", std::to_string(info.cc_major) + "." + std::to_string(info.cc_minor)});
+    m.push_back({"multiprocessors", std::to_string(info.multiprocessors), true});
+    m.push_back({"memory_gib", mem, true});
+  }
+  m.push_back({"driver_cuda", cuda_version_str(cuda::driver_version())});
+  m.push_back({"runtime_cuda", cuda_version_str(cuda::runtime_version())});
+  return m;
+}
+
+}  // namespace
+
 }  // namespace moma::bench
 
 int main(int argc, char** argv) {
@@ -153,11 +203,7 @@ int main(int argc, char** argv) {
     }
   }
   Runner runner(filters, json);
-
-  char date[64];
-  const std::time_t t = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S %Z", std::localtime(&t));
-  runner.note(std::string("moma kernel bench  ") + date);
+  runner.meta(run_meta());
 
   try {
     run_cpu(runner);
