@@ -40,6 +40,16 @@ export interface NativeMemoryStats {
   pendingTasks: number;
 }
 
+/** One device's work queue (csrc/core/queue.h). */
+export interface NativeRuntimeStats {
+  /** Times the host waited for this device's queue (reads, synchronize, drains, device-to-host copies) since start. */
+  hostSyncs: number;
+  /** Tasks queued on this device since start. */
+  tasksSubmitted: number;
+  /** Tasks of this device waiting or running now. */
+  pendingTasks: number;
+}
+
 type H = TensorHandle;
 
 /** One AdamW step's hyper-parameters (csrc/core/nn_types.h); biasC1/C2 = 1 - beta^step. */
@@ -108,6 +118,7 @@ export interface BindingModule {
   synchronize(device: string): Promise<void>;
   info(): NativeInfo;
   memoryStats(device: string): NativeMemoryStats;
+  runtimeStats(device: string): NativeRuntimeStats;
   resetPeakMemory(device: string): void;
   emptyCache(device: string): void;
   setErrorClass(ctor: new (code: MomaErrorCode, message: string) => MomaError): void;

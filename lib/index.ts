@@ -9,8 +9,8 @@ export type { CreateOptions, RandomOptions, TensorData } from './creation';
 export * from './ops';
 export { Generator, manualSeed, defaultGenerator } from './random';
 export { bestDevice, cudaAvailable, cudaDeviceCount, getDefaultDevice, setDefaultDevice } from './device';
-export { memoryStats, resetPeakMemory, emptyCache, synchronize } from './memory';
-export type { MemoryStats } from './memory';
+export { memoryStats, runtimeStats, resetPeakMemory, emptyCache, synchronize } from './memory';
+export type { MemoryStats, RuntimeStats } from './memory';
 export { inspect } from './inspect';
 export type { InspectReport } from './inspect';
 export {
@@ -18,7 +18,7 @@ export {
   groupedMatmulWgrad, swiglu, swigluBackward, routingStats, modSelect, segmentStarts,
 } from './moe/ops';
 export type { MoeLayout, Partition, Routing, RoutingOptions, RoutingMode, RouterFn, RoutingStats } from './moe/ops';
-export { MoMaFFN, moeLayoutOf } from './moe/moma_ffn';
+export { defaultRouter, MoMaFFN, moeLayoutOf } from './moe/moma_ffn';
 export type { MoMaFFNConfig, MoMaFFNContext, MoeGroupConfig, RoutingStatsReport } from './moe/moma_ffn';
 export { SwiGLUFFN } from './moe/swiglu_ffn';
 export type { SwiGLUFFNConfig, SwiGLUFFNContext } from './moe/swiglu_ffn';

@@ -1,5 +1,5 @@
-/** Memory statistics and synchronisation per device. */
-import { native, NativeMemoryStats } from './binding';
+/** Memory and queue statistics, and synchronisation, per device. */
+import { native, NativeMemoryStats, NativeRuntimeStats } from './binding';
 import { normalizeDevice } from './device';
 import { tensorsCollectedWithoutDispose } from './tensor';
 
@@ -12,6 +12,17 @@ export interface MemoryStats extends NativeMemoryStats {
 export function memoryStats(device = 'cpu'): MemoryStats {
   const stats = native().memoryStats(normalizeDevice(device, 'memoryStats'));
   return { ...stats, collectedWithoutDispose: tensorsCollectedWithoutDispose() };
+}
+
+export type RuntimeStats = NativeRuntimeStats;
+
+/**
+ * The device's queue: `hostSyncs` counts every time the host waited for it (each `toArray()`,
+ * `item()`, `synchronize()`, drain and device-to-host copy), counted when the wait is requested,
+ * so the count is exact as soon as the call returns. A training step that only queues work adds 0.
+ */
+export function runtimeStats(device = 'cpu'): RuntimeStats {
+  return native().runtimeStats(normalizeDevice(device, 'runtimeStats'));
 }
 
 export function resetPeakMemory(device = 'cpu'): void {

@@ -20,7 +20,7 @@ function stepLines(runDir: string): number[] {
     .map((l) => JSON.parse(l) as { step: number; kind?: string }).filter((r) => r.kind === undefined).map((r) => r.step);
 }
 
-const SMALL = ['--preset', 'tiny-4t4i', '--batch-size', '2', '--seq-len', '64', '--warmup', '2'];
+const SMALL = ['--preset', 'tiny-4t4i', '--batch-size', '2', '--seq-len', '64', '--warmup', '2', '--log-every', '1'];
 
 beforeAll(() => {
   ensureDist();

@@ -39,9 +39,9 @@ function metricsOf(runDir: string): MetricsRecord[] {
 const isEval = (r: MetricsRecord): r is EvalRecord => 'kind' in r && r.kind === 'eval';
 const stepsOf = (runDir: string): StepRecord[] => metricsOf(runDir).filter((r): r is StepRecord => !isEval(r));
 
-/** A record without its timings (the only fields that differ between equal runs). */
+/** A record without its timings and the process's host-wait count (the only fields that differ between equal runs). */
 function untimed(r: MetricsRecord): unknown {
-  const { seconds: _s, tokensPerSecond: _t, mfu: _m, ...rest } = r as StepRecord;
+  const { seconds: _s, tokensPerSecond: _t, mfu: _m, dataWaitMs: _d, hostSyncs: _h, ...rest } = r as StepRecord;
   return rest;
 }
 

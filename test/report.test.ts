@@ -101,7 +101,7 @@ function fakeSteps(n: number): StepRecord[] {
     const record: StepRecord = {
       step, tokens: step * 100, flops: { total: step * 1e9, perModality: { text: step * 4e8, image: step * 6e8 } },
       loss: 5 / step, lossPerModality: { text: 6 / step, image: step === 3 ? NaN : 4 / step }, lr: 1e-3, gradNorm: 1, tokensPerSecond: 1000,
-      mfu: 0.1, seconds: 0.1, imageFraction: 0.5,
+      mfu: 0.1, seconds: 0.1, imageFraction: 0.5, interval: 1, dataWaitMs: 2, hostSyncs: step,
     };
     if (step % 20 === 0) record.routing = [0, 1].flatMap((layer) => [0, 1].map((expert) => ({ layer, group: expert, expert: 0, rows: 10 * step + layer + expert, meanGate: 0.5 })));
     return record;
@@ -121,6 +121,7 @@ test('summarizeMetrics: first step, mean of the last 5% of steps, last held-out 
   expect(summary.steps).toBe(40);
   expect(summary.tokens).toBe(4000);
   expect(summary.trainSeconds).toBeCloseTo(4, 10);
+  expect(summary.dataWaitSeconds).toBeCloseTo(40 * 0.002, 10);
   expect(summary.tokensPerSecond).toBeCloseTo(1000, 8);
   expect(summary.loss.first).toEqual({ overall: 5, text: 6, image: 4 });
   expect(summary.loss.finalWindow).toBe(2);
@@ -131,6 +132,17 @@ test('summarizeMetrics: first step, mean of the last 5% of steps, last held-out 
   expect(summary.routing!.experts.map((e) => e.rows)).toEqual([400, 401, 401, 402]);
   const empty = summarizeMetrics([], []);
   expect(empty).toMatchObject({ steps: 0, tokens: 0, tokensPerSecond: 0, heldOut: null, routing: null, loss: { first: {}, final: {} } });
+});
+
+test('summarizeMetrics weights records by the steps they cover (logEvery > 1), and reads records without interval as one step', () => {
+  // 40 records of 10 steps each: the final window is the last 2 records, 20 steps
+  const logged = fakeSteps(40).map((r, i) => ({ ...r, interval: i === 39 ? 30 : 10 }));
+  const summary = summarizeMetrics(logged, []);
+  expect(summary.loss.firstWindow).toBe(10);
+  expect(summary.loss.finalWindow).toBe(40);
+  expect(summary.loss.final.overall).toBeCloseTo((10 * 5 / 39 + 30 * 5 / 40) / 40, 12);
+  const old = fakeSteps(40).map(({ interval: _i, ...r }) => r as StepRecord);
+  expect(summarizeMetrics(old, []).loss).toMatchObject({ firstWindow: 1, finalWindow: 2 });
 });
 
 function writeRun(runDir: string, lines: string[], name = 'builtin:shapes'): void {

@@ -18,7 +18,7 @@ import { EvalRecord, MetricsRecord, RunFile, RunHooks, StepRecord, trainRun } fr
 let dir: string;
 let shapes: MixedModalDataset;
 const MODEL = { dModel: 32, heads: 2, ffn: { dFF: 48 } };
-const SMALL = { preset: 'tiny-4t4i', model: MODEL, batchSize: 2, seqLen: 64, device: 'cpu', lr: 3e-3, warmup: 4 };
+const SMALL = { preset: 'tiny-4t4i', model: MODEL, batchSize: 2, seqLen: 64, device: 'cpu', lr: 3e-3, warmup: 4, logEvery: 1 };
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-run-'));
@@ -32,11 +32,11 @@ function records(runDir: string): MetricsRecord[] {
 
 const isEval = (r: MetricsRecord): r is EvalRecord => 'kind' in r && r.kind === 'eval';
 
-/** A record without its timings (the only fields that differ between equal runs). */
+/** A record without its timings and the process's host-wait count (the only fields that differ between equal runs). */
 function untimed(r: MetricsRecord): Record<string, unknown> {
   const { seconds: _s, ...rest } = r as StepRecord;
   if (isEval(r)) return rest;
-  const { tokensPerSecond: _t, mfu: _m, ...step } = rest as Omit<StepRecord, 'seconds'>;
+  const { tokensPerSecond: _t, mfu: _m, dataWaitMs: _d, hostSyncs: _h, ...step } = rest as Omit<StepRecord, 'seconds'>;
   return step;
 }
 

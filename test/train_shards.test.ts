@@ -17,7 +17,7 @@ import { StepRecord, trainRun } from '../lib/train/run';
 
 let dir: string;
 let shards: string;
-const VALUES = { preset: 'tiny-4t4i', model: { dModel: 32, heads: 2, ffn: { dFF: 48 } }, batchSize: 2, seqLen: 64, device: 'cpu', lr: 3e-3, warmup: 2, evalEvery: 4 };
+const VALUES = { preset: 'tiny-4t4i', model: { dModel: 32, heads: 2, ffn: { dFF: 48 } }, batchSize: 2, seqLen: 64, device: 'cpu', lr: 3e-3, warmup: 2, evalEvery: 4, logEvery: 1 };
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-pipeline-'));

@@ -29,7 +29,7 @@ describe('Trainer', () => {
   test('4t4i + MoD: both modality losses fall; metrics add up', async () => {
     const model = new Transformer(moma44());
     const data = new SyntheticSource({ batchSize: 4, seqLen: 48 });
-    const trainer = new Trainer({ model, data, vocab: syntheticVocab, steps: 80, schedule: { peak: 3e-3, warmup: 5 }, optimizer: { weightDecay: 0 }, statsEvery: 40 });
+    const trainer = new Trainer({ model, data, vocab: syntheticVocab, steps: 80, schedule: { peak: 3e-3, warmup: 5 }, optimizer: { weightDecay: 0 }, statsEvery: 40, logEvery: 1 });
     const log: StepMetrics[] = [];
     trainer.on('step', (m: StepMetrics) => log.push(m));
     const summary = await trainer.run();
@@ -182,7 +182,7 @@ test('learning-rate schedules: linear warm-up, then linear or cosine decay to th
 test('requestStop ends the run after the current step and writes a checkpoint', async () => {
   const dir = path.join(tmp, 'stopped');
   const model = new Transformer(moma44());
-  const trainer = new Trainer({ model, data: new SyntheticSource({ batchSize: 2, seqLen: 32 }), vocab: syntheticVocab, steps: 50, schedule: { peak: 1e-3, warmup: 1 }, checkpointDir: dir });
+  const trainer = new Trainer({ model, data: new SyntheticSource({ batchSize: 2, seqLen: 32 }), vocab: syntheticVocab, steps: 50, schedule: { peak: 1e-3, warmup: 1 }, checkpointDir: dir, logEvery: 1 });
   trainer.on('step', (m: StepMetrics) => {
     if (m.step === 3) trainer.requestStop();
   });

@@ -1,5 +1,6 @@
 #include "queue.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -15,6 +16,7 @@ class Worker {
   // Workers live for the whole process (the bridge keeps storages alive until exit); the thread
   // is detached at exit by leaking the Worker, so static destruction never waits on device work.
   void push(Task task) {
+    submitted_.fetch_add(1, std::memory_order_relaxed);
     std::unique_lock<std::mutex> lock(mutex_);
     space_.wait(lock, [this] { return tasks_.size() < kMaxPending; });
     tasks_.push_back(std::move(task));
@@ -27,6 +29,14 @@ class Worker {
   size_t pending() {
     std::lock_guard<std::mutex> lock(mutex_);
     return tasks_.size() + (busy_ ? 1 : 0);
+  }
+  void count_host_sync() { host_syncs_.fetch_add(1, std::memory_order_relaxed); }
+  QueueStats stats() {
+    QueueStats s;
+    s.host_syncs = host_syncs_.load(std::memory_order_relaxed);
+    s.submitted = submitted_.load(std::memory_order_relaxed);
+    s.pending = pending();
+    return s;
   }
 
  private:
@@ -75,6 +85,7 @@ class Worker {
   std::condition_variable ready_, space_, idle_;
   std::deque<Task> tasks_;
   bool busy_ = false;
+  std::atomic<uint64_t> submitted_{0}, host_syncs_{0};
   std::thread thread_;
 };
 
@@ -106,7 +117,23 @@ void submit(const char* op, Device device, const std::vector<Tensor>& inputs,
   submit(device, std::move(task));
 }
 
-void drain(Device device) { worker_for(device).drain(); }
+void drain(Device device) {
+  Worker& worker = worker_for(device);
+  worker.count_host_sync();
+  worker.drain();
+}
+
+void count_host_sync(Device device) { worker_for(device).count_host_sync(); }
+
+QueueStats queue_stats(Device device) {
+  Worker* worker = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_workers_mutex);
+    auto it = workers().find(std::make_pair(static_cast<int>(device.type), device.index));
+    if (it != workers().end()) worker = it->second;
+  }
+  return worker ? worker->stats() : QueueStats{};
+}
 
 size_t pending_tasks() {
   std::lock_guard<std::mutex> lock(g_workers_mutex);

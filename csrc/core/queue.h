@@ -36,6 +36,21 @@ void drain(Device device);
 // Number of worker threads' pending tasks (all devices): for tests and diagnostics.
 size_t pending_tasks();
 
+// Host waits. Every request that makes the host wait until `device`'s queue reaches a point -- a
+// read back to the host, a synchronize, a drain, a device-to-host copy -- is counted here once,
+// when it is made, so the count is exact as soon as the requesting call returns. A training step
+// that queues its work without reading anything adds none (runtimeStats(device).hostSyncs).
+void count_host_sync(Device device);
+
+struct QueueStats {
+  uint64_t host_syncs = 0;  // host waits requested on this device's queue since the process began
+  uint64_t submitted = 0;   // tasks queued on this device since the process began
+  size_t pending = 0;       // tasks of this device waiting or running now
+};
+
+// Statistics of one device's queue (all zero for a device that has queued nothing yet).
+QueueStats queue_stats(Device device);
+
 constexpr size_t kMaxPending = 4096;
 
 }  // namespace moma

@@ -1,5 +1,5 @@
 // Exports: what was compiled and what the machine has (for `moma inspect`), memory statistics,
-// and the MomaError class registration.
+// queue statistics (host waits per device), and the MomaError class registration.
 #include "../../cuda/runtime.h"
 #include "bridge.h"
 #include "core/queue.h"
@@ -80,6 +80,16 @@ Napi::Value memory_stats(Info info) {
   return out;
 }
 
+Napi::Value runtime_stats(Info info) {
+  Device device = to_device(info[0], "runtimeStats", "device");
+  QueueStats s = queue_stats(device);
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("hostSyncs", static_cast<double>(s.host_syncs));
+  out.Set("tasksSubmitted", static_cast<double>(s.submitted));
+  out.Set("pendingTasks", static_cast<double>(s.pending));
+  return out;
+}
+
 Napi::Value reset_peak(Info info) {
   Device device = to_device(info[0], "resetPeakMemory", "device");
   if (device.is_cuda()) cuda::reset_peak(device.index);
@@ -107,6 +117,7 @@ Napi::Value set_error_class_export(Info info) {
 void register_runtime_exports(Napi::Env env, Napi::Object exports) {
   exports.Set("info", guarded(env, "info", info));
   exports.Set("memoryStats", guarded(env, "memoryStats", memory_stats));
+  exports.Set("runtimeStats", guarded(env, "runtimeStats", runtime_stats));
   exports.Set("resetPeakMemory", guarded(env, "resetPeakMemory", reset_peak));
   exports.Set("emptyCache", guarded(env, "emptyCache", empty_cache));
   exports.Set("setErrorClass", guarded(env, "setErrorClass", set_error_class_export));

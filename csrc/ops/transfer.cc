@@ -2,6 +2,8 @@
 // Cross-device copies keep both queues in order without a host sync on the JS thread: the
 // producing queue signals a promise when the source is ready, and the consuming queue's task
 // waits for it. Each pair is submitted together, so waits never form a cycle.
+// Host waits (core/queue.h count_host_sync) are counted here where they are requested: a read, a
+// synchronize, and a CUDA -> CPU copy (which drains the source device's stream).
 #include <cstring>
 #include <future>
 
@@ -38,6 +40,7 @@ Tensor cpu_to_cuda(const Tensor& t, Device device) {
 
 Tensor cuda_to_cpu(const Tensor& t) {
   Device cpu{DeviceType::CPU, 0};
+  count_host_sync(t.device());  // the copy waits for the CUDA stream (cudaStreamSynchronize)
   Tensor out = empty_tensor(t.shape, t.dtype, cpu, "to");
   auto done = std::make_shared<std::promise<void>>();
   std::shared_future<void> done_future = done->get_future().share();
@@ -60,6 +63,7 @@ Tensor to_device(const Tensor& t, Device device) {
 }
 
 void read_async(const Tensor& t, ReadCallback done) {
+  count_host_sync(t.device());
   Task task;
   task.op = "read";
   task.run = [t, done] {
@@ -95,6 +99,7 @@ void read_async(const Tensor& t, ReadCallback done) {
 }
 
 void synchronize_async(Device device, std::function<void(std::shared_ptr<const MomaException>)> done) {
+  count_host_sync(device);
   Task task;
   task.op = "synchronize";
   task.run = [device, done] {

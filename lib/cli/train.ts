@@ -11,7 +11,7 @@ import * as path from 'path';
 import { Command } from 'commander';
 import { shownPath } from './paths';
 import * as cliProgress from 'cli-progress';
-import { formatDuration, formatSI, LossRow, writeReport } from '../report/report';
+import { firstLabel, formatDuration, formatSI, LossRow, writeReport } from '../report/report';
 import { EvalRecord, RunStartInfo, RunSummary, StepRecord, trainRun } from '../train/run';
 import { RUN_DEFAULTS } from '../train/run_config';
 
@@ -30,6 +30,7 @@ interface TrainFlags {
   evalEvery?: string;
   evalBatches?: string;
   checkpointEvery?: string;
+  logEvery?: string;
   resume?: string;
   out?: string;
   jsonLog?: boolean;
@@ -56,20 +57,24 @@ function jsonProgress(): Progress {
   };
 }
 
+/** About 20 lines a run: the first record, then the first record past each 5% of the steps, and the last. */
 function lineProgress(say: (line: string) => void): Progress {
   let total = 0;
   let every = 1;
   let began = 0;
   let firstStep = 0;
+  let shown = -1;
   return {
     start(info) {
       total = info.settings.steps;
       every = Math.max(1, Math.round((total - info.startStep) / 20));
       began = Date.now();
       firstStep = info.startStep;
+      shown = -1;
     },
     step(r) {
-      if (r.step !== firstStep + 1 && r.step % every !== 0 && r.step !== total) return;
+      if (shown >= 0 && Math.floor(r.step / every) === Math.floor(shown / every) && r.step !== total) return;
+      shown = r.step;
       const elapsed = (Date.now() - began) / 1000;
       const eta = (elapsed / (r.step - firstStep)) * (total - r.step);
       say(`step ${r.step}/${total}  loss ${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})  ${Math.round(r.tokensPerSecond)} tok/s  elapsed ${formatDuration(elapsed)}  eta ${formatDuration(eta)}`);
@@ -106,7 +111,7 @@ function barProgress(): Progress {
 
 function lossTable(summary: RunSummary): string[] {
   const keys = Object.keys(summary.loss.first).length > 0 ? Object.keys(summary.loss.first) : ['overall'];
-  const rows: [string, LossRow][] = [['first step', summary.loss.first], [`final (last ${summary.loss.finalWindow})`, summary.loss.final]];
+  const rows: [string, LossRow][] = [[firstLabel(summary), summary.loss.first], [`final (last ${summary.loss.finalWindow})`, summary.loss.final]];
   if (summary.heldOut) rows.push([`held-out (step ${summary.heldOut.step})`, summary.heldOut.loss]);
   const width = Math.max(...rows.map(([label]) => label.length), 4) + 2;
   return [
@@ -169,7 +174,7 @@ export function registerTrainCommands(program: Command): void {
     .command('train')
     .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
     .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
-    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, out); flags override it')
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, out); flags override it')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
@@ -182,6 +187,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--eval-every <n>', `held-out evaluation every n steps, 0: at the end only (default ${RUN_DEFAULTS.evalEvery})`)
     .option('--eval-batches <n>', `held-out batches per evaluation (default ${RUN_DEFAULTS.evalBatches})`)
     .option('--checkpoint-every <n>', `checkpoint every n steps, 0: at the end only (default ${RUN_DEFAULTS.checkpointEvery}); the newest 2 are kept`)
+    .option('--log-every <n>', `read the metrics back every n steps, one metrics.jsonl record with the means (default ${RUN_DEFAULTS.logEvery}); the steps between never wait for the device`)
     .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps may change)')
     .option('--out <run dir>', 'run directory (default runs/<yyyymmdd-hhmmss>-<preset>)')
     .option('--json-log', 'print the metrics records as JSON lines instead of a progress bar')

@@ -275,6 +275,7 @@ export async function runFlopsSavings(options: FlopsSavingsOptions = {}, hooks: 
           preset, model: settings.model, data: settings.data, device: settings.device, steps: settings.steps, batchSize: settings.batchSize,
           seqLen: settings.seqLen, lr: settings.lr, warmup: settings.warmup, seed: settings.seed, imageFraction: settings.imageFraction,
           evalEvery: settings.evalEvery, evalBatches: settings.evalBatches, checkpointEvery: settings.checkpointEvery, out: runDir,
+          logEvery: 1, // η needs the loss curve of every step (SPEC §6 smoothing)
         },
         dataset,
       }, runHooks);

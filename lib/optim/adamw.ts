@@ -3,11 +3,15 @@
  * parameters and moments, decoupled weight decay (not on norms, biases and embeddings unless
  * asked), gradient clipping by global norm. Defaults follow the paper's recipe (SPEC §7):
  * betas (0.9, 0.95), eps 1e-5, clip 1.0.
+ *
+ * Clipping stays on the device: the global norm and the factor min(1, clipNorm / (norm + 1e-6))
+ * are float32 scalar tensors, and the gradients are multiplied by the factor before the fused
+ * step, so an update never waits for the device. Read `gradNorm` only when it is logged.
  */
-import { tidy } from '../autograd/scope';
+import { tidy, untrack } from '../autograd/scope';
 import { noGrad } from '../autograd/tape';
 import { concat } from '../ops';
-import { zeros } from '../creation';
+import { full, zeros } from '../creation';
 import { MomaError } from '../errors';
 import { Tensor } from '../tensor';
 import { Module } from '../nn/module';
@@ -24,12 +28,16 @@ export interface AdamWOptions {
   decay?: (name: string) => boolean;
 }
 
+/** Clipping of one step, as float32 scalar tensors on the parameters' device (nothing is read to the host). */
 export interface StepResult {
   /** Global L2 norm of the gradients before clipping. */
-  gradNorm: number;
-  /** The factor the gradients were multiplied by (1 when not clipped). */
-  clipScale: number;
+  gradNorm: Tensor;
+  /** The factor the gradients were multiplied by: min(1, clipNorm / (gradNorm + 1e-6)), or 1 without clipping. */
+  clipScale: Tensor;
 }
+
+/** Added to the norm in the clip factor's denominator. */
+export const CLIP_EPS = 1e-6;
 
 export const defaultDecay = (name: string): boolean => !/(norm|bias|embed)/.test(name);
 
@@ -54,24 +62,55 @@ export class AdamW {
     return this.state;
   }
 
-  /** Global gradient norm (reads one number from the device). */
-  async gradNorm(): Promise<number> {
-    const squares = tidy(() => noGrad(() => {
-      const parts = this.module.parameters().filter((p) => p.grad !== null).map((p) => (p.grad as Tensor).square().sum());
-      if (parts.length === 0) return null;
-      return parts.length === 1 ? parts[0]! : concat(parts.map((t) => t.reshape([1])), 0).sum();
-    }));
-    if (squares === null) return 0;
-    const value = await squares.item();
-    squares.dispose();
-    return Math.sqrt(value);
+  private last: StepResult | null = null;
+
+  /** Whether clipNorm asks for clipping (0 and Infinity do not). */
+  get clips(): boolean {
+    return this.options.clipNorm > 0 && Number.isFinite(this.options.clipNorm);
   }
 
-  /** One update of every parameter that has a gradient, at learning rate `lr` (default options.lr). */
-  async update(lr = this.options.lr): Promise<StepResult> {
-    const gradNorm = await this.gradNorm();
-    const { clipNorm } = this.options;
-    const clipScale = clipNorm > 0 && Number.isFinite(clipNorm) && gradNorm > clipNorm ? clipNorm / (gradNorm + 1e-6) : 1;
+  /** Global L2 norm of the gradients, a float32 scalar tensor on the device (0 without gradients); the caller owns it. */
+  gradNorm(): Tensor {
+    return untrack(tidy(() => noGrad(() => {
+      const grads = this.module.parameters().filter((p) => p.grad !== null).map((p) => p.grad as Tensor);
+      if (grads.length === 0) return zeros([], { device: this.device() });
+      const parts = grads.map((g) => g.square().sum());
+      const squares = parts.length === 1 ? parts[0]! : concat(parts.map((t) => t.reshape([1])), 0).sum();
+      return squares.sqrt();
+    })));
+  }
+
+  /**
+   * Clips the gradients by their global norm on the device (like torch's clip_grad_norm_): every
+   * gradient becomes grad · min(1, clipNorm / (norm + 1e-6)) (left as it is without clipping).
+   * Returns the norm before clipping and the factor; the caller owns both.
+   */
+  clipGradients(): StepResult {
+    const gradNorm = this.gradNorm();
+    const clipScale = untrack(noGrad(() => (this.clips
+      ? tidy(() => full([], this.options.clipNorm, { device: gradNorm.device }).div(gradNorm.add(CLIP_EPS)).minimum(1))
+      : full([], 1, { device: gradNorm.device }))));
+    if (this.clips) {
+      noGrad(() => {
+        for (const p of this.module.parameters()) {
+          if (p.grad === null) continue;
+          const scaled = untrack(p.grad.mul(clipScale));
+          p.grad.dispose();
+          p.grad = scaled;
+        }
+      });
+    }
+    return { gradNorm, clipScale };
+  }
+
+  /**
+   * One update of every parameter that has a gradient, at learning rate `lr` (default
+   * options.lr): clips the gradients (clipGradients) and applies the fused step. Queues device
+   * work only and returns at once. The result belongs to the optimizer and stays valid until the
+   * next update or dispose() (clone it to keep it longer).
+   */
+  update(lr = this.options.lr): StepResult {
+    const result = this.clipGradients();
     this.step++;
     noGrad(() => {
       for (const [name, p] of this.module.namedParameters()) {
@@ -83,7 +122,7 @@ export class AdamW {
         }
         const out = adamwStep(p, p.grad, s.m, s.v, {
           lr, beta1: this.options.betas[0], beta2: this.options.betas[1], eps: this.options.eps,
-          weightDecay: this.options.decay(name) ? this.options.weightDecay : 0, gradScale: clipScale, step: this.step,
+          weightDecay: this.options.decay(name) ? this.options.weightDecay : 0, step: this.step,
         });
         s.m.dispose();
         s.v.dispose();
@@ -91,7 +130,20 @@ export class AdamW {
         this.module.setParameter(name, out.param);
       }
     });
-    return { gradNorm, clipScale };
+    this.disposeLast();
+    this.last = result;
+    return result;
+  }
+
+  private device(): string {
+    return this.module.parameters()[0]?.device ?? 'cpu';
+  }
+
+  private disposeLast(): void {
+    if (this.last === null) return;
+    this.last.gradNorm.dispose();
+    this.last.clipScale.dispose();
+    this.last = null;
   }
 
   /** Drops every parameter's gradient. */
@@ -103,6 +155,7 @@ export class AdamW {
   }
 
   dispose(): void {
+    this.disposeLast();
     for (const s of this.state.values()) {
       s.m.dispose();
       s.v.dispose();

@@ -7,6 +7,10 @@
  *                the loss, learning-rate and throughput charts, the last routing statistics of
  *                MoE models, and the run configuration.
  * `summarizeMetrics` gives the numbers the CLI prints at the end of a run.
+ *
+ * A step record holds the means over the steps since the previous record (`interval` of them,
+ * `logEvery` unless an evaluation, checkpoint or stop came first); records written before
+ * `interval` existed covered one step each.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -26,12 +30,16 @@ export interface MetricsSummary {
   steps: number;
   tokens: number;
   flops: { total: number; perModality: Record<string, number> };
-  /** Sum of the step times (training only). */
+  /** Sum of the step times (training only, data waits excluded). */
   trainSeconds: number;
+  /** Sum of the time steps waited for their batches. */
+  dataWaitSeconds: number;
   tokensPerSecond: number;
   loss: {
+    /** The first record's means, over its `firstWindow` steps. */
     first: LossRow;
-    /** Mean over the last `finalWindow` steps (5% of the run, at least 1). */
+    firstWindow: number;
+    /** Mean over the last 5% of the records (at least 1), each weighted by its steps: `finalWindow` steps in all. */
     final: LossRow;
     finalWindow: number;
   };
@@ -85,11 +93,24 @@ function lossRow(record: { loss: number | null; lossPerModality: Record<string, 
   return row;
 }
 
-function meanRows(rows: LossRow[]): LossRow {
+/** The steps a record's means cover (1 for records written before `interval` existed). */
+export function stepsOf(record: StepRecord): number {
+  return typeof record.interval === 'number' && record.interval > 0 ? record.interval : 1;
+}
+
+/** Weighted means of loss rows, per key over the rows where it is finite. */
+function meanRows(rows: LossRow[], weights: number[]): LossRow {
   const out: LossRow = {};
   for (const key of new Set(rows.flatMap((r) => Object.keys(r)))) {
-    const values = rows.map((r) => r[key]).filter((v): v is number => v !== null && v !== undefined && Number.isFinite(v));
-    out[key] = values.length > 0 ? values.reduce((a, b) => a + b, 0) / values.length : null;
+    let sum = 0;
+    let weight = 0;
+    rows.forEach((r, i) => {
+      const v = r[key];
+      if (v === null || v === undefined || !Number.isFinite(v)) return;
+      sum += v * weights[i]!;
+      weight += weights[i]!;
+    });
+    out[key] = weight > 0 ? sum / weight : null;
   }
   return out;
 }
@@ -98,7 +119,8 @@ function meanRows(rows: LossRow[]): LossRow {
 export function summarizeMetrics(steps: StepRecord[], evals: EvalRecord[]): MetricsSummary {
   const last = steps[steps.length - 1];
   const trainSeconds = steps.reduce((s, r) => s + r.seconds, 0);
-  const finalWindow = Math.max(1, Math.round(steps.length * 0.05));
+  const dataWaitSeconds = steps.reduce((s, r) => s + (r.dataWaitMs ?? 0) / 1000, 0);
+  const window = steps.slice(-Math.max(1, Math.round(steps.length * 0.05)));
   const lastEval = evals[evals.length - 1];
   const routed = [...steps].reverse().find((r) => Array.isArray(r.routing) && r.routing.length > 0);
   return {
@@ -106,11 +128,13 @@ export function summarizeMetrics(steps: StepRecord[], evals: EvalRecord[]): Metr
     tokens: last?.tokens ?? 0,
     flops: last?.flops ?? { total: 0, perModality: {} },
     trainSeconds,
+    dataWaitSeconds,
     tokensPerSecond: trainSeconds > 0 && last ? last.tokens / trainSeconds : 0,
     loss: {
       first: steps[0] ? lossRow(steps[0]) : {},
-      final: meanRows(steps.slice(-finalWindow).map(lossRow)),
-      finalWindow,
+      firstWindow: steps[0] ? stepsOf(steps[0]) : 0,
+      final: meanRows(window.map(lossRow), window.map(stepsOf)),
+      finalWindow: window.reduce((s, r) => s + stepsOf(r), 0),
     },
     heldOut: lastEval ? { step: lastEval.step, loss: lossRow(lastEval) } : null,
     routing: routed ? { step: routed.step, experts: routed.routing! } : null,
@@ -129,7 +153,7 @@ function lossSeries(records: LossRecord[], x: (r: LossRecord) => number, names: 
 
 /** The four charts of a report, as SVG strings. */
 async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities: string[]): Promise<{ lossTokens: string; lossFlops: string; lr: string; throughput: string }> {
-  const subtitle = 'faint: each step; bold: smoothed; dots: held-out evaluation';
+  const subtitle = 'faint: each record (mean of its steps); bold: smoothed; dots: held-out evaluation';
   const byTokens = (r: LossRecord): number => r.tokens;
   const byFlops = (r: LossRecord): number => r.flops.total;
   const [lossTokens, lossFlops, lr, throughput] = await Promise.all([
@@ -146,7 +170,7 @@ async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities
       series: [{ name: 'learning rate', points: steps.map((r) => [r.step, r.lr]) }],
     })),
     renderSvg(lineChartSpec({
-      title: 'Throughput', subtitle: 'faint: each step; bold: smoothed', xTitle: 'step', yTitle: 'tokens per second', yFormat: '~s', colors: { 'tokens/s': COLORS.overall! },
+      title: 'Throughput', subtitle: 'faint: each record (its steps); bold: smoothed', xTitle: 'step', yTitle: 'tokens per second', yFormat: '~s', colors: { 'tokens/s': COLORS.overall! },
       series: [{ name: 'tokens/s', points: steps.map((r) => [r.step, r.tokensPerSecond]) }],
     })),
   ]);
@@ -183,10 +207,15 @@ function formatLoss(value: number | null | undefined): string {
   return value === null || value === undefined || !Number.isFinite(value) ? '-' : value.toFixed(4);
 }
 
+/** 'first step', or 'first N steps' when the first record covers several. */
+export function firstLabel(summary: MetricsSummary): string {
+  return summary.loss.firstWindow > 1 ? `first ${summary.loss.firstWindow} steps` : 'first step';
+}
+
 function lossTable(summary: MetricsSummary, modalities: string[]): string {
   const keys = ['overall', ...modalities];
   const rows: [string, LossRow][] = [
-    ['first step', summary.loss.first],
+    [firstLabel(summary), summary.loss.first],
     [`final (mean of last ${summary.loss.finalWindow} steps)`, summary.loss.final],
   ];
   if (summary.heldOut) rows.push([`held-out (step ${summary.heldOut.step})`, summary.heldOut.loss]);
@@ -225,7 +254,7 @@ function summaryTable(run: RunFile, summary: MetricsSummary): string {
     ['steps', `${summary.steps} of ${run.config.steps} (batch ${run.config.batchSize} × ${run.config.seqLen} tokens)`],
     ['tokens', formatSI(summary.tokens)],
     ['training FLOPs', flopsText],
-    ['training time', formatDuration(summary.trainSeconds)],
+    ['training time', `${formatDuration(summary.trainSeconds)} (waiting for data: ${formatDuration(summary.dataWaitSeconds)} more)`],
     ['throughput', `${formatSI(summary.tokensPerSecond)} tokens/s`],
     ['moma', `${escapeHtml(run.moma)}, started ${escapeHtml(run.startedAt)}${run.resumes.length > 0 ? `, resumed at step ${run.resumes.map((r) => r.step).join(', ')}` : ''}`],
   ];

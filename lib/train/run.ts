@@ -6,7 +6,9 @@
  * Run directory:
  *   run.json             the resolved settings, model config, dataset, optimiser, version, start time
  *   vocab.json + files   the vocabulary layout and the tokenizer files the dataset names
- *   metrics.jsonl        one JSON object per step, and {"kind":"eval", …} per held-out evaluation
+ *   metrics.jsonl        one JSON object per logged step (every `logEvery` steps, and at each
+ *                        evaluation, checkpoint and stop) with the means since the previous one,
+ *                        and {"kind":"eval", …} per held-out evaluation
  *   checkpoints/step-NNNNNN/   the newest two checkpoints (an older one is deleted only after the
  *                        new one is complete; each is written under a temporary name and renamed)
  *   report.html/.svg/.png
@@ -32,12 +34,12 @@ import { writeFileAtomic } from '../io/safetensors';
 import { readMetrics, summarizeMetrics, writeReport, MetricsSummary, ReportFiles } from '../report/report';
 import { readCheckpoint } from './checkpoint';
 import { evaluate, vocabFromSpec } from './evaluate';
-import { RunConfigSources, resolveRunConfig, RunSettings } from './run_config';
+import { RunConfigSources, resolveRunConfig, RUN_DEFAULTS, RunSettings } from './run_config';
 import { StepMetrics, TokenBatchSource, Trainer } from './trainer';
 
-/** A metrics.jsonl line of a training step. */
+/** A metrics.jsonl line of a logged training step: the means over the steps since the previous one. */
 export interface StepRecord extends StepMetrics {
-  /** Image tokens / all tokens of the step's batch. */
+  /** Image tokens / all tokens of the interval's batches (the mean of their shares: every batch holds B × S tokens). */
   imageFraction: number;
 }
 
@@ -203,16 +205,25 @@ function truncateMetrics(file: string, step: number): MetricsRecord[] {
   return kept;
 }
 
-/** The packer as the trainer's batch source, remembering each batch's image share for the metrics. */
+/**
+ * The packer as the trainer's batch source, remembering the image share of each batch handed out
+ * (the trainer takes them in order, one built ahead) until a record reports it.
+ */
 class ObservedPacker implements TokenBatchSource {
-  lastImageFraction = 0;
+  private readonly fractions: number[] = [];
 
   constructor(private readonly packer: SequencePacker) {}
 
   next(): number[][] {
     const batch = this.packer.next();
-    this.lastImageFraction = this.packer.imageFractionOf(batch);
+    this.fractions.push(this.packer.imageFractionOf(batch));
     return batch;
+  }
+
+  /** The mean image share of the `count` oldest batches not yet reported (the steps of one record). */
+  takeImageFraction(count: number): number {
+    const taken = this.fractions.splice(0, count);
+    return taken.length === 0 ? 0 : taken.reduce((sum, f) => sum + f, 0) / taken.length;
   }
 
   state(): unknown {
@@ -221,6 +232,7 @@ class ObservedPacker implements TokenBatchSource {
 
   restore(state: unknown): void {
     this.packer.restore(state);
+    this.fractions.length = 0;
   }
 }
 
@@ -339,6 +351,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       schedule: { peak: settings.lr, warmup: settings.warmup, shape: 'cosine', floor: SCHEDULE_FLOOR },
       optimizer: { betas: run.optimizer.betas, eps: run.optimizer.eps, weightDecay: run.optimizer.weightDecay, clipNorm: run.optimizer.clipNorm },
       seed: settings.seed, statsEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.floor(settings.steps / 10)),
+      logEvery: settings.logEvery ?? RUN_DEFAULTS.logEvery,
     });
     if (prepared.checkpoint !== null) trainer.resume(prepared.checkpoint.dir);
     const startStep = trainer.step;
@@ -376,15 +389,25 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       hooks.onCheckpoint?.({ step: t.step, dir });
     };
 
-    while (t.step < settings.steps && hooks.signal?.aborted !== true) {
-      const metrics = await t.trainStep();
+    const logRecord = (metrics: StepMetrics | null): void => {
+      if (metrics === null) return;
       trainSeconds += metrics.seconds;
-      const record: StepRecord = { ...metrics, imageFraction: data.lastImageFraction };
+      const record: StepRecord = { ...metrics, imageFraction: data.takeImageFraction(metrics.interval) };
       appendRecord(record);
       hooks.onStep?.(record);
-      if (settings.evalEvery > 0 && t.step % settings.evalEvery === 0) await runEval();
-      if (settings.checkpointEvery > 0 && t.step % settings.checkpointEvery === 0) await runCheckpoint();
+    };
+
+    // Steps between records only queue device work; evaluations and checkpoints wait for the
+    // device anyway, so their steps are logged too (each record then covers training only).
+    while (t.step < settings.steps && hooks.signal?.aborted !== true) {
+      const step = t.step + 1;
+      const evalDue = settings.evalEvery > 0 && step % settings.evalEvery === 0;
+      const checkpointDue = settings.checkpointEvery > 0 && step % settings.checkpointEvery === 0;
+      logRecord(await t.trainStep({ log: evalDue || checkpointDue }));
+      if (evalDue) await runEval();
+      if (checkpointDue) await runCheckpoint();
     }
+    logRecord(await t.flushMetrics());
     const stopped = t.step < settings.steps;
     if (!stopped && lastEvalStep !== t.step) await runEval();
     if (lastCheckpoint?.step !== t.step) await runCheckpoint();

@@ -40,6 +40,12 @@ export interface RunSettings {
   evalBatches: number;
   /** Checkpoint every this many steps (0: only at the end). */
   checkpointEvery: number;
+  /**
+   * Read the metrics back (one metrics.jsonl record with the means) every this many steps; the
+   * steps between never wait for the device. Always set by resolveRunConfig; optional in the type
+   * only so that settings objects written before it existed still type-check (default 10).
+   */
+  logEvery?: number;
   /** The run directory. */
   out: string;
 }
@@ -65,7 +71,11 @@ export const RUN_DEFAULTS = {
   evalEvery: 100,
   evalBatches: 4,
   checkpointEvery: 200,
+  logEvery: 10,
 } as const;
+
+/** Runs whose run.json predates the logEvery setting logged every step, and go on doing so when resumed. */
+const LOG_EVERY_BEFORE_IT_WAS_A_SETTING = 1;
 
 const intIn = (min: number, max: number): z.ZodNumber => z.number().int().min(min).max(max);
 
@@ -114,6 +124,7 @@ const SETTINGS: Record<SettingKey, Setting> = {
   evalEvery: { flag: '--eval-every', expect: 'an integer in [0, 1e9] (0: only at the end)', schema: intIn(0, 1e9), fromText: asInt },
   evalBatches: { flag: '--eval-batches', expect: 'an integer in [1, 10000]', schema: intIn(1, 10000), fromText: asInt },
   checkpointEvery: { flag: '--checkpoint-every', expect: 'an integer in [0, 1e9] (0: only at the end)', schema: intIn(0, 1e9), fromText: asInt },
+  logEvery: { flag: '--log-every', expect: 'an integer in [1, 1e9]', schema: intIn(1, 1e9), fromText: asInt },
   out: { flag: '--out', expect: 'a folder path', schema: z.string().trim().min(1), fromText: (t) => t },
 };
 
@@ -222,6 +233,7 @@ export function readRunSettings(runDir: string): RunSettings {
     throw new MomaError('ERR_FILE', `run config: ${file} is not a moma run file (format 'moma-run' with a config object)`);
   }
   const stored = checkSource(run.config as Record<string, unknown>, { kind: 'file', file });
+  stored.logEvery ??= LOG_EVERY_BEFORE_IT_WAS_A_SETTING;
   const missing = SETTING_KEYS.filter((k) => stored[k] === undefined);
   if (missing.length > 0) throw new MomaError('ERR_FILE', `run config: ${file} lacks setting(s) ${missing.join(', ')}`);
   return stored as unknown as RunSettings;
@@ -290,6 +302,7 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     evalEvery: given.evalEvery ?? RUN_DEFAULTS.evalEvery,
     evalBatches: given.evalBatches ?? RUN_DEFAULTS.evalBatches,
     checkpointEvery: given.checkpointEvery ?? RUN_DEFAULTS.checkpointEvery,
+    logEvery: given.logEvery ?? RUN_DEFAULTS.logEvery,
     out: given.out ?? defaultRunDir(presetName, sources.now ?? new Date()),
   };
   checkPresetAndDevice(settings, nameOfKey);

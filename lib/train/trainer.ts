@@ -1,17 +1,24 @@
 /**
- * Trainer: the training loop over a data source of token batches. Each step builds the batch
+ * Trainer: the training loop over a data source of token batches. Each step takes its batch
  * (targets, positions, document segments, modality per row from the vocabulary), runs forward and
- * backward inside one `tidy`, clips and applies AdamW with the scheduled learning rate, and emits
- * a 'step' event with the metrics the paper plots: tokens, cumulative training FLOPs overall and
- * per modality (SPEC §6), loss overall and per modality, learning rate, gradient norm, tokens/s,
- * model FLOPs utilisation against the device peak and, every `statsEvery` steps, routing
- * statistics. Checkpoints every `checkpointEvery` steps and at the end (lib/train/checkpoint.ts);
- * `resume` continues exactly where a checkpoint left off (data position and generator included).
+ * backward inside one `tidy`, clips and applies AdamW with the scheduled learning rate on the
+ * device, adds its losses and gradient norm to device accumulators, and builds and uploads the
+ * next step's batch while the device works. Nothing is read back inside a step: the host waits on
+ * the device only on logged steps, every `logEvery` steps (and at checkpoints of `run()`, the
+ * last step and `flushMetrics()`), where one read fetches the interval's sums and a 'step' event
+ * carries the means since the previous one: tokens, cumulative training FLOPs overall and per
+ * modality (SPEC §6), loss overall and per modality, learning rate, gradient norm, tokens/s, model
+ * FLOPs utilisation against the device peak, the data-wait time, the host waits so far and, on
+ * the first logged step of every `statsEvery` steps, routing statistics (read in the same read).
+ * Checkpoints every `checkpointEvery` steps and at the end (lib/train/checkpoint.ts); `resume`
+ * continues exactly where a checkpoint left off (data position and generator included).
  */
 import { EventEmitter } from 'events';
 import { backward } from '../autograd/tape';
-import { tidy } from '../autograd/scope';
+import { tidy, untrack } from '../autograd/scope';
 import { MomaError } from '../errors';
+import { runtimeStats } from '../memory';
+import { concat } from '../ops';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { MoEFeedForward } from '../model/layers';
@@ -59,6 +66,8 @@ export interface TrainerOptions {
   checkpointDir?: string;
   checkpointEvery?: number;
   statsEvery?: number;
+  /** Read the metrics and emit 'step' every this many steps (default 10); the steps between only queue device work. */
+  logEvery?: number;
   /** FLOP/s the device can do (MFU denominator); default from MOMA_PEAK_FLOPS, else 256e9 on CPU, 989e12 on CUDA. */
   peakFlops?: number;
 }
@@ -72,17 +81,51 @@ export interface ExpertStat {
 }
 
 export interface StepMetrics {
+  /** The step the record was taken at (1-based, counting a resumed run's earlier steps). */
   step: number;
+  /** Steps the means below cover: those since the previous record. */
+  interval: number;
+  /** Non-padding rows trained on so far. */
   tokens: number;
   flops: { total: number; perModality: Record<string, number> };
+  /** Training loss per target over the interval (each step's loss weighted by its valid targets). */
   loss: number;
+  /** Loss per target of each modality over the interval; NaN where the interval had none. */
   lossPerModality: Record<string, number>;
+  /** Learning rate of the record's step. */
   lr: number;
+  /** Mean over the interval's steps of the global gradient norm before clipping. */
   gradNorm: number;
+  /** Non-padding rows of the interval per second of step time. */
   tokensPerSecond: number;
   mfu: number;
+  /** Step time of the interval: its trainStep calls (the logged one waits for the device) less the data wait. */
   seconds: number;
+  /** Milliseconds the interval's steps waited for their batch (building it when none was prefetched, or awaiting the source). */
+  dataWaitMs: number;
+  /** Host waits on the model's device since the process began (runtimeStats), this record's read included. */
+  hostSyncs: number;
   routing?: ExpertStat[];
+}
+
+/** A step's batch built ahead of time, with the data position before it (what a checkpoint saves). */
+interface NextBatch {
+  position: unknown;
+  result: Promise<{ batch: Batch } | { error: unknown }>;
+}
+
+/** What the steps since the last record add up to; `sums` stays on the device until it is logged. */
+interface Interval {
+  steps: number;
+  rows: number;
+  flops: number;
+  targets: number;
+  targetsPerModality: number[];
+  /** float32 [2 + M]: Σ loss · targets, Σ loss_m · targets_m per modality, Σ gradient norm. */
+  sums: Tensor | null;
+  stepNs: bigint;
+  dataWaitNs: bigint;
+  lr: number;
 }
 
 export class Trainer extends EventEmitter {
@@ -93,7 +136,13 @@ export class Trainer extends EventEmitter {
   flops = { total: 0, perModality: [] as number[] };
   private readonly generator: Generator;
   private readonly vocab: VocabInfo;
+  private readonly logEvery: number;
+  private readonly peakFlops: number;
   private stopRequested = false;
+  private next: NextBatch | null = null;
+  private interval: Interval;
+  /** The step of the last record (or where training started): routing statistics follow it. */
+  private lastLogged = 0;
 
   constructor(readonly options: TrainerOptions) {
     super();
@@ -102,12 +151,16 @@ export class Trainer extends EventEmitter {
     if (!(options.schedule?.peak >= 0) || !Number.isInteger(options.schedule.warmup) || options.schedule.warmup < 0) {
       throw new MomaError('ERR_ARG', 'Trainer: schedule needs peak >= 0 and an integer warmup >= 0');
     }
+    const logEvery = options.logEvery ?? 10;
+    if (!Number.isInteger(logEvery) || logEvery < 1) throw new MomaError('ERR_ARG', `Trainer: logEvery must be an integer >= 1, got ${String(options.logEvery)}`);
+    this.logEvery = logEvery;
     this.model = options.model;
     this.optimizer = new AdamW(this.model, { lr: options.schedule.peak, ...options.optimizer });
     this.generator = new Generator(options.seed ?? 0);
     this.vocab = vocabFromSpec(options.vocab);
     this.flops.perModality = this.modalities().map(() => 0);
-    for (const ffn of this.moeLayers()) ffn.collectStats = true;
+    this.peakFlops = options.peakFlops ?? (Number(process.env.MOMA_PEAK_FLOPS) || (this.model.config.device.startsWith('cuda') ? 989e12 : 256e9));
+    this.interval = this.emptyInterval();
   }
 
   private modalities(): string[] {
@@ -116,6 +169,13 @@ export class Trainer extends EventEmitter {
 
   private moeLayers(): MoEFeedForward[] {
     return [...this.model.modules()].filter((m): m is MoEFeedForward => m instanceof MoEFeedForward);
+  }
+
+  private emptyInterval(): Interval {
+    return {
+      steps: 0, rows: 0, flops: 0, targets: 0, targetsPerModality: this.modalities().map(() => 0), sums: null,
+      stepNs: 0n, dataWaitNs: 0n, lr: 0,
+    };
   }
 
   /** Asks the loop to stop after the current step (then it checkpoints, if configured). */
@@ -131,9 +191,14 @@ export class Trainer extends EventEmitter {
     const flops = state.flops as { total: number; perModality: number[] } | undefined;
     if (flops) this.flops = { total: flops.total, perModality: flops.perModality.slice() };
     if (state.generator) this.generator.setState(state.generator);
+    this.dropNextBatch();
     if (state.dataPosition !== undefined) this.options.data.restore(state.dataPosition);
+    this.interval.sums?.dispose();
+    this.interval = this.emptyInterval();
+    this.lastLogged = this.step;
   }
 
+  /** Saves a checkpoint; the data position is the next step's batch (one built ahead is built again on resume). */
   async checkpoint(dir = this.options.checkpointDir): Promise<void> {
     if (!dir) throw new MomaError('ERR_ARG', 'Trainer.checkpoint: no checkpoint directory');
     await saveCheckpoint(dir, {
@@ -142,70 +207,177 @@ export class Trainer extends EventEmitter {
       optimizer: this.optimizer,
       state: {
         step: this.step, optimizerStep: this.optimizer.step, tokens: this.tokens, flops: this.flops,
-        generator: this.generator.getState(), dataPosition: this.options.data.state(),
+        generator: this.generator.getState(), dataPosition: this.next === null ? this.options.data.state() : this.next.position,
       },
       files: { ...this.options.checkpointFiles, 'vocab.json': this.options.vocab },
     });
     this.emit('checkpoint', { step: this.step, dir });
   }
 
-  private toBatch(sequences: number[][]): Batch {
+  private toBatch(sequences: number[][]): { batch: Batch } | { error: unknown } {
     const { vocab } = this;
-    return makeBatch(sequences, {
-      padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: this.modalities().length,
-      device: this.model.config.device, vocabSize: this.model.config.vocabSize,
-    });
+    try {
+      return {
+        batch: makeBatch(sequences, {
+          padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: this.modalities().length,
+          device: this.model.config.device, vocabSize: this.model.config.vocabSize,
+        }),
+      };
+    } catch (error) {
+      return { error };
+    }
   }
 
-  /** One training step; returns its metrics. */
-  async trainStep(): Promise<StepMetrics> {
-    const started = process.hrtime.bigint();
-    const sequences = await this.options.data.next();
-    const batch = this.toBatch(sequences);
-    const { schedule } = this.options;
-    const lr = learningRate(this.step, { ...schedule, total: schedule.total ?? this.options.steps });
-    const [loss, ...perModality] = tidy(() => {
-      const out = this.model.loss(batch, { training: true, generator: this.generator });
-      backward(out.loss);
-      return [out.loss, ...out.perModality];
+  /** Takes the next batch from the source and builds it (uploads queued) now; an async source's batch is built when it arrives. */
+  private fetchBatch(): NextBatch {
+    const position = this.options.data.state();
+    let result: NextBatch['result'];
+    try {
+      const sequences = this.options.data.next();
+      result = Array.isArray(sequences)
+        ? Promise.resolve(this.toBatch(sequences))
+        : Promise.resolve(sequences).then((s) => this.toBatch(s), (error: unknown) => ({ error }));
+    } catch (error) {
+      result = Promise.resolve({ error });
+    }
+    return { position, result };
+  }
+
+  private dropNextBatch(): void {
+    if (this.next === null) return;
+    void this.next.result.then((r) => {
+      if ('batch' in r) disposeBatch(r.batch);
     });
-    const { gradNorm } = await this.optimizer.update(lr);
-    this.optimizer.zeroGrad();
-    const values = await Promise.all([loss, ...perModality].map((t) => (t as Tensor).item()));
-    for (const t of [loss, ...perModality]) (t as Tensor).dispose();
-    disposeBatch(batch);
+    this.next = null;
+  }
+
+  /** The step's batch: the one built ahead, or one built now; the time spent waiting is the data wait. */
+  private async takeBatch(): Promise<Batch> {
+    const begun = process.hrtime.bigint();
+    const next = this.next ?? this.fetchBatch();
+    this.next = null;
+    const got = await next.result;
+    this.interval.dataWaitNs += process.hrtime.bigint() - begun;
+    if ('error' in got) throw got.error;
+    return got.batch;
+  }
+
+  /** Whether the record at `step` carries routing statistics: the first record of every `statsEvery` steps. */
+  private routingDue(step: number): boolean {
+    const every = this.options.statsEvery ?? 0;
+    return every > 0 && Math.floor(step / every) > Math.floor(this.lastLogged / every);
+  }
+
+  /**
+   * One training step. It queues the step's device work, builds the next batch, and returns
+   * without waiting for the device, with null, unless the step is logged: every `logEvery`
+   * steps, the last step, or when `log` is true (a caller about to evaluate or checkpoint). A
+   * logged step reads the interval's sums in one read and returns its record.
+   */
+  async trainStep(options: { log?: boolean } = {}): Promise<StepMetrics | null> {
+    const started = process.hrtime.bigint();
+    const step = this.step + 1;
+    const log = options.log === true || step % this.logEvery === 0 || step >= this.options.steps;
+    const routing = log && this.routingDue(step);
+    for (const ffn of this.moeLayers()) ffn.collectStats = routing;
+    const batch = await this.takeBatch();
+    try {
+      const { schedule } = this.options;
+      const lr = learningRate(this.step, { ...schedule, total: schedule.total ?? this.options.steps });
+      const [loss, ...perModality] = tidy(() => {
+        const out = this.model.loss(batch, { training: true, generator: this.generator });
+        backward(out.loss);
+        return [out.loss, ...out.perModality];
+      });
+      const { gradNorm } = this.optimizer.update(lr);
+      this.optimizer.zeroGrad();
+      this.accumulate(loss as Tensor, perModality, gradNorm, batch.counts);
+      this.interval.lr = lr;
+    } finally {
+      disposeBatch(batch);
+    }
+    // the next batch: built and its upload queued now, while the device runs this step
+    if (step < this.options.steps && !this.stopRequested) this.next = this.fetchBatch();
 
     this.step++;
     const rows = batch.counts.rows;
-    this.tokens += rows;
     const f = trainingFlops(this.model.config, batch.host);
+    this.tokens += rows;
     this.flops.total += f.total;
     f.perModality.forEach((x, m) => (this.flops.perModality[m] = (this.flops.perModality[m] ?? 0) + x));
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    const peak = this.options.peakFlops ?? (Number(process.env.MOMA_PEAK_FLOPS) || (this.model.config.device.startsWith('cuda') ? 989e12 : 256e9));
+    this.interval.steps++;
+    this.interval.rows += rows;
+    this.interval.flops += f.total;
+    if (!log) {
+      this.interval.stepNs += process.hrtime.bigint() - started;
+      return null;
+    }
+    return this.record(started, routing);
+  }
+
+  /** The record of the steps since the last one (null when there are none): call before stopping between logged steps. */
+  async flushMetrics(): Promise<StepMetrics | null> {
+    if (this.interval.steps === 0) return null;
+    return this.record(process.hrtime.bigint(), false);
+  }
+
+  /** Adds a step's losses (weighted by its targets) and gradient norm to the interval's device sums; disposes the losses. */
+  private accumulate(loss: Tensor, perModality: Tensor[], gradNorm: Tensor, counts: Batch['counts']): void {
+    const previous = this.interval.sums;
+    this.interval.sums = untrack(tidy(() => {
+      const parts = [loss.scale(counts.total), ...perModality.map((t, m) => t.scale(counts.perModality[m] ?? 0)), gradNorm];
+      const sums = concat(parts.map((t) => t.reshape([1])), 0);
+      return previous === null ? sums : previous.add(sums);
+    }));
+    previous?.dispose();
+    for (const t of [loss, ...perModality]) t.dispose();
+    this.interval.targets += counts.total;
+    counts.perModality.forEach((n, m) => (this.interval.targetsPerModality[m]! += n));
+  }
+
+  /** Reads the interval's sums (and routing statistics when asked) in one read and turns them into its record. */
+  private async record(started: bigint, routing: boolean): Promise<StepMetrics> {
+    const iv = this.interval;
+    const sums = iv.sums as Tensor;
+    const layers = routing ? this.moeLayers().filter((ffn) => ffn.lastStats !== null) : [];
+    const flat = layers.length === 0 ? sums : tidy(() => concat([sums, ...layers.map((ffn) => ffn.lastStats!.expertStats.reshape([ffn.lastStats!.expertStats.numel]))], 0));
+    let values: ArrayLike<number>;
+    try {
+      values = await flat.toArray();
+    } finally {
+      if (flat !== sums) flat.dispose();
+    }
+    iv.stepNs += process.hrtime.bigint() - started;
     const names = this.modalities();
+    const M = names.length;
+    const seconds = Number(iv.stepNs - iv.dataWaitNs) / 1e9;
     const metrics: StepMetrics = {
-      step: this.step, tokens: this.tokens,
+      step: this.step, interval: iv.steps, tokens: this.tokens,
       flops: { total: this.flops.total, perModality: Object.fromEntries(names.map((n, m) => [n, this.flops.perModality[m] ?? 0])) },
-      loss: values[0] as number,
-      lossPerModality: Object.fromEntries(names.map((n, m) => [n, batch.counts.perModality[m] ? (values[m + 1] as number) : NaN])),
-      lr, gradNorm, tokensPerSecond: rows / seconds, mfu: f.total / seconds / peak, seconds,
+      loss: iv.targets > 0 ? (values[0] as number) / iv.targets : NaN,
+      lossPerModality: Object.fromEntries(names.map((n, m) => [n, iv.targetsPerModality[m]! > 0 ? (values[1 + m] as number) / iv.targetsPerModality[m]! : NaN])),
+      lr: iv.lr, gradNorm: (values[1 + M] as number) / iv.steps,
+      tokensPerSecond: iv.rows / seconds, mfu: iv.flops / seconds / this.peakFlops, seconds,
+      dataWaitMs: Number(iv.dataWaitNs) / 1e6,
+      hostSyncs: runtimeStats(this.model.config.device).hostSyncs,
     };
-    const every = this.options.statsEvery ?? 0;
-    if (every > 0 && this.step % every === 0) metrics.routing = await this.routingStats();
+    if (layers.length > 0) metrics.routing = this.routingStats(layers, values, 2 + M);
+    sums.dispose();
+    this.interval = this.emptyInterval();
+    this.lastLogged = this.step;
     return metrics;
   }
 
-  private async routingStats(): Promise<ExpertStat[]> {
+  /** Per-expert statistics of `layers` from `values`, where they follow the sums from `offset` on ([E, 2] per layer). */
+  private routingStats(layers: MoEFeedForward[], values: ArrayLike<number>, offset: number): ExpertStat[] {
     const out: ExpertStat[] = [];
-    for (const [layer, ffn] of this.moeLayers().entries()) {
-      const s = ffn.lastStats;
-      if (s === null) continue;
-      const e = await s.expertStats.toArray();
-      let index = 0;
+    const all = this.moeLayers();
+    let index = offset;
+    for (const ffn of layers) {
+      const layer = all.indexOf(ffn);
       ffn.ffn.layout.experts.forEach((count, group) => {
-        for (let expert = 0; expert < count; expert++, index++) {
-          out.push({ layer, group, expert, rows: e[2 * index] as number, meanGate: e[2 * index + 1] as number });
+        for (let expert = 0; expert < count; expert++, index += 2) {
+          out.push({ layer, group, expert, rows: values[index] as number, meanGate: values[index + 1] as number });
         }
       });
     }
@@ -216,16 +388,22 @@ export class Trainer extends EventEmitter {
   async run(): Promise<{ steps: number; tokens: number; flops: number }> {
     const { checkpointEvery, checkpointDir } = this.options;
     while (this.step < this.options.steps && !this.stopRequested) {
-      const metrics = await this.trainStep();
-      this.emit('step', metrics);
-      if (checkpointDir && checkpointEvery && this.step % checkpointEvery === 0) await this.checkpoint();
+      const checkpointDue = Boolean(checkpointDir && checkpointEvery && (this.step + 1) % checkpointEvery === 0);
+      const metrics = await this.trainStep({ log: checkpointDue });
+      if (metrics !== null) this.emit('step', metrics);
+      if (checkpointDue) await this.checkpoint();
     }
+    const rest = await this.flushMetrics();
+    if (rest !== null) this.emit('step', rest);
     if (checkpointDir) await this.checkpoint();
     this.emit('end', { step: this.step });
     return { steps: this.step, tokens: this.tokens, flops: this.flops.total };
   }
 
   dispose(): void {
+    this.dropNextBatch();
+    this.interval.sums?.dispose();
+    this.interval = this.emptyInterval();
     this.optimizer.dispose();
   }
 }
