@@ -26,8 +26,12 @@ const CONFIGS: Record<string, Omit<MoMaFFNConfig, 'dModel' | 'dFF'>> = {
   'token choice top-2 softmax [4,3]': {
     groups: [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 3 }], routing: 'token-choice', topK: 2, router: 'softmax',
   },
+  // token choice ranks by softmax unless the config names a router (SPEC §2): sigmoid must be asked for
   'token choice top-1 sigmoid c=0.5 (8x)': {
-    groups: [{ modality: ['image', 'text'], experts: 8 }], routing: 'token-choice', topK: 1, capacityFactor: 0.5,
+    groups: [{ modality: ['image', 'text'], experts: 8 }], routing: 'token-choice', topK: 1, capacityFactor: 0.5, router: 'sigmoid',
+  },
+  'token choice top-2 default router (softmax) [3,2]': {
+    groups: [{ modality: 'text', experts: 3 }, { modality: 'image', experts: 2 }], routing: 'token-choice', topK: 2,
   },
   '3 modalities, audio unrouted': {
     modalities: ['text', 'image', 'audio'], groups: [{ modality: 'image', experts: 2 }, { modality: 'text', experts: 3 }],
@@ -136,7 +140,8 @@ describeDevices('MoMaFFN', (device) => {
     const options: RefRoutingOptions = {
       mode: merged.routing ?? 'expert-choice', capacityFactor: merged.capacityFactor ?? 1, topK: merged.topK ?? 2,
     };
-    const shape: FfnShape = { d: D, f: F, layout, fn: merged.router ?? 'sigmoid' };
+    // SPEC §2 defaults: expert choice scores by sigmoid, token choice by softmax
+    const shape: FfnShape = { d: D, f: F, layout, fn: merged.router ?? (merged.routing === 'token-choice' ? 'softmax' : 'sigmoid') };
     return { ffn, layout, shape, options, params, x, modality, T, xt: mk(x, [T, D], dt), mt: mk(modality, [T], 'int32') };
   };
 
@@ -458,6 +463,28 @@ describeDevices('MoMaFFN', (device) => {
     expect(code(() => new MoMaFFN({ dModel: D, dFF: F, groups: [{ modality: 'text', experts: 2 }, { modality: ['text', 'image'], experts: 2 }], device }))).toBe('ERR_ARG');
     expect(code(() => new MoMaFFN({ dModel: D, dFF: F, groups: CONFIGS['4t4i']!.groups, capacityFactor: 0, device }))).toBe('ERR_ARG');
     expect(code(() => new MoMaFFN({ dModel: D, dFF: F, groups: CONFIGS['4t4i']!.groups, routing: 'token-choice', topK: 0, device }))).toBe('ERR_ARG');
+  });
+
+  test('token choice ranks by softmax by default; an explicit router is kept (SPEC §2)', async () => {
+    const groups = CONFIGS['token choice top-2 default router (softmax) [3,2]']!.groups;
+    const T = 31;
+    const made = (extra: Partial<MoMaFFNConfig>): MoMaFFN => hold(new MoMaFFN({ dModel: D, dFF: F, groups, device, seed: 5, initStd: 0.3, ...extra }));
+    const byDefault = made({ routing: 'token-choice', topK: 2 });
+    const softmax = made({ routing: 'token-choice', topK: 2, router: 'softmax' });
+    const sigmoid = made({ routing: 'token-choice', topK: 2, router: 'sigmoid' });
+    expect(byDefault.config.router).toBe('softmax');
+    expect(sigmoid.config.router).toBe('sigmoid');
+    expect(made({}).config.router).toBe('sigmoid');
+    const x = mk(randomF32(mulberry32(8), T * D), [T, D]);
+    const m = mk(randomModality(mulberry32(9), T, 2), [T], 'int32');
+    const outputs = await Promise.all([byDefault, softmax, sigmoid].map(async (ffn) => {
+      const { y, ctx } = ffn.forward(x, m);
+      keep(y);
+      hold(ctx);
+      return Float32Array.from(await read(y));
+    }));
+    expect(sameBits(outputs[0]!, outputs[1]!)).toBe(true);
+    expect(sameBits(outputs[0]!, outputs[2]!)).toBe(false);
   });
 
   test('out-of-range modality ids reject with ERR_RANGE when the output is read', async () => {

@@ -1,7 +1,7 @@
 /** `moma model list` and `moma model info PRESET`: presets, parameter counts and FLOPs per row (no tensors allocated). */
 import { Command } from 'commander';
 import { MomaError } from '../errors';
-import { moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
+import { defaultRouter, moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
 import { countParameters, FlopsReport, forwardFlopsPerRow, ParameterCount } from '../model/params';
 import { describePreset, listPresets, preset } from '../model/presets';
 import type { TransformerConfig } from '../model/transformer';
@@ -62,7 +62,7 @@ function printInfo(info: ModelInfo): void {
     `  ${pad('dModel')}${c.dModel}`,
     `  ${pad('layers')}${c.layers}`,
     `  ${pad('heads')}${c.heads} (head size ${c.dModel / c.heads})`,
-    `  ${pad('ffn')}${ffn.kind}, SwiGLU hidden ${ffn.dFF}${ffn.kind === 'moe' ? `; experts ${expertsText(c)}; capacity factor ${ffn.capacityFactor ?? 1}; router ${ffn.router ?? 'sigmoid'}; ${ffn.routing ?? 'expert-choice'}` : ''}`,
+    `  ${pad('ffn')}${ffn.kind}, SwiGLU hidden ${ffn.dFF}${ffn.kind === 'moe' ? `; experts ${expertsText(c)}; capacity factor ${ffn.capacityFactor ?? 1}; router ${ffn.router ?? defaultRouter(ffn.routing)}; ${ffn.routing ?? 'expert-choice'}` : ''}`,
     `  ${pad('mod')}${c.mod ? `interval ${c.mod.interval ?? 2}, capacity ${c.mod.capacity ?? 0.25} (${p.modLayers} MoD layers)` : 'none'}`,
     `  ${pad('modalities')}${(c.modalities ?? ['text', 'image']).join(', ')}`,
     `  ${pad('norm')}${c.norm ?? 'swin'}, zLoss ${c.zLoss ?? 0}, initStd ${c.initStd ?? 0.02}, seed ${c.seed ?? 0}`,

@@ -2,7 +2,8 @@
  * Sequence packing: documents (BOS … EOS token runs) drawn in a fixed order are concatenated into
  * sequences of `seqLen` tokens, `batchSize` sequences per batch. A document that does not fit in
  * what is left of a sequence continues at the start of the next one (makeBatch starts a
- * document at every BOS and at every sequence start, so attention never crosses documents).
+ * document at every BOS, at every sequence start and at the first non-padding token after
+ * padding, so attention never crosses documents).
  *
  * Text:image ratio control (`imageFraction`): reordering alone cannot move the long-run mix
  * (everything drawn is eventually emitted), so the draw order is split into two streams by

@@ -49,7 +49,7 @@ export async function generateTokens(model: Transformer, routing: CausalRouting,
   constraint.pushPrompt(prompt);
   const rng = new SeededRandom(GENERATE_STREAM, seed);
   const modalityOf = (id: number): number => modalityOfId(layout, id);
-  const cache = new KVCache(model.config.layers);
+  const cache = new KVCache(model.config.layers, { bosId: layout.bosId });
   try {
     const t0 = process.hrtime.bigint();
     let logits = await model.decode(cache, prompt, modalityOf, routing);

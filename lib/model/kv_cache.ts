@@ -1,8 +1,8 @@
 /**
  * KV cache for generation: per attention layer, the keys (after QK-norm and RoPE) and values of
- * every row the layer has processed so far in one sequence, as float32 [heads, L, headDim]. A MoD
- * layer's cache holds only the rows its block ran on, so a new row attends to exactly the keys it
- * would see in a full causal-mode forward (SPEC §3–4).
+ * every row the layer has processed so far in the current document of one sequence, as float32
+ * [heads, L, headDim]. A MoD layer's cache holds only the rows its block ran on, so a new row
+ * attends to exactly the keys it would see in a full causal-mode forward (SPEC §1, §3–4).
  *
  * The cache owns its tensors (they leave any tidy scope they were made in); dispose() frees them.
  *
@@ -59,14 +59,26 @@ export class LayerCache {
   }
 }
 
-/** The cache of a whole model: one LayerCache per decoder layer, and the tokens consumed. */
+/**
+ * The cache of one sequence: one LayerCache per decoder layer, and the tokens consumed. With
+ * `bosId`, a BOS after the first position opens a new document (SPEC §1): the rows before it are
+ * never attended to again, so Transformer.decode empties the layer caches there (startDocument)
+ * while positions go on counting.
+ */
 export class KVCache {
   readonly layers: LayerCache[];
+  readonly bosId: number | undefined;
   /** Tokens consumed so far (the position of the next token). */
   length = 0;
 
-  constructor(layers: number) {
+  constructor(layers: number, options: { bosId?: number } = {}) {
     this.layers = Array.from({ length: layers }, () => new LayerCache());
+    this.bosId = options.bosId;
+  }
+
+  /** Drops every cached row (a new document starts at position `length`). */
+  startDocument(): void {
+    for (const layer of this.layers) layer.dispose();
   }
 
   dispose(): void {

@@ -17,6 +17,7 @@ import { Tensor } from '../tensor';
 import { Module } from '../nn/module';
 import { tidy } from '../autograd/scope';
 import { BlockContext, CachedContext, CausalRouting, DecoderBlock, Embedding, InitOptions, Linear, MoDBlock, MoEFeedForward, NormPlacement, RMSNorm, RoutingObserver, SwiGLU } from './layers';
+import { batchRows, BatchRowsOptions } from './batch_rows';
 import { KVCache } from './kv_cache';
 import type { RoutingSites } from './aux_router';
 import type { MoeGroupConfig } from '../moe/moma_ffn';
@@ -60,9 +61,9 @@ export interface TransformerConfig {
 /** A micro-batch on the device: T rows (B sequences of S positions, flattened). */
 export interface Batch {
   tokens: Tensor;       // int32 [T]
-  targets: Tensor;      // int32 [T], -1 where the target is padding
+  targets: Tensor;      // int32 [T], -1 where the row does not count in the loss (SPEC §1)
   positions: Tensor;    // int32 [T], index inside the sequence
-  segStart: Tensor;     // int32 [T], first row of the row's document (attention mask)
+  segStart: Tensor;     // int32 [T], first row of the row's document (attention mask; t for padding)
   modality: Tensor;     // int32 [T], modality of the input token (-1 padding)
   /** float32 [T] loss weights: overall and per modality of the target (1 / count, 0 elsewhere). */
   weights: Tensor;
@@ -81,7 +82,7 @@ export function disposeBatch(batch: Batch): void {
 export interface LossOutput {
   /** The training loss (mean next-token cross-entropy + z-loss), a scalar with a gradient. */
   loss: Tensor;
-  /** Per-row cross-entropy (float32 [T], 0 for padding targets). */
+  /** Per-row cross-entropy (float32 [T], 0 for rows that do not count, SPEC §1). */
   nll: Tensor;
   /** Mean loss per modality of the target token (scalars, no gradient). */
   perModality: Tensor[];
@@ -185,6 +186,8 @@ export class Transformer extends Module {
   /**
    * Generation: runs token ids after those already in `cache` (one sequence, causal mode), appends
    * their keys and values to it, and returns the logits of the last one (float32 [vocab] on the host).
+   * A BOS (cache.bosId) after the sequence's first position starts a new document (SPEC §1): the
+   * cache drops the rows before it, so decoding gives the logits of a full causal-mode forward.
    */
   async decode(cache: KVCache, ids: ArrayLike<number>, modalityOf: (id: number) => number, routing: CausalRouting): Promise<Float32Array> {
     const n = ids.length;
@@ -192,7 +195,7 @@ export class Transformer extends Module {
       throw new MomaError('ERR_ARG', `Transformer.decode: cache must be a KVCache of ${this.blocks.length} layers`);
     }
     if (n === 0) throw new MomaError('ERR_ARG', 'Transformer.decode: no token ids');
-    const host = { ids: new Int32Array(n), positions: new Int32Array(n), modality: new Int32Array(n) };
+    const modality = new Int32Array(n);
     for (let i = 0; i < n; i++) {
       const id = ids[i] as number;
       if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
@@ -202,20 +205,35 @@ export class Transformer extends Module {
       if (!Number.isInteger(m) || m < 0 || m >= this.config.modalities.length) {
         throw new MomaError('ERR_RANGE', `Transformer.decode: token ${i} (id ${id}) has modality ${String(m)}; padding cannot be decoded`);
       }
-      host.ids[i] = id;
-      host.positions[i] = cache.length + i;
-      host.modality[i] = m;
+      modality[i] = m;
     }
+    // runs of one document each: a new run at every BOS that is not the sequence's first token
+    const bounds = [0];
+    for (let i = 1; i < n; i++) if (ids[i] === cache.bosId) bounds.push(i);
+    bounds.push(n);
+    let logits: Float32Array = new Float32Array(0);
+    for (let r = 0; r + 1 < bounds.length; r++) {
+      const from = bounds[r] as number, to = bounds[r + 1] as number;
+      if (ids[from] === cache.bosId && cache.length > 0) cache.startDocument();
+      logits = await this.decodeRun(cache, Int32Array.from({ length: to - from }, (_, i) => ids[from + i] as number), modality.subarray(from, to), routing);
+    }
+    return logits;
+  }
+
+  /** decode() of validated ids of one document after those in `cache`. */
+  private async decodeRun(cache: KVCache, ids: Int32Array, modality: Int32Array, routing: CausalRouting): Promise<Float32Array> {
+    const n = ids.length;
+    const positions = Int32Array.from({ length: n }, (_, i) => cache.length + i);
     const device = this.config.device;
-    const ctx: CachedContext = { positions: tensor(host.positions, { device }), modality: tensor(host.modality, { device }), causal: routing };
-    const tokens = tensor(host.ids, { device });
+    const ctx: CachedContext = { positions: tensor(positions, { device }), modality: tensor(modality.slice(), { device }), causal: routing };
+    const tokens = tensor(ids, { device });
     try {
       let x = step(() => F.cast(this.embed.forward(tokens), this.config.computeDtype));
       for (const [i, block] of this.blocks.entries()) {
         const layerCache = cache.layers[i]!;
         let next: Tensor | null;
         if (block instanceof MoDBlock) {
-          const rows = await this.causalDepthRows(block, x, host.modality, routing);
+          const rows = await this.causalDepthRows(block, x, modality, routing);
           next = rows === null ? null : step(() => block.forwardCachedRows(x, block.gate(x), rows, ctx, layerCache));
           rows?.dispose();
         } else {
@@ -307,51 +325,17 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
 }
 
 /**
- * A batch from host token ids [B][S]: targets are the next tokens (the last position's target
- * is padding), rows whose token is `padId` are padding, and a document starts at each `bosId`
- * (and at each sequence start). `modalityOf(id)` gives a token's modality id (-1 for padding).
+ * A batch from host token ids [B][S] (lib/model/batch_rows.ts decides the rows, SPEC §1): rows
+ * whose token is `padId` are padding (one-row segments, never attended to, never counted); a
+ * document starts at each `bosId`, at each sequence start and at the first non-padding row after
+ * padding; row t's target is the next token when both are non-padding and the next is not BOS.
+ * `modalityOf(id)` gives a non-padding token's modality id in [0, modalities).
  */
-export function makeBatch(sequences: ArrayLike<number>[], options: { padId: number; bosId?: number; modalityOf: (id: number) => number; modalities: number; device?: string; vocabSize?: number }): Batch {
+export function makeBatch(sequences: ArrayLike<number>[], options: BatchRowsOptions & { device?: string }): Batch {
   const device = options.device ?? 'cpu';
-  if (!Array.isArray(sequences) || sequences.length === 0) throw new MomaError('ERR_ARG', 'makeBatch: need at least one sequence');
-  const S = sequences[0]!.length;
-  if (S < 2 || sequences.some((s) => s.length !== S)) throw new MomaError('ERR_SHAPE', 'makeBatch: sequences must all have the same length >= 2');
-  const T = sequences.length * S;
-  const tokens = new Int32Array(T);
-  const targets = new Int32Array(T);
-  const positions = new Int32Array(T);
-  const segStart = new Int32Array(T);
-  const modality = new Int32Array(T);
-  const targetModality = new Int32Array(T);
-  sequences.forEach((seq, b) => {
-    let start = b * S;
-    for (let s = 0; s < S; s++) {
-      const t = b * S + s;
-      const id = seq[s] as number;
-      if (!Number.isInteger(id) || id < 0 || (options.vocabSize !== undefined && id >= options.vocabSize)) {
-        throw new MomaError('ERR_RANGE', `makeBatch: sequence ${b} position ${s} holds ${String(id)}, not a token id in [0, ${options.vocabSize ?? '2^31'})`);
-      }
-      tokens[t] = id;
-      positions[t] = s;
-      if (s > 0 && options.bosId !== undefined && id === options.bosId) start = t;
-      segStart[t] = start;
-      modality[t] = id === options.padId ? -1 : options.modalityOf(id);
-      if (!Number.isInteger(modality[t]) || modality[t]! >= options.modalities) {
-        throw new MomaError('ERR_RANGE', `makeBatch: token ${id} maps to modality ${modality[t]}, outside [0, ${options.modalities})`);
-      }
-      const next = s + 1 < S ? (seq[s + 1] as number) : options.padId;
-      const valid = next !== options.padId && !(options.bosId !== undefined && next === options.bosId);
-      targets[t] = valid ? next : -1;
-      targetModality[t] = valid ? options.modalityOf(next) : -1;
-    }
-  });
-  const counts = { rows: 0, total: 0, perModality: new Array<number>(options.modalities).fill(0) };
-  for (let t = 0; t < T; t++) {
-    if (modality[t]! >= 0) counts.rows++;
-    if (targets[t]! < 0) continue;
-    counts.total++;
-    counts.perModality[targetModality[t]!]!++;
-  }
+  const rows = batchRows(sequences, options);
+  const { targets, targetModality, counts } = rows;
+  const T = targets.length;
   const weightsFor = (m: number | null): Tensor => {
     const w = new Float32Array(T);
     const n = m === null ? counts.total : (counts.perModality[m] as number);
@@ -359,8 +343,8 @@ export function makeBatch(sequences: ArrayLike<number>[], options: { padId: numb
     return tensor(w, { device });
   };
   return {
-    tokens: tensor(tokens, { device }), targets: tensor(targets, { device }), positions: tensor(positions, { device }),
-    segStart: tensor(segStart, { device }), modality: tensor(modality, { device }), weights: weightsFor(null),
-    modalityWeights: counts.perModality.map((_, m) => weightsFor(m)), host: { modality, segStart }, counts,
+    tokens: tensor(rows.tokens, { device }), targets: tensor(targets, { device }), positions: tensor(rows.positions, { device }),
+    segStart: tensor(rows.segStart, { device }), modality: tensor(rows.modality, { device }), weights: weightsFor(null),
+    modalityWeights: counts.perModality.map((_, m) => weightsFor(m)), host: { modality: rows.modality, segStart: rows.segStart }, counts,
   };
 }

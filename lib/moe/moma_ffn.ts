@@ -4,8 +4,9 @@
  *   moma "4t4i":  groups [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }]
  *   moe "8x":     groups [{ modality: ['text', 'image'], experts: 8 }]  (mixed-modal expert choice)
  *   "1t1i":       groups [{ modality: 'text', experts: 1 }, { modality: 'image', experts: 1 }]
- * and token-choice top-k routing as an extra mode. forward() returns the output and a context;
- * backward(ctx, dy) returns dx and the parameter gradients (explicit, ahead of the autograd tape).
+ * and token-choice top-k routing as an extra mode (softmax scores unless `router` says otherwise).
+ * forward() returns the output and a context; backward(ctx, dy) returns dx and the parameter
+ * gradients (explicit, ahead of the autograd tape).
  *
  * Parameters (experts of all groups stacked in group order; names as in Mixtral / Megatron):
  *   w1, w3 [E, dModel, dFF], w2 [E, dFF, dModel], router [dModel, E] (float32; the columns of
@@ -30,6 +31,14 @@ export interface MoeGroupConfig {
   experts: number;
 }
 
+/**
+ * The router function when the config names none (SPEC §2): sigmoid for expert choice (the
+ * paper's choice), softmax for token choice (each row takes its k best experts by softmax score).
+ */
+export function defaultRouter(routing: RoutingMode | undefined): RouterFn {
+  return routing === 'token-choice' ? 'softmax' : 'sigmoid';
+}
+
 export interface MoMaFFNConfig {
   dModel: number;
   dFF: number;
@@ -37,6 +46,7 @@ export interface MoMaFFNConfig {
   /** Modality names by id (row modality m is modalities[m]); default ['text', 'image']. */
   modalities?: string[];
   capacityFactor?: number;
+  /** Router scores: 'sigmoid' or 'softmax'; default defaultRouter(routing) (softmax for token choice). */
   router?: RouterFn;
   /** Gumbel-sigmoid noise on the router logits in training (forward with training: true). */
   gumbel?: boolean;
@@ -120,12 +130,12 @@ export class MoMaFFN {
     if (typeof capacityFactor !== 'number' || !Number.isFinite(capacityFactor) || capacityFactor <= 0) {
       throw new MomaError('ERR_ARG', `MoMaFFN: capacityFactor must be a finite number > 0, got ${String(capacityFactor)}`);
     }
-    const router = config.router ?? 'sigmoid';
-    if (router !== 'sigmoid' && router !== 'softmax') throw new MomaError('ERR_ARG', `MoMaFFN: router must be 'sigmoid' or 'softmax', got ${String(router)}`);
     const routing = config.routing ?? 'expert-choice';
     if (routing !== 'expert-choice' && routing !== 'token-choice') {
       throw new MomaError('ERR_ARG', `MoMaFFN: routing must be 'expert-choice' or 'token-choice', got ${String(routing)}`);
     }
+    const router = config.router ?? defaultRouter(routing);
+    if (router !== 'sigmoid' && router !== 'softmax') throw new MomaError('ERR_ARG', `MoMaFFN: router must be 'sigmoid' or 'softmax', got ${String(router)}`);
     const topK = positiveInt(config.topK ?? 2, 'topK');
     const dtype: DType = config.dtype ?? 'float32';
     if (dtype !== 'float32' && dtype !== 'bfloat16') throw new MomaError('ERR_DTYPE', `MoMaFFN: dtype must be float32 or bfloat16, got ${String(dtype)}`);
