@@ -18,11 +18,11 @@ const path = require('path');
 
 const root = path.resolve(__dirname, '..');
 const moma = require(path.join(root, 'dist'));
-const { trainRun } = require(path.join(root, 'dist/train/run'));
-const { trainAuxRouters } = require(path.join(root, 'dist/train/aux_train'));
+const { trainRun } = require(path.join(root, 'dist/run/run'));
+const { trainAuxRouters } = require(path.join(root, 'dist/run/aux_train'));
 const { evaluateCausal } = require(path.join(root, 'dist/train/causal_eval'));
-const { openCheckpoint, loadModel, loadAuxRouters, openStageData, stageHeldOut } = require(path.join(root, 'dist/train/checkpoint_source'));
-const { vocabFromSpec } = require(path.join(root, 'dist/train/evaluate'));
+const { openCheckpoint, loadModel, loadAuxRouters, openStageData, stageHeldOut } = require(path.join(root, 'dist/run/checkpoint_source'));
+const { vocabFromSpec } = require(path.join(root, 'dist/data/vocab'));
 const shapes = require(path.join(root, 'dist/data/shapes'));
 
 const GENERATIONS = 48;

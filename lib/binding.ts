@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import nodeGypBuild = require('node-gyp-build');
 import { MomaError, MomaErrorCode } from './errors';
+import { ABI_VERSION, NATIVE_TABLES, NativeTables } from './native_tables';
 
 /** Opaque native tensor handle (owned by a Tensor). */
 export interface TensorHandle {
@@ -64,8 +65,20 @@ export interface NativeAdamWParams {
   biasC2: number;
 }
 
+/** The C++ statements of host-side sizes (csrc/napi/constants_exports.cc), for checking lib/formulas.ts. */
+export interface NativeFormulas {
+  philoxBlocks(n: number, normal: boolean): number;
+  expertChoiceCapacity(n: number, experts: number, capacityFactor: number): number;
+  tokenChoiceCapacity(n: number, experts: number, topK: number, capacityFactor: number): number;
+  moeSlotBound(rows: number, experts: number[], groupOfModality: number[], mode: number, capacityFactor: number, topK: number): number;
+}
+
 export interface BindingModule {
+  /** The binding interface version (checked at load against ABI_VERSION). */
   abiVersion: number;
+  /** Name -> code tables of the C++ enums (checked at load against NATIVE_TABLES). */
+  constants: NativeTables;
+  formulas: NativeFormulas;
   TensorHandle: new () => TensorHandle;
   fromData(data: Float32Array | Int32Array | Uint8Array | Uint16Array, srcDtype: number, shape: number[], dtype: number, device: string): H;
   empty(shape: number[], dtype: number, device: string): H;
@@ -99,6 +112,7 @@ export interface BindingModule {
   moeGateGrad(out: H, dy: H, slotRow: H, expertOffsets: H, experts: number[], groupOfModality: number[]): H;
   groupedMatmul(x: H, w: H, offsets: H, transW: boolean): H;
   groupedMatmulWgrad(x: H, dy: H, offsets: H): H;
+  groupedMatmulSwiglu(x: H, w1: H, w3: H, offsets: H, keepPreactivations: boolean): H[];
   swiglu(h1: H, h3: H): H;
   modSelect(scores: H, modality: H, k: number): H;
   segmentStarts(seg: H): H;
@@ -153,6 +167,38 @@ function loadFailure(cause: unknown): MomaError {
   );
 }
 
+/**
+ * Whether the binary at `file` speaks this JS's binding interface: its `abiVersion` must equal
+ * `expected.abiVersion` and its `constants` tables must hold exactly `expected.tables`' entries
+ * with the same codes. Returns the ERR_LOAD error naming the first disagreement, or null. Pure, so
+ * a test can hand it a simulated binary.
+ */
+export function checkNativeInterface(
+  binary: { abiVersion?: unknown; constants?: unknown },
+  file: string,
+  expected: { abiVersion: number; tables: NativeTables } = { abiVersion: ABI_VERSION, tables: NATIVE_TABLES },
+): MomaError | null {
+  const fix = 'rebuild with `npm run build:native` or reinstall moma';
+  if (binary.abiVersion !== expected.abiVersion) {
+    return new MomaError('ERR_LOAD', `moma: the native binary at ${file} has ABI ${String(binary.abiVersion)}, this JS expects ${expected.abiVersion}: ${fix}`);
+  }
+  const disagree = (what: string): MomaError => new MomaError('ERR_LOAD', `moma: the native binary at ${file} (ABI ${expected.abiVersion}) disagrees with this JS on ${what}: ${fix}`);
+  const tables = binary.constants;
+  if (typeof tables !== 'object' || tables === null) return disagree('the constants tables (none exported)');
+  for (const [name, table] of Object.entries(expected.tables)) {
+    const theirs: unknown = (tables as Record<string, unknown>)[name];
+    if (typeof theirs !== 'object' || theirs === null) return disagree(`table '${name}' (missing in the binary)`);
+    for (const [entry, code] of Object.entries(table)) {
+      const got = (theirs as Record<string, unknown>)[entry];
+      if (got !== code) return disagree(`table '${name}' entry '${entry}': the binary has ${got === undefined ? 'no such entry' : `code ${String(got)}`}, this JS has ${code}`);
+    }
+    for (const entry of Object.keys(theirs)) {
+      if (!Object.prototype.hasOwnProperty.call(table, entry)) return disagree(`table '${name}' entry '${entry}': the binary has code ${String((theirs as Record<string, unknown>)[entry])}, this JS has no such entry`);
+    }
+  }
+  return null;
+}
+
 /** Loads the addon once; throws MomaError('ERR_LOAD') listing what was tried and how to fix it. */
 export function loadBinding(): { binding: BindingModule; loaded: LoadedBinary } {
   if (cached) return cached;
@@ -164,6 +210,8 @@ export function loadBinding(): { binding: BindingModule; loaded: LoadedBinary } 
   } catch (err) {
     throw loadFailure(err);
   }
+  const mismatch = checkNativeInterface(binding, file);
+  if (mismatch !== null) throw mismatch;
   binding.setErrorClass(MomaError);
   const kind = file.split(path.sep).includes('prebuilds') ? 'prebuilt' : 'source';
   cached = { binding, loaded: { path: file, kind } };

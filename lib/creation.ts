@@ -3,6 +3,7 @@ import { native } from './binding';
 import { getDefaultDevice } from './device';
 import { DType, dtypeCode } from './dtype';
 import { MomaError } from './errors';
+import { philoxBlocksNormal, philoxBlocksUniform } from './formulas';
 import { defaultGenerator, Generator } from './random';
 import { Tensor, wrap } from './tensor';
 
@@ -80,7 +81,7 @@ export function tensor(data: TensorData, options: CreateOptions & { shape?: numb
   const flat = options.shape && Array.isArray(data) ? flatten(data, inferShape(data, op), op) : flatten(data, shape, op);
   const dtype = options.dtype ?? 'float32';
   if (dtype === 'float32' || dtype === 'bfloat16') {
-    return wrap(native().fromData(Float32Array.from(flat), 0, shape, dtypeCode(dtype, op), device));
+    return wrap(native().fromData(Float32Array.from(flat), dtypeCode('float32', op), shape, dtypeCode(dtype, op), device));
   }
   for (const v of flat) {
     const [lo, hi] = dtype === 'uint8' ? [0, 255] : [-2147483648, 2147483647];
@@ -115,9 +116,9 @@ export function arange(start: number, end?: number, step = 1, options: CreateOpt
   return wrap(native().arange(from, to, step, dtypeCode(dtype, 'arange'), deviceOf(options)));
 }
 
-function blocks(shape: number[], perBlock: number): number {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return Number.isFinite(n) && n >= 0 ? Math.ceil(n / perBlock) : 0;
+/** Elements of a shape the native op has accepted. */
+function numel(shape: number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
 }
 
 /** Uniform values in (low, high] from the seeded Philox generator (same numbers on CPU and CUDA). */
@@ -125,7 +126,7 @@ export function rand(shape: number[], options: RandomOptions & { low?: number; h
   const gen = options.generator ?? defaultGenerator;
   const dtype = dtypeCode(options.dtype ?? 'float32', 'rand');
   const handle = native().randUniform(shape, options.low ?? 0, options.high ?? 1, gen.seed, gen.offset, dtype, deviceOf(options));
-  gen.take(blocks(shape, 4));
+  gen.take(philoxBlocksUniform(numel(shape)));
   return wrap(handle);
 }
 
@@ -134,6 +135,6 @@ export function randn(shape: number[], options: RandomOptions & { mean?: number;
   const gen = options.generator ?? defaultGenerator;
   const dtype = dtypeCode(options.dtype ?? 'float32', 'randn');
   const handle = native().randNormal(shape, options.mean ?? 0, options.std ?? 1, gen.seed, gen.offset, dtype, deviceOf(options));
-  gen.take(blocks(shape, 2));
+  gen.take(philoxBlocksNormal(numel(shape)));
   return wrap(handle);
 }

@@ -1,10 +1,12 @@
 import { MomaError } from './errors';
+import { NATIVE_TABLES } from './native_tables';
 
-/** Element types, with the numeric codes the native addon uses. */
-export type DType = 'float32' | 'bfloat16' | 'int32' | 'uint8';
+/** Element types; their numeric codes (the native addon's) are NATIVE_TABLES.dtype. */
+export type DType = keyof typeof NATIVE_TABLES.dtype;
 
-const CODES: Record<DType, number> = { float32: 0, bfloat16: 1, int32: 2, uint8: 3 };
-const NAMES: DType[] = ['float32', 'bfloat16', 'int32', 'uint8'];
+const CODES: Readonly<Record<DType, number>> = NATIVE_TABLES.dtype;
+const NAMES: DType[] = [];
+for (const [name, code] of Object.entries(CODES) as [DType, number][]) NAMES[code] = name;
 
 export function dtypeCode(dtype: DType, op: string): number {
   const code = (CODES as Record<string, number | undefined>)[dtype];

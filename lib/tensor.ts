@@ -7,13 +7,12 @@
 import { native, TensorHandle } from './binding';
 import { DType, dtypeCode, dtypeName, HostArray } from './dtype';
 import { MomaError } from './errors';
+import { NATIVE_TABLES } from './native_tables';
 
-export const UnaryOp = {
-  neg: 0, exp: 1, log: 2, silu: 3, sigmoid: 4, tanh: 5, sqrt: 6, rsqrt: 7, abs: 8, square: 9,
-  scale: 10, addScalar: 11, pow: 12,
-} as const;
-export const BinaryOp = { add: 0, sub: 1, mul: 2, div: 3, maximum: 4, minimum: 5 } as const;
-export const ReduceOp = { sum: 0, mean: 1, max: 2, argmax: 3 } as const;
+/** Op codes of the native unary, binary and reduce kernels (lib/native_tables.ts). */
+export const UnaryOp = NATIVE_TABLES.unaryOp;
+export const BinaryOp = NATIVE_TABLES.binaryOp;
+export const ReduceOp = NATIVE_TABLES.reduceOp;
 
 let collectedWithoutDispose = 0;
 const registry = new FinalizationRegistry<TensorHandle>((handle) => {

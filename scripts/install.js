@@ -9,16 +9,37 @@ const { spawnSync } = require('child_process');
 
 const root = path.resolve(__dirname, '..');
 
-function prebuiltLoads() {
+// The ABI the JS side expects (lib/native_tables.ts); absent in a clone before tsc has run, where
+// there is no prebuilt binary either.
+function expectedAbi() {
   try {
-    const file = require('node-gyp-build').path(root);
-    if (!file.split(path.sep).includes('prebuilds')) return false;
-    require(file);
-    console.log(`moma: using prebuilt binary ${path.relative(root, file)}`);
-    return true;
+    return require(path.join(root, 'dist', 'native_tables.js')).ABI_VERSION;
   } catch {
+    return null;
+  }
+}
+
+function prebuiltLoads() {
+  let file;
+  try {
+    file = require('node-gyp-build').path(root);
+  } catch {
+    return false;  // no binary for this platform
+  }
+  if (!file.split(path.sep).includes('prebuilds')) return false;
+  try {
+    const binary = require(file);
+    const want = expectedAbi();
+    if (want !== null && binary.abiVersion !== want) {
+      console.log(`moma: the prebuilt binary ${path.relative(root, file)} has ABI ${binary.abiVersion}, this JS expects ${want}`);
+      return false;
+    }
+  } catch (err) {
+    console.log(`moma: the prebuilt binary ${path.relative(root, file)} does not load here: ${err && err.message ? err.message.split('\n')[0] : err}`);
     return false;
   }
+  console.log(`moma: using prebuilt binary ${path.relative(root, file)}`);
+  return true;
 }
 
 if (process.env.MOMA_BUILD_FROM_SOURCE !== '1' && prebuiltLoads()) process.exit(0);

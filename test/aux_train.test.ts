@@ -1,5 +1,5 @@
 /**
- * The second training stage (lib/train/aux_train.ts): on a short tiny-4t4i-mod run over the
+ * The second training stage (lib/run/aux_train.ts): on a short tiny-4t4i-mod run over the
  * built-in data, train-aux lowers every router's held-out BCE on average and the training BCE,
  * never touches the main model, writes aux_routers.safetensors / .json into the checkpoint (which
  * load back bit for bit), stops cleanly on an abort, and rejects bad input. Then: the aux-router

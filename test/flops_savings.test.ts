@@ -17,7 +17,7 @@ import { buildProgram } from '../lib/cli/main';
 import { MomaError } from '../lib/errors';
 import { countParameters } from '../lib/model/params';
 import { preset } from '../lib/model/presets';
-import type { EvalRecord, MetricsRecord, StepRecord } from '../lib/train/run';
+import type { EvalRecord, MetricsRecord, StepRecord } from '../lib/run/records';
 
 const MODEL = { dModel: 32, heads: 2, ffn: { dFF: 48 } };
 const VALUES = { steps: 10, batchSize: 2, seqLen: 64, lr: 3e-3, warmup: 2, device: 'cpu', evalEvery: 5 };

@@ -9,10 +9,10 @@ import * as path from 'path';
 import sharp from 'sharp';
 import { MomaError } from '../lib';
 import { preset } from '../lib/model/presets';
-import { centredMean, lineChartSpec, renderSvg, sideBySide, smoothingHalfWidth } from '../lib/report/charts';
-import { formatDuration, formatSI, readMetrics, summarizeMetrics, writeReport } from '../lib/report/report';
-import type { EvalRecord, RunFile, StepRecord } from '../lib/train/run';
-import { resolveRunConfig } from '../lib/train/run_config';
+import { centredMean, lineChartSpec, renderSvg, sideBySide, smoothingHalfWidth } from '../lib/run/charts';
+import { EvalRecord, readMetrics, RunFile, StepRecord } from '../lib/run/records';
+import { formatDuration, formatSI, summarizeMetrics, writeReport } from '../lib/run/report';
+import { resolveRunConfig } from '../lib/run/run_config';
 import { throwsCode } from './support/errors';
 
 let dir: string;

@@ -13,7 +13,8 @@ import { builtinDataset } from '../lib/data/builtin';
 import type { MixedModalDataset } from '../lib/data/dataset';
 import { documentTokens } from '../lib/data/document';
 import { buildVocabLayout, parseVocabLayout } from '../lib/data/vocab';
-import { EvalRecord, MetricsRecord, RunFile, RunHooks, StepRecord, trainRun } from '../lib/train/run';
+import type { EvalRecord, MetricsRecord, RunFile, StepRecord } from '../lib/run/records';
+import { RunHooks, trainRun } from '../lib/run/run';
 
 let dir: string;
 let shapes: MixedModalDataset;

@@ -4,7 +4,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { MomaError } from '../lib';
 import { bestDevice } from '../lib/device';
-import { autoImageFraction, defaultRunDir, resolveRunConfig, RUN_DEFAULTS, RunConfigSources, RunSettings } from '../lib/train/run_config';
+import { autoImageFraction, defaultRunDir, resolveRunConfig, RUN_DEFAULTS, RunConfigSources, RunSettings } from '../lib/run/run_config';
 
 let dir: string;
 beforeAll(() => {

@@ -13,7 +13,8 @@ import { packShardSet } from '../lib/data/pack';
 import { describeDocument, renderScene } from '../lib/data/shapes';
 import { openShardSet } from '../lib/data/shard_set';
 import { parseVocabLayout } from '../lib/data/vocab';
-import { StepRecord, trainRun } from '../lib/train/run';
+import type { StepRecord } from '../lib/run/records';
+import { trainRun } from '../lib/run/run';
 
 let dir: string;
 let shards: string;

@@ -2,10 +2,9 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { buildVocabLayout, describeId, ImageTokenizerInfo, modalityOfId, parseVocabLayout, vocabHash } from '../lib/data/vocab';
+import { buildVocabLayout, describeId, ImageTokenizerInfo, modalityOfId, parseVocabLayout, vocabFromSpec, vocabHash } from '../lib/data/vocab';
 import { ByteTokenizer, HFTokenizer, loadTextTokenizer } from '../lib/data/text_tokenizer';
 import { documentTokens, splitDocument, textIds } from '../lib/data/document';
-import { vocabFromSpec } from '../lib/train/evaluate';
 import { throwsCode, messageOf } from './support/errors';
 import { byteLevelBpeJson, HF_MERGES } from './support/hf_tokenizer';
 

@@ -3,6 +3,9 @@
 
 namespace moma::napi {
 
+// abiVersion, the enum tables and the host-side formulas (constants_exports.cc).
+void register_constants_exports(Napi::Env env, Napi::Object exports);
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("TensorHandle", TensorHandle::define(env));
   register_tensor_exports(env, exports);
@@ -11,7 +14,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   register_runtime_exports(env, exports);
   register_moe_exports(env, exports);
   register_nn_exports(env, exports);
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  register_constants_exports(env, exports);
   return exports;
 }
 

@@ -5,7 +5,7 @@
  */
 import { Command } from 'commander';
 import { MomaError } from '../errors';
-import { AUX_DEFAULTS, AuxTrainSummary, trainAuxRouters } from '../train/aux_train';
+import { AUX_DEFAULTS, AuxTrainSummary, trainAuxRouters } from '../run/aux_train';
 import type { AuxRouterMetrics } from '../train/causal_eval';
 import { shownPath } from './paths';
 

@@ -9,11 +9,13 @@ import * as path from 'path';
 import { Command } from 'commander';
 import { MomaError } from '../errors';
 import { Transformer, TransformerConfig } from '../model/transformer';
+import { readTokenFile } from '../data/token_file';
+import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
+import { readJson } from '../io/files';
+import { loadAuxRouters, openCheckpoint, openStageData, resolveCheckpointDir, stageHeldOut } from '../run/checkpoint_source';
 import { loadCheckpointInto, readCheckpoint } from '../train/checkpoint';
-import { loadAuxRouters, openCheckpoint, openStageData, resolveCheckpointDir, stageHeldOut } from '../train/checkpoint_source';
 import { evaluateCausal } from '../train/causal_eval';
-import { evaluate, EvalResult, readTokenFile, VocabSpec, vocabFromSpec } from '../train/evaluate';
-import type { VocabInfo } from '../train/trainer';
+import { evaluate, EvalResult } from '../train/evaluate';
 import { routerTable } from './aux';
 import { shownPath } from './paths';
 
@@ -24,12 +26,7 @@ async function evalData(dir: string, opts: EvalFlags): Promise<{ sequences: numb
   if (opts.data !== undefined) {
     const vocabFile = opts.vocab ?? path.join(dir, 'vocab.json');
     if (!fs.existsSync(vocabFile)) throw new MomaError('ERR_FILE', `eval: no vocabulary: ${vocabFile} does not exist (pass --vocab)`);
-    let spec: VocabSpec;
-    try {
-      spec = JSON.parse(fs.readFileSync(vocabFile, 'utf8')) as VocabSpec;
-    } catch (err) {
-      throw new MomaError('ERR_FILE', `eval: cannot read ${vocabFile} (${(err as Error).message})`);
-    }
+    const spec = readJson(vocabFile, 'eval') as VocabSpec;
     return { sequences: readTokenFile(opts.data), vocab: vocabFromSpec(spec), what: shownPath(opts.data) };
   }
   const source = openCheckpoint(dir, 'eval');

@@ -10,8 +10,8 @@ import { Command } from 'commander';
 import { shownPath } from './paths';
 import { formatEta } from '../experiment/eta';
 import { FLOPS_SAVINGS_DEFAULTS, FLOPS_SAVINGS_TIERS, FlopsSavingsRun, runFlopsSavings } from '../experiment/flops_savings';
-import { formatDuration, formatSI } from '../report/report';
-import { RUN_DEFAULTS } from '../train/run_config';
+import { formatDuration, formatSI } from '../run/report';
+import { RUN_DEFAULTS } from '../run/run_config';
 
 interface ExperimentFlags {
   tier?: string;

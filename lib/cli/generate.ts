@@ -9,9 +9,9 @@ import { Command } from 'commander';
 import { MomaError } from '../errors';
 import { ImageTokenizer } from '../data/image_tokenizer';
 import { loadTextTokenizer } from '../data/text_tokenizer';
-import { writeFileAtomic } from '../io/safetensors';
+import { writeFileAtomic } from '../io/files';
 import { captionToImage, GenerateOptions, imageToCaption } from '../generate/generator';
-import { loadAuxRouters, loadModel, openCheckpoint } from '../train/checkpoint_source';
+import { loadAuxRouters, loadModel, openCheckpoint } from '../run/checkpoint_source';
 import { shownPath } from './paths';
 
 interface GenerateFlags {

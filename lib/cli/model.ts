@@ -4,7 +4,7 @@ import { MomaError } from '../errors';
 import { defaultRouter, moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
 import { countParameters, FlopsReport, forwardFlopsPerRow, ParameterCount } from '../model/params';
 import { describePreset, listPresets, preset } from '../model/presets';
-import type { TransformerConfig } from '../model/transformer';
+import { TransformerConfig, validateConfig } from '../model/transformer';
 
 /** Exit code of a usage error (unknown preset, bad option value). */
 const EXIT_USAGE = 2;
@@ -53,6 +53,7 @@ function printInfo(info: ModelInfo): void {
   const p = info.parameters;
   const fl = info.flopsPerRow;
   const ffn = c.ffn;
+  const mod = validateConfig(c).mod;
   const pad = (s: string, n = 24): string => s.padEnd(n);
   const lines = [
     `${info.name}: ${info.description}`,
@@ -63,7 +64,7 @@ function printInfo(info: ModelInfo): void {
     `  ${pad('layers')}${c.layers}`,
     `  ${pad('heads')}${c.heads} (head size ${c.dModel / c.heads})`,
     `  ${pad('ffn')}${ffn.kind}, SwiGLU hidden ${ffn.dFF}${ffn.kind === 'moe' ? `; experts ${expertsText(c)}; capacity factor ${ffn.capacityFactor ?? 1}; router ${ffn.router ?? defaultRouter(ffn.routing)}; ${ffn.routing ?? 'expert-choice'}` : ''}`,
-    `  ${pad('mod')}${c.mod ? `interval ${c.mod.interval ?? 2}, capacity ${c.mod.capacity ?? 0.25} (${p.modLayers} MoD layers)` : 'none'}`,
+    `  ${pad('mod')}${mod ? `interval ${mod.interval}, capacity ${mod.capacity} (${p.modLayers} MoD layers)` : 'none'}`,
     `  ${pad('modalities')}${(c.modalities ?? ['text', 'image']).join(', ')}`,
     `  ${pad('norm')}${c.norm ?? 'swin'}, zLoss ${c.zLoss ?? 0}, initStd ${c.initStd ?? 0.02}, seed ${c.seed ?? 0}`,
     '',

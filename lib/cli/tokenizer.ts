@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import { Command } from 'commander';
 import { MomaError } from '../errors';
-import { writeFileAtomic } from '../io/safetensors';
+import { writeFileAtomic } from '../io/files';
 import { ImageTokenizer, ImageTrainProgress } from '../data/image_tokenizer';
 
 /** A flag that must be a whole number in [min, max]. */

@@ -1,5 +1,5 @@
 /**
- * `moma train` and `moma report`: a thin layer over trainRun (lib/train/run.ts) and writeReport.
+ * `moma train` and `moma report`: a thin layer over trainRun (lib/run/run.ts) and writeReport.
  *
  * train shows a progress bar on a terminal (step, loss text / image, tokens/s, ETA), one line
  * every few steps elsewhere (CI, pipes), or the metrics records as JSON lines with --json-log
@@ -11,9 +11,10 @@ import * as path from 'path';
 import { Command } from 'commander';
 import { shownPath } from './paths';
 import * as cliProgress from 'cli-progress';
-import { firstLabel, formatDuration, formatSI, LossRow, writeReport } from '../report/report';
-import { EvalRecord, RunStartInfo, RunSummary, StepRecord, trainRun } from '../train/run';
-import { RUN_DEFAULTS } from '../train/run_config';
+import type { EvalRecord, StepRecord } from '../run/records';
+import { firstLabel, formatDuration, formatSI, LossRow, writeReport } from '../run/report';
+import { RunStartInfo, RunSummary, trainRun } from '../run/run';
+import { RUN_DEFAULTS } from '../run/run_config';
 
 interface TrainFlags {
   preset?: string;

@@ -12,10 +12,9 @@
  *   small LRU (evaluation reads the same first documents again and again).
  */
 import { MomaError } from '../errors';
-import type { MixedModalDataset, Split } from './dataset';
+import type { DocumentStore, MixedModalDataset, Split } from './dataset';
 import { documentTokens, TokenSegment } from './document';
 import { IMAGE_TOKENIZER_FILE, ImageTokenizer, ImageTokenizerTrainStats } from './image_tokenizer';
-import type { DocumentStore } from './packer';
 import { checkImageSize, describeDocument, DocumentSpec, renderScene, sampleScene } from './shapes';
 import { ByteTokenizer } from './text_tokenizer';
 import { buildVocabLayout, VocabLayout } from './vocab';

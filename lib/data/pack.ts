@@ -17,7 +17,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as readline from 'readline';
 import { MomaError } from '../errors';
-import { writeFileAtomic } from '../io/safetensors';
+import { replaceDirAtomic, writeJsonAtomic } from '../io/files';
 import type { Split } from './dataset';
 import { documentTokens, TokenSegment } from './document';
 import { IMAGE_TOKENIZER_FILE, ImageTokenizer } from './image_tokenizer';
@@ -194,17 +194,16 @@ class SplitWriter {
   }
 }
 
-/** Checks `out` may be written; returns whether something (an empty folder, or with force) is there to replace. */
-function checkOut(out: string, force: boolean): boolean {
+/** Checks `out` may be written: absent, an empty folder, or (with force) a folder to replace. */
+function checkOut(out: string, force: boolean): void {
   let stat: fs.Stats;
   try {
     stat = fs.statSync(out);
   } catch {
-    return false;
+    return;
   }
   if (!stat.isDirectory()) throw new MomaError('ERR_FILE', `packShardSet: --out ${out} exists and is not a folder`);
   if (fs.readdirSync(out).length > 0 && !force) throw new MomaError('ERR_FILE', `packShardSet: --out ${out} is not empty (pass --force to replace it)`);
-  return true;
 }
 
 /** Packs JSON Lines documents into a shard set folder. */
@@ -224,7 +223,7 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
   for (const file of inputs) {
     if (!fs.existsSync(file) || !fs.statSync(file).isFile()) throw new MomaError('ERR_FILE', `packShardSet: input ${file} is not a readable file`);
   }
-  const replace = checkOut(out, options.force === true);
+  checkOut(out, options.force === true);
 
   const text = openTextTokenizer(options.textTokenizer ?? 'bytes');
   const imageTokenizer = options.imageTokenizer ? ImageTokenizer.load(options.imageTokenizer) : null;
@@ -306,10 +305,10 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
     const shards = { train: writers.train.finish(), eval: writers.eval.finish() };
     if (imageTokenizer !== null) fs.writeFileSync(path.join(partial, IMAGE_TOKENIZER_FILE), imageTokenizer.toBuffer());
     if (text.bytes !== null) fs.writeFileSync(path.join(partial, TEXT_TOKENIZER_FILE), text.bytes);
-    writeFileAtomic(path.join(partial, 'vocab.json'), `${JSON.stringify(layout, null, 2)}\n`);
+    writeJsonAtomic(path.join(partial, 'vocab.json'), layout);
     const index: ShardSetIndex = { format: SHARD_SET_FORMAT, version: SHARD_SET_VERSION, vocabHash: layout.hash, splits: shards };
-    writeFileAtomic(path.join(partial, 'index.json'), `${JSON.stringify(index, null, 2)}\n`);
-    commit(partial, out, replace);
+    writeJsonAtomic(path.join(partial, 'index.json'), index);
+    replaceDirAtomic(partial, out);
     const summary = (split: Split): SplitSummary => ({
       shards: shards[split].length,
       documents: shards[split].reduce((n, e) => n + e.documents, 0),
@@ -329,16 +328,4 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
     if (err instanceof MomaError) throw err;
     throw new MomaError('ERR_FILE', `packShardSet: writing ${out} failed (${(err as Error).message})`);
   }
-}
-
-/** Moves the finished partial folder to `out` (replacing what checkOut allowed). */
-function commit(partial: string, out: string, replace: boolean): void {
-  if (!replace) {
-    fs.renameSync(partial, out);
-    return;
-  }
-  const old = `${path.resolve(out)}.old-${process.pid}`;
-  fs.renameSync(out, old);
-  fs.renameSync(partial, out);
-  fs.rmSync(old, { recursive: true, force: true });
 }

@@ -26,19 +26,7 @@
  * reproduces the following batches exactly.
  */
 import { MomaError } from '../errors';
-import type { TokenBatchSource } from '../train/trainer';
-
-/** Where documents come from: the k-th draw (k = 0, 1, …) and its tokens. */
-export interface DocumentStore {
-  /** Number of distinct documents (Infinity for generated data). */
-  readonly count: number;
-  /** The document id of draw k (shuffled stores permute here). */
-  idAt(k: number): number;
-  /** The tokens of a document. */
-  tokens(id: number): ArrayLike<number>;
-  /** Optional: token and image-token counts without reading the document (cheap classification). */
-  profile?(id: number): { tokens: number; imageTokens: number };
-}
+import type { DocumentStore, TokenBatchSource } from './dataset';
 
 export interface PackerOptions {
   batchSize: number;

@@ -22,8 +22,8 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { MomaError } from '../errors';
-import type { MixedModalDataset, Split } from './dataset';
-import type { DocumentStore } from './packer';
+import { readJson } from '../io/files';
+import type { DocumentStore, MixedModalDataset, Split } from './dataset';
 import { seededPermutation } from './seeded_random';
 import { ShardReader } from './shard';
 import { parseVocabLayout, VocabLayout } from './vocab';
@@ -122,20 +122,6 @@ function sha256OfFile(file: string): string {
     fs.closeSync(fd);
   }
   return hash.digest('hex');
-}
-
-function readJson(file: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `${file}: cannot be read (${(err as Error).message})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `${file}: not valid JSON (${(err as Error).message})`);
-  }
 }
 
 /** The documents of one split: global ids 0 … N-1 over its shards, drawn shuffled per epoch. */
@@ -256,7 +242,7 @@ export function openShardSet(dir: string, options: OpenShardSetOptions = {}): Sh
   }
   if (!stat.isDirectory()) throw new MomaError('ERR_FILE', `shard set ${dir}: is not a folder`);
   const vocabFile = path.join(dir, 'vocab.json');
-  const layout = parseVocabLayout(readJson(vocabFile), vocabFile);
+  const layout = parseVocabLayout(readJson(vocabFile, `shard set ${dir}`), vocabFile);
   const files: Record<string, Buffer> = {};
   if (layout.image !== null) {
     const t = layout.image.tokenizer;
@@ -265,7 +251,7 @@ export function openShardSet(dir: string, options: OpenShardSetOptions = {}): Sh
   const text = layout.text.tokenizer;
   if (text.kind === 'hf') files[text.file] = readNamedFile(dir, text.file, text.sha256, 'text tokenizer');
   const indexFile = path.join(dir, 'index.json');
-  const index = parseShardSetIndex(readJson(indexFile), indexFile);
+  const index = parseShardSetIndex(readJson(indexFile, `shard set ${dir}`), indexFile);
   if (index.vocabHash !== layout.hash) throw new MomaError('ERR_FILE', `${indexFile}: vocabHash ${index.vocabHash} differs from vocab.json's ${layout.hash}`);
   const readers: Record<Split, ShardReader[]> = { train: [], eval: [] };
   try {

@@ -6,13 +6,54 @@
  *   [text.offset, +text.size)      the text tokenizer's ids (bytes, or a tokenizer.json vocabulary)
  *   [image.offset, +image.size)    the image tokenizer's codebook entries
  *
- * A layout is a VocabSpec (padId, bosId, ranges) plus what a reader needs to rebuild the
- * tokenizers; `hash` is the SHA-256 of its canonical JSON without the hash itself, and shards
- * record it so a shard set can't be read with the wrong vocabulary.
+ * A layout is a VocabSpec (padId, bosId, ranges: what the trainer and evaluation need, turned
+ * into a VocabInfo by `vocabFromSpec`) plus what a reader needs to rebuild the tokenizers;
+ * `hash` is the SHA-256 of its canonical JSON without the hash itself, and shards record it so
+ * a shard set can't be read with the wrong vocabulary.
  */
 import { createHash } from 'crypto';
 import { MomaError } from '../errors';
-import type { VocabSpec } from '../train/evaluate';
+
+/** Vocabulary description stored as JSON: pad and BOS ids, and id ranges [from, to) per modality id (others: modality 0). */
+export interface VocabSpec {
+  padId: number;
+  bosId?: number;
+  ranges: { modality: number; from: number; to: number }[];
+}
+
+/** How token ids map to modalities (the trainer and evaluation take one; `vocabFromSpec` makes it from a VocabSpec). */
+export interface VocabInfo {
+  padId: number;
+  bosId?: number;
+  modalityOf(id: number): number;
+}
+
+/** Checks a VocabSpec (ERR_ARG) and returns its VocabInfo. */
+export function vocabFromSpec(spec: VocabSpec): VocabInfo {
+  if (typeof spec !== 'object' || spec === null || !Number.isInteger(spec.padId) || !Array.isArray(spec.ranges)) {
+    throw new MomaError('ERR_ARG', 'vocabulary: expected { padId, bosId?, ranges: [{ modality, from, to }] }');
+  }
+  const ranges = [...spec.ranges].sort((a, b) => a.from - b.from);
+  ranges.forEach((r, i) => {
+    if (!Number.isInteger(r.modality) || r.modality < 0 || !Number.isInteger(r.from) || !Number.isInteger(r.to) || r.from < 0 || r.to <= r.from) {
+      throw new MomaError('ERR_ARG', `vocabulary: range ${JSON.stringify(r)} must have integer 0 <= from < to and a modality >= 0`);
+    }
+    const prev = ranges[i - 1];
+    if (prev !== undefined && r.from < prev.to) {
+      throw new MomaError('ERR_ARG', `vocabulary: ranges [${prev.from}, ${prev.to}) and [${r.from}, ${r.to}) overlap`);
+    }
+  });
+  for (const [name, id] of [['padId', spec.padId], ['bosId', spec.bosId]] as const) {
+    if (id !== undefined && ranges.some((r) => r.modality !== 0 && id >= r.from && id < r.to)) {
+      throw new MomaError('ERR_ARG', `vocabulary: ${name} ${id} lies in a non-text range (the specials are text tokens)`);
+    }
+  }
+  return {
+    padId: spec.padId,
+    bosId: spec.bosId,
+    modalityOf: (id: number): number => spec.ranges.find((r) => id >= r.from && id < r.to)?.modality ?? 0,
+  };
+}
 
 export const SPECIALS = ['PAD', 'BOS', 'EOS', 'BOI', 'EOI'] as const;
 export type SpecialName = (typeof SPECIALS)[number];

@@ -7,8 +7,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MomaError } from '../errors';
-import { writeFileAtomic } from '../io/safetensors';
-import type { RunSettings } from '../train/run_config';
+import { readJson, writeJsonAtomic } from '../io/files';
+import type { RunSettings } from '../run/run_config';
 
 export const EXPERIMENT_FILE = 'experiment.json';
 
@@ -64,12 +64,7 @@ export function readExperimentFile(dir: string): ExperimentFile | null {
   if (typeof dir !== 'string' || dir === '') throw new MomaError('ERR_ARG', 'experiment_file: dir must be a folder path');
   const file = path.join(dir, EXPERIMENT_FILE);
   if (!fs.existsSync(file)) return null;
-  let parsed: ExperimentFile;
-  try {
-    parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as ExperimentFile;
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `experiment_file: cannot read ${file} (${(err as Error).message})`);
-  }
+  const parsed = readJson(file, 'experiment_file') as ExperimentFile;
   if (parsed === null || typeof parsed !== 'object' || parsed.format !== 'moma-experiment' || parsed.kind !== 'flops-savings'
     || parsed.settings === null || typeof parsed.settings !== 'object' || !Array.isArray(parsed.invocations) || typeof parsed.dataset?.vocabHash !== 'string') {
     throw new MomaError('ERR_FILE', `experiment_file: ${file} is not a flops-savings experiment file`);
@@ -79,7 +74,7 @@ export function readExperimentFile(dir: string): ExperimentFile | null {
 
 export function writeExperimentFile(dir: string, experiment: ExperimentFile): void {
   try {
-    writeFileAtomic(path.join(dir, EXPERIMENT_FILE), JSON.stringify(experiment, null, 2) + '\n');
+    writeJsonAtomic(path.join(dir, EXPERIMENT_FILE), experiment);
   } catch (err) {
     throw new MomaError('ERR_FILE', `experiment_file: cannot write ${path.join(dir, EXPERIMENT_FILE)} (${(err as Error).message})`);
   }

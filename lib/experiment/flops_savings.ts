@@ -24,11 +24,12 @@ import { builtinDataset } from '../data/builtin';
 import type { MixedModalDataset } from '../data/dataset';
 import { IMAGE_TOKENIZER_FILE } from '../data/image_tokenizer';
 import { openShardSet } from '../data/shard_set';
-import { writeFileAtomic } from '../io/safetensors';
+import { writeFileAtomic } from '../io/files';
 import { listPresets } from '../model/presets';
-import { writeReport } from '../report/report';
-import { EvalRecord, RunSummary, StepRecord, trainRun } from '../train/run';
-import { ModelOverrides, resolveRunConfig, RunSettings } from '../train/run_config';
+import type { EvalRecord, StepRecord } from '../run/records';
+import { writeReport } from '../run/report';
+import { RunSummary, trainRun } from '../run/run';
+import { ModelOverrides, resolveRunConfig, RunSettings } from '../run/run_config';
 import { ExperimentFile, ExperimentSettings, readExperimentFile, sharedOf, sharedSettingsDiffer, writeExperimentFile } from './experiment_file';
 import { analyzeFlopsSavings, FlopsSavingsResults, ResultFiles } from './flops_savings_results';
 

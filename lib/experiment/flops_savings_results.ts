@@ -18,10 +18,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MomaError } from '../errors';
-import { writeFileAtomic } from '../io/safetensors';
+import { writeFileAtomic, writeJsonAtomic } from '../io/files';
 import { forwardFlopsPerRow } from '../model/params';
-import { formatDuration, formatSI, readMetrics } from '../report/report';
-import type { EvalRecord, RunFile, StepRecord } from '../train/run';
+import { EvalRecord, readMetrics, readRunFile, RunFile, StepRecord } from '../run/records';
+import { formatDuration, formatSI } from '../run/report';
 import { computeEta, EtaResult, etaInterval, formatEta, LossCurve, smoothingWindow, trailingMean } from './eta';
 import { canonical, ExperimentFile, readExperimentFile, SHARED_KEYS, SharedSettings } from './experiment_file';
 import { lossVsFlopsSvg, svgToPng, VariantLossPoints } from './plots';
@@ -106,13 +106,7 @@ function readVariant(dir: string, name: string, experiment: ExperimentFile): Var
   const runDir = path.join(dir, 'variants', name);
   const file = path.join(runDir, 'run.json');
   if (!fs.existsSync(file)) fileError(`variant '${name}' has no run (${file} is missing); run the experiment to train it`);
-  let run: RunFile;
-  try {
-    run = JSON.parse(fs.readFileSync(file, 'utf8')) as RunFile;
-  } catch (err) {
-    fileError(`cannot read ${file} (${(err as Error).message})`);
-  }
-  if (run === null || typeof run !== 'object' || run.format !== 'moma-run' || typeof run.config !== 'object' || typeof run.model !== 'object') fileError(`${file} is not a moma run file`);
+  const run = readRunFile(runDir, 'flops-savings results');
   const expectedPreset = `${experiment.settings.tier}-${name}`;
   if (run.config.preset !== expectedPreset) fileError(`${file} trained preset '${run.config.preset}', the experiment's variant '${name}' is '${expectedPreset}'`);
   const settings = experiment.settings as unknown as Record<string, unknown>;
@@ -393,7 +387,7 @@ export async function analyzeFlopsSavings(dir: string, variants?: string[]): Pro
   try {
     writeFileAtomic(files.svg, svg);
     writeFileAtomic(files.png, png);
-    writeFileAtomic(files.json, JSON.stringify(results, null, 2) + '\n');
+    writeJsonAtomic(files.json, results);
     writeFileAtomic(files.markdown, resultsMarkdown(results));
   } catch (err) {
     throw new MomaError('ERR_FILE', `flops-savings results: cannot write the results into ${dir} (${(err as Error).message})`);

@@ -1,13 +1,13 @@
 /**
  * The loss-against-compute figure of an experiment: one panel per loss (overall, text, image),
  * one line per variant, x the total cumulative training FLOPs (all modalities) on a log scale,
- * y the loss on a log scale. Each line is drawn as lib/report/charts.ts draws it (faint per-step
+ * y the loss on a log scale. Each line is drawn as lib/run/charts.ts draws it (faint per-step
  * values, a bold smoothed line) with the held-out evaluations as dots. The panels are placed
  * side by side in one SVG; `svgToPng` renders it with sharp.
  */
 import sharp from 'sharp';
 import { MomaError } from '../errors';
-import { ChartSeries, lineChartSpec, renderSvg, sideBySide } from '../report/charts';
+import { ChartSeries, lineChartSpec, renderSvg, sideBySide } from '../run/charts';
 
 /** A variant's points: total cumulative training FLOPs and the loss of each key (null where absent). */
 export interface VariantLossPoints {

@@ -2,42 +2,18 @@
  * safetensors files (https://huggingface.co/docs/safetensors): an 8-byte little-endian header
  * length, a JSON header { name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__":
  * { string: string } } padded with spaces to a multiple of 8, then the raw little-endian data.
- * Writes are atomic (temp file, fsync, rename); reads validate every field and name the file
+ * Writes are atomic (writeFileAtomic of ./files.ts); reads validate every field and name the file
  * and the problem in a MomaError('ERR_FILE'). encodeSafetensors / decodeSafetensors work on
  * host typed arrays and bytes (no tensors), for small files such as tokenizer codebooks.
  */
 import * as fs from 'fs';
-import * as path from 'path';
 import { tensor } from '../creation';
 import { MomaError } from '../errors';
 import { Tensor } from '../tensor';
+import { writeFileAtomic } from './files';
 
 const DTYPES = { float32: 'F32', bfloat16: 'BF16', int32: 'I32', uint8: 'U8' } as const;
 const SIZES: Record<string, number> = { F32: 4, BF16: 2, I32: 4, U8: 1 };
-
-/** Writes `data` to `file` atomically: a temp file in the same folder, fsync, rename (ERR_FILE naming the file on failure, no temp file left). */
-export function writeFileAtomic(file: string, data: Buffer | string): void {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  try {
-    fs.mkdirSync(dir, { recursive: true });
-    const fd = fs.openSync(tmp, 'w');
-    try {
-      fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (err) {
-    try {
-      fs.rmSync(tmp, { force: true });
-    } catch {
-      // the folder itself is unusable: there is no temp file to remove
-    }
-    throw new MomaError('ERR_FILE', `cannot write ${file} (${(err as Error).message})`);
-  }
-}
 
 /** A tensor's raw host values as stored in the file; BF16 values are their raw 16-bit patterns. */
 export type HostTensor =

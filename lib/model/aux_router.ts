@@ -2,7 +2,7 @@
  * Auxiliary routers (SPEC.md §4): small per-site MLPs a = sigmoid(SiLU(v·A1)·A2) that predict,
  * from a row alone, what the batch-level top-k of the main model would decide — one per routed
  * expert group of every MoE layer (E_g outputs) and one per MoD layer (1 output). They are trained
- * after the main model (lib/train/aux_train.ts) and let a causal model route at inference: an
+ * after the main model (lib/run/aux_train.ts) and let a causal model route at inference: an
  * expert takes row t iff a_{t,e} > 0.5, a MoD block runs on t iff â_t > 0.5.
  *
  * Parameter names follow the site they serve: `layers.1.ffn.aux_router.0.a1.weight` (group 0 of

@@ -13,6 +13,7 @@
 import * as F from '../autograd/functions';
 import { record } from '../autograd/tape';
 import { full, randn } from '../creation';
+import { modRows } from '../formulas';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { MoMaFFN, MoMaFFNConfig } from '../moe/moma_ffn';
@@ -279,7 +280,7 @@ export class MoDBlock extends Module {
 
   /** Rows the block processes for a batch with `validRows` non-padding rows. */
   selectedRows(validRows: number): number {
-    return Math.min(validRows, Math.ceil(this.capacity * validRows));
+    return modRows(validRows, this.capacity);
   }
 
   /** ĝ = sigmoid(x·ŵ) [T]. */

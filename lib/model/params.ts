@@ -31,6 +31,7 @@
  *   Norms, RoPE, softmax, SiLU and the embedding lookup are not counted. Training FLOPs = 3 × forward.
  */
 import { MomaError } from '../errors';
+import { isModLayer, modLayerCount } from '../formulas';
 import { moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
 import { TransformerConfig, validateConfig } from './transformer';
 
@@ -89,9 +90,9 @@ function resolve(config: TransformerConfig): Resolved {
     const perRow = tokenChoice ? (c.ffn.topK ?? 2) : (c.ffn.capacityFactor ?? 1);
     assignments = experts.map((e) => (e === 1 ? 1 : Math.min(perRow, e)));
   }
-  const modInterval = c.mod === null ? 0 : (c.mod.interval ?? 2);
-  const modLayers = c.mod === null ? 0 : Math.ceil(c.layers / modInterval);
-  const modCapacity = c.mod === null ? 1 : (c.mod.capacity ?? 0.25);
+  const modInterval = c.mod === null ? 0 : c.mod.interval;
+  const modLayers = c.mod === null ? 0 : modLayerCount(c.layers, modInterval);
+  const modCapacity = c.mod === null ? 1 : c.mod.capacity;
   return { c, experts, groupOfModality, assignments, modLayers, modCapacity, modInterval };
 }
 
@@ -164,7 +165,7 @@ export function forwardFlopsPerRow(config: TransformerConfig, options: { seqLen?
     const a = g < 0 ? 0 : (r.assignments[g] as number);
     const parts = { attentionProjections: 0, attentionScores: 0, ffn: 0, routers: 0, lmHead: 2 * d * V };
     for (let i = 0; i < L; i++) {
-      const routed = r.modLayers > 0 && i % r.modInterval === 0;
+      const routed = r.modLayers > 0 && isModLayer(i, r.modInterval);
       const share = routed ? r.modCapacity : 1;
       parts.attentionProjections += share * 8 * d * d;
       parts.attentionScores += share * 4 * d * keys * share;

@@ -5,7 +5,8 @@
  * Table tiers: vocabulary 65,536 (incl. 8,192 image codes), SwiGLU hidden size
  * f = 2/3 · ffn rounded up to a multiple of 8 (`swigluHidden`), capacity factor 1, sigmoid
  * expert-choice routers, swin norm placement, z-loss 1e-5 (Chameleon), init std 0.02. MoD
- * presets use the table's MoD column (layers, d, ffn, heads) with interval 2 and c_d 0.25.
+ * presets use the table's MoD column (layers, d, ffn, heads) with interval 2 and c_d 0.25
+ * (MOD_DEFAULTS).
  *
  * Tiny presets: vocabulary 512 — room for a byte-level text vocabulary (256 bytes plus the
  * specials) and a small image codebook. Which ids are image codes (and which are specials) is
@@ -15,7 +16,7 @@
  */
 import { MomaError } from '../errors';
 import { moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
-import { FFNConfig, TransformerConfig, validateConfig } from './transformer';
+import { FFNConfig, MOD_DEFAULTS, TransformerConfig, validateConfig } from './transformer';
 
 /** SwiGLU hidden size for a nominal FFN width: 2/3 · ffn rounded up to a multiple of 8. */
 export function swigluHidden(ffn: number): number {
@@ -63,7 +64,7 @@ function makeConfig(shape: Shape, variant: Variant, vocabSize: number, mod: bool
     : { kind: 'moe', dFF, groups: GROUPS[variant].map((g) => ({ ...g, modality: Array.isArray(g.modality) ? [...g.modality] : g.modality })), capacityFactor: 1, router: 'sigmoid', routing: 'expert-choice' };
   return {
     vocabSize, dModel: shape.dModel, layers: shape.layers, heads: shape.heads, ffn,
-    mod: mod ? { interval: 2, capacity: 0.25 } : null,
+    mod: mod ? { ...MOD_DEFAULTS } : null,
     modalities: ['text', 'image'], norm: 'swin', zLoss: 1e-5, initStd: 0.02, seed: 0,
   };
 }
@@ -135,7 +136,7 @@ export function preset(name: string, overrides: PresetOverrides = {}): Transform
   const { ffn, mod, ...rest } = overrides ?? {};
   const config: TransformerConfig = { ...base, ...rest, ffn: { ...base.ffn, ...(ffn ?? {}) } as FFNConfig };
   if (mod === null) config.mod = null;
-  else if (mod !== undefined) config.mod = { ...(base.mod ?? { interval: 2, capacity: 0.25 }), ...mod };
+  else if (mod !== undefined) config.mod = { ...(base.mod ?? MOD_DEFAULTS), ...mod };
   const checked = validateConfig(config);
   if (checked.ffn.kind === 'moe') moeLayoutOf({ groups: checked.ffn.groups as MoeGroupConfig[], modalities: checked.modalities });
   return config;

@@ -12,6 +12,7 @@ import * as F from '../autograd/functions';
 import { noGrad } from '../autograd/tape';
 import { tensor } from '../creation';
 import { MomaError } from '../errors';
+import { isModLayer } from '../formulas';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { Module } from '../nn/module';
@@ -44,7 +45,10 @@ export interface TransformerConfig {
   /** Modality names by id; default ['text', 'image']. */
   modalities?: string[];
   norm?: NormPlacement;
-  /** Mixture-of-depths: layers 0, interval, 2·interval, … process ceil(capacity · T_valid) rows. */
+  /**
+   * Mixture-of-depths: layers 0, interval, 2·interval, … process ceil(capacity · T_valid) rows
+   * (defaults MOD_DEFAULTS, applied by validateConfig).
+   */
   mod?: { interval?: number; capacity?: number } | null;
   ropeTheta?: number;
   /**
@@ -88,8 +92,17 @@ export interface LossOutput {
   perModality: Tensor[];
 }
 
+/** The mixture-of-depths defaults: every second layer routed, a quarter of the rows (SPEC §3). */
+export const MOD_DEFAULTS: Readonly<ResolvedMoD> = { interval: 2, capacity: 0.25 };
+
+/** A mixture-of-depths setting with its defaults applied (what validateConfig returns). */
+export interface ResolvedMoD {
+  interval: number;
+  capacity: number;
+}
+
 export class Transformer extends Module {
-  readonly config: Required<Omit<TransformerConfig, 'seed' | 'device'>> & { device: string; seed: number };
+  readonly config: Required<Omit<TransformerConfig, 'seed' | 'device' | 'mod'>> & { device: string; seed: number; mod: ResolvedMoD | null };
   private readonly embed: Embedding;
   private readonly blocks: (DecoderBlock | MoDBlock)[] = [];
   private readonly expertSites: { site: string; ffn: MoEFeedForward }[] = [];
@@ -111,12 +124,12 @@ export class Transformer extends Module {
           device: c.device, seed: c.seed * 1000 + i + 1, initStd: c.initStd,
         });
       const block = new DecoderBlock(c.dModel, c.heads, ffn, init, c.norm, c.ropeTheta);
-      const routed = c.mod !== null && i % (c.mod.interval ?? 2) === 0;
+      const routed = c.mod !== null && isModLayer(i, c.mod.interval);
       if (ffn instanceof MoEFeedForward) {
         ffn.site = routed ? `layers.${i}.block.ffn` : `layers.${i}.ffn`;
         this.expertSites.push({ site: ffn.site, ffn });
       }
-      this.blocks.push(this.addModule(`layers.${i}`, routed ? new MoDBlock(block, c.dModel, c.mod!.capacity ?? 0.25, init, `layers.${i}`) : block));
+      this.blocks.push(this.addModule(`layers.${i}`, routed ? new MoDBlock(block, c.dModel, c.mod!.capacity, init, `layers.${i}`) : block));
     }
     this.finalNorm = this.addModule('norm', new RMSNorm(c.dModel, c.device));
     this.head = this.addModule('lm_head', new Linear(c.dModel, c.vocabSize, init));
@@ -301,10 +314,10 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
   if (ffn.kind === 'moe' && (!Array.isArray(ffn.groups) || ffn.groups.length === 0)) {
     throw new MomaError('ERR_ARG', 'Transformer config: ffn.groups must list the expert groups for kind moe');
   }
-  const mod = config.mod ?? null;
+  const modGiven = config.mod ?? null;
+  const mod = modGiven === null ? null : { interval: modGiven.interval ?? MOD_DEFAULTS.interval, capacity: modGiven.capacity ?? MOD_DEFAULTS.capacity };
   if (mod !== null) {
-    const interval = mod.interval ?? 2;
-    const capacity = mod.capacity ?? 0.25;
+    const { interval, capacity } = mod;
     if (!Number.isInteger(interval) || interval < 1) throw new MomaError('ERR_ARG', `Transformer config: mod.interval must be an integer >= 1, got ${String(interval)}`);
     if (typeof capacity !== 'number' || !(capacity > 0 && capacity <= 1)) throw new MomaError('ERR_ARG', `Transformer config: mod.capacity must be in (0, 1], got ${String(capacity)}`);
   }
@@ -319,7 +332,7 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
   const seed = config.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) throw new MomaError('ERR_ARG', `Transformer config: seed must be a non-negative integer, got ${String(seed)}`);
   return {
-    vocabSize, dModel, layers, heads, ffn: { ...ffn }, modalities: config.modalities ?? ['text', 'image'], norm, mod: mod === null ? null : { ...mod },
+    vocabSize, dModel, layers, heads, ffn: { ...ffn }, modalities: config.modalities ?? ['text', 'image'], norm, mod,
     ropeTheta: config.ropeTheta ?? 10000, computeDtype, zLoss, initStd: config.initStd ?? 0.02, seed, device: config.device ?? 'cpu',
   };
 }

@@ -7,6 +7,8 @@
  */
 import { native, TensorHandle } from '../binding';
 import { MomaError } from '../errors';
+import { philoxBlocksGumbel, slotBound } from '../formulas';
+import { NATIVE_TABLES } from '../native_tables';
 import { Generator } from '../random';
 import { handleOf, Tensor, wrap } from '../tensor';
 
@@ -64,8 +66,8 @@ export interface RoutingStats {
   dispose(): void;
 }
 
-const ROUTER_FN: Record<RouterFn, number> = { sigmoid: 0, softmax: 1 };
-const ROUTING_MODE: Record<RoutingMode, number> = { 'expert-choice': 0, 'token-choice': 1, threshold: 2 };
+const ROUTER_FN: Readonly<Record<RouterFn, number>> = NATIVE_TABLES.routerFn;
+const ROUTING_MODE: Readonly<Record<RoutingMode, number>> = NATIVE_TABLES.routingMode;
 
 function bundle<T extends object>(fields: T): T & { dispose(): void } {
   return Object.assign(fields, {
@@ -137,7 +139,7 @@ export function routerScores(logits: Tensor, rowGroup: Tensor, layout: MoeLayout
     seed = gen.seed;
     offset = gen.offset;
     const scores = native().moeRouterScores(lh, rh, L.experts, L.groupOfModality, fn, true, seed, offset);
-    gen.take(Math.ceil((2 * entries) / 4));
+    gen.take(philoxBlocksGumbel(entries));
     return wrap(scores);
   }
   return wrap(native().moeRouterScores(lh, rh, L.experts, L.groupOfModality, fn, false, seed, offset));
@@ -154,12 +156,8 @@ export function routerScoresBackward(scores: Tensor, dscores: Tensor, rowGroup: 
 /** R, the slots a routing of `rows` rows may fill at most (moe_slot_bound in csrc/core/moe_types.h). */
 export function moeSlotBound(rows: number, layout: MoeLayout, options: RoutingOptions = {}): number {
   const L = checkLayout(layout, 'moe_slot_bound');
-  const { mode, capacity, topK } = routingArgs(options, 'moe_slot_bound');
-  const W = Math.max(...L.experts);
-  if (mode === ROUTING_MODE['token-choice']) return rows * Math.min(topK, W);
-  if (mode === ROUTING_MODE.threshold) return rows * W;
-  const E = L.experts.reduce((a, b) => a + b, 0);
-  return Math.min(Math.ceil(Math.max(capacity, 1) * rows) + E, rows * W);
+  const { capacity, topK } = routingArgs(options, 'moe_slot_bound');
+  return slotBound(rows, L.experts, options.mode ?? 'expert-choice', capacity, topK);
 }
 
 /**
@@ -214,6 +212,22 @@ export function groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, options: { 
 export function groupedMatmulWgrad(x: Tensor, dy: Tensor, offsets: Tensor): Tensor {
   const op = 'grouped_matmul_wgrad';
   return wrap(native().groupedMatmulWgrad(handleOf(x, op, 'x'), handleOf(dy, op, 'dy'), handleOf(offsets, op, 'offsets')));
+}
+
+/**
+ * The expert FFN's first half in one pass: h1 = x·w1[e], h3 = x·w3[e] on each expert's segment and
+ * a = silu(h1) ⊙ h3 from the float32 products (rounded once to the output dtype; on CUDA one fused
+ * grouped GEMM, on the CPU groupedMatmul twice and swiglu). h1 and h3 are returned only with
+ * `keepPreactivations` (swigluBackward reads them).
+ */
+export function groupedMatmulSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor,
+  options: { keepPreactivations?: boolean } = {}): { a: Tensor; h1: Tensor | null; h3: Tensor | null } {
+  const op = 'grouped_matmul_swiglu';
+  const keep = options.keepPreactivations === true;
+  const out = native().groupedMatmulSwiglu(handleOf(x, op, 'x'), handleOf(w1, op, 'w1'), handleOf(w3, op, 'w3'),
+    handleOf(offsets, op, 'offsets'), keep);
+  const [a, h1, h3] = out;
+  return { a: wrap(a!), h1: keep ? wrap(h1!) : null, h3: keep ? wrap(h3!) : null };
 }
 
 /** a = silu(h1) ⊙ h3. */

@@ -10,7 +10,7 @@ import { AuxRouters } from '../model/aux_router';
 import { disposeBatch, makeBatch, Transformer } from '../model/transformer';
 import { evaluate, EvalResult } from './evaluate';
 import { AuxRouterRef, auxLoss, auxRouterRefs, collectAuxExamples, Confusion, confusionOf, confusionRates } from './aux_targets';
-import type { VocabInfo } from './trainer';
+import type { VocabInfo } from '../data/vocab';
 
 export interface AuxRouterMetrics extends AuxRouterRef {
   /** The modalities the router's rows belong to ('text', 'image', 'text+image'; 'all' for MoD). */

@@ -9,7 +9,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { MomaError } from '../errors';
 import { Tensor } from '../tensor';
-import { loadSafetensors, saveSafetensors, writeFileAtomic } from '../io/safetensors';
+import { readJson, replaceDirAtomic, writeFileAtomic, writeJsonAtomic } from '../io/files';
+import { loadSafetensors, saveSafetensors } from '../io/safetensors';
 import { Module } from '../nn/module';
 import { AdamW } from '../optim/adamw';
 
@@ -27,7 +28,7 @@ export async function saveCheckpoint(dir: string, parts: { config: unknown; mode
   const partial = `${target}.partial-${process.pid}`;
   fs.rmSync(partial, { recursive: true, force: true });
   fs.mkdirSync(partial, { recursive: true });
-  writeFileAtomic(path.join(partial, 'config.json'), JSON.stringify(parts.config, null, 2) + '\n');
+  writeJsonAtomic(path.join(partial, 'config.json'), parts.config);
   await saveSafetensors(path.join(partial, 'model.safetensors'), parts.model.namedParameters(), { format: 'pt', library: 'moma' });
   if (parts.optimizer) {
     const moments = new Map<string, Tensor>();
@@ -37,15 +38,13 @@ export async function saveCheckpoint(dir: string, parts: { config: unknown; mode
     }
     await saveSafetensors(path.join(partial, 'optimizer.safetensors'), moments);
   }
-  writeFileAtomic(path.join(partial, 'trainer.json'), JSON.stringify(parts.state, null, 2) + '\n');
+  writeJsonAtomic(path.join(partial, 'trainer.json'), parts.state);
   for (const [name, value] of Object.entries(parts.files ?? {})) {
     if (name.includes('/') || name.includes('\\')) throw new MomaError('ERR_ARG', `saveCheckpoint: bad file name '${name}'`);
-    writeFileAtomic(path.join(partial, name), Buffer.isBuffer(value) ? value : JSON.stringify(value, null, 2) + '\n');
+    if (Buffer.isBuffer(value)) writeFileAtomic(path.join(partial, name), value);
+    else writeJsonAtomic(path.join(partial, name), value);
   }
-  const old = `${target}.old-${process.pid}`;
-  if (fs.existsSync(target)) fs.renameSync(target, old);
-  fs.renameSync(partial, target);
-  fs.rmSync(old, { recursive: true, force: true });
+  replaceDirAtomic(partial, target);
 }
 
 export interface LoadedCheckpoint {
@@ -53,27 +52,13 @@ export interface LoadedCheckpoint {
   state: TrainerState;
 }
 
-function readJson(file: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `checkpoint: cannot read ${file} (${(err as Error).message})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch {
-    throw new MomaError('ERR_FILE', `checkpoint: ${file} is not valid JSON`);
-  }
-}
-
 /** Reads config.json and trainer.json of a checkpoint directory. */
 export function readCheckpoint(dir: string): LoadedCheckpoint {
-  const state = readJson(path.join(dir, 'trainer.json')) as TrainerState;
+  const state = readJson(path.join(dir, 'trainer.json'), 'checkpoint') as TrainerState;
   if (typeof state !== 'object' || state === null || !Number.isInteger(state.step) || !Number.isInteger(state.optimizerStep)) {
     throw new MomaError('ERR_FILE', `checkpoint: ${path.join(dir, 'trainer.json')} lacks integer step / optimizerStep`);
   }
-  return { config: readJson(path.join(dir, 'config.json')), state };
+  return { config: readJson(path.join(dir, 'config.json'), 'checkpoint'), state };
 }
 
 /** Loads the parameters (and the optimizer moments and step, when given) of a checkpoint into a model built from its config. */

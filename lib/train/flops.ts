@@ -9,7 +9,8 @@
  * modality is data-dependent (a group mixing modalities; the rows a MoD layer selects), the
  * assignments are attributed in proportion to each modality's share of the rows the layer saw.
  */
-import type { TransformerConfig } from '../model/transformer';
+import { expertChoiceCapacity, isModLayer, modRows, tokenChoiceCapacity } from '../formulas';
+import { TransformerConfig, validateConfig } from '../model/transformer';
 
 export interface StepRows {
   /** Modality id of each row's input token (-1 padding). */
@@ -24,8 +25,7 @@ export interface FlopsCount {
 }
 
 function expertChoiceAssignments(n: number, experts: number, c: number): number {
-  if (experts === 1) return n;
-  return experts * Math.min(n, Math.ceil((c * n) / experts));
+  return experts * expertChoiceCapacity(n, experts, c);
 }
 
 /** Training FLOPs (3 × forward) of one step over `rows`. */
@@ -60,7 +60,7 @@ export function trainingFlops(config: TransformerConfig, rows: StepRows): FlopsC
       const ms = names.map((name) => modalities.indexOf(name)).filter((m) => m >= 0);
       const n = ms.reduce((a, m) => a + (rowsOf[m] as number), 0);
       const assignments = ffn.routing === 'token-choice'
-        ? Math.min(n * Math.min(ffn.topK ?? 2, group.experts), group.experts * Math.ceil((c * (ffn.topK ?? 2) * n) / group.experts))
+        ? Math.min(n * Math.min(ffn.topK ?? 2, group.experts), group.experts * tokenChoiceCapacity(n, group.experts, ffn.topK ?? 2, c))
         : expertChoiceAssignments(n, group.experts, c);
       for (const m of ms) {
         const part = n > 0 ? (rowsOf[m] as number) / n : 0;
@@ -71,15 +71,15 @@ export function trainingFlops(config: TransformerConfig, rows: StepRows): FlopsC
     return out;
   };
 
-  const interval = config.mod ? config.mod.interval ?? 2 : 0;
-  const capacity = config.mod ? config.mod.capacity ?? 0.25 : 1;
+  const mod = validateConfig(config).mod;
+  const capacity = mod === null ? 1 : mod.capacity;
   for (let layer = 0; layer < config.layers; layer++) {
-    const routed = config.mod !== null && config.mod !== undefined && layer % interval === 0;
+    const routed = mod !== null && isModLayer(layer, mod.interval);
     // rows the block processes per modality, and their attention spans (MoD: a fraction of both)
     let rowsOf = count.slice();
     let spanOf = span.slice();
     if (routed) {
-      const k = Math.min(rowsTotal, Math.ceil(capacity * rowsTotal));
+      const k = modRows(rowsTotal, capacity);
       rowsOf = share.map((s) => s * k);
       // selected rows attend to about capacity × the keys (the selected rows of their document)
       spanOf = span.map((s) => s * (rowsTotal > 0 ? k / rowsTotal : 0) * capacity);

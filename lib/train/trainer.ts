@@ -26,21 +26,8 @@ import { Batch, disposeBatch, makeBatch, Transformer, TransformerConfig } from '
 import { AdamW, AdamWOptions, learningRate } from '../optim/adamw';
 import { loadCheckpointInto, saveCheckpoint } from './checkpoint';
 import { trainingFlops } from './flops';
-import { VocabSpec, vocabFromSpec } from './evaluate';
-
-/** Where batches come from: B sequences of S token ids per call, with a resumable position. */
-export interface TokenBatchSource {
-  next(): Promise<number[][]> | number[][];
-  state(): unknown;
-  restore(state: unknown): void;
-}
-
-/** How token ids map to modalities (the data layer's vocabulary layout provides one). */
-export interface VocabInfo {
-  padId: number;
-  bosId?: number;
-  modalityOf(id: number): number;
-}
+import type { TokenBatchSource } from '../data/dataset';
+import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
 
 export interface ScheduleOptions {
   peak: number;

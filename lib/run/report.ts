@@ -16,11 +16,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
 import { MomaError } from '../errors';
-import { writeFileAtomic } from '../io/safetensors';
+import { writeFileAtomic } from '../io/files';
 import { countParameters } from '../model/params';
 import type { ExpertStat } from '../train/trainer';
-import type { EvalRecord, RunFile, StepRecord } from '../train/run';
 import { ChartSeries, lineChartSpec, renderSvg, sideBySide } from './charts';
+import { EvalRecord, readMetrics, readRunFile, RunFile, StepRecord } from './records';
 
 /** Loss overall ('overall') and per modality; null where a modality never appeared. */
 export type LossRow = Record<string, number | null>;
@@ -56,36 +56,6 @@ export interface ReportFiles {
 }
 
 const COLORS: Record<string, string> = { overall: '#444444', text: '#1f77b4', image: '#ff7f0e' };
-
-/** The step and eval records of a run's metrics.jsonl (a torn last line, from a killed run, is ignored). */
-export function readMetrics(runDir: string): { steps: StepRecord[]; evals: EvalRecord[] } {
-  const file = path.join(runDir, 'metrics.jsonl');
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `report: cannot read ${file} (${(err as Error).message})`);
-  }
-  const steps: StepRecord[] = [];
-  const evals: EvalRecord[] = [];
-  const lines = text.split('\n').filter((l) => l.trim() !== '');
-  lines.forEach((line, i) => {
-    let record: unknown;
-    try {
-      record = JSON.parse(line);
-    } catch {
-      if (i === lines.length - 1) return;
-      throw new MomaError('ERR_FILE', `report: ${file} line ${i + 1} is not JSON`);
-    }
-    const r = record as { kind?: unknown; step?: unknown; loss?: unknown; tokens?: unknown };
-    if (r === null || typeof r !== 'object' || !Number.isInteger(r.step) || typeof r.tokens !== 'number') {
-      throw new MomaError('ERR_FILE', `report: ${file} line ${i + 1} lacks an integer step and tokens`);
-    }
-    if (r.kind === 'eval') evals.push(record as EvalRecord);
-    else steps.push(record as StepRecord);
-  });
-  return { steps, evals };
-}
 
 function lossRow(record: { loss: number | null; lossPerModality: Record<string, number | null> }): LossRow {
   const row: LossRow = { overall: record.loss };
@@ -261,20 +231,6 @@ function summaryTable(run: RunFile, summary: MetricsSummary): string {
   return `<table>${rows.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join('')}</table>`;
 }
 
-function readRunFile(runDir: string): RunFile {
-  const file = path.join(runDir, 'run.json');
-  let run: RunFile;
-  try {
-    run = JSON.parse(fs.readFileSync(file, 'utf8')) as RunFile;
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `report: cannot read ${file} (${(err as Error).message})`);
-  }
-  if (run === null || typeof run !== 'object' || run.format !== 'moma-run' || typeof run.model !== 'object' || typeof run.config !== 'object') {
-    throw new MomaError('ERR_FILE', `report: ${file} is not a moma run file`);
-  }
-  return run;
-}
-
 const STYLE = `body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.charts{display:flex;flex-wrap:wrap;gap:12px}
@@ -285,7 +241,7 @@ export async function writeReport(runDir: string): Promise<ReportFiles> {
   if (typeof runDir !== 'string' || !fs.existsSync(runDir) || !fs.statSync(runDir).isDirectory()) {
     throw new MomaError('ERR_ARG', `report: ${String(runDir)} is not a run directory`);
   }
-  const run = readRunFile(runDir);
+  const run = readRunFile(runDir, 'report');
   const { steps, evals } = readMetrics(runDir);
   const modalities = run.model.modalities ?? ['text', 'image'];
   const summary = summarizeMetrics(steps, evals);

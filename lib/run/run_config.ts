@@ -13,6 +13,7 @@ import * as path from 'path';
 import { z } from 'zod';
 import { cudaDeviceCount, bestDevice, normalizeDevice } from '../device';
 import { MomaError } from '../errors';
+import { readJson } from '../io/files';
 import { preset, PresetOverrides } from '../model/presets';
 
 /** Model overrides of the preset (config file or code only): shapes and options, not vocabulary or device. */
@@ -171,20 +172,6 @@ function checkSource(values: Record<string, unknown>, origin: Origin): Partial<R
   return out;
 }
 
-function readJsonFile(file: string, what: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new MomaError('ERR_ARG', `run config: cannot read ${what} ${file} (${(err as Error).message})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new MomaError('ERR_ARG', `run config: ${what} ${file} is not valid JSON (${(err as Error).message})`);
-  }
-}
-
 /** The image-token target for a preset: the image experts' share of all experts when every group serves one modality; null otherwise. */
 export function autoImageFraction(presetName: string, model: ModelOverrides = {}): number | null {
   const config = preset(presetName, model);
@@ -228,7 +215,7 @@ export interface ResolvedRunConfig {
 export function readRunSettings(runDir: string): RunSettings {
   const file = path.join(runDir, 'run.json');
   if (!fs.existsSync(file)) throw new MomaError('ERR_ARG', `run config: --resume ${runDir}: no run.json there (not a moma run directory)`);
-  const run = readJsonFile(file, 'run file') as { format?: unknown; config?: unknown };
+  const run = readJson(file, 'run config', 'ERR_ARG') as { format?: unknown; config?: unknown };
   if (run === null || typeof run !== 'object' || run.format !== 'moma-run' || typeof run.config !== 'object' || run.config === null) {
     throw new MomaError('ERR_FILE', `run config: ${file} is not a moma run file (format 'moma-run' with a config object)`);
   }
@@ -282,7 +269,7 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     return { settings, resume: sources.resume };
   }
 
-  const file = sources.configFile === undefined ? {} : checkSource(readJsonFile(sources.configFile, 'config file') as Record<string, unknown>, { kind: 'file', file: sources.configFile });
+  const file = sources.configFile === undefined ? {} : checkSource(readJson(sources.configFile, 'run config', 'ERR_ARG') as Record<string, unknown>, { kind: 'file', file: sources.configFile });
   const merged = { ...file, ...values, ...flags } as Partial<Record<SettingKey, unknown>>;
   const presetName = ((merged.preset as string | undefined) ?? RUN_DEFAULTS.preset).toLowerCase();
   const model = (merged.model as ModelOverrides | undefined) ?? {};

@@ -1,15 +1,15 @@
 /**
- * A small synthetic mixed-modal token source for tests, examples and smoke runs (the real
- * datasets come from the data layer). Each sequence holds documents of BOS, a few text tokens
- * naming a "colour" and a "shape", then an image of `imageLength` codes whose values are a
- * function of that colour and shape (plus seeded noise), so both modalities have structure a
- * model can learn. Deterministic by seed; the position is the number of batches drawn.
+ * A small synthetic mixed-modal token source for tests, examples and smoke runs (real data: the
+ * built-in shapes and shard sets, through SequencePacker). Each sequence holds documents of BOS,
+ * a few text tokens naming a "colour" and a "shape", then an image of `imageLength` codes whose
+ * values are a function of that colour and shape (plus seeded noise), so both modalities have
+ * structure a model can learn. Deterministic by seed; the position is the number of batches drawn.
  *
  * Vocabulary (`syntheticVocab`): 0 PAD, 1 BOS, 2..63 text, 64..127 image codes.
  */
 import { MomaError } from '../errors';
-import type { VocabSpec } from './evaluate';
-import type { TokenBatchSource } from './trainer';
+import type { TokenBatchSource } from './dataset';
+import type { VocabSpec } from './vocab';
 
 export const syntheticVocab: VocabSpec = { padId: 0, bosId: 1, ranges: [{ modality: 1, from: 64, to: 128 }] };
 export const SYNTHETIC_VOCAB_SIZE = 128;

@@ -26,55 +26,17 @@ import { countParameters, ParameterCount } from '../model/params';
 import { preset } from '../model/presets';
 import { Transformer, TransformerConfig } from '../model/transformer';
 import { builtinDataset } from '../data/builtin';
-import type { MixedModalDataset } from '../data/dataset';
+import type { MixedModalDataset, TokenBatchSource } from '../data/dataset';
 import { SequencePacker } from '../data/packer';
 import { openShardSet } from '../data/shard_set';
-import { modalityOfId, parseVocabLayout, VocabLayout } from '../data/vocab';
-import { writeFileAtomic } from '../io/safetensors';
-import { readMetrics, summarizeMetrics, writeReport, MetricsSummary, ReportFiles } from '../report/report';
-import { readCheckpoint } from './checkpoint';
-import { evaluate, vocabFromSpec } from './evaluate';
+import { modalityOfId, parseVocabLayout, VocabLayout, vocabFromSpec } from '../data/vocab';
+import { readJson, writeFileAtomic, writeJsonAtomic } from '../io/files';
+import { readCheckpoint } from '../train/checkpoint';
+import { evaluate } from '../train/evaluate';
+import { StepMetrics, Trainer } from '../train/trainer';
+import { EvalRecord, MetricsRecord, readMetrics, RunFile, StepRecord } from './records';
+import { summarizeMetrics, writeReport, MetricsSummary, ReportFiles } from './report';
 import { RunConfigSources, resolveRunConfig, RUN_DEFAULTS, RunSettings } from './run_config';
-import { StepMetrics, TokenBatchSource, Trainer } from './trainer';
-
-/** A metrics.jsonl line of a logged training step: the means over the steps since the previous one. */
-export interface StepRecord extends StepMetrics {
-  /** Image tokens / all tokens of the interval's batches (the mean of their shares: every batch holds B × S tokens). */
-  imageFraction: number;
-}
-
-/** A metrics.jsonl line of a held-out evaluation (after `step` training steps). */
-export interface EvalRecord {
-  kind: 'eval';
-  step: number;
-  tokens: number;
-  flops: { total: number; perModality: Record<string, number> };
-  loss: number;
-  lossPerModality: Record<string, number>;
-  targets: number;
-  targetsPerModality: Record<string, number>;
-  seconds: number;
-}
-
-export type MetricsRecord = StepRecord | EvalRecord;
-
-/** run.json. */
-export interface RunFile {
-  format: 'moma-run';
-  version: 1;
-  moma: string;
-  startedAt: string;
-  config: RunSettings;
-  model: TransformerConfig;
-  parameters: { total: number; active: number };
-  dataset: { name: string; vocabHash: string; vocabSize: number; files: string[] };
-  optimizer: {
-    kind: 'adamw'; betas: [number, number]; eps: number; weightDecay: number; clipNorm: number;
-    schedule: { shape: 'cosine'; peak: number; warmup: number; total: number; floor: number };
-  };
-  /** Each resume: the checkpoint step it continued from, when, and the steps it ran to. */
-  resumes: { step: number; at: string; steps: number }[];
-}
 
 export interface RunOptions extends RunConfigSources {
   /** Train on this dataset instead of opening settings.data (custom data, tests). */
@@ -119,16 +81,7 @@ const KEEP_CHECKPOINTS = 2;
 const CHECKPOINT_NAME = /^step-(\d+)$/;
 
 function momaVersion(): string {
-  const pkg = JSON.parse(fs.readFileSync(path.join(packageRoot, 'package.json'), 'utf8')) as { version: string };
-  return pkg.version;
-}
-
-function readJson(file: string): unknown {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `trainRun: cannot read ${file} (${(err as Error).message})`);
-  }
+  return (readJson(path.join(packageRoot, 'package.json'), 'trainRun') as { version: string }).version;
 }
 
 /** Runs a file system step, turning its errors (permissions, missing files, full disk) into MomaError('ERR_FILE'). */
@@ -141,16 +94,12 @@ function onDisk<T>(what: string, fn: () => T): T {
   }
 }
 
-function writeJson(file: string, value: unknown): void {
-  writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n');
-}
-
 /** Opens the dataset a run's settings name; a resumed builtin run reuses the image tokenizer saved in its directory. */
 export async function openDataset(settings: RunSettings, runDir: string | null): Promise<MixedModalDataset> {
   if (settings.data === 'builtin') {
     let imageTokenizer: Buffer | undefined;
     if (runDir !== null) {
-      const layout = parseVocabLayout(readJson(path.join(runDir, 'vocab.json')), path.join(runDir, 'vocab.json'));
+      const layout = parseVocabLayout(readJson(path.join(runDir, 'vocab.json'), 'trainRun'), path.join(runDir, 'vocab.json'));
       const file = layout.image === null ? null : path.join(runDir, layout.image.tokenizer.file);
       if (file !== null) imageTokenizer = onDisk(`read the run's image tokenizer ${file}`, () => fs.readFileSync(file));
     }
@@ -284,9 +233,9 @@ function createRunDir(runDir: string, run: RunFile, dataset: MixedModalDataset):
   onDisk(`create the run directory ${runDir}`, () => {
     fs.mkdirSync(path.join(runDir, 'checkpoints'), { recursive: true });
     for (const [name, bytes] of Object.entries(dataset.files)) writeFileAtomic(path.join(runDir, name), bytes);
-    writeJson(path.join(runDir, 'vocab.json'), dataset.layout);
+    writeJsonAtomic(path.join(runDir, 'vocab.json'), dataset.layout);
     writeFileAtomic(path.join(runDir, 'metrics.jsonl'), '');
-    writeJson(path.join(runDir, 'run.json'), run);
+    writeJsonAtomic(path.join(runDir, 'run.json'), run);
   });
 }
 
@@ -297,8 +246,8 @@ interface Prepared {
 }
 
 function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModalDataset): Prepared {
-  const run = readJson(path.join(runDir, 'run.json')) as RunFile;
-  const saved = parseVocabLayout(readJson(path.join(runDir, 'vocab.json')), path.join(runDir, 'vocab.json'));
+  const run = readJson(path.join(runDir, 'run.json'), 'trainRun') as RunFile;
+  const saved = parseVocabLayout(readJson(path.join(runDir, 'vocab.json'), 'trainRun'), path.join(runDir, 'vocab.json'));
   if (dataset.layout.hash !== saved.hash || run.dataset?.vocabHash !== saved.hash) {
     throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: the dataset's vocabulary (hash ${dataset.layout.hash.slice(0, 12)}…) differs from the run's vocab.json (${saved.hash.slice(0, 12)}…)`);
   }
@@ -314,7 +263,7 @@ function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModa
   run.config = settings;
   run.optimizer.schedule.total = settings.steps;
   run.resumes = [...(run.resumes ?? []), { step: newest.step, at: new Date().toISOString(), steps: settings.steps }];
-  writeJson(path.join(runDir, 'run.json'), run);
+  writeJsonAtomic(path.join(runDir, 'run.json'), run);
   return { run, checkpoint: newest, records };
 }
 

@@ -13,12 +13,13 @@ import { MomaError } from '../errors';
 import { AuxRouters, AUX_ROUTERS_FILE } from '../model/aux_router';
 import { disposeBatch, makeBatch } from '../model/transformer';
 import { AdamW, learningRate } from '../optim/adamw';
-import { saveSafetensors, writeFileAtomic } from '../io/safetensors';
+import { writeJsonAtomic } from '../io/files';
+import { saveSafetensors } from '../io/safetensors';
 import { Tensor } from '../tensor';
-import { auxLoss, collectAuxExamples } from './aux_targets';
-import { AuxRouterMetrics, evaluateAuxRouters } from './causal_eval';
+import { vocabFromSpec } from '../data/vocab';
+import { auxLoss, collectAuxExamples } from '../train/aux_targets';
+import { AuxRouterMetrics, evaluateAuxRouters } from '../train/causal_eval';
 import { loadModel, newAuxRouters, openCheckpoint, openStageData, stageBatches, stageHeldOut } from './checkpoint_source';
-import { vocabFromSpec } from './evaluate';
 
 export const AUX_SUMMARY_FILE = 'aux_routers.json';
 
@@ -148,7 +149,7 @@ export async function trainAuxRouters(options: AuxTrainOptions = {}, hooks: AuxT
       checkpoint: source.dir, file, steps: step, stopped: step < settings.steps, seconds: (Date.now() - started) / 1000, settings,
       trainLoss: { first: mean(losses.slice(0, window)), last: mean(losses.slice(-window)) }, before, after,
     };
-    writeFileAtomic(path.join(source.dir, AUX_SUMMARY_FILE), JSON.stringify(summary, null, 2) + '\n');
+    writeJsonAtomic(path.join(source.dir, AUX_SUMMARY_FILE), summary);
     return summary;
   } finally {
     optimizer?.dispose();

@@ -10,9 +10,11 @@ import { MomaError } from '../errors';
 import { Transformer, TransformerConfig } from '../model/transformer';
 import { AuxRouters, AUX_ROUTERS_FILE } from '../model/aux_router';
 import { parseVocabLayout, VocabLayout } from '../data/vocab';
+import { readJson } from '../io/files';
 import { loadSafetensors } from '../io/safetensors';
-import { loadCheckpointInto, readCheckpoint } from './checkpoint';
-import { heldOutSequences, isImageOf, listCheckpoints, openDataset, RunFile } from './run';
+import { loadCheckpointInto, readCheckpoint } from '../train/checkpoint';
+import type { RunFile } from './records';
+import { heldOutSequences, isImageOf, listCheckpoints, openDataset } from './run';
 import { RUN_DEFAULTS, RunSettings } from './run_config';
 import type { MixedModalDataset } from '../data/dataset';
 import { SequencePacker } from '../data/packer';
@@ -65,14 +67,6 @@ export function resolveCheckpointDir(arg: string | undefined, op: string, cwd = 
     return newest.dir;
   }
   throw new MomaError('ERR_ARG', `${op}: --checkpoint ${arg} is neither a checkpoint (config.json + model.safetensors) nor a run folder (run.json)`);
-}
-
-function readJson(file: string, op: string): unknown {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new MomaError('ERR_FILE', `${op}: cannot read ${file} (${(err as Error).message})`);
-  }
 }
 
 /** Reads a checkpoint's config, vocabulary and (when inside a run) the run file. */
