@@ -7,7 +7,7 @@
  */
 import {
   DType, Generator, HostArray, MomaErrorCode, Tensor, combineRows, gateGrad, gatherRows, groupedMatmul,
-  groupedMatmulWgrad, moePartition, moeSlotBound, route, routerScores, routerScoresBackward, routingStats, swiglu,
+  groupedMatmulSwiglu, groupedMatmulWgrad, moePartition, moeSlotBound, route, routerScores, routerScoresBackward, routingStats, swiglu,
   swigluBackward, tensor,
 } from '../lib';
 import type { MoeLayout, Partition, RoutingOptions } from '../lib';
@@ -832,8 +832,10 @@ describeDevices('moe ops', (device) => {
           const outDt: DType = dx === 'bfloat16' && dw === 'bfloat16' ? 'bfloat16' : 'float32';
           expect(y.shape).toEqual([R, N]);
           expect(y.dtype).toBe(outDt);
-          // CUDA rounds float32 inputs to bf16 on load (tensor cores): its reference uses rounded inputs
-          const ref = groupedMatmulRef(round(x, cuda), K, round(w, cuda), N, offsets, transW);
+          // float32 x float32 is float32-accurate on both backends; with one bf16 operand CUDA rounds the
+          // float32 one to bf16 on load (tensor cores): its reference uses rounded inputs
+          const mixed = cuda && dx !== dw;
+          const ref = groupedMatmulRef(round(x, mixed), K, round(w, mixed), N, offsets, transW);
           const got = Array.from(await y.toArray());
           const each = Array.from(ref.absDot, (a) => a * (K + 2) * 2 ** -23);
           assertClose(got, ref.data, { atolEach: each, bf16Ulps: outDt === 'bfloat16' ? 1 : 0, atol: 1e-30, label: `${dx}x${dw} tail=${tail}` });
@@ -850,12 +852,76 @@ describeDevices('moe ops', (device) => {
         const dw = keep(groupedMatmulWgrad(mk(x, [R, K], dt), mk(dy, [R, N], dt), ints(offsets)));
         expect(dw.shape).toEqual([E, K, N]);
         expect(dw.dtype).toBe('float32');
-        const ref = groupedMatmulWgradRef(round(x, cuda), K, round(dy, cuda), N, offsets);
+        const ref = groupedMatmulWgradRef(x, K, dy, N, offsets); // same dtypes: float32-accurate or exact bf16 products
         const got = Array.from(await dw.toArray());
         assertClose(got, ref.data, { atolEach: Array.from(ref.absDot, (a) => a * (ref.maxSeg + 2) * 2 ** -23), atol: 1e-30, label: dt });
         const empty = (i: number): boolean => offsets[Math.floor(i / (K * N))] === offsets[Math.floor(i / (K * N)) + 1];
         exactWhere(got, new Float64Array(E * K * N), empty, 'empty segments are 0');
       }
+    });
+
+    test.each(CASES.filter((c) => !c[4]))('fused SwiGLU E=%i R=%i K=%i N=%i: a = silu(x·w1) ⊙ (x·w3), h1 and h3 kept on request', async (E, R, K, N) => {
+      for (const dt of ['float32', 'bfloat16'] as DType[])
+        for (const keepPre of [false, true]) {
+          const rng = mulberry32(E * 31 + R * 7 + K + N);
+          const gen = (n: number): Float64Array => (dt === 'bfloat16' ? randomBf16(rng, n) : randomF32(rng, n));
+          const x = gen(R * K), w1 = gen(E * K * N), w3 = gen(E * K * N);
+          const offsets = randomOffsets(rng, E, R, true);
+          const out = groupedMatmulSwiglu(mk(x, [R, K], dt), mk(w1, [E, K, N], dt), mk(w3, [E, K, N], dt), ints(offsets),
+            { keepPreactivations: keepPre });
+          for (const t of [out.a, out.h1, out.h3]) if (t) keep(t);
+          expect(out.a.shape).toEqual([R, N]);
+          expect(out.a.dtype).toBe(dt);
+          expect(out.h1 === null).toBe(!keepPre);
+          expect(out.h3 === null).toBe(!keepPre);
+          const r1 = groupedMatmulRef(x, K, w1, N, offsets), r3 = groupedMatmulRef(x, K, w3, N, offsets);
+          // a from the float32 products (float64 reference here), rounded once to the output dtype
+          const silu = (v: number): number => v / (1 + Math.exp(-v));
+          const dsilu = (v: number): number => { const sg = 1 / (1 + Math.exp(-v)); return sg * (1 + v * (1 - sg)); };
+          const aRef = r1.data.map((h1, i) => silu(h1) * (r3.data[i] as number));
+          // error of the products (K-term sums in float32) carried through silu(h1)·h3, plus the swiglu rounding
+          const prod = 2 ** -23 * (K + 2);
+          const each = Array.from(aRef, (_, i) => {
+            const h1 = r1.data[i] as number, h3 = r3.data[i] as number;
+            return (Math.abs(dsilu(h1) * h3) * (r1.absDot[i] as number) + Math.abs(silu(h1)) * (r3.absDot[i] as number)) * prod * 2;
+          });
+          const bf16 = dt === 'bfloat16' ? 1 : 0;
+          assertClose(await read(out.a), aRef, { atolEach: each, f32Ulps: 8, bf16Ulps: bf16, atol: 1e-30, label: `${dt} a` });
+          if (out.h1 && out.h3) {
+            assertClose(await read(out.h1), r1.data, { atolEach: Array.from(r1.absDot, (v) => v * prod), bf16Ulps: bf16, atol: 1e-30, label: `${dt} h1` });
+            assertClose(await read(out.h3), r3.data, { atolEach: Array.from(r3.absDot, (v) => v * prod), bf16Ulps: bf16, atol: 1e-30, label: `${dt} h3` });
+          }
+          exactWhere(await read(out.a), new Float64Array(R * N), (i) => i >= (offsets[E] as number) * N, 'rows past offsets[E] are 0');
+        }
+    });
+
+    test('fused SwiGLU equals groupedMatmul twice and swiglu (float32: the same bits)', async () => {
+      const rng = mulberry32(4242);
+      const [E, R, K, N] = [4, 53, 24, 40];
+      const x = mk(randomF32(rng, R * K), [R, K]), w1 = mk(randomF32(rng, E * K * N), [E, K, N]), w3 = mk(randomF32(rng, E * K * N), [E, K, N]);
+      const off = ints(randomOffsets(rng, E, R, true));
+      const fused = groupedMatmulSwiglu(x, w1, w3, off, { keepPreactivations: true });
+      const h1 = keep(groupedMatmul(x, w1, off)), h3 = keep(groupedMatmul(x, w3, off));
+      const a = keep(swiglu(h1, h3));
+      for (const t of [fused.a, fused.h1!, fused.h3!]) keep(t);
+      if (!cuda) {
+        assertExact(await read(fused.a), await read(a), 'a');
+        assertExact(await read(fused.h1!), await read(h1), 'h1');
+        assertExact(await read(fused.h3!), await read(h3), 'h3');
+      } else {
+        assertClose(await read(fused.a), await read(a), { rtol: 1e-5, atol: 1e-6, label: 'a' });
+      }
+    });
+
+    test('fused SwiGLU argument errors', () => {
+      const x = mk(new Array(12).fill(1), [4, 3]);
+      const w = mk(new Array(12).fill(1), [2, 3, 2]);
+      const off = ints([0, 2, 4]);
+      throwsCode(() => groupedMatmulSwiglu(x, w, mk(new Array(16).fill(1), [2, 4, 2]), off), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(x, w, mk(new Array(12).fill(1), [2, 3, 2], 'bfloat16'), off), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(x, mk(new Array(16).fill(1), [2, 4, 2]), mk(new Array(16).fill(1), [2, 4, 2]), off), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(x, w, w, ints([0, 4])), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(ints(new Array(12).fill(1), [4, 3]), w, w, off), 'ERR_DTYPE');
     });
 
     test('bad offsets reject with ERR_RANGE when read', async () => {

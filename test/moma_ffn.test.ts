@@ -98,7 +98,7 @@ describeDevices('MoMaFFN', (device) => {
   const hold = <T extends { dispose(): void }>(x: T): T => bag.keep(x);
   afterEach(() => bag.disposeAll());
 
-  /** float32 chain on the CPU; bf16 tensor cores on CUDA */
+  /** float32 chain on the CPU; on CUDA float32 GEMMs sum in another order and bf16 ones use tensor cores */
   const FWD_TOL = cuda ? 2e-2 : 1e-4;
   const GRAD_TOL = cuda ? 3e-2 : 1e-3;
 
@@ -147,8 +147,8 @@ describeDevices('MoMaFFN', (device) => {
 
   /**
    * Forward on the device and in the reference. On the CPU the device selection must equal the
-   * reference selection (inputs are checked to be far from ties); on CUDA (bf16 tensor cores) the
-   * reference uses the device's selection.
+   * reference selection (inputs are checked to be far from ties); on CUDA (another summation order,
+   * bf16 tensor cores for bf16) the reference uses the device's selection.
    */
   const forwardBoth = async (s: Setup, noise?: Float64Array, fwdOpts: { training?: boolean; generator?: Generator } = {}) => {
     const shape: FfnShape = { ...s.shape, noise };

@@ -113,6 +113,15 @@ Napi::Value grouped_matmul_wgrad(Info info) {
                                                                   arg(info, 2, op, "offsets")));
 }
 
+// groupedMatmulSwiglu(x, w1, w3, offsets, keepPreactivations) -> [a, h1, h3] or [a]
+Napi::Value grouped_matmul_swiglu(Info info) {
+  const char* op = "grouped_matmul_swiglu";
+  const bool keep = to_bool(info[4], op, "keepPreactivations");
+  ops::GroupedSwiglu r = ops::grouped_matmul_swiglu(arg(info, 0, op, "x"), arg(info, 1, op, "w1"), arg(info, 2, op, "w3"),
+                                                    arg(info, 3, op, "offsets"), keep);
+  return keep ? handles(info, {r.a, r.h1, r.h3}) : handles(info, {r.a});
+}
+
 Napi::Value swiglu(Info info) {
   const char* op = "swiglu";
   return TensorHandle::wrap(info.Env(), ops::swiglu(arg(info, 0, op, "h1"), arg(info, 1, op, "h3")));
@@ -160,6 +169,7 @@ void register_moe_exports(Napi::Env env, Napi::Object exports) {
   exports.Set("moeGateGrad", guarded(env, "moe_gate_grad", moe_gate_grad));
   exports.Set("groupedMatmul", guarded(env, "grouped_matmul", grouped_matmul));
   exports.Set("groupedMatmulWgrad", guarded(env, "grouped_matmul_wgrad", grouped_matmul_wgrad));
+  exports.Set("groupedMatmulSwiglu", guarded(env, "grouped_matmul_swiglu", grouped_matmul_swiglu));
   exports.Set("swiglu", guarded(env, "swiglu", swiglu));
   exports.Set("swigluBackward", guarded(env, "swiglu_backward", swiglu_backward));
   exports.Set("moeRoutingStats", guarded(env, "moe_routing_stats", moe_routing_stats));

@@ -313,6 +313,60 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const Tensor& offsets, b
   return out_dtype == DType::F32 ? y : astype(y, out_dtype);
 }
 
+GroupedSwiglu grouped_matmul_swiglu(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& offsets,
+                                    bool keep_preactivations) {
+  const char* op = "grouped_matmul_swiglu";
+  check_rows(op, x, "x");
+  check_dtype(op, w1, "w1", {DType::F32, DType::BF16});
+  check_rank(op, w1, "w1", 3);
+  check_same_device(op, x, "x", w1, "w1");
+  check_same_device(op, x, "x", w3, "w3");
+  check_same_device(op, x, "x", offsets, "offsets");
+  if (w3.dtype != w1.dtype || w3.shape != w1.shape)
+    fail("ERR_SHAPE", op, ": w1 ", shape_str(w1.shape), " ", dtype_name(w1.dtype), " and w3 ", shape_str(w3.shape), " ",
+         dtype_name(w3.dtype), " must have the same shape and dtype");
+  const int64_t E = w1.shape[0], R = x.shape[0], K = x.shape[1], N = w1.shape[2];
+  if (w1.shape[1] != K)
+    fail("ERR_SHAPE", op, ": x ", shape_str(x.shape), " has K=", K, " but w1 ", shape_str(w1.shape), " has K=", w1.shape[1]);
+  check_int_vector(op, offsets, "offsets", E + 1);
+  const DType out_dtype = (x.dtype == DType::BF16 && w1.dtype == DType::BF16) ? DType::BF16 : DType::F32;
+  const Device dev = x.device();
+  const bool keep = keep_preactivations;
+  if (dev.is_cuda()) {
+    GroupedSwiglu r{empty_tensor({R, N}, out_dtype, dev, op), Tensor(), Tensor()};
+    if (keep) {
+      r.h1 = empty_tensor({R, N}, out_dtype, dev, op);
+      r.h3 = empty_tensor({R, N}, out_dtype, dev, op);
+    }
+    if (R * N == 0) return r;
+    std::vector<Tensor> outs{r.a};
+    if (keep) outs.insert(outs.end(), {r.h1, r.h3});
+    submit(op, dev, {x, w1, w3, offsets}, outs, [=] {
+      cuda::grouped_gemm_swiglu(stream_of(dev), err_of(dev), x.dtype, x.data(), w1.dtype, w1.data(), w3.data(), false,
+                                cdata<int32_t>(offsets), E, R, K, N, out_dtype, r.a.data(),
+                                keep ? r.h1.data() : nullptr, keep ? r.h3.data() : nullptr);
+    });
+    return r;
+  }
+  Tensor x32 = astype(x, DType::F32), w1_32 = astype(w1, DType::F32), w3_32 = astype(w3, DType::F32);
+  GroupedSwiglu r{empty_tensor({R, N}, DType::F32, dev, op), Tensor(), Tensor()};
+  if (keep) {
+    r.h1 = empty_tensor({R, N}, DType::F32, dev, op);
+    r.h3 = empty_tensor({R, N}, DType::F32, dev, op);
+  }
+  if (R * N > 0) {
+    std::vector<Tensor> outs{r.a};
+    if (keep) outs.insert(outs.end(), {r.h1, r.h3});
+    submit(op, dev, {x32, w1_32, w3_32, offsets}, outs, [=] {
+      cpu::grouped_gemm_swiglu(cdata<float>(x32), cdata<float>(w1_32), cdata<float>(w3_32), false,
+                               cdata<int32_t>(offsets), E, R, K, N, mdata<float>(r.a),
+                               keep ? mdata<float>(r.h1) : nullptr, keep ? mdata<float>(r.h3) : nullptr);
+    });
+  }
+  if (out_dtype == DType::F32) return r;
+  return {astype(r.a, out_dtype), keep ? astype(r.h1, out_dtype) : Tensor(), keep ? astype(r.h3, out_dtype) : Tensor()};
+}
+
 Tensor grouped_matmul_wgrad(const Tensor& x, const Tensor& dy, const Tensor& offsets) {
   const char* op = "grouped_matmul_wgrad";
   check_rows(op, x, "x");

@@ -56,6 +56,14 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const Tensor& offsets, b
 Tensor grouped_matmul_wgrad(const Tensor& x, const Tensor& dy, const Tensor& offsets);
 
 Tensor swiglu(const Tensor& h1, const Tensor& h3);
+// The expert FFN's first half in one pass: h1 = grouped_matmul(x, w1), h3 = grouped_matmul(x, w3),
+// a = swiglu(h1, h3) from the float32 products (rounded once to the output dtype). Returns {a, h1, h3};
+// h1 and h3 are empty tensors unless keep_preactivations (swiglu_backward reads them).
+struct GroupedSwiglu {
+  Tensor a, h1, h3;
+};
+GroupedSwiglu grouped_matmul_swiglu(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& offsets,
+                                    bool keep_preactivations);
 std::pair<Tensor, Tensor> swiglu_backward(const Tensor& h1, const Tensor& h3, const Tensor& da);
 
 struct MoeRoutingStats {

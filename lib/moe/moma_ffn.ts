@@ -15,13 +15,14 @@
 import { MomaError } from '../errors';
 import { DType } from '../dtype';
 import { randn, tensor } from '../creation';
+import { gradEnabled } from '../autograd/tape';
 import { getDefaultDevice } from '../device';
 import { matmul } from '../ops';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import {
-  combineRows, gateGrad, gatherRows, groupedMatmul, groupedMatmulWgrad, MoeLayout, moePartition, Partition, route,
-  RouterFn, routerScores, routerScoresBackward, Routing, RoutingMode, routingStats, swiglu, swigluBackward,
+  combineRows, gateGrad, gatherRows, groupedMatmul, groupedMatmulSwiglu, groupedMatmulWgrad, MoeLayout, moePartition, Partition,
+  route, RouterFn, routerScores, routerScoresBackward, Routing, RoutingMode, routingStats, swigluBackward,
 } from './ops';
 
 export interface MoeGroupConfig {
@@ -76,8 +77,8 @@ interface Saved extends MoMaFFNContext {
   /** The expert weights in the activations' dtype (the parameters themselves when equal). */
   weights: { w1: Tensor; w2: Tensor; w3: Tensor };
   xd: Tensor;
-  h1: Tensor;
-  h3: Tensor;
+  h1: Tensor | null;  // null when forward ran under noGrad
+  h3: Tensor | null;
   a: Tensor;
   out: Tensor;
   disposed: boolean;
@@ -236,9 +237,9 @@ export class MoMaFFN {
       ? route(scores, partition, layout, { mode: this.config.routing, capacityFactor: this.config.capacityFactor, topK: this.config.topK })
       : route(scores, partition, layout, { mode: 'threshold', select: options.select });
     const xd = gatherRows(x, routing.slotRow);
-    const h1 = groupedMatmul(xd, w1, routing.expertOffsets);
-    const h3 = groupedMatmul(xd, w3, routing.expertOffsets);
-    const a = swiglu(h1, h3);
+    // h1 = xd·w1, h3 = xd·w3 and a = silu(h1) ⊙ h3 in one fused grouped GEMM; the pre-activations are kept
+    // only when a backward can follow
+    const { a, h1, h3 } = groupedMatmulSwiglu(xd, w1, w3, routing.expertOffsets, { keepPreactivations: gradEnabled() });
     const out = groupedMatmul(a, w2, routing.expertOffsets);
     const y = combineRows(out, routing.rowSlots, routing.slotGate);
     const params = this.params;
@@ -249,7 +250,7 @@ export class MoMaFFN {
         this.disposed = true;
         partition.dispose();
         routing.dispose();
-        for (const t of [scores, xd, h1, h3, a, out]) t.dispose();
+        for (const t of [scores, xd, h1, h3, a, out]) t?.dispose();
         for (const name of ['w1', 'w2', 'w3'] as const) if (weights[name] !== params[name]) weights[name].dispose();
       },
     };
@@ -261,6 +262,9 @@ export class MoMaFFN {
     const saved = ctx as Saved;
     if (saved.disposed === undefined || saved.xd === undefined) throw new MomaError('ERR_ARG', 'MoMaFFN.backward: ctx must come from forward()');
     if (saved.disposed) throw new MomaError('ERR_DISPOSED', 'MoMaFFN.backward: the forward context was disposed');
+    if (saved.h1 === null || saved.h3 === null) {
+      throw new MomaError('ERR_ARG', 'MoMaFFN.backward: the forward ran under noGrad, so it kept no activations to differentiate');
+    }
     if (!(dy instanceof Tensor) || dy.shape.join() !== saved.x.shape.join()) {
       throw new MomaError('ERR_SHAPE', `MoMaFFN.backward: dy must have the shape of x [${saved.x.shape.join(', ')}]`);
     }
