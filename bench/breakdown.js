@@ -1,15 +1,18 @@
 // Where the MoE layer's time goes (part of the `layers` suite): the forward + backward of the
-// dense SwiGLU FFN and of MoMaFFN (4t4i, 8x) replayed op by op through the public ops, exactly
-// as lib/moe/swiglu_ffn.ts and lib/moe/moma_ffn.ts compose them, with a device synchronisation
-// after every op so that each op's time can be attributed to one category:
+// dense FFN (SwiGLUFFN) and of the MoE FFN (MoEFeedForward: 4t4i, 8x), the modules a decoder
+// trains, replayed op by op through the public ops exactly as SwiGLUFFN's Linear layers with the
+// autograd matmul, and lib/moe/moma_ffn.ts, compose them, with a device synchronisation after
+// every op so that each op's time can be attributed to one category:
 //   routing   partition, router logits, scores, expert-choice selection, router backward
 //   dispatch  gathering rows into expert order (x forward, dy backward)
-//   GEMM      expert (or dense) matmuls: forward, input gradient, weight gradient
-//   SwiGLU    the activation forward and backward
+//   GEMM      expert (or dense) matmuls: forward (the expert W1/W3 GEMM with the SwiGLU in its
+//             epilogue), input gradient, weight gradient
+//   SwiGLU    the activation forward (dense) and backward
 //   combine   weighted scatter back to rows (y, dx) and the gate gradient
 //   add       summing the two input-gradient halves
-// The per-op synchronisations cost a little against the layer timed whole (the table shows both).
-// The replay's forward output is checked against the module's once (max abs difference).
+// The weights are cast to the compute dtype once, outside the clock. The per-op synchronisations
+// cost a little against the layer timed whole (the table shows both). The replay's forward
+// output is checked against the module's once (max abs difference).
 'use strict';
 const { median } = require('./common');
 
@@ -32,32 +35,43 @@ class OpClock {
   }
 }
 
+/** The weights of a module in the compute dtype (the float32 parameters themselves when equal). */
+function computeWeights(weights, dtype) {
+  return Object.fromEntries(Object.entries(weights).map(([name, w]) => [name, w.dtype === dtype ? w : w.astype(dtype)]));
+}
+
+function disposeCopies(copies, weights) {
+  for (const [name, w] of Object.entries(copies)) if (w !== weights[name]) w.dispose();
+}
+
 async function denseReplay(moma, clock, ffn, x, dy) {
-  const { w1, w2, w3 } = Object.fromEntries(ffn.parameters());
+  const p = ffn.namedParameters();
+  const weights = { w1: p.get('w1.weight'), w2: p.get('w2.weight'), w3: p.get('w3.weight') };
+  const { w1, w2, w3 } = computeWeights(weights, x.dtype);  // [out, in]
   const mm = (a, b, o) => clock.time('GEMM', () => moma.matmul(a, b, o));
-  const h1 = await mm(x, w1);
-  const h3 = await mm(x, w3);
+  const h1 = await mm(x, w1, { transB: true });
+  const h3 = await mm(x, w3, { transB: true });
   const a = await clock.time('SwiGLU', () => moma.swiglu(h1, h3));
-  const y = await mm(a, w2);
-  const dw2 = await mm(a, dy, { transA: true });
-  const da = await mm(dy, w2, { transB: true });
+  const y = await mm(a, w2, { transB: true });
+  const dw2 = await mm(dy, a, { transA: true });
+  const da = await mm(dy, w2);
   const { dh1, dh3 } = await clock.time('SwiGLU', () => moma.swigluBackward(h1, h3, da));
-  const dw1 = await mm(x, dh1, { transA: true });
-  const dw3 = await mm(x, dh3, { transA: true });
-  const dx1 = await mm(dh1, w1, { transB: true });
-  const dx3 = await mm(dh3, w3, { transB: true });
+  const dw1 = await mm(dh1, x, { transA: true });
+  const dw3 = await mm(dh3, x, { transA: true });
+  const dx1 = await mm(dh1, w1);
+  const dx3 = await mm(dh3, w3);
   const dx = await clock.time('add', () => dx1.add(dx3));
   for (const t of [h1, h3, a, dw2, da, dh1, dh3, dw1, dw3, dx1, dx3, dx]) t.dispose();
+  disposeCopies({ w1, w2, w3 }, weights);
   return y;
 }
 
-async function moeReplay(moma, clock, ffn, x, modality, dy) {
+async function moeReplay(moma, clock, module, x, modality, dy) {
+  const ffn = module.ffn;
   const { layout } = ffn;
   const { router: fn, routing: mode, capacityFactor, topK } = ffn.config;
-  const cast = (w) => (w.dtype === x.dtype ? w : w.astype(x.dtype));
-  const w1 = cast(ffn.w1);
-  const w2 = cast(ffn.w2);
-  const w3 = cast(ffn.w3);
+  const weights = { w1: ffn.w1, w2: ffn.w2, w3: ffn.w3 };
+  const { w1, w2, w3 } = computeWeights(weights, x.dtype);
   const router = ffn.router;
   const route = (op) => clock.time('routing', op);
   const gemm = (op) => clock.time('GEMM', op);
@@ -68,9 +82,7 @@ async function moeReplay(moma, clock, ffn, x, modality, dy) {
   const routing = await route(() => moma.route(scores, partition, layout, { mode, capacityFactor, topK }));
   const offs = routing.expertOffsets;
   const xd = await clock.time('dispatch', () => moma.gatherRows(x, routing.slotRow));
-  const h1 = await gemm(() => moma.groupedMatmul(xd, w1, offs));
-  const h3 = await gemm(() => moma.groupedMatmul(xd, w3, offs));
-  const a = await clock.time('SwiGLU', () => moma.swiglu(h1, h3));
+  const { a, h1, h3 } = await gemm(() => moma.groupedMatmulSwiglu(xd, w1, w3, offs, { keepPreactivations: true }));
   const out = await gemm(() => moma.groupedMatmul(a, w2, offs));
   const y = await clock.time('combine', () => moma.combineRows(out, routing.rowSlots, routing.slotGate));
 
@@ -91,7 +103,8 @@ async function moeReplay(moma, clock, ffn, x, modality, dy) {
   const drouter = await route(() => moma.matmul(x32, dlogits, { transA: true }));
   const dx = await route(() => (dxRouter.dtype === dxFfn.dtype ? dxFfn.add(dxRouter) : dxFfn.astype('float32').add(dxRouter)));
   for (const t of [logits, scores, xd, h1, h3, a, out, dscores, dout, dw2, da, dh1, dh3, dw1, dw3, dxd1, dxd3, dxd, dxFfn, dlogits, dxRouter, drouter, dx]) t.dispose();
-  for (const [t, orig] of [[w1, ffn.w1], [w2, ffn.w2], [w3, ffn.w3], [x32, x], [dyc, dy]]) if (t !== orig) t.dispose();
+  disposeCopies({ w1, w2, w3 }, weights);
+  for (const [t, orig] of [[x32, x], [dyc, dy]]) if (t !== orig) t.dispose();
   partition.dispose();
   routing.dispose();
   return y;
@@ -117,9 +130,9 @@ async function layerBreakdown(moma, device, T, repeats, modalityHost) {
   const dy = moma.randn([T, d], { device, dtype, generator: gen, std: 1e-3 });
   const modality = moma.tensor(modalityHost, { device });
   const variants = [
-    { name: 'dense', module: new moma.SwiGLUFFN({ dModel: d, dFF: f, device, dtype }) },
-    { name: 'moma 4t4i', module: new moma.MoMaFFN({ dModel: d, dFF: f, groups: [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }], device, dtype }) },
-    { name: 'moe 8x', module: new moma.MoMaFFN({ dModel: d, dFF: f, groups: [{ modality: ['text', 'image'], experts: 8 }], device, dtype }) },
+    { name: 'dense', module: new moma.SwiGLUFFN(d, f, { device, generator: gen, std: 0.02 }) },
+    { name: 'moma 4t4i', module: new moma.MoEFeedForward({ dModel: d, dFF: f, groups: [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }], device, seed: 3 }) },
+    { name: 'moe 8x', module: new moma.MoEFeedForward({ dModel: d, dFF: f, groups: [{ modality: ['text', 'image'], experts: 8 }], device, seed: 3 }) },
   ];
   const out = [];
   for (const v of variants) {
@@ -130,10 +143,9 @@ async function layerBreakdown(moma, device, T, repeats, modalityHost) {
       await moma.synchronize(device);
       const y = isDense ? await denseReplay(moma, clock, v.module, x, dy) : await moeReplay(moma, clock, v.module, x, modality, dy);
       if (round === 0) {
-        const ref = isDense ? v.module.forward(x) : v.module.forward(x, modality, { training: true });
-        v.check = await maxAbsDiff(y, ref.y);
-        ref.y.dispose();
-        ref.ctx.dispose();
+        const ref = moma.tidy(() => moma.noGrad(() => (isDense ? v.module.forward(x) : v.module.forward(x, modality, { training: true }))));
+        v.check = await maxAbsDiff(y, ref);
+        ref.dispose();
       } else {
         rounds.push(clock.ms);
       }

@@ -1,8 +1,11 @@
 // The `layers` suite: whole layers forward + backward through the public API.
 //
-// FFN layers at the paper's 435M FFN shape (d 1024, f 4096): the dense SwiGLU FFN against MoMaFFN
-// as moma 4t4i and moe 8x at equal active FLOPs (expert choice with c = 1 gives each row one
+// FFN layers at the paper's 435M FFN shape (d 1024, f 4096): the dense SwiGLU FFN against the MoE
+// FFN as moma 4t4i and moe 8x at equal active FLOPs (expert choice with c = 1 gives each row one
 // expert-FFN on average). Row count T from MOMA_BENCH_T (default 8192; 8192 and 32768 on a GPU).
+// Both are the modules a decoder trains (SwiGLUFFN and MoEFeedForward, float32 parameters, the
+// input cast to the compute dtype, forward and backward through the autograd tape), so the
+// "time vs dense" ratio is the one a training step sees.
 //
 // Mixture-of-depths: one decoder block (QK-norm attention over sequences of 1024, 16 heads, the
 // 4t4i FFN) run as a plain DecoderBlock and wrapped in a MoDBlock at c_d 0.25 (the same weights).
@@ -15,7 +18,7 @@
 // over rounds and ratios are medians of per-round ratios. Each suite also returns the job that
 // bench/reference/run.py times with PyTorch (same shapes, same modality pattern).
 'use strict';
-const { disposeAll, envInt, flopUnit, deviceKind, interleavedRounds, isCuda, median, medianRatio, withCeiling } = require('./common');
+const { envInt, flopUnit, deviceKind, interleavedRounds, isCuda, median, medianRatio, withCeiling } = require('./common');
 
 const GROUPS_4T4I = [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }];
 const GROUPS_8X = [{ modality: ['text', 'image'], experts: 8 }];
@@ -44,31 +47,34 @@ async function ffnLayers(moma, device, T, repeats, results) {
   const dtype = isCuda(device) ? 'bfloat16' : 'float32';
   const [unit, scale] = flopUnit(device);
   const gen = new moma.Generator(11);
-  const x = moma.randn([T, d], { device, dtype, generator: gen });
+  // a float32 leaf cast to the compute dtype, as the Transformer feeds its FFNs (dx included)
+  const x = moma.randn([T, d], { device, generator: gen });
+  x.requiresGrad = true;
   const dy = moma.randn([T, d], { device, dtype, generator: gen, std: 1e-3 });
   const modalityHost = modalityPattern(T);
   const modality = moma.tensor(modalityHost, { device });
 
-  const dense = new moma.SwiGLUFFN({ dModel: d, dFF: f, device, dtype });
-  const layers = [{ op: 'layer.dense_swiglu.fwd_bwd', module: dense, forward: () => dense.forward(x), groups: null }];
+  const dense = new moma.SwiGLUFFN(d, f, { device, generator: gen, std: 0.02 });
+  const layers = [{ op: 'layer.dense_swiglu.fwd_bwd', module: dense, forward: (xc) => dense.forward(xc), groups: null }];
   for (const [op, groups] of [['layer.moma_4t4i.fwd_bwd', GROUPS_4T4I], ['layer.moe_8x.fwd_bwd', GROUPS_8X]]) {
-    const ffn = new moma.MoMaFFN({ dModel: d, dFF: f, groups, device, dtype });
-    layers.push({ op, module: ffn, forward: () => ffn.forward(x, modality, { training: true }), groups });
+    const ffn = new moma.MoEFeedForward({ dModel: d, dFF: f, groups, device, seed: 3 });
+    layers.push({ op, module: ffn, forward: (xc) => ffn.forward(xc, modality, { training: true }), groups });
   }
-  const variants = layers.map((layer) => ({
-    run: async (round) => {
-      const { y, ctx } = layer.forward();
-      const { dx, grads } = layer.module.backward(ctx, dy);
-      if (layer.groups && round === 0) {
-        const offsets = await ctx.routing.expertOffsets.toArray();
-        layer.rows = offsets[offsets.length - 1];
-      }
-      ctx.dispose();
-      y.dispose();
-      dx.dispose();
-      disposeAll(grads);
-    },
-  }));
+  const variants = layers.map((layer) => {
+    const params = layer.module.parameters();
+    return {
+      run: async (round) => {
+        // the warm-up round counts the expert rows (routing statistics, not timed)
+        if (layer.groups) layer.module.collectStats = round === 0;
+        moma.tidy(() => moma.backward(layer.forward(moma.F.cast(x, dtype)), dy));
+        moma.zeroGrad([...params, x]);
+        if (layer.groups && round === 0) {
+          const stats = await layer.module.lastStats.expertStats.toArray();
+          layer.rows = stats.reduce((sum, v, i) => (i % 2 === 0 ? sum + v : sum), 0);
+        }
+      },
+    };
+  });
   const times = await interleavedRounds(moma, device, variants, repeats);
   const rows = layers.map((layer, i) => {
     const ms = median(times[i]);

@@ -81,11 +81,11 @@ export interface BindingModule {
   formulas: NativeFormulas;
   TensorHandle: new () => TensorHandle;
   fromData(data: Float32Array | Int32Array | Uint8Array | Uint16Array, srcDtype: number, shape: number[], dtype: number, device: string): H;
-  empty(shape: number[], dtype: number, device: string): H;
-  full(shape: number[], value: number, dtype: number, device: string): H;
+  empty(shape: readonly number[], dtype: number, device: string): H;
+  full(shape: readonly number[], value: number, dtype: number, device: string): H;
   arange(start: number, end: number, step: number, dtype: number, device: string): H;
-  randUniform(shape: number[], low: number, high: number, seed: bigint, offset: bigint, dtype: number, device: string): H;
-  randNormal(shape: number[], mean: number, std: number, seed: bigint, offset: bigint, dtype: number, device: string): H;
+  randUniform(shape: readonly number[], low: number, high: number, seed: bigint, offset: bigint, dtype: number, device: string): H;
+  randNormal(shape: readonly number[], mean: number, std: number, seed: bigint, offset: bigint, dtype: number, device: string): H;
   to(x: H, device: string): H;
   astype(x: H, dtype: number): H;
   reshape(x: H, shape: number[]): H;

@@ -1,6 +1,6 @@
 /** Creating tensors: from JS data, constant fills, ranges and seeded random values. */
 import { native } from './binding';
-import { getDefaultDevice } from './device';
+import { DeviceInput, getDefaultDevice } from './device';
 import { DType, dtypeCode } from './dtype';
 import { MomaError } from './errors';
 import { philoxBlocksNormal, philoxBlocksUniform } from './formulas';
@@ -9,7 +9,8 @@ import { Tensor, wrap } from './tensor';
 
 export interface CreateOptions {
   dtype?: DType;
-  device?: string;
+  /** A DeviceInput, or any string (validated by the addon: configs and checkpoints carry device names as strings). */
+  device?: DeviceInput | (string & {});
 }
 
 export interface RandomOptions extends CreateOptions {
@@ -93,19 +94,19 @@ export function tensor(data: TensorData, options: CreateOptions & { shape?: numb
   return wrap(native().fromData(src, dtypeCode(dtype, op), shape, dtypeCode(dtype, op), device));
 }
 
-export function empty(shape: number[], options: CreateOptions = {}): Tensor {
+export function empty(shape: readonly number[], options: CreateOptions = {}): Tensor {
   return wrap(native().empty(shape, dtypeCode(options.dtype ?? 'float32', 'empty'), deviceOf(options)));
 }
 
-export function full(shape: number[], value: number, options: CreateOptions = {}): Tensor {
+export function full(shape: readonly number[], value: number, options: CreateOptions = {}): Tensor {
   return wrap(native().full(shape, value, dtypeCode(options.dtype ?? 'float32', 'full'), deviceOf(options)));
 }
 
-export function zeros(shape: number[], options: CreateOptions = {}): Tensor {
+export function zeros(shape: readonly number[], options: CreateOptions = {}): Tensor {
   return full(shape, 0, options);
 }
 
-export function ones(shape: number[], options: CreateOptions = {}): Tensor {
+export function ones(shape: readonly number[], options: CreateOptions = {}): Tensor {
   return full(shape, 1, options);
 }
 
@@ -117,12 +118,12 @@ export function arange(start: number, end?: number, step = 1, options: CreateOpt
 }
 
 /** Elements of a shape the native op has accepted. */
-function numel(shape: number[]): number {
+function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
 /** Uniform values in (low, high] from the seeded Philox generator (same numbers on CPU and CUDA). */
-export function rand(shape: number[], options: RandomOptions & { low?: number; high?: number } = {}): Tensor {
+export function rand(shape: readonly number[], options: RandomOptions & { low?: number; high?: number } = {}): Tensor {
   const gen = options.generator ?? defaultGenerator;
   const dtype = dtypeCode(options.dtype ?? 'float32', 'rand');
   const handle = native().randUniform(shape, options.low ?? 0, options.high ?? 1, gen.seed, gen.offset, dtype, deviceOf(options));
@@ -131,7 +132,7 @@ export function rand(shape: number[], options: RandomOptions & { low?: number; h
 }
 
 /** Normal values (Box–Muller over Philox) with the given mean and std. */
-export function randn(shape: number[], options: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
+export function randn(shape: readonly number[], options: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
   const gen = options.generator ?? defaultGenerator;
   const dtype = dtypeCode(options.dtype ?? 'float32', 'randn');
   const handle = native().randNormal(shape, options.mean ?? 0, options.std ?? 1, gen.seed, gen.offset, dtype, deviceOf(options));

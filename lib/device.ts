@@ -6,9 +6,17 @@
 import { native } from './binding';
 import { MomaError } from './errors';
 
-export type DeviceName = 'cpu' | `cuda:${number}` | 'cuda';
+/** A device as moma names it (Tensor.device, getDefaultDevice(), bestDevice()). */
+export type DeviceName = 'cpu' | `cuda:${number}`;
+/** What a device argument accepts: a DeviceName, or 'cuda' for 'cuda:0'. */
+export type DeviceInput = DeviceName | 'cuda';
 
-let defaultDeviceName: string | undefined;
+let defaultDeviceName: DeviceName | undefined;
+
+/** Whether `device` is spelled as a DeviceName ('cpu' or 'cuda:N' with at most three digits). */
+export function isDeviceName(device: string): device is DeviceName {
+  return device === 'cpu' || /^cuda:\d{1,3}$/.test(device);
+}
 
 function forcedDevice(): string | undefined {
   const env = process.env.MOMA_DEVICE;
@@ -25,27 +33,27 @@ export function cudaAvailable(): boolean {
   return cudaDeviceCount() > 0;
 }
 
-export function bestDevice(): string {
+export function bestDevice(): DeviceName {
   const forced = forcedDevice();
   if (forced) return normalizeDevice(forced, 'bestDevice');
   return cudaAvailable() ? 'cuda:0' : 'cpu';
 }
 
-export function getDefaultDevice(): string {
+export function getDefaultDevice(): DeviceName {
   if (defaultDeviceName) return defaultDeviceName;
   const forced = forcedDevice();
   return forced ? normalizeDevice(forced, 'getDefaultDevice') : 'cpu';
 }
 
-export function setDefaultDevice(device: string): void {
+export function setDefaultDevice(device: DeviceInput): void {
   defaultDeviceName = normalizeDevice(device, 'setDefaultDevice');
 }
 
-/** 'cuda' -> 'cuda:0'; validates the spelling (the native side checks availability). */
-export function normalizeDevice(device: string, op: string): string {
+/** 'cuda' -> 'cuda:0'; validates the spelling of any string (the native side checks availability). */
+export function normalizeDevice(device: string, op: string): DeviceName {
   if (typeof device !== 'string') throw new MomaError('ERR_DEVICE', `${op}: device must be a string like 'cpu' or 'cuda:0'`);
   if (device === 'cuda') return 'cuda:0';
-  if (device === 'cpu' || /^cuda:\d{1,3}$/.test(device)) {
+  if (isDeviceName(device)) {
     if (device !== 'cpu' && forcedDevice() === 'cpu') {
       throw new MomaError('ERR_DEVICE', `${op}: device '${device}' requested but MOMA_DEVICE=cpu forces the CPU`);
     }

@@ -9,6 +9,7 @@ export type { CreateOptions, RandomOptions, TensorData } from './creation';
 export * from './ops';
 export { Generator, manualSeed, defaultGenerator } from './random';
 export { bestDevice, cudaAvailable, cudaDeviceCount, getDefaultDevice, setDefaultDevice } from './device';
+export type { DeviceName, DeviceInput } from './device';
 export { memoryStats, runtimeStats, resetPeakMemory, emptyCache, synchronize } from './memory';
 export type { MemoryStats, RuntimeStats } from './memory';
 export { inspect } from './inspect';
@@ -19,9 +20,9 @@ export {
 } from './moe/ops';
 export type { MoeLayout, Partition, Routing, RoutingOptions, RoutingMode, RouterFn, RoutingStats } from './moe/ops';
 export { defaultRouter, MoMaFFN, moeLayoutOf } from './moe/moma_ffn';
-export type { MoMaFFNConfig, MoMaFFNContext, MoeGroupConfig, RoutingStatsReport } from './moe/moma_ffn';
-export { SwiGLUFFN } from './moe/swiglu_ffn';
-export type { SwiGLUFFNConfig, SwiGLUFFNContext } from './moe/swiglu_ffn';
+export type {
+  MoMaFFNConfig, MoMaFFNContext, MoMaFFNParameterName, MoMaFFNParameterOwner, MoMaFFNParameters, MoeGroupConfig, RoutingStatsReport,
+} from './moe/moma_ffn';
 export {
   rmsNorm, rmsNormBackward, layerNorm, layerNormBackward, rope, attention, attentionBackward, crossEntropy,
   crossEntropyBackward, adamwStep,
@@ -31,14 +32,14 @@ export { tidy, keep, untrack } from './autograd/scope';
 export { backward, noGrad, gradEnabled, zeroGrad } from './autograd/tape';
 export * as F from './autograd/functions';
 export { Module } from './nn/module';
-export { Linear, Embedding, RMSNorm, HeadNorm, Attention, SwiGLU, MoEFeedForward, DecoderBlock, MoDBlock } from './model/layers';
+export { Linear, Embedding, RMSNorm, HeadNorm, Attention, SwiGLUFFN, SwiGLU, MoEFeedForward, DecoderBlock, MoDBlock } from './model/layers';
 export type { AttentionContext, BlockContext, InitOptions, NormPlacement } from './model/layers';
 export { Transformer, makeBatch, disposeBatch, validateConfig } from './model/transformer';
 export type { TransformerConfig, FFNConfig, Batch, LossOutput } from './model/transformer';
 export { AdamW, learningRate, defaultDecay } from './optim/adamw';
 export type { AdamWOptions, StepResult } from './optim/adamw';
 export { Trainer } from './train/trainer';
-export type { TrainerOptions, StepMetrics, ScheduleOptions, ExpertStat } from './train/trainer';
+export type { TrainerOptions, TrainerEvents, StepMetrics, ScheduleOptions, ExpertStat } from './train/trainer';
 export { saveCheckpoint, loadCheckpointInto, readCheckpoint } from './train/checkpoint';
 export type { TrainerState, LoadedCheckpoint } from './train/checkpoint';
 export { evaluate } from './train/evaluate';

@@ -7,7 +7,9 @@
 import { native, TensorHandle } from './binding';
 import { DType, dtypeCode, dtypeName, HostArray } from './dtype';
 import { MomaError } from './errors';
+import { at } from './checked';
 import { NATIVE_TABLES } from './native_tables';
+import { DeviceInput, DeviceName, isDeviceName } from './device';
 
 /** Op codes of the native unary, binary and reduce kernels (lib/native_tables.ts). */
 export const UnaryOp = NATIVE_TABLES.unaryOp;
@@ -42,7 +44,7 @@ export class Tensor {
   readonly handle: TensorHandle;
   readonly shape: readonly number[];
   readonly dtype: DType;
-  readonly device: string;
+  readonly device: DeviceName;
   /** Autograd: a leaf that collects gradients in `grad` when backward() reaches it. */
   requiresGrad = false;
   /** Autograd: the accumulated gradient of a leaf with requiresGrad (float32), or null. */
@@ -53,6 +55,7 @@ export class Tensor {
     this.handle = handle;
     this.shape = Object.freeze(handle.shape);
     this.dtype = dtypeName(handle.dtype);
+    if (!isDeviceName(handle.device)) throw new MomaError('ERR_INTERNAL', `Tensor: the addon named a device '${handle.device}', not 'cpu' or 'cuda:N'`);
     this.device = handle.device;
     registry.register(this, handle, this);
     openScopes[openScopes.length - 1]?.add(this);
@@ -60,6 +63,15 @@ export class Tensor {
 
   get ndim(): number {
     return this.shape.length;
+  }
+
+  /** Length of dimension `dim` (negative counts from the end); ERR_RANGE when there is no such dimension. */
+  size(dim: number): number {
+    const length = this.shape[dim < 0 ? this.shape.length + dim : dim];
+    if (length === undefined || !Number.isInteger(dim)) {
+      throw new MomaError('ERR_RANGE', `size: dimension ${String(dim)} is out of range for a tensor of shape [${this.shape.join(', ')}]`);
+    }
+    return length;
   }
 
   get numel(): number {
@@ -98,7 +110,7 @@ export class Tensor {
       throw new MomaError('ERR_SHAPE', `item: tensor has ${this.numel} elements (shape [${this.shape.join(', ')}]), expected 1`);
     }
     const values = await this.toArray();
-    return values[0] as number;
+    return at(values, 0, 'item');
   }
 
   /** Nested JS arrays, like torch's tolist(). */
@@ -107,7 +119,7 @@ export class Tensor {
     const build = (dim: number, offset: number): [unknown, number] => {
       if (dim === this.shape.length) return [flat[offset], offset + 1];
       const out: unknown[] = [];
-      for (let i = 0; i < (this.shape[dim] as number); i++) {
+      for (let i = 0; i < this.size(dim); i++) {
         const [v, next] = build(dim + 1, offset);
         out.push(v);
         offset = next;
@@ -119,7 +131,7 @@ export class Tensor {
 
   // ---- device, dtype, layout
 
-  to(device: string): Tensor {
+  to(device: DeviceInput): Tensor {
     return wrap(native().to(this.handle, device === 'cuda' ? 'cuda:0' : device));
   }
 

@@ -2,6 +2,7 @@
 // references, accumulation over backward calls, noGrad, tidy/keep disposal, error cases.
 import { backward, F, keep, memoryStats, MomaError, noGrad, synchronize, Tensor, tensor, tidy, zeroGrad } from '../lib';
 import { assertClose, mulberry32, randomF32 } from './support/reference';
+import { collectGarbage } from './support/gc';
 
 const dev = 'cpu';
 const mk = (data: ArrayLike<number>, shape: number[]): Tensor => tensor(Float32Array.from(data), { shape, device: dev });
@@ -41,10 +42,10 @@ describe('autograd', () => {
       const sg = sig(z);
       ref += w[i]! * s[m]! * sg;
       const dz = w[i]! * s[m]! * sg * (1 - sg);
-      gs[m] += w[i]! * sg;
+      gs[m]! += w[i]! * sg;
       gc[i] = dz * (ab[i]! + 2 * c[i]!);
       const dab = dz * c[i]!;
-      for (let k = 0; k < K; k++) { ga[m * K + k] += dab * b[k * N + n]!; gb[k * N + n] += dab * a[m * K + k]!; }
+      for (let k = 0; k < K; k++) { ga[m * K + k]! += dab * b[k * N + n]!; gb[k * N + n]! += dab * a[m * K + k]!; }
     }
     expect(Math.abs((await l2.item()) - ref)).toBeLessThan(1e-5 * Math.max(1, Math.abs(ref)));
     l2.dispose();
@@ -89,7 +90,7 @@ describe('autograd', () => {
   });
 
   test('tidy disposes what the step created and keeps results; memory returns to baseline', async () => {
-    await synchronize(dev);
+    await collectGarbage(dev); // the allocator is per process: earlier suites' garbage first
     const before = memoryStats(dev);
     const x = leaf(randomF32(mulberry32(1), 64), [8, 8]);
     let kept: Tensor | undefined;

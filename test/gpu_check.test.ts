@@ -87,9 +87,10 @@ function summarise(dir: string) {
   expect(r.stderr).toBe('');
   expect(r.status).toBe(0);
   const files = fs.readdirSync(written).sort();
-  expect(files).toEqual(['2026-12-06-h100-80gb-hbm3-gpu-check.json', '2026-12-06-h100-80gb-hbm3-gpu-check.md']);
-  const summary = JSON.parse(fs.readFileSync(path.join(written, files[0]), 'utf8')) as Summary;
-  return { summary, stdout: r.stdout, markdown: fs.readFileSync(path.join(written, files[1]), 'utf8') };
+  const [json, markdown] = ['2026-12-06-h100-80gb-hbm3-gpu-check.json', '2026-12-06-h100-80gb-hbm3-gpu-check.md'];
+  expect(files).toEqual([json, markdown]);
+  const summary = JSON.parse(fs.readFileSync(path.join(written, json), 'utf8')) as Summary;
+  return { summary, stdout: r.stdout, markdown: fs.readFileSync(path.join(written, markdown), 'utf8') };
 }
 
 test('gpu_summary.py: ratios to PyTorch, targets PASS / MISS / n/a, verdict PASS', () => {

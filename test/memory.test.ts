@@ -3,8 +3,11 @@ import { describeDevices } from './support/devices';
 import { collectGarbage, gc } from './support/gc';
 
 
+// Waits for the device and collects garbage until the allocator is stable: the allocator is per
+// process, and a jest worker's earlier suites may leave tensors for the collector, whose later
+// collection would otherwise look like a change in this suite's numbers.
 async function settle(device: string): Promise<void> {
-  await synchronize(device);
+  await collectGarbage(device);
   if (device !== 'cpu') await synchronize('cpu');
 }
 

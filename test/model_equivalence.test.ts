@@ -314,7 +314,7 @@ describeDevices('model equivalences', (device) => {
         for (let i = 0; i < D; i++) {
           let acc = 0;
           for (let k = 0; k < FF; k++) acc += a[k]! * p.w2[(e * FF + k) * D + i]!;
-          y[t * D + i] += gates[j]! * acc;
+          y[t * D + i]! += gates[j]! * acc;
         }
       }
     }

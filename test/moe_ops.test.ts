@@ -634,8 +634,8 @@ describeDevices('moe ops', (device) => {
               acc += v;
               abs += Math.abs(v);
             }
-            want[t * d + o] += gate * acc;
-            bound[t * d + o] += Math.abs(gate) * abs;
+            want[t * d + o]! += gate * acc;
+            bound[t * d + o]! += Math.abs(gate) * abs;
           }
         }
       }

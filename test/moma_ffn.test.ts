@@ -219,7 +219,7 @@ describeDevices('MoMaFFN', (device) => {
         if (m < 0) continue;
         for (const e of [2 * m, 2 * m + 1]) {
           const gate = sigmoidRef(logits[t * 4 + e] as number);
-          for (let i = 0; i < D; i++) want[t * D + i] += gate * (experts[e]![t * D + i] as number);
+          for (let i = 0; i < D; i++) want[t * D + i]! += gate * (experts[e]![t * D + i] as number);
         }
       }
       assertRelMax(await read(y), want, FWD_TOL, 'capacity 2');

@@ -6,6 +6,7 @@
 import { AdamW, Batch, Transformer, backward, makeBatch, memoryStats, noGrad, synchronize, tidy } from '../lib';
 import { describeDevices } from './support/devices';
 import { mulberry32 } from './support/reference';
+import { collectGarbage } from './support/gc';
 
 const V = 16;
 const IMAGE_FROM = 10; // ids 10..15 are image codes; 0 is PAD, 1 is BOS
@@ -41,7 +42,7 @@ describeDevices('training memory', (device) => {
     };
     for (let i = 0; i < 20; i++) await step();
     const first = await evalLoss();
-    await synchronize(device);
+    await collectGarbage(device); // the allocator is per process: earlier suites' garbage first
     const base = memoryStats(device);
     for (let i = 0; i < 1000; i++) await step();
     await synchronize(device);

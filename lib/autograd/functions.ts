@@ -89,7 +89,7 @@ export function mulRows(x: Tensor, s: Tensor): Tensor {
   if (x.ndim !== 2 || s.ndim !== 1 || s.shape[0] !== x.shape[0]) {
     throw new MomaError('ERR_SHAPE', `mul_rows: x must be [N, D] and s [N], got [${x.shape.join(', ')}] and [${s.shape.join(', ')}]`);
   }
-  const col = s.reshape([s.shape[0] as number, 1]);
+  const col = s.reshape([s.size(0), 1]);
   const y = x.mul(asLike(col, x));
   return record(y, [x, s], (g) => [g.mul(f32(col)), g.mul(f32(x)).sum(1)]);
 }
@@ -116,13 +116,13 @@ export function matmul(a: Tensor, b: Tensor, options: { transB?: boolean } = {})
 /** Rows of `table` [V, D] at int32 ids [N]; the gradient is a deterministic scatter-add. */
 export function embedding(ids: Tensor, table: Tensor): Tensor {
   const y = table.indexSelect(0, ids);
-  return record(y, [table], (g) => [zeros(table.shape as number[], { device: table.device }).scatterAdd(0, ids, f32(g))]);
+  return record(y, [table], (g) => [zeros(table.shape, { device: table.device }).scatterAdd(0, ids, f32(g))]);
 }
 
 /** Rows of x [N, D] at int32 index [K] (MoD: the selected rows). */
 export function gatherRows(x: Tensor, index: Tensor): Tensor {
   const y = x.indexSelect(0, index);
-  return record(y, [x], (g) => [zeros(x.shape as number[], { device: x.device }).scatterAdd(0, index, f32(g))]);
+  return record(y, [x], (g) => [zeros(x.shape, { device: x.device }).scatterAdd(0, index, f32(g))]);
 }
 
 /** base [N, D] with src [K, D] added at rows index [K] (distinct rows). */
@@ -195,5 +195,5 @@ export function crossEntropyLoss(logits: Tensor, targets: Tensor, weights: Tenso
 
 /** A constant like `t` filled with `value` (no gradient). */
 export function constantLike(t: Tensor, value: number): Tensor {
-  return full(t.shape as number[], value, { dtype: t.dtype, device: t.device });
+  return full(t.shape, value, { dtype: t.dtype, device: t.device });
 }

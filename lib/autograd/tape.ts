@@ -98,7 +98,7 @@ export function backward(loss: Tensor, gradient?: Tensor): void {
   order.sort((a, b) => (nodes.get(b) as Node).seq - (nodes.get(a) as Node).seq);
 
   const grads = new Map<Tensor, Tensor>();
-  grads.set(loss, gradient !== undefined ? gradient.astype('float32') : (zeros(loss.shape as number[], { device: loss.device }).add(1)));
+  grads.set(loss, gradient !== undefined ? gradient.astype('float32') : (zeros(loss.shape, { device: loss.device }).add(1)));
   for (const t of order) {
     const g = grads.get(t);
     if (g === undefined) continue;

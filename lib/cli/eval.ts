@@ -40,7 +40,7 @@ const lossText = (x: number): string => (Number.isNaN(x) ? '-' : x.toFixed(4));
 function lossRows(results: [string, EvalResult][]): string[] {
   const names = Object.keys(results[0]![1].perModality);
   const head = ['routing', 'loss', ...names];
-  const rows = results.map(([label, r]) => [label, lossText(r.loss), ...names.map((n) => lossText(r.perModality[n] as number))]);
+  const rows = results.map(([label, r]) => [label, lossText(r.loss), ...names.map((n) => lossText(r.perModality[n] ?? NaN))]);
   const widths = head.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c]!.length)));
   const line = (cells: string[]): string => cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
   return [line(head), ...rows.map(line)];

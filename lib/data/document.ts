@@ -17,8 +17,8 @@ export function documentTokens(layout: VocabLayout, segments: TokenSegment[]): n
   segments.forEach((segment, s) => {
     if ('text' in segment) {
       for (let i = 0; i < segment.text.length; i++) {
-        const id = segment.text[i] as number;
-        if (!Number.isInteger(id) || id < 0 || id >= layout.text.size) {
+        const id = segment.text[i];
+        if (id === undefined || !Number.isInteger(id) || id < 0 || id >= layout.text.size) {
           throw new MomaError('ERR_RANGE', `documentTokens: segment ${s} text id ${String(id)} at ${i} is outside [0, ${layout.text.size})`);
         }
         out.push(layout.text.offset + id);
@@ -32,8 +32,8 @@ export function documentTokens(layout: VocabLayout, segments: TokenSegment[]): n
     }
     out.push(layout.boiId);
     for (let i = 0; i < segment.codes.length; i++) {
-      const code = segment.codes[i] as number;
-      if (!Number.isInteger(code) || code < 0 || code >= image.size) {
+      const code = segment.codes[i];
+      if (code === undefined || !Number.isInteger(code) || code < 0 || code >= image.size) {
         throw new MomaError('ERR_RANGE', `documentTokens: segment ${s} image code ${String(code)} at ${i} is outside [0, ${image.size})`);
       }
       out.push(image.offset + code);
@@ -49,8 +49,8 @@ export function splitDocument(layout: VocabLayout, ids: ArrayLike<number>): ({ t
   const out: ({ text: number[] } | { codes: number[] })[] = [];
   let current: { text: number[] } | { codes: number[] } | null = null;
   for (let i = 0; i < ids.length; i++) {
-    const id = ids[i] as number;
-    if (!Number.isInteger(id) || id < 0 || id >= layout.size) throw new MomaError('ERR_RANGE', `splitDocument: id ${String(id)} at ${i} is outside the vocabulary [0, ${layout.size})`);
+    const id = ids[i];
+    if (id === undefined || !Number.isInteger(id) || id < 0 || id >= layout.size) throw new MomaError('ERR_RANGE', `splitDocument: id ${String(id)} at ${i} is outside the vocabulary [0, ${layout.size})`);
     if (id === layout.boiId) {
       current = { codes: [] };
       out.push(current);

@@ -22,6 +22,7 @@
  * float32 matmul on the CPU is ~4× faster but asynchronous and float32, which would make
  * near-ties depend on summation order.)
  */
+import { at } from '../checked';
 import { MomaError } from '../errors';
 import { SeededRandom } from './seeded_random';
 
@@ -99,13 +100,14 @@ export function nearestCentroids(points: Float32Array, dim: number, centroids: F
   const norms = new Float64Array(k4).fill(Infinity);
   for (let c = 0; c < k; c++) {
     let norm = 0;
-    for (let j = 0; j < dim; j++) {
-      const v = centroids[c * dim + j];
+    for (const [j, v] of centroids.subarray(c * dim, (c + 1) * dim).entries()) {
       ct[j * k4 + c] = v;
       norm += v * v;
     }
     norms[c] = norm;
   }
+  // Hot loop: every index below is bounded by n, dim and k4, the lengths of points, ct and norms
+  // (checkPoints), so the element reads are non-null by construction.
   for (let i = 0; i < n; i += 2) {
     const xa = i * dim;
     const xb = i + 1 < n ? xa + dim : xa;
@@ -116,27 +118,28 @@ export function nearestCentroids(points: Float32Array, dim: number, centroids: F
     for (let c = 0; c < k4; c += 4) {
       let a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
       for (let j = 0, o = c; j < dim; j++, o += k4) {
-        const u = points[xa + j];
-        const v = points[xb + j];
-        const q0 = ct[o], q1 = ct[o + 1], q2 = ct[o + 2], q3 = ct[o + 3];
+        const u = points[xa + j]!;
+        const v = points[xb + j]!;
+        const q0 = ct[o]!, q1 = ct[o + 1]!, q2 = ct[o + 2]!, q3 = ct[o + 3]!;
         a0 += u * q0; a1 += u * q1; a2 += u * q2; a3 += u * q3;
         b0 += v * q0; b1 += v * q1; b2 += v * q2; b3 += v * q3;
       }
-      let d = norms[c] - 2 * a0;
+      const n0 = norms[c]!, n1 = norms[c + 1]!, n2 = norms[c + 2]!, n3 = norms[c + 3]!;
+      let d = n0 - 2 * a0;
       if (d < bestA) { bestA = d; indexA = c; }
-      d = norms[c + 1] - 2 * a1;
+      d = n1 - 2 * a1;
       if (d < bestA) { bestA = d; indexA = c + 1; }
-      d = norms[c + 2] - 2 * a2;
+      d = n2 - 2 * a2;
       if (d < bestA) { bestA = d; indexA = c + 2; }
-      d = norms[c + 3] - 2 * a3;
+      d = n3 - 2 * a3;
       if (d < bestA) { bestA = d; indexA = c + 3; }
-      d = norms[c] - 2 * b0;
+      d = n0 - 2 * b0;
       if (d < bestB) { bestB = d; indexB = c; }
-      d = norms[c + 1] - 2 * b1;
+      d = n1 - 2 * b1;
       if (d < bestB) { bestB = d; indexB = c + 1; }
-      d = norms[c + 2] - 2 * b2;
+      d = n2 - 2 * b2;
       if (d < bestB) { bestB = d; indexB = c + 2; }
-      d = norms[c + 3] - 2 * b3;
+      d = n3 - 2 * b3;
       if (d < bestB) { bestB = d; indexB = c + 3; }
     }
     result[i] = indexA;
@@ -147,9 +150,10 @@ export function nearestCentroids(points: Float32Array, dim: number, centroids: F
 
 /** Squared L2 distance (float64) between point `p` and centre `c`. */
 function squaredDistance(points: Float32Array, p: number, centroids: Float32Array, c: number, dim: number): number {
+  const centre = centroids.subarray(c * dim, (c + 1) * dim);
   let sum = 0;
-  for (let j = 0, po = p * dim, co = c * dim; j < dim; j++) {
-    const t = points[po + j] - centroids[co + j];
+  for (const [j, x] of points.subarray(p * dim, (p + 1) * dim).entries()) {
+    const t = x - at(centre, j, 'squaredDistance');
     sum += t * t;
   }
   return sum;
@@ -169,19 +173,19 @@ export function kmeansPlusPlus(points: Float32Array, dim: number, k: number, see
     centroids.set(points.subarray(chosen * dim, (chosen + 1) * dim), c * dim);
     if (c === k - 1) break;
     let total = 0;
-    for (let i = 0; i < n; i++) {
-      const d = squaredDistance(points, i, centroids, c, dim);
-      if (d < nearest[i]) nearest[i] = d;
-      total += nearest[i];
+    for (const [i, before] of nearest.entries()) {
+      const d = Math.min(before, squaredDistance(points, i, centroids, c, dim));
+      nearest[i] = d;
+      total += d;
     }
     const r = random.float();
     if (total > 0) {
       const target = r * total;
       let cumulative = 0;
       chosen = -1;
-      for (let i = 0; i < n; i++) {
-        if (nearest[i] > 0) chosen = i;
-        cumulative += nearest[i];
+      for (const [i, d] of nearest.entries()) {
+        if (d > 0) chosen = i;
+        cumulative += d;
         if (cumulative > target) break;
       }
     } else {
@@ -194,32 +198,30 @@ export function kmeansPlusPlus(points: Float32Array, dim: number, k: number, see
 /** Sets `centroids` to the means of their points; re-seeds empty clusters. Returns how many were empty. */
 function updateCentroids(points: Float32Array, dim: number, centroids: Float32Array, assignments: Int32Array): number {
   const k = centroids.length / dim;
-  const n = assignments.length;
   const sums = new Float64Array(k * dim);
   const counts = new Float64Array(k);
-  for (let i = 0; i < n; i++) {
-    const c = assignments[i];
-    counts[c] += 1;
-    for (let j = 0, po = i * dim, so = c * dim; j < dim; j++) sums[so + j] += points[po + j];
+  for (const [i, c] of assignments.entries()) {
+    counts[c] = at(counts, c, 'updateCentroids') + 1;
+    const sum = sums.subarray(c * dim, (c + 1) * dim);
+    for (const [j, x] of points.subarray(i * dim, (i + 1) * dim).entries()) sum[j] = at(sum, j, 'updateCentroids') + x;
   }
   let empty = 0;
   let distances: Float64Array | null = null;
-  for (let c = 0; c < k; c++) {
-    if (counts[c] === 0) {
+  for (const [c, count] of counts.entries()) {
+    if (count === 0) {
       if (distances === null) {
-        distances = new Float64Array(n);
-        for (let i = 0; i < n; i++) distances[i] = squaredDistance(points, i, centroids, assignments[i], dim);
+        distances = Float64Array.from(assignments, (own, i) => squaredDistance(points, i, centroids, own, dim));
       }
       let farthest = 0;
-      for (let i = 1; i < n; i++) if (distances[i] > distances[farthest]) farthest = i;
+      for (const [i, d] of distances.entries()) if (d > at(distances, farthest, 'updateCentroids')) farthest = i;
       distances[farthest] = -1;
       centroids.set(points.subarray(farthest * dim, (farthest + 1) * dim), c * dim);
       empty++;
     }
   }
-  for (let c = 0; c < k; c++) {
-    if (counts[c] === 0) continue;
-    for (let j = 0; j < dim; j++) centroids[c * dim + j] = sums[c * dim + j] / counts[c];
+  for (const [c, count] of counts.entries()) {
+    if (count === 0) continue;
+    for (let j = c * dim; j < (c + 1) * dim; j++) centroids[j] = at(sums, j, 'updateCentroids') / count;
   }
   return empty;
 }
@@ -254,7 +256,7 @@ export function kmeans(points: Float32Array, dim: number, options: KMeansOptions
     done++;
     nearestCentroids(points, dim, centroids, next);
     let changed = 0;
-    for (let i = 0; i < n; i++) if (next[i] !== assignments[i]) changed++;
+    for (const [i, own] of next.entries()) if (own !== assignments[i]) changed++;
     [assignments, next] = [next, assignments];
     onIteration?.({ iteration: done, changed });
     if (changed === 0) {
@@ -263,6 +265,6 @@ export function kmeans(points: Float32Array, dim: number, options: KMeansOptions
     }
   }
   let total = 0;
-  for (let i = 0; i < n; i++) total += squaredDistance(points, i, centroids, assignments[i], dim);
+  for (const [i, own] of assignments.entries()) total += squaredDistance(points, i, centroids, own, dim);
   return { centroids, assignments, stats: { iterations: done, converged, mse: total / (n * dim), reseeded } };
 }

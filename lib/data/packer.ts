@@ -27,6 +27,7 @@
  */
 import { MomaError } from '../errors';
 import type { DocumentStore, TokenBatchSource } from './dataset';
+import { at } from '../checked';
 
 export interface PackerOptions {
   batchSize: number;
@@ -94,7 +95,7 @@ export class SequencePacker implements TokenBatchSource {
       const tokens = this.store.tokens(id);
       if (tokens.length === 0) throw new MomaError('ERR_FILE', `SequencePacker: document ${id} (draw ${draw}) is empty`);
       let images = 0;
-      for (let i = 0; i < tokens.length; i++) if (this.options.isImage(tokens[i] as number)) images++;
+      for (let i = 0; i < tokens.length; i++) if (this.options.isImage(at(tokens, i, 'SequencePacker'))) images++;
       doc = { tokens, images };
       this.cache.set(draw, doc);
     }
@@ -109,7 +110,7 @@ export class SequencePacker implements TokenBatchSource {
     }
     const tokens = this.store.tokens(id);
     let images = 0;
-    for (let i = 0; i < tokens.length; i++) if (this.options.isImage(tokens[i] as number)) images++;
+    for (let i = 0; i < tokens.length; i++) if (this.options.isImage(at(tokens, i, 'SequencePacker'))) images++;
     return images > target * tokens.length ? IMAGE : TEXT;
   }
 
@@ -195,7 +196,7 @@ export class SequencePacker implements TokenBatchSource {
         const d = this.doc(draw);
         const take = Math.min(seqLen - seq.length, d.tokens.length - offset);
         for (let i = offset; i < offset + take; i++) {
-          const id = d.tokens[i] as number;
+          const id = at(d.tokens, i, 'SequencePacker');
           seq.push(id);
           if (this.options.isImage(id)) placedImages++;
         }

@@ -19,6 +19,7 @@
  * Not cryptographic. Changing anything here changes every shuffle and built-in document.
  */
 import { MomaError } from '../errors';
+import { at } from '../checked';
 
 const WORD = 0x100000000;
 const TWO_POW_26 = 67108864;
@@ -79,13 +80,10 @@ export class SeededRandom {
 export function seededPermutation(n: number, ...keys: number[]): Uint32Array {
   if (!Number.isInteger(n) || n < 0 || n >= WORD) throw new MomaError('ERR_ARG', `seededPermutation: n must be an integer in [0, 2^32), got ${String(n)}`);
   const random = new SeededRandom(...keys);
-  const order = new Uint32Array(n);
-  for (let i = 0; i < n; i++) order[i] = i;
+  const order = Uint32Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
     const j = random.below(i + 1);
-    const t = order[i] as number;
-    order[i] = order[j] as number;
-    order[j] = t;
+    [order[i], order[j]] = [at(order, j, 'seededPermutation'), at(order, i, 'seededPermutation')];
   }
   return order;
 }

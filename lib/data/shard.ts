@@ -37,6 +37,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import { MomaError } from '../errors';
 import { modalityOfId, VocabLayout } from './vocab';
+import { at } from '../checked';
 
 export const SHARD_MAGIC = 'MOMASHRD';
 export const SHARD_END_MAGIC = 'MOMAEND\0';
@@ -135,8 +136,8 @@ export class ShardWriter {
     const bytes = Buffer.allocUnsafe(ids.length * this.width);
     let images = 0;
     for (let i = 0; i < ids.length; i++) {
-      const id = ids[i] as number;
-      if (!Number.isInteger(id) || id < 0 || id >= this.layout.size) {
+      const id = ids[i];
+      if (id === undefined || !Number.isInteger(id) || id < 0 || id >= this.layout.size) {
         throw new MomaError('ERR_RANGE', `ShardWriter ${this.file}: document ${this.documents_} id ${String(id)} at position ${i} is outside the vocabulary [0, ${this.layout.size})`);
       }
       if (this.width === 2) bytes.writeUInt16LE(id, 2 * i);
@@ -348,29 +349,30 @@ export class ShardReader {
 
   /** Token length of document `doc`. */
   length(doc: number): number {
-    return this.lengths[this.checkDoc(doc, 'length')] as number;
+    return at(this.lengths, this.checkDoc(doc, 'length'), `shard ${this.file}: length`);
   }
 
   /** Image-token count of document `doc` (from the index). */
   imageCount(doc: number): number {
-    return this.images[this.checkDoc(doc, 'imageCount')] as number;
+    return at(this.images, this.checkDoc(doc, 'imageCount'), `shard ${this.file}: imageCount`);
   }
 
   /** Reads document `doc`, verifying its checksum and that every id is in the vocabulary. */
   read(doc: number): Uint16Array | Uint32Array {
     this.checkDoc(doc, 'read');
+    const where = `shard ${this.file}: read`;
     const width = this.dtype === 'uint16' ? 2 : 4;
-    const length = this.lengths[doc] as number;
-    const byteOffset = SHARD_HEADER_BYTES + (this.offsets[doc] as number) * width;
+    const length = at(this.lengths, doc, where);
+    const byteOffset = SHARD_HEADER_BYTES + at(this.offsets, doc, where) * width;
     const bytes = this.readAt(byteOffset, length * width, `document ${doc}`);
     const crc = zlib.crc32(bytes);
-    if (crc !== this.crcs[doc]) {
-      throw new MomaError('ERR_FILE', `shard ${this.file}: document ${doc} (byte offset ${byteOffset}, ${length} tokens) checksum mismatch (stored ${hex32(this.crcs[doc] as number)}, computed ${hex32(crc)}): the data is corrupt`);
+    const stored = at(this.crcs, doc, where);
+    if (crc !== stored) {
+      throw new MomaError('ERR_FILE', `shard ${this.file}: document ${doc} (byte offset ${byteOffset}, ${length} tokens) checksum mismatch (stored ${hex32(stored)}, computed ${hex32(crc)}): the data is corrupt`);
     }
     const ids = this.dtype === 'uint16' ? new Uint16Array(bytes.buffer, bytes.byteOffset, length) : new Uint32Array(bytes.buffer, bytes.byteOffset, length);
     let images = 0;
-    for (let i = 0; i < length; i++) {
-      const id = ids[i] as number;
+    for (const [i, id] of ids.entries()) {
       if (id >= this.layout.size) {
         throw new MomaError('ERR_RANGE', `shard ${this.file}: document ${doc} token ${i} (byte offset ${byteOffset + i * width}) is id ${id}, outside the vocabulary [0, ${this.layout.size})`);
       }

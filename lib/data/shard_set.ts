@@ -27,6 +27,7 @@ import type { DocumentStore, MixedModalDataset, Split } from './dataset';
 import { seededPermutation } from './seeded_random';
 import { ShardReader } from './shard';
 import { parseVocabLayout, VocabLayout } from './vocab';
+import { at } from '../checked';
 
 export const SHARD_SET_FORMAT = 'moma-shards';
 export const SHARD_SET_VERSION = 1;
@@ -133,8 +134,12 @@ class ShardSetStore implements DocumentStore {
 
   constructor(private readonly readers: ShardReader[], private readonly seed: number) {
     this.starts = [0];
-    for (const r of readers) this.starts.push((this.starts[this.starts.length - 1] as number) + r.documents);
-    this.count = this.starts[this.starts.length - 1] as number;
+    let total = 0;
+    for (const r of readers) {
+      total += r.documents;
+      this.starts.push(total);
+    }
+    this.count = total;
   }
 
   idAt(k: number): number {
@@ -147,7 +152,7 @@ class ShardSetStore implements DocumentStore {
       order = seededPermutation(this.count, this.seed, epoch);
       this.orders.set(epoch, order);
     }
-    return order[k - epoch * this.count] as number;
+    return at(order, k - epoch * this.count, 'shard set store: idAt');
   }
 
   tokens(id: number): ArrayLike<number> {
@@ -161,15 +166,16 @@ class ShardSetStore implements DocumentStore {
   }
 
   private locate(id: number): [ShardReader, number] {
+    const where = 'shard set store: locate';
     if (!Number.isInteger(id) || id < 0 || id >= this.count) throw new MomaError('ERR_RANGE', `shard set store: document ${String(id)} is outside [0, ${this.count})`);
     let lo = 0;
     let hi = this.readers.length - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >> 1;
-      if ((this.starts[mid] as number) <= id) lo = mid;
+      if (at(this.starts, mid, where) <= id) lo = mid;
       else hi = mid - 1;
     }
-    return [this.readers[lo] as ShardReader, id - (this.starts[lo] as number)];
+    return [at(this.readers, lo, where), id - at(this.starts, lo, where)];
   }
 }
 

@@ -30,8 +30,7 @@ export class ByteTokenizer implements TextTokenizer {
 
   decode(ids: ArrayLike<number>): string {
     const bytes = Buffer.alloc(ids.length);
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i] as number;
+    for (const [i, id] of Array.from(ids).entries()) {
       if (!Number.isInteger(id) || id < 0 || id > 255) throw new MomaError('ERR_RANGE', `ByteTokenizer.decode: id ${String(id)} at position ${i} is not a byte`);
       bytes[i] = id;
     }

@@ -150,7 +150,7 @@ export function parseVocabLayout(value: unknown, where: string): VocabLayout {
     const t = image.tokenizer as ImageTokenizerInfo | undefined;
     if (!t || t.kind !== 'vq-patch') fail('image.tokenizer.kind', 'must be "vq-patch"');
     for (const key of ['imageSize', 'patchSize', 'codebookSize', 'tokensPerImage'] as const) {
-      if (!Number.isInteger(t![key]) || (t![key] as number) < 1) fail(`image.tokenizer.${key}`, 'must be an integer >= 1');
+      if (!Number.isInteger(t![key]) || t![key] < 1) fail(`image.tokenizer.${key}`, 'must be an integer >= 1');
     }
     if (typeof t!.file !== 'string' || typeof t!.sha256 !== 'string') fail('image.tokenizer', 'needs file and sha256');
   }

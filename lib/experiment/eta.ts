@@ -24,6 +24,7 @@
  * Everything is deterministic.
  */
 import { MomaError } from '../errors';
+import { at, last } from '../checked';
 
 /** Loss against cumulative training FLOPs: flops strictly increasing and > 0, losses finite. */
 export interface LossCurve {
@@ -91,18 +92,19 @@ export function trailingMean(values: ArrayLike<number>, window: number): number[
   if (values === null || typeof values !== 'object' || typeof values.length !== 'number') {
     throw new MomaError('ERR_ARG', 'eta.trailingMean: values must be an array of numbers');
   }
-  const sums = new Float64Array(values.length + 1);
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
+  const checked = Array.from(values, (v, i) => {
     if (typeof v !== 'number' || !Number.isFinite(v)) throw new MomaError('ERR_ARG', `eta.trailingMean: value ${i} is ${String(v)}, not a finite number`);
-    sums[i + 1] = sums[i]! + v;
-  }
-  const out = new Array<number>(values.length);
-  for (let i = 0; i < values.length; i++) {
+    return v;
+  });
+  if (window === 1) return checked;
+  // sums[i] = values[0] + … + values[i - 1]
+  const sums = [0];
+  let running = 0;
+  for (const v of checked) sums.push((running += v));
+  return checked.map((_, i) => {
     const from = Math.max(0, i - window + 1);
-    out[i] = window === 1 ? (values[i] as number) : (sums[i + 1]! - sums[from]!) / (i + 1 - from);
-  }
-  return out;
+    return (at(sums, i + 1, 'eta.trailingMean') - at(sums, from, 'eta.trailingMean')) / (i + 1 - from);
+  });
 }
 
 /** Checks a curve; returns its points as plain arrays. */
@@ -115,10 +117,11 @@ function checkCurve(curve: LossCurve, name: string, where: string, minPoints: nu
   if (flops.length < minPoints) throw new MomaError('ERR_ARG', `${where}: ${name} needs at least ${minPoints} point(s), got ${flops.length}`);
   const f = Array.from(flops);
   const l = Array.from(loss);
-  for (let i = 0; i < f.length; i++) {
-    const x = f[i];
+  let previous = -Infinity;
+  for (const [i, x] of f.entries()) {
     if (typeof x !== 'number' || !Number.isFinite(x) || x <= 0) throw new MomaError('ERR_ARG', `${where}: ${name}.flops[${i}] is ${String(x)}, not a finite number > 0`);
-    if (i > 0 && x <= (f[i - 1] as number)) throw new MomaError('ERR_ARG', `${where}: ${name}.flops[${i}] = ${x} does not increase on ${name}.flops[${i - 1}] = ${f[i - 1]}`);
+    if (x <= previous) throw new MomaError('ERR_ARG', `${where}: ${name}.flops[${i}] = ${x} does not increase on ${name}.flops[${i - 1}] = ${previous}`);
+    previous = x;
     const y = l[i];
     if (typeof y !== 'number' || !Number.isFinite(y)) throw new MomaError('ERR_ARG', `${where}: ${name}.loss[${i}] is ${String(y)}, not a finite number`);
   }
@@ -139,16 +142,16 @@ function fitForExponent(x: number[], y: number[], b: number): LinearFit {
   const meanY = y.reduce((s, v) => s + v, 0) / n;
   let cov = 0;
   let varU = 0;
-  for (let i = 0; i < n; i++) {
-    const du = (u[i] as number) - meanU;
-    cov += du * ((y[i] as number) - meanY);
+  for (const [i, ui] of u.entries()) {
+    const du = ui - meanU;
+    cov += du * (at(y, i, 'eta.fitForExponent') - meanY);
     varU += du * du;
   }
   const a = varU > 0 ? cov / varU : 0;
   const c = meanY - a * meanU;
   let sse = 0;
-  for (let i = 0; i < n; i++) {
-    const r = (y[i] as number) - (a * (u[i] as number) + c);
+  for (const [i, ui] of u.entries()) {
+    const r = at(y, i, 'eta.fitForExponent') - (a * ui + c);
     sse += r * r;
   }
   return { a, c, sse };
@@ -157,18 +160,19 @@ function fitForExponent(x: number[], y: number[], b: number): LinearFit {
 /** Fits L(F) = a·(F/scale)^(−b) + c to a curve by least squares (scale: the curve's first FLOPs value). */
 export function fitPowerLaw(curve: LossCurve): PowerLawFit {
   const { flops, loss } = checkCurve(curve, 'curve', 'eta.fitPowerLaw', MIN_FIT_POINTS);
-  const scale = flops[0] as number;
+  const scale = at(flops, 0, 'eta.fitPowerLaw');
   const x = flops.map((f) => f / scale);
   const sseOf = (b: number): number => fitForExponent(x, loss, b).sse;
   const grid = Array.from({ length: B_GRID }, (_, i) => B_MIN * (B_MAX / B_MIN) ** (i / (B_GRID - 1)));
   const sses = grid.map(sseOf);
   let best = 0;
+  let bestSse = at(sses, 0, 'eta.fitPowerLaw');
   sses.forEach((s, i) => {
-    if (s < (sses[best] as number)) best = i;
+    if (s < bestSse) [best, bestSse] = [i, s];
   });
   // golden section between the best grid point's neighbours
-  let lo = grid[Math.max(0, best - 1)] as number;
-  let hi = grid[Math.min(B_GRID - 1, best + 1)] as number;
+  let lo = at(grid, Math.max(0, best - 1), 'eta.fitPowerLaw');
+  let hi = at(grid, Math.min(B_GRID - 1, best + 1), 'eta.fitPowerLaw');
   const g = (Math.sqrt(5) - 1) / 2;
   let p = hi - g * (hi - lo);
   let q = lo + g * (hi - lo);
@@ -189,7 +193,7 @@ export function fitPowerLaw(curve: LossCurve): PowerLawFit {
       sq = sseOf(q);
     }
   }
-  const candidates: [number, number][] = [[grid[best] as number, sses[best] as number], [p, sp], [q, sq]];
+  const candidates: [number, number][] = [[at(grid, best, 'eta.fitPowerLaw'), bestSse], [p, sp], [q, sq]];
   const [b] = candidates.reduce((m, cand) => (cand[1] < m[1] ? cand : m));
   const { a, c, sse } = fitForExponent(x, loss, b);
   return { a, b, c, scale, rmse: Math.sqrt(sse / x.length), points: x.length };
@@ -216,20 +220,22 @@ export function computeEta(dense: LossCurve, sparse: LossCurve, options: EtaOpti
     sparse: options.window?.sparse === undefined ? smoothingWindow(s.flops.length) : checkWindow(options.window.sparse, `${where}: options.window.sparse`),
   };
   const smoothed = trailingMean(d.loss, windows.dense);
-  const sparseLoss = trailingMean(s.loss, windows.sparse)[s.loss.length - 1] as number;
-  const sparseFlops = s.flops[s.flops.length - 1] as number;
-  const denseEndFlops = d.flops[d.flops.length - 1] as number;
-  const base = { sparseFlops, sparseLoss, denseFinalLoss: smoothed[smoothed.length - 1] as number, denseEndFlops, windows };
+  const sparseLoss = last(trailingMean(s.loss, windows.sparse), where);
+  const sparseFlops = last(s.flops, where);
+  const denseEndFlops = last(d.flops, where);
+  const base = { sparseFlops, sparseLoss, denseFinalLoss: last(smoothed, where), denseEndFlops, windows };
 
   const first = smoothed.findIndex((v) => v <= sparseLoss);
   if (first === 0) {
-    return { ...base, kind: 'before-start', eta: (d.flops[0] as number) / sparseFlops, denseFlops: d.flops[0] as number, fit: null };
+    const denseFlops = at(d.flops, 0, where);
+    return { ...base, kind: 'before-start', eta: denseFlops / sparseFlops, denseFlops, fit: null };
   }
   if (first > 0) {
-    const above = smoothed[first - 1] as number;
-    const below = smoothed[first] as number;
+    const above = at(smoothed, first - 1, where);
+    const below = at(smoothed, first, where);
     const t = (above - sparseLoss) / (above - below);
-    const logF = Math.log(d.flops[first - 1] as number) + t * (Math.log(d.flops[first] as number) - Math.log(d.flops[first - 1] as number));
+    const logAbove = Math.log(at(d.flops, first - 1, where));
+    const logF = logAbove + t * (Math.log(at(d.flops, first, where)) - logAbove);
     const denseFlops = Math.exp(logF);
     return { ...base, kind: 'crossing', eta: denseFlops / sparseFlops, denseFlops, fit: null };
   }

@@ -25,6 +25,7 @@ import { formatDuration, formatSI } from '../run/report';
 import { computeEta, EtaResult, etaInterval, formatEta, LossCurve, smoothingWindow, trailingMean } from './eta';
 import { canonical, ExperimentFile, readExperimentFile, SHARED_KEYS, SharedSettings } from './experiment_file';
 import { lossVsFlopsSvg, svgToPng, VariantLossPoints } from './plots';
+import { last } from '../checked';
 
 export const LOSS_KEYS = ['overall', 'text', 'image'] as const;
 export type LossKey = (typeof LOSS_KEYS)[number];
@@ -159,7 +160,7 @@ function finalLossOf(records: LossRecord[]): LossByKey {
   const out = {} as LossByKey;
   for (const key of LOSS_KEYS) {
     const { loss } = curveOf(records, key);
-    out[key] = loss.length === 0 ? null : (trailingMean(loss, smoothingWindow(loss.length))[loss.length - 1] as number);
+    out[key] = loss.length === 0 ? null : last(trailingMean(loss, smoothingWindow(loss.length)), 'finalLossOf');
   }
   return out;
 }

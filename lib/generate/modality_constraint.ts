@@ -144,7 +144,7 @@ export class ModalityConstraint {
       throw new MomaError('ERR_ARG', `${where}: ids must be an array or a typed array, got ${String(ids)}`);
     }
     let cursor = this.cursor;
-    for (let i = 0; i < ids.length; i++) cursor = this.advance(cursor, ids[i] as number, true, `${where}: prompt index ${i}`);
+    for (const [i, id] of Array.from<number>(ids).entries()) cursor = this.advance(cursor, id, true, `${where}: prompt index ${i}`);
     this.cursor = cursor;
   }
 

@@ -16,6 +16,7 @@
  */
 import { SeededRandom } from '../data/seeded_random';
 import { MomaError } from '../errors';
+import { at, last } from '../checked';
 
 export interface SamplingOptions {
   /** Logit divisor; 0 is greedy. Default 1. */
@@ -65,10 +66,9 @@ function candidateIds(logits: Float32Array, allowed: Uint8Array | undefined, op:
   const ids = new Int32Array(size);
   let count = 0;
   let anyAllowed = false;
-  for (let id = 0; id < size; id++) {
-    const logit = logits[id] as number;
+  for (const [id, logit] of logits.entries()) {
     if (Number.isNaN(logit) || logit === Infinity) throw new MomaError('ERR_RANGE', `${op}: logit of id ${id} is ${String(logit)}`);
-    const mark = allowed === undefined ? 1 : (allowed[id] as number);
+    const mark = allowed === undefined ? 1 : at(allowed, id, op);
     if (mark > 1) throw new MomaError('ERR_ARG', `${op}: allowed[${id}] is ${mark}, must be 0 or 1`);
     if (mark === 0) continue;
     anyAllowed = true;
@@ -81,8 +81,8 @@ function candidateIds(logits: Float32Array, allowed: Uint8Array | undefined, op:
 
 /** Whether id a ranks before id b: larger logit, ties to the smaller id. */
 function ranksBefore(logits: Float32Array, a: number, b: number): boolean {
-  const la = logits[a] as number;
-  const lb = logits[b] as number;
+  const la = at(logits, a, 'ranksBefore');
+  const lb = at(logits, b, 'ranksBefore');
   return la > lb || (la === lb && a < b);
 }
 
@@ -96,17 +96,17 @@ function topKIds(logits: Float32Array, candidates: Int32Array, k: number): Int32
     for (let i = from; ;) {
       let worst = i;
       const left = 2 * i + 1;
-      if (left < k && ranksBefore(logits, heap[worst] as number, heap[left] as number)) worst = left;
-      if (left + 1 < k && ranksBefore(logits, heap[worst] as number, heap[left + 1] as number)) worst = left + 1;
+      const idAt = (slot: number): number => at(heap, slot, 'topKIds');
+      if (left < k && ranksBefore(logits, idAt(worst), idAt(left))) worst = left;
+      if (left + 1 < k && ranksBefore(logits, idAt(worst), idAt(left + 1))) worst = left + 1;
       if (worst === i) return;
-      [heap[i], heap[worst]] = [heap[worst] as number, heap[i] as number];
+      [heap[i], heap[worst]] = [idAt(worst), idAt(i)];
       i = worst;
     }
   };
   for (let i = (k >> 1) - 1; i >= 0; i--) siftDown(i);
-  for (let c = k; c < candidates.length; c++) {
-    const id = candidates[c] as number;
-    if (ranksBefore(logits, id, heap[0] as number)) {
+  for (const id of candidates.subarray(k)) {
+    if (ranksBefore(logits, id, at(heap, 0, 'topKIds'))) {
       heap[0] = id;
       siftDown(0);
     }
@@ -121,10 +121,14 @@ function topKIds(logits: Float32Array, candidates: Int32Array, k: number): Int32
  */
 function nucleusIds(logits: Float32Array, kept: Int32Array, weights: Float64Array, total: number, topP: number): Int32Array {
   const floor = (total * (1 - topP)) / (2 * kept.length);
-  const head = kept.filter((id) => (weights[id] as number) >= floor).sort((a, b) => (a === b ? 0 : ranksBefore(logits, a, b) ? -1 : 1));
+  const head = kept.filter((id) => at(weights, id, 'nucleusIds') >= floor).sort((a, b) => (a === b ? 0 : ranksBefore(logits, a, b) ? -1 : 1));
   let cumulative = 0;
   let length = 0;
-  while (length < head.length && cumulative < topP) cumulative += (weights[head[length++] as number] as number) / total;
+  for (const id of head) {
+    if (cumulative >= topP) break;
+    cumulative += at(weights, id, 'nucleusIds') / total;
+    length++;
+  }
   return head.subarray(0, length);
 }
 
@@ -134,30 +138,29 @@ function distribution(logits: Float32Array, options: Required<SamplingOptions>, 
   let kept = candidateIds(logits, allowed, op);
   const probabilities = new Float64Array(logits.length);
   if (temperature === 0) {
-    let best = kept[0] as number;
-    for (let i = 1; i < kept.length; i++) if (ranksBefore(logits, kept[i] as number, best)) best = kept[i] as number;
+    let best = at(kept, 0, op);
+    for (const id of kept.subarray(1)) if (ranksBefore(logits, id, best)) best = id;
     probabilities[best] = 1;
     return probabilities;
   }
   if (topK > 0 && topK < kept.length) kept = topKIds(logits, kept, topK);
   let max = -Infinity;
-  for (let i = 0; i < kept.length; i++) max = Math.max(max, logits[kept[i] as number] as number);
+  for (const id of kept) max = Math.max(max, at(logits, id, op));
   let total = 0;
-  for (let i = 0; i < kept.length; i++) {
-    const id = kept[i] as number;
-    const weight = Math.exp(((logits[id] as number) - max) / temperature);
+  for (const id of kept) {
+    const weight = Math.exp((at(logits, id, op) - max) / temperature);
     probabilities[id] = weight;
     total += weight;
   }
   if (topP < 1) {
     const nucleus = nucleusIds(logits, kept, probabilities, total, topP);
-    const last = nucleus[nucleus.length - 1] as number;
-    for (let i = 0; i < kept.length; i++) if (ranksBefore(logits, last, kept[i] as number)) probabilities[kept[i] as number] = 0;
+    const lastKept = last(nucleus, op);
+    for (const id of kept) if (ranksBefore(logits, lastKept, id)) probabilities[id] = 0;
     kept = nucleus;
     total = 0;
-    for (let i = 0; i < kept.length; i++) total += probabilities[kept[i] as number] as number;
+    for (const id of kept) total += at(probabilities, id, op);
   }
-  for (let i = 0; i < kept.length; i++) probabilities[kept[i] as number] = (probabilities[kept[i] as number] as number) / total;
+  for (const id of kept) probabilities[id] = at(probabilities, id, op) / total;
   return probabilities;
 }
 
@@ -175,8 +178,7 @@ export function sampleToken(logits: Float32Array, options: Required<SamplingOpti
   const probabilities = distribution(logits, options, allowed, 'sampleToken');
   let total = 0;
   let last = -1;
-  for (let id = 0; id < probabilities.length; id++) {
-    const p = probabilities[id] as number;
+  for (const [id, p] of probabilities.entries()) {
     if (p > 0) {
       total += p;
       last = id;
@@ -184,8 +186,8 @@ export function sampleToken(logits: Float32Array, options: Required<SamplingOpti
   }
   const threshold = rng.float() * total;
   let cumulative = 0;
-  for (let id = 0; id < last; id++) {
-    cumulative += probabilities[id] as number;
+  for (const [id, p] of probabilities.subarray(0, last).entries()) {
+    cumulative += p;
     if (cumulative > threshold) return id;
   }
   return last;

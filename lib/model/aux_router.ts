@@ -19,6 +19,7 @@ import { Tensor } from '../tensor';
 import { Module } from '../nn/module';
 import { CausalRouting, InitOptions, Linear } from './layers';
 import type { MoeLayout } from '../moe/ops';
+import { at } from '../checked';
 
 /** The routed sites of a model: its MoE FFNs (with their layouts) and its MoD layers. */
 export interface RoutingSites {
@@ -85,9 +86,9 @@ export class AuxRouters extends Module implements CausalRouting {
   expertSelect(site: string, v: Tensor): Tensor {
     const entry = this.expertRouters.get(site);
     if (entry === undefined) throw new MomaError('ERR_ARG', `AuxRouters: no MoE site '${site}'`);
-    const T = v.shape[0] as number;
+    const T = v.size(0);
     const parts = entry.groups.map((router, g) =>
-      router === null ? full([T, entry.layout.experts[g] as number], 0, { device: v.device }) : router.logits(v).sigmoid());
+      router === null ? full([T, at(entry.layout.experts, g, 'AuxRouters.expertSelect')], 0, { device: v.device }) : router.logits(v).sigmoid());
     if (parts.length === 1) return parts[0]!;
     const out = concat(parts, 1);
     for (const p of parts) p.dispose();
@@ -99,7 +100,7 @@ export class AuxRouters extends Module implements CausalRouting {
     const z = this.depthRouter(site).logits(x);
     const a = z.sigmoid();
     z.dispose();
-    const out = a.reshape([x.shape[0] as number]);
+    const out = a.reshape([x.size(0)]);
     a.dispose();
     return out;
   }

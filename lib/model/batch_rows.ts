@@ -14,6 +14,7 @@
  * t cannot see). A counted target is thus always in row t's own document.
  */
 import { MomaError } from '../errors';
+import { at } from '../checked';
 
 /** The token ids that shape documents: padding, and the optional BOS. */
 export interface DocumentRule {
@@ -66,8 +67,8 @@ export function batchRows(sequences: ArrayLike<number>[], options: BatchRowsOpti
   };
   sequences.forEach((seq, b) => {
     for (let s = 0; s < S; s++) {
-      const id = seq[s] as number;
-      if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff || (options.vocabSize !== undefined && id >= options.vocabSize)) {
+      const id = seq[s];
+      if (id === undefined || !Number.isInteger(id) || id < 0 || id > 0x7fffffff || (options.vocabSize !== undefined && id >= options.vocabSize)) {
         throw new MomaError('ERR_RANGE', `makeBatch: sequence ${b} position ${s} holds ${String(id)}, not a token id in [0, ${options.vocabSize ?? '2^31'})`);
       }
     }
@@ -76,7 +77,7 @@ export function batchRows(sequences: ArrayLike<number>[], options: BatchRowsOpti
     let start = b * S;
     for (let s = 0; s < S; s++) {
       const t = b * S + s;
-      const id = seq[s] as number;
+      const id = at(seq, s, 'makeBatch');
       rows.tokens[t] = id;
       rows.positions[t] = s;
       rows.targets[t] = -1;
@@ -90,7 +91,7 @@ export function batchRows(sequences: ArrayLike<number>[], options: BatchRowsOpti
       rows.segStart[t] = start;
       rows.modality[t] = modalityOf(id);
       rows.counts.rows++;
-      const next = s + 1 < S ? (seq[s + 1] as number) : padId;
+      const next = s + 1 < S ? at(seq, s + 1, 'makeBatch') : padId;
       if (next === padId || next === bosId) continue;
       rows.targets[t] = next;
       rows.targetModality[t] = modalityOf(next);

@@ -22,7 +22,7 @@ export class LayerCache {
 
   /** Rows in the cache. */
   get length(): number {
-    return this.k === null ? 0 : (this.k.shape[1] as number);
+    return this.k === null ? 0 : this.k.size(1);
   }
 
   get keys(): Tensor {
@@ -39,7 +39,9 @@ export class LayerCache {
   append(k: Tensor, v: Tensor): void {
     const put = (old: Tensor | null, rows: Tensor): Tensor => {
       const f = rows.dtype === 'float32' ? rows : rows.astype('float32');
-      const headMajor = f.permute([1, 0, 2]).clone();
+      const view = f.permute([1, 0, 2]);
+      const headMajor = view.clone();
+      view.dispose();
       if (f !== rows) f.dispose();
       if (old === null) return headMajor;
       const joined = concat([old, headMajor], 1);
@@ -56,6 +58,11 @@ export class LayerCache {
     this.v?.dispose();
     this.k = null;
     this.v = null;
+  }
+
+  /** `using` support: the same as dispose(). */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }
 
@@ -84,12 +91,17 @@ export class KVCache {
   dispose(): void {
     for (const layer of this.layers) layer.dispose();
   }
+
+  /** `using` support: the same as dispose(). */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 /** Attention of n new rows q [n, heads, headDim] (already appended to `cache`) over the cache: [n, heads, headDim] float32. */
 export function cachedAttention(q: Tensor, cache: LayerCache): Tensor {
-  const n = q.shape[0] as number;
-  const headDim = q.shape[2] as number;
+  const n = q.size(0);
+  const headDim = q.size(2);
   const L = cache.length;
   if (n > L) throw new MomaError('ERR_SHAPE', `cached_attention: ${n} query rows but only ${L} cached rows`);
   const q32 = q.dtype === 'float32' ? q : q.astype('float32');

@@ -1,7 +1,7 @@
 /**
  * The decoder's layers (SPEC.md §1–2) as autograd modules: Linear (PyTorch layout [out, in], no
  * bias), Embedding, RMSNorm, causal multi-head attention with per-head LayerNorm QK-norm and RoPE,
- * the dense SwiGLU FFN, the MoE / MoMa FFN (lib/moe MoMaFFN), and the decoder block with swin
+ * the dense SwiGLU FFN (SwiGLUFFN), the MoE / MoMa FFN (MoEFeedForward over lib/moe MoMaFFN), and the decoder block with swin
  * (default) or pre norm placement.
  *
  * Routing modes: by default the MoE FFN and MoD blocks route by batch top-k (training mode, SPEC
@@ -102,7 +102,7 @@ export class Attention extends Module {
   }
 
   forward(x: Tensor, ctx: AttentionContext): Tensor {
-    const T = x.shape[0] as number;
+    const T = x.size(0);
     const split = (t: Tensor): Tensor => F.reshape(t, [T, this.heads, this.headDim]);
     const q = F.rope(this.qNorm.forward(split(this.wq.forward(x))), ctx.positions, this.ropeTheta);
     const k = F.rope(this.kNorm.forward(split(this.wk.forward(x))), ctx.positions, this.ropeTheta);
@@ -116,7 +116,7 @@ export class Attention extends Module {
    * are appended to the cache and each row attends to the cache up to itself (no gradient).
    */
   forwardCached(x: Tensor, positions: Tensor, cache: LayerCache): Tensor {
-    const n = x.shape[0] as number;
+    const n = x.size(0);
     const split = (t: Tensor): Tensor => t.reshape([n, this.heads, this.headDim]);
     const q = F.rope(this.qNorm.forward(split(this.wq.forward(x))), positions, this.ropeTheta);
     const k = F.rope(this.kNorm.forward(split(this.wk.forward(x))), positions, this.ropeTheta);
@@ -127,12 +127,17 @@ export class Attention extends Module {
   }
 }
 
-export class SwiGLU extends Module {
+/**
+ * The dense SwiGLU FFN of SPEC §2, FFN(v) = (SiLU(v·W1ᵀ) ⊙ (v·W3ᵀ))·W2ᵀ, on every row: what a
+ * `kind: 'dense'` decoder trains and what the benchmarks time against the MoE layers. Linear
+ * children w1, w3 [dFF, dModel] and w2 [dModel, dFF] (PyTorch layout); autograd forward.
+ */
+export class SwiGLUFFN extends Module {
   private readonly w1: Linear;
   private readonly w3: Linear;
   private readonly w2: Linear;
 
-  constructor(dModel: number, dFF: number, init: InitOptions) {
+  constructor(readonly dModel: number, readonly dFF: number, init: InitOptions) {
     super();
     this.w1 = this.addModule('w1', new Linear(dModel, dFF, init));
     this.w3 = this.addModule('w3', new Linear(dModel, dFF, init));
@@ -144,18 +149,20 @@ export class SwiGLU extends Module {
   }
 }
 
-/** The MoE / MoMa FFN as an autograd module: MoMaFFN's explicit forward/backward on the tape. */
+/** The decoder's name for the dense FFN (the same class). */
+export { SwiGLUFFN as SwiGLU };
+
+/**
+ * The MoE / MoMa FFN as an autograd module: MoMaFFN's explicit forward/backward recorded on the
+ * tape as one node. The module owns the parameters (w1, w3, w2, router: the checkpoint names);
+ * `ffn` holds none and reads them from here at every forward.
+ */
 export class MoEFeedForward extends Module {
   readonly ffn: MoMaFFN;
 
   constructor(config: MoMaFFNConfig) {
     super();
-    this.ffn = new MoMaFFN(config);
-    for (const [name, t] of this.ffn.parameters()) this.addParameter(name, t);
-  }
-
-  protected override replaced(name: string, tensor: Tensor): void {
-    this.ffn.adopt(name as 'w1' | 'w2' | 'w3' | 'router', tensor);
+    this.ffn = new MoMaFFN(config, { register: (name, t) => { this.addParameter(name, t); }, read: (name) => this.param(name) });
   }
 
   /** Routing statistics of the last forward when `collectStats` is on (device tensors, kept across steps). */
@@ -229,9 +236,9 @@ export class DecoderBlock extends Module {
   private readonly attn: Attention;
   private readonly attnNorm: RMSNorm;
   private readonly ffnNorm: RMSNorm;
-  private readonly ffn: SwiGLU | MoEFeedForward;
+  private readonly ffn: SwiGLUFFN | MoEFeedForward;
 
-  constructor(dModel: number, heads: number, ffn: SwiGLU | MoEFeedForward, init: InitOptions, readonly norm: NormPlacement, ropeTheta: number) {
+  constructor(dModel: number, heads: number, ffn: SwiGLUFFN | MoEFeedForward, init: InitOptions, readonly norm: NormPlacement, ropeTheta: number) {
     super();
     this.attn = this.addModule('attn', new Attention(dModel, heads, init, ropeTheta));
     this.attnNorm = this.addModule('attn_norm', new RMSNorm(dModel, init.device));
@@ -285,7 +292,7 @@ export class MoDBlock extends Module {
 
   /** ĝ = sigmoid(x·ŵ) [T]. */
   gate(x: Tensor): Tensor {
-    return F.sigmoid(F.reshape(this.router.forward(x), [x.shape[0] as number]));
+    return F.sigmoid(F.reshape(this.router.forward(x), [x.size(0)]));
   }
 
   /** Training mode: the block runs on the ceil(c_d · T_valid) rows with the largest ĝ. */
@@ -300,7 +307,7 @@ export class MoDBlock extends Module {
 
   /** The block on the given rows (int32 [k], ascending, k ≥ 1), weighted by ĝ; other rows pass unchanged. */
   forwardRows(x: Tensor, gate: Tensor, rows: Tensor, ctx: BlockContext): Tensor {
-    const k = rows.shape[0] as number;
+    const k = rows.size(0);
     const xs = F.gatherRows(x, rows);
     const sub: BlockContext = {
       ...ctx,
@@ -323,8 +330,8 @@ export class MoDBlock extends Module {
 
   /** x_t + ĝ_t (block(x)_t − x_t) on the selected rows. */
   private mix(x: Tensor, xs: Tensor, ys: Tensor, gate: Tensor, rows: Tensor): Tensor {
-    const T = x.shape[0] as number;
-    const gs = F.reshape(F.gatherRows(F.reshape(gate, [T, 1]), rows), [rows.shape[0] as number]);
+    const T = x.size(0);
+    const gs = F.reshape(F.gatherRows(F.reshape(gate, [T, 1]), rows), [rows.size(0)]);
     return F.scatterAddRows(x, rows, F.mulRows(F.sub(ys, xs), gs));
   }
 }

@@ -34,6 +34,7 @@ import { MomaError } from '../errors';
 import { isModLayer, modLayerCount } from '../formulas';
 import { moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
 import { TransformerConfig, validateConfig } from './transformer';
+import { at } from '../checked';
 
 export interface ParameterComponents {
   embedding: number;
@@ -160,9 +161,9 @@ export function forwardFlopsPerRow(config: TransformerConfig, options: { seqLen?
   const moe = r.c.ffn.kind === 'moe';
   const perModality: Record<string, FlopsBreakdown> = {};
   for (const [m, name] of r.c.modalities.entries()) {
-    const g = r.groupOfModality[m] as number;
-    const Eg = g < 0 ? 0 : (r.experts[g] as number);
-    const a = g < 0 ? 0 : (r.assignments[g] as number);
+    const g = at(r.groupOfModality, m, 'forwardFlopsPerRow');
+    const Eg = g < 0 ? 0 : at(r.experts, g, 'forwardFlopsPerRow');
+    const a = g < 0 ? 0 : at(r.assignments, g, 'forwardFlopsPerRow');
     const parts = { attentionProjections: 0, attentionScores: 0, ffn: 0, routers: 0, lmHead: 2 * d * V };
     for (let i = 0; i < L; i++) {
       const routed = r.modLayers > 0 && isModLayer(i, r.modInterval);

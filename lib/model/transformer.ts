@@ -11,15 +11,16 @@
 import * as F from '../autograd/functions';
 import { noGrad } from '../autograd/tape';
 import { tensor } from '../creation';
+import { at } from '../checked';
 import { MomaError } from '../errors';
 import { isModLayer } from '../formulas';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { Module } from '../nn/module';
 import { tidy } from '../autograd/scope';
-import { BlockContext, CachedContext, CausalRouting, DecoderBlock, Embedding, InitOptions, Linear, MoDBlock, MoEFeedForward, NormPlacement, RMSNorm, RoutingObserver, SwiGLU } from './layers';
+import { BlockContext, CachedContext, CausalRouting, DecoderBlock, Embedding, InitOptions, Linear, MoDBlock, MoEFeedForward, NormPlacement, RMSNorm, RoutingObserver, SwiGLUFFN } from './layers';
 import { batchRows, BatchRowsOptions } from './batch_rows';
-import { KVCache } from './kv_cache';
+import { KVCache, LayerCache } from './kv_cache';
 import type { RoutingSites } from './aux_router';
 import type { MoeGroupConfig } from '../moe/moma_ffn';
 import type { RouterFn, RoutingMode } from '../moe/ops';
@@ -117,7 +118,7 @@ export class Transformer extends Module {
     this.embed = this.addModule('embed', new Embedding(c.vocabSize, c.dModel, init));
     for (let i = 0; i < c.layers; i++) {
       const ffn = c.ffn.kind === 'dense'
-        ? new SwiGLU(c.dModel, c.ffn.dFF, init)
+        ? new SwiGLUFFN(c.dModel, c.ffn.dFF, init)
         : new MoEFeedForward({
           dModel: c.dModel, dFF: c.ffn.dFF, groups: c.ffn.groups as MoeGroupConfig[], modalities: c.modalities,
           capacityFactor: c.ffn.capacityFactor, router: c.ffn.router, gumbel: c.ffn.gumbel, routing: c.ffn.routing, topK: c.ffn.topK,
@@ -148,13 +149,14 @@ export class Transformer extends Module {
    * `generator` when training and configured). `observer` sees every routing decision.
    */
   logits(batch: Batch, options: { training?: boolean; generator?: Generator; observer?: RoutingObserver } = {}): Tensor {
-    let x = F.cast(this.embed.forward(batch.tokens), this.config.computeDtype);
     const ctx: BlockContext = {
       positions: batch.positions, segStart: batch.segStart, modality: batch.modality, training: options.training === true,
       generator: options.generator, validRows: batch.counts.rows, observer: options.observer,
     };
-    for (const block of this.blocks) x = block.forward(x, ctx);
-    return this.head.forward(this.finalNorm.forward(x));
+    const pass = this.forwardPass(batch.tokens, { layer: (block, _i, x) => block.forward(x, ctx) });
+    const done = pass.next();
+    if (done.done !== true) throw new MomaError('ERR_INTERNAL', 'Transformer.logits: a training-mode forward read the host');
+    return done.value;
   }
 
   /** The training loss and the per-modality losses of a batch. */
@@ -168,24 +170,10 @@ export class Transformer extends Module {
       positions: batch.positions, segStart: batch.segStart, modality: batch.modality, training: false,
       validRows: batch.counts.rows, causal: routing,
     };
-    let x = step(() => F.cast(this.embed.forward(batch.tokens), this.config.computeDtype));
-    for (const block of this.blocks) {
-      let next: Tensor | null;
-      if (block instanceof MoDBlock) {
-        const rows = await this.causalDepthRows(block, x, batch.host.modality, routing);
-        next = rows === null ? null : step(() => block.forwardRows(x, block.gate(x), rows, ctx));
-        rows?.dispose();
-      } else {
-        next = step(() => block.forward(x, ctx));
-      }
-      if (next !== null) {
-        x.dispose();
-        x = next;
-      }
-    }
-    const logits = step(() => this.head.forward(this.finalNorm.forward(x)));
-    x.dispose();
-    return logits;
+    return drive(this.forwardPass(batch.tokens, {
+      layer: (block, _i, x, rows) => (block instanceof MoDBlock ? block.forwardRows(x, block.gate(x), rows!, ctx) : block.forward(x, ctx)),
+      causal: { routing, modality: batch.host.modality },
+    }));
   }
 
   /** Loss and per-modality losses in causal mode (no gradient). */
@@ -210,8 +198,8 @@ export class Transformer extends Module {
     if (n === 0) throw new MomaError('ERR_ARG', 'Transformer.decode: no token ids');
     const modality = new Int32Array(n);
     for (let i = 0; i < n; i++) {
-      const id = ids[i] as number;
-      if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
+      const id = ids[i];
+      if (id === undefined || !Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) {
         throw new MomaError('ERR_RANGE', `Transformer.decode: token ${i} is ${String(id)}, not an id in [0, ${this.config.vocabSize})`);
       }
       const m = modalityOf(id);
@@ -225,10 +213,10 @@ export class Transformer extends Module {
     for (let i = 1; i < n; i++) if (ids[i] === cache.bosId) bounds.push(i);
     bounds.push(n);
     let logits: Float32Array = new Float32Array(0);
-    for (let r = 0; r + 1 < bounds.length; r++) {
-      const from = bounds[r] as number, to = bounds[r + 1] as number;
+    for (const [r, from] of bounds.slice(0, -1).entries()) {
+      const to = at(bounds, r + 1, 'Transformer.decode');
       if (ids[from] === cache.bosId && cache.length > 0) cache.startDocument();
-      logits = await this.decodeRun(cache, Int32Array.from({ length: to - from }, (_, i) => ids[from + i] as number), modality.subarray(from, to), routing);
+      logits = await this.decodeRun(cache, Int32Array.from({ length: to - from }, (_, i) => at(ids, from + i, 'Transformer.decode')), modality.subarray(from, to), routing);
     }
     return logits;
   }
@@ -241,24 +229,16 @@ export class Transformer extends Module {
     const ctx: CachedContext = { positions: tensor(positions, { device }), modality: tensor(modality.slice(), { device }), causal: routing };
     const tokens = tensor(ids, { device });
     try {
-      let x = step(() => F.cast(this.embed.forward(tokens), this.config.computeDtype));
-      for (const [i, block] of this.blocks.entries()) {
-        const layerCache = cache.layers[i]!;
-        let next: Tensor | null;
-        if (block instanceof MoDBlock) {
-          const rows = await this.causalDepthRows(block, x, modality, routing);
-          next = rows === null ? null : step(() => block.forwardCachedRows(x, block.gate(x), rows, ctx, layerCache));
-          rows?.dispose();
-        } else {
-          next = step(() => block.forwardCached(x, ctx, layerCache));
-        }
-        if (next !== null) {
-          x.dispose();
-          x = next;
-        }
-      }
-      const logits = step(() => this.head.forward(this.finalNorm.forward(x.slice(0, n - 1, n))).astype('float32'));
-      x.dispose();
+      const layerCache = (i: number): LayerCache => cache.layers[i]!;
+      const last = await drive(this.forwardPass(tokens, {
+        layer: (block, i, x, rows) => (block instanceof MoDBlock
+          ? block.forwardCachedRows(x, block.gate(x), rows!, ctx, layerCache(i))
+          : block.forwardCached(x, ctx, layerCache(i))),
+        causal: { routing, modality },
+        headRows: (x) => x.slice(0, n - 1, n),
+      }));
+      const logits = step(() => last.astype('float32'));
+      last.dispose();
       cache.length += n;
       const values = (await logits.toArray()) as Float32Array;
       logits.dispose();
@@ -270,13 +250,43 @@ export class Transformer extends Module {
     }
   }
 
+  /**
+   * The one forward over the blocks: embedding, every layer through `pass.layer`, final norm and
+   * LM head. Training mode runs each layer on the tape (a MoD block picks its rows by batch top-k);
+   * causal mode (`pass.causal`) runs each piece without gradient, frees the previous
+   * activations, and gives a MoD block the rows the auxiliary routers pick (read to the host: the
+   * generator yields that read; a layer with no row passes x unchanged). Training mode never
+   * yields, so `logits` runs it synchronously; `drive` runs a causal one.
+   */
+  private *forwardPass(tokens: Tensor, pass: BlockPass): Iterator<Promise<Tensor | null>, Tensor, Tensor | null> {
+    const causal = pass.causal;
+    const piece = causal === undefined ? <T>(fn: () => T): T => fn() : step;
+    let x = piece(() => F.cast(this.embed.forward(tokens), this.config.computeDtype));
+    for (const [i, block] of this.blocks.entries()) {
+      if (causal === undefined) {
+        x = pass.layer(block, i, x, null);
+        continue;
+      }
+      const rows = block instanceof MoDBlock ? yield this.causalDepthRows(block, x, causal.modality, causal.routing) : null;
+      if (block instanceof MoDBlock && rows === null) continue;
+      const next = step(() => pass.layer(block, i, x, rows));
+      rows?.dispose();
+      x.dispose();
+      x = next;
+    }
+    const headRows = pass.headRows ?? ((v: Tensor): Tensor => v);
+    const logits = piece(() => this.head.forward(this.finalNorm.forward(headRows(x))));
+    if (causal !== undefined) x.dispose();
+    return logits;
+  }
+
   /** The rows (int32, ascending) a MoD block runs on in causal mode: non-padding rows with â > 0.5; null when none. */
   private async causalDepthRows(block: MoDBlock, x: Tensor, modality: Int32Array, routing: CausalRouting): Promise<Tensor | null> {
     const select = step(() => routing.depthSelect(block.site, x));
     const a = await select.toArray();
     select.dispose();
     const rows: number[] = [];
-    for (let t = 0; t < a.length; t++) if ((modality[t] as number) >= 0 && (a[t] as number) > 0.5) rows.push(t);
+    for (const [t, score] of a.entries()) if (at(modality, t, 'Transformer.causalDepthRows') >= 0 && score > 0.5) rows.push(t);
     return rows.length === 0 ? null : tensor(Int32Array.from(rows), { device: x.device });
   }
 
@@ -286,6 +296,23 @@ export class Transformer extends Module {
     const perModality = noGrad(() => batch.modalityWeights.map((w) => nll.mul(w).sum()));
     return { loss, nll, perModality };
   }
+}
+
+/** What differs between the forwards over the blocks (Transformer.forwardPass). */
+interface BlockPass {
+  /** Layer i on x; `rows`: in causal mode, the rows a MoD block runs on (null for other blocks and in training mode). */
+  layer(block: DecoderBlock | MoDBlock, i: number, x: Tensor, rows: Tensor | null): Tensor;
+  /** Causal mode: the auxiliary routers and the rows' modality ids on the host (-1 padding). */
+  causal?: { routing: CausalRouting; modality: Int32Array };
+  /** The rows the LM head runs on (default: all). */
+  headRows?: (x: Tensor) => Tensor;
+}
+
+/** Runs a causal forward pass: awaits each host read it yields and hands the result back. */
+async function drive(pass: Iterator<Promise<Tensor | null>, Tensor, Tensor | null>): Promise<Tensor> {
+  let state = pass.next();
+  while (state.done !== true) state = pass.next(await state.value);
+  return state.value;
 }
 
 /** One synchronous piece of a causal forward: no gradient, intermediates freed. */
@@ -351,7 +378,7 @@ export function makeBatch(sequences: ArrayLike<number>[], options: BatchRowsOpti
   const T = targets.length;
   const weightsFor = (m: number | null): Tensor => {
     const w = new Float32Array(T);
-    const n = m === null ? counts.total : (counts.perModality[m] as number);
+    const n = m === null ? counts.total : at(counts.perModality, m, 'makeBatch');
     for (let t = 0; t < T; t++) if (targets[t]! >= 0 && (m === null || targetModality[t] === m) && n > 0) w[t] = 1 / n;
     return tensor(w, { device });
   };

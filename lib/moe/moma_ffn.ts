@@ -11,7 +11,10 @@
  * Parameters (experts of all groups stacked in group order; names as in Mixtral / Megatron):
  *   w1, w3 [E, dModel, dFF], w2 [E, dFF, dModel], router [dModel, E] (float32; the columns of
  *   single-expert groups are zero and unused: those groups have no router).
+ * They have one owner: the layer itself when used alone, or the Module that registers them
+ * (MoEFeedForward, through a MoMaFFNParameterOwner); forward reads them from the owner each call.
  */
+import { at } from '../checked';
 import { MomaError } from '../errors';
 import { DType } from '../dtype';
 import { randn, tensor } from '../creation';
@@ -60,7 +63,7 @@ export interface MoMaFFNConfig {
   initStd?: number;
 }
 
-export interface MoMaFFNContext {
+export interface MoMaFFNContext extends Disposable {
   readonly partition: Partition;
   readonly scores: Tensor;
   readonly routing: Routing;
@@ -74,8 +77,8 @@ export interface RoutingStatsReport {
 
 interface Saved extends MoMaFFNContext {
   x: Tensor;
-  /** The expert weights in the activations' dtype (the parameters themselves when equal). */
-  weights: { w1: Tensor; w2: Tensor; w3: Tensor };
+  /** The expert weights in the activations' dtype (the parameters themselves when equal) and the router, as the forward read them. */
+  weights: { w1: Tensor; w2: Tensor; w3: Tensor; router: Tensor };
   xd: Tensor;
   h1: Tensor | null;  // null when forward ran under noGrad
   h3: Tensor | null;
@@ -84,7 +87,26 @@ interface Saved extends MoMaFFNContext {
   disposed: boolean;
 }
 
-type Params = { w1: Tensor; w2: Tensor; w3: Tensor; router: Tensor };
+/** The layer's parameters by name. */
+export type MoMaFFNParameters = { w1: Tensor; w2: Tensor; w3: Tensor; router: Tensor };
+export type MoMaFFNParameterName = keyof MoMaFFNParameters;
+type Params = MoMaFFNParameters;
+
+/** Registration order (the checkpoint's order of a layer's tensors). */
+const PARAMETER_NAMES: readonly MoMaFFNParameterName[] = ['w1', 'w3', 'w2', 'router'];
+
+/**
+ * Where a MoMaFFN keeps its parameters. By default the layer owns them; a Module that registers
+ * them (MoEFeedForward) passes an owner instead: the layer then holds no tensor and reads the
+ * registered ones at every forward, so a parameter replaced through Module.setParameter (the
+ * optimizer, a checkpoint load) is what the next forward uses.
+ */
+export interface MoMaFFNParameterOwner {
+  /** Takes the initial tensor of parameter `name` (once per parameter, in the order w1, w3, w2, router). */
+  register(name: MoMaFFNParameterName, tensor: Tensor): void;
+  /** The current tensor of parameter `name`. */
+  read(name: MoMaFFNParameterName): Tensor;
+}
 
 function positiveInt(value: unknown, name: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
@@ -121,9 +143,12 @@ export class MoMaFFN {
   readonly config: Readonly<Required<Omit<MoMaFFNConfig, 'device' | 'seed'>>> & { device: string };
   readonly layout: MoeLayout;
   readonly numExperts: number;
-  private params: Params;
+  private readonly owner: MoMaFFNParameterOwner;
+  /** The parameters when the layer owns them (null: a Module owns them). */
+  private readonly owned: Map<MoMaFFNParameterName, Tensor> | null;
 
-  constructor(config: MoMaFFNConfig) {
+  /** `owner`: the Module that owns the parameters (default: the layer owns them). */
+  constructor(config: MoMaFFNConfig, owner?: MoMaFFNParameterOwner) {
     const dModel = positiveInt(config.dModel, 'dModel');
     const dFF = positiveInt(config.dFF, 'dFF');
     this.layout = moeLayoutOf(config);
@@ -157,9 +182,10 @@ export class MoMaFFN {
       if (e > 1) routed.fill(1, begin, begin + e);
       begin += e;
     }
+    // draw order (router first, then w1, w3, w2) fixes the initial values for a seed
     const gaussian = randn([dModel, E], { device, std: initStd, generator });
     const mask = tensor(routed, { shape: [1, E], device });
-    this.params = {
+    const initial: Params = {
       w1: randn([E, dModel, dFF], opts),
       w3: randn([E, dModel, dFF], opts),
       w2: randn([E, dFF, dModel], opts),
@@ -167,23 +193,46 @@ export class MoMaFFN {
     };
     gaussian.dispose();
     mask.dispose();
+    if (owner === undefined) {
+      const owned = new Map<MoMaFFNParameterName, Tensor>();
+      this.owned = owned;
+      this.owner = {
+        register: (name, t) => { owned.set(name, t); },
+        read: (name) => owned.get(name) as Tensor,
+      };
+    } else {
+      this.owned = null;
+      this.owner = owner;
+    }
+    for (const name of PARAMETER_NAMES) this.owner.register(name, initial[name]);
   }
 
-  get w1(): Tensor { return this.params.w1; }
-  get w2(): Tensor { return this.params.w2; }
-  get w3(): Tensor { return this.params.w3; }
-  get router(): Tensor { return this.params.router; }
+  get w1(): Tensor { return this.owner.read('w1'); }
+  get w2(): Tensor { return this.owner.read('w2'); }
+  get w3(): Tensor { return this.owner.read('w3'); }
+  get router(): Tensor { return this.owner.read('router'); }
 
-  /** Named parameters: w1, w2, w3, router. */
+  /** Named parameters: w1, w3, w2, router (read from their owner). */
   parameters(): Map<string, Tensor> {
-    return new Map(Object.entries(this.params));
+    return new Map(PARAMETER_NAMES.map((name) => [name, this.owner.read(name)]));
   }
 
-  /** Replaces parameters with copies of the given tensors (shape, dtype and device checked). */
+  /** The current parameters, read from their owner. */
+  private current(): Params {
+    const { owner } = this;
+    return { w1: owner.read('w1'), w2: owner.read('w2'), w3: owner.read('w3'), router: owner.read('router') };
+  }
+
+  /**
+   * Replaces parameters with copies of the given tensors (shape, dtype and device checked). Only
+   * for a layer that owns its parameters; a Module owner replaces them with setParameter.
+   */
   setParameters(values: Partial<Params>): void {
-    for (const [name, value] of Object.entries(values) as [keyof Params, Tensor | undefined][]) {
+    const owned = this.owned;
+    if (owned === null) throw new MomaError('ERR_ARG', 'MoMaFFN.setParameters: the parameters belong to a Module; use its setParameter');
+    for (const [name, value] of Object.entries(values) as [MoMaFFNParameterName, Tensor | undefined][]) {
       if (value === undefined) continue;
-      const current = this.params[name];
+      const current = owned.get(name);
       if (current === undefined) throw new MomaError('ERR_ARG', `MoMaFFN.setParameters: unknown parameter '${name}'`);
       if (!(value instanceof Tensor)) throw new MomaError('ERR_ARG', `MoMaFFN.setParameters: ${name} must be a Tensor`);
       if (value.shape.join() !== current.shape.join()) {
@@ -194,17 +243,8 @@ export class MoMaFFN {
       }
       const copy = value.astype(current.dtype);
       current.dispose();
-      this.params[name] = copy;
+      owned.set(name, copy);
     }
-  }
-
-  /** Uses `tensor` as parameter `name` from now on (shape-checked; the old tensor is not disposed: its owner does that). */
-  adopt(name: keyof Params, tensor: Tensor): void {
-    const current = this.params[name];
-    if (current === undefined || current.shape.join() !== tensor.shape.join() || current.dtype !== tensor.dtype) {
-      throw new MomaError('ERR_SHAPE', `MoMaFFN.adopt: ${String(name)} must match the current parameter`);
-    }
-    this.params[name] = tensor;
   }
 
   /**
@@ -226,11 +266,12 @@ export class MoMaFFN {
     }
     const { layout } = this;
     // bf16 activations with float32 parameters (mixed precision): the expert GEMMs read bf16 copies
+    const params = this.current();
     const compute = (w: Tensor): Tensor => (w.dtype === x.dtype ? w : w.astype(x.dtype));
-    const weights = { w1: compute(this.params.w1), w2: compute(this.params.w2), w3: compute(this.params.w3) };
+    const weights = { w1: compute(params.w1), w2: compute(params.w2), w3: compute(params.w3), router: params.router };
     const { w1, w2, w3 } = weights;
     const partition = moePartition(modality, layout);
-    const logits = matmul(x.dtype === 'float32' ? x : x.astype('float32'), this.params.router);
+    const logits = matmul(x.dtype === 'float32' ? x : x.astype('float32'), params.router);
     const scores = routerScores(logits, partition.rowGroup, layout, { fn: this.config.router, gumbel: noisy ? options.generator : undefined });
     logits.dispose();
     const routing = options.select === undefined
@@ -242,7 +283,6 @@ export class MoMaFFN {
     const { a, h1, h3 } = groupedMatmulSwiglu(xd, w1, w3, routing.expertOffsets, { keepPreactivations: gradEnabled() });
     const out = groupedMatmul(a, w2, routing.expertOffsets);
     const y = combineRows(out, routing.rowSlots, routing.slotGate);
-    const params = this.params;
     const saved: Saved = {
       partition, scores, routing, x, weights, xd, h1, h3, a, out, disposed: false,
       dispose(): void {
@@ -252,6 +292,9 @@ export class MoMaFFN {
         routing.dispose();
         for (const t of [scores, xd, h1, h3, a, out]) t?.dispose();
         for (const name of ['w1', 'w2', 'w3'] as const) if (weights[name] !== params[name]) weights[name].dispose();
+      },
+      [Symbol.dispose](): void {
+        this.dispose();
       },
     };
     return { y, ctx: saved };
@@ -269,8 +312,7 @@ export class MoMaFFN {
       throw new MomaError('ERR_SHAPE', `MoMaFFN.backward: dy must have the shape of x [${saved.x.shape.join(', ')}]`);
     }
     const { layout } = this;
-    const { router } = this.params;
-    const { w1, w2, w3 } = saved.weights;
+    const { w1, w2, w3, router } = saved.weights;
     const { routing, partition } = saved;
     const offs = routing.expertOffsets;
     const dyc = dy.dtype === saved.out.dtype ? dy : dy.astype(saved.out.dtype);
@@ -317,13 +359,13 @@ export class MoMaFFN {
       let e = 0;
       this.layout.experts.forEach((count, g) => {
         for (let j = 0; j < count; ++j, ++e) {
-          report.experts.push({ group: g, expert: j, rows: experts[2 * e] as number, meanGate: experts[2 * e + 1] as number });
+          report.experts.push({ group: g, expert: j, rows: at(experts, 2 * e, 'MoMaFFN.stats'), meanGate: at(experts, 2 * e + 1, 'MoMaFFN.stats') });
         }
         report.groups.push({
           group: g,
           modalities: this.config.modalities.filter((_, m) => this.layout.groupOfModality[m] === g),
-          rows: groups[4 * g] as number, share0: groups[4 * g + 1] as number, share1: groups[4 * g + 2] as number,
-          share2plus: groups[4 * g + 3] as number,
+          rows: at(groups, 4 * g, 'MoMaFFN.stats'), share0: at(groups, 4 * g + 1, 'MoMaFFN.stats'),
+          share1: at(groups, 4 * g + 2, 'MoMaFFN.stats'), share2plus: at(groups, 4 * g + 3, 'MoMaFFN.stats'),
         });
       });
       return report;
@@ -332,7 +374,15 @@ export class MoMaFFN {
     }
   }
 
+  /** Frees the parameters when the layer owns them (a Module owner frees its own). */
   dispose(): void {
-    for (const t of Object.values(this.params)) t.dispose();
+    if (this.owned === null) return;
+    for (const t of this.owned.values()) t.dispose();
+    this.owned.clear();
+  }
+
+  /** `using` support: the same as dispose(). */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

@@ -18,7 +18,7 @@ export interface MoeLayout {
   groupOfModality: number[];
 }
 
-export interface Partition {
+export interface Partition extends Disposable {
   /** int32 [T]: group of each row, -1 for padding / unrouted rows. */
   rowGroup: Tensor;
   /** int32 [G]: rows per group. */
@@ -46,7 +46,7 @@ export interface RoutingOptions {
   select?: Tensor;
 }
 
-export interface Routing {
+export interface Routing extends Disposable {
   /** int32 [E + 1]: expert e owns slots [expertOffsets[e], expertOffsets[e + 1]). */
   expertOffsets: Tensor;
   /** int32 [R]: the row in each slot (ascending inside a segment), -1 past the end. */
@@ -58,7 +58,7 @@ export interface Routing {
   dispose(): void;
 }
 
-export interface RoutingStats {
+export interface RoutingStats extends Disposable {
   /** float32 [E, 2]: rows taken, mean gate. */
   expertStats: Tensor;
   /** float32 [G, 4]: rows of the group, shares of them taken by 0, by 1 and by 2+ experts. */
@@ -69,12 +69,11 @@ export interface RoutingStats {
 const ROUTER_FN: Readonly<Record<RouterFn, number>> = NATIVE_TABLES.routerFn;
 const ROUTING_MODE: Readonly<Record<RoutingMode, number>> = NATIVE_TABLES.routingMode;
 
-function bundle<T extends object>(fields: T): T & { dispose(): void } {
-  return Object.assign(fields, {
-    dispose(): void {
-      for (const value of Object.values(fields)) if (value instanceof Tensor) value.dispose();
-    },
-  });
+function bundle<T extends object>(fields: T): T & Disposable & { dispose(): void } {
+  const dispose = (): void => {
+    for (const value of Object.values(fields)) if (value instanceof Tensor) value.dispose();
+  };
+  return Object.assign(fields, { dispose, [Symbol.dispose]: dispose });
 }
 
 /** Validates a layout (the native side checks again) and returns it as plain arrays. */
@@ -176,7 +175,7 @@ export function route(scores: Tensor, partition: Partition, layout: MoeLayout, o
   }
   const select = threshold ? handleOf(options.select, op, 'select') : null;
   if (typeof partition !== 'object' || partition === null) throw new MomaError('ERR_ARG', `${op}: partition must come from moePartition`);
-  const p = (name: keyof Omit<Partition, 'dispose'>): TensorHandle => handleOf(partition[name], op, `partition.${name}`);
+  const p = (name: keyof Omit<Partition, 'dispose' | typeof Symbol.dispose>): TensorHandle => handleOf(partition[name], op, `partition.${name}`);
   const [expertOffsets, slotRow, slotGate, rowSlots] = native().moeRoute(handleOf(scores, op, 'scores'), p('rowGroup'), p('counts'),
     p('offsets'), p('perm'), L.experts, L.groupOfModality, mode, capacity, topK, select);
   return bundle({ expertOffsets: wrap(expertOffsets), slotRow: wrap(slotRow), slotGate: wrap(slotGate), rowSlots: wrap(rowSlots) });

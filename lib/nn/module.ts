@@ -1,7 +1,8 @@
 /**
  * Module: a named tree of parameters, like torch.nn.Module. Parameters are float32 leaf tensors
  * with requiresGrad; names are dotted paths ('layers.0.attn.wq.weight'). Tensors are immutable,
- * so an optimizer step replaces a parameter through `setParameter`.
+ * so an optimizer step replaces a parameter through `setParameter`. A module is the one owner of
+ * its parameters: layers read them with `param(name)` at each forward and keep no copy.
  */
 import { MomaError } from '../errors';
 import { Tensor } from '../tensor';
@@ -65,7 +66,6 @@ export abstract class Module {
     if (old.shape.join() !== tensor.shape.join() || old.dtype !== tensor.dtype || old.device !== tensor.device) {
       throw new MomaError('ERR_SHAPE', `setParameter '${name}': expected ${old.dtype}[${old.shape.join(', ')}] on ${old.device}, got ${tensor.dtype}[${tensor.shape.join(', ')}] on ${tensor.device}`);
     }
-    this.replaced(name, tensor);
     tensor.requiresGrad = true;
     tensor.grad = old.grad;
     old.grad = null;
@@ -73,14 +73,16 @@ export abstract class Module {
     this.ownParams.set(name, tensor);
   }
 
-  /** Hook for modules that mirror a parameter elsewhere (MoE layers). */
-  protected replaced(_name: string, _tensor: Tensor): void {}
-
   dispose(): void {
     for (const t of this.ownParams.values()) {
       t.grad?.dispose();
       t.dispose();
     }
     for (const child of this.children.values()) child.dispose();
+  }
+
+  /** `using` support: the same as dispose(). */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

@@ -117,7 +117,7 @@ export class AdamW {
         if (p.grad === null) continue;
         let s = this.state.get(name);
         if (s === undefined) {
-          s = { m: zeros(p.shape as number[], { device: p.device }), v: zeros(p.shape as number[], { device: p.device }) };
+          s = { m: zeros(p.shape, { device: p.device }), v: zeros(p.shape, { device: p.device }) };
           this.state.set(name, s);
         }
         const out = adamwStep(p, p.grad, s.m, s.v, {
@@ -161,6 +161,11 @@ export class AdamW {
       s.v.dispose();
     }
     this.state.clear();
+  }
+
+  /** `using` support: the same as dispose(). */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }
 

@@ -14,6 +14,7 @@ import { AuxRouter, AuxRouters } from '../model/aux_router';
 import type { RoutingObserver } from '../model/layers';
 import { Batch, Transformer } from '../model/transformer';
 import { Tensor } from '../tensor';
+import { at } from '../checked';
 
 /** One auxiliary router's view of a site: group g of an MoE FFN, or a MoD layer. */
 export interface AuxRouterRef {
@@ -38,6 +39,7 @@ export interface AuxExamples {
   /** Host copy of the targets. */
   hostTargets: Float32Array;
   dispose(): void;
+  [Symbol.dispose](): void;
 }
 
 type Observation =
@@ -88,6 +90,9 @@ function examples(ref: AuxRouterRef, router: AuxRouter, source: Tensor, rows: nu
       t.dispose();
       w.dispose();
     },
+    [Symbol.dispose](): void {
+      this.dispose();
+    },
   };
 }
 
@@ -109,7 +114,7 @@ export async function collectAuxExamples(model: Transformer, aux: AuxRouters, ba
       if (o.kind === 'depth') {
         const selected = new Set(await o.rows.toArray());
         const rows: number[] = [];
-        for (let t = 0; t < batch.host.modality.length; t++) if ((batch.host.modality[t] as number) >= 0) rows.push(t);
+        for (const [t, m] of batch.host.modality.entries()) if (m >= 0) rows.push(t);
         if (rows.length === 0) continue;
         const ref = refs.get(`${o.site}/mod`)!;
         out.push(examples(ref, aux.depthRouter(o.site), o.x, rows, Float32Array.from(rows, (t) => (selected.has(t) ? 1 : 0))));
@@ -125,7 +130,7 @@ export async function collectAuxExamples(model: Transformer, aux: AuxRouters, ba
         if (rows.length === 0) return;
         const targets = new Float32Array(rows.length * experts);
         rows.forEach((t, i) => {
-          for (let j = 0; j < experts; j++) targets[i * experts + j] = (rowSlots[t * W + j] as number) >= 0 ? 1 : 0;
+          for (let j = 0; j < experts; j++) targets[i * experts + j] = at(rowSlots, t * W + j, 'collectAuxExamples') >= 0 ? 1 : 0;
         });
         const router = aux.expertRouter(o.site, g)!;
         out.push(examples(refs.get(`${o.site}/${g}`)!, router, o.v, rows, targets));
@@ -165,8 +170,8 @@ export interface Confusion {
 
 export function confusionOf(logits: ArrayLike<number>, targets: ArrayLike<number>, into: Confusion = { tp: 0, fp: 0, fn: 0, tn: 0 }): Confusion {
   for (let i = 0; i < targets.length; i++) {
-    const predicted = Math.fround(1 / (1 + Math.exp(-(logits[i] as number)))) > 0.5;
-    const actual = (targets[i] as number) > 0.5;
+    const predicted = Math.fround(1 / (1 + Math.exp(-at(logits, i, 'confusionOf')))) > 0.5;
+    const actual = at(targets, i, 'confusionOf') > 0.5;
     if (predicted && actual) into.tp++;
     else if (predicted) into.fp++;
     else if (actual) into.fn++;

@@ -8,6 +8,7 @@ import { tidy } from '../autograd/scope';
 import { disposeBatch, makeBatch, Transformer } from '../model/transformer';
 import type { CausalRouting } from '../model/layers';
 import type { VocabInfo } from '../data/vocab';
+import { at } from '../checked';
 
 export interface EvalResult {
   loss: number;
@@ -24,8 +25,8 @@ export interface EvalResult {
  */
 export async function evaluate(model: Transformer, sequences: number[][], vocab: VocabInfo, batchSize = 8, causal?: CausalRouting): Promise<EvalResult> {
   const names = model.config.modalities;
-  const sums = new Array<number>(names.length + 1).fill(0);
-  const counts = new Array<number>(names.length + 1).fill(0);
+  // [all modalities, then one per modality]: loss sums weighted by target counts
+  const totals = Array.from({ length: names.length + 1 }, () => ({ sum: 0, count: 0 }));
   for (let i = 0; i < sequences.length; i += batchSize) {
     const chunk = sequences.slice(i, i + batchSize);
     const batch = makeBatch(chunk, { padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: names.length, device: model.config.device, vocabSize: model.config.vocabSize });
@@ -36,20 +37,23 @@ export async function evaluate(model: Transformer, sequences: number[][], vocab:
     losses.forEach((t) => t.dispose());
     // the batch losses are means: weight them back by their target counts
     const batchCounts = [batch.counts.total, ...batch.counts.perModality];
-    values.forEach((v, k) => {
-      if ((batchCounts[k] as number) > 0) {
-        sums[k] += v * (batchCounts[k] as number);
-        counts[k] += batchCounts[k] as number;
+    totals.forEach((total, k) => {
+      const count = at(batchCounts, k, 'evaluate');
+      if (count > 0) {
+        total.sum += at(values, k, 'evaluate') * count;
+        total.count += count;
       }
     });
     disposeBatch(batch);
   }
-  const mean = (k: number): number => (counts[k]! > 0 ? sums[k]! / counts[k]! : NaN);
+  const mean = ({ sum, count }: { sum: number; count: number }): number => (count > 0 ? sum / count : NaN);
+  const all = at(totals, 0, 'evaluate');
+  const perModality = totals.slice(1);
   return {
-    loss: mean(0),
-    perModality: Object.fromEntries(names.map((n, m) => [n, mean(m + 1)])),
-    targets: counts[0] as number,
-    targetsPerModality: Object.fromEntries(names.map((n, m) => [n, counts[m + 1] as number])),
+    loss: mean(all),
+    perModality: Object.fromEntries(perModality.map((total, m) => [names[m], mean(total)])),
+    targets: all.count,
+    targetsPerModality: Object.fromEntries(perModality.map((total, m) => [names[m], total.count])),
     sequences: sequences.length,
   };
 }

@@ -11,6 +11,7 @@
  */
 import { expertChoiceCapacity, isModLayer, modRows, tokenChoiceCapacity } from '../formulas';
 import { TransformerConfig, validateConfig } from '../model/transformer';
+import { at } from '../checked';
 
 export interface StepRows {
   /** Modality id of each row's input token (-1 padding). */
@@ -35,13 +36,17 @@ export function trainingFlops(config: TransformerConfig, rows: StepRows): FlopsC
   const V = config.vocabSize;
   const per = new Array<number>(M).fill(0);
   const T = rows.modality.length;
+  const where = 'trainingFlops';
+  const addAt = (array: number[], m: number, value: number): void => {
+    array[m] = at(array, m, where) + value;
+  };
   const count = new Array<number>(M).fill(0);
   const span = new Array<number>(M).fill(0);
   for (let t = 0; t < T; t++) {
-    const m = rows.modality[t] as number;
+    const m = at(rows.modality, t, where);
     if (m < 0) continue;
-    count[m]!++;
-    span[m]! += t - (rows.segStart[t] as number) + 1;
+    addAt(count, m, 1);
+    addAt(span, m, t - at(rows.segStart, t, where) + 1);
   }
   const rowsTotal = count.reduce((a, b) => a + b, 0);
   const share = count.map((n) => (rowsTotal > 0 ? n / rowsTotal : 0));
@@ -51,21 +56,22 @@ export function trainingFlops(config: TransformerConfig, rows: StepRows): FlopsC
   const ffnFlops = (rowsOf: number[]): number[] => {
     const out = new Array<number>(M).fill(0);
     if (ffn.kind === 'dense') {
-      rowsOf.forEach((n, m) => (out[m] += 6 * d * ffn.dFF * n));
+      rowsOf.forEach((n, m) => addAt(out, m, 6 * d * ffn.dFF * n));
       return out;
     }
     const c = ffn.capacityFactor ?? 1;
     for (const group of ffn.groups ?? []) {
       const names = Array.isArray(group.modality) ? group.modality : [group.modality];
       const ms = names.map((name) => modalities.indexOf(name)).filter((m) => m >= 0);
-      const n = ms.reduce((a, m) => a + (rowsOf[m] as number), 0);
+      const n = ms.reduce((a, m) => a + at(rowsOf, m, where), 0);
       const assignments = ffn.routing === 'token-choice'
         ? Math.min(n * Math.min(ffn.topK ?? 2, group.experts), group.experts * tokenChoiceCapacity(n, group.experts, ffn.topK ?? 2, c))
         : expertChoiceAssignments(n, group.experts, c);
       for (const m of ms) {
-        const part = n > 0 ? (rowsOf[m] as number) / n : 0;
-        out[m] += 6 * d * ffn.dFF * assignments * part;
-        if (group.experts > 1) out[m] += 2 * d * group.experts * (rowsOf[m] as number);
+        const rowsOfM = at(rowsOf, m, where);
+        const part = n > 0 ? rowsOfM / n : 0;
+        addAt(out, m, 6 * d * ffn.dFF * assignments * part);
+        if (group.experts > 1) addAt(out, m, 2 * d * group.experts * rowsOfM);
       }
     }
     return out;
@@ -83,12 +89,12 @@ export function trainingFlops(config: TransformerConfig, rows: StepRows): FlopsC
       rowsOf = share.map((s) => s * k);
       // selected rows attend to about capacity × the keys (the selected rows of their document)
       spanOf = span.map((s) => s * (rowsTotal > 0 ? k / rowsTotal : 0) * capacity);
-      count.forEach((n, m) => (per[m] += 2 * d * n)); // the MoD router runs on every row
+      count.forEach((n, m) => addAt(per, m, 2 * d * n)); // the MoD router runs on every row
     }
     const f = ffnFlops(rowsOf);
-    for (let m = 0; m < M; m++) per[m] += 8 * d * d * (rowsOf[m] as number) + 4 * d * (spanOf[m] as number) + (f[m] as number);
+    for (let m = 0; m < M; m++) addAt(per, m, 8 * d * d * at(rowsOf, m, where) + 4 * d * at(spanOf, m, where) + at(f, m, where));
   }
-  count.forEach((n, m) => (per[m] += 2 * d * V * n));
+  count.forEach((n, m) => addAt(per, m, 2 * d * V * n));
   const training = per.map((x) => 3 * x);
   return { total: training.reduce((a, b) => a + b, 0), perModality: training };
 }

@@ -28,6 +28,7 @@ import { loadCheckpointInto, saveCheckpoint } from './checkpoint';
 import { trainingFlops } from './flops';
 import type { TokenBatchSource } from '../data/dataset';
 import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
+import { at } from '../checked';
 
 export interface ScheduleOptions {
   peak: number;
@@ -113,6 +114,16 @@ interface Interval {
   stepNs: bigint;
   dataWaitNs: bigint;
   lr: number;
+}
+
+/** The events a Trainer emits, each with its one payload: `trainer.on('step', (m) => …)` is typed from here. */
+export interface TrainerEvents {
+  /** Metrics read every `logEvery` steps, and once more at the end for the steps since the last read. */
+  step: StepMetrics;
+  /** A checkpoint was written to `dir` after step `step`. */
+  checkpoint: { step: number; dir: string };
+  /** run() finished after step `step`. */
+  end: { step: number };
 }
 
 export class Trainer extends EventEmitter {
@@ -341,9 +352,12 @@ export class Trainer extends EventEmitter {
     const metrics: StepMetrics = {
       step: this.step, interval: iv.steps, tokens: this.tokens,
       flops: { total: this.flops.total, perModality: Object.fromEntries(names.map((n, m) => [n, this.flops.perModality[m] ?? 0])) },
-      loss: iv.targets > 0 ? (values[0] as number) / iv.targets : NaN,
-      lossPerModality: Object.fromEntries(names.map((n, m) => [n, iv.targetsPerModality[m]! > 0 ? (values[1 + m] as number) / iv.targetsPerModality[m]! : NaN])),
-      lr: iv.lr, gradNorm: (values[1 + M] as number) / iv.steps,
+      loss: iv.targets > 0 ? at(values, 0, 'Trainer metrics') / iv.targets : NaN,
+      lossPerModality: Object.fromEntries(names.map((n, m) => {
+        const targets = at(iv.targetsPerModality, m, 'Trainer metrics');
+        return [n, targets > 0 ? at(values, 1 + m, 'Trainer metrics') / targets : NaN];
+      })),
+      lr: iv.lr, gradNorm: at(values, 1 + M, 'Trainer metrics') / iv.steps,
       tokensPerSecond: iv.rows / seconds, mfu: iv.flops / seconds / this.peakFlops, seconds,
       dataWaitMs: Number(iv.dataWaitNs) / 1e6,
       hostSyncs: runtimeStats(this.model.config.device).hostSyncs,
@@ -364,7 +378,7 @@ export class Trainer extends EventEmitter {
       const layer = all.indexOf(ffn);
       ffn.ffn.layout.experts.forEach((count, group) => {
         for (let expert = 0; expert < count; expert++, index += 2) {
-          out.push({ layer, group, expert, rows: values[index] as number, meanGate: values[index + 1] as number });
+          out.push({ layer, group, expert, rows: at(values, index, 'Trainer.routingStats'), meanGate: at(values, index + 1, 'Trainer.routingStats') });
         }
       });
     }
@@ -387,10 +401,34 @@ export class Trainer extends EventEmitter {
     return { steps: this.step, tokens: this.tokens, flops: this.flops.total };
   }
 
+  /** Calls `listener` with the payload of every `event` (see TrainerEvents). */
+  override on<E extends keyof TrainerEvents>(event: E, listener: (payload: TrainerEvents[E]) => void): this {
+    return super.on(event, listener);
+  }
+
+  /** Calls `listener` with the payload of the next `event` only. */
+  override once<E extends keyof TrainerEvents>(event: E, listener: (payload: TrainerEvents[E]) => void): this {
+    return super.once(event, listener);
+  }
+
+  /** Removes a listener added with on() or once(). */
+  override off<E extends keyof TrainerEvents>(event: E, listener: (payload: TrainerEvents[E]) => void): this {
+    return super.off(event, listener);
+  }
+
+  override emit<E extends keyof TrainerEvents>(event: E, payload: TrainerEvents[E]): boolean {
+    return super.emit(event, payload);
+  }
+
   dispose(): void {
     this.dropNextBatch();
     this.interval.sums?.dispose();
     this.interval = this.emptyInterval();
     this.optimizer.dispose();
+  }
+
+  /** `using` support: the same as dispose(). */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

@@ -15,6 +15,7 @@ import { Tensor } from '../tensor';
 import { loadSafetensors } from '../io/safetensors';
 import { Transformer, TransformerConfig } from '../model/transformer';
 import { readCheckpoint } from './checkpoint';
+import { at } from '../checked';
 
 export interface UpcycleOptions {
   /** Experts per group of the new model (same group order as the checkpoint). */
@@ -37,7 +38,7 @@ export function upcycleCheckpoint(dir: string, options: UpcycleOptions): { model
   const device = options.device ?? config.device ?? 'cpu';
   const newConfig: TransformerConfig = {
     ...config, device, seed: options.seed ?? config.seed,
-    ffn: { ...config.ffn, groups: groups.map((g, i) => ({ ...g, experts: options.experts[i] as number })), gumbel: true },
+    ffn: { ...config.ffn, groups: groups.map((g, i) => ({ ...g, experts: at(options.experts, i, 'upcycle: experts') })), gumbel: true },
   };
   const model = new Transformer(newConfig);
   const file = path.join(dir, 'model.safetensors');
@@ -58,7 +59,7 @@ export function upcycleCheckpoint(dir: string, options: UpcycleOptions): { model
         }
         if (base === 'router') {
           // new routers for the routed groups; single-expert groups keep no router (zero columns)
-          const d = p.shape[0] as number;
+          const d = p.size(0);
           const routed = new Float32Array(E);
           let begin = 0;
           for (const count of options.experts) {

@@ -2,10 +2,10 @@
  * Runs a suite once per device. CPU always; CUDA when a GPU is visible, otherwise the CUDA copy is
  * skipped with a notice. MOMA_TEST_DEVICES=cuda (npm run test:gpu) runs only the CUDA copies.
  */
-import { cudaAvailable, DType, Tensor, tensor } from '../../lib';
+import { cudaAvailable, DeviceName, DType, Tensor, tensor } from '../../lib';
 import { Disposer } from './reference';
 
-export function testDevices(): string[] {
+export function testDevices(): DeviceName[] {
   const only = process.env.MOMA_TEST_DEVICES;
   if (only === 'cuda') return ['cuda:0'];
   return ['cpu', 'cuda:0'];
@@ -13,7 +13,7 @@ export function testDevices(): string[] {
 
 let noticed = false;
 
-export function describeDevices(name: string, body: (device: string) => void): void {
+export function describeDevices(name: string, body: (device: DeviceName) => void): void {
   for (const device of testDevices()) {
     if (device.startsWith('cuda') && !cudaAvailable()) {
       if (!noticed) {
@@ -32,7 +32,7 @@ export function describeDevices(name: string, body: (device: string) => void): v
  * Per-suite tensor helpers: `keep` registers a tensor for disposal after each test, `mk` builds a
  * tensor of any dtype on `device` from plain numbers, `read` returns its values as numbers.
  */
-export function tensorFixture(device: string): {
+export function tensorFixture(device: DeviceName): {
   keep: <T extends Tensor>(t: T) => T;
   mk: (data: ArrayLike<number>, shape: number[], dtype?: DType) => Tensor;
   read: (t: Tensor) => Promise<number[]>;

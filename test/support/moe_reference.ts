@@ -436,8 +436,8 @@ export function groupedMatmulWgradRef(
         const b = (e * K + k) * N;
         for (let n = 0; n < N; n++) {
           const p = xv * ds[r * N + n]!;
-          data[b + n] += p;
-          absDot[b + n] += abs(p);
+          data[b + n]! += p;
+          absDot[b + n]! += abs(p);
         }
       }
   }
