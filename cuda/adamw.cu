@@ -76,7 +76,7 @@ __global__ void adamw_kernel(const float* __restrict__ p, const float* __restric
 
 }  // namespace
 
-void adamw(void* stream, const float* p, const float* g, const float* m, const float* v, int64_t n,
+void adamw(const LaunchCtx& ctx, const float* p, const float* g, const float* m, const float* v, int64_t n,
            const AdamWParams& h, float* p_out, float* m_out, float* v_out, uint16_t* p_bf16) {
   if (n <= 0) return;
   // The CPU's constants, computed the same way (host float arithmetic, -ffp-contract=off).
@@ -93,7 +93,7 @@ void adamw(void* stream, const float* p, const float* g, const float* m, const f
   k.bc2 = h.bias_c2;
   const bool vec = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v) && aligned16(p_out) &&
                    aligned16(m_out) && aligned16(v_out) && reinterpret_cast<uintptr_t>(p_bf16) % 8 == 0;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   const int64_t units = vec ? (n + 3) / 4 : n;
   if (vec)
     adamw_kernel<true><<<grid_for(units), kThreads, 0, s>>>(p, g, m, v, n, k, p_out, m_out, v_out, p_bf16);

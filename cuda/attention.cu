@@ -605,14 +605,14 @@ unsigned tiles(int64_t N, int b) { return static_cast<unsigned>((N + b - 1) / b)
 
 }  // namespace
 
-void attention(void* stream, int32_t* err, DType dt, const void* q, const void* k, const void* v,
-               const int32_t* seg_start, int64_t N, int64_t H, int64_t D, float scale, void* o, float* lse) {
+void attention(const LaunchCtx& ctx, DType dt, const void* q, const void* k, const void* v, const int32_t* seg_start,
+               int64_t N, int64_t H, int64_t D, float scale, void* o, float* lse) {
   with_type(dt, "attention", [&](auto tag) {
     using E = decltype(tag);
     if (N <= 0 || H <= 0) return;
     if (H > 65535) fail("ERR_ARG", "cuda attention: at most 65535 heads, got ", H);
-    cudaStream_t s = as_stream(stream);
-    check_segments(s, seg_start, N, err);
+    cudaStream_t s = as_stream(ctx.stream);
+    check_segments(s, seg_start, N, ctx.err);
     if (D <= 0) return;  // empty tensors: the op layer never calls with them
     if (flash_attention_supported(dt, N, H, D, {q, k, v, o})) {
       flash_attention_forward(s, q, k, v, seg_start, N, H, D, scale, o, lse);
@@ -638,15 +638,15 @@ void attention(void* stream, int32_t* err, DType dt, const void* q, const void* 
   });
 }
 
-void attention_backward(void* stream, int32_t* err, DType dt, const void* q, const void* k, const void* v,
-                        const void* o, const float* lse, const void* dout, const int32_t* seg_start, int64_t N,
-                        int64_t H, int64_t D, float scale, void* dq, void* dk, void* dv) {
+void attention_backward(const LaunchCtx& ctx, DType dt, const void* q, const void* k, const void* v, const void* o,
+                        const float* lse, const void* dout, const int32_t* seg_start, int64_t N, int64_t H, int64_t D,
+                        float scale, void* dq, void* dk, void* dv) {
   with_type(dt, "attention_backward", [&](auto tag) {
     using E = decltype(tag);
     if (N <= 0 || H <= 0 || D <= 0) return;
     if (H > 65535) fail("ERR_ARG", "cuda attention_backward: at most 65535 heads, got ", H);
-    cudaStream_t s = as_stream(stream);
-    check_segments(s, seg_start, N, err);
+    cudaStream_t s = as_stream(ctx.stream);
+    check_segments(s, seg_start, N, ctx.err);
     if (flash_attention_supported(dt, N, H, D, {q, k, v, o, dout, dq, dk, dv})) {
       flash_attention_backward(s, q, k, v, o, lse, dout, seg_start, N, H, D, scale, dq, dk, dv);
       return;

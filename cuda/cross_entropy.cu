@@ -129,29 +129,30 @@ unsigned ce_blocks(int64_t N) { return static_cast<unsigned>(N < 65535 * 8 ? N :
 
 }  // namespace
 
-void cross_entropy(void* stream, int32_t* err, DType dt, const void* logits, const int32_t* targets, int64_t N,
-                   int64_t V, float* nll, float* lse) {
+void cross_entropy(const LaunchCtx& ctx, DType dt, const void* logits, const int32_t* targets, int64_t N, int64_t V,
+                   float* nll, float* lse) {
   if (dt != DType::F32 && dt != DType::BF16) bad_dtype("cross_entropy", dt);
   if (N <= 0 || V <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   auto go = [&](auto tag) {
     using E = decltype(tag);
     const E* x = static_cast<const E*>(logits);
     if (V % Vec16<E>::N == 0 && aligned16(logits))
-      cross_entropy_kernel<E, true><<<ce_blocks(N), kCeThreads, 0, s>>>(x, targets, N, V, nll, lse, err);
+      cross_entropy_kernel<E, true><<<ce_blocks(N), kCeThreads, 0, s>>>(x, targets, N, V, nll, lse, ctx.err);
     else
-      cross_entropy_kernel<E, false><<<ce_blocks(N), kCeThreads, 0, s>>>(x, targets, N, V, nll, lse, err);
+      cross_entropy_kernel<E, false><<<ce_blocks(N), kCeThreads, 0, s>>>(x, targets, N, V, nll, lse, ctx.err);
   };
   if (dt == DType::F32) go(float{});
   else go(bf16_t{});
   check_launch("cross_entropy");
 }
 
-void cross_entropy_backward(void* stream, DType dt, const void* logits, const int32_t* targets, const float* lse,
-                            const float* g_nll, const float* g_z, int64_t N, int64_t V, void* dlogits) {
+void cross_entropy_backward(const LaunchCtx& ctx, DType dt, const void* logits, const int32_t* targets,
+                            const float* lse, const float* g_nll, const float* g_z, int64_t N, int64_t V,
+                            void* dlogits) {
   if (dt != DType::F32 && dt != DType::BF16) bad_dtype("cross_entropy_backward", dt);
   if (N <= 0 || V <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   auto go = [&](auto tag) {
     using E = decltype(tag);
     const E* x = static_cast<const E*>(logits);

@@ -191,9 +191,9 @@ __global__ void where_kernel(const uint8_t* c, StridedView cv, const T* a, Strid
 
 }  // namespace
 
-void fill(void* stream, DType dt, void* y, int64_t n, double value) {
+void fill(const LaunchCtx& ctx, DType dt, void* y, int64_t n, double value) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   switch (dt) {
     case DType::F32: {
       float v = static_cast<float>(value);
@@ -207,9 +207,9 @@ void fill(void* stream, DType dt, void* y, int64_t n, double value) {
   }
 }
 
-void arange(void* stream, DType dt, void* y, int64_t n, double start, double step) {
+void arange(const LaunchCtx& ctx, DType dt, void* y, int64_t n, double start, double step) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   MOMA_DISPATCH_ALL(dt, "arange", {
     if (n < INT32_MAX)
       arange_kernel<T, uint32_t><<<grid_for(n), kThreads, 0, s>>>(static_cast<T*>(y), static_cast<uint32_t>(n), start, step);
@@ -230,9 +230,9 @@ void launch_cast(cudaStream_t s, const void* x, void* y, int64_t n) {
 }
 }  // namespace
 
-void cast(void* stream, DType src_dt, const void* x, DType dst_dt, void* y, int64_t n) {
+void cast(const LaunchCtx& ctx, DType src_dt, const void* x, DType dst_dt, void* y, int64_t n) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   MOMA_DISPATCH_ALL(src_dt, "cast", {
     using S = T;
     MOMA_DISPATCH_ALL(dst_dt, "cast", { launch_cast<S, T>(s, x, y, n); });
@@ -240,9 +240,9 @@ void cast(void* stream, DType src_dt, const void* x, DType dst_dt, void* y, int6
   check_launch("cast");
 }
 
-void unary(void* stream, UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha) {
+void unary(const LaunchCtx& ctx, UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   bool small = n < INT32_MAX;
   switch (dt) {
     case DType::F32:
@@ -283,10 +283,10 @@ void launch_binary(cudaStream_t s, BinaryOp op, const void* a, const StridedView
 }
 }  // namespace
 
-void binary(void* stream, BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
+void binary(const LaunchCtx& ctx, BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
             const StridedView& bv, void* y, int64_t n) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   switch (dt) {
     case DType::F32: launch_binary<float>(s, op, a, av, b, bv, y, n); break;
     case DType::BF16: launch_binary<bf16_t>(s, op, a, av, b, bv, y, n); break;
@@ -296,10 +296,10 @@ void binary(void* stream, BinaryOp op, DType dt, const void* a, const StridedVie
   check_launch("binary");
 }
 
-void where(void* stream, const uint8_t* cond, const StridedView& cv, DType dt, const void* a,
+void where(const LaunchCtx& ctx, const uint8_t* cond, const StridedView& cv, DType dt, const void* a,
            const StridedView& av, const void* b, const StridedView& bv, void* y, int64_t n) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   StridedView cc = collapse(cv), ca = collapse(av), cb = collapse(bv);
   // Storage only: select by element size (bf16 and float bits are moved unchanged).
   auto go = [&](auto tag) {

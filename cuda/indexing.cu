@@ -273,10 +273,10 @@ void check_indices(cudaStream_t s, const int32_t* idx, int64_t k, int64_t n, int
 
 }  // namespace
 
-void index_select(void* stream, int32_t* err, DType dt, const void* x, const int32_t* idx, void* y, int64_t outer,
-                  int64_t n, int64_t k, int64_t inner) {
-  cudaStream_t s = as_stream(stream);
-  check_indices(s, idx, k, n, err, kIndexSelectRange);
+void index_select(const LaunchCtx& ctx, DType dt, const void* x, const int32_t* idx, void* y, int64_t outer, int64_t n,
+                  int64_t k, int64_t inner) {
+  cudaStream_t s = as_stream(ctx.stream);
+  check_indices(s, idx, k, n, ctx.err, kIndexSelectRange);
   check_launch("index_select (index check)");
   int64_t total = outer * k * inner;
   if (total <= 0) return;
@@ -289,13 +289,13 @@ void index_select(void* stream, int32_t* err, DType dt, const void* x, const int
   check_launch("index_select");
 }
 
-void scatter_add(void* stream, int32_t* err, DType dt, const void* src, const int32_t* idx, void* y, int64_t outer,
-                 int64_t k, int64_t n, int64_t inner) {
+void scatter_add(const LaunchCtx& ctx, DType dt, const void* src, const int32_t* idx, void* y, int64_t outer, int64_t k,
+                 int64_t n, int64_t inner) {
   if (dt != DType::F32 && dt != DType::BF16 && dt != DType::I32) bad_dtype("scatter_add", dt);
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   const int64_t total = outer * n * inner;
   if (total <= 0 || k <= 0) {  // nothing to add to: only the index check, as the CPU
-    check_indices(s, idx, k, n, err, kScatterAddRange);
+    check_indices(s, idx, k, n, ctx.err, kScatterAddRange);
     check_launch("scatter_add (index check)");
     return;
   }
@@ -315,7 +315,7 @@ void scatter_add(void* stream, int32_t* err, DType dt, const void* src, const in
   int32_t* sorted = slots + k;
   int32_t* large_rows = sorted + k;
   MOMA_CUDA_CHECK(cudaMemsetAsync(counts, 0, static_cast<size_t>(n + 1) * sizeof(int32_t), s));
-  scatter_count_kernel<<<grid_for(k), kThreads, 0, s>>>(idx, k, n, counts, err);
+  scatter_count_kernel<<<grid_for(k), kThreads, 0, s>>>(idx, k, n, counts, ctx.err);
   check_launch("scatter_add (count)");
   scatter_scan_kernel<<<1, kScanThreads, 0, s>>>(counts, n, offsets);
   check_launch("scatter_add (scan)");

@@ -1,11 +1,13 @@
 // CUDA kernel table: the same functions as csrc/cpu/kernels.h with the same semantics (read that
-// header for each one), launched asynchronously on `stream` (a cudaStream_t passed as void* so
-// that this header needs no CUDA headers). Data-dependent range errors (bad indices) do not throw:
+// header for each one and the same parameters), launched asynchronously on `ctx.stream` (a
+// cudaStream_t passed as void* so that this header needs no CUDA headers; core/launch.h). The GEMM
+// still takes the stream alone and dtypes (the CPU's is float32 gemm_f32). Data-dependent range errors (bad indices) do not throw:
 // the kernel records `code` in the device's error word (runtime.h) and writes 0 for that element;
 // the next synchronisation reports it. Launch errors throw MomaException(ERR_CUDA).
 #pragma once
 #include <cstdint>
 #include "../csrc/core/kernel_types.h"
+#include "../csrc/core/launch.h"
 
 namespace moma::cuda {
 
@@ -28,30 +30,29 @@ enum DeviceErrorCode : int32_t {
 const char* device_error_op(int32_t code);
 const char* device_error_message(int32_t code);
 
-void fill(void* stream, DType dt, void* y, int64_t n, double value);
-void arange(void* stream, DType dt, void* y, int64_t n, double start, double step);
-void random_uniform(void* stream, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset,
-                    float low, float high);
-void random_normal(void* stream, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset,
-                   float mean, float std);
-void cast(void* stream, DType src_dt, const void* x, DType dst_dt, void* y, int64_t n);
-void strided_copy(void* stream, DType dt, const void* x, const StridedView& src, void* y, int64_t n);
-void copy_2d(void* stream, const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows,
+void fill(const LaunchCtx& ctx, DType dt, void* y, int64_t n, double value);
+void arange(const LaunchCtx& ctx, DType dt, void* y, int64_t n, double start, double step);
+void random_uniform(const LaunchCtx& ctx, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float low,
+                    float high);
+void random_normal(const LaunchCtx& ctx, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float mean,
+                   float std);
+void cast(const LaunchCtx& ctx, DType src_dt, const void* x, DType dst_dt, void* y, int64_t n);
+void strided_copy(const LaunchCtx& ctx, DType dt, const void* x, const StridedView& src, void* y, int64_t n);
+void copy_2d(const LaunchCtx& ctx, const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows,
              int64_t row_bytes);
-void unary(void* stream, UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha);
-void binary(void* stream, BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
+void unary(const LaunchCtx& ctx, UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha);
+void binary(const LaunchCtx& ctx, BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
             const StridedView& bv, void* y, int64_t n);
-void where(void* stream, const uint8_t* cond, const StridedView& cv, DType dt, const void* a,
+void where(const LaunchCtx& ctx, const uint8_t* cond, const StridedView& cv, DType dt, const void* a,
            const StridedView& av, const void* b, const StridedView& bv, void* y, int64_t n);
-void reduce(void* stream, ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_t n,
+void reduce(const LaunchCtx& ctx, ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_t n,
             int64_t inner);
-void softmax(void* stream, bool log, DType dt, const void* x, void* y, int64_t outer, int64_t n,
-             int64_t inner);
-void index_select(void* stream, int32_t* err, DType dt, const void* x, const int32_t* idx, void* y,
-                  int64_t outer, int64_t n, int64_t k, int64_t inner);
+void softmax(const LaunchCtx& ctx, bool log, DType dt, const void* x, void* y, int64_t outer, int64_t n, int64_t inner);
+void index_select(const LaunchCtx& ctx, DType dt, const void* x, const int32_t* idx, void* y, int64_t outer, int64_t n,
+                  int64_t k, int64_t inner);
 // Deterministic: no float atomics; each output element sums its contributions in increasing j.
-void scatter_add(void* stream, int32_t* err, DType dt, const void* src, const int32_t* idx, void* y,
-                 int64_t outer, int64_t k, int64_t n, int64_t inner);
+void scatter_add(const LaunchCtx& ctx, DType dt, const void* src, const int32_t* idx, void* y, int64_t outer, int64_t k,
+                 int64_t n, int64_t inner);
 // GEMM (design: gemm.cu). A, B float32 or bf16; C float32 or bf16 (beta reads C in its own dtype).
 // A and B both float32: float32-accurate (f32 FMAs, error like the CPU's f32 GEMM). Otherwise
 // bf16 tensor cores (mma.sync bf16 x bf16 -> f32 accumulate; a float32 operand next to a bf16 one

@@ -34,9 +34,9 @@ void launch(cudaStream_t s, const void* x, const StridedView& v, void* y, int64_
 
 }  // namespace
 
-void strided_copy(void* stream, DType dt, const void* x, const StridedView& src, void* y, int64_t n) {
+void strided_copy(const LaunchCtx& ctx, DType dt, const void* x, const StridedView& src, void* y, int64_t n) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   StridedView v = collapse(src);
   switch (dtype_size(dt)) {
     case 4: launch<uint32_t>(s, x, v, y, n); break;
@@ -47,12 +47,12 @@ void strided_copy(void* stream, DType dt, const void* x, const StridedView& src,
   check_launch("strided_copy");
 }
 
-void copy_2d(void* stream, const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows,
+void copy_2d(const LaunchCtx& ctx, const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows,
              int64_t row_bytes) {
   if (rows <= 0 || row_bytes <= 0) return;
   MOMA_CUDA_CHECK(cudaMemcpy2DAsync(y, static_cast<size_t>(y_pitch), x, static_cast<size_t>(x_pitch),
                                     static_cast<size_t>(row_bytes), static_cast<size_t>(rows),
-                                    cudaMemcpyDeviceToDevice, as_stream(stream)));
+                                    cudaMemcpyDeviceToDevice, as_stream(ctx.stream)));
 }
 
 }  // namespace moma::cuda

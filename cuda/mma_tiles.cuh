@@ -33,7 +33,8 @@ struct TileCfg {
   // Blocks per SM asked of the register allocator (__launch_bounds__) for the cp.async kernels,
   // the most that compile without local-memory spills on sm_80 and sm_90 (ptxas -v): two at 256
   // threads (<= 128 registers) and three at 128 threads (<= 168) for <= 32 accumulators per
-  // thread; one for 64 accumulators per thread (at a 128-register cap those kernels spill).
+  // thread and B operand (the two-operand SwiGLU tiles, 2 x 32, fit 128 registers too); one for
+  // 64 accumulators per B operand (at a 128-register cap those kernels spill).
   static constexpr int kMinBlocks = MI * NI * 4 > 32 ? 1 : (THREADS == 256 ? 2 : 3);
   static_assert(WM % 16 == 0 && WN % 16 == 0, "ldmatrix.x4 loads 16 rows of A and 16 columns of B");
   static_assert(BM >= 64 && BN >= 64, "an MN-contiguous tile row must hold >= 8 chunks for the swizzle");

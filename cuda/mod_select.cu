@@ -119,16 +119,16 @@ __global__ void __launch_bounds__(kScanThreads) segment_starts_kernel(const int3
 
 }  // namespace
 
-void segment_starts(void* stream, const int32_t* seg, int64_t n, int32_t* starts) {
+void segment_starts(const LaunchCtx& ctx, const int32_t* seg, int64_t n, int32_t* starts) {
   if (n <= 0) return;
-  segment_starts_kernel<<<1, kScanThreads, 0, static_cast<cudaStream_t>(stream)>>>(seg, n, starts);
+  segment_starts_kernel<<<1, kScanThreads, 0, as_stream(ctx.stream)>>>(seg, n, starts);
   check_launch("segment_starts");
 }
 
-void mod_select(void* stream, int32_t* err, const float* scores, const int32_t* modality, int64_t T, int64_t k,
+void mod_select(const LaunchCtx& ctx, const float* scores, const int32_t* modality, int64_t T, int64_t k,
                 int32_t* rows) {
   if (k == 0) return;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   int dev = 0;
   MOMA_CUDA_CHECK(cudaGetDevice(&dev));
   // flags for T rows (at least one byte), back to the cache (stream-ordered) even if a launch throws
@@ -139,7 +139,7 @@ void mod_select(void* stream, int32_t* err, const float* scores, const int32_t* 
     mod_rank_kernel<<<blocks, kSelectThreads, 0, s>>>(scores, modality, T, k, flags);
     check_launch("mod_select (rank)");
   }
-  mod_compact_kernel<<<1, kScanThreads, 0, s>>>(flags, modality, T, k, rows, err);
+  mod_compact_kernel<<<1, kScanThreads, 0, s>>>(flags, modality, T, k, rows, ctx.err);
   check_launch("mod_select (compact)");
 }
 

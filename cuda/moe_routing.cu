@@ -531,36 +531,37 @@ unsigned warp_rows_grid(int64_t rows) {  // one warp per row, 8 warps per block
 
 }  // namespace
 
-void moe_partition(void* stream, int32_t* err, const int32_t* modality, int64_t T, const MoeLayout& L,
-                   int32_t* row_group, int32_t* counts, int32_t* offsets, int32_t* perm) {
+void moe_partition(const LaunchCtx& ctx, const int32_t* modality, int64_t T, const MoeLayout& L, int32_t* row_group,
+                   int32_t* counts, int32_t* offsets, int32_t* perm) {
   if (L.num_groups < 1 || L.num_groups > kMaxMoeGroups) fail("ERR_ARG", "cuda moe_partition: bad layout");
   if (T > INT32_MAX) fail("ERR_ARG", "cuda moe_partition: T = ", T, " exceeds int32");
-  partition_kernel<<<1, kBlock, 0, as_stream(stream)>>>(modality, T, L, row_group, counts, offsets, perm, err);
+  partition_kernel<<<1, kBlock, 0, as_stream(ctx.stream)>>>(modality, T, L, row_group, counts, offsets, perm,
+                                                            ctx.err);
   check_launch("moe_partition");
 }
 
-void moe_router_scores(void* stream, const float* logits, const int32_t* row_group, int64_t T, const MoeLayout& L,
-                       RouterFn fn, bool gumbel, uint64_t seed, uint64_t offset, float* scores) {
+void moe_router_scores(const LaunchCtx& ctx, const float* logits, const int32_t* row_group, int64_t T,
+                       const MoeLayout& L, RouterFn fn, bool gumbel, uint64_t seed, uint64_t offset, float* scores) {
   if (T <= 0 || L.num_experts <= 0) return;
-  router_scores_kernel<<<warp_rows_grid(T), 256, 0, as_stream(stream)>>>(logits, row_group, T, L, fn, gumbel, seed, offset, scores);
+  router_scores_kernel<<<warp_rows_grid(T), 256, 0, as_stream(ctx.stream)>>>(logits, row_group, T, L, fn, gumbel, seed, offset, scores);
   check_launch("moe_router_scores");
 }
 
-void moe_router_scores_backward(void* stream, const float* scores, const float* dscores, const int32_t* row_group,
-                                int64_t T, const MoeLayout& L, RouterFn fn, float* dlogits) {
+void moe_router_scores_backward(const LaunchCtx& ctx, const float* scores, const float* dscores,
+                                const int32_t* row_group, int64_t T, const MoeLayout& L, RouterFn fn, float* dlogits) {
   if (T <= 0 || L.num_experts <= 0) return;
-  router_scores_backward_kernel<<<warp_rows_grid(T), 256, 0, as_stream(stream)>>>(scores, dscores, row_group, T, L, fn, dlogits);
+  router_scores_backward_kernel<<<warp_rows_grid(T), 256, 0, as_stream(ctx.stream)>>>(scores, dscores, row_group, T, L, fn, dlogits);
   check_launch("moe_router_scores_backward");
 }
 
-void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* row_group, const int32_t* offsets,
+void moe_route(const LaunchCtx& ctx, const float* scores, const int32_t* row_group, const int32_t* offsets,
                const int32_t* perm, int64_t T, const MoeLayout& L, const RoutingParams& p, int64_t R,
                int32_t* expert_offsets, int32_t* slot_row, float* slot_gate, int32_t* row_slots, const float* select) {
   const int64_t E = L.num_experts, W = L.max_group_experts;
   if (E < 1 || E > kMaxMoeExperts) fail("ERR_ARG", "cuda moe_route: bad layout");
   if (R > INT32_MAX || T > INT32_MAX) fail("ERR_ARG", "cuda moe_route: sizes exceed int32");
   if (p.mode == RoutingMode::Threshold && select == nullptr) fail("ERR_ARG", "cuda moe_route: threshold mode needs select");
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   if (T * W > 0) {
     if (p.mode == RoutingMode::TokenChoice)
       route_mark_kernel<<<grid_for(T), kThreads, 0, s>>>(scores, row_group, T, L, p.top_k, false, row_slots);
@@ -572,7 +573,7 @@ void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* r
   }
   route_capacity_kernel<<<static_cast<unsigned>(E), kThreads, 0, s>>>(offsets, perm, L, p, row_slots, expert_offsets);
   check_launch("moe_route (capacities)");
-  route_prefix_kernel<<<1, kBlock, 0, s>>>(expert_offsets, E, R, err);
+  route_prefix_kernel<<<1, kBlock, 0, s>>>(expert_offsets, E, R, ctx.err);
   check_launch("moe_route (offsets)");
   if (R > 0) {
     route_tail_kernel<<<grid_for(R), kThreads, 0, s>>>(expert_offsets, E, R, slot_row, slot_gate);
@@ -592,12 +593,12 @@ void moe_route(void* stream, int32_t* err, const float* scores, const int32_t* r
   check_launch("moe_route (select)");
 }
 
-void moe_routing_stats(void* stream, const int32_t* row_group, const int32_t* offsets, const int32_t* expert_offsets,
-                       const float* slot_gate, const int32_t* row_slots, int64_t T, const MoeLayout& L,
-                       float* expert_stats, float* group_stats) {
+void moe_routing_stats(const LaunchCtx& ctx, const int32_t* row_group, const int32_t* offsets,
+                       const int32_t* expert_offsets, const float* slot_gate, const int32_t* row_slots, int64_t T,
+                       const MoeLayout& L, float* expert_stats, float* group_stats) {
   const unsigned blocks = static_cast<unsigned>(L.num_experts + L.num_groups);
   if (blocks == 0) return;
-  routing_stats_kernel<<<blocks, kStatsThreads, 0, as_stream(stream)>>>(row_group, offsets, expert_offsets, slot_gate,
+  routing_stats_kernel<<<blocks, kStatsThreads, 0, as_stream(ctx.stream)>>>(row_group, offsets, expert_offsets, slot_gate,
                                                                        row_slots, T, L, expert_stats, group_stats);
   check_launch("moe_routing_stats");
 }

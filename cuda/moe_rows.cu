@@ -180,18 +180,18 @@ int row_threads(int64_t units) { return units >= 256 ? 256 : (units > 128 ? 256 
 
 }  // namespace
 
-void moe_gather_rows(void* stream, int32_t* err, DType dt, const void* x, const int32_t* slot_row, const float* scale,
+void moe_gather_rows(const LaunchCtx& ctx, DType dt, const void* x, const int32_t* slot_row, const float* scale,
                      int64_t T, int64_t R, int64_t d, void* y) {
   if (R <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   auto go = [&](auto tag) {
     using E = decltype(tag);
     constexpr int N = Vec16<E>::N;
     const bool vec = d % N == 0 && aligned16(x) && aligned16(y);
     if (vec)
-      gather_rows_kernel<E, true><<<rows_grid(R), row_threads(d / N), 0, s>>>(static_cast<const E*>(x), slot_row, scale, T, R, d, static_cast<E*>(y), err);
+      gather_rows_kernel<E, true><<<rows_grid(R), row_threads(d / N), 0, s>>>(static_cast<const E*>(x), slot_row, scale, T, R, d, static_cast<E*>(y), ctx.err);
     else
-      gather_rows_kernel<E, false><<<rows_grid(R), row_threads(d), 0, s>>>(static_cast<const E*>(x), slot_row, scale, T, R, d, static_cast<E*>(y), err);
+      gather_rows_kernel<E, false><<<rows_grid(R), row_threads(d), 0, s>>>(static_cast<const E*>(x), slot_row, scale, T, R, d, static_cast<E*>(y), ctx.err);
   };
   switch (dt) {
     case DType::F32: go(float{}); break;
@@ -201,12 +201,12 @@ void moe_gather_rows(void* stream, int32_t* err, DType dt, const void* x, const 
   check_launch("moe_gather_rows");
 }
 
-void moe_combine(void* stream, int32_t* err, DType dt, const void* src, const int32_t* row_slots, const float* weight,
+void moe_combine(const LaunchCtx& ctx, DType dt, const void* src, const int32_t* row_slots, const float* weight,
                  int64_t T, int64_t W, int64_t R, int64_t d, void* y) {
   if (dt != DType::F32 && dt != DType::BF16) bad_dtype("moe_combine", dt);
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   if (T * W > 0) {
-    check_slots_kernel<<<grid_for(T * W), kThreads, 0, s>>>(row_slots, T * W, R, err);
+    check_slots_kernel<<<grid_for(T * W), kThreads, 0, s>>>(row_slots, T * W, R, ctx.err);
     check_launch("moe_combine (slot check)");
   }
   if (T <= 0 || d <= 0) return;
@@ -215,20 +215,19 @@ void moe_combine(void* stream, int32_t* err, DType dt, const void* src, const in
     constexpr int N = Vec16<E>::N;
     const bool vec = d % N == 0 && aligned16(src) && aligned16(y);
     if (vec)
-      combine_kernel<E, true><<<rows_grid(T), row_threads(d / N), 0, s>>>(static_cast<const E*>(src), row_slots, weight, T, W, R, d, static_cast<E*>(y), err);
+      combine_kernel<E, true><<<rows_grid(T), row_threads(d / N), 0, s>>>(static_cast<const E*>(src), row_slots, weight, T, W, R, d, static_cast<E*>(y), ctx.err);
     else
-      combine_kernel<E, false><<<rows_grid(T), row_threads(d), 0, s>>>(static_cast<const E*>(src), row_slots, weight, T, W, R, d, static_cast<E*>(y), err);
+      combine_kernel<E, false><<<rows_grid(T), row_threads(d), 0, s>>>(static_cast<const E*>(src), row_slots, weight, T, W, R, d, static_cast<E*>(y), ctx.err);
   };
   if (dt == DType::F32) go(float{});
   else go(bf16_t{});
   check_launch("moe_combine");
 }
 
-void moe_gate_grad(void* stream, DType dt, const void* out, const void* dy, const int32_t* slot_row,
-                   const int32_t* expert_offsets, int64_t T, int64_t R, int64_t d, const MoeLayout& L,
-                   float* dscores) {
+void moe_gate_grad(const LaunchCtx& ctx, DType dt, const void* out, const void* dy, const int32_t* slot_row,
+                   const int32_t* expert_offsets, int64_t T, int64_t R, int64_t d, const MoeLayout& L, float* dscores) {
   if (dt != DType::F32 && dt != DType::BF16) bad_dtype("moe_gate_grad", dt);
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   const int64_t n = T * L.num_experts;
   if (n > 0) {
     zero_f32_kernel<<<grid_for(n), kThreads, 0, s>>>(dscores, n);

@@ -363,23 +363,23 @@ void dispatch_float(DType dt, const char* op, F&& f) {
 
 }  // namespace
 
-void rmsnorm(void* stream, DType dt, const void* x, const float* w, int64_t N, int64_t D, float eps, void* y,
+void rmsnorm(const LaunchCtx& ctx, DType dt, const void* x, const float* w, int64_t N, int64_t D, float eps, void* y,
              float* rstd) {
   dispatch_float(dt, "rmsnorm", [&](auto tag) {
     using E = decltype(tag);
     if (N <= 0 || D <= 0) return;
     pick_row_cfg<E>(D, aligned16(x) && aligned16(y), [&](auto cfg) {
       using C = decltype(cfg);
-      rmsnorm_kernel<E, C::VEC, C::LPR><<<row_blocks(N, C::LPR), kNormThreads, 0, as_stream(stream)>>>(
+      rmsnorm_kernel<E, C::VEC, C::LPR><<<row_blocks(N, C::LPR), kNormThreads, 0, as_stream(ctx.stream)>>>(
           static_cast<const E*>(x), w, N, D, eps, static_cast<E*>(y), rstd);
     });
     check_launch("rmsnorm");
   });
 }
 
-void rmsnorm_backward(void* stream, DType dt, const void* x, const float* w, const float* rstd, const void* dy,
+void rmsnorm_backward(const LaunchCtx& ctx, DType dt, const void* x, const float* w, const float* rstd, const void* dy,
                       int64_t N, int64_t D, void* dx, float* dw) {
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   dispatch_float(dt, "rmsnorm_backward", [&](auto tag) {
     using E = decltype(tag);
     if (D <= 0) return;
@@ -395,7 +395,7 @@ void rmsnorm_backward(void* stream, DType dt, const void* x, const float* w, con
   });
 }
 
-void layernorm(void* stream, DType dt, const void* x, const float* w, const float* b, int64_t N, int64_t G,
+void layernorm(const LaunchCtx& ctx, DType dt, const void* x, const float* w, const float* b, int64_t N, int64_t G,
                int64_t D, float eps, void* y, float* mean, float* rstd) {
   dispatch_float(dt, "layernorm", [&](auto tag) {
     using E = decltype(tag);
@@ -403,16 +403,17 @@ void layernorm(void* stream, DType dt, const void* x, const float* w, const floa
     if (rows <= 0 || D <= 0) return;
     pick_row_cfg<E>(D, aligned16(x) && aligned16(y), [&](auto cfg) {
       using C = decltype(cfg);
-      layernorm_kernel<E, C::VEC, C::LPR><<<row_blocks(rows, C::LPR), kNormThreads, 0, as_stream(stream)>>>(
+      layernorm_kernel<E, C::VEC, C::LPR><<<row_blocks(rows, C::LPR), kNormThreads, 0, as_stream(ctx.stream)>>>(
           static_cast<const E*>(x), w, b, rows, G, D, eps, static_cast<E*>(y), mean, rstd);
     });
     check_launch("layernorm");
   });
 }
 
-void layernorm_backward(void* stream, DType dt, const void* x, const float* w, const float* mean, const float* rstd,
-                        const void* dy, int64_t N, int64_t G, int64_t D, void* dx, float* dw, float* db) {
-  cudaStream_t s = as_stream(stream);
+void layernorm_backward(const LaunchCtx& ctx, DType dt, const void* x, const float* w, const float* mean,
+                        const float* rstd, const void* dy, int64_t N, int64_t G, int64_t D, void* dx, float* dw,
+                        float* db) {
+  cudaStream_t s = as_stream(ctx.stream);
   dispatch_float(dt, "layernorm_backward", [&](auto tag) {
     using E = decltype(tag);
     if (G <= 0 || D <= 0) return;

@@ -43,10 +43,10 @@ __global__ void normal_kernel(T* y, int64_t n, uint64_t seed, uint64_t offset, f
 
 }  // namespace
 
-void random_uniform(void* stream, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float low,
+void random_uniform(const LaunchCtx& ctx, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float low,
                     float high) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   switch (dt) {
     case DType::F32: uniform_kernel<float><<<grid_for(n), kThreads, 0, s>>>(static_cast<float*>(y), n, seed, offset, low, high); break;
     case DType::BF16: uniform_kernel<bf16_t><<<grid_for(n), kThreads, 0, s>>>(static_cast<bf16_t*>(y), n, seed, offset, low, high); break;
@@ -55,10 +55,10 @@ void random_uniform(void* stream, DType dt, void* y, int64_t n, uint64_t seed, u
   check_launch("random_uniform");
 }
 
-void random_normal(void* stream, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float mean,
+void random_normal(const LaunchCtx& ctx, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float mean,
                    float std) {
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   switch (dt) {
     case DType::F32: normal_kernel<float><<<grid_for(n), kThreads, 0, s>>>(static_cast<float*>(y), n, seed, offset, mean, std); break;
     case DType::BF16: normal_kernel<bf16_t><<<grid_for(n), kThreads, 0, s>>>(static_cast<bf16_t*>(y), n, seed, offset, mean, std); break;

@@ -280,10 +280,11 @@ void launch_softmax(cudaStream_t s, bool log, const void* x, void* y, int64_t ou
 
 }  // namespace
 
-void reduce(void* stream, ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_t n, int64_t inner) {
+void reduce(const LaunchCtx& ctx, ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_t n,
+            int64_t inner) {
   if (outer <= 0 || inner <= 0) return;
   if (n <= 0) fail("ERR_ARG", "reduce: the reduced axis is empty");
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   switch (dt) {
     case DType::F32: reduce_float<float>(s, op, x, y, outer, n, inner); break;
     case DType::BF16: reduce_float<bf16_t>(s, op, x, y, outer, n, inner); break;
@@ -300,9 +301,10 @@ void reduce(void* stream, ReduceOp op, DType dt, const void* x, void* y, int64_t
   check_launch("reduce");
 }
 
-void softmax(void* stream, bool log, DType dt, const void* x, void* y, int64_t outer, int64_t n, int64_t inner) {
+void softmax(const LaunchCtx& ctx, bool log, DType dt, const void* x, void* y, int64_t outer, int64_t n,
+             int64_t inner) {
   if (outer <= 0 || n <= 0 || inner <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   switch (dt) {
     case DType::F32: launch_softmax<float>(s, log, x, y, outer, n, inner); break;
     case DType::BF16: launch_softmax<bf16_t>(s, log, x, y, outer, n, inner); break;

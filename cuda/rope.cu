@@ -115,20 +115,20 @@ const double* rope_inv_freq(float theta, int64_t D) {
 
 }  // namespace
 
-void rope(void* stream, int32_t* err, DType dt, const void* x, const int32_t* pos, int64_t N, int64_t H, int64_t D,
+void rope(const LaunchCtx& ctx, DType dt, const void* x, const int32_t* pos, int64_t N, int64_t H, int64_t D,
           float theta, bool inverse, void* y) {
   if (dt != DType::F32 && dt != DType::BF16) bad_dtype("rope", dt);
   const int64_t half = D / 2;
   if (N <= 0 || H <= 0 || half <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   const double* f = rope_inv_freq(theta, D);
   const unsigned blocks = static_cast<unsigned>(N < 65535 * 8 ? N : 65535 * 8);
   if (dt == DType::F32)
     rope_kernel<float><<<blocks, kRopeThreads, 0, s>>>(static_cast<const float*>(x), pos, f, N, H, D, inverse,
-                                                        static_cast<float*>(y), err);
+                                                        static_cast<float*>(y), ctx.err);
   else
     rope_kernel<bf16_t><<<blocks, kRopeThreads, 0, s>>>(static_cast<const bf16_t*>(x), pos, f, N, H, D, inverse,
-                                                         static_cast<bf16_t*>(y), err);
+                                                         static_cast<bf16_t*>(y), ctx.err);
   check_launch("rope");
 }
 

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "../csrc/core/launch.h"
+
 namespace moma::cuda {
 
 bool compiled();             // true when built with the CUDA toolkit
@@ -51,6 +53,9 @@ void copy_d2d(int device, void* dst, const void* src, size_t bytes);
 
 // Device error word for data-dependent kernel errors (kernels.h DeviceErrorCode).
 int32_t* error_word(int device);
+
+// The launch context of a kernel on `device` (core/launch.h): its stream and error word.
+inline LaunchCtx launch_ctx(int device) { return LaunchCtx{stream(device), error_word(device)}; }
 
 // Waits for the stream; throws MomaException(ERR_CUDA) for an asynchronous CUDA error and
 // ERR_RANGE for a nonzero error word (then clears it), naming `what`.

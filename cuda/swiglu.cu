@@ -92,10 +92,10 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ h1, const T* __rest
 
 }  // namespace
 
-void swiglu(void* stream, DType dt, const void* h1, const void* h3, void* a, int64_t n) {
+void swiglu(const LaunchCtx& ctx, DType dt, const void* h1, const void* h3, void* a, int64_t n) {
   if (dt != DType::F32 && dt != DType::BF16) bad_dtype("swiglu", dt);
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   const bool vec = aligned16(h1) && aligned16(h3) && aligned16(a);
   auto go = [&](auto tag) {
     using E = decltype(tag);
@@ -110,11 +110,11 @@ void swiglu(void* stream, DType dt, const void* h1, const void* h3, void* a, int
   check_launch("swiglu");
 }
 
-void swiglu_backward(void* stream, DType dt, const void* h1, const void* h3, const void* da, void* dh1, void* dh3,
-                     int64_t n) {
+void swiglu_backward(const LaunchCtx& ctx, DType dt, const void* h1, const void* h3, const void* da, void* dh1,
+                     void* dh3, int64_t n) {
   if (dt != DType::F32 && dt != DType::BF16) bad_dtype("swiglu_backward", dt);
   if (n <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   const bool vec = aligned16(h1) && aligned16(h3) && aligned16(da) && aligned16(dh1) && aligned16(dh3);
   auto go = [&](auto tag) {
     using E = decltype(tag);

@@ -90,8 +90,8 @@ BlockFn pick_block() {
 
 }  // namespace
 
-void adamw(const float* p, const float* g, const float* m, const float* v, int64_t n, const AdamWParams& h,
-           float* p_out, float* m_out, float* v_out, uint16_t* p_bf16) {
+void adamw(const LaunchCtx& ctx, const float* p, const float* g, const float* m, const float* v, int64_t n,
+           const AdamWParams& h, float* p_out, float* m_out, float* v_out, uint16_t* p_bf16) {
   static const BlockFn block = pick_block();
   const Consts k{h.beta1,      h.beta2, 1.0f - h.beta1, 1.0f - h.beta2, h.lr,     h.lr * h.weight_decay,
                  h.eps,        h.grad_scale, h.bias_c1,  h.bias_c2};

@@ -510,8 +510,8 @@ void attention_backward_t(const T* q, const T* k, const T* v, const T* o, const 
 
 }  // namespace
 
-void attention(DType dt, const void* q, const void* k, const void* v, const int32_t* seg_start, int64_t N, int64_t H,
-               int64_t D, float scale, void* o, float* lse) {
+void attention(const LaunchCtx& ctx, DType dt, const void* q, const void* k, const void* v, const int32_t* seg_start,
+               int64_t N, int64_t H, int64_t D, float scale, void* o, float* lse) {
   check_segments("attention", seg_start, N);
   if (N <= 0 || H <= 0) return;
   if (dt == DType::F32)
@@ -524,9 +524,9 @@ void attention(DType dt, const void* q, const void* k, const void* v, const int3
     fail("ERR_DTYPE", "attention: unsupported dtype ", dtype_name(dt));
 }
 
-void attention_backward(DType dt, const void* q, const void* k, const void* v, const void* o, const float* lse,
-                        const void* dout, const int32_t* seg_start, int64_t N, int64_t H, int64_t D, float scale,
-                        void* dq, void* dk, void* dv) {
+void attention_backward(const LaunchCtx& ctx, DType dt, const void* q, const void* k, const void* v, const void* o,
+                        const float* lse, const void* dout, const int32_t* seg_start, int64_t N, int64_t H, int64_t D,
+                        float scale, void* dq, void* dk, void* dv) {
   check_segments("attention_backward", seg_start, N);
   if (N <= 0 || H <= 0) return;
   if (dt == DType::F32)

@@ -7,7 +7,8 @@
 
 namespace moma::cpu {
 
-void copy_2d(const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows, int64_t row_bytes) {
+void copy_2d(const LaunchCtx& ctx, const void* x, int64_t x_pitch, void* y, int64_t y_pitch, int64_t rows,
+             int64_t row_bytes) {
   if (rows <= 0 || row_bytes <= 0) return;
   const char* src = static_cast<const char*>(x);
   char* dst = static_cast<char*>(y);

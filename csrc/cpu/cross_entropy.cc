@@ -143,8 +143,8 @@ void cross_entropy_backward_t(const T* logits, const int32_t* targets, const flo
 
 }  // namespace
 
-void cross_entropy(DType dt, const void* logits, const int32_t* targets, int64_t N, int64_t V, float* nll,
-                   float* lse) {
+void cross_entropy(const LaunchCtx& ctx, DType dt, const void* logits, const int32_t* targets, int64_t N, int64_t V,
+                   float* nll, float* lse) {
   check_targets("cross_entropy", targets, N, V);
   if (N <= 0 || V <= 0) return;
   if (dt == DType::F32)
@@ -155,8 +155,9 @@ void cross_entropy(DType dt, const void* logits, const int32_t* targets, int64_t
     fail("ERR_DTYPE", "cross_entropy: unsupported dtype ", dtype_name(dt));
 }
 
-void cross_entropy_backward(DType dt, const void* logits, const int32_t* targets, const float* lse,
-                            const float* g_nll, const float* g_z, int64_t N, int64_t V, void* dlogits) {
+void cross_entropy_backward(const LaunchCtx& ctx, DType dt, const void* logits, const int32_t* targets,
+                            const float* lse, const float* g_nll, const float* g_z, int64_t N, int64_t V,
+                            void* dlogits) {
   check_targets("cross_entropy_backward", targets, N, V);
   if (N <= 0 || V <= 0) return;
   if (dt == DType::F32)

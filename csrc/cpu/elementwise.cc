@@ -218,7 +218,7 @@ void random_fill(void* y, int64_t n, G gen) {
 
 }  // namespace
 
-void fill(DType dt, void* y, int64_t n, double value) {
+void fill(const LaunchCtx& ctx, DType dt, void* y, int64_t n, double value) {
   detail::dispatch_storage(dt, "fill", [&](auto tag) {
     using T = decltype(tag);
     const T v = narrow<T>(value);
@@ -228,7 +228,7 @@ void fill(DType dt, void* y, int64_t n, double value) {
   });
 }
 
-void arange(DType dt, void* y, int64_t n, double start, double step) {
+void arange(const LaunchCtx& ctx, DType dt, void* y, int64_t n, double start, double step) {
   detail::dispatch_storage(dt, "arange", [&](auto tag) {
     using T = decltype(tag);
     T* yp = static_cast<T*>(y);
@@ -239,7 +239,7 @@ void arange(DType dt, void* y, int64_t n, double start, double step) {
   });
 }
 
-void random_uniform(DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float low,
+void random_uniform(const LaunchCtx& ctx, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float low,
                     float high) {
   detail::dispatch_float(dt, "random_uniform", [&](auto tag) {
     using T = decltype(tag);
@@ -248,7 +248,7 @@ void random_uniform(DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset
   });
 }
 
-void random_normal(DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float mean,
+void random_normal(const LaunchCtx& ctx, DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset, float mean,
                    float std) {
   detail::dispatch_float(dt, "random_normal", [&](auto tag) {
     using T = decltype(tag);
@@ -256,7 +256,7 @@ void random_normal(DType dt, void* y, int64_t n, uint64_t seed, uint64_t offset,
   });
 }
 
-void cast(DType src_dt, const void* x, DType dst_dt, void* y, int64_t n) {
+void cast(const LaunchCtx& ctx, DType src_dt, const void* x, DType dst_dt, void* y, int64_t n) {
   if (src_dt == dst_dt) {
     const size_t es = dtype_size(src_dt);
     const char* xp = static_cast<const char*>(x);
@@ -294,7 +294,7 @@ void cast(DType src_dt, const void* x, DType dst_dt, void* y, int64_t n) {
   });
 }
 
-void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha) {
+void unary(const LaunchCtx& ctx, UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha) {
   switch (dt) {
     case DType::F32: return unary_float<float>(op, x, y, n, alpha);
     case DType::BF16: return unary_float<uint16_t>(op, x, y, n, alpha);
@@ -303,7 +303,7 @@ void unary(UnaryOp op, DType dt, const void* x, void* y, int64_t n, float alpha)
   }
 }
 
-void binary(BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
+void binary(const LaunchCtx& ctx, BinaryOp op, DType dt, const void* a, const StridedView& av, const void* b,
             const StridedView& bv, void* y, int64_t n) {
   if (n <= 0) return;
   if (dt == DType::I32) {
@@ -352,7 +352,7 @@ void binary(BinaryOp op, DType dt, const void* a, const StridedView& av, const v
   });
 }
 
-void where(const uint8_t* cond, const StridedView& cv, DType dt, const void* a,
+void where(const LaunchCtx& ctx, const uint8_t* cond, const StridedView& cv, DType dt, const void* a,
            const StridedView& av, const void* b, const StridedView& bv, void* y, int64_t n) {
   if (n <= 0) return;
   const StridedView* views[3] = {&cv, &av, &bv};

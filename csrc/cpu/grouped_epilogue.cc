@@ -38,7 +38,7 @@ void grouped_gemm_swiglu(const float* x, const float* w1, const float* w3, bool 
   }
   grouped_gemm(x, w1, trans_w, offsets, E, R, K, N, h1);
   grouped_gemm(x, w3, trans_w, offsets, E, R, K, N, h3);
-  swiglu(DType::F32, h1, h3, a, R * N);
+  swiglu(kCpuLaunch, DType::F32, h1, h3, a, R * N);
 }
 
 }  // namespace moma::cpu

@@ -96,7 +96,7 @@ void scatter_bf16(const uint16_t* src, const int32_t* idx, uint16_t* y, int64_t 
 
 }  // namespace
 
-void index_select(DType dt, const void* x, const int32_t* idx, void* y, int64_t outer, int64_t n,
+void index_select(const LaunchCtx& ctx, DType dt, const void* x, const int32_t* idx, void* y, int64_t outer, int64_t n,
                   int64_t k, int64_t inner) {
   check_indices("index_select", idx, k, n);
   if (outer <= 0 || k <= 0 || inner <= 0) return;
@@ -120,7 +120,7 @@ void index_select(DType dt, const void* x, const int32_t* idx, void* y, int64_t 
   });
 }
 
-void scatter_add(DType dt, const void* src, const int32_t* idx, void* y, int64_t outer, int64_t k,
+void scatter_add(const LaunchCtx& ctx, DType dt, const void* src, const int32_t* idx, void* y, int64_t outer, int64_t k,
                  int64_t n, int64_t inner) {
   check_indices("scatter_add", idx, k, n);
   if (outer <= 0 || k <= 0 || inner <= 0) return;

@@ -98,7 +98,7 @@ bool copy_transposed(const T* x, const detail::Coalesced<1>& c, T* y) {
 
 }  // namespace
 
-void strided_copy(DType dt, const void* x, const StridedView& src, void* y, int64_t n) {
+void strided_copy(const LaunchCtx& ctx, DType dt, const void* x, const StridedView& src, void* y, int64_t n) {
   if (n <= 0) return;
   const StridedView* views[1] = {&src};
   const detail::Coalesced<1> c = detail::coalesce<1>(views);

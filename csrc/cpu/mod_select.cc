@@ -10,7 +10,8 @@
 
 namespace moma::cpu {
 
-void mod_select(const float* scores, const int32_t* modality, int64_t T, int64_t k, int32_t* rows) {
+void mod_select(const LaunchCtx& ctx, const float* scores, const int32_t* modality, int64_t T, int64_t k,
+                int32_t* rows) {
   auto rank = [&](int64_t t) {
     return (static_cast<uint64_t>(score_key(scores[t])) << 32) | static_cast<uint64_t>(~static_cast<uint32_t>(t));
   };
@@ -28,7 +29,7 @@ void mod_select(const float* scores, const int32_t* modality, int64_t T, int64_t
     if (modality[t] >= 0 && rank(t) >= threshold) rows[out++] = static_cast<int32_t>(t);
 }
 
-void segment_starts(const int32_t* seg, int64_t n, int32_t* starts) {
+void segment_starts(const LaunchCtx& ctx, const int32_t* seg, int64_t n, int32_t* starts) {
   for (int64_t j = 0; j < n; ++j) starts[j] = (j > 0 && seg[j] == seg[j - 1]) ? starts[j - 1] : static_cast<int32_t>(j);
 }
 

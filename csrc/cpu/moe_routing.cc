@@ -67,7 +67,7 @@ void check_row_group(const char* op, const int32_t* row_group, int64_t T, const 
 
 }  // namespace
 
-void moe_partition(const int32_t* modality, int64_t T, const MoeLayout& L, int32_t* row_group,
+void moe_partition(const LaunchCtx& ctx, const int32_t* modality, int64_t T, const MoeLayout& L, int32_t* row_group,
                    int32_t* counts, int32_t* offsets, int32_t* perm) {
   const int G = L.num_groups;
   for (int64_t t = 0; t < T; ++t) {
@@ -97,8 +97,8 @@ void moe_partition(const int32_t* modality, int64_t T, const MoeLayout& L, int32
   }
 }
 
-void moe_router_scores(const float* logits, const int32_t* row_group, int64_t T, const MoeLayout& L,
-                       RouterFn fn, bool gumbel, uint64_t seed, uint64_t offset, float* scores) {
+void moe_router_scores(const LaunchCtx& ctx, const float* logits, const int32_t* row_group, int64_t T,
+                       const MoeLayout& L, RouterFn fn, bool gumbel, uint64_t seed, uint64_t offset, float* scores) {
   check_row_group("moe_router_scores", row_group, T, L);
   const int64_t E = L.num_experts;
   parallel_for(T, row_grain(E * (gumbel ? 8 : 1)), [&](int64_t t0, int64_t t1) {
@@ -137,8 +137,8 @@ void moe_router_scores(const float* logits, const int32_t* row_group, int64_t T,
   });
 }
 
-void moe_router_scores_backward(const float* scores, const float* dscores, const int32_t* row_group,
-                                int64_t T, const MoeLayout& L, RouterFn fn, float* dlogits) {
+void moe_router_scores_backward(const LaunchCtx& ctx, const float* scores, const float* dscores,
+                                const int32_t* row_group, int64_t T, const MoeLayout& L, RouterFn fn, float* dlogits) {
   check_row_group("moe_router_scores_backward", row_group, T, L);
   const int64_t E = L.num_experts;
   parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
@@ -161,9 +161,9 @@ void moe_router_scores_backward(const float* scores, const float* dscores, const
   });
 }
 
-void moe_route(const float* scores, const int32_t* row_group, const int32_t* offsets, const int32_t* perm,
-               int64_t T, const MoeLayout& L, const RoutingParams& p, int64_t R, int32_t* expert_offsets,
-               int32_t* slot_row, float* slot_gate, int32_t* row_slots, const float* select) {
+void moe_route(const LaunchCtx& ctx, const float* scores, const int32_t* row_group, const int32_t* offsets,
+               const int32_t* perm, int64_t T, const MoeLayout& L, const RoutingParams& p, int64_t R,
+               int32_t* expert_offsets, int32_t* slot_row, float* slot_gate, int32_t* row_slots, const float* select) {
   (void)row_group;  // groups come from offsets / perm
   check_partition("moe_route", offsets, perm, T, L);
   const int64_t E = L.num_experts, W = L.max_group_experts;
@@ -279,9 +279,9 @@ void moe_route(const float* scores, const int32_t* row_group, const int32_t* off
   });
 }
 
-void moe_routing_stats(const int32_t* row_group, const int32_t* offsets, const int32_t* expert_offsets,
-                       const float* slot_gate, const int32_t* row_slots, int64_t T, const MoeLayout& L,
-                       float* expert_stats, float* group_stats) {
+void moe_routing_stats(const LaunchCtx& ctx, const int32_t* row_group, const int32_t* offsets,
+                       const int32_t* expert_offsets, const float* slot_gate, const int32_t* row_slots, int64_t T,
+                       const MoeLayout& L, float* expert_stats, float* group_stats) {
   check_row_group("moe_routing_stats", row_group, T, L);
   const int64_t E = L.num_experts, W = L.max_group_experts;
   const int G = L.num_groups;

@@ -164,8 +164,8 @@ void gate_grad(const T* out, const T* dy, const int32_t* slot_row, const int32_t
 
 }  // namespace
 
-void moe_gather_rows(DType dt, const void* x, const int32_t* slot_row, const float* scale, int64_t T,
-                     int64_t R, int64_t d, void* y) {
+void moe_gather_rows(const LaunchCtx& ctx, DType dt, const void* x, const int32_t* slot_row, const float* scale,
+                     int64_t T, int64_t R, int64_t d, void* y) {
   for (int64_t s = 0; s < R; ++s) {
     if (slot_row[s] < -1 || slot_row[s] >= T)
       fail("ERR_RANGE", "moe_gather_rows: slot_row[", s, "] = ", slot_row[s], " is out of range [-1, ", T, ")");
@@ -178,8 +178,8 @@ void moe_gather_rows(DType dt, const void* x, const int32_t* slot_row, const flo
     fail("ERR_DTYPE", "moe_gather_rows: unsupported dtype ", dtype_name(dt));
 }
 
-void moe_combine(DType dt, const void* src, const int32_t* row_slots, const float* weight, int64_t T,
-                 int64_t W, int64_t R, int64_t d, void* y) {
+void moe_combine(const LaunchCtx& ctx, DType dt, const void* src, const int32_t* row_slots, const float* weight,
+                 int64_t T, int64_t W, int64_t R, int64_t d, void* y) {
   for (int64_t i = 0; i < T * W; ++i) {
     if (row_slots[i] < -1 || row_slots[i] >= R)
       fail("ERR_RANGE", "moe_combine: row_slots[", i / W, ", ", i % W, "] = ", row_slots[i],
@@ -193,9 +193,8 @@ void moe_combine(DType dt, const void* src, const int32_t* row_slots, const floa
     fail("ERR_DTYPE", "moe_combine: unsupported dtype ", dtype_name(dt));
 }
 
-void moe_gate_grad(DType dt, const void* out, const void* dy, const int32_t* slot_row,
-                   const int32_t* expert_offsets, int64_t T, int64_t R, int64_t d, const MoeLayout& L,
-                   float* dscores) {
+void moe_gate_grad(const LaunchCtx& ctx, DType dt, const void* out, const void* dy, const int32_t* slot_row,
+                   const int32_t* expert_offsets, int64_t T, int64_t R, int64_t d, const MoeLayout& L, float* dscores) {
   const int64_t E = L.num_experts;
   if (expert_offsets[0] != 0)
     fail("ERR_RANGE", "moe_gate_grad: expert_offsets[0] = ", expert_offsets[0], ", expected 0");

@@ -208,7 +208,8 @@ void dispatch(DType dt, const char* op, F f) {
 
 }  // namespace
 
-void rmsnorm(DType dt, const void* x, const float* w, int64_t N, int64_t D, float eps, void* y, float* rstd) {
+void rmsnorm(const LaunchCtx& ctx, DType dt, const void* x, const float* w, int64_t N, int64_t D, float eps, void* y,
+             float* rstd) {
   if (N <= 0) return;
   dispatch(dt, "rmsnorm", [&](auto tag) {
     using T = decltype(tag);
@@ -216,8 +217,8 @@ void rmsnorm(DType dt, const void* x, const float* w, int64_t N, int64_t D, floa
   });
 }
 
-void rmsnorm_backward(DType dt, const void* x, const float* w, const float* rstd, const void* dy, int64_t N,
-                      int64_t D, void* dx, float* dw) {
+void rmsnorm_backward(const LaunchCtx& ctx, DType dt, const void* x, const float* w, const float* rstd, const void* dy,
+                      int64_t N, int64_t D, void* dx, float* dw) {
   dispatch(dt, "rmsnorm_backward", [&](auto tag) {
     using T = decltype(tag);
     if (N <= 0) {
@@ -228,8 +229,8 @@ void rmsnorm_backward(DType dt, const void* x, const float* w, const float* rstd
   });
 }
 
-void layernorm(DType dt, const void* x, const float* w, const float* b, int64_t N, int64_t G, int64_t D, float eps,
-               void* y, float* mean, float* rstd) {
+void layernorm(const LaunchCtx& ctx, DType dt, const void* x, const float* w, const float* b, int64_t N, int64_t G,
+               int64_t D, float eps, void* y, float* mean, float* rstd) {
   if (N <= 0 || G <= 0) return;
   dispatch(dt, "layernorm", [&](auto tag) {
     using T = decltype(tag);
@@ -237,8 +238,9 @@ void layernorm(DType dt, const void* x, const float* w, const float* b, int64_t 
   });
 }
 
-void layernorm_backward(DType dt, const void* x, const float* w, const float* mean, const float* rstd, const void* dy,
-                        int64_t N, int64_t G, int64_t D, void* dx, float* dw, float* db) {
+void layernorm_backward(const LaunchCtx& ctx, DType dt, const void* x, const float* w, const float* mean,
+                        const float* rstd, const void* dy, int64_t N, int64_t G, int64_t D, void* dx, float* dw,
+                        float* db) {
   dispatch(dt, "layernorm_backward", [&](auto tag) {
     using T = decltype(tag);
     if (N <= 0) {

@@ -357,7 +357,7 @@ void softmax_run(bool log, const T* x, T* y, int64_t outer, int64_t n, int64_t i
 
 }  // namespace
 
-void reduce(ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_t n,
+void reduce(const LaunchCtx& ctx, ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_t n,
             int64_t inner) {
   if (outer <= 0 || inner <= 0) return;
   if (n <= 0) fail("ERR_ARG", "reduce: the reduced axis is empty");
@@ -369,7 +369,7 @@ void reduce(ReduceOp op, DType dt, const void* x, void* y, int64_t outer, int64_
   }
 }
 
-void softmax(bool log, DType dt, const void* x, void* y, int64_t outer, int64_t n,
+void softmax(const LaunchCtx& ctx, bool log, DType dt, const void* x, void* y, int64_t outer, int64_t n,
              int64_t inner) {
   if (outer <= 0 || n <= 0 || inner <= 0) return;
   detail::dispatch_float(dt, "softmax", [&](auto tag) {

@@ -93,8 +93,8 @@ void rope_t(const T* x, const int32_t* pos, int64_t N, int64_t H, int64_t D, flo
 
 }  // namespace
 
-void rope(DType dt, const void* x, const int32_t* pos, int64_t N, int64_t H, int64_t D, float theta, bool inverse,
-          void* y) {
+void rope(const LaunchCtx& ctx, DType dt, const void* x, const int32_t* pos, int64_t N, int64_t H, int64_t D,
+          float theta, bool inverse, void* y) {
   if (dt == DType::F32)
     rope_t(static_cast<const float*>(x), pos, N, H, D, theta, inverse, static_cast<float*>(y));
   else if (dt == DType::BF16)

@@ -87,7 +87,7 @@ void swiglu_backward_t(const T* h1, const T* h3, const T* da, T* dh1, T* dh3, in
 
 }  // namespace
 
-void swiglu(DType dt, const void* h1, const void* h3, void* a, int64_t n) {
+void swiglu(const LaunchCtx& ctx, DType dt, const void* h1, const void* h3, void* a, int64_t n) {
   if (dt == DType::F32)
     swiglu_t(static_cast<const float*>(h1), static_cast<const float*>(h3), static_cast<float*>(a), n);
   else if (dt == DType::BF16)
@@ -96,8 +96,8 @@ void swiglu(DType dt, const void* h1, const void* h3, void* a, int64_t n) {
     fail("ERR_DTYPE", "swiglu: unsupported dtype ", dtype_name(dt));
 }
 
-void swiglu_backward(DType dt, const void* h1, const void* h3, const void* da, void* dh1, void* dh3,
-                     int64_t n) {
+void swiglu_backward(const LaunchCtx& ctx, DType dt, const void* h1, const void* h3, const void* da, void* dh1,
+                     void* dh3, int64_t n) {
   if (dt == DType::F32)
     swiglu_backward_t(static_cast<const float*>(h1), static_cast<const float*>(h3), static_cast<const float*>(da),
                       static_cast<float*>(dh1), static_cast<float*>(dh3), n);

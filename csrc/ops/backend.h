@@ -1,10 +1,22 @@
-// Calls the same kernel on the right backend: cpu::fn(args...) on the CPU, or
-// cuda::fn(stream, args...) on the device's stream. Used only inside queued tasks.
+// One dispatch line per op: MOMA_LAUNCH(device, kernel, args...) calls
+//   cuda::kernel(cuda::launch_ctx(device.index), args...)  on a CUDA device (its stream and error word),
+//   cpu::kernel(kCpuLaunch, args...)                        on the CPU,
+// the two kernels having one parameter list (core/launch.h). Used only inside queued tasks. A
+// build without CUDA (no MOMA_WITH_CUDA) compiles the CPU call alone: no tensor can live on a CUDA
+// device there (parse_device and the allocator refuse), so the CUDA kernels need no stand-ins.
 #pragma once
 #include "../../cuda/kernels.h"
+#include "../../cuda/kernels_moe.h"
+#include "../../cuda/kernels_nn.h"
 #include "../../cuda/runtime.h"
 #include "../cpu/kernels.h"
+#include "../cpu/kernels_moe.h"
+#include "../cpu/kernels_nn.h"
 
-#define MOMA_DISPATCH(device, fn, ...)                                              \
-  ((device).is_cuda() ? ::moma::cuda::fn(::moma::cuda::stream((device).index), __VA_ARGS__) \
-                      : ::moma::cpu::fn(__VA_ARGS__))
+#if MOMA_WITH_CUDA
+#define MOMA_LAUNCH(device, kernel, ...)                                                               \
+  ((device).is_cuda() ? ::moma::cuda::kernel(::moma::cuda::launch_ctx((device).index), __VA_ARGS__) \
+                      : ::moma::cpu::kernel(::moma::kCpuLaunch, __VA_ARGS__))
+#else
+#define MOMA_LAUNCH(device, kernel, ...) ((void)(device), ::moma::cpu::kernel(::moma::kCpuLaunch, __VA_ARGS__))
+#endif

@@ -27,7 +27,7 @@ Tensor empty(const Shape& shape, DType dtype, Device device) { return empty_tens
 Tensor full(const Shape& shape, double value, DType dtype, Device device) {
   check_value_fits("full", value, dtype);
   Tensor out = empty_tensor(shape, dtype, device, "full");
-  submit("full", device, {}, {out}, [=] { MOMA_DISPATCH(device, fill, dtype, out.data(), out.numel(), value); });
+  submit("full", device, {}, {out}, [=] { MOMA_LAUNCH(device, fill, dtype, out.data(), out.numel(), value); });
   return out;
 }
 
@@ -45,7 +45,7 @@ Tensor arange(double start, double end, double step, DType dtype, Device device)
     check_value_fits("arange", start + step * static_cast<double>(n - 1), dtype);
   }
   Tensor out = empty_tensor({n}, dtype, device, "arange");
-  submit("arange", device, {}, {out}, [=] { MOMA_DISPATCH(device, arange, dtype, out.data(), n, start, step); });
+  submit("arange", device, {}, {out}, [=] { MOMA_LAUNCH(device, arange, dtype, out.data(), n, start, step); });
   return out;
 }
 
@@ -57,7 +57,7 @@ Tensor random_uniform(const Shape& shape, double low, double high, uint64_t seed
   Tensor out = empty_tensor(shape, dtype, device, "rand");
   float lo = static_cast<float>(low), hi = static_cast<float>(high);
   submit("rand", device, {}, {out},
-         [=] { MOMA_DISPATCH(device, random_uniform, dtype, out.data(), out.numel(), seed, offset, lo, hi); });
+         [=] { MOMA_LAUNCH(device, random_uniform, dtype, out.data(), out.numel(), seed, offset, lo, hi); });
   return out;
 }
 
@@ -69,7 +69,7 @@ Tensor random_normal(const Shape& shape, double mean, double std, uint64_t seed,
   Tensor out = empty_tensor(shape, dtype, device, "randn");
   float m = static_cast<float>(mean), s = static_cast<float>(std);
   submit("randn", device, {}, {out},
-         [=] { MOMA_DISPATCH(device, random_normal, dtype, out.data(), out.numel(), seed, offset, m, s); });
+         [=] { MOMA_LAUNCH(device, random_normal, dtype, out.data(), out.numel(), seed, offset, m, s); });
   return out;
 }
 

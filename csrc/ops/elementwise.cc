@@ -68,7 +68,7 @@ Tensor unary(UnaryOp op, const Tensor& x, double alpha) {
   Tensor out = empty_tensor(x.shape, x.dtype, x.device(), name);
   Device device = x.device();
   float a = static_cast<float>(alpha);
-  submit(name, device, {x}, {out}, [=] { MOMA_DISPATCH(device, unary, op, x.dtype, x.data(), out.data(), x.numel(), a); });
+  submit(name, device, {x}, {out}, [=] { MOMA_LAUNCH(device, unary, op, x.dtype, x.data(), out.data(), x.numel(), a); });
   return out;
 }
 
@@ -86,7 +86,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   Tensor out = empty_tensor(shape, a.dtype, a.device(), name);
   Device device = a.device();
   submit(name, device, {a, b}, {out},
-         [=] { MOMA_DISPATCH(device, binary, op, a.dtype, a.data(), av, b.data(), bv, out.data(), out.numel()); });
+         [=] { MOMA_LAUNCH(device, binary, op, a.dtype, a.data(), av, b.data(), bv, out.data(), out.numel()); });
   return out;
 }
 
@@ -102,7 +102,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   Tensor out = empty_tensor(shape, a.dtype, a.device(), "where");
   Device device = a.device();
   submit("where", device, {cond, a, b}, {out}, [=] {
-    MOMA_DISPATCH(device, where, static_cast<const uint8_t*>(cond.data()), cv, a.dtype, a.data(), av, b.data(), bv,
+    MOMA_LAUNCH(device, where, static_cast<const uint8_t*>(cond.data()), cv, a.dtype, a.data(), av, b.data(), bv,
                   out.data(), out.numel());
   });
   return out;

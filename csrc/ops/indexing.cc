@@ -30,11 +30,7 @@ Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index) {
   Device device = x.device();
   const int32_t* idx = static_cast<const int32_t*>(index.data());
   submit("index_select", device, {x, index}, {out}, [=] {
-    if (device.is_cuda())
-      cuda::index_select(cuda::stream(device.index), cuda::error_word(device.index), x.dtype, x.data(), idx,
-                         out.data(), outer, n, k, inner);
-    else
-      cpu::index_select(x.dtype, x.data(), idx, out.data(), outer, n, k, inner);
+    MOMA_LAUNCH(device, index_select, x.dtype, x.data(), idx, out.data(), outer, n, k, inner);
   });
   return out;
 }
@@ -60,11 +56,7 @@ Tensor scatter_add(const Tensor& x, int64_t axis, const Tensor& index, const Ten
   Device device = x.device();
   const int32_t* idx = static_cast<const int32_t*>(index.data());
   submit("scatter_add", device, {src, index, out}, {out}, [=] {
-    if (device.is_cuda())
-      cuda::scatter_add(cuda::stream(device.index), cuda::error_word(device.index), x.dtype, src.data(), idx,
-                        out.data(), outer, k, n, inner);
-    else
-      cpu::scatter_add(x.dtype, src.data(), idx, out.data(), outer, k, n, inner);
+    MOMA_LAUNCH(device, scatter_add, x.dtype, src.data(), idx, out.data(), outer, k, n, inner);
   });
   return out;
 }

@@ -18,7 +18,7 @@ void copy_view(const char* op, const Tensor& x, const StridedView& view, const T
     char* dst = static_cast<char*>(out.data()) + out_offset_elems * static_cast<int64_t>(dtype_size(x.dtype));
     int64_t n = 1;
     for (int i = 0; i < view.ndim; ++i) n *= view.shape[i];
-    MOMA_DISPATCH(device, strided_copy, x.dtype, x.data(), view, dst, n);
+    MOMA_LAUNCH(device, strided_copy, x.dtype, x.data(), view, dst, n);
   });
 }
 
@@ -58,7 +58,7 @@ Tensor astype(const Tensor& t, DType dtype) {
   Tensor out = empty_tensor(t.shape, dtype, t.device(), "astype");
   Device device = t.device();
   submit("astype", device, {t}, {out},
-         [=] { MOMA_DISPATCH(device, cast, t.dtype, t.data(), dtype, out.data(), t.numel()); });
+         [=] { MOMA_LAUNCH(device, cast, t.dtype, t.data(), dtype, out.data(), t.numel()); });
   return out;
 }
 
@@ -151,7 +151,7 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t axis) {
       const int64_t piece_pitch = len * inner * esize, col_bytes = at * inner * esize;
       submit("concat", device, {t}, {out}, [=] {
         char* dst = static_cast<char*>(out.data()) + col_bytes;
-        MOMA_DISPATCH(device, copy_2d, t.data(), piece_pitch, dst, out_pitch, outer, piece_pitch);
+        MOMA_LAUNCH(device, copy_2d, t.data(), piece_pitch, dst, out_pitch, outer, piece_pitch);
       });
     }
     at += len;

@@ -6,10 +6,9 @@
 #include <cmath>
 #include <string>
 
-#include "../../cuda/kernels_moe.h"
 #include "../core/error.h"
 #include "../core/queue.h"
-#include "../cpu/kernels_moe.h"
+#include "backend.h"
 #include "op_util.h"
 #include "ops.h"
 
@@ -101,12 +100,8 @@ MoePartition moe_partition(const Tensor& modality, const MoeLayout& L) {
   MoePartition p{empty_tensor({T}, DType::I32, dev, op), empty_tensor({L.num_groups}, DType::I32, dev, op),
                  empty_tensor({L.num_groups + 1}, DType::I32, dev, op), empty_tensor({T}, DType::I32, dev, op)};
   submit(op, dev, {modality}, {p.row_group, p.counts, p.offsets, p.perm}, [=] {
-    if (dev.is_cuda())
-      cuda::moe_partition(stream_of(dev), err_of(dev), cdata<int32_t>(modality), T, L, mdata<int32_t>(p.row_group),
-                          mdata<int32_t>(p.counts), mdata<int32_t>(p.offsets), mdata<int32_t>(p.perm));
-    else
-      cpu::moe_partition(cdata<int32_t>(modality), T, L, mdata<int32_t>(p.row_group), mdata<int32_t>(p.counts),
-                         mdata<int32_t>(p.offsets), mdata<int32_t>(p.perm));
+    MOMA_LAUNCH(dev, moe_partition, cdata<int32_t>(modality), T, L, mdata<int32_t>(p.row_group),
+                mdata<int32_t>(p.counts), mdata<int32_t>(p.offsets), mdata<int32_t>(p.perm));
   });
   return p;
 }
@@ -121,12 +116,8 @@ Tensor moe_router_scores(const Tensor& logits, const Tensor& row_group, const Mo
   Device dev = logits.device();
   Tensor scores = empty_tensor(logits.shape, DType::F32, dev, op);
   submit(op, dev, {logits, row_group}, {scores}, [=] {
-    if (dev.is_cuda())
-      cuda::moe_router_scores(stream_of(dev), cdata<float>(logits), cdata<int32_t>(row_group), T, L, fn, gumbel, seed,
-                              offset, mdata<float>(scores));
-    else
-      cpu::moe_router_scores(cdata<float>(logits), cdata<int32_t>(row_group), T, L, fn, gumbel, seed, offset,
-                             mdata<float>(scores));
+    MOMA_LAUNCH(dev, moe_router_scores, cdata<float>(logits), cdata<int32_t>(row_group), T, L, fn, gumbel, seed, offset,
+                mdata<float>(scores));
   });
   return scores;
 }
@@ -144,12 +135,8 @@ Tensor moe_router_scores_backward(const Tensor& scores, const Tensor& dscores, c
   Device dev = scores.device();
   Tensor dlogits = empty_tensor(scores.shape, DType::F32, dev, op);
   submit(op, dev, {scores, dscores, row_group}, {dlogits}, [=] {
-    if (dev.is_cuda())
-      cuda::moe_router_scores_backward(stream_of(dev), cdata<float>(scores), cdata<float>(dscores),
-                                       cdata<int32_t>(row_group), T, L, fn, mdata<float>(dlogits));
-    else
-      cpu::moe_router_scores_backward(cdata<float>(scores), cdata<float>(dscores), cdata<int32_t>(row_group), T, L, fn,
-                                      mdata<float>(dlogits));
+    MOMA_LAUNCH(dev, moe_router_scores_backward, cdata<float>(scores), cdata<float>(dscores), cdata<int32_t>(row_group),
+                T, L, fn, mdata<float>(dlogits));
   });
   return dlogits;
 }
@@ -182,15 +169,9 @@ MoeRouting moe_route(const Tensor& scores, const MoePartition& part, const MoeLa
   MoeRouting r{empty_tensor({L.num_experts + 1}, DType::I32, dev, op), empty_tensor({R}, DType::I32, dev, op),
                empty_tensor({R}, DType::F32, dev, op), empty_tensor({T, W}, DType::I32, dev, op)};
   submit(op, dev, inputs, {r.expert_offsets, r.slot_row, r.slot_gate, r.row_slots}, [=] {
-    if (dev.is_cuda())
-      cuda::moe_route(stream_of(dev), err_of(dev), cdata<float>(scores), cdata<int32_t>(part.row_group),
-                      cdata<int32_t>(part.offsets), cdata<int32_t>(part.perm), T, L, p, R,
-                      mdata<int32_t>(r.expert_offsets), mdata<int32_t>(r.slot_row), mdata<float>(r.slot_gate),
-                      mdata<int32_t>(r.row_slots), sel);
-    else
-      cpu::moe_route(cdata<float>(scores), cdata<int32_t>(part.row_group), cdata<int32_t>(part.offsets),
-                     cdata<int32_t>(part.perm), T, L, p, R, mdata<int32_t>(r.expert_offsets),
-                     mdata<int32_t>(r.slot_row), mdata<float>(r.slot_gate), mdata<int32_t>(r.row_slots), sel);
+    MOMA_LAUNCH(dev, moe_route, cdata<float>(scores), cdata<int32_t>(part.row_group), cdata<int32_t>(part.offsets),
+                cdata<int32_t>(part.perm), T, L, p, R, mdata<int32_t>(r.expert_offsets), mdata<int32_t>(r.slot_row),
+                mdata<float>(r.slot_gate), mdata<int32_t>(r.row_slots), sel);
   });
   return r;
 }
@@ -214,11 +195,7 @@ Tensor moe_gather_rows(const Tensor& x, const Tensor& slot_row, const Tensor* sc
   if (R * d == 0) return y;
   const float* sc = scale ? cdata<float>(*scale) : nullptr;
   submit(op, dev, inputs, {y}, [=] {
-    if (dev.is_cuda())
-      cuda::moe_gather_rows(stream_of(dev), err_of(dev), x.dtype, x.data(), cdata<int32_t>(slot_row), sc, T, R, d,
-                            y.data());
-    else
-      cpu::moe_gather_rows(x.dtype, x.data(), cdata<int32_t>(slot_row), sc, T, R, d, y.data());
+    MOMA_LAUNCH(dev, moe_gather_rows, x.dtype, x.data(), cdata<int32_t>(slot_row), sc, T, R, d, y.data());
   });
   return y;
 }
@@ -242,11 +219,7 @@ Tensor moe_combine(const Tensor& src, const Tensor& row_slots, const Tensor* wei
   if (T * d == 0) return y;
   const float* w = weight ? cdata<float>(*weight) : nullptr;
   submit(op, dev, inputs, {y}, [=] {
-    if (dev.is_cuda())
-      cuda::moe_combine(stream_of(dev), err_of(dev), src.dtype, src.data(), cdata<int32_t>(row_slots), w, T, W, R, d,
-                        y.data());
-    else
-      cpu::moe_combine(src.dtype, src.data(), cdata<int32_t>(row_slots), w, T, W, R, d, y.data());
+    MOMA_LAUNCH(dev, moe_combine, src.dtype, src.data(), cdata<int32_t>(row_slots), w, T, W, R, d, y.data());
   });
   return y;
 }
@@ -269,12 +242,8 @@ Tensor moe_gate_grad(const Tensor& out, const Tensor& dy, const Tensor& slot_row
   Device dev = out.device();
   Tensor dscores = empty_tensor({T, L.num_experts}, DType::F32, dev, op);
   submit(op, dev, {out, dy, slot_row, expert_offsets}, {dscores}, [=] {
-    if (dev.is_cuda())
-      cuda::moe_gate_grad(stream_of(dev), out.dtype, out.data(), dy.data(), cdata<int32_t>(slot_row),
-                          cdata<int32_t>(expert_offsets), T, R, d, L, mdata<float>(dscores));
-    else
-      cpu::moe_gate_grad(out.dtype, out.data(), dy.data(), cdata<int32_t>(slot_row), cdata<int32_t>(expert_offsets), T,
-                         R, d, L, mdata<float>(dscores));
+    MOMA_LAUNCH(dev, moe_gate_grad, out.dtype, out.data(), dy.data(), cdata<int32_t>(slot_row),
+                cdata<int32_t>(expert_offsets), T, R, d, L, mdata<float>(dscores));
   });
   return dscores;
 }
@@ -407,10 +376,7 @@ Tensor swiglu(const Tensor& h1, const Tensor& h3) {
   int64_t n = h1.numel();
   if (n == 0) return a;
   submit(op, dev, {h1, h3}, {a}, [=] {
-    if (dev.is_cuda())
-      cuda::swiglu(stream_of(dev), h1.dtype, h1.data(), h3.data(), a.data(), n);
-    else
-      cpu::swiglu(h1.dtype, h1.data(), h3.data(), a.data(), n);
+    MOMA_LAUNCH(dev, swiglu, h1.dtype, h1.data(), h3.data(), a.data(), n);
   });
   return a;
 }
@@ -427,10 +393,7 @@ std::pair<Tensor, Tensor> swiglu_backward(const Tensor& h1, const Tensor& h3, co
   int64_t n = h1.numel();
   if (n == 0) return {dh1, dh3};
   submit(op, dev, {h1, h3, da}, {dh1, dh3}, [=] {
-    if (dev.is_cuda())
-      cuda::swiglu_backward(stream_of(dev), h1.dtype, h1.data(), h3.data(), da.data(), dh1.data(), dh3.data(), n);
-    else
-      cpu::swiglu_backward(h1.dtype, h1.data(), h3.data(), da.data(), dh1.data(), dh3.data(), n);
+    MOMA_LAUNCH(dev, swiglu_backward, h1.dtype, h1.data(), h3.data(), da.data(), dh1.data(), dh3.data(), n);
   });
   return {dh1, dh3};
 }
@@ -454,16 +417,10 @@ MoeRoutingStats moe_routing_stats(const MoePartition& part, const MoeRouting& ro
                     empty_tensor({L.num_groups, 4}, DType::F32, dev, op)};
   submit(op, dev, {part.row_group, part.offsets, routing.expert_offsets, routing.slot_gate, routing.row_slots},
          {s.expert_stats, s.group_stats}, [=] {
-           if (dev.is_cuda())
-             cuda::moe_routing_stats(stream_of(dev), cdata<int32_t>(part.row_group), cdata<int32_t>(part.offsets),
-                                     cdata<int32_t>(routing.expert_offsets), cdata<float>(routing.slot_gate),
-                                     cdata<int32_t>(routing.row_slots), T, L, mdata<float>(s.expert_stats),
-                                     mdata<float>(s.group_stats));
-           else
-             cpu::moe_routing_stats(cdata<int32_t>(part.row_group), cdata<int32_t>(part.offsets),
-                                    cdata<int32_t>(routing.expert_offsets), cdata<float>(routing.slot_gate),
-                                    cdata<int32_t>(routing.row_slots), T, L, mdata<float>(s.expert_stats),
-                                    mdata<float>(s.group_stats));
+           MOMA_LAUNCH(dev, moe_routing_stats, cdata<int32_t>(part.row_group), cdata<int32_t>(part.offsets),
+                       cdata<int32_t>(routing.expert_offsets), cdata<float>(routing.slot_gate),
+                       cdata<int32_t>(routing.row_slots), T, L, mdata<float>(s.expert_stats),
+                       mdata<float>(s.group_stats));
          });
   return s;
 }
@@ -480,11 +437,7 @@ Tensor mod_select(const Tensor& scores, const Tensor& modality, int64_t k) {
   Tensor rows = empty_tensor({k}, DType::I32, dev, op);
   if (k == 0) return rows;
   submit(op, dev, {scores, modality}, {rows}, [=] {
-    if (dev.is_cuda())
-      cuda::mod_select(stream_of(dev), err_of(dev), cdata<float>(scores), cdata<int32_t>(modality), T, k,
-                       mdata<int32_t>(rows));
-    else
-      cpu::mod_select(cdata<float>(scores), cdata<int32_t>(modality), T, k, mdata<int32_t>(rows));
+    MOMA_LAUNCH(dev, mod_select, cdata<float>(scores), cdata<int32_t>(modality), T, k, mdata<int32_t>(rows));
   });
   return rows;
 }
@@ -498,10 +451,7 @@ Tensor segment_starts(const Tensor& seg) {
   Tensor starts = empty_tensor({n}, DType::I32, dev, op);
   if (n == 0) return starts;
   submit(op, dev, {seg}, {starts}, [=] {
-    if (dev.is_cuda())
-      cuda::segment_starts(stream_of(dev), cdata<int32_t>(seg), n, mdata<int32_t>(starts));
-    else
-      cpu::segment_starts(cdata<int32_t>(seg), n, mdata<int32_t>(starts));
+    MOMA_LAUNCH(dev, segment_starts, cdata<int32_t>(seg), n, mdata<int32_t>(starts));
   });
   return starts;
 }

@@ -4,10 +4,9 @@
 
 #include <cmath>
 
-#include "../../cuda/kernels_nn.h"
 #include "../core/error.h"
 #include "../core/queue.h"
-#include "../cpu/kernels_nn.h"
+#include "backend.h"
 #include "op_util.h"
 #include "ops.h"
 
@@ -52,10 +51,7 @@ std::pair<Tensor, Tensor> rmsnorm(const Tensor& x, const Tensor& w, double eps) 
   if (x.numel() == 0) return {y, rstd};
   float e = static_cast<float>(eps);
   submit(op, dev, {x, w}, {y, rstd}, [=] {
-    if (dev.is_cuda())
-      cuda::rmsnorm(stream_of(dev), x.dtype, x.data(), cdata<float>(w), N, D, e, y.data(), mdata<float>(rstd));
-    else
-      cpu::rmsnorm(x.dtype, x.data(), cdata<float>(w), N, D, e, y.data(), mdata<float>(rstd));
+    MOMA_LAUNCH(dev, rmsnorm, x.dtype, x.data(), cdata<float>(w), N, D, e, y.data(), mdata<float>(rstd));
   });
   return {y, rstd};
 }
@@ -70,12 +66,8 @@ std::pair<Tensor, Tensor> rmsnorm_backward(const Tensor& x, const Tensor& w, con
   Device dev = x.device();
   Tensor dx = empty_tensor(x.shape, x.dtype, dev, op), dw = empty_tensor({D}, DType::F32, dev, op);
   submit(op, dev, {x, w, rstd, dy}, {dx, dw}, [=] {
-    if (dev.is_cuda())
-      cuda::rmsnorm_backward(stream_of(dev), x.dtype, x.data(), cdata<float>(w), cdata<float>(rstd), dy.data(), N, D,
-                             dx.data(), mdata<float>(dw));
-    else
-      cpu::rmsnorm_backward(x.dtype, x.data(), cdata<float>(w), cdata<float>(rstd), dy.data(), N, D, dx.data(),
-                            mdata<float>(dw));
+    MOMA_LAUNCH(dev, rmsnorm_backward, x.dtype, x.data(), cdata<float>(w), cdata<float>(rstd), dy.data(), N, D,
+                dx.data(), mdata<float>(dw));
   });
   return {dx, dw};
 }
@@ -94,12 +86,8 @@ LayerNormOut layernorm(const Tensor& x, const Tensor& w, const Tensor& b, double
   if (x.numel() == 0) return out;
   float e = static_cast<float>(eps);
   submit(op, dev, {x, w, b}, {out.y, out.mean, out.rstd}, [=] {
-    if (dev.is_cuda())
-      cuda::layernorm(stream_of(dev), x.dtype, x.data(), cdata<float>(w), cdata<float>(b), N, G, D, e, out.y.data(),
-                      mdata<float>(out.mean), mdata<float>(out.rstd));
-    else
-      cpu::layernorm(x.dtype, x.data(), cdata<float>(w), cdata<float>(b), N, G, D, e, out.y.data(),
-                     mdata<float>(out.mean), mdata<float>(out.rstd));
+    MOMA_LAUNCH(dev, layernorm, x.dtype, x.data(), cdata<float>(w), cdata<float>(b), N, G, D, e, out.y.data(),
+                mdata<float>(out.mean), mdata<float>(out.rstd));
   });
   return out;
 }
@@ -118,13 +106,8 @@ LayerNormGrads layernorm_backward(const Tensor& x, const Tensor& w, const Tensor
   LayerNormGrads g{empty_tensor(x.shape, x.dtype, dev, op), empty_tensor({G, D}, DType::F32, dev, op),
                    empty_tensor({G, D}, DType::F32, dev, op)};
   submit(op, dev, {x, w, mean, rstd, dy}, {g.dx, g.dw, g.db}, [=] {
-    if (dev.is_cuda())
-      cuda::layernorm_backward(stream_of(dev), x.dtype, x.data(), cdata<float>(w), cdata<float>(mean),
-                               cdata<float>(rstd), dy.data(), N, G, D, g.dx.data(), mdata<float>(g.dw),
-                               mdata<float>(g.db));
-    else
-      cpu::layernorm_backward(x.dtype, x.data(), cdata<float>(w), cdata<float>(mean), cdata<float>(rstd), dy.data(), N,
-                              G, D, g.dx.data(), mdata<float>(g.dw), mdata<float>(g.db));
+    MOMA_LAUNCH(dev, layernorm_backward, x.dtype, x.data(), cdata<float>(w), cdata<float>(mean), cdata<float>(rstd),
+                dy.data(), N, G, D, g.dx.data(), mdata<float>(g.dw), mdata<float>(g.db));
   });
   return g;
 }
@@ -144,10 +127,7 @@ Tensor rope(const Tensor& x, const Tensor& pos, double theta, bool inverse) {
   if (x.numel() == 0) return y;
   float th = static_cast<float>(theta);
   submit(op, dev, {x, pos}, {y}, [=] {
-    if (dev.is_cuda())
-      cuda::rope(stream_of(dev), err_of(dev), x.dtype, x.data(), cdata<int32_t>(pos), N, H, D, th, inverse, y.data());
-    else
-      cpu::rope(x.dtype, x.data(), cdata<int32_t>(pos), N, H, D, th, inverse, y.data());
+    MOMA_LAUNCH(dev, rope, x.dtype, x.data(), cdata<int32_t>(pos), N, H, D, th, inverse, y.data());
   });
   return y;
 }
@@ -169,12 +149,8 @@ std::pair<Tensor, Tensor> attention(const Tensor& q, const Tensor& k, const Tens
   if (q.numel() == 0) return {o, lse};
   float sc = static_cast<float>(scale);
   submit(op, dev, {q, k, v, seg_start}, {o, lse}, [=] {
-    if (dev.is_cuda())
-      cuda::attention(stream_of(dev), err_of(dev), q.dtype, q.data(), k.data(), v.data(), cdata<int32_t>(seg_start), N,
-                      H, D, sc, o.data(), mdata<float>(lse));
-    else
-      cpu::attention(q.dtype, q.data(), k.data(), v.data(), cdata<int32_t>(seg_start), N, H, D, sc, o.data(),
-                     mdata<float>(lse));
+    MOMA_LAUNCH(dev, attention, q.dtype, q.data(), k.data(), v.data(), cdata<int32_t>(seg_start), N, H, D, sc, o.data(),
+                mdata<float>(lse));
   });
   return {o, lse};
 }
@@ -199,13 +175,8 @@ AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor
   if (q.numel() == 0) return g;
   float sc = static_cast<float>(scale);
   submit(op, dev, {q, k, v, o, lse, dout, seg_start}, {g.dq, g.dk, g.dv}, [=] {
-    if (dev.is_cuda())
-      cuda::attention_backward(stream_of(dev), err_of(dev), q.dtype, q.data(), k.data(), v.data(), o.data(),
-                               cdata<float>(lse), dout.data(), cdata<int32_t>(seg_start), N, H, D, sc, g.dq.data(),
-                               g.dk.data(), g.dv.data());
-    else
-      cpu::attention_backward(q.dtype, q.data(), k.data(), v.data(), o.data(), cdata<float>(lse), dout.data(),
-                              cdata<int32_t>(seg_start), N, H, D, sc, g.dq.data(), g.dk.data(), g.dv.data());
+    MOMA_LAUNCH(dev, attention_backward, q.dtype, q.data(), k.data(), v.data(), o.data(), cdata<float>(lse),
+                dout.data(), cdata<int32_t>(seg_start), N, H, D, sc, g.dq.data(), g.dk.data(), g.dv.data());
   });
   return g;
 }
@@ -223,12 +194,8 @@ std::pair<Tensor, Tensor> cross_entropy(const Tensor& logits, const Tensor& targ
   Tensor nll = empty_tensor({N}, DType::F32, dev, op), lse = empty_tensor({N}, DType::F32, dev, op);
   if (N == 0) return {nll, lse};
   submit(op, dev, {logits, targets}, {nll, lse}, [=] {
-    if (dev.is_cuda())
-      cuda::cross_entropy(stream_of(dev), err_of(dev), logits.dtype, logits.data(), cdata<int32_t>(targets), N, V,
-                          mdata<float>(nll), mdata<float>(lse));
-    else
-      cpu::cross_entropy(logits.dtype, logits.data(), cdata<int32_t>(targets), N, V, mdata<float>(nll),
-                         mdata<float>(lse));
+    MOMA_LAUNCH(dev, cross_entropy, logits.dtype, logits.data(), cdata<int32_t>(targets), N, V, mdata<float>(nll),
+                mdata<float>(lse));
   });
   return {nll, lse};
 }
@@ -254,12 +221,8 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
   if (N == 0) return dl;
   const float* gz = g_z ? cdata<float>(*g_z) : nullptr;
   submit(op, dev, inputs, {dl}, [=] {
-    if (dev.is_cuda())
-      cuda::cross_entropy_backward(stream_of(dev), logits.dtype, logits.data(), cdata<int32_t>(targets),
-                                   cdata<float>(lse), cdata<float>(g_nll), gz, N, V, dl.data());
-    else
-      cpu::cross_entropy_backward(logits.dtype, logits.data(), cdata<int32_t>(targets), cdata<float>(lse),
-                                  cdata<float>(g_nll), gz, N, V, dl.data());
+    MOMA_LAUNCH(dev, cross_entropy_backward, logits.dtype, logits.data(), cdata<int32_t>(targets), cdata<float>(lse),
+                cdata<float>(g_nll), gz, N, V, dl.data());
   });
   return dl;
 }
@@ -289,12 +252,8 @@ AdamWOut adamw(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& 
   if (n == 0) return out;
   uint16_t* half = want_bf16 ? mdata<uint16_t>(out.p_bf16) : nullptr;
   submit(op, dev, {p, g, m, v}, outputs, [=] {
-    if (dev.is_cuda())
-      cuda::adamw(stream_of(dev), cdata<float>(p), cdata<float>(g), cdata<float>(m), cdata<float>(v), n, h,
-                  mdata<float>(out.p), mdata<float>(out.m), mdata<float>(out.v), half);
-    else
-      cpu::adamw(cdata<float>(p), cdata<float>(g), cdata<float>(m), cdata<float>(v), n, h, mdata<float>(out.p),
-                 mdata<float>(out.m), mdata<float>(out.v), half);
+    MOMA_LAUNCH(dev, adamw, cdata<float>(p), cdata<float>(g), cdata<float>(m), cdata<float>(v), n, h,
+                mdata<float>(out.p), mdata<float>(out.m), mdata<float>(out.v), half);
   });
   return out;
 }

@@ -49,11 +49,11 @@ Tensor reduce(ReduceOp op, const Tensor& x, int64_t axis, bool keepdim) {
   Tensor out = empty_tensor(out_shape, out_dtype, x.device(), name);
   Device device = x.device();
   if (s.n == 0) {  // sum over an empty axis
-    submit(name, device, {x}, {out}, [=] { MOMA_DISPATCH(device, fill, out_dtype, out.data(), out.numel(), 0.0); });
+    submit(name, device, {x}, {out}, [=] { MOMA_LAUNCH(device, fill, out_dtype, out.data(), out.numel(), 0.0); });
     return out;
   }
   submit(name, device, {x}, {out},
-         [=] { MOMA_DISPATCH(device, reduce, op, x.dtype, x.data(), out.data(), s.outer, s.n, s.inner); });
+         [=] { MOMA_LAUNCH(device, reduce, op, x.dtype, x.data(), out.data(), s.outer, s.n, s.inner); });
   return out;
 }
 
@@ -67,7 +67,7 @@ Tensor softmax(const Tensor& x, int64_t axis, bool log) {
   Device device = x.device();
   if (out.numel() == 0) return out;
   submit(name, device, {x}, {out},
-         [=] { MOMA_DISPATCH(device, softmax, log, x.dtype, x.data(), out.data(), s.outer, s.n, s.inner); });
+         [=] { MOMA_LAUNCH(device, softmax, log, x.dtype, x.data(), out.data(), s.outer, s.n, s.inner); });
   return out;
 }
 

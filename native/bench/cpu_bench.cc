@@ -219,27 +219,27 @@ void run_cpu(Runner& runner) {
     if (runner.wanted("cpu", op)) cases.push_back({op, std::move(shape), bytes, std::move(fn)});
   };
   const std::string rc = shape_str({rows, cols});
-  add("fill_f32", rc, 4.0 * n, [&] { cpu::fill(DType::F32, y.data(), n, 0.5); });
+  add("fill_f32", rc, 4.0 * n, [&] { cpu::fill(kCpuLaunch, DType::F32, y.data(), n, 0.5); });
   add("cast_f32_bf16", rc, 6.0 * n,
-      [&] { cpu::cast(DType::F32, x.data(), DType::BF16, y16.data(), n); });
+      [&] { cpu::cast(kCpuLaunch, DType::F32, x.data(), DType::BF16, y16.data(), n); });
   add("unary_silu_f32", rc, 8.0 * n,
-      [&] { cpu::unary(UnaryOp::Silu, DType::F32, x.data(), y.data(), n, 0.0f); });
+      [&] { cpu::unary(kCpuLaunch, UnaryOp::Silu, DType::F32, x.data(), y.data(), n, 0.0f); });
   add("unary_silu_bf16", rc, 4.0 * n,
-      [&] { cpu::unary(UnaryOp::Silu, DType::BF16, y16.data(), y.data(), n, 0.0f); });
+      [&] { cpu::unary(kCpuLaunch, UnaryOp::Silu, DType::BF16, y16.data(), y.data(), n, 0.0f); });
   const StridedView full = view2(rows, cols, cols, 1), row_bcast = view2(rows, cols, 0, 1);
   add("binary_add_bcast_f32", rc + " + " + shape_str({cols}), 8.0 * n + 4.0 * cols, [&] {
-    cpu::binary(BinaryOp::Add, DType::F32, x.data(), full, bias.data(), row_bcast, y.data(), n);
+    cpu::binary(kCpuLaunch, BinaryOp::Add, DType::F32, x.data(), full, bias.data(), row_bcast, y.data(), n);
   });
   add("softmax_rows_f32", rc, 8.0 * n,
-      [&] { cpu::softmax(false, DType::F32, x.data(), y.data(), rows, cols, 1); });
+      [&] { cpu::softmax(kCpuLaunch, false, DType::F32, x.data(), y.data(), rows, cols, 1); });
   add("reduce_sum_rows_f32", rc, 4.0 * n + 4.0 * rows,
-      [&] { cpu::reduce(ReduceOp::Sum, DType::F32, x.data(), y.data(), rows, cols, 1); });
+      [&] { cpu::reduce(kCpuLaunch, ReduceOp::Sum, DType::F32, x.data(), y.data(), rows, cols, 1); });
   // y [8192, 4096] = transpose of x viewed as [4096, 8192].
   const StridedView transposed = view2(8192, 4096, 1, 8192);
   add("strided_copy_transpose", "4096x8192->8192x4096", 8.0 * n,
-      [&] { cpu::strided_copy(DType::F32, x.data(), transposed, y.data(), n); });
+      [&] { cpu::strided_copy(kCpuLaunch, DType::F32, x.data(), transposed, y.data(), n); });
   add("index_select_rows_f32", rc, 8.0 * n + 4.0 * rows, [&] {
-    cpu::index_select(DType::F32, x.data(), idx.data(), y.data(), 1, rows, rows, cols);
+    cpu::index_select(kCpuLaunch, DType::F32, x.data(), idx.data(), y.data(), 1, rows, rows, cols);
   });
   if (cases.empty()) return;
 
@@ -248,9 +248,9 @@ void run_cpu(Runner& runner) {
   y16.resize(size_t(n));
   bias.resize(size_t(cols));
   idx.resize(size_t(rows));
-  cpu::random_uniform(DType::F32, x.data(), n, 7, 0, -4.0f, 4.0f);
-  cpu::fill(DType::F32, y.data(), n, 0.0);
-  cpu::cast(DType::F32, x.data(), DType::BF16, y16.data(), n);
+  cpu::random_uniform(kCpuLaunch, DType::F32, x.data(), n, 7, 0, -4.0f, 4.0f);
+  cpu::fill(kCpuLaunch, DType::F32, y.data(), n, 0.0);
+  cpu::cast(kCpuLaunch, DType::F32, x.data(), DType::BF16, y16.data(), n);
   for (auto& v : bias) v = dist(rng);
   std::uniform_int_distribution<int32_t> pick(0, int32_t(rows - 1));
   for (auto& v : idx) v = pick(rng);

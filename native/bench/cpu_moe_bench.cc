@@ -51,16 +51,17 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
   // Partition.
   std::vector<int32_t> row_group(sz(T)), counts(sz(G)), offsets(sz(G + 1)), perm(sz(T));
   const auto partition = [&] {
-    cpu::moe_partition(modality.data(), T, L, row_group.data(), counts.data(), offsets.data(), perm.data());
+    cpu::moe_partition(kCpuLaunch, modality.data(), T, L, row_group.data(), counts.data(), offsets.data(), perm.data());
   };
   partition();
   if (want("moe.partition")) report_bw("moe.partition", "T" + std::to_string(T), 12.0 * T, median_seconds(partition, kMemTarget));
 
   // Router scores (sigmoid), from logits of a plausible spread.
   std::vector<float> logits(sz(T * E)), scores(sz(T * E));
-  cpu::random_uniform(DType::F32, logits.data(), T * E, 11, 0, -2.0f, 2.0f);
+  cpu::random_uniform(kCpuLaunch, DType::F32, logits.data(), T * E, 11, 0, -2.0f, 2.0f);
   const auto router = [&](bool gumbel) {
-    cpu::moe_router_scores(logits.data(), row_group.data(), T, L, RouterFn::Sigmoid, gumbel, 5, 0, scores.data());
+    cpu::moe_router_scores(kCpuLaunch, logits.data(), row_group.data(), T, L, RouterFn::Sigmoid, gumbel, 5, 0,
+                           scores.data());
   };
   const double score_bytes = 8.0 * T * E + 4.0 * T;
   if (want("moe.router_gumbel"))
@@ -75,8 +76,8 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
   std::vector<int32_t> expert_offsets(sz(E + 1)), slot_row(sz(R)), row_slots(sz(T * W));
   std::vector<float> slot_gate(sz(R));
   const auto route = [&] {
-    cpu::moe_route(scores.data(), row_group.data(), offsets.data(), perm.data(), T, L, ec, R, expert_offsets.data(),
-                   slot_row.data(), slot_gate.data(), row_slots.data());
+    cpu::moe_route(kCpuLaunch, scores.data(), row_group.data(), offsets.data(), perm.data(), T, L, ec, R,
+                   expert_offsets.data(), slot_row.data(), slot_gate.data(), row_slots.data());
   };
   route();
   const int64_t used = expert_offsets[sz(E)];
@@ -90,8 +91,8 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
     std::vector<int32_t> eo(sz(E + 1)), sr(sz(Rt)), rs(sz(T * W));
     std::vector<float> sg(sz(Rt));
     const double s = median_seconds([&] {
-      cpu::moe_route(scores.data(), row_group.data(), offsets.data(), perm.data(), T, L, tc, Rt, eo.data(), sr.data(),
-                     sg.data(), rs.data());
+      cpu::moe_route(kCpuLaunch, scores.data(), row_group.data(), offsets.data(), perm.data(), T, L, tc, Rt, eo.data(),
+                     sr.data(), sg.data(), rs.data());
     }, kMemTarget);
     report_bw("moe.route_tc", shape_str({T, E}) + " k2", 4.0 * T * E + 4.0 * T + 8.0 * Rt + 4.0 * T * W, s);
   }
@@ -102,9 +103,9 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
 
   // Dispatch: xs [R, d] = x[slot_row].
   std::vector<float> x(sz(T * d)), xs(sz(R * d));
-  cpu::random_uniform(DType::F32, x.data(), T * d, 12, 0, -1.0f, 1.0f);
+  cpu::random_uniform(kCpuLaunch, DType::F32, x.data(), T * d, 12, 0, -1.0f, 1.0f);
   const auto gather = [&] {
-    cpu::moe_gather_rows(DType::F32, x.data(), slot_row.data(), nullptr, T, R, d, xs.data());
+    cpu::moe_gather_rows(kCpuLaunch, DType::F32, x.data(), slot_row.data(), nullptr, T, R, d, xs.data());
   };
   gather();
   if (want("moe.gather_rows"))
@@ -117,14 +118,14 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
     const std::string gshape = shape_str({used, d, f});
     if (gemm_ops) {
       std::vector<float> w1(sz(E * d * f));
-      cpu::random_uniform(DType::F32, w1.data(), E * d * f, 13, 0, -0.03f, 0.03f);
+      cpu::random_uniform(kCpuLaunch, DType::F32, w1.data(), E * d * f, 13, 0, -0.03f, 0.03f);
       const auto fwd = [&] {
         cpu::grouped_gemm(xs.data(), w1.data(), false, expert_offsets.data(), E, R, d, f, h1.data());
       };
       if (want("moe.grouped_gemm")) report_flops("moe.grouped_gemm", gshape, flops, median_seconds(fwd, kGemmTarget));
       if (want("moe.grouped_gemm_wgrad")) {
         // dW1[e] = xs[seg e]^T @ dh1[seg e], with w1's storage reused for dW1.
-        cpu::random_uniform(DType::F32, h3.data(), R * f, 14, 0, -1.0f, 1.0f);
+        cpu::random_uniform(kCpuLaunch, DType::F32, h3.data(), R * f, 14, 0, -1.0f, 1.0f);
         const auto wgrad = [&] {
           cpu::grouped_gemm_wgrad(xs.data(), h3.data(), expert_offsets.data(), E, R, d, f, w1.data());
         };
@@ -134,17 +135,17 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
     if (swiglu_ops) {
       const int64_t n = R * f;
       std::vector<float> a(sz(n));
-      cpu::random_uniform(DType::F32, h1.data(), n, 15, 0, -4.0f, 4.0f);
-      cpu::random_uniform(DType::F32, h3.data(), n, 16, 0, -4.0f, 4.0f);
+      cpu::random_uniform(kCpuLaunch, DType::F32, h1.data(), n, 15, 0, -4.0f, 4.0f);
+      cpu::random_uniform(kCpuLaunch, DType::F32, h3.data(), n, 16, 0, -4.0f, 4.0f);
       const std::string sshape = shape_str({R, f});
       if (want("moe.swiglu")) {
-        const double s = median_seconds([&] { cpu::swiglu(DType::F32, h1.data(), h3.data(), a.data(), n); }, kMemTarget);
+        const double s = median_seconds([&] { cpu::swiglu(kCpuLaunch, DType::F32, h1.data(), h3.data(), a.data(), n); }, kMemTarget);
         report_bw("moe.swiglu", sshape, 12.0 * n, s);
       }
       if (want("moe.swiglu_backward")) {
         std::vector<float> dh1(sz(n)), dh3(sz(n));
         const double s = median_seconds([&] {
-          cpu::swiglu_backward(DType::F32, h1.data(), h3.data(), a.data(), dh1.data(), dh3.data(), n);
+          cpu::swiglu_backward(kCpuLaunch, DType::F32, h1.data(), h3.data(), a.data(), dh1.data(), dh3.data(), n);
         }, kMemTarget);
         report_bw("moe.swiglu_backward", sshape, 20.0 * n, s);
       }
@@ -155,7 +156,7 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
   if (want("moe.combine")) {
     std::vector<float> y(sz(T * d));
     const double s = median_seconds([&] {
-      cpu::moe_combine(DType::F32, xs.data(), row_slots.data(), slot_gate.data(), T, W, R, d, y.data());
+      cpu::moe_combine(kCpuLaunch, DType::F32, xs.data(), row_slots.data(), slot_gate.data(), T, W, R, d, y.data());
     }, kMemTarget);
     report_bw("moe.combine", shape_str({T, d}), 4.0 * d * (used + T) + 4.0 * T * W + 4.0 * used, s);
   }
@@ -163,8 +164,8 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
   if (want("moe.gate_grad")) {
     std::vector<float> dscores(sz(T * E));
     const double s = median_seconds([&] {
-      cpu::moe_gate_grad(DType::F32, xs.data(), x.data(), slot_row.data(), expert_offsets.data(), T, R, d, L,
-                         dscores.data());
+      cpu::moe_gate_grad(kCpuLaunch, DType::F32, xs.data(), x.data(), slot_row.data(), expert_offsets.data(), T, R, d,
+                         L, dscores.data());
     }, kMemTarget);
     report_bw("moe.gate_grad", shape_str({used, d}), 8.0 * d * used + 4.0 * used + 4.0 * T * E, s);
   }

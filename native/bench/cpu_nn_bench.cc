@@ -30,7 +30,7 @@ constexpr const char* kNnOps[] = {"nn.rmsnorm",   "nn.rmsnorm_backward",      "n
 
 std::vector<float> uniform(int64_t n, uint64_t seed, float lo, float hi) {
   std::vector<float> v(sz(n));
-  cpu::random_uniform(DType::F32, v.data(), n, seed, 0, lo, hi);
+  cpu::random_uniform(kCpuLaunch, DType::F32, v.data(), n, seed, 0, lo, hi);
   return v;
 }
 
@@ -64,13 +64,16 @@ void run_cpu_nn(Runner& runner) {
     const auto w = uniform(D, 23, 0.5f, 1.5f);
     std::vector<float> y(sz(N * D)), rstd(sz(N)), dw(sz(D));
     const std::string shape = shape_str({N, D});
-    const auto fwd = [&] { cpu::rmsnorm(DType::F32, x.data(), w.data(), N, D, 1e-5f, y.data(), rstd.data()); };
+    const auto fwd = [&] {
+      cpu::rmsnorm(kCpuLaunch, DType::F32, x.data(), w.data(), N, D, 1e-5f, y.data(), rstd.data());
+    };
     fwd();
     if (want("nn.rmsnorm"))
       report_bw("nn.rmsnorm", shape, 8.0 * N * D + 4.0 * N + 4.0 * D, median_seconds(fwd, kTarget));
     if (want("nn.rmsnorm_backward")) {
       const double s = median_seconds([&] {
-        cpu::rmsnorm_backward(DType::F32, x.data(), w.data(), rstd.data(), dy.data(), N, D, y.data(), dw.data());
+        cpu::rmsnorm_backward(kCpuLaunch, DType::F32, x.data(), w.data(), rstd.data(), dy.data(), N, D, y.data(),
+                              dw.data());
       }, kTarget);
       report_bw("nn.rmsnorm_backward", shape, 12.0 * N * D + 4.0 * N + 8.0 * D, s);
     }
@@ -85,15 +88,16 @@ void run_cpu_nn(Runner& runner) {
     const std::string shape = shape_str({N, G, D});
     if (want("nn.layernorm") || want("nn.layernorm_backward")) {
       const auto fwd = [&] {
-        cpu::layernorm(DType::F32, x.data(), w.data(), b.data(), N, G, D, 1e-5f, y.data(), mean.data(), rstd.data());
+        cpu::layernorm(kCpuLaunch, DType::F32, x.data(), w.data(), b.data(), N, G, D, 1e-5f, y.data(), mean.data(),
+                       rstd.data());
       };
       fwd();
       if (want("nn.layernorm"))
         report_bw("nn.layernorm", shape, 8.0 * N * G * D + 8.0 * N * G + 8.0 * G * D, median_seconds(fwd, kTarget));
       if (want("nn.layernorm_backward")) {
         const double s = median_seconds([&] {
-          cpu::layernorm_backward(DType::F32, x.data(), w.data(), mean.data(), rstd.data(), dy.data(), N, G, D,
-                                  y.data(), dw.data(), db.data());
+          cpu::layernorm_backward(kCpuLaunch, DType::F32, x.data(), w.data(), mean.data(), rstd.data(), dy.data(), N, G,
+                                  D, y.data(), dw.data(), db.data());
         }, kTarget);
         report_bw("nn.layernorm_backward", shape, 12.0 * N * G * D + 8.0 * N * G + 12.0 * G * D, s);
       }
@@ -103,7 +107,7 @@ void run_cpu_nn(Runner& runner) {
       std::vector<int32_t> pos(sz(N));
       for (int64_t n = 0; n < N; ++n) pos[sz(n)] = static_cast<int32_t>(n % 4096);
       const double s = median_seconds([&] {
-        cpu::rope(DType::F32, x.data(), pos.data(), N, G, D, 10000.0f, false, y.data());
+        cpu::rope(kCpuLaunch, DType::F32, x.data(), pos.data(), N, G, D, 10000.0f, false, y.data());
       }, kTarget);
       report_bw("nn.rope", shape, 8.0 * N * G * D + 4.0 * N, s);
     }
@@ -123,15 +127,16 @@ void run_cpu_nn(Runner& runner) {
     const std::string shape = shape_str({N, H, D}) + " seg" + std::to_string(seg_len);
     const float scale = 1.0f / std::sqrt(float(D));
     const auto fwd = [&] {
-      cpu::attention(DType::F32, q.data(), k.data(), v.data(), seg.data(), N, H, D, scale, o.data(), lse.data());
+      cpu::attention(kCpuLaunch, DType::F32, q.data(), k.data(), v.data(), seg.data(), N, H, D, scale, o.data(),
+                     lse.data());
     };
     fwd();
     if (want("nn.attention"))
       report_flops("nn.attention", shape, flops, median_seconds(fwd, kTarget));
     if (want("nn.attention_backward")) {
       const double s = median_seconds([&] {
-        cpu::attention_backward(DType::F32, q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(), seg.data(),
-                                N, H, D, scale, dq.data(), dk.data(), dv.data());
+        cpu::attention_backward(kCpuLaunch, DType::F32, q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(),
+                                seg.data(), N, H, D, scale, dq.data(), dk.data(), dv.data());
       }, kTarget);
       report_flops("nn.attention_backward", shape, 2.5 * flops, s);
     }
@@ -145,15 +150,17 @@ void run_cpu_nn(Runner& runner) {
     for (int64_t n = 0; n < N; ++n) targets[sz(n)] = n % 97 == 0 ? -1 : static_cast<int32_t>((n * 7919) % V);
     std::vector<float> nll(sz(N)), lse(sz(N)), g_nll(sz(N), 1.0f / float(N)), g_z(sz(N), 1e-5f / float(N));
     const std::string shape = shape_str({N, V});
-    const auto fwd = [&] { cpu::cross_entropy(DType::F32, logits.data(), targets.data(), N, V, nll.data(), lse.data()); };
+    const auto fwd = [&] {
+      cpu::cross_entropy(kCpuLaunch, DType::F32, logits.data(), targets.data(), N, V, nll.data(), lse.data());
+    };
     fwd();
     if (want("nn.cross_entropy"))
       report_bw("nn.cross_entropy", shape, 4.0 * N * V + 12.0 * N, median_seconds(fwd, kTarget));
     if (want("nn.cross_entropy_backward")) {
       std::vector<float> dlogits(sz(N * V));
       const double s = median_seconds([&] {
-        cpu::cross_entropy_backward(DType::F32, logits.data(), targets.data(), lse.data(), g_nll.data(), g_z.data(), N,
-                                    V, dlogits.data());
+        cpu::cross_entropy_backward(kCpuLaunch, DType::F32, logits.data(), targets.data(), lse.data(), g_nll.data(),
+                                    g_z.data(), N, V, dlogits.data());
       }, kTarget);
       report_bw("nn.cross_entropy_backward", shape, 8.0 * N * V + 16.0 * N, s);
     }
@@ -170,7 +177,7 @@ void run_cpu_nn(Runner& runner) {
     h.bias_c1 = 0.1f;
     h.bias_c2 = 0.05f;
     const double s = median_seconds([&] {
-      cpu::adamw(p.data(), g.data(), m.data(), v.data(), n, h, po.data(), mo.data(), vo.data(), nullptr);
+      cpu::adamw(kCpuLaunch, p.data(), g.data(), m.data(), v.data(), n, h, po.data(), mo.data(), vo.data(), nullptr);
     }, kTarget);
     report_bw("nn.adamw", shape_str({n}), 28.0 * double(n), s);
   }

@@ -47,6 +47,7 @@ void run_cuda(Runner& runner) {
   }
   const cuda::DeviceInfo info = cuda::device_info(kDev);
   void* st = cuda::stream(kDev);
+  const LaunchCtx ctx = cuda::launch_ctx(kDev);
   char line[256];
   std::snprintf(line, sizeof line, "cuda: %s, sm_%d%d, %d SMs, %.1f GiB, runtime %d, driver %d",
                 info.name.c_str(), info.cc_major, info.cc_minor, info.multiprocessors,
@@ -84,8 +85,8 @@ void run_cuda(Runner& runner) {
     if (!c.ceiling && !runner.wanted("cuda", c.op)) continue;
     const size_t es = dtype_size(c.in);
     DeviceBuffer A(size_t(c.M * c.K) * es), B(size_t(c.K * c.N) * es), C(size_t(c.M * c.N) * 4);
-    cuda::random_uniform(st, c.in, A.get(), c.M * c.K, 1, 0, -1.0f, 1.0f);
-    cuda::random_uniform(st, c.in, B.get(), c.K * c.N, 2, 0, -1.0f, 1.0f);
+    cuda::random_uniform(ctx, c.in, A.get(), c.M * c.K, 1, 0, -1.0f, 1.0f);
+    cuda::random_uniform(ctx, c.in, B.get(), c.K * c.N, 2, 0, -1.0f, 1.0f);
     const GemmShape g = gemm_shape(c.M, c.N, c.K);
     const double s =
         gpu_seconds([&] { cuda::gemm(st, c.in, A.get(), c.in, B.get(), DType::F32, C.get(), g); });
@@ -101,9 +102,9 @@ void run_cuda(Runner& runner) {
   const int64_t rows = 32768, cols = 1024, n = rows * cols;
   DeviceBuffer x(size_t(n) * 4), y(size_t(n) * 4), x16(size_t(n) * 2), bias(size_t(cols) * 4),
       idx(size_t(rows) * 4);
-  cuda::random_uniform(st, DType::F32, x.get(), n, 7, 0, -4.0f, 4.0f);
-  cuda::cast(st, DType::F32, x.get(), DType::BF16, x16.get(), n);
-  cuda::random_uniform(st, DType::F32, bias.get(), cols, 8, 0, -1.0f, 1.0f);
+  cuda::random_uniform(ctx, DType::F32, x.get(), n, 7, 0, -4.0f, 4.0f);
+  cuda::cast(ctx, DType::F32, x.get(), DType::BF16, x16.get(), n);
+  cuda::random_uniform(ctx, DType::F32, bias.get(), cols, 8, 0, -1.0f, 1.0f);
   {
     std::vector<int32_t> host_idx(static_cast<size_t>(rows));
     for (int64_t i = 0; i < rows; ++i) host_idx[size_t(i)] = int32_t((i * 7919) % rows);
@@ -120,28 +121,26 @@ void run_cuda(Runner& runner) {
     std::function<void()> fn;
   };
   const MemCase cases[] = {
-      {"fill_f32", rc, 4.0 * n, [&] { cuda::fill(st, DType::F32, y.get(), n, 0.5); }},
+      {"fill_f32", rc, 4.0 * n, [&] { cuda::fill(ctx, DType::F32, y.get(), n, 0.5); }},
       {"cast_f32_bf16", rc, 6.0 * n,
-       [&] { cuda::cast(st, DType::F32, x.get(), DType::BF16, y.get(), n); }},
+       [&] { cuda::cast(ctx, DType::F32, x.get(), DType::BF16, y.get(), n); }},
       {"unary_silu_f32", rc, 8.0 * n,
-       [&] { cuda::unary(st, UnaryOp::Silu, DType::F32, x.get(), y.get(), n, 0.0f); }},
+       [&] { cuda::unary(ctx, UnaryOp::Silu, DType::F32, x.get(), y.get(), n, 0.0f); }},
       {"unary_silu_bf16", rc, 4.0 * n,
-       [&] { cuda::unary(st, UnaryOp::Silu, DType::BF16, x16.get(), y.get(), n, 0.0f); }},
+       [&] { cuda::unary(ctx, UnaryOp::Silu, DType::BF16, x16.get(), y.get(), n, 0.0f); }},
       {"binary_add_bcast_f32", rc + " + " + shape_str({cols}), 8.0 * n + 4.0 * cols,
        [&] {
-         cuda::binary(st, BinaryOp::Add, DType::F32, x.get(), full, bias.get(), row_bcast, y.get(),
-                      n);
+         cuda::binary(ctx, BinaryOp::Add, DType::F32, x.get(), full, bias.get(), row_bcast, y.get(), n);
        }},
       {"softmax_rows_f32", rc, 8.0 * n,
-       [&] { cuda::softmax(st, false, DType::F32, x.get(), y.get(), rows, cols, 1); }},
+       [&] { cuda::softmax(ctx, false, DType::F32, x.get(), y.get(), rows, cols, 1); }},
       {"reduce_sum_rows_f32", rc, 4.0 * n + 4.0 * rows,
-       [&] { cuda::reduce(st, ReduceOp::Sum, DType::F32, x.get(), y.get(), rows, cols, 1); }},
+       [&] { cuda::reduce(ctx, ReduceOp::Sum, DType::F32, x.get(), y.get(), rows, cols, 1); }},
       {"strided_copy_transpose", "4096x8192->8192x4096", 8.0 * n,
-       [&] { cuda::strided_copy(st, DType::F32, x.get(), transposed, y.get(), n); }},
+       [&] { cuda::strided_copy(ctx, DType::F32, x.get(), transposed, y.get(), n); }},
       {"index_select_rows_f32", rc, 8.0 * n + 4.0 * rows,
        [&] {
-         cuda::index_select(st, err, DType::F32, x.get(), idx.as<int32_t>(), y.get(), 1, rows,
-                            rows, cols);
+         cuda::index_select(ctx, DType::F32, x.get(), idx.as<int32_t>(), y.get(), 1, rows, rows, cols);
        }},
   };
   for (const auto& c : cases) {

@@ -52,6 +52,7 @@ struct Ceilings {
 };
 
 Ceilings measure_ceilings(void* st) {
+  const LaunchCtx ctx{st, cuda::error_word(kDev)};
   Ceilings c;
   const cuda::DeviceInfo info = cuda::device_info(kDev);
   const bool hopper = info.name.find("H100") != std::string::npos || info.name.find("H200") != std::string::npos;
@@ -60,8 +61,8 @@ Ceilings measure_ceilings(void* st) {
   {
     const int64_t M = 8192, N = 4096, K = 4096;
     DeviceBuffer A(sz(M * K) * 2), B(sz(K * N) * 2), C(sz(M * N) * 4);
-    cuda::random_uniform(st, DType::BF16, A.get(), M * K, 1, 0, -1.0f, 1.0f);
-    cuda::random_uniform(st, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
+    cuda::random_uniform(ctx, DType::BF16, A.get(), M * K, 1, 0, -1.0f, 1.0f);
+    cuda::random_uniform(ctx, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
     const GemmShape g = gemm_shape(M, N, K);
     const double s = gpu_seconds([&] { cuda::gemm(st, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32, C.get(), g); });
     c.gemm_tflops = 2.0 * double(M) * double(N) * double(K) / s / 1e12;
@@ -71,6 +72,7 @@ Ceilings measure_ceilings(void* st) {
 
 void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::string& name, const MoeLayout& L,
                 const std::vector<int32_t>& modality_host, int64_t d, int64_t f) {
+  const LaunchCtx ctx{st, cuda::error_word(kDev)};
   const int64_t T = static_cast<int64_t>(modality_host.size());
   const int64_t E = L.num_experts, W = L.max_group_experts, G = L.num_groups;
   int32_t* err = cuda::error_word(kDev);
@@ -90,7 +92,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   DeviceBuffer modality(sz(T) * 4), row_group(sz(T) * 4), counts(sz(G) * 4), offsets(sz(G + 1) * 4), perm(sz(T) * 4);
   cuda::copy_h2d(kDev, modality.get(), modality_host.data(), sz(T) * 4);
   const auto partition = [&] {
-    cuda::moe_partition(st, err, modality.as<int32_t>(), T, L, row_group.as<int32_t>(), counts.as<int32_t>(),
+    cuda::moe_partition(ctx, modality.as<int32_t>(), T, L, row_group.as<int32_t>(), counts.as<int32_t>(),
                         offsets.as<int32_t>(), perm.as<int32_t>());
   };
   partition();
@@ -98,9 +100,9 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
 
   // Router scores (sigmoid), with and without Gumbel noise.
   DeviceBuffer logits(sz(T * E) * 4), scores(sz(T * E) * 4);
-  cuda::random_uniform(st, DType::F32, logits.get(), T * E, 11, 0, -2.0f, 2.0f);
+  cuda::random_uniform(ctx, DType::F32, logits.get(), T * E, 11, 0, -2.0f, 2.0f);
   const auto router = [&](bool gumbel) {
-    cuda::moe_router_scores(st, logits.as<float>(), row_group.as<int32_t>(), T, L, RouterFn::Sigmoid, gumbel, 5, 0,
+    cuda::moe_router_scores(ctx, logits.as<float>(), row_group.as<int32_t>(), T, L, RouterFn::Sigmoid, gumbel, 5, 0,
                             scores.as<float>());
   };
   const double score_bytes = 8.0 * T * E + 4.0 * T;
@@ -113,8 +115,8 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   const int64_t R = moe_slot_bound(T, L, ec);
   DeviceBuffer expert_offsets(sz(E + 1) * 4), slot_row(sz(R) * 4), slot_gate(sz(R) * 4), row_slots(sz(T * W) * 4);
   const auto route = [&] {
-    cuda::moe_route(st, err, scores.as<float>(), row_group.as<int32_t>(), offsets.as<int32_t>(), perm.as<int32_t>(), T,
-                    L, ec, R, expert_offsets.as<int32_t>(), slot_row.as<int32_t>(), slot_gate.as<float>(),
+    cuda::moe_route(ctx, scores.as<float>(), row_group.as<int32_t>(), offsets.as<int32_t>(), perm.as<int32_t>(), T, L,
+                    ec, R, expert_offsets.as<int32_t>(), slot_row.as<int32_t>(), slot_gate.as<float>(),
                     row_slots.as<int32_t>());
   };
   route();
@@ -131,17 +133,17 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
     const int64_t Rt = moe_slot_bound(T, L, tc);
     DeviceBuffer eo(sz(E + 1) * 4), sr(sz(Rt) * 4), sg(sz(Rt) * 4), rs(sz(T * W) * 4);
     const double s = gpu_seconds([&] {
-      cuda::moe_route(st, err, scores.as<float>(), row_group.as<int32_t>(), offsets.as<int32_t>(), perm.as<int32_t>(),
-                      T, L, tc, Rt, eo.as<int32_t>(), sr.as<int32_t>(), sg.as<float>(), rs.as<int32_t>());
+      cuda::moe_route(ctx, scores.as<float>(), row_group.as<int32_t>(), offsets.as<int32_t>(), perm.as<int32_t>(), T, L,
+                      tc, Rt, eo.as<int32_t>(), sr.as<int32_t>(), sg.as<float>(), rs.as<int32_t>());
     });
     report_bw("moe.route_tc", shape_str({T, E}) + " k2", 4.0 * T * E + 4.0 * T + 8.0 * Rt + 4.0 * T * W, s);
   }
 
   // Dispatch: xs [R, d] = x[slot_row] (bf16).
   DeviceBuffer x(sz(T * d) * 2), xs(sz(R * d) * 2);
-  cuda::random_uniform(st, DType::BF16, x.get(), T * d, 12, 0, -1.0f, 1.0f);
+  cuda::random_uniform(ctx, DType::BF16, x.get(), T * d, 12, 0, -1.0f, 1.0f);
   const auto gather = [&] {
-    cuda::moe_gather_rows(st, err, DType::BF16, x.get(), slot_row.as<int32_t>(), nullptr, T, R, d, xs.get());
+    cuda::moe_gather_rows(ctx, DType::BF16, x.get(), slot_row.as<int32_t>(), nullptr, T, R, d, xs.get());
   };
   gather();
   if (want("moe.gather_rows"))
@@ -156,14 +158,14 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
     const std::string gshape = shape_str({used, d, f}) + " bf16";
     if (gemm_ops) {
       DeviceBuffer w1(sz(E * d * f) * 2), dw(sz(E * d * f) * 4);
-      cuda::random_uniform(st, DType::BF16, w1.get(), E * d * f, 13, 0, -0.03f, 0.03f);
+      cuda::random_uniform(ctx, DType::BF16, w1.get(), E * d * f, 13, 0, -0.03f, 0.03f);
       if (want("moe.grouped_gemm"))
         report_flops("moe.grouped_gemm", gshape, flops, gpu_seconds([&] {
                        cuda::grouped_gemm(st, err, DType::BF16, xs.get(), DType::BF16, w1.get(), false,
                                           expert_offsets.as<int32_t>(), E, R, d, f, DType::BF16, h1.get());
                      }));
       if (want("moe.grouped_gemm_wgrad")) {
-        cuda::random_uniform(st, DType::BF16, h3.get(), R * f, 14, 0, -1.0f, 1.0f);
+        cuda::random_uniform(ctx, DType::BF16, h3.get(), R * f, 14, 0, -1.0f, 1.0f);
         report_flops("moe.grouped_gemm_wgrad", gshape + " ->f32", flops, gpu_seconds([&] {
                        cuda::grouped_gemm_wgrad(st, err, DType::BF16, xs.get(), DType::BF16, h3.get(),
                                                 expert_offsets.as<int32_t>(), E, R, d, f, dw.as<float>());
@@ -173,15 +175,15 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
     if (swiglu_ops) {
       const int64_t n = R * f;
       DeviceBuffer a(sz(n) * 2);
-      cuda::random_uniform(st, DType::BF16, h1.get(), n, 15, 0, -4.0f, 4.0f);
-      cuda::random_uniform(st, DType::BF16, h3.get(), n, 16, 0, -4.0f, 4.0f);
+      cuda::random_uniform(ctx, DType::BF16, h1.get(), n, 15, 0, -4.0f, 4.0f);
+      cuda::random_uniform(ctx, DType::BF16, h3.get(), n, 16, 0, -4.0f, 4.0f);
       const std::string sshape = shape_str({R, f}) + " bf16";
       if (want("moe.swiglu"))
-        report_bw("moe.swiglu", sshape, 6.0 * n, gpu_seconds([&] { cuda::swiglu(st, DType::BF16, h1.get(), h3.get(), a.get(), n); }));
+        report_bw("moe.swiglu", sshape, 6.0 * n, gpu_seconds([&] { cuda::swiglu(ctx, DType::BF16, h1.get(), h3.get(), a.get(), n); }));
       if (want("moe.swiglu_backward")) {
         DeviceBuffer dh1(sz(n) * 2), dh3(sz(n) * 2);
         report_bw("moe.swiglu_backward", sshape, 10.0 * n, gpu_seconds([&] {
-                    cuda::swiglu_backward(st, DType::BF16, h1.get(), h3.get(), a.get(), dh1.get(), dh3.get(), n);
+                    cuda::swiglu_backward(ctx, DType::BF16, h1.get(), h3.get(), a.get(), dh1.get(), dh3.get(), n);
                   }));
       }
     }
@@ -191,8 +193,8 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   // scaled by the slot gates -> [R, d].
   if (want("moe.grouped_gemm_swiglu") || want("moe.grouped_gemm_scaled")) {
     DeviceBuffer w1(sz(E * d * f) * 2), w3(sz(E * d * f) * 2), a(sz(R * f) * 2), h1(sz(R * f) * 2), h3(sz(R * f) * 2);
-    cuda::random_uniform(st, DType::BF16, w1.get(), E * d * f, 17, 0, -0.03f, 0.03f);
-    cuda::random_uniform(st, DType::BF16, w3.get(), E * d * f, 18, 0, -0.03f, 0.03f);
+    cuda::random_uniform(ctx, DType::BF16, w1.get(), E * d * f, 17, 0, -0.03f, 0.03f);
+    cuda::random_uniform(ctx, DType::BF16, w3.get(), E * d * f, 18, 0, -0.03f, 0.03f);
     const double flops = 2.0 * double(used) * double(d) * double(f);
     if (want("moe.grouped_gemm_swiglu"))
       report_flops("moe.grouped_gemm_swiglu", shape_str({used, d, f}) + " x2 bf16", 2.0 * flops, gpu_seconds([&] {
@@ -202,7 +204,7 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
                    }));
     if (want("moe.grouped_gemm_scaled")) {
       DeviceBuffer out(sz(R * d) * 2);
-      cuda::random_uniform(st, DType::BF16, a.get(), R * f, 19, 0, -1.0f, 1.0f);
+      cuda::random_uniform(ctx, DType::BF16, a.get(), R * f, 19, 0, -1.0f, 1.0f);
       report_flops("moe.grouped_gemm_scaled", shape_str({used, f, d}) + " bf16", flops, gpu_seconds([&] {
                      cuda::grouped_gemm_scaled(st, err, DType::BF16, a.get(), DType::BF16, w1.get(), false,
                                                expert_offsets.as<int32_t>(), slot_gate.as<float>(), E, R, f, d,
@@ -215,15 +217,15 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   if (want("moe.combine")) {
     DeviceBuffer y(sz(T * d) * 2);
     report_bw("moe.combine", shape_str({T, d}) + " bf16", 2.0 * d * (used + T) + 4.0 * T * W + 4.0 * used, gpu_seconds([&] {
-                cuda::moe_combine(st, err, DType::BF16, xs.get(), row_slots.as<int32_t>(), slot_gate.as<float>(), T, W,
-                                  R, d, y.get());
+                cuda::moe_combine(ctx, DType::BF16, xs.get(), row_slots.as<int32_t>(), slot_gate.as<float>(), T, W, R,
+                                  d, y.get());
               }));
   }
   // Gate gradient: dscores [T, E] from the expert outputs and dy = x.
   if (want("moe.gate_grad")) {
     DeviceBuffer dscores(sz(T * E) * 4);
     report_bw("moe.gate_grad", shape_str({used, d}) + " bf16", 4.0 * d * used + 4.0 * used + 4.0 * T * E, gpu_seconds([&] {
-                cuda::moe_gate_grad(st, DType::BF16, xs.get(), x.get(), slot_row.as<int32_t>(),
+                cuda::moe_gate_grad(ctx, DType::BF16, xs.get(), x.get(), slot_row.as<int32_t>(),
                                     expert_offsets.as<int32_t>(), T, R, d, L, dscores.as<float>());
               }));
   }
@@ -240,6 +242,7 @@ void run_cuda_moe(Runner& runner) {
     return;
   }
   void* st = cuda::stream(kDev);
+  const LaunchCtx ctx = cuda::launch_ctx(kDev);
   const Ceilings ceil = measure_ceilings(st);
   char line[256];
   std::snprintf(line, sizeof line,

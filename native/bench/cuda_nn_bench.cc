@@ -56,10 +56,11 @@ const char* dt_name(DType dt) { return dt == DType::BF16 ? "bf16" : "f32"; }
 
 // The bf16 tensor-core GEMM rate of this run (TFLOP/s), as cuda_moe_bench.cc measures it.
 double gemm_ceiling_tflops(void* st) {
+  const LaunchCtx ctx{st, cuda::error_word(kDev)};
   const int64_t M = 8192, N = 4096, K = 4096;
   DeviceBuffer A(sz(M * K) * 2), B(sz(K * N) * 2), C(sz(M * N) * 4);
-  cuda::random_uniform(st, DType::BF16, A.get(), M * K, 1, 0, -1.0f, 1.0f);
-  cuda::random_uniform(st, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
+  cuda::random_uniform(ctx, DType::BF16, A.get(), M * K, 1, 0, -1.0f, 1.0f);
+  cuda::random_uniform(ctx, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
   const GemmShape g = gemm_shape(M, N, K);
   const double s =
       gpu_seconds([&] { cuda::gemm(st, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32, C.get(), g); });
@@ -76,6 +77,7 @@ void run_cuda_nn(Runner& runner) {
     return;
   }
   void* st = cuda::stream(kDev);
+  const LaunchCtx ctx = cuda::launch_ctx(kDev);
   int32_t* err = cuda::error_word(kDev);
   const cuda::DeviceInfo info = cuda::device_info(kDev);
   const bool hopper = info.name.find("H100") != std::string::npos || info.name.find("H200") != std::string::npos;
@@ -105,15 +107,15 @@ void run_cuda_nn(Runner& runner) {
       const int64_t n = T * d;
       DeviceBuffer x(sz(n) * es), dy(sz(n) * es), y(sz(n) * es), dx(sz(n) * es), w(sz(d) * 4), dw(sz(d) * 4),
           rstd(sz(T) * 4);
-      cuda::random_normal(st, dt, x.get(), n, 1, 0, 0.0f, 1.0f);
-      cuda::random_normal(st, dt, dy.get(), n, 2, 0, 0.0f, 1.0f);
-      cuda::random_uniform(st, DType::F32, w.get(), d, 3, 0, 0.5f, 1.5f);
-      const auto fwd = [&] { cuda::rmsnorm(st, dt, x.get(), w.as<float>(), T, d, 1e-5f, y.get(), rstd.as<float>()); };
+      cuda::random_normal(ctx, dt, x.get(), n, 1, 0, 0.0f, 1.0f);
+      cuda::random_normal(ctx, dt, dy.get(), n, 2, 0, 0.0f, 1.0f);
+      cuda::random_uniform(ctx, DType::F32, w.get(), d, 3, 0, 0.5f, 1.5f);
+      const auto fwd = [&] { cuda::rmsnorm(ctx, dt, x.get(), w.as<float>(), T, d, 1e-5f, y.get(), rstd.as<float>()); };
       fwd();
       if (want("nn.rmsnorm")) report_bw("nn.rmsnorm", shape_str({T, d}) + tag, 2.0 * es * n + 4.0 * T + 4.0 * d, gpu_seconds(fwd));
       if (want("nn.rmsnorm_backward"))
         report_bw("nn.rmsnorm_backward", shape_str({T, d}) + tag, 3.0 * es * n + 4.0 * T + 8.0 * d, gpu_seconds([&] {
-                    cuda::rmsnorm_backward(st, dt, x.get(), w.as<float>(), rstd.as<float>(), dy.get(), T, d, dx.get(),
+                    cuda::rmsnorm_backward(ctx, dt, x.get(), w.as<float>(), rstd.as<float>(), dy.get(), T, d, dx.get(),
                                            dw.as<float>());
                   }));
     }
@@ -121,12 +123,12 @@ void run_cuda_nn(Runner& runner) {
       const int64_t n = T * H * Dh;
       DeviceBuffer x(sz(n) * es), dy(sz(n) * es), y(sz(n) * es), dx(sz(n) * es), w(sz(H * Dh) * 4),
           b(sz(H * Dh) * 4), dw(sz(H * Dh) * 4), db(sz(H * Dh) * 4), mean(sz(T * H) * 4), rstd(sz(T * H) * 4);
-      cuda::random_normal(st, dt, x.get(), n, 4, 0, 0.5f, 2.0f);
-      cuda::random_normal(st, dt, dy.get(), n, 5, 0, 0.0f, 1.0f);
-      cuda::random_uniform(st, DType::F32, w.get(), H * Dh, 6, 0, 0.5f, 1.5f);
-      cuda::random_uniform(st, DType::F32, b.get(), H * Dh, 7, 0, -0.5f, 0.5f);
+      cuda::random_normal(ctx, dt, x.get(), n, 4, 0, 0.5f, 2.0f);
+      cuda::random_normal(ctx, dt, dy.get(), n, 5, 0, 0.0f, 1.0f);
+      cuda::random_uniform(ctx, DType::F32, w.get(), H * Dh, 6, 0, 0.5f, 1.5f);
+      cuda::random_uniform(ctx, DType::F32, b.get(), H * Dh, 7, 0, -0.5f, 0.5f);
       const auto fwd = [&] {
-        cuda::layernorm(st, dt, x.get(), w.as<float>(), b.as<float>(), T, H, Dh, 1e-5f, y.get(), mean.as<float>(),
+        cuda::layernorm(ctx, dt, x.get(), w.as<float>(), b.as<float>(), T, H, Dh, 1e-5f, y.get(), mean.as<float>(),
                         rstd.as<float>());
       };
       fwd();
@@ -136,7 +138,7 @@ void run_cuda_nn(Runner& runner) {
       if (want("nn.layernorm_backward"))
         report_bw("nn.layernorm_backward", shape_str({T, H, Dh}) + tag, 3.0 * es * n + 8.0 * T * H + 12.0 * H * Dh,
                   gpu_seconds([&] {
-                    cuda::layernorm_backward(st, dt, x.get(), w.as<float>(), mean.as<float>(), rstd.as<float>(),
+                    cuda::layernorm_backward(ctx, dt, x.get(), w.as<float>(), mean.as<float>(), rstd.as<float>(),
                                              dy.get(), T, H, Dh, dx.get(), dw.as<float>(), db.as<float>());
                   }));
     }
@@ -148,10 +150,10 @@ void run_cuda_nn(Runner& runner) {
   if (want("nn.rope")) {
     const int64_t n = T * H * Dh;
     DeviceBuffer x(sz(n) * 2), y(sz(n) * 2), pos(sz(T) * 4);
-    cuda::random_normal(st, DType::BF16, x.get(), n, 8, 0, 0.0f, 1.0f);
+    cuda::random_normal(ctx, DType::BF16, x.get(), n, 8, 0, 0.0f, 1.0f);
     cuda::copy_h2d(kDev, pos.get(), pos_h.data(), sz(T) * 4);
     report_bw("nn.rope", shape_str({T, H, Dh}) + " bf16", 4.0 * n + 4.0 * T, gpu_seconds([&] {
-                cuda::rope(st, err, DType::BF16, x.get(), pos.as<int32_t>(), T, H, Dh, 10000.0f, false, y.get());
+                cuda::rope(ctx, DType::BF16, x.get(), pos.as<int32_t>(), T, H, Dh, 10000.0f, false, y.get());
               }));
   }
 
@@ -163,9 +165,9 @@ void run_cuda_nn(Runner& runner) {
     const int64_t n = N * Ha * D;
     const size_t es = elem_size(dt);
     DeviceBuffer q(sz(n) * es), k(sz(n) * es), v(sz(n) * es), o(sz(n) * es), lse(sz(N * Ha) * 4), seg(sz(N) * 4);
-    cuda::random_normal(st, dt, q.get(), n, 9, 0, 0.0f, 1.0f);
-    cuda::random_normal(st, dt, k.get(), n, 10, 0, 0.0f, 1.0f);
-    cuda::random_normal(st, dt, v.get(), n, 11, 0, 0.0f, 1.0f);
+    cuda::random_normal(ctx, dt, q.get(), n, 9, 0, 0.0f, 1.0f);
+    cuda::random_normal(ctx, dt, k.get(), n, 10, 0, 0.0f, 1.0f);
+    cuda::random_normal(ctx, dt, v.get(), n, 11, 0, 0.0f, 1.0f);
     std::vector<int32_t> starts(sz(N));
     double pairs = 0;  // sum_t L_t
     for (int64_t t = 0; t < N; ++t) {
@@ -176,17 +178,16 @@ void run_cuda_nn(Runner& runner) {
     const double fwd_flops = 4.0 * double(D) * pairs * double(Ha);
     const float scale = static_cast<float>(1.0 / std::sqrt(double(D)));
     const auto fwd = [&] {
-      cuda::attention(st, err, dt, q.get(), k.get(), v.get(), seg.as<int32_t>(), N, Ha, D, scale, o.get(),
-                      lse.as<float>());
+      cuda::attention(ctx, dt, q.get(), k.get(), v.get(), seg.as<int32_t>(), N, Ha, D, scale, o.get(), lse.as<float>());
     };
     fwd();
     if (want(op_fwd)) report(op_fwd, shape, fwd_flops, gpu_seconds(fwd));
     const bool both = op_both != nullptr && want(op_both);
     if (want(op_bwd) || both) {
       DeviceBuffer dout(sz(n) * es), dq(sz(n) * es), dk(sz(n) * es), dv(sz(n) * es);
-      cuda::random_normal(st, dt, dout.get(), n, 12, 0, 0.0f, 1.0f);
+      cuda::random_normal(ctx, dt, dout.get(), n, 12, 0, 0.0f, 1.0f);
       const auto bwd = [&] {
-        cuda::attention_backward(st, err, dt, q.get(), k.get(), v.get(), o.get(), lse.as<float>(), dout.get(),
+        cuda::attention_backward(ctx, dt, q.get(), k.get(), v.get(), o.get(), lse.as<float>(), dout.get(),
                                  seg.as<int32_t>(), N, Ha, D, scale, dq.get(), dk.get(), dv.get());
       };
       if (want(op_bwd)) report(op_bwd, shape, 2.5 * fwd_flops, gpu_seconds(bwd));
@@ -229,21 +230,21 @@ void run_cuda_nn(Runner& runner) {
     const int64_t N = 8192, V = 65536, n = N * V;
     DeviceBuffer logits(sz(n) * 2), dlogits(sz(n) * 2), tgt(sz(N) * 4), nll(sz(N) * 4), lse(sz(N) * 4),
         g(sz(N) * 4), gz(sz(N) * 4);
-    cuda::random_normal(st, DType::BF16, logits.get(), n, 13, 0, 0.0f, 2.0f);
-    cuda::fill(st, DType::F32, g.get(), N, 1.0 / 8192.0);
-    cuda::fill(st, DType::F32, gz.get(), N, 1e-5 / 8192.0);
+    cuda::random_normal(ctx, DType::BF16, logits.get(), n, 13, 0, 0.0f, 2.0f);
+    cuda::fill(ctx, DType::F32, g.get(), N, 1.0 / 8192.0);
+    cuda::fill(ctx, DType::F32, gz.get(), N, 1e-5 / 8192.0);
     std::mt19937 rng(7);
     std::vector<int32_t> t_h(sz(N));
     for (auto& t : t_h) t = rng() % 20 == 0 ? -1 : static_cast<int32_t>(rng() % V);
     cuda::copy_h2d(kDev, tgt.get(), t_h.data(), sz(N) * 4);
     const auto fwd = [&] {
-      cuda::cross_entropy(st, err, DType::BF16, logits.get(), tgt.as<int32_t>(), N, V, nll.as<float>(), lse.as<float>());
+      cuda::cross_entropy(ctx, DType::BF16, logits.get(), tgt.as<int32_t>(), N, V, nll.as<float>(), lse.as<float>());
     };
     fwd();
     if (want("nn.cross_entropy")) report_bw("nn.cross_entropy", shape_str({N, V}) + " bf16", 2.0 * n + 12.0 * N, gpu_seconds(fwd));
     if (want("nn.cross_entropy_backward"))
       report_bw("nn.cross_entropy_backward", shape_str({N, V}) + " bf16 z", 4.0 * n + 16.0 * N, gpu_seconds([&] {
-                  cuda::cross_entropy_backward(st, DType::BF16, logits.get(), tgt.as<int32_t>(), lse.as<float>(),
+                  cuda::cross_entropy_backward(ctx, DType::BF16, logits.get(), tgt.as<int32_t>(), lse.as<float>(),
                                                g.as<float>(), gz.as<float>(), N, V, dlogits.get());
                 }));
   }
@@ -253,10 +254,10 @@ void run_cuda_nn(Runner& runner) {
     const int64_t n = int64_t(256) << 20;
     DeviceBuffer p(sz(n) * 4), g(sz(n) * 4), m(sz(n) * 4), v(sz(n) * 4), po(sz(n) * 4), mo(sz(n) * 4), vo(sz(n) * 4),
         pb(sz(n) * 2);
-    cuda::random_normal(st, DType::F32, p.get(), n, 14, 0, 0.0f, 0.02f);
-    cuda::random_normal(st, DType::F32, g.get(), n, 15, 0, 0.0f, 1e-3f);
-    cuda::random_normal(st, DType::F32, m.get(), n, 16, 0, 0.0f, 1e-4f);
-    cuda::random_uniform(st, DType::F32, v.get(), n, 17, 0, 0.0f, 1e-6f);
+    cuda::random_normal(ctx, DType::F32, p.get(), n, 14, 0, 0.0f, 0.02f);
+    cuda::random_normal(ctx, DType::F32, g.get(), n, 15, 0, 0.0f, 1e-3f);
+    cuda::random_normal(ctx, DType::F32, m.get(), n, 16, 0, 0.0f, 1e-4f);
+    cuda::random_uniform(ctx, DType::F32, v.get(), n, 17, 0, 0.0f, 1e-6f);
     AdamWParams h;
     h.lr = 1e-4f;
     h.eps = 1e-5f;
@@ -264,7 +265,7 @@ void run_cuda_nn(Runner& runner) {
     h.bias_c1 = 0.1f;
     h.bias_c2 = 0.05f;
     report_bw("nn.adamw", shape_str({n}) + " +bf16", 30.0 * double(n), gpu_seconds([&] {
-                cuda::adamw(st, p.as<float>(), g.as<float>(), m.as<float>(), v.as<float>(), n, h, po.as<float>(),
+                cuda::adamw(ctx, p.as<float>(), g.as<float>(), m.as<float>(), v.as<float>(), n, h, po.as<float>(),
                             mo.as<float>(), vo.as<float>(), pb.as<uint16_t>());
               }));
   }

@@ -60,7 +60,7 @@ inline double gpu_seconds(const std::function<void()>& launch) {
 inline double copy_ceiling_gbs(void* stream, double* seconds = nullptr) {
   const size_t bytes = size_t(1) << 30;
   DeviceBuffer src(bytes), dst(bytes);
-  cuda::fill(stream, DType::U8, src.get(), int64_t(bytes), 1.0);
+  cuda::fill(LaunchCtx{stream, cuda::error_word(kCudaBenchDevice)}, DType::U8, src.get(), int64_t(bytes), 1.0);
   const double s = gpu_seconds([&] { cuda::copy_d2d(kCudaBenchDevice, dst.get(), src.get(), bytes); });
   if (seconds) *seconds = s;
   return 2.0 * double(bytes) / s / 1e9;

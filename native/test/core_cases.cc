@@ -23,9 +23,9 @@ void add_creation_cases() {
         add(std::string("fill ") + dtype_name(dt) + " n=" + std::to_string(n) + " v=" + std::to_string(v), [=] {
           Dev y(n * dtype_size(dt));
           y.poison();
-          cuda::fill(S(), dt, y.p, n, v);
+          cuda::fill(cuda::launch_ctx(0), dt, y.p, n, v);
           std::vector<uint8_t> want(y.bytes);
-          cpu::fill(dt, want.data(), n, v);
+          cpu::fill(kCpuLaunch, dt, want.data(), n, v);
           compare(dt, y.get(), want, n, Tol::Exact);
         });
       }
@@ -35,9 +35,9 @@ void add_creation_cases() {
         double start = dt == DType::U8 ? 0.0 : -3.5, step = dt == DType::U8 ? 0.007 : 0.37;
         Dev y(n * dtype_size(dt));
         y.poison();
-        cuda::arange(S(), dt, y.p, n, start, step);
+        cuda::arange(cuda::launch_ctx(0), dt, y.p, n, start, step);
         std::vector<uint8_t> want(y.bytes);
-        cpu::arange(dt, want.data(), n, start, step);
+        cpu::arange(kCpuLaunch, dt, want.data(), n, start, step);
         compare(dt, y.get(), want, n, Tol::Exact);
       });
   for (DType dt : kFloat)
@@ -46,17 +46,17 @@ void add_creation_cases() {
         add(std::string("random_uniform ") + dtype_name(dt) + " n=" + std::to_string(n) + " off=" + std::to_string(off), [=] {
           Dev y(n * dtype_size(dt));
           y.poison();
-          cuda::random_uniform(S(), dt, y.p, n, 0x1234567890abcdefull, off, -1.5f, 2.25f);
+          cuda::random_uniform(cuda::launch_ctx(0), dt, y.p, n, 0x1234567890abcdefull, off, -1.5f, 2.25f);
           std::vector<uint8_t> want(y.bytes);
-          cpu::random_uniform(dt, want.data(), n, 0x1234567890abcdefull, off, -1.5f, 2.25f);
+          cpu::random_uniform(kCpuLaunch, dt, want.data(), n, 0x1234567890abcdefull, off, -1.5f, 2.25f);
           compare(dt, y.get(), want, n, Tol::Exact);
         });
         add(std::string("random_normal ") + dtype_name(dt) + " n=" + std::to_string(n) + " off=" + std::to_string(off), [=] {
           Dev y(n * dtype_size(dt));
           y.poison();
-          cuda::random_normal(S(), dt, y.p, n, 42, off, 0.5f, 2.0f);
+          cuda::random_normal(cuda::launch_ctx(0), dt, y.p, n, 42, off, 0.5f, 2.0f);
           std::vector<uint8_t> want(y.bytes);
-          cpu::random_normal(dt, want.data(), n, 42, off, 0.5f, 2.0f);
+          cpu::random_normal(kCpuLaunch, dt, want.data(), n, 42, off, 0.5f, 2.0f);
           // bitwise: Box-Muller through portable_math.h, the same operations on both backends
           compare(dt, y.get(), want, n, Tol::Exact);
         });
@@ -67,9 +67,9 @@ void add_creation_cases() {
       add(std::string("random_normal ") + dtype_name(dt) + " n=" + std::to_string(n) + " bitwise", [=] {
         Dev y(n * dtype_size(dt));
         y.poison();
-        cuda::random_normal(S(), dt, y.p, n, 0xfeedbeefull, 12345, -0.25f, 0.02f);
+        cuda::random_normal(cuda::launch_ctx(0), dt, y.p, n, 0xfeedbeefull, 12345, -0.25f, 0.02f);
         std::vector<uint8_t> want(y.bytes);
-        cpu::random_normal(dt, want.data(), n, 0xfeedbeefull, 12345, -0.25f, 0.02f);
+        cpu::random_normal(kCpuLaunch, dt, want.data(), n, 0xfeedbeefull, 12345, -0.25f, 0.02f);
         compare(dt, y.get(), want, n, Tol::Exact);
       });
 }
@@ -92,9 +92,9 @@ void add_cast_cases() {
         Dev dx(x);
         Dev y(n * dtype_size(d));
         y.poison();
-        cuda::cast(S(), s, dx.p, d, y.p, n);
+        cuda::cast(cuda::launch_ctx(0), s, dx.p, d, y.p, n);
         std::vector<uint8_t> want(y.bytes);
-        cpu::cast(s, x.data(), d, want.data(), n);
+        cpu::cast(kCpuLaunch, s, x.data(), d, want.data(), n);
         compare(d, y.get(), want, n, Tol::Exact);
       });
 }
@@ -112,9 +112,9 @@ void add_layout_cases() {
       const int64_t n = 5 * 7 * 33;
       Dev dx(x), y(n * dtype_size(dt));
       y.poison();
-      cuda::strided_copy(S(), dt, dx.p, v, y.p, n);
+      cuda::strided_copy(cuda::launch_ctx(0), dt, dx.p, v, y.p, n);
       std::vector<uint8_t> want(y.bytes);
-      cpu::strided_copy(dt, x.data(), v, want.data(), n);
+      cpu::strided_copy(kCpuLaunch, dt, x.data(), v, want.data(), n);
       compare(dt, y.get(), want, n, Tol::Exact);
     });
     add(std::string("strided_copy slice+broadcast ") + dtype_name(dt), [=] {
@@ -130,9 +130,9 @@ void add_layout_cases() {
       const int64_t n = 2 * 33 * 333;
       Dev dx(x), y(n * dtype_size(dt));
       y.poison();
-      cuda::strided_copy(S(), dt, dx.p, v, y.p, n);
+      cuda::strided_copy(cuda::launch_ctx(0), dt, dx.p, v, y.p, n);
       std::vector<uint8_t> want(y.bytes);
-      cpu::strided_copy(dt, x.data(), v, want.data(), n);
+      cpu::strided_copy(kCpuLaunch, dt, x.data(), v, want.data(), n);
       compare(dt, y.get(), want, n, Tol::Exact);
     });
   }
@@ -141,9 +141,9 @@ void add_layout_cases() {
     std::vector<uint8_t> x = make(DType::U8, rand_f(37 * 131, 0, 255));
     std::vector<uint8_t> canvas = make(DType::U8, rand_f(37 * 257, 0, 255));
     Dev dx(x), y(canvas);
-    cuda::copy_2d(S(), dx.p, 131, static_cast<char*>(y.p) + 11, 257, 37, 129);
+    cuda::copy_2d(cuda::launch_ctx(0), dx.p, 131, static_cast<char*>(y.p) + 11, 257, 37, 129);
     std::vector<uint8_t> want = canvas;
-    cpu::copy_2d(x.data(), 131, want.data() + 11, 257, 37, 129);
+    cpu::copy_2d(kCpuLaunch, x.data(), 131, want.data() + 11, 257, 37, 129);
     compare(DType::U8, y.get(), want, want.size(), Tol::Exact);
   });
 }
@@ -161,9 +161,9 @@ void add_elementwise_cases() {
           float alpha = op == UnaryOp::PowScalar ? 1.7f : -0.37f;
           Dev dx(x), y(x.size());
           y.poison();
-          cuda::unary(S(), op, dt, dx.p, y.p, n, alpha);
+          cuda::unary(cuda::launch_ctx(0), op, dt, dx.p, y.p, n, alpha);
           std::vector<uint8_t> want(x.size());
-          cpu::unary(op, dt, x.data(), want.data(), n, alpha);
+          cpu::unary(kCpuLaunch, op, dt, x.data(), want.data(), n, alpha);
           compare(dt, y.get(), want, n, dt == DType::F32 ? Tol::F32Elem : Tol::Bf16Ulp);
         });
   for (UnaryOp op : {UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Square, UnaryOp::Scale, UnaryOp::AddScalar})
@@ -174,9 +174,9 @@ void add_elementwise_cases() {
       float alpha = 5e9f;  // integral, beyond int32: wraps modulo 2^32
       Dev dx(xi.data(), n * 4), y(n * 4);
       y.poison();
-      cuda::unary(S(), op, DType::I32, dx.p, y.p, n, alpha);
+      cuda::unary(cuda::launch_ctx(0), op, DType::I32, dx.p, y.p, n, alpha);
       std::vector<uint8_t> want(n * 4);
-      cpu::unary(op, DType::I32, xi.data(), want.data(), n, alpha);
+      cpu::unary(kCpuLaunch, op, DType::I32, xi.data(), want.data(), n, alpha);
       compare(DType::I32, y.get(), want, n, Tol::Exact);
     });
   const BinaryOp bops[] = {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum, BinaryOp::Minimum};
@@ -200,9 +200,9 @@ void add_elementwise_cases() {
           }
           Dev da(a), db(b), y(n * dtype_size(dt));
           y.poison();
-          cuda::binary(S(), op, dt, da.p, av, db.p, bv, y.p, n);
+          cuda::binary(cuda::launch_ctx(0), op, dt, da.p, av, db.p, bv, y.p, n);
           std::vector<uint8_t> want(y.bytes);
-          cpu::binary(op, dt, a.data(), av, b.data(), bv, want.data(), n);
+          cpu::binary(kCpuLaunch, op, dt, a.data(), av, b.data(), bv, want.data(), n);
           compare(dt, y.get(), want, n, Tol::Exact);
         });
   for (DType dt : kAll)
@@ -217,9 +217,9 @@ void add_elementwise_cases() {
       bv.strides[0] = 1; bv.strides[1] = 0; bv.strides[2] = 0;
       Dev dc(c), da(a), db(b), y(n * dtype_size(dt));
       y.poison();
-      cuda::where(S(), static_cast<const uint8_t*>(dc.p), cv, dt, da.p, av, db.p, bv, y.p, n);
+      cuda::where(cuda::launch_ctx(0), static_cast<const uint8_t*>(dc.p), cv, dt, da.p, av, db.p, bv, y.p, n);
       std::vector<uint8_t> want(y.bytes);
-      cpu::where(c.data(), cv, dt, a.data(), av, b.data(), bv, want.data(), n);
+      cpu::where(kCpuLaunch, c.data(), cv, dt, a.data(), av, b.data(), bv, want.data(), n);
       compare(dt, y.get(), want, n, Tol::Exact);
     });
 }
@@ -247,9 +247,9 @@ void add_reduce_cases() {
           DType odt = op == ReduceOp::Argmax ? DType::I32 : dt;
           Dev dx(x), y(nout * dtype_size(odt));
           y.poison();
-          cuda::reduce(S(), op, dt, dx.p, y.p, s.outer, s.n, s.inner);
+          cuda::reduce(cuda::launch_ctx(0), op, dt, dx.p, y.p, s.outer, s.n, s.inner);
           std::vector<uint8_t> want(y.bytes);
-          cpu::reduce(op, dt, x.data(), want.data(), s.outer, s.n, s.inner);
+          cpu::reduce(kCpuLaunch, op, dt, x.data(), want.data(), s.outer, s.n, s.inner);
           std::vector<double> scale(nout, 0.0);
           for (int64_t o = 0; o < s.outer; ++o)
             for (int64_t j = 0; j < s.n; ++j)
@@ -269,9 +269,9 @@ void add_reduce_cases() {
           std::vector<uint8_t> x = make(dt, rand_f(total, -8, 8));
           Dev dx(x), y(x.size());
           y.poison();
-          cuda::softmax(S(), log, dt, dx.p, y.p, s.outer, s.n, s.inner);
+          cuda::softmax(cuda::launch_ctx(0), log, dt, dx.p, y.p, s.outer, s.n, s.inner);
           std::vector<uint8_t> want(x.size());
-          cpu::softmax(log, dt, x.data(), want.data(), s.outer, s.n, s.inner);
+          cpu::softmax(kCpuLaunch, log, dt, x.data(), want.data(), s.outer, s.n, s.inner);
           // log-softmax values near 0 carry the absolute error of log(sum): scale by 1 + |x|
           std::vector<double> scale(total, 1.0);
           if (dt == DType::F32) {
@@ -295,9 +295,10 @@ void add_indexing_cases() {
           const int64_t nout = s.outer * k * s.inner;
           Dev dx(x), di(idx.data(), k * 4), y(nout * dtype_size(dt));
           y.poison();
-          cuda::index_select(S(), cuda::error_word(0), dt, dx.p, static_cast<const int32_t*>(di.p), y.p, s.outer, s.n, k, s.inner);
+          cuda::index_select(cuda::launch_ctx(0), dt, dx.p, static_cast<const int32_t*>(di.p), y.p, s.outer, s.n, k,
+                             s.inner);
           std::vector<uint8_t> want(y.bytes);
-          cpu::index_select(dt, x.data(), idx.data(), want.data(), s.outer, s.n, k, s.inner);
+          cpu::index_select(kCpuLaunch, dt, x.data(), idx.data(), want.data(), s.outer, s.n, k, s.inner);
           compare(dt, y.get(), want, nout, Tol::Exact);
         });
   for (DType dt : {DType::F32, DType::BF16, DType::I32})
@@ -310,9 +311,10 @@ void add_indexing_cases() {
           std::vector<int32_t> idx = rand_i(k, 0, static_cast<int32_t>(s.n - 1));
           const int64_t ny = s.outer * s.n * s.inner;
           Dev ds(src), di(idx.data(), k * 4), y(y0);
-          cuda::scatter_add(S(), cuda::error_word(0), dt, ds.p, static_cast<const int32_t*>(di.p), y.p, s.outer, k, s.n, s.inner);
+          cuda::scatter_add(cuda::launch_ctx(0), dt, ds.p, static_cast<const int32_t*>(di.p), y.p, s.outer, k, s.n,
+                            s.inner);
           std::vector<uint8_t> want = y0;
-          cpu::scatter_add(dt, src.data(), idx.data(), want.data(), s.outer, k, s.n, s.inner);
+          cpu::scatter_add(kCpuLaunch, dt, src.data(), idx.data(), want.data(), s.outer, k, s.n, s.inner);
           // same float additions in the same order, one bf16 rounding: exact
           compare(dt, y.get(), want, ny, Tol::Exact);
         });
@@ -331,16 +333,17 @@ void add_indexing_cases() {
         for (auto& v : idx) v += shift;  // the hot rows are not always the first ones
         const int64_t ny = c.outer * c.n * c.inner;
         Dev ds(src), di(idx.data(), c.k * 4), y(y0);
-        cuda::scatter_add(S(), cuda::error_word(0), dt, ds.p, static_cast<const int32_t*>(di.p), y.p, c.outer, c.k, c.n, c.inner);
+        cuda::scatter_add(cuda::launch_ctx(0), dt, ds.p, static_cast<const int32_t*>(di.p), y.p, c.outer, c.k, c.n,
+                          c.inner);
         std::vector<uint8_t> want = y0;
-        cpu::scatter_add(dt, src.data(), idx.data(), want.data(), c.outer, c.k, c.n, c.inner);
+        cpu::scatter_add(kCpuLaunch, dt, src.data(), idx.data(), want.data(), c.outer, c.k, c.n, c.inner);
         compare(dt, y.get(), want, ny, Tol::Exact);
       });
   add("error word: index_select bad index -> ERR_RANGE", [] {
     std::vector<float> x(10 * 3, 1.0f);
     std::vector<int32_t> idx = {1, 10, 2};
     Dev dx(x.data(), x.size() * 4), di(idx.data(), 12), y(3 * 3 * 4);
-    cuda::index_select(S(), cuda::error_word(0), DType::F32, dx.p, static_cast<const int32_t*>(di.p), y.p, 1, 10, 3, 3);
+    cuda::index_select(cuda::launch_ctx(0), DType::F32, dx.p, static_cast<const int32_t*>(di.p), y.p, 1, 10, 3, 3);
     std::string code;
     try {
       cuda::synchronize(0, "test");
@@ -357,7 +360,7 @@ void add_indexing_cases() {
     std::vector<float> src(4 * 2, 1.0f), y0(5 * 2, 0.0f);
     std::vector<int32_t> idx = {0, -1, 4, 3};
     Dev ds(src.data(), src.size() * 4), di(idx.data(), 16), y(y0.data(), y0.size() * 4);
-    cuda::scatter_add(S(), cuda::error_word(0), DType::F32, ds.p, static_cast<const int32_t*>(di.p), y.p, 1, 4, 5, 2);
+    cuda::scatter_add(cuda::launch_ctx(0), DType::F32, ds.p, static_cast<const int32_t*>(di.p), y.p, 1, 4, 5, 2);
     std::string code, msg;
     try { cuda::synchronize(0, "test"); } catch (const MomaException& e) { code = e.code(); msg = e.what(); }
     expect(code == "ERR_RANGE" && msg.find("scatter_add") != std::string::npos, "got '" + code + "' " + msg);
@@ -508,7 +511,7 @@ void add_runtime_cases() {
     const int64_t busy_n = int64_t(1) << 26;
     Dev busy(busy_n * 4);
     for (int round = 0; round < 3; ++round) {
-      cuda::random_normal(S(), DType::F32, busy.p, busy_n, 1, 0, 0.0f, 1.0f);  // ~0.2 ms of device work
+      cuda::random_normal(cuda::launch_ctx(0), DType::F32, busy.p, busy_n, 1, 0, 0.0f, 1.0f);  // ~0.2 ms of device work
       std::vector<std::vector<uint8_t>> host(6);
       std::vector<std::unique_ptr<Dev>> dev;
       for (size_t i = 0; i < host.size(); ++i) {
@@ -518,7 +521,7 @@ void add_runtime_cases() {
         cuda::copy_h2d(0, dev[i]->p, host[i].data(), host[i].size());
       }
       Dev y(4096 * 4);
-      cuda::fill(S(), DType::F32, y.p, 4096, 1.5);  // its check_launch must not see NotReady
+      cuda::fill(cuda::launch_ctx(0), DType::F32, y.p, 4096, 1.5);  // its check_launch must not see NotReady
       bool same = true;
       for (size_t i = 0; i < host.size(); ++i) same &= dev[i]->get() == host[i];
       expect(same, "uploaded bytes, round " + std::to_string(round));
@@ -533,7 +536,7 @@ void add_runtime_cases() {
     try { cuda::alloc(0, size_t(1) << 50); } catch (const MomaException& e) { code = e.code(); }
     expect(code == "ERR_OOM", "a 1 PiB allocation throws ERR_OOM, got '" + code + "'");
     Dev y(1000 * 4);
-    cuda::fill(S(), DType::I32, y.p, 1000, 7.0);
+    cuda::fill(cuda::launch_ctx(0), DType::I32, y.p, 1000, 7.0);
     std::vector<int32_t> v = fetch<int32_t>(y, 1000);
     expect(v[0] == 7 && v[999] == 7, "a fill after the failed allocation runs and reports nothing");
   });

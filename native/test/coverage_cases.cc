@@ -41,10 +41,10 @@ void add_mod_select_cases() {
         const int64_t valid = std::count_if(modality.begin(), modality.end(), [](int32_t m) { return m >= 0; });
         const int64_t k = part == 0 ? 1 : part == 1 ? std::max<int64_t>(1, valid / 2) : valid;
         std::vector<int32_t> want(static_cast<size_t>(k));
-        cpu::mod_select(scores.data(), modality.data(), T, k, want.data());
+        cpu::mod_select(kCpuLaunch, scores.data(), modality.data(), T, k, want.data());
         auto ds = dev_of(scores), dm = dev_of(modality), dr = dev_poisoned(static_cast<size_t>(k) * 4);
-        cuda::mod_select(S(), cuda::error_word(0), static_cast<const float*>(ds->p),
-                         static_cast<const int32_t*>(dm->p), T, k, static_cast<int32_t*>(dr->p));
+        cuda::mod_select(cuda::launch_ctx(0), static_cast<const float*>(ds->p), static_cast<const int32_t*>(dm->p), T,
+                         k, static_cast<int32_t*>(dr->p));
         expect_equal(fetch<int32_t>(*dr, static_cast<size_t>(k)), want, "rows");
       });
     }
@@ -54,8 +54,8 @@ void add_mod_select_cases() {
     std::vector<int32_t> modality(T, -1);
     for (int64_t t = 0; t < T; t += 3) modality[t] = 0;  // 500 valid rows
     auto ds = dev_of(scores), dm = dev_of(modality), dr = dev_poisoned(600 * 4);
-    cuda::mod_select(S(), cuda::error_word(0), static_cast<const float*>(ds->p), static_cast<const int32_t*>(dm->p), T,
-                     600, static_cast<int32_t*>(dr->p));
+    cuda::mod_select(cuda::launch_ctx(0), static_cast<const float*>(ds->p), static_cast<const int32_t*>(dm->p), T, 600,
+                     static_cast<int32_t*>(dr->p));
     expect_device_error("mod_select");
   });
 }
@@ -80,9 +80,10 @@ void add_segment_starts_cases() {
           seg[j] = id;
         }
         std::vector<int32_t> want(static_cast<size_t>(n));
-        cpu::segment_starts(seg.data(), n, want.data());
+        cpu::segment_starts(kCpuLaunch, seg.data(), n, want.data());
         auto dseg = dev_of(seg), dst = dev_poisoned(static_cast<size_t>(n) * 4);
-        cuda::segment_starts(S(), static_cast<const int32_t*>(dseg->p), n, static_cast<int32_t*>(dst->p));
+        cuda::segment_starts(cuda::launch_ctx(0), static_cast<const int32_t*>(dseg->p), n,
+                             static_cast<int32_t*>(dst->p));
         expect_equal(fetch<int32_t>(*dst, static_cast<size_t>(n)), want, "starts");
       });
     }
@@ -101,9 +102,9 @@ void add_rope_table_cases() {
       const std::vector<float> x = rand_f(static_cast<size_t>(n));
       const std::vector<int32_t> pos = rand_i(static_cast<size_t>(N), 0, 40000);
       std::vector<float> want(static_cast<size_t>(n));
-      cpu::rope(DType::F32, x.data(), pos.data(), N, H, D, key.theta, false, want.data());
+      cpu::rope(kCpuLaunch, DType::F32, x.data(), pos.data(), N, H, D, key.theta, false, want.data());
       auto dx = dev_of(x), dpos = dev_of(pos), dy = dev_poisoned(static_cast<size_t>(n) * 4);
-      cuda::rope(S(), cuda::error_word(0), DType::F32, dx->p, static_cast<const int32_t*>(dpos->p), N, H, D, key.theta,
+      cuda::rope(cuda::launch_ctx(0), DType::F32, dx->p, static_cast<const int32_t*>(dpos->p), N, H, D, key.theta,
                  false, dy->p);
       const std::vector<float> got = fetch<float>(*dy, static_cast<size_t>(n));
       int64_t bad = 0;

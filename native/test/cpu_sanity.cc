@@ -117,7 +117,7 @@ void cpu_sanity() {
   g_case = "cpu unary exp";
   {
     std::vector<float> x = rand_f(1000, -10, 10), y(1000);
-    cpu::unary(UnaryOp::Exp, DType::F32, x.data(), y.data(), 1000, 0.0f);
+    cpu::unary(kCpuLaunch, UnaryOp::Exp, DType::F32, x.data(), y.data(), 1000, 0.0f);
     bool ok = true;
     for (int i = 0; i < 1000; ++i) ok &= std::fabs(y[i] - std::exp(double(x[i]))) <= 1e-6 * std::exp(double(x[i]));
     expect(ok, "exp vs double");
@@ -128,7 +128,7 @@ void cpu_sanity() {
     StridedView av = contiguous_view({33, 5, 7}), bv = contiguous_view({33, 5, 7});
     av.strides[0] = 7; av.strides[1] = 0;
     bv.strides[0] = 0;
-    cpu::binary(BinaryOp::Add, DType::F32, a.data(), av, b.data(), bv, y.data(), 33 * 5 * 7);
+    cpu::binary(kCpuLaunch, BinaryOp::Add, DType::F32, a.data(), av, b.data(), bv, y.data(), 33 * 5 * 7);
     bool ok = true;
     for (int i = 0; i < 33; ++i)
       for (int j = 0; j < 5; ++j)
@@ -138,7 +138,7 @@ void cpu_sanity() {
   g_case = "cpu reduce sum";
   {
     std::vector<float> x = rand_f(4 * 1000 * 7), y(4 * 7);
-    cpu::reduce(ReduceOp::Sum, DType::F32, x.data(), y.data(), 4, 1000, 7);
+    cpu::reduce(kCpuLaunch, ReduceOp::Sum, DType::F32, x.data(), y.data(), 4, 1000, 7);
     bool ok = true;
     for (int o = 0; o < 4; ++o)
       for (int i = 0; i < 7; ++i) {
@@ -151,7 +151,7 @@ void cpu_sanity() {
   g_case = "cpu softmax";
   {
     std::vector<float> x = rand_f(3 * 333, -5, 5), y(3 * 333);
-    cpu::softmax(false, DType::F32, x.data(), y.data(), 3, 333, 1);
+    cpu::softmax(kCpuLaunch, false, DType::F32, x.data(), y.data(), 3, 333, 1);
     bool ok = true;
     for (int o = 0; o < 3; ++o) {
       double m = -1e300, s = 0;
@@ -180,7 +180,7 @@ void cpu_sanity() {
   g_case = "cpu random_uniform";
   {
     std::vector<float> y(1001);
-    cpu::random_uniform(DType::F32, y.data(), 1001, 7, 3, 0.0f, 1.0f);
+    cpu::random_uniform(kCpuLaunch, DType::F32, y.data(), 1001, 7, 3, 0.0f, 1.0f);
     bool ok = true;
     for (int i = 0; i < 1001; ++i) ok &= y[i] == philox_uniform(7, 3, i) && y[i] > 0.0f && y[i] <= 1.0f;
     expect(ok, "uniform = philox_uniform");
@@ -192,7 +192,7 @@ void cpu_sanity() {
     std::vector<float> x(10, 1.0f), y(2);
     std::vector<int32_t> idx = {1, 10};
     std::string code;
-    try { cpu::index_select(DType::F32, x.data(), idx.data(), y.data(), 1, 10, 2, 1); } catch (const MomaException& e) { code = e.code(); }
+    try { cpu::index_select(kCpuLaunch, DType::F32, x.data(), idx.data(), y.data(), 1, 10, 2, 1); } catch (const MomaException& e) { code = e.code(); }
     expect(code == "ERR_RANGE", "ERR_RANGE, got '" + code + "'");
   }
 }

@@ -367,10 +367,10 @@ void add_routing_decision_cases() {
       std::vector<float> logits(T * E), scores(T * E), gate(R);
       std::vector<int32_t> rg(T), cnt(G), off(G + 1), perm(T), eo(E + 1), slot_row(R), row_slots(T * W);
       cpu::gemm_f32(g, x.data(), router.data(), logits.data());
-      cpu::moe_partition(modality.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
-      cpu::moe_router_scores(logits.data(), rg.data(), T, L, RouterFn::Sigmoid, false, 0, 0, scores.data());
-      cpu::moe_route(scores.data(), rg.data(), off.data(), perm.data(), T, L, rp, R, eo.data(), slot_row.data(),
-                     gate.data(), row_slots.data());
+      cpu::moe_partition(kCpuLaunch, modality.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
+      cpu::moe_router_scores(kCpuLaunch, logits.data(), rg.data(), T, L, RouterFn::Sigmoid, false, 0, 0, scores.data());
+      cpu::moe_route(kCpuLaunch, scores.data(), rg.data(), off.data(), perm.data(), T, L, rp, R, eo.data(),
+                     slot_row.data(), gate.data(), row_slots.data());
       // CUDA
       auto dx = dev_of(x), drouter = dev_of(router), dmod = dev_of(modality);
       auto dlogits = dev_poisoned(T * E * 4), dscores = dev_poisoned(T * E * 4);
@@ -379,11 +379,13 @@ void add_routing_decision_cases() {
            dgate = dev_poisoned(R * 4), drs = dev_poisoned(T * W * 4);
       int32_t* err = cuda::error_word(0);
       cuda::gemm(S(), DType::F32, dx->p, DType::F32, drouter->p, DType::F32, dlogits->p, g);
-      cuda::moe_partition(S(), err, static_cast<const int32_t*>(dmod->p), T, L, static_cast<int32_t*>(drg->p),
-                          static_cast<int32_t*>(dcnt->p), static_cast<int32_t*>(doff->p), static_cast<int32_t*>(dperm->p));
-      cuda::moe_router_scores(S(), static_cast<const float*>(dlogits->p), static_cast<const int32_t*>(drg->p), T, L,
-                              RouterFn::Sigmoid, false, 0, 0, static_cast<float*>(dscores->p));
-      cuda::moe_route(S(), err, static_cast<const float*>(dscores->p), static_cast<const int32_t*>(drg->p),
+      cuda::moe_partition(cuda::launch_ctx(0), static_cast<const int32_t*>(dmod->p), T, L,
+                          static_cast<int32_t*>(drg->p), static_cast<int32_t*>(dcnt->p), static_cast<int32_t*>(doff->p),
+                          static_cast<int32_t*>(dperm->p));
+      cuda::moe_router_scores(cuda::launch_ctx(0), static_cast<const float*>(dlogits->p),
+                              static_cast<const int32_t*>(drg->p), T, L, RouterFn::Sigmoid, false, 0, 0,
+                              static_cast<float*>(dscores->p));
+      cuda::moe_route(cuda::launch_ctx(0), static_cast<const float*>(dscores->p), static_cast<const int32_t*>(drg->p),
                       static_cast<const int32_t*>(doff->p), static_cast<const int32_t*>(dperm->p), T, L, rp, R,
                       static_cast<int32_t*>(deo->p), static_cast<int32_t*>(dslot->p), static_cast<float*>(dgate->p),
                       static_cast<int32_t*>(drs->p));

@@ -67,10 +67,12 @@ MoeHostRoute host_route(const MoeLayout& L, int64_t T, const RoutingParams& p, i
   h.counts.resize(G);
   h.offsets.resize(G + 1);
   h.perm.resize(T);
-  cpu::moe_partition(h.modality.data(), T, L, h.row_group.data(), h.counts.data(), h.offsets.data(), h.perm.data());
+  cpu::moe_partition(kCpuLaunch, h.modality.data(), T, L, h.row_group.data(), h.counts.data(), h.offsets.data(),
+                     h.perm.data());
   std::vector<float> logits = rand_f(static_cast<size_t>(T * E), -3.0f, 3.0f);
   h.scores.resize(T * E);
-  cpu::moe_router_scores(logits.data(), h.row_group.data(), T, L, RouterFn::Sigmoid, false, 0, 0, h.scores.data());
+  cpu::moe_router_scores(kCpuLaunch, logits.data(), h.row_group.data(), T, L, RouterFn::Sigmoid, false, 0, 0,
+                         h.scores.data());
   if (ties)  // few distinct values: many exact ties between rows and between experts
     for (auto& s : h.scores)
       if (s != 0.0f && s != 1.0f) s = std::round(s * 4.0f) / 4.0f;
@@ -88,7 +90,7 @@ MoeHostRoute host_route(const MoeLayout& L, int64_t T, const RoutingParams& p, i
   h.slot_row.resize(h.R);
   h.slot_gate.resize(h.R);
   h.row_slots.resize(T * W);
-  cpu::moe_route(h.scores.data(), h.row_group.data(), h.offsets.data(), h.perm.data(), T, L, p, h.R,
+  cpu::moe_route(kCpuLaunch, h.scores.data(), h.row_group.data(), h.offsets.data(), h.perm.data(), T, L, p, h.R,
                  h.expert_offsets.data(), h.slot_row.data(), h.slot_gate.data(), h.row_slots.data(),
                  h.select.empty() ? nullptr : h.select.data());
   return h;
@@ -100,19 +102,20 @@ void router_case(const MoeLayout& L, int64_t T, RouterFn fn, bool gumbel, int mo
   const int64_t E = L.num_experts, G = L.num_groups;
   std::vector<int32_t> mod = moe_modality(T, L, mod_mode);
   std::vector<int32_t> rg(T), cnt(G), off(G + 1), perm(T);
-  cpu::moe_partition(mod.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
+  cpu::moe_partition(kCpuLaunch, mod.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
   std::vector<float> logits = rand_f(T * E, -4.0f, 4.0f), want(T * E), ds = rand_f(T * E), dwant(T * E);
   const uint64_t seed = 0x5eed0000ull + T, offset = (1ull << 33) + 7;
-  cpu::moe_router_scores(logits.data(), rg.data(), T, L, fn, gumbel, seed, offset, want.data());
-  cpu::moe_router_scores_backward(want.data(), ds.data(), rg.data(), T, L, fn, dwant.data());
+  cpu::moe_router_scores(kCpuLaunch, logits.data(), rg.data(), T, L, fn, gumbel, seed, offset, want.data());
+  cpu::moe_router_scores_backward(kCpuLaunch, want.data(), ds.data(), rg.data(), T, L, fn, dwant.data());
   auto dl = dev_of(logits), drg = dev_of(rg), dds = dev_of(ds), dsw = dev_of(want);
   auto dsc = dev_poisoned(T * E * 4), ddl = dev_poisoned(T * E * 4);
-  cuda::moe_router_scores(S(), static_cast<const float*>(dl->p), static_cast<const int32_t*>(drg->p), T, L, fn, gumbel,
-                          seed, offset, static_cast<float*>(dsc->p));
+  cuda::moe_router_scores(cuda::launch_ctx(0), static_cast<const float*>(dl->p), static_cast<const int32_t*>(drg->p), T,
+                          L, fn, gumbel, seed, offset, static_cast<float*>(dsc->p));
   expect_equal(fetch<float>(*dsc, T * E), want, "scores");
   // the backward from the CPU's scores: same inputs on both sides
-  cuda::moe_router_scores_backward(S(), static_cast<const float*>(dsw->p), static_cast<const float*>(dds->p),
-                                   static_cast<const int32_t*>(drg->p), T, L, fn, static_cast<float*>(ddl->p));
+  cuda::moe_router_scores_backward(cuda::launch_ctx(0), static_cast<const float*>(dsw->p),
+                                   static_cast<const float*>(dds->p), static_cast<const int32_t*>(drg->p), T, L, fn,
+                                   static_cast<float*>(ddl->p));
   expect_close(fetch<float>(*ddl, T * E), dwant, 1e-5, 1e-6, "dlogits");
 }
 
@@ -125,7 +128,7 @@ void route_case(const MoeLayout& L, int64_t T, const RoutingParams& p, int mod_m
   auto dsel = h.select.empty() ? nullptr : dev_of(h.select);
   auto deo = dev_poisoned((E + 1) * 4), dsr = dev_poisoned(R * 4), dsg = dev_poisoned(R * 4),
        drs = dev_poisoned(T * W * 4);
-  cuda::moe_route(S(), cuda::error_word(0), static_cast<const float*>(dsc->p), static_cast<const int32_t*>(drg->p),
+  cuda::moe_route(cuda::launch_ctx(0), static_cast<const float*>(dsc->p), static_cast<const int32_t*>(drg->p),
                   static_cast<const int32_t*>(doff->p), static_cast<const int32_t*>(dperm->p), T, L, p, R,
                   static_cast<int32_t*>(deo->p), static_cast<int32_t*>(dsr->p), static_cast<float*>(dsg->p),
                   static_cast<int32_t*>(drs->p), dsel ? static_cast<const float*>(dsel->p) : nullptr);
@@ -135,14 +138,14 @@ void route_case(const MoeLayout& L, int64_t T, const RoutingParams& p, int mod_m
   expect_equal(fetch<int32_t>(*drs, T * W), h.row_slots, "row_slots");
   // statistics from the (CPU) routing
   std::vector<float> es(2 * E), gs(4 * G);
-  cpu::moe_routing_stats(h.row_group.data(), h.offsets.data(), h.expert_offsets.data(), h.slot_gate.data(),
+  cpu::moe_routing_stats(kCpuLaunch, h.row_group.data(), h.offsets.data(), h.expert_offsets.data(), h.slot_gate.data(),
                          h.row_slots.data(), T, L, es.data(), gs.data());
   auto deo2 = dev_of(h.expert_offsets), dsg2 = dev_of(h.slot_gate), drs2 = dev_of(h.row_slots);
   auto des = dev_poisoned(2 * E * 4), dgs = dev_poisoned(4 * G * 4);
-  cuda::moe_routing_stats(S(), static_cast<const int32_t*>(drg->p), static_cast<const int32_t*>(doff->p),
-                          static_cast<const int32_t*>(deo2->p), static_cast<const float*>(dsg2->p),
-                          static_cast<const int32_t*>(drs2->p), T, L, static_cast<float*>(des->p),
-                          static_cast<float*>(dgs->p));
+  cuda::moe_routing_stats(cuda::launch_ctx(0), static_cast<const int32_t*>(drg->p),
+                          static_cast<const int32_t*>(doff->p), static_cast<const int32_t*>(deo2->p),
+                          static_cast<const float*>(dsg2->p), static_cast<const int32_t*>(drs2->p), T, L,
+                          static_cast<float*>(des->p), static_cast<float*>(dgs->p));
   expect_close(fetch<float>(*des, 2 * E), es, 1e-6, 0.0, "expert_stats");
   expect_close(fetch<float>(*dgs, 4 * G), gs, 1e-6, 0.0, "group_stats");
 }
@@ -159,11 +162,11 @@ void add_moe_routing_cases() {
           const int64_t G = L.num_groups;
           std::vector<int32_t> mod = moe_modality(T, L, mod_mode);
           std::vector<int32_t> rg(T), cnt(G), off(G + 1), perm(T);
-          cpu::moe_partition(mod.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
+          cpu::moe_partition(kCpuLaunch, mod.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
           auto dm = dev_of(mod);
           auto drg = dev_poisoned(T * 4), dcnt = dev_poisoned(G * 4), doff = dev_poisoned((G + 1) * 4),
                dperm = dev_poisoned(T * 4);
-          cuda::moe_partition(S(), cuda::error_word(0), static_cast<const int32_t*>(dm->p), T, L,
+          cuda::moe_partition(cuda::launch_ctx(0), static_cast<const int32_t*>(dm->p), T, L,
                               static_cast<int32_t*>(drg->p), static_cast<int32_t*>(dcnt->p),
                               static_cast<int32_t*>(doff->p), static_cast<int32_t*>(dperm->p));
           expect_equal(fetch<int32_t>(*drg, T), rg, "row_group");
@@ -202,7 +205,7 @@ void add_moe_routing_cases() {
     std::vector<int32_t> mod = {0, 1, 2, -1};
     auto dm = dev_of(mod);
     auto a = dev_poisoned(16), b = dev_poisoned(8), c = dev_poisoned(12), d = dev_poisoned(16);
-    cuda::moe_partition(S(), cuda::error_word(0), static_cast<const int32_t*>(dm->p), 4, L, static_cast<int32_t*>(a->p),
+    cuda::moe_partition(cuda::launch_ctx(0), static_cast<const int32_t*>(dm->p), 4, L, static_cast<int32_t*>(a->p),
                         static_cast<int32_t*>(b->p), static_cast<int32_t*>(c->p), static_cast<int32_t*>(d->p));
     expect_device_error("moe_partition");
   });
@@ -227,9 +230,10 @@ void add_moe_row_cases() {
               const size_t es = dtype_size(dt);
               std::vector<uint8_t> x = make(dt, rand_f(T * d)), want(R * d * es);
               std::vector<float> scale = rand_f(R, -2.0f, 2.0f);
-              cpu::moe_gather_rows(dt, x.data(), h.slot_row.data(), scaled ? scale.data() : nullptr, T, R, d, want.data());
+              cpu::moe_gather_rows(kCpuLaunch, dt, x.data(), h.slot_row.data(), scaled ? scale.data() : nullptr, T, R,
+                                   d, want.data());
               auto dx = dev_of(x), dsr = dev_of(h.slot_row), dsc = dev_of(scale), dy = dev_poisoned(R * d * es);
-              cuda::moe_gather_rows(S(), cuda::error_word(0), dt, dx->p, static_cast<const int32_t*>(dsr->p),
+              cuda::moe_gather_rows(cuda::launch_ctx(0), dt, dx->p, static_cast<const int32_t*>(dsr->p),
                                     scaled ? static_cast<const float*>(dsc->p) : nullptr, T, R, d, dy->p);
               compare(dt, dy->get(), want, R * d, Tol::Exact);
             });
@@ -239,10 +243,10 @@ void add_moe_row_cases() {
               const int64_t R = h.R, W = L.max_group_experts;
               const size_t es = dtype_size(dt);
               std::vector<uint8_t> src = make(dt, rand_f(R * d)), want(T * d * es);
-              cpu::moe_combine(dt, src.data(), h.row_slots.data(), weighted ? h.slot_gate.data() : nullptr, T, W, R, d,
-                               want.data());
+              cpu::moe_combine(kCpuLaunch, dt, src.data(), h.row_slots.data(), weighted ? h.slot_gate.data() : nullptr,
+                               T, W, R, d, want.data());
               auto ds_ = dev_of(src), drs = dev_of(h.row_slots), dw = dev_of(h.slot_gate), dy = dev_poisoned(T * d * es);
-              cuda::moe_combine(S(), cuda::error_word(0), dt, ds_->p, static_cast<const int32_t*>(drs->p),
+              cuda::moe_combine(cuda::launch_ctx(0), dt, ds_->p, static_cast<const int32_t*>(drs->p),
                                 weighted ? static_cast<const float*>(dw->p) : nullptr, T, W, R, d, dy->p);
               compare(dt, dy->get(), want, T * d, Tol::Exact);  // bitwise: same order, no FMA
             });
@@ -252,11 +256,11 @@ void add_moe_row_cases() {
             const size_t es = dtype_size(dt);
             std::vector<uint8_t> out = make(dt, rand_f(R * d)), dyv = make(dt, rand_f(T * d));
             std::vector<float> want(T * E);
-            cpu::moe_gate_grad(dt, out.data(), dyv.data(), h.slot_row.data(), h.expert_offsets.data(), T, R, d, L,
-                               want.data());
+            cpu::moe_gate_grad(kCpuLaunch, dt, out.data(), dyv.data(), h.slot_row.data(), h.expert_offsets.data(), T, R,
+                               d, L, want.data());
             auto dout = dev_of(out), ddy = dev_of(dyv), dsr = dev_of(h.slot_row), deo = dev_of(h.expert_offsets);
             auto dsc = dev_poisoned(T * E * 4);
-            cuda::moe_gate_grad(S(), dt, dout->p, ddy->p, static_cast<const int32_t*>(dsr->p),
+            cuda::moe_gate_grad(cuda::launch_ctx(0), dt, dout->p, ddy->p, static_cast<const int32_t*>(dsr->p),
                                 static_cast<const int32_t*>(deo->p), T, R, d, L, static_cast<float*>(dsc->p));
             // float32 sums in a fixed order; allow rounding-level differences (relative to sum |.|)
             expect_close(fetch<float>(*dsc, T * E), want, 1e-5, 1e-5 * static_cast<double>(d), "dscores");
@@ -267,16 +271,16 @@ void add_moe_row_cases() {
     std::vector<int32_t> sr = {0, 5};
     std::vector<float> x(5 * 3, 1.0f);
     auto dx = dev_of(x), dsr = dev_of(sr), dy = dev_poisoned(2 * 3 * 4);
-    cuda::moe_gather_rows(S(), cuda::error_word(0), DType::F32, dx->p, static_cast<const int32_t*>(dsr->p), nullptr, 5,
-                          2, 3, dy->p);
+    cuda::moe_gather_rows(cuda::launch_ctx(0), DType::F32, dx->p, static_cast<const int32_t*>(dsr->p), nullptr, 5, 2, 3,
+                          dy->p);
     expect_device_error("moe_gather_rows");
   });
   add("moe_combine bad slot", [] {
     std::vector<int32_t> rs = {0, -1, 3, -1};
     std::vector<float> src(3 * 2, 1.0f);
     auto ds_ = dev_of(src), drs = dev_of(rs), dy = dev_poisoned(2 * 2 * 4);
-    cuda::moe_combine(S(), cuda::error_word(0), DType::F32, ds_->p, static_cast<const int32_t*>(drs->p), nullptr, 2, 2,
-                      3, 2, dy->p);
+    cuda::moe_combine(cuda::launch_ctx(0), DType::F32, ds_->p, static_cast<const int32_t*>(drs->p), nullptr, 2, 2, 3, 2,
+                      dy->p);
     expect_device_error("moe_combine");
   });
 }
@@ -289,8 +293,8 @@ void add_moe_swiglu_cases() {
           const size_t es = dtype_size(dt), off = shift * es;
           std::vector<uint8_t> h1 = make(dt, rand_f(n, -8.0f, 8.0f)), h3 = make(dt, rand_f(n)), da = make(dt, rand_f(n));
           std::vector<uint8_t> a(n * es), d1(n * es), d3(n * es);
-          cpu::swiglu(dt, h1.data(), h3.data(), a.data(), n);
-          cpu::swiglu_backward(dt, h1.data(), h3.data(), da.data(), d1.data(), d3.data(), n);
+          cpu::swiglu(kCpuLaunch, dt, h1.data(), h3.data(), a.data(), n);
+          cpu::swiglu_backward(kCpuLaunch, dt, h1.data(), h3.data(), da.data(), d1.data(), d3.data(), n);
           auto pad = [&](const std::vector<uint8_t>& v) {
             std::vector<uint8_t> p(off, 0);
             p.insert(p.end(), v.begin(), v.end());
@@ -299,8 +303,8 @@ void add_moe_swiglu_cases() {
           auto dh1 = dev_of(pad(h1)), dh3 = dev_of(pad(h3)), dda = dev_of(pad(da));
           auto ya = dev_poisoned(n * es + off), y1 = dev_poisoned(n * es + off), y3 = dev_poisoned(n * es + off);
           auto at = [&](Dev& d) { return static_cast<char*>(d.p) + off; };
-          cuda::swiglu(S(), dt, at(*dh1), at(*dh3), at(*ya), n);
-          cuda::swiglu_backward(S(), dt, at(*dh1), at(*dh3), at(*dda), at(*y1), at(*y3), n);
+          cuda::swiglu(cuda::launch_ctx(0), dt, at(*dh1), at(*dh3), at(*ya), n);
+          cuda::swiglu_backward(cuda::launch_ctx(0), dt, at(*dh1), at(*dh3), at(*dda), at(*y1), at(*y3), n);
           auto got = [&](Dev& d) {
             std::vector<uint8_t> b = d.get();
             return std::vector<uint8_t>(b.begin() + off, b.begin() + off + n * es);
@@ -463,9 +467,10 @@ void add_moe_row_boundary_cases() {
       MoeHostRoute h = host_route(L, T, p, 0, false);
       const int64_t R = h.R;
       std::vector<uint8_t> x = make(DType::BF16, rand_f(T * d)), want(R * d * 2);
-      cpu::moe_gather_rows(DType::BF16, x.data(), h.slot_row.data(), h.slot_gate.data(), T, R, d, want.data());
+      cpu::moe_gather_rows(kCpuLaunch, DType::BF16, x.data(), h.slot_row.data(), h.slot_gate.data(), T, R, d,
+                           want.data());
       auto dx = dev_of(x), dsr = dev_of(h.slot_row), dsc = dev_of(h.slot_gate), dy = dev_poisoned(R * d * 2);
-      cuda::moe_gather_rows(S(), cuda::error_word(0), DType::BF16, dx->p, static_cast<const int32_t*>(dsr->p),
+      cuda::moe_gather_rows(cuda::launch_ctx(0), DType::BF16, dx->p, static_cast<const int32_t*>(dsr->p),
                             static_cast<const float*>(dsc->p), T, R, d, dy->p);
       compare(DType::BF16, dy->get(), want, R * d, Tol::Exact);
     });
@@ -473,9 +478,10 @@ void add_moe_row_boundary_cases() {
       MoeHostRoute h = host_route(L, T, p, 0, false);
       const int64_t R = h.R, W = L.max_group_experts;
       std::vector<uint8_t> src = make(DType::F32, rand_f(R * d)), want(T * d * 4);
-      cpu::moe_combine(DType::F32, src.data(), h.row_slots.data(), h.slot_gate.data(), T, W, R, d, want.data());
+      cpu::moe_combine(kCpuLaunch, DType::F32, src.data(), h.row_slots.data(), h.slot_gate.data(), T, W, R, d,
+                       want.data());
       auto ds_ = dev_of(src), drs = dev_of(h.row_slots), dw = dev_of(h.slot_gate), dy = dev_poisoned(T * d * 4);
-      cuda::moe_combine(S(), cuda::error_word(0), DType::F32, ds_->p, static_cast<const int32_t*>(drs->p),
+      cuda::moe_combine(cuda::launch_ctx(0), DType::F32, ds_->p, static_cast<const int32_t*>(drs->p),
                         static_cast<const float*>(dw->p), T, W, R, d, dy->p);
       compare(DType::F32, dy->get(), want, T * d, Tol::Exact);
     });
@@ -484,11 +490,11 @@ void add_moe_row_boundary_cases() {
       const int64_t R = h.R, E = L.num_experts;
       std::vector<uint8_t> out = make(DType::F32, rand_f(R * d)), dyv = make(DType::F32, rand_f(T * d));
       std::vector<float> want(T * E);
-      cpu::moe_gate_grad(DType::F32, out.data(), dyv.data(), h.slot_row.data(), h.expert_offsets.data(), T, R, d, L,
-                         want.data());
+      cpu::moe_gate_grad(kCpuLaunch, DType::F32, out.data(), dyv.data(), h.slot_row.data(), h.expert_offsets.data(), T,
+                         R, d, L, want.data());
       auto dout = dev_of(out), ddy = dev_of(dyv), dsr = dev_of(h.slot_row), deo = dev_of(h.expert_offsets);
       auto dsc = dev_poisoned(T * E * 4);
-      cuda::moe_gate_grad(S(), DType::F32, dout->p, ddy->p, static_cast<const int32_t*>(dsr->p),
+      cuda::moe_gate_grad(cuda::launch_ctx(0), DType::F32, dout->p, ddy->p, static_cast<const int32_t*>(dsr->p),
                           static_cast<const int32_t*>(deo->p), T, R, d, L, static_cast<float*>(dsc->p));
       expect_close(fetch<float>(*dsc, T * E), want, 1e-5, 1e-5 * static_cast<double>(d), "dscores");
     });
