@@ -80,6 +80,7 @@
 
 #include "common.cuh"
 #include "flash_attention.cuh"
+#include "ptx.cuh"
 #include "runtime.h"
 #include "scratch.cuh"
 
@@ -94,46 +95,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr unsigned kFull = 0xFFFFFFFFu;
 
-// ---- PTX wrappers ------------------------------------------------------------------------------
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, asynchronous; valid == false writes 16 zero bytes (nothing is read).
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most `kPending` of this thread's committed groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&d)[4], const uint16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-               : "r"(smem_u32(p))
-               : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&d)[4], const uint16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-               : "r"(smem_u32(p))
-               : "memory");
-}
-
-// c += a b (16x8x16, bf16 in, f32 accumulate).
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
+// ---- PTX wrappers: ptx.cuh (cp.async, ldmatrix, mma.sync shared with the GEMMs) ---------------
 // Two floats rounded to bf16 (nearest even), lo in the low half.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   uint32_t r;
@@ -144,17 +106,17 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 // ---- fragments (maps in the header comment) -----------------------------------------------
 template <int LDS>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const uint16_t* s, int m0, int k0, int lane) {
-  ldsm_x4(a, s + (m0 + (lane & 15)) * LDS + k0 + 8 * (lane >> 4));
+  ldmatrix_x4<false>(a, s + (m0 + (lane & 15)) * LDS + k0 + 8 * (lane >> 4));
 }
 template <int LDS>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const uint16_t* s, int n0, int k0, int lane) {
   const int i = lane >> 3;
-  ldsm_x4(b, s + (n0 + (lane & 7) + 8 * (i >> 1)) * LDS + k0 + 8 * (i & 1));
+  ldmatrix_x4<false>(b, s + (n0 + (lane & 7) + 8 * (i >> 1)) * LDS + k0 + 8 * (i & 1));
 }
 template <int LDS>
 __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const uint16_t* s, int k0, int n0, int lane) {
   const int i = lane >> 3;
-  ldsm_x4_trans(b, s + (k0 + (lane & 7) + 8 * (i & 1)) * LDS + n0 + 8 * (i >> 1));
+  ldmatrix_x4<true>(b, s + (k0 + (lane & 7) + 8 * (i & 1)) * LDS + n0 + 8 * (i >> 1));
 }
 // A fragment of k-step kk from the C fragments of n8 tiles 2kk and 2kk + 1, rounded to bf16.
 template <int NT>
@@ -184,7 +146,7 @@ __device__ __forceinline__ void load_rows_async(uint16_t* s, const uint16_t* __r
     const int r = c / CPR, ch = c % CPR;
     const int64_t t = row0 + r;
     const bool in = t < N;
-    cp_async_16(s + r * LDS + ch * 8, in ? x + (t * H + h) * D + ch * 8 : x, in);
+    cp_async_16(s + r * LDS + ch * 8, in ? x + (t * H + h) * D + ch * 8 : x, in ? 16 : 0);
   }
 }
 
@@ -330,8 +292,8 @@ __global__ void __launch_bounds__(kFlashThreads)
       for (int np = 0; np < NS / 2; ++np) {
         uint32_t b[4];
         load_b_nk<LDS>(b, cK, 16 * np, 16 * kk, lane);
-        mma(s[2 * np], qf[kk], b[0], b[1]);
-        mma(s[2 * np + 1], qf[kk], b[2], b[3]);
+        mma_bf16(s[2 * np], qf[kk], b[0], b[1]);
+        mma_bf16(s[2 * np + 1], qf[kk], b[2], b[3]);
       }
 
     // Scale into the log2 domain, mask: element (nt, e) is row row[e >> 1], key k0 + 8 nt + 2 tq + (e & 1).
@@ -386,8 +348,8 @@ __global__ void __launch_bounds__(kFlashThreads)
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b[4];
         load_b_kn<LDS>(b, cV, 16 * kk, 16 * dp, lane);
-        mma(acc[2 * dp], a, b[0], b[1]);
-        mma(acc[2 * dp + 1], a, b[2], b[3]);
+        mma_bf16(acc[2 * dp], a, b[0], b[1]);
+        mma_bf16(acc[2 * dp + 1], a, b[2], b[3]);
       }
     }
     __syncthreads();  // stage st is refilled by the next iteration's prefetch
@@ -515,11 +477,11 @@ __global__ void __launch_bounds__(kFlashThreads)
         for (int np = 0; np < HALF / 16; ++np) {
           uint32_t b[4];
           load_b_nk<LDS>(b, cK, kb + 16 * np, 16 * kk, lane);
-          mma(s[2 * np], qf[kk], b[0], b[1]);
-          mma(s[2 * np + 1], qf[kk], b[2], b[3]);
+          mma_bf16(s[2 * np], qf[kk], b[0], b[1]);
+          mma_bf16(s[2 * np + 1], qf[kk], b[2], b[3]);
           load_b_nk<LDS>(b, cV, kb + 16 * np, 16 * kk, lane);
-          mma(dp[2 * np], df[kk], b[0], b[1]);
-          mma(dp[2 * np + 1], df[kk], b[2], b[3]);
+          mma_bf16(dp[2 * np], df[kk], b[0], b[1]);
+          mma_bf16(dp[2 * np + 1], df[kk], b[2], b[3]);
         }
       // s becomes dS = P (dP - delta); element (nt, e): row row[e >> 1], key k0 + kb + 8 nt + 2 tq + (e & 1).
 #pragma unroll
@@ -543,8 +505,8 @@ __global__ void __launch_bounds__(kFlashThreads)
         for (int dp2 = 0; dp2 < D / 16; ++dp2) {
           uint32_t b[4];
           load_b_kn<LDS>(b, cK, kb + 16 * kk2, 16 * dp2, lane);
-          mma(acc[2 * dp2], a, b[0], b[1]);
-          mma(acc[2 * dp2 + 1], a, b[2], b[3]);
+          mma_bf16(acc[2 * dp2], a, b[0], b[1]);
+          mma_bf16(acc[2 * dp2 + 1], a, b[2], b[3]);
         }
       }
     }
@@ -631,15 +593,15 @@ __global__ void __launch_bounds__(kFlashThreads)
 #pragma unroll
       for (int np = 0; np < QT / 16; ++np) {
         load_b_nk<LDS>(b, cQ, 16 * np, 16 * kk, lane);
-        mma(s[2 * np], a, b[0], b[1]);
-        mma(s[2 * np + 1], a, b[2], b[3]);
+        mma_bf16(s[2 * np], a, b[0], b[1]);
+        mma_bf16(s[2 * np + 1], a, b[2], b[3]);
       }
       load_a<LDS>(a, sV, 16 * warp, 16 * kk, lane);
 #pragma unroll
       for (int np = 0; np < QT / 16; ++np) {
         load_b_nk<LDS>(b, cDO, 16 * np, 16 * kk, lane);
-        mma(dp[2 * np], a, b[0], b[1]);
-        mma(dp[2 * np + 1], a, b[2], b[3]);
+        mma_bf16(dp[2 * np], a, b[0], b[1]);
+        mma_bf16(dp[2 * np + 1], a, b[2], b[3]);
       }
     }
     // s becomes P^T, dp becomes dS^T; element (nt, e): key key[e >> 1], query q0 + i, i = 8 nt + 2 tq + (e & 1).
@@ -667,11 +629,11 @@ __global__ void __launch_bounds__(kFlashThreads)
       for (int dp2 = 0; dp2 < D / 16; ++dp2) {
         uint32_t b[4];
         load_b_kn<LDS>(b, cDO, 16 * kk2, 16 * dp2, lane);
-        mma(adv[2 * dp2], ap, b[0], b[1]);
-        mma(adv[2 * dp2 + 1], ap, b[2], b[3]);
+        mma_bf16(adv[2 * dp2], ap, b[0], b[1]);
+        mma_bf16(adv[2 * dp2 + 1], ap, b[2], b[3]);
         load_b_kn<LDS>(b, cQ, 16 * kk2, 16 * dp2, lane);
-        mma(adk[2 * dp2], ads, b[0], b[1]);
-        mma(adk[2 * dp2 + 1], ads, b[2], b[3]);
+        mma_bf16(adk[2 * dp2], ads, b[0], b[1]);
+        mma_bf16(adk[2 * dp2 + 1], ads, b[2], b[3]);
       }
     }
     __syncthreads();
