@@ -87,7 +87,7 @@ async function moeReplay(moma, clock, module, x, modality, dy) {
   const y = await clock.time('combine', () => moma.combineRows(out, routing.rowSlots, routing.slotGate));
 
   const dyc = dy.dtype === out.dtype ? dy : dy.astype(out.dtype);
-  const dscores = await clock.time('combine', () => moma.gateGrad(out, dyc, routing.slotRow, offs, layout));
+  const dscores = await clock.time('combine', () => moma.gateGrad(out, dyc, { slotRow: routing.slotRow, expertOffsets: offs, layout }));
   const dout = await clock.time('dispatch', () => moma.gatherRows(dyc, routing.slotRow, routing.slotGate));
   const dw2 = await gemm(() => moma.groupedMatmulWgrad(a, dout, offs));
   const da = await gemm(() => moma.groupedMatmul(dout, w2, offs, { transW: true }));
@@ -98,7 +98,7 @@ async function moeReplay(moma, clock, module, x, modality, dy) {
   const dxd3 = await gemm(() => moma.groupedMatmul(dh3, w3, offs, { transW: true }));
   const dxd = await clock.time('add', () => dxd1.add(dxd3));
   const dxFfn = await clock.time('combine', () => moma.combineRows(dxd, routing.rowSlots));
-  const dlogits = await route(() => moma.routerScoresBackward(scores, dscores, partition.rowGroup, layout, fn));
+  const dlogits = await route(() => moma.routerScoresBackward(scores, dscores, { rowGroup: partition.rowGroup, layout, fn }));
   const dxRouter = await route(() => moma.matmul(dlogits, router, { transB: true }));
   const drouter = await route(() => moma.matmul(x32, dlogits, { transA: true }));
   const dx = await route(() => (dxRouter.dtype === dxFfn.dtype ? dxFfn.add(dxRouter) : dxFfn.astype('float32').add(dxRouter)));

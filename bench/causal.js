@@ -67,14 +67,14 @@ async function generationCheck(model, routers, source) {
   const toText = { colour: 0, shape: 0, position: 0, all: 0, tokens: 0, seconds: 0 };
   for (const [i, scene] of evalScenes().entries()) {
     const s = scene.shapes[0];
-    const g = await moma.captionToImage(model, routers, L, text, image, shapes.captionOf(scene, true, 0), { seed: i });
+    const g = await moma.captionToImage(model, shapes.captionOf(scene, true, 0), { routing: routers, layout: L, text, image, seed: i });
     const drawn = readShape(image.decodePixels(g.codes), image.imageSize);
     toImage.colour += drawn.colour === s.colour ? 1 : 0;
     toImage.position += drawn.position === s.position ? 1 : 0;
     toImage.both += drawn.colour === s.colour && drawn.position === s.position ? 1 : 0;
     toImage.tokens += g.tokens.length;
     toImage.seconds += g.decodeSeconds;
-    const c = await moma.imageToCaption(model, routers, L, text, image.encodePixels(shapes.renderScene(scene, image.imageSize)), { temperature: 0 });
+    const c = await moma.imageToCaption(model, image.encodePixels(shapes.renderScene(scene, image.imageSize)), { routing: routers, layout: L, text, temperature: 0 });
     const says = (words) => c.caption.includes(words);
     const ok = [says(` ${s.colour} `), says(` ${s.shape} `), says(shapes.positionPhrase(s.position))];
     toText.colour += ok[0] ? 1 : 0;
@@ -131,7 +131,7 @@ async function main() {
       const model = loadModel(source, device);
       const aux = loadAuxRouters(source.dir, model, 'bench');
       const heldOut = stageHeldOut(await openStageData(source, 'bench'));
-      const r = await evaluateCausal(model, aux, heldOut, vocabFromSpec(source.layout), 8);
+      const r = await evaluateCausal(model, heldOut, { aux, vocab: vocabFromSpec(source.layout), batchSize: 8 });
       const generation = await generationCheck(model, aux, source);
       aux.dispose();
       model.dispose();

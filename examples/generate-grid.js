@@ -51,7 +51,7 @@ async function main() {
         .resize(side, side, { kernel: 'nearest' }).png().toBuffer();
       tiles.push({ input: truth, left: i * (side + gap), top: 0 });
     }
-    const g = await moma.captionToImage(model, aux, source.layout, text, image, caption, { seed: o.seed + i, scale: o.scale });
+    const g = await moma.captionToImage(model, caption, { routing: aux, layout: source.layout, text, image, seed: o.seed + i, scale: o.scale });
     tiles.push({ input: g.png, left: i * (side + gap), top: side + gap });
     console.log(`${caption} → ${g.tokens.length} tokens, ${g.tokensPerSecond.toFixed(0)} tokens/s`);
   }

@@ -21,7 +21,7 @@ async function main(device = 'cpu') {
   resumed.resume('runs/example/checkpoint');              // parameters, AdamW state, step, data position
   await resumed.run();
   const heldOut = new moma.SyntheticSource({ batchSize: 16, seqLen: 64, seed: 1 }).next();
-  console.log(await moma.evaluate(resumed.model, heldOut, moma.vocabFromSpec(moma.syntheticVocab)));
+  console.log(await moma.evaluate(resumed.model, heldOut, { vocab: moma.vocabFromSpec(moma.syntheticVocab) }));
 }
 
 main(process.argv[2]).catch((e) => { console.error(e); process.exitCode = 1; });

@@ -18,7 +18,7 @@ export {
   moePartition, routerScores, routerScoresBackward, route, moeSlotBound, gatherRows, combineRows, gateGrad, groupedMatmul,
   groupedMatmulSwiglu, groupedMatmulWgrad, swiglu, swigluBackward, routingStats, modSelect, segmentStarts,
 } from './moe/ops';
-export type { MoeLayout, Partition, Routing, RoutingOptions, RoutingMode, RouterFn, RoutingStats } from './moe/ops';
+export type { GateGradOptions, MoeLayout, Partition, Routing, RoutingOptions, RoutingMode, RouterFn, RouterScoresBackwardOptions, RoutingStats } from './moe/ops';
 export { defaultRouter, MoMaFFN, moeLayoutOf } from './moe/moma_ffn';
 export type {
   MoMaFFNConfig, MoMaFFNContext, MoMaFFNParameterName, MoMaFFNParameterOwner, MoMaFFNParameters, MoeGroupConfig, RoutingStatsReport,
@@ -43,7 +43,7 @@ export type { TrainerOptions, TrainerEvents, StepMetrics, ScheduleOptions, Exper
 export { saveCheckpoint, loadCheckpointInto, readCheckpoint } from './train/checkpoint';
 export type { TrainerState, LoadedCheckpoint } from './train/checkpoint';
 export { evaluate } from './train/evaluate';
-export type { EvalResult } from './train/evaluate';
+export type { EvalOptions, EvalResult } from './train/evaluate';
 export { trainingFlops } from './train/flops';
 export type { FlopsCount, StepRows } from './train/flops';
 export { upcycleCheckpoint } from './train/upcycle';
@@ -96,11 +96,11 @@ export type { AuxTrainOptions, AuxTrainHooks, AuxTrainSummary, AuxStepRecord } f
 export { auxRouterRefs, collectAuxExamples, auxLoss, confusionOf, confusionRates } from './train/aux_targets';
 export type { AuxRouterRef, AuxExamples, Confusion } from './train/aux_targets';
 export { evaluateCausal, evaluateAuxRouters } from './train/causal_eval';
-export type { AuxRouterMetrics, CausalEvalResult } from './train/causal_eval';
+export type { AuxRouterMetrics, CausalEvalOptions, CausalEvalResult } from './train/causal_eval';
 export { openCheckpoint, resolveCheckpointDir, loadModel, loadAuxRouters, newAuxRouters, openStageData, stageBatches, stageHeldOut } from './run/checkpoint_source';
 export type { CheckpointSource, StageData } from './run/checkpoint_source';
 export { generateTokens, captionToImage, imageToCaption } from './generate/generator';
-export type { GenerateOptions, GenerateResult } from './generate/generator';
+export type { GenerateOptions, DecodeOptions, GenerateTokensOptions, CaptionToImageOptions, ImageToCaptionOptions, GenerateResult } from './generate/generator';
 export { sampleToken, tokenProbabilities, validateSampling, DEFAULT_SAMPLING } from './generate/sampling';
 export type { SamplingOptions } from './generate/sampling';
 export { ModalityConstraint } from './generate/modality_constraint';

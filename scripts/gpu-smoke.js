@@ -136,7 +136,7 @@ async function causalRun(device, record) {
     const routers = moma.loadAuxRouters(source.dir, model, 'gpu-smoke');
     try {
       const heldOut = moma.stageHeldOut(await moma.openStageData(source, 'gpu-smoke'));
-      const r = await moma.evaluateCausal(model, routers, heldOut, moma.vocabFromSpec(source.layout), 4);
+      const r = await moma.evaluateCausal(model, heldOut, { aux: routers, vocab: moma.vocabFromSpec(source.layout), batchSize: 4 });
       record(Number.isFinite(r.causal.loss) && Number.isFinite(r.training.loss), `eval --causal on ${device}: training ${r.training.loss.toFixed(4)}, causal ${r.causal.loss.toFixed(4)}`);
       const L = source.layout;
       const ids = heldOut[0].slice(0, 40);
@@ -154,7 +154,7 @@ async function causalRun(device, record) {
       cache.dispose();
       record(worst < 3e-2, `KV-cache decode vs full causal forward on ${device}: max |Δlogit| ${worst.toExponential(2)} over ${ids.length} tokens`);
       const image = moma.ImageTokenizer.load(path.join(source.dir, L.image.tokenizer.file));
-      const g = await moma.captionToImage(model, routers, L, new moma.ByteTokenizer(), image, 'a large red circle at the top.', { seed: 1, scale: 8 });
+      const g = await moma.captionToImage(model, 'a large red circle at the top.', { routing: routers, layout: L, text: new moma.ByteTokenizer(), image, seed: 1, scale: 8 });
       if (process.env.OUT) fs.writeFileSync(path.join(process.env.OUT, 'generated.png'), g.png);
       record(g.codes.length === image.tokensPerImage, `generate on ${device}: ${g.codes.length} image codes, ${g.tokensPerSecond.toFixed(1)} tokens/s, prompt ${(g.prefillSeconds * 1000).toFixed(0)} ms`);
     } finally {

@@ -150,7 +150,7 @@ describe('memory over long loops', () => {
     // generation: 50 samples of up to 20 tokens, each with its own KV cache
     let generated = 0;
     for (let i = 0; i < 50; i++) {
-      const r = await generateTokens(model, aux, layout, [layout.bosId], new ModalityConstraint(layout), { seed: i, maxTokens: 20 });
+      const r = await generateTokens(model, [layout.bosId], { routing: aux, layout, constraint: new ModalityConstraint(layout), seed: i, maxTokens: 20 });
       generated += r.tokens.length;
     }
     expect(generated).toBeGreaterThan(500);

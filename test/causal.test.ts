@@ -244,7 +244,7 @@ describeDevices('causal mode', (device) => {
     const runs: number[][] = [];
     for (const seed of [0, 0, 1, 2, 3]) {
       const constraint = new ModalityConstraint(layout, { vocabSize: V });
-      const r = await generateTokens(model, aux, layout, [layout.bosId, text(3)], constraint, { seed, maxTokens: 60, temperature: 1.5 });
+      const r = await generateTokens(model, [layout.bosId, text(3)], { routing: aux, layout, constraint, seed, maxTokens: 60, temperature: 1.5 });
       runs.push(r.tokens);
       let inside = -1;
       for (const id of [layout.bosId, text(3), ...r.tokens]) {
@@ -268,10 +268,11 @@ describeDevices('causal mode', (device) => {
     // greedy caption after an image prompt: text only, no second image
     const constraint = new ModalityConstraint(layout, { vocabSize: V, allowImages: false });
     const prompt = [layout.bosId, layout.boiId, code(1), code(2), code(3), code(4), layout.eoiId];
-    const r = await generateTokens(model, aux, layout, prompt, constraint, { temperature: 0, maxTokens: 20 });
+    const r = await generateTokens(model, prompt, { routing: aux, layout, constraint, temperature: 0, maxTokens: 20 });
     expect(r.tokens.every((id) => id === layout.eosId || (id >= layout.text.offset && id < layout.text.offset + 11))).toBe(true);
-    await expect(generateTokens(model, aux, layout, [], new ModalityConstraint(layout, { vocabSize: V }))).rejects.toMatchObject({ code: 'ERR_ARG' });
-    await expect(generateTokens(model, aux, layout, [layout.bosId], new ModalityConstraint(layout, { vocabSize: V }), { maxTokens: 0 })).rejects.toMatchObject({ code: 'ERR_ARG' });
+    await expect(generateTokens(model, [], { routing: aux, layout, constraint: new ModalityConstraint(layout, { vocabSize: V }) })).rejects.toMatchObject({ code: 'ERR_ARG' });
+    await expect(generateTokens(model, [layout.bosId], { routing: aux, layout, constraint: new ModalityConstraint(layout, { vocabSize: V }), maxTokens: 0 })).rejects.toMatchObject({ code: 'ERR_ARG' });
+    await expect(generateTokens(model, [layout.bosId], { routing: aux, layout } as never)).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringMatching(/generateTokens: options.constraint is required/) });
     aux.dispose();
     model.dispose();
   });

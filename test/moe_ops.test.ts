@@ -376,7 +376,7 @@ describeDevices('moe ops', (device) => {
           const scores = routerScoresRef(randomF32(rng, T * E, -3, 3), rowGroup, L, fn).scores.map(f32);
           const ds = randomF32(rng, T * E, -2, 2);
           const p = partitionOf(modality, L);
-          const dl = keep(routerScoresBackward(mk(scores, [T, E]), mk(ds, [T, E]), p.rowGroup, L, fn));
+          const dl = keep(routerScoresBackward(mk(scores, [T, E]), mk(ds, [T, E]), { rowGroup: p.rowGroup, layout: L, fn }));
           expect(dl.shape).toEqual([T, E]);
           expect(dl.dtype).toBe('float32');
           const ref = routerScoresBackwardRef(scores, ds, rowGroup, L, fn);
@@ -397,10 +397,11 @@ describeDevices('moe ops', (device) => {
       const L = { experts: [2, 2], groupOfModality: [0, 1] };
       const p = partitionOf([0, 1, 0], L);
       const s = mk(new Array(12).fill(0.5), [3, 4]);
-      throwsCode(() => routerScoresBackward(s, mk(new Array(8).fill(0), [2, 4]), p.rowGroup, L), 'ERR_SHAPE');
-      throwsCode(() => routerScoresBackward(s, mk(new Array(12).fill(0), [3, 4], 'bfloat16'), p.rowGroup, L), 'ERR_DTYPE');
-      throwsCode(() => routerScoresBackward(s, mk(new Array(12).fill(0), [3, 4]), ints([0, 1]), L), 'ERR_SHAPE');
-      throwsCode(() => routerScoresBackward(s, mk(new Array(12).fill(0), [3, 4]), p.rowGroup, L, 'tanh' as never), 'ERR_ARG');
+      throwsCode(() => routerScoresBackward(s, mk(new Array(8).fill(0), [2, 4]), { rowGroup: p.rowGroup, layout: L }), 'ERR_SHAPE');
+      throwsCode(() => routerScoresBackward(s, mk(new Array(12).fill(0), [3, 4], 'bfloat16'), { rowGroup: p.rowGroup, layout: L }), 'ERR_DTYPE');
+      throwsCode(() => routerScoresBackward(s, mk(new Array(12).fill(0), [3, 4]), { rowGroup: ints([0, 1]), layout: L }), 'ERR_SHAPE');
+      throwsCode(() => routerScoresBackward(s, mk(new Array(12).fill(0), [3, 4]), { rowGroup: p.rowGroup, layout: L, fn: 'tanh' as never }), 'ERR_ARG');
+      expect(() => routerScoresBackward(s, mk(new Array(12).fill(0), [3, 4]), { rowGroup: p.rowGroup } as never)).toThrow(/routerScoresBackward: options.layout is required/);
     });
   });
 
@@ -782,7 +783,7 @@ describeDevices('moe ops', (device) => {
           const { rng, ref } = sampleRouting(L, T, T * 5 + d, { capacityFactor: 1.37 });
           const rand = (n: number): Float64Array => (dt === 'bfloat16' ? randomBf16(rng, n) : randomF32(rng, n));
           const out = rand(ref.R * d), dy = rand(T * d);
-          const got = keep(gateGrad(mk(out, [ref.R, d], dt), mk(dy, [T, d], dt), ints(ref.slotRow), ints(ref.expertOffsets), L));
+          const got = keep(gateGrad(mk(out, [ref.R, d], dt), mk(dy, [T, d], dt), { slotRow: ints(ref.slotRow), expertOffsets: ints(ref.expertOffsets), layout: L }));
           expect(got.shape).toEqual([T, E]);
           expect(got.dtype).toBe('float32');
           const r = gateGradRef(out, dy, d, ref.slotRow, ref.expertOffsets, L);
@@ -797,11 +798,12 @@ describeDevices('moe ops', (device) => {
       const out = mk([1, 2, 3, 4, 5, 6], [3, 2], dt);
       const so = ints([0, 1, 2]);
       const eo = ints([0, 2, 3]);
-      throwsCode(() => gateGrad(out, mk([1, 2, 3], [1, 3], dt), so, eo, L), 'ERR_SHAPE');
-      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt === 'float32' ? 'bfloat16' : 'float32'), so, eo, L), 'ERR_DTYPE');
-      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt), ints([0, 1]), eo, L), 'ERR_SHAPE');
-      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt), so, ints([0, 3]), L), 'ERR_SHAPE');
-      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt), mk([0, 1, 2], [3]), eo, L), 'ERR_DTYPE');
+      throwsCode(() => gateGrad(out, mk([1, 2, 3], [1, 3], dt), { slotRow: so, expertOffsets: eo, layout: L }), 'ERR_SHAPE');
+      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt === 'float32' ? 'bfloat16' : 'float32'), { slotRow: so, expertOffsets: eo, layout: L }), 'ERR_DTYPE');
+      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt), { slotRow: ints([0, 1]), expertOffsets: eo, layout: L }), 'ERR_SHAPE');
+      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt), { slotRow: so, expertOffsets: ints([0, 3]), layout: L }), 'ERR_SHAPE');
+      throwsCode(() => gateGrad(out, mk([1, 2], [1, 2], dt), { slotRow: mk([0, 1, 2], [3]), expertOffsets: eo, layout: L }), 'ERR_DTYPE');
+      expect(() => gateGrad(out, mk([1, 2], [1, 2], dt), { slotRow: so, layout: L } as never)).toThrow(/gateGrad: options.expertOffsets is required/);
     });
   });
 
@@ -1055,8 +1057,8 @@ describeDevices('moe ops', (device) => {
       const a = keep(swiglu(h, h));
       const out = keep(groupedMatmul(a, w2, r.expertOffsets));
       const y = keep(combineRows(out, r.rowSlots, r.slotGate));
-      const gg = keep(gateGrad(out, dy, r.slotRow, r.expertOffsets, L));
-      const dl = keep(routerScoresBackward(s, gg, p.rowGroup, L, 'softmax'));
+      const gg = keep(gateGrad(out, dy, { slotRow: r.slotRow, expertOffsets: r.expertOffsets, layout: L }));
+      const dl = keep(routerScoresBackward(s, gg, { rowGroup: p.rowGroup, layout: L, fn: 'softmax' }));
       const wg = keep(groupedMatmulWgrad(xd, keep(gatherRows(dy, r.slotRow, r.slotGate)), r.expertOffsets));
       const { dh1, dh3 } = swigluBackward(h, h, a);
       keep(dh1);

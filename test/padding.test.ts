@@ -269,7 +269,7 @@ describeDevices('padding never changes the documents (SPEC §1)', (device) => {
     });
     expect(worst).toBeLessThan(cuda ? 2e-3 : 2e-5);
     for (const routing of [undefined, aux]) {
-      const [ea, eb] = [await evaluate(model, padded, vocab, 2, routing), await evaluate(model, unpadded, vocab, 4, routing)];
+      const [ea, eb] = [await evaluate(model, padded, { vocab, batchSize: 2, causal: routing }), await evaluate(model, unpadded, { vocab, batchSize: 4, causal: routing })];
       expect(ea.targets).toBe(eb.targets);
       expect(ea.targetsPerModality).toEqual(eb.targetsPerModality);
       expect(Math.abs(ea.loss - eb.loss)).toBeLessThan((cuda ? 2e-3 : 2e-5) * eb.loss);

@@ -106,7 +106,7 @@ describe('Trainer', () => {
     const source = new SyntheticSource({ batchSize: 5, seqLen: 32, seed: 9 });
     const sequences = source.next();
     fs.writeFileSync(file, sequences.map((s) => JSON.stringify(s)).join('\n') + '\n');
-    const want = await evaluate(model, sequences, vocabFromSpec(syntheticVocab), 2);
+    const want = await evaluate(model, sequences, { vocab: vocabFromSpec(syntheticVocab), batchSize: 2 });
     const lines: string[] = [];
     const spy = jest.spyOn(console, 'log').mockImplementation((...p: unknown[]) => { lines.push(p.join(' ')); });
     try {

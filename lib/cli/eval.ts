@@ -56,7 +56,7 @@ async function runEval(opts: EvalFlags): Promise<void> {
   try {
     loadCheckpointInto(dir, model);
     if (!opts.causal) {
-      const result = await evaluate(model, sequences, vocab, batchSize);
+      const result = await evaluate(model, sequences, { vocab, batchSize });
       if (opts.json) {
         console.log(JSON.stringify(result, null, 2));
         return;
@@ -69,7 +69,7 @@ async function runEval(opts: EvalFlags): Promise<void> {
     }
     const aux = loadAuxRouters(dir, model, 'eval');
     try {
-      const result = await evaluateCausal(model, aux, sequences, vocab, batchSize);
+      const result = await evaluateCausal(model, sequences, { aux, vocab, batchSize });
       if (opts.json) {
         console.log(JSON.stringify(result, null, 2));
         return;

@@ -54,7 +54,7 @@ async function runGenerate(flags: GenerateFlags): Promise<void> {
     const aux = loadAuxRouters(source.dir, model, 'generate');
     try {
       if (flags.prompt !== undefined && out !== null) {
-        const r = await captionToImage(model, aux, layout, text, image, flags.prompt, options);
+        const r = await captionToImage(model, flags.prompt, { ...options, routing: aux, layout, text, image });
         writeFileAtomic(out, r.png);
         if (flags.json) {
           console.log(JSON.stringify({ prompt: flags.prompt, out, codes: r.codes, tokensPerSecond: r.tokensPerSecond, prefillSeconds: r.prefillSeconds, decodeSeconds: r.decodeSeconds }, null, 2));
@@ -67,7 +67,7 @@ async function runGenerate(flags: GenerateFlags): Promise<void> {
         const file = flags.imageIn!;
         if (!fs.existsSync(file)) throw new MomaError('ERR_FILE', `generate: --image-in ${file} does not exist`);
         const codes = await image.encodeFile(file);
-        const r = await imageToCaption(model, aux, layout, text, codes, options);
+        const r = await imageToCaption(model, codes, { ...options, routing: aux, layout, text });
         if (flags.json) {
           console.log(JSON.stringify({ image: file, caption: r.caption, stop: r.stop, tokensPerSecond: r.tokensPerSecond, prefillSeconds: r.prefillSeconds, decodeSeconds: r.decodeSeconds }, null, 2));
         } else {

@@ -16,6 +16,7 @@ import { modalityOfId, VocabLayout } from '../data/vocab';
 import type { ImageTokenizer } from '../data/image_tokenizer';
 import type { TextTokenizer } from '../data/text_tokenizer';
 import { ModalityConstraint } from './modality_constraint';
+import { requireOptions } from '../options';
 import { sampleToken, SamplingOptions, validateSampling } from './sampling';
 
 /** First key of the sampling generator's stream (keeps it apart from the data streams of the same seed). */
@@ -38,8 +39,33 @@ export interface GenerateResult {
   tokensPerSecond: number;
 }
 
-/** Samples up to maxTokens ids after `prompt`, within what `constraint` allows. */
-export async function generateTokens(model: Transformer, routing: CausalRouting, layout: VocabLayout, prompt: number[], constraint: ModalityConstraint, options: GenerateOptions = {}): Promise<GenerateResult> {
+/** What every generation call decodes with: the causal routing and the model's vocabulary layout. */
+export interface DecodeOptions extends GenerateOptions {
+  /** Causal routing for decoding (the auxiliary routers, SPEC §4). */
+  routing: CausalRouting;
+  /** The model's vocabulary layout. */
+  layout: VocabLayout;
+}
+
+export interface GenerateTokensOptions extends DecodeOptions {
+  /** Which ids may come next at each step. */
+  constraint: ModalityConstraint;
+}
+
+export interface CaptionToImageOptions extends DecodeOptions {
+  text: TextTokenizer;
+  image: ImageTokenizer;
+  /** Pixel upscaling of the PNG (default 1). */
+  scale?: number;
+}
+
+export interface ImageToCaptionOptions extends DecodeOptions {
+  text: TextTokenizer;
+}
+
+/** Samples up to options.maxTokens ids after `prompt`, within what options.constraint allows. */
+export async function generateTokens(model: Transformer, prompt: number[], options: GenerateTokensOptions): Promise<GenerateResult> {
+  const { routing, layout, constraint } = requireOptions(options, 'generateTokens', ['routing', 'layout', 'constraint']);
   const sampling = validateSampling(options, 'generate');
   const maxTokens = options.maxTokens ?? 256;
   if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new MomaError('ERR_ARG', `generate: maxTokens must be an integer >= 1, got ${String(maxTokens)}`);
@@ -84,13 +110,13 @@ function imageOf(layout: VocabLayout, op: string): NonNullable<VocabLayout['imag
 }
 
 /** An image for a caption: BOS, caption, BOI, then exactly tokensPerImage sampled codes; returns the codes and the PNG. */
-export async function captionToImage(model: Transformer, routing: CausalRouting, layout: VocabLayout, text: TextTokenizer, image: ImageTokenizer,
-  caption: string, options: GenerateOptions & { scale?: number } = {}): Promise<GenerateResult & { codes: number[]; png: Buffer }> {
+export async function captionToImage(model: Transformer, caption: string, options: CaptionToImageOptions): Promise<GenerateResult & { codes: number[]; png: Buffer }> {
+  const { routing, layout, text, image } = requireOptions(options, 'captionToImage', ['routing', 'layout', 'text', 'image']);
   const info = imageOf(layout, 'generate');
   if (typeof caption !== 'string' || caption.trim() === '') throw new MomaError('ERR_ARG', 'generate: the caption is empty');
   const prompt = [layout.bosId, ...textIds(layout, text, caption), layout.boiId];
   const constraint = new ModalityConstraint(layout, { stopAfterImage: true, vocabSize: model.config.vocabSize });
-  const result = await generateTokens(model, routing, layout, prompt, constraint, { ...options, maxTokens: info.tokenizer.tokensPerImage + 1 });
+  const result = await generateTokens(model, prompt, { ...options, routing, layout, constraint, maxTokens: info.tokenizer.tokensPerImage + 1 });
   const codes = result.tokens.filter((id) => id >= info.offset && id < info.offset + info.size).map((id) => id - info.offset);
   if (codes.length !== info.tokenizer.tokensPerImage) throw new MomaError('ERR_INTERNAL', `generate: produced ${codes.length} image codes, expected ${info.tokenizer.tokensPerImage}`);
   const png = await image.decodeToPng(codes, options.scale ?? 1);
@@ -98,13 +124,13 @@ export async function captionToImage(model: Transformer, routing: CausalRouting,
 }
 
 /** A caption for an image's codes: BOS, BOI, codes, EOI, then text until EOS (or maxTokens). */
-export async function imageToCaption(model: Transformer, routing: CausalRouting, layout: VocabLayout, text: TextTokenizer,
-  codes: ArrayLike<number>, options: GenerateOptions = {}): Promise<GenerateResult & { caption: string }> {
+export async function imageToCaption(model: Transformer, codes: ArrayLike<number>, options: ImageToCaptionOptions): Promise<GenerateResult & { caption: string }> {
+  const { routing, layout, text } = requireOptions(options, 'imageToCaption', ['routing', 'layout', 'text']);
   const info = imageOf(layout, 'generate');
   if (codes.length !== info.tokenizer.tokensPerImage) throw new MomaError('ERR_SHAPE', `generate: the image has ${codes.length} codes, the vocabulary's images have ${info.tokenizer.tokensPerImage}`);
   const prompt = [layout.bosId, layout.boiId, ...Array.from(codes, (c) => info.offset + c), layout.eoiId];
   const constraint = new ModalityConstraint(layout, { allowImages: false, vocabSize: model.config.vocabSize });
-  const result = await generateTokens(model, routing, layout, prompt, constraint, { maxTokens: 96, ...options });
+  const result = await generateTokens(model, prompt, { maxTokens: 96, ...options, routing, layout, constraint });
   const local = result.tokens.filter((id) => id >= layout.text.offset && id < layout.text.offset + layout.text.size).map((id) => id - layout.text.offset);
   return { ...result, caption: text.decode(local) };
 }

@@ -316,7 +316,7 @@ export class MoMaFFN {
     const { routing, partition } = saved;
     const offs = routing.expertOffsets;
     const dyc = dy.dtype === saved.out.dtype ? dy : dy.astype(saved.out.dtype);
-    const dscores = gateGrad(saved.out, dyc, routing.slotRow, offs, layout);
+    const dscores = gateGrad(saved.out, dyc, { slotRow: routing.slotRow, expertOffsets: offs, layout });
     const dout = gatherRows(dyc, routing.slotRow, routing.slotGate);
     if (dyc !== dy) dyc.dispose();
     const dw2 = groupedMatmulWgrad(saved.a, dout, offs);
@@ -335,7 +335,7 @@ export class MoMaFFN {
     dxd3.dispose();
     const dxFfn = combineRows(dxd, routing.rowSlots);
     dxd.dispose();
-    const dlogits = routerScoresBackward(saved.scores, dscores, partition.rowGroup, layout, this.config.router);
+    const dlogits = routerScoresBackward(saved.scores, dscores, { rowGroup: partition.rowGroup, layout, fn: this.config.router });
     dscores.dispose();
     const dxRouter = matmul(dlogits, router, { transB: true });
     const x32 = saved.x.dtype === 'float32' ? saved.x : saved.x.astype('float32');

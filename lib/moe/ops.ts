@@ -9,6 +9,7 @@ import { native, TensorHandle } from '../binding';
 import { MomaError } from '../errors';
 import { philoxBlocksGumbel, slotBound } from '../formulas';
 import { NATIVE_TABLES } from '../native_tables';
+import { requireOptions } from '../options';
 import { Generator } from '../random';
 import { handleOf, Tensor, wrap } from '../tensor';
 
@@ -144,9 +145,18 @@ export function routerScores(logits: Tensor, rowGroup: Tensor, layout: MoeLayout
   return wrap(native().moeRouterScores(lh, rh, L.experts, L.groupOfModality, fn, false, seed, offset));
 }
 
+export interface RouterScoresBackwardOptions {
+  /** [T] int32 group of each row (Partition.rowGroup). */
+  rowGroup: Tensor;
+  layout: MoeLayout;
+  /** The router function the scores came from (default 'sigmoid'). */
+  fn?: RouterFn;
+}
+
 /** Gradient of the router logits from the gradient of the scores. */
-export function routerScoresBackward(scores: Tensor, dscores: Tensor, rowGroup: Tensor, layout: MoeLayout, fn: RouterFn = 'sigmoid'): Tensor {
+export function routerScoresBackward(scores: Tensor, dscores: Tensor, options: RouterScoresBackwardOptions): Tensor {
   const op = 'moe_router_scores_backward';
+  const { rowGroup, layout, fn = 'sigmoid' } = requireOptions(options, 'routerScoresBackward', ['rowGroup', 'layout']);
   const L = checkLayout(layout, op);
   return wrap(native().moeRouterScoresBackward(handleOf(scores, op, 'scores'), handleOf(dscores, op, 'dscores'),
     handleOf(rowGroup, op, 'rowGroup'), L.experts, L.groupOfModality, routerCode(fn, op)));
@@ -193,9 +203,18 @@ export function combineRows(src: Tensor, rowSlots: Tensor, weight?: Tensor): Ten
   return wrap(native().moeCombine(handleOf(src, op, 'src'), handleOf(rowSlots, op, 'rowSlots'), weight === undefined ? null : handleOf(weight, op, 'weight')));
 }
 
+export interface GateGradOptions {
+  /** [R] int32 row of each slot (Routing.slotRow). */
+  slotRow: Tensor;
+  /** [E + 1] int32 first slot of each expert (Routing.expertOffsets). */
+  expertOffsets: Tensor;
+  layout: MoeLayout;
+}
+
 /** Gradient of the scores [T, E] from combine: dscores[row, e] = out[s] · dy[row] per routed slot. */
-export function gateGrad(out: Tensor, dy: Tensor, slotRow: Tensor, expertOffsets: Tensor, layout: MoeLayout): Tensor {
+export function gateGrad(out: Tensor, dy: Tensor, options: GateGradOptions): Tensor {
   const op = 'moe_gate_grad';
+  const { slotRow, expertOffsets, layout } = requireOptions(options, 'gateGrad', ['slotRow', 'expertOffsets', 'layout']);
   const L = checkLayout(layout, op);
   return wrap(native().moeGateGrad(handleOf(out, op, 'out'), handleOf(dy, op, 'dy'), handleOf(slotRow, op, 'slotRow'),
     handleOf(expertOffsets, op, 'expertOffsets'), L.experts, L.groupOfModality));

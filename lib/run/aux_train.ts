@@ -110,7 +110,7 @@ export async function trainAuxRouters(options: AuxTrainOptions = {}, hooks: AuxT
     for (const p of model.parameters()) p.requiresGrad = false;
     optimizer = new AdamW(aux, { lr: settings.lr, weightDecay: 0, clipNorm: 1 });
     hooks.onStart?.({ checkpoint: source.dir, routers: aux.namedParameters().size / 2, parameters: aux.numParameters(), steps: settings.steps });
-    const evalNow = async (): Promise<AuxRouterMetrics[]> => (heldOut === null ? [] : evaluateAuxRouters(model, aux!, heldOut, vocab, data.settings.batchSize));
+    const evalNow = async (): Promise<AuxRouterMetrics[]> => (heldOut === null ? [] : evaluateAuxRouters(model, heldOut, { aux: aux!, vocab, batchSize: data.settings.batchSize }));
     const before = await evalNow();
     hooks.onEval?.(0, before);
     const losses: number[] = [];

@@ -318,7 +318,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     const runEval = async (): Promise<void> => {
       if (heldOut === null) return;
       const begun = process.hrtime.bigint();
-      const result = await evaluate(model, heldOut, vocabInfo, settings.batchSize);
+      const result = await evaluate(model, heldOut, { vocab: vocabInfo, batchSize: settings.batchSize });
       const names = model.config.modalities;
       const record: EvalRecord = {
         kind: 'eval', step: t.step, tokens: t.tokens,

@@ -8,7 +8,8 @@ import { noGrad } from '../autograd/tape';
 import { tidy } from '../autograd/scope';
 import { AuxRouters } from '../model/aux_router';
 import { disposeBatch, makeBatch, Transformer } from '../model/transformer';
-import { evaluate, EvalResult } from './evaluate';
+import { evalArgs, evaluate, EvalResult } from './evaluate';
+import { requireOptions } from '../options';
 import { AuxRouterRef, auxLoss, auxRouterRefs, collectAuxExamples, Confusion, confusionOf, confusionRates } from './aux_targets';
 import type { VocabInfo } from '../data/vocab';
 
@@ -32,6 +33,15 @@ export interface CausalEvalResult {
   routers: AuxRouterMetrics[];
 }
 
+export interface CausalEvalOptions {
+  /** The auxiliary routers (SPEC §4). */
+  aux: AuxRouters;
+  /** Pad, BOS and the modality of each id. */
+  vocab: VocabInfo;
+  /** Sequences per forward pass (default 8). */
+  batchSize?: number;
+}
+
 function modalityOfRef(model: Transformer, ref: AuxRouterRef): string {
   if (ref.kind === 'depth') return 'all';
   const layout = model.routingSites().experts.find((s) => s.site === ref.site)!.layout;
@@ -39,7 +49,9 @@ function modalityOfRef(model: Transformer, ref: AuxRouterRef): string {
 }
 
 /** The auxiliary routers' BCE, accuracy, precision and recall on `sequences` (training-mode targets). */
-export async function evaluateAuxRouters(model: Transformer, aux: AuxRouters, sequences: number[][], vocab: VocabInfo, batchSize = 8): Promise<AuxRouterMetrics[]> {
+export async function evaluateAuxRouters(model: Transformer, sequences: number[][], options: CausalEvalOptions): Promise<AuxRouterMetrics[]> {
+  const { aux } = requireOptions(options, 'evaluateAuxRouters', ['aux']);
+  const { vocab, batchSize } = evalArgs(options, 'evaluateAuxRouters');
   const refs = auxRouterRefs(model);
   const sums = new Map(refs.map((r) => [r.key, { bce: 0, weight: 0, confusion: { tp: 0, fp: 0, fn: 0, tn: 0 } as Confusion }]));
   for (let i = 0; i < sequences.length; i += batchSize) {
@@ -75,9 +87,11 @@ export async function evaluateAuxRouters(model: Transformer, aux: AuxRouters, se
 }
 
 /** Loss in training mode and in causal mode on the same sequences, and the routers' metrics. */
-export async function evaluateCausal(model: Transformer, aux: AuxRouters, sequences: number[][], vocab: VocabInfo, batchSize = 8): Promise<CausalEvalResult> {
-  const training = await evaluate(model, sequences, vocab, batchSize);
-  const causal = await evaluate(model, sequences, vocab, batchSize, aux);
-  const routers = await evaluateAuxRouters(model, aux, sequences, vocab, batchSize);
+export async function evaluateCausal(model: Transformer, sequences: number[][], options: CausalEvalOptions): Promise<CausalEvalResult> {
+  const { aux } = requireOptions(options, 'evaluateCausal', ['aux']);
+  const { vocab, batchSize } = evalArgs(options, 'evaluateCausal');
+  const training = await evaluate(model, sequences, { vocab, batchSize });
+  const causal = await evaluate(model, sequences, { vocab, batchSize, causal: aux });
+  const routers = await evaluateAuxRouters(model, sequences, { aux, vocab, batchSize });
   return { training, causal, routers };
 }

@@ -9,6 +9,8 @@ import { disposeBatch, makeBatch, Transformer } from '../model/transformer';
 import type { CausalRouting } from '../model/layers';
 import type { VocabInfo } from '../data/vocab';
 import { at } from '../checked';
+import { MomaError } from '../errors';
+import { requireOptions } from '../options';
 
 export interface EvalResult {
   loss: number;
@@ -19,11 +21,29 @@ export interface EvalResult {
   sequences: number;
 }
 
+export interface EvalOptions {
+  /** Pad, BOS and the modality of each id. */
+  vocab: VocabInfo;
+  /** Sequences per forward pass (default 8). */
+  batchSize?: number;
+  /** Auxiliary routers (SPEC §4): evaluate in causal mode instead of training mode. */
+  causal?: CausalRouting;
+}
+
+/** Checks `options` for `fn`; returns the vocabulary and the batch size. */
+export function evalArgs(options: { vocab: VocabInfo; batchSize?: number }, fn: string): { vocab: VocabInfo; batchSize: number } {
+  const { vocab, batchSize = 8 } = requireOptions(options, fn, ['vocab']);
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new MomaError('ERR_ARG', `${fn}: options.batchSize must be an integer >= 1, got ${String(batchSize)}`);
+  return { vocab, batchSize };
+}
+
 /**
- * Mean loss over `sequences` (all of one length), `batchSize` sequences per forward pass; with
- * `causal` (auxiliary routers, SPEC §4) in causal mode instead of training mode.
+ * Mean loss over `sequences` (all of one length), `options.batchSize` sequences per forward pass;
+ * with `options.causal` in causal mode instead of training mode.
  */
-export async function evaluate(model: Transformer, sequences: number[][], vocab: VocabInfo, batchSize = 8, causal?: CausalRouting): Promise<EvalResult> {
+export async function evaluate(model: Transformer, sequences: number[][], options: EvalOptions): Promise<EvalResult> {
+  const { vocab, batchSize } = evalArgs(options, 'evaluate');
+  const causal = options.causal;
   const names = model.config.modalities;
   // [all modalities, then one per modality]: loss sums weighted by target counts
   const totals = Array.from({ length: names.length + 1 }, () => ({ sum: 0, count: 0 }));
