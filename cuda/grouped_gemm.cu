@@ -36,6 +36,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 #include "common.cuh"
 #include "gemm_simt.cuh"
@@ -368,6 +369,19 @@ void check_sizes(const char* op, int64_t E, int64_t R, int64_t K, int64_t N) {
   if (E < 0 || R < 0 || K < 0 || N < 0) fail("ERR_ARG", "cuda ", op, ": bad sizes E=", E, " R=", R, " K=", K, " N=", N);
 }
 
+// The common start of the grouped entry points: dtype and size checks, then the offsets check and the
+// zeroing of each non-null output's rows past offsets[E]. False when there is nothing to compute.
+bool grouped_begin(const char* op, cudaStream_t s, int32_t* err, DType dt_x, DType dt_w, DType dt_y,
+                   const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, void* const (&outs)[3]) {
+  const std::string name(op);
+  check_float((name + " (x)").c_str(), dt_x);
+  check_float((name + " (w)").c_str(), dt_w);
+  check_float((name + " (y)").c_str(), dt_y);
+  check_sizes(op, E, R, K, N);
+  grouped_prep(s, err, offsets, E, R, N, dt_y, outs, (name + " (offsets / tail)").c_str());
+  return E > 0 && R > 0 && N > 0;
+}
+
 GroupedParams grouped_params(DType dt_x, const void* x, DType dt_w, const void* w0, const void* w1, bool trans_w,
                              const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, DType dt_y) {
   GroupedParams p{};
@@ -390,13 +404,8 @@ GroupedParams grouped_params(DType dt_x, const void* x, DType dt_w, const void* 
 
 void grouped_gemm(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w, bool trans_w,
                   const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, DType dt_y, void* y) {
-  check_float("grouped_gemm (x)", dt_x);
-  check_float("grouped_gemm (w)", dt_w);
-  check_float("grouped_gemm (y)", dt_y);
-  check_sizes("grouped_gemm", E, R, K, N);
   cudaStream_t s = as_stream(stream);
-  grouped_prep(s, err, offsets, E, R, N, dt_y, {y, nullptr, nullptr}, "grouped_gemm (offsets / tail)");
-  if (E == 0 || R == 0 || N == 0) return;
+  if (!grouped_begin("grouped_gemm", s, err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {y, nullptr, nullptr})) return;
   GroupedParams p = grouped_params(dt_x, x, dt_w, w, nullptr, trans_w, offsets, E, R, K, N, dt_y);
   p.y = y;
   launch_grouped<Epi::kPlain>(s, dt_x, dt_w, trans_w, p, "grouped_gemm");
@@ -406,13 +415,8 @@ void grouped_gemm(void* stream, int32_t* err, DType dt_x, const void* x, DType d
 void grouped_gemm_scaled(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w,
                          bool trans_w, const int32_t* offsets, const float* row_scale, int64_t E, int64_t R, int64_t K,
                          int64_t N, DType dt_y, void* y) {
-  check_float("grouped_gemm_scaled (x)", dt_x);
-  check_float("grouped_gemm_scaled (w)", dt_w);
-  check_float("grouped_gemm_scaled (y)", dt_y);
-  check_sizes("grouped_gemm_scaled", E, R, K, N);
   cudaStream_t s = as_stream(stream);
-  grouped_prep(s, err, offsets, E, R, N, dt_y, {y, nullptr, nullptr}, "grouped_gemm_scaled (offsets / tail)");
-  if (E == 0 || R == 0 || N == 0) return;
+  if (!grouped_begin("grouped_gemm_scaled", s, err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {y, nullptr, nullptr})) return;
   GroupedParams p = grouped_params(dt_x, x, dt_w, w, nullptr, trans_w, offsets, E, R, K, N, dt_y);
   p.y = y;
   p.row_scale = row_scale;
@@ -423,13 +427,8 @@ void grouped_gemm_scaled(void* stream, int32_t* err, DType dt_x, const void* x, 
 void grouped_gemm_swiglu(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w1,
                          const void* w3, bool trans_w, const int32_t* offsets, int64_t E, int64_t R, int64_t K,
                          int64_t N, DType dt_y, void* a, void* h1, void* h3) {
-  check_float("grouped_gemm_swiglu (x)", dt_x);
-  check_float("grouped_gemm_swiglu (w)", dt_w);
-  check_float("grouped_gemm_swiglu (y)", dt_y);
-  check_sizes("grouped_gemm_swiglu", E, R, K, N);
   cudaStream_t s = as_stream(stream);
-  grouped_prep(s, err, offsets, E, R, N, dt_y, {a, h1, h3}, "grouped_gemm_swiglu (offsets / tail)");
-  if (E == 0 || R == 0 || N == 0) return;
+  if (!grouped_begin("grouped_gemm_swiglu", s, err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {a, h1, h3})) return;
   GroupedParams p = grouped_params(dt_x, x, dt_w, w1, w3, trans_w, offsets, E, R, K, N, dt_y);
   p.y = a;
   p.h1 = h1;
