@@ -13,7 +13,8 @@
 /** Bottom to top. `path`: regular expressions over paths from the repository root (disjoint). */
 const LAYERS = [
   { name: 'core', path: ['^lib/(errors|checked|options|native_tables|formulas|binding|dtype|device|random|tensor|memory|inspect)\\.ts$', '^lib/types/'] },
-  { name: 'ops', path: ['^lib/(ops|creation)\\.ts$', '^lib/nn/ops\\.ts$', '^lib/moe/ops\\.ts$'] },
+  { name: 'distributed', path: ['^lib/distributed/'] },
+  { name: 'ops', path: ['^lib/(ops|creation|kernels)\\.ts$', '^lib/nn/ops\\.ts$', '^lib/moe/ops\\.ts$'] },
   { name: 'io', path: ['^lib/io/'] },
   { name: 'data', path: ['^lib/data/'] },
   { name: 'autograd', path: ['^lib/autograd/', '^lib/nn/(?!ops\\.ts$)'] },

@@ -107,8 +107,8 @@ async function modBlocks(moma, device, T, repeats, results) {
   const gen = new moma.Generator(13);
   const init = { device, generator: gen, std: 0.02 };
   const ffn = new moma.MoEFeedForward({ dModel: d, dFF: f, groups: GROUPS_4T4I, device, seed: 3 });
-  const block = new moma.DecoderBlock(d, heads, ffn, init, 'swin', 10000);
-  const modBlock = new moma.MoDBlock(block, d, capacity, init);
+  const block = new moma.DecoderBlock({ dModel: d, heads, ffn, norm: 'swin', ropeTheta: 10000 }, init);
+  const modBlock = new moma.MoDBlock(block, { dModel: d, capacity }, init);
   // a float32 leaf cast to the compute dtype, as the Transformer feeds its blocks (dx included)
   const x = moma.randn([T, d], { device, generator: gen });
   x.requiresGrad = true;

@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, LA::kAsync && LB::kAsync ? Cfg::
 }
 
 template <bool KCA, bool KCB>
-__global__ void __launch_bounds__(simt::THREADS) gemm_f32_kernel(GemmParams p) {
+__global__ void __launch_bounds__(simt::THREADS) gemm_simt_kernel(GemmParams p) {
   __shared__ __align__(16) simt::Smem<1> sm;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * simt::Shape<1>::BN;
   const int64_t mtiles = (p.M + simt::BM - 1) / simt::BM;
@@ -205,7 +205,7 @@ void launch_tile(cudaStream_t s, const GemmParams& p, Tile t) {
 
 template <bool KCA, bool KCB>
 void launch_f32(cudaStream_t s, const GemmParams& p) {
-  gemm_f32_kernel<KCA, KCB><<<gemm_grid(p, simt::BM, simt::Shape<1>::BN), simt::THREADS, 0, s>>>(p);
+  gemm_simt_kernel<KCA, KCB><<<gemm_grid(p, simt::BM, simt::Shape<1>::BN), simt::THREADS, 0, s>>>(p);
 }
 
 template <typename TA, typename TB>
@@ -248,10 +248,11 @@ const char* gemm_tile_config(DType dt_a, DType dt_b, const GemmShape& g) {
   return tile_name(choose_tile(g.batch, g.M, g.N, sm_count()));
 }
 
-void gemm(void* stream, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C, const GemmShape& g) {
+void gemm(const LaunchCtx& ctx, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
+          const GemmShape& g) {
   check_dtypes(dt_a, dt_b, dt_c);
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
-  cudaStream_t s = as_stream(stream);
+  cudaStream_t s = as_stream(ctx.stream);
   GemmParams p;
   p.A = A;
   p.B = B;

@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, LA::kAsync && LB::kAsync ? Cfg::
 }
 
 template <int NB, Epi EPI, bool KCB>
-__global__ void __launch_bounds__(simt::THREADS) grouped_gemm_f32_kernel(GroupedParams p) {
+__global__ void __launch_bounds__(simt::THREADS) grouped_gemm_simt_kernel(GroupedParams p) {
   __shared__ __align__(16) simt::Smem<NB> sm;
   constexpr int BN = simt::Shape<NB>::BN;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
@@ -290,7 +290,7 @@ void launch_grouped_k(cudaStream_t s, const GroupedParams& p, const char* op) {
   constexpr int NB = EPI == Epi::kSwiglu ? 2 : 1;
   if constexpr (sizeof(TA) == 4 && sizeof(TB) == 4) {
     const dim3 grid(n_tiles(p.N, simt::Shape<NB>::BN, op), cap65535(p.R / simt::BM + p.E + 1));
-    grouped_gemm_f32_kernel<NB, EPI, KCB><<<grid, simt::THREADS, 0, s>>>(p);
+    grouped_gemm_simt_kernel<NB, EPI, KCB><<<grid, simt::THREADS, 0, s>>>(p);
   } else if constexpr (NB == 2) {
     if (long_segments(p)) launch_grouped_loaders<CfgDual128x64, NB, EPI, TA, TB, KCB>(s, p, op);
     else launch_grouped_loaders<CfgDual64x64, NB, EPI, TA, TB, KCB>(s, p, op);
@@ -402,21 +402,21 @@ GroupedParams grouped_params(DType dt_x, const void* x, DType dt_w, const void* 
 
 }  // namespace
 
-void grouped_gemm(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w, bool trans_w,
+void grouped_gemm(const LaunchCtx& ctx, DType dt_x, const void* x, DType dt_w, const void* w, bool trans_w,
                   const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, DType dt_y, void* y) {
-  cudaStream_t s = as_stream(stream);
-  if (!grouped_begin("grouped_gemm", s, err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {y, nullptr, nullptr})) return;
+  cudaStream_t s = as_stream(ctx.stream);
+  if (!grouped_begin("grouped_gemm", s, ctx.err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {y, nullptr, nullptr})) return;
   GroupedParams p = grouped_params(dt_x, x, dt_w, w, nullptr, trans_w, offsets, E, R, K, N, dt_y);
   p.y = y;
   launch_grouped<Epi::kPlain>(s, dt_x, dt_w, trans_w, p, "grouped_gemm");
   check_launch("grouped_gemm");
 }
 
-void grouped_gemm_scaled(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w,
-                         bool trans_w, const int32_t* offsets, const float* row_scale, int64_t E, int64_t R, int64_t K,
-                         int64_t N, DType dt_y, void* y) {
-  cudaStream_t s = as_stream(stream);
-  if (!grouped_begin("grouped_gemm_scaled", s, err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {y, nullptr, nullptr})) return;
+void grouped_gemm_scaled(const LaunchCtx& ctx, DType dt_x, const void* x, DType dt_w, const void* w, bool trans_w,
+                         const int32_t* offsets, const float* row_scale, int64_t E, int64_t R, int64_t K, int64_t N,
+                         DType dt_y, void* y) {
+  cudaStream_t s = as_stream(ctx.stream);
+  if (!grouped_begin("grouped_gemm_scaled", s, ctx.err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {y, nullptr, nullptr})) return;
   GroupedParams p = grouped_params(dt_x, x, dt_w, w, nullptr, trans_w, offsets, E, R, K, N, dt_y);
   p.y = y;
   p.row_scale = row_scale;
@@ -424,11 +424,11 @@ void grouped_gemm_scaled(void* stream, int32_t* err, DType dt_x, const void* x, 
   check_launch("grouped_gemm_scaled");
 }
 
-void grouped_gemm_swiglu(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_w, const void* w1,
-                         const void* w3, bool trans_w, const int32_t* offsets, int64_t E, int64_t R, int64_t K,
-                         int64_t N, DType dt_y, void* a, void* h1, void* h3) {
-  cudaStream_t s = as_stream(stream);
-  if (!grouped_begin("grouped_gemm_swiglu", s, err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {a, h1, h3})) return;
+void grouped_gemm_swiglu(const LaunchCtx& ctx, DType dt_x, const void* x, DType dt_w, const void* w1, const void* w3,
+                         bool trans_w, const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, DType dt_y,
+                         void* a, void* h1, void* h3) {
+  cudaStream_t s = as_stream(ctx.stream);
+  if (!grouped_begin("grouped_gemm_swiglu", s, ctx.err, dt_x, dt_w, dt_y, offsets, E, R, K, N, {a, h1, h3})) return;
   GroupedParams p = grouped_params(dt_x, x, dt_w, w1, w3, trans_w, offsets, E, R, K, N, dt_y);
   p.y = a;
   p.h1 = h1;
@@ -437,13 +437,13 @@ void grouped_gemm_swiglu(void* stream, int32_t* err, DType dt_x, const void* x, 
   check_launch("grouped_gemm_swiglu");
 }
 
-void grouped_gemm_wgrad(void* stream, int32_t* err, DType dt_x, const void* x, DType dt_dy, const void* dy,
+void grouped_gemm_wgrad(const LaunchCtx& ctx, DType dt_x, const void* x, DType dt_dy, const void* dy,
                         const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, float* dw) {
   check_float("grouped_gemm_wgrad (x)", dt_x);
   check_float("grouped_gemm_wgrad (dy)", dt_dy);
   check_sizes("grouped_gemm_wgrad", E, R, K, N);
-  cudaStream_t s = as_stream(stream);
-  grouped_prep(s, err, offsets, E, R, N, DType::F32, {nullptr, nullptr, nullptr}, "grouped_gemm_wgrad (offsets)");
+  cudaStream_t s = as_stream(ctx.stream);
+  grouped_prep(s, ctx.err, offsets, E, R, N, DType::F32, {nullptr, nullptr, nullptr}, "grouped_gemm_wgrad (offsets)");
   if (E == 0 || K == 0 || N == 0) return;
   WgradParams p;
   p.x = x;

@@ -4,6 +4,7 @@ import { DeviceInput, getDefaultDevice } from './device';
 import { DType, dtypeCode } from './dtype';
 import { MomaError } from './errors';
 import { philoxBlocksNormal, philoxBlocksUniform } from './formulas';
+import { requireOptions } from './options';
 import { defaultGenerator, Generator } from './random';
 import { Tensor, wrap } from './tensor';
 
@@ -110,8 +111,21 @@ export function ones(shape: readonly number[], options: CreateOptions = {}): Ten
   return full(shape, 1, options);
 }
 
-/** Values start, start+step, … below end (like torch.arange); arange(n) counts 0..n-1. */
-export function arange(start: number, end?: number, step = 1, options: CreateOptions = {}): Tensor {
+/** Options of `arange`: where and in which dtype, and the step between values. */
+export interface ArangeOptions extends CreateOptions {
+  /**
+   * Distance between consecutive values (default 1; negative counts down; 0, NaN or ±Infinity are
+   * ERR_ARG). The dtype defaults to int32 when start, end and step are all integers, float32 otherwise.
+   */
+  step?: number;
+}
+
+/**
+ * Values start, start+step, … below end (like torch.arange); arange(n) counts 0..n-1 and
+ * `arange(10, 0, { step: -3 })` gives 10, 7, 4, 1.
+ */
+export function arange(start: number, end?: number, options: ArangeOptions = {}): Tensor {
+  const { step = 1 } = requireOptions(options, 'arange', []);
   const [from, to] = end === undefined ? [0, start] : [start, end];
   const dtype = options.dtype ?? (Number.isInteger(from) && Number.isInteger(to) && Number.isInteger(step) ? 'int32' : 'float32');
   return wrap(native().arange(from, to, step, dtypeCode(dtype, 'arange'), deviceOf(options)));

@@ -5,7 +5,7 @@ export type { DType, HostArray } from './dtype';
 export { Tensor } from './tensor';
 export type { TensorOrScalar } from './tensor';
 export { tensor, empty, full, zeros, ones, arange, rand, randn } from './creation';
-export type { CreateOptions, RandomOptions, TensorData } from './creation';
+export type { ArangeOptions, CreateOptions, RandomOptions, TensorData } from './creation';
 export * from './ops';
 export { Generator, manualSeed, defaultGenerator } from './random';
 export { bestDevice, cudaAvailable, cudaDeviceCount, getDefaultDevice, setDefaultDevice } from './device';
@@ -14,32 +14,29 @@ export { memoryStats, runtimeStats, resetPeakMemory, emptyCache, synchronize } f
 export type { MemoryStats, RuntimeStats } from './memory';
 export { inspect } from './inspect';
 export type { InspectReport } from './inspect';
-export {
-  moePartition, routerScores, routerScoresBackward, route, moeSlotBound, gatherRows, combineRows, gateGrad, groupedMatmul,
-  groupedMatmulSwiglu, groupedMatmulWgrad, swiglu, swigluBackward, routingStats, modSelect, segmentStarts,
-} from './moe/ops';
-export type { GateGradOptions, MoeLayout, Partition, Routing, RoutingOptions, RoutingMode, RouterFn, RouterScoresBackwardOptions, RoutingStats } from './moe/ops';
+/** The raw kernels (no autograd; also the subpath `moma/kernels`): `kernels.rmsNorm` returns { y, rstd }, `F.rmsNorm` a Tensor. */
+export * as kernels from './kernels';
+export type { MoeLayout, RoutingOptions, RoutingMode, RouterFn } from './moe/ops';
 export { defaultRouter, MoMaFFN, moeLayoutOf } from './moe/moma_ffn';
 export type {
   MoMaFFNConfig, MoMaFFNContext, MoMaFFNParameterName, MoMaFFNParameterOwner, MoMaFFNParameters, MoeGroupConfig, RoutingStatsReport,
 } from './moe/moma_ffn';
-export {
-  rmsNorm, rmsNormBackward, layerNorm, layerNormBackward, rope, attention, attentionBackward, crossEntropy,
-  crossEntropyBackward, adamwStep,
-} from './nn/ops';
-export type { AdamWStep } from './nn/ops';
 export { tidy, keep, untrack } from './autograd/scope';
 export { backward, noGrad, gradEnabled, zeroGrad } from './autograd/tape';
 export * as F from './autograd/functions';
+export * as distributed from './distributed';
 export { Module } from './nn/module';
 export { Linear, Embedding, RMSNorm, HeadNorm, Attention, SwiGLUFFN, SwiGLU, MoEFeedForward, DecoderBlock, MoDBlock } from './model/layers';
-export type { AttentionContext, BlockContext, InitOptions, NormPlacement } from './model/layers';
+export type {
+  AttentionContext, AttentionLayerOptions, BlockContext, CachedContext, DecoderBlockOptions, HeadNormOptions, InitOptions, MoDBlockOptions, MoDCachedRows,
+  MoDRows, NormPlacement,
+} from './model/layers';
 export { Transformer, makeBatch, disposeBatch, validateConfig } from './model/transformer';
-export type { TransformerConfig, FFNConfig, Batch, LossOutput } from './model/transformer';
+export type { TransformerConfig, FFNConfig, Batch, DecodeStepOptions, LossOutput } from './model/transformer';
 export { AdamW, learningRate, defaultDecay } from './optim/adamw';
 export type { AdamWOptions, StepResult } from './optim/adamw';
 export { Trainer } from './train/trainer';
-export type { TrainerOptions, TrainerEvents, StepMetrics, ScheduleOptions, ExpertStat } from './train/trainer';
+export type { TrainerOptions, TrainerEvents, TrainerListener, StepMetrics, ScheduleOptions, ExpertStat } from './train/trainer';
 export { saveCheckpoint, loadCheckpointInto, readCheckpoint } from './train/checkpoint';
 export type { TrainerState, LoadedCheckpoint } from './train/checkpoint';
 export { evaluate } from './train/evaluate';
@@ -73,6 +70,7 @@ export type { BuiltinDataset, BuiltinOptions } from './data/builtin';
 export { ShardWriter, ShardReader } from './data/shard';
 export type { ShardStats, ShardDtype } from './data/shard';
 export { openShardSet, ShardSet } from './data/shard_set';
+export type { ShardSetParts } from './data/shard_set';
 export { packShardSet } from './data/pack';
 export type { PackOptions, PackReport } from './data/pack';
 export { trainRun } from './run/run';
@@ -102,6 +100,6 @@ export type { CheckpointSource, StageData } from './run/checkpoint_source';
 export { generateTokens, captionToImage, imageToCaption } from './generate/generator';
 export type { GenerateOptions, DecodeOptions, GenerateTokensOptions, CaptionToImageOptions, ImageToCaptionOptions, GenerateResult } from './generate/generator';
 export { sampleToken, tokenProbabilities, validateSampling, DEFAULT_SAMPLING } from './generate/sampling';
-export type { SamplingOptions } from './generate/sampling';
+export type { SampleDraw, SamplingOptions } from './generate/sampling';
 export { ModalityConstraint } from './generate/modality_constraint';
 export type { ModalityConstraintOptions, ConstraintState } from './generate/modality_constraint';

@@ -1,6 +1,7 @@
 /** Functional forms of the tensor ops (torch-style), plus the ops that take several tensors. */
 import { native } from './binding';
 import { MomaError } from './errors';
+import { requireOptions } from './options';
 import { handleOf, Tensor, TensorOrScalar, wrap } from './tensor';
 
 function asTensor(x: Tensor, op: string, arg: string): Tensor {
@@ -40,6 +41,18 @@ export function indexSelect(x: Tensor, axis: number, index: Tensor): Tensor {
   return asTensor(x, 'index_select', 'x').indexSelect(axis, index);
 }
 
-export function scatterAdd(x: Tensor, axis: number, index: Tensor, src: Tensor): Tensor {
+/** What `scatterAdd` adds into x, and where. */
+export interface ScatterAddOptions {
+  /** The axis of x that `index` addresses (negative counts from the end). */
+  axis: number;
+  /** int32 [n]: slice index[i] of x along `axis` receives slice i of src (repeats accumulate). */
+  index: Tensor;
+  /** Values to add: x's shape with `axis` of size n, in x's dtype. */
+  src: Tensor;
+}
+
+/** A copy of x with src added at `index` along `axis` (the functional form of `x.scatterAdd(axis, index, src)`). */
+export function scatterAdd(x: Tensor, options: ScatterAddOptions): Tensor {
+  const { axis, index, src } = requireOptions(options, 'scatterAdd', ['axis', 'index', 'src']);
   return asTensor(x, 'scatter_add', 'x').scatterAdd(axis, index, src);
 }

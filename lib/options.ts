@@ -1,4 +1,4 @@
-/** Checks of the options objects that public functions take after their leading positional arguments. */
+/** Checks of the options objects (and saved-tensor bundles) that public functions take after their leading positional arguments. */
 import { MomaError } from './errors';
 
 /**
@@ -6,9 +6,18 @@ import { MomaError } from './errors';
  * `required` (undefined or null counts as missing); returns `options` for chaining.
  */
 export function requireOptions<T extends object>(options: T, fn: string, required: readonly (keyof T & string)[]): T {
-  if (typeof options !== 'object' || options === null) throw new MomaError('ERR_ARG', `${fn}: expected an options object, got ${options === null ? 'null' : typeof options}`);
+  return requireFields(options, { fn, argument: 'options' }, required);
+}
+
+/**
+ * requireOptions for an object argument with another name, e.g. the `saved` tensors of a backward
+ * kernel: ERR_ARG says `${fn}: saved.lse is required`.
+ */
+export function requireFields<T extends object>(value: T, where: { fn: string; argument: string }, required: readonly (keyof T & string)[]): T {
+  const { fn, argument } = where;
+  if (typeof value !== 'object' || value === null) throw new MomaError('ERR_ARG', `${fn}: expected an object for ${argument}, got ${value === null ? 'null' : typeof value}`);
   for (const name of required) {
-    if (options[name] === undefined || options[name] === null) throw new MomaError('ERR_ARG', `${fn}: options.${name} is required`);
+    if (value[name] === undefined || value[name] === null) throw new MomaError('ERR_ARG', `${fn}: ${argument}.${name} is required`);
   }
-  return options;
+  return value;
 }

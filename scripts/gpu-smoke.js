@@ -148,7 +148,7 @@ async function causalRun(device, record) {
       const cache = new moma.KVCache(model.config.layers);
       let worst = 0;
       for (let t = 0; t < ids.length; t++) {
-        const row = await model.decode(cache, [ids[t]], modalityOf, routers);
+        const row = await model.decode(cache, [ids[t]], { modalityOf, routing: routers });
         for (let v = 0; v < V; v++) worst = Math.max(worst, Math.abs(row[v] - full[t * V + v]));
       }
       cache.dispose();

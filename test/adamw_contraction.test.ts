@@ -106,7 +106,7 @@ describe('CPU AdamW: no FMA contraction', () => {
     }
 
     const cpu = { device: 'cpu' };
-    const r = adamwStep(tensor(state.p, cpu), tensor(g, cpu), tensor(state.m, cpu), tensor(state.v, cpu), h);
+    const r = adamwStep({ param: tensor(state.p, cpu), grad: tensor(g, cpu), expAvg: tensor(state.m, cpu), expAvgSq: tensor(state.v, cpu) }, h);
     const [p, m, v] = await Promise.all([r.param.toArray(), r.expAvg.toArray(), r.expAvgSq.toArray()]);
     for (const t of [r.param, r.expAvg, r.expAvgSq]) t.dispose();
     expect(differing(m as Float32Array, want.m)).toBe(0);

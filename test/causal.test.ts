@@ -7,7 +7,7 @@
  * forward, and generation that keeps every image exactly tokensPerImage codes long.
  */
 import { AuxRouters, Batch, CausalRouting, F, KVCache, ModalityConstraint, Tensor, Transformer, TransformerConfig, backward, buildVocabLayout, disposeBatch, full, generateTokens, makeBatch, modalityOfId, newAuxRouters, noGrad, tensor, tidy } from '../lib';
-import type { ImageTokenizerInfo } from '../lib';
+import type { DeviceName, ImageTokenizerInfo } from '../lib';
 import { describeDevices } from './support/devices';
 import { throwsCode } from './support/errors';
 import { mulberry32 } from './support/reference';
@@ -19,7 +19,7 @@ const modalityOf = (id: number): number => modalityOfId(layout, id);
 const text = (i: number): number => layout.text.offset + (i % 11);
 const code = (i: number): number => layout.image!.offset + (i % 9);
 
-function config(device: string, overrides: Partial<TransformerConfig> = {}): TransformerConfig {
+function config(device: DeviceName, overrides: Partial<TransformerConfig> = {}): TransformerConfig {
   return {
     vocabSize: V, dModel: 12, layers: 3, heads: 2, seed: 7, initStd: 0.3, device,
     ffn: { kind: 'moe', dFF: 10, groups: [{ modality: 'text', experts: 2 }, { modality: 'image', experts: 3 }] },
@@ -35,7 +35,7 @@ function documentIds(seed: number): number[] {
   return [layout.bosId, text(r(11)), text(r(11)), text(r(11)), layout.boiId, code(r(9)), code(r(9)), code(r(9)), code(r(9)), layout.eoiId, text(r(11)), text(r(11)), text(r(11)), layout.eosId];
 }
 
-function batchOf(sequences: number[][], device: string): Batch {
+function batchOf(sequences: number[][], device: DeviceName): Batch {
   return makeBatch(sequences, { padId: layout.padId, bosId: layout.bosId, modalityOf, modalities: 2, device, vocabSize: V });
 }
 
@@ -221,18 +221,18 @@ describeDevices('causal mode', (device) => {
     const tol = cuda ? 3e-2 : 2e-5;
     let worst = 0;
     const prefill = 6;
-    worst = Math.max(worst, maxDiff(Array.from(await model.decode(cache, ids.slice(0, prefill), modalityOf, aux)), full[prefill - 1]!));
-    for (let t = prefill; t < ids.length; t++) worst = Math.max(worst, maxDiff(Array.from(await model.decode(cache, [ids[t]!], modalityOf, aux)), full[t]!));
+    worst = Math.max(worst, maxDiff(Array.from(await model.decode(cache, ids.slice(0, prefill), { modalityOf, routing: aux })), full[prefill - 1]!));
+    for (let t = prefill; t < ids.length; t++) worst = Math.max(worst, maxDiff(Array.from(await model.decode(cache, [ids[t]!], { modalityOf, routing: aux })), full[t]!));
     expect(worst).toBeLessThan(tol);
     expect(cache.length).toBe(ids.length);
     // plain layers cache every row; MoD layers (0 and 2) only the rows their block ran on
     expect(cache.layers[1]!.length).toBe(ids.length);
     expect(cache.layers[0]!.length).toBeLessThan(ids.length);
     const withPadding = (id: number): number => (id === layout.padId ? -1 : modalityOf(id));
-    await expect(model.decode(cache, [layout.padId], withPadding, aux)).rejects.toMatchObject({ code: 'ERR_RANGE' });
-    await expect(model.decode(cache, [V], modalityOf, aux)).rejects.toMatchObject({ code: 'ERR_RANGE' });
-    await expect(model.decode(cache, [], modalityOf, aux)).rejects.toMatchObject({ code: 'ERR_ARG' });
-    await expect(model.decode(new KVCache(2), [text(1)], modalityOf, aux)).rejects.toMatchObject({ code: 'ERR_ARG' });
+    await expect(model.decode(cache, [layout.padId], { modalityOf: withPadding, routing: aux })).rejects.toMatchObject({ code: 'ERR_RANGE' });
+    await expect(model.decode(cache, [V], { modalityOf, routing: aux })).rejects.toMatchObject({ code: 'ERR_RANGE' });
+    await expect(model.decode(cache, [], { modalityOf, routing: aux })).rejects.toMatchObject({ code: 'ERR_ARG' });
+    await expect(model.decode(new KVCache(2), [text(1)], { modalityOf, routing: aux })).rejects.toMatchObject({ code: 'ERR_ARG' });
     cache.dispose();
     aux.dispose();
     model.dispose();

@@ -176,23 +176,28 @@ describeDevices('creation', (device) => {
   });
 
   test('arange', async () => {
-    const a = keep(arange(5, undefined, 1, { device }));
+    const a = keep(arange(5, undefined, { device }));
     expect(a.dtype).toBe('int32');
     assertExact(await read(a), [0, 1, 2, 3, 4], 'arange(5)');
-    assertExact(await read(arange(10, 0, -3, { device })), [10, 7, 4, 1], 'negative step');
-    assertExact(await read(arange(-3, 4097 - 3, 1, { device })), Array.from({ length: 4097 }, (_, i) => i - 3), 'arange 4097');
-    const f = keep(arange(0, 1, 0.1, { device }));
+    assertExact(await read(arange(10, 0, { step: -3, device })), [10, 7, 4, 1], 'negative step');
+    assertExact(await read(arange(-3, 4097 - 3, { device })), Array.from({ length: 4097 }, (_, i) => i - 3), 'arange 4097');
+    const f = keep(arange(0, 1, { step: 0.1, device }));
     expect(f.dtype).toBe('float32');
     assertExact(await read(f), Array.from({ length: 10 }, (_, i) => Math.fround(i * 0.1)), 'float arange');
-    assertExact(await read(arange(0.5, 3, 1, { device })), [0.5, 1.5, 2.5], 'fractional start');
-    assertExact(await read(arange(0, 5, 2, { dtype: 'bfloat16', device })), [0, 2, 4], 'bf16 arange');
-    const e = keep(arange(3, 3, 1, { device }));
+    assertExact(await read(arange(0.5, 3, { device })), [0.5, 1.5, 2.5], 'fractional start');
+    assertExact(await read(arange(0, 5, { step: 2, dtype: 'bfloat16', device })), [0, 2, 4], 'bf16 arange');
+    const e = keep(arange(3, 3, { device }));
     expect(e.shape).toEqual([0]);
-    expect(keep(arange(5, 0, 1, { device })).shape).toEqual([0]);
-    assertExact(await read(arange(2147483645, 2147483647, 1, { device })), [2147483645, 2147483646], 'near int32 max');
-    expect(() => arange(0, 10, 0, { device })).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/arange/) }));
-    expect(() => arange(0, Infinity, 1, { device })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
-    expect(() => arange(0, 2147483650, 1, { dtype: 'int32', device })).toThrow(expect.objectContaining({ code: 'ERR_RANGE' }));
+    expect(keep(arange(5, 0, { device })).shape).toEqual([0]);
+    assertExact(await read(arange(2147483645, 2147483647, { device })), [2147483645, 2147483646], 'near int32 max');
+    expect(() => arange(0, 10, { step: 0, device })).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/arange/) }));
+    expect(() => arange(0, Infinity, { device })).toThrow(expect.objectContaining({ code: 'ERR_ARG' }));
+    expect(() => arange(0, 2147483650, { dtype: 'int32', device })).toThrow(expect.objectContaining({ code: 'ERR_RANGE' }));
+    assertExact(await read(arange(4, undefined, { step: 2, device })), [0, 2], 'arange(end) with a step');
+    expect(keep(arange(0, 3, { step: 0.5, device })).dtype).toBe('float32');
+    expect(() => arange(0, 10, { step: NaN, device })).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/arange/) }));
+    // the step is an option now: a positional step is an ERR_ARG naming the options object
+    expect(() => arange(0, 10, 2 as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: expect.stringMatching(/arange: expected an object for options, got number/) }));
   });
 
   test("to('cpu') copies values, dtype and shape; to(same device) is usable", async () => {

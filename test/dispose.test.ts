@@ -2,9 +2,10 @@
 // Trainer, KV caches, MoMaFFN forward contexts and the MoE op bundles (partition, routing,
 // routing statistics). Each block must leave memoryStats exactly where it found it.
 import {
-  AdamW, backward, Generator, KVCache, Linear, memoryStats, MemoryStats, MoMaFFN, moePartition, rand, route, routerScores,
-  routingStats, SYNTHETIC_VOCAB_SIZE, SyntheticSource, syntheticVocab, synchronize, tensor, Trainer, Transformer,
+  AdamW, backward, Generator, KVCache, Linear, memoryStats, MemoryStats, MoMaFFN, rand, SYNTHETIC_VOCAB_SIZE, SyntheticSource,
+  syntheticVocab, synchronize, tensor, Trainer, Transformer,
 } from '../lib';
+import { moePartition, route, routerScores, routingStats } from '../lib/kernels';
 import { collectGarbage } from './support/gc';
 
 const device = 'cpu';
@@ -91,8 +92,8 @@ describe('Symbol.dispose and `using`', () => {
 
       using partition = moePartition(modality, ffn.layout);
       using logits = rand([6, 5], { device });
-      using scores = routerScores(logits, partition.rowGroup, ffn.layout);
-      using routing = route(scores, partition, ffn.layout);
+      using scores = routerScores(logits, { rowGroup: partition.rowGroup, layout: ffn.layout });
+      using routing = route(scores, partition, { layout: ffn.layout });
       using stats = routingStats(partition, routing, ffn.layout);
       expect(stats.expertStats.shape).toEqual([5, 2]);
     }

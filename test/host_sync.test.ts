@@ -12,6 +12,7 @@ import {
   AdamW, backward, disposeBatch, Generator, learningRate, makeBatch, runtimeStats, StepMetrics, SYNTHETIC_VOCAB_SIZE, SyntheticSource,
   syntheticVocab, tensor, tidy, TokenBatchSource, Trainer, Transformer, TransformerConfig, vocabFromSpec,
 } from '../lib';
+import type { DeviceName } from '../lib';
 import { buildProgram } from '../lib/cli/main';
 import { describeDevices } from './support/devices';
 import { mulberry32, randomF32 } from './support/reference';
@@ -19,7 +20,7 @@ import { mulberry32, randomF32 } from './support/reference';
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-host-sync-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-const configOn = (device: string): TransformerConfig => ({
+const configOn = (device: DeviceName): TransformerConfig => ({
   vocabSize: SYNTHETIC_VOCAB_SIZE, dModel: 32, layers: 2, heads: 2, seed: 5, device,
   ffn: { kind: 'moe', dFF: 48, groups: [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }], gumbel: true },
   mod: { interval: 2, capacity: 0.5 },
@@ -44,7 +45,7 @@ const relClose = (got: number, want: number, tol: number): void => {
 };
 
 /** Trains `steps` steps with `logEvery`; returns the records and the final parameters. */
-async function train(device: string, options: { steps: number; logEvery: number; statsEvery?: number; data?: TokenBatchSource }): Promise<{ records: StepMetrics[]; params: Map<string, Float32Array> }> {
+async function train(device: DeviceName, options: { steps: number; logEvery: number; statsEvery?: number; data?: TokenBatchSource }): Promise<{ records: StepMetrics[]; params: Map<string, Float32Array> }> {
   const model = new Transformer(configOn(device));
   const trainer = new Trainer({
     model, data: options.data ?? new SyntheticSource(SOURCE), vocab: syntheticVocab, steps: options.steps, schedule: SCHEDULE, seed: 3,

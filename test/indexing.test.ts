@@ -54,7 +54,7 @@ describeDevices('indexing', (device) => {
       const src = dtype === 'int32' ? randomInt(mulberry32(2), numel(srcShape), -2147483648, 2147483647) : gen(numel(srcShape), dtype, 2);
       const index = Array.from(randomInt(mulberry32(k), k, 0, n - 1));
       const tx = mk(x, shape, dtype);
-      const y = keep(scatterAdd(tx, axis, idx(index), mk(src, srcShape, dtype)));
+      const y = keep(scatterAdd(tx, { axis, index: idx(index), src: mk(src, srcShape, dtype) }));
       expect(y.shape).toEqual(shape);
       expect(y.dtype).toBe(dtype);
       const got = await read(y);
@@ -79,7 +79,7 @@ describeDevices('indexing', (device) => {
   test('bf16 scatter_add rounds once: many small contributions are not lost', async () => {
     // 256 contributions of 2^-8 onto 1.0: per-add bf16 rounding would leave 1.0; one rounding gives 2.0
     const n = 256;
-    const y = keep(scatterAdd(mk([1], [1], 'bfloat16'), 0, idx(new Array(n).fill(0)), mk(new Array(n).fill(2 ** -8), [n], 'bfloat16')));
+    const y = keep(scatterAdd(mk([1], [1], 'bfloat16'), { axis: 0, index: idx(new Array(n).fill(0)), src: mk(new Array(n).fill(2 ** -8), [n], 'bfloat16') }));
     assertExact(await read(y), [2], 'bf16 single rounding');
     expect(bf16Round(1 + 2 ** -8)).toBe(1);
   });
@@ -92,6 +92,15 @@ describeDevices('indexing', (device) => {
     expect((await read(e)).length).toBe(0);
     const s = keep(t.scatterAdd(0, idx([]), mk([], [0, 5])));
     assertExact(await read(s), x, 'scatter_add with no contributions');
+  });
+
+  test('scatterAdd takes { axis, index, src }: a missing one is ERR_ARG naming it', () => {
+    const x = mk([0, 0, 0], [3]);
+    const index = idx([1]);
+    const src = mk([1], [1]);
+    expect(() => scatterAdd(x, { axis: 0, index } as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: 'scatterAdd: options.src is required' }));
+    expect(() => scatterAdd(x, { index, src } as never)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: 'scatterAdd: options.axis is required' }));
+    expect(() => (scatterAdd as (...args: unknown[]) => unknown)(x, 0, index, src)).toThrow(expect.objectContaining({ code: 'ERR_ARG', message: 'scatterAdd: expected an object for options, got number' }));
   });
 
   test('out-of-range index rejects at the next read with ERR_RANGE naming index_select', async () => {

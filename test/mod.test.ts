@@ -8,14 +8,15 @@
  * the selected subset.
  */
 import {
-  Batch, DecoderBlock, Generator, MoEFeedForward, MomaError, Tensor, Transformer, TransformerConfig, backward,
-  makeBatch, matmul, modSelect, noGrad, randn, segmentStarts, tensor, tidy,
+  Attention, Batch, DecoderBlock, Generator, HeadNorm, MoEFeedForward, MomaError, Tensor, Transformer, TransformerConfig, backward, makeBatch, matmul,
+  noGrad, randn, tensor, tidy,
 } from '../lib';
+import { modSelect, segmentStarts } from '../lib/kernels';
 import { MoDBlock } from '../lib/model/layers';
-import type { BlockContext, InitOptions } from '../lib/model/layers';
+import type { BlockContext, CachedContext, InitOptions } from '../lib/model/layers';
 import { describeDevices, tensorFixture } from './support/devices';
 import { Rng, assertClose, assertExact, mulberry32 } from './support/reference';
-import { throwsCode } from './support/errors';
+import { messageOf, throwsCode } from './support/errors';
 import { directionalCheck } from './support/gradcheck';
 
 // ---------------------------------------------------------------------------------------------
@@ -268,8 +269,8 @@ describeDevices('MoD block', (device) => {
     const ffn = new MoEFeedForward({
       dModel: D, dFF: FF, groups: [{ modality: 'text', experts: 2 }, { modality: 'image', experts: 2 }], device, seed: seed + 1, initStd: 0.25,
     });
-    const block = new DecoderBlock(D, H, ffn, init, 'swin', 10000);
-    return new MoDBlock(block, D, capacity, init);
+    const block = new DecoderBlock({ dModel: D, heads: H, ffn, norm: 'swin', ropeTheta: 10000 }, init);
+    return new MoDBlock(block, { dModel: D, capacity }, init);
   }
 
   function blockOf(mod: MoDBlock): DecoderBlock {
@@ -423,6 +424,30 @@ describeDevices('MoD block', (device) => {
     const out = run(() => mod.forward(x, ctx));
     assertExact(await host(out), await host(x));
     for (const t of [x, out, ctx.positions, ctx.segStart, ctx.modality]) t.dispose();
+    mod.dispose();
+  });
+
+  test('the layers take options objects: defaults apply, a missing option is ERR_ARG naming it', () => {
+    const init: InitOptions = { device, generator: new Generator(1), std: 0.25 };
+    const norm = new HeadNorm(H, D / H, { device, eps: 1e-3 });
+    expect(norm.eps).toBe(1e-3);
+    expect(norm.namedParameters().get('weight')!.shape).toEqual([H, D / H]);
+    norm.dispose();
+    const attn = new Attention({ dModel: D, heads: H }, init);
+    expect([attn.headDim, attn.ropeTheta]).toEqual([D / H, 10000]);
+    attn.dispose();
+    expect(messageOf(() => new HeadNorm(H, D / H, {} as never))).toBe('HeadNorm: options.device is required');
+    expect(messageOf(() => new Attention({ dModel: D } as never, init))).toBe('Attention: options.heads is required');
+    expect(messageOf(() => new DecoderBlock({ dModel: D, heads: H, norm: 'swin', ropeTheta: 10000 } as never, init))).toBe('DecoderBlock: options.ffn is required');
+    const mod = makeMoD(0.5, 2);
+    expect(mod.site).toBe('mod');
+    expect(messageOf(() => new MoDBlock(blockOf(mod), { dModel: D } as never, init))).toBe('MoDBlock: options.capacity is required');
+    const x = randn([2, D], { device, generator: new Generator(1) });
+    const rows = tensor(Int32Array.from([1]), { device });
+    const ctx = {} as BlockContext;
+    expect(messageOf(() => mod.forwardRows(x, { rows } as never, ctx))).toBe('MoDBlock.forwardRows: selected.gate is required');
+    expect(messageOf(() => mod.forwardCachedRows(x, { gate: rows, rows } as never, {} as CachedContext))).toBe('MoDBlock.forwardCachedRows: selected.cache is required');
+    for (const t of [x, rows]) t.dispose();
     mod.dispose();
   });
 

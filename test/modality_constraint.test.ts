@@ -175,7 +175,7 @@ describe('random walks with sampleToken', () => {
       const logits = Float32Array.from({ length: c.vocabSize }, () => (rng.float() - 0.5) * 6);
       logits[EOS] = -2; // long enough walks
       const mask = c.allowed();
-      const id = sampleToken(logits, options, rng, mask);
+      const id = sampleToken(logits, options, { rng, allowed: mask });
       expect(mask[id]).toBe(1);
       if (c.forced() !== null) expect(id).toBe(c.forced());
       c.push(id);

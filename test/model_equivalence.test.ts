@@ -160,7 +160,7 @@ describeDevices('model equivalences', (device) => {
       const init: InitOptions = { device, generator: new Generator(99), std: 0.1 };
       this.embed = new Embedding(V, D, init);
       this.ffns = Array.from({ length: layers }, () => new PerModalitySwiGLU(init));
-      this.blocks = this.ffns.map((f) => new DecoderBlock(D, 2, f, init, 'swin', 10000));
+      this.blocks = this.ffns.map((f) => new DecoderBlock({ dModel: D, heads: 2, ffn: f, norm: 'swin', ropeTheta: 10000 }, init));
       this.norm = new RMSNorm(D, device);
       this.head = new Linear(D, V, init);
     }
@@ -197,7 +197,7 @@ describeDevices('model equivalences', (device) => {
       let x = this.embed.forward(batch.tokens);
       for (const b of this.blocks) x = b.forward(x, ctx);
       const logits = this.head.forward(this.norm.forward(x));
-      return { loss: F.crossEntropyLoss(logits, batch.targets, batch.weights).loss, logits };
+      return { loss: F.crossEntropyLoss(logits, batch.targets, { weights: batch.weights }).loss, logits };
     }
 
     dispose(): void {

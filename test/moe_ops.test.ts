@@ -5,12 +5,13 @@
  * its weight gradient, SwiGLU, routing statistics; exactness where the contract makes results
  * exact, error codes, determinism.
  */
+import { DType, Generator, HostArray, MomaErrorCode, Tensor, tensor } from '../lib';
 import {
-  DType, Generator, HostArray, MomaErrorCode, Tensor, combineRows, gateGrad, gatherRows, groupedMatmul,
-  groupedMatmulSwiglu, groupedMatmulWgrad, moePartition, moeSlotBound, route, routerScores, routerScoresBackward, routingStats, swiglu,
-  swigluBackward, tensor,
-} from '../lib';
-import type { MoeLayout, Partition, RoutingOptions } from '../lib';
+  combineRows, gateGrad, gatherRows, groupedMatmul, groupedMatmulSwiglu, groupedMatmulWgrad, moePartition, moeSlotBound, route,
+  routerScores, routerScoresBackward, routingStats, swiglu, swigluBackward,
+} from '../lib/kernels';
+import type { MoeLayout, RoutingOptions } from '../lib';
+import type { Partition } from '../lib/kernels';
 import { native } from '../lib/binding';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
@@ -295,7 +296,7 @@ describeDevices('moe ops', (device) => {
           const rowGroup = partitionRef(modality, L).rowGroup;
           const lt = mk(logits, [T, E]);
           // no noise
-          const s = keep(routerScores(lt, p.rowGroup, L, { fn }));
+          const s = keep(routerScores(lt, { rowGroup: p.rowGroup, layout: L, fn }));
           expect(s.shape).toEqual([T, E]);
           expect(s.dtype).toBe('float32');
           const ref = routerScoresRef(logits, rowGroup, L, fn);
@@ -307,7 +308,7 @@ describeDevices('moe ops', (device) => {
           const g = new Generator(1234 + T);
           g.take(5);
           const off0 = g.offset;
-          const sn = keep(routerScores(lt, p.rowGroup, L, { fn, gumbel: g }));
+          const sn = keep(routerScores(lt, { rowGroup: p.rowGroup, layout: L, fn, gumbel: g }));
           expect(g.offset).toBe(off0 + BigInt(Math.ceil((2 * T * E) / 4)));
           const noise = gumbelNoiseRef(T, E, g.seed, off0);
           const refn = routerScoresRef(logits, rowGroup, L, fn, noise);
@@ -324,11 +325,11 @@ describeDevices('moe ops', (device) => {
       const modality = randomModality(mulberry32(3), T, 2, 'mixed');
       const p = partitionOf(modality, L);
       const lt = mk(randomF32(mulberry32(4), T * E, -2, 2), [T, E]);
-      const a = await read(routerScores(lt, p.rowGroup, L, { gumbel: new Generator(99) }));
+      const a = await read(routerScores(lt, { rowGroup: p.rowGroup, layout: L, gumbel: new Generator(99) }));
       const g = new Generator(99);
-      const b = await read(routerScores(lt, p.rowGroup, L, { gumbel: g }));
-      const c = await read(routerScores(lt, p.rowGroup, L, { gumbel: g }));
-      const plain = await read(routerScores(lt, p.rowGroup, L));
+      const b = await read(routerScores(lt, { rowGroup: p.rowGroup, layout: L, gumbel: g }));
+      const c = await read(routerScores(lt, { rowGroup: p.rowGroup, layout: L, gumbel: g }));
+      const plain = await read(routerScores(lt, { rowGroup: p.rowGroup, layout: L }));
       expect(sameBits(Float32Array.from(a), Float32Array.from(b))).toBe(true);
       const routed = modality.map((m, t) => (m >= 0 ? t : -1)).filter((t) => t >= 0);
       const differs = (u: number[], v: number[]): boolean => routed.some((t) => u.slice(t * E, t * E + E).some((x, j) => x !== v[t * E + j]));
@@ -342,7 +343,7 @@ describeDevices('moe ops', (device) => {
       const p = partitionOf([0, 0, 0], L);
       const rg = partitionRef([0, 0, 0], L).rowGroup;
       for (const fn of ['sigmoid', 'softmax'] as const) {
-        const got = await read(routerScores(mk(logits, [3, 3]), p.rowGroup, L, { fn }));
+        const got = await read(routerScores(mk(logits, [3, 3]), { rowGroup: p.rowGroup, layout: L, fn }));
         const ref = routerScoresRef(logits, rg, L, fn).scores;
         expect(got.every((v) => Number.isFinite(v) && v >= 0 && v <= 1)).toBe(true);
         assertClose(got, ref, { rtol: 1e-5, atol: 1e-30, label: fn });
@@ -352,14 +353,14 @@ describeDevices('moe ops', (device) => {
     test('argument errors', () => {
       const L = { experts: [2, 2], groupOfModality: [0, 1] };
       const p = partitionOf([0, 1, 0], L);
-      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4], 'bfloat16'), p.rowGroup, L), 'ERR_DTYPE');
-      throwsCode(() => routerScores(ints(new Array(12).fill(0), [3, 4]), p.rowGroup, L), 'ERR_DTYPE');
-      throwsCode(() => routerScores(mk(new Array(15).fill(0), [3, 5]), p.rowGroup, L), 'ERR_SHAPE');
-      throwsCode(() => routerScores(mk(new Array(12).fill(0), [12]), p.rowGroup, L), 'ERR_SHAPE');
-      throwsCode(() => routerScores(mk(new Array(16).fill(0), [4, 4]), p.rowGroup, L), 'ERR_SHAPE');
-      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4]), mk([0, 1, 0], [3]), L), 'ERR_DTYPE');
-      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4]), p.rowGroup, L, { fn: 'relu' as never }), 'ERR_ARG');
-      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4]), p.rowGroup, { experts: [2, 0], groupOfModality: [0, 1] }), 'ERR_ARG');
+      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4], 'bfloat16'), { rowGroup: p.rowGroup, layout: L }), 'ERR_DTYPE');
+      throwsCode(() => routerScores(ints(new Array(12).fill(0), [3, 4]), { rowGroup: p.rowGroup, layout: L }), 'ERR_DTYPE');
+      throwsCode(() => routerScores(mk(new Array(15).fill(0), [3, 5]), { rowGroup: p.rowGroup, layout: L }), 'ERR_SHAPE');
+      throwsCode(() => routerScores(mk(new Array(12).fill(0), [12]), { rowGroup: p.rowGroup, layout: L }), 'ERR_SHAPE');
+      throwsCode(() => routerScores(mk(new Array(16).fill(0), [4, 4]), { rowGroup: p.rowGroup, layout: L }), 'ERR_SHAPE');
+      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4]), { rowGroup: mk([0, 1, 0], [3]), layout: L }), 'ERR_DTYPE');
+      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4]), { rowGroup: p.rowGroup, layout: L, fn: 'relu' as never }), 'ERR_ARG');
+      throwsCode(() => routerScores(mk(new Array(12).fill(0), [3, 4]), { rowGroup: p.rowGroup, layout: { experts: [2, 0], groupOfModality: [0, 1] } }), 'ERR_ARG');
     });
   });
 
@@ -439,7 +440,7 @@ describeDevices('moe ops', (device) => {
               const scores = randomScores(rng, T, E, kind);
               const part = partitionRef(modality, L);
               const p = partitionOf(modality, L);
-              const r = keepAll(route(mk(scores, [T, E]), p, L, o as RoutingOptions));
+              const r = keepAll(route(mk(scores, [T, E]), p, { layout: L, ...o as RoutingOptions }));
               const ref = routeRef(scores, part, L, o);
               const label = `T=${T} ${pattern} ${kind}`;
               expect(r.expertOffsets.shape).toEqual([E + 1]);
@@ -462,7 +463,7 @@ describeDevices('moe ops', (device) => {
       const scores = randomScores(mulberry32(5), T, 6, 'distinct');
       const p = partitionOf(modality, L);
       for (const [c, k0, k2] of [[1, 4, 4], [0.5, 2, 2], [1.37, 6, 5], [2, 8, 7], [0.01, 1, 1]] as const) {
-        const r = keepAll(route(mk(scores, [T, 6]), p, L, { capacityFactor: c }));
+        const r = keepAll(route(mk(scores, [T, 6]), p, { layout: L, capacityFactor: c }));
         const off = Array.from(await r.expertOffsets.toArray());
         const sizes = off.slice(1).map((v, e) => v - (off[e] as number));
         expect(sizes).toEqual([k0, k0, k0, 5, k2, k2]);
@@ -474,11 +475,11 @@ describeDevices('moe ops', (device) => {
       const T = 7;
       const scores = new Array(T * 3).fill(0.5);
       const p = partitionOf(new Array(T).fill(0), L);
-      const r = keepAll(route(mk(scores, [T, 3]), p, L));
+      const r = keepAll(route(mk(scores, [T, 3]), p, { layout: L }));
       expect(Array.from(await r.slotRow.toArray()).slice(0, 9)).toEqual([0, 1, 2, 0, 1, 2, 0, 1, 2]); // k = ceil(7/3) = 3
-      const tc = keepAll(route(mk(scores, [T, 3]), p, L, { mode: 'token-choice', topK: 1, capacityFactor: 3 }));
+      const tc = keepAll(route(mk(scores, [T, 3]), p, { layout: L, mode: 'token-choice', topK: 1, capacityFactor: 3 }));
       expect(Array.from(await tc.expertOffsets.toArray())).toEqual([0, 7, 7, 7]);
-      const tc2 = keepAll(route(mk(scores, [T, 3]), p, L, { mode: 'token-choice', topK: 1 }));
+      const tc2 = keepAll(route(mk(scores, [T, 3]), p, { layout: L, mode: 'token-choice', topK: 1 }));
       // everyone picks expert 0, which keeps ceil(7/3) = 3 rows: the smallest
       expect(Array.from(await tc2.expertOffsets.toArray())).toEqual([0, 3, 3, 3]);
       expect(Array.from(await tc2.slotRow.toArray()).slice(0, 4)).toEqual([0, 1, 2, -1]);
@@ -490,7 +491,7 @@ describeDevices('moe ops', (device) => {
       const modality = new Array(6).fill(0);
       const p = partitionOf(modality, L);
       for (const c of [0.3, 0.7, 1, 1.7]) {
-        const r = keepAll(route(mk(s, [6, 2]), p, L, { capacityFactor: c }));
+        const r = keepAll(route(mk(s, [6, 2]), p, { layout: L, capacityFactor: c }));
         const ref = routeRef(s, partitionRef(modality, L), L, { capacityFactor: c });
         assertExact(Array.from(await r.slotRow.toArray()), ref.slotRow, `c=${c} slotRow`);
         assertExact(Array.from(await r.slotGate.toArray()), ref.slotGate, `c=${c} slotGate`);
@@ -501,14 +502,14 @@ describeDevices('moe ops', (device) => {
       const L = { experts: [2, 2], groupOfModality: [0, 1] };
       const p = partitionOf([0, 1, 0], L);
       const s = mk(new Array(12).fill(0.5), [3, 4]);
-      for (const c of [0, -1, NaN, Infinity]) throwsCode(() => route(s, p, L, { capacityFactor: c }), 'ERR_ARG');
-      for (const k of [0, -2, 1.5]) throwsCode(() => route(s, p, L, { mode: 'token-choice', topK: k }), 'ERR_ARG');
-      throwsCode(() => route(s, p, L, { mode: 'top-k' as never }), 'ERR_ARG');
-      throwsCode(() => route(mk(new Array(15).fill(0.5), [3, 5]), p, L), 'ERR_SHAPE');
-      throwsCode(() => route(mk(new Array(16).fill(0.5), [4, 4]), p, L), 'ERR_SHAPE');
-      throwsCode(() => route(mk(new Array(12).fill(0.5), [3, 4], 'bfloat16'), p, L), 'ERR_DTYPE');
-      throwsCode(() => route(s, p, { experts: [2, 2], groupOfModality: [0, 5] }), 'ERR_ARG');
-      throwsCode(() => route(s, p, { experts: [0, 4], groupOfModality: [0, 1] }), 'ERR_ARG');
+      for (const c of [0, -1, NaN, Infinity]) throwsCode(() => route(s, p, { layout: L, capacityFactor: c }), 'ERR_ARG');
+      for (const k of [0, -2, 1.5]) throwsCode(() => route(s, p, { layout: L, mode: 'token-choice', topK: k }), 'ERR_ARG');
+      throwsCode(() => route(s, p, { layout: L, mode: 'top-k' as never }), 'ERR_ARG');
+      throwsCode(() => route(mk(new Array(15).fill(0.5), [3, 5]), p, { layout: L }), 'ERR_SHAPE');
+      throwsCode(() => route(mk(new Array(16).fill(0.5), [4, 4]), p, { layout: L }), 'ERR_SHAPE');
+      throwsCode(() => route(mk(new Array(12).fill(0.5), [3, 4], 'bfloat16'), p, { layout: L }), 'ERR_DTYPE');
+      throwsCode(() => route(s, p, { layout: { experts: [2, 2], groupOfModality: [0, 5] } }), 'ERR_ARG');
+      throwsCode(() => route(s, p, { layout: { experts: [0, 4], groupOfModality: [0, 1] } }), 'ERR_ARG');
     });
   });
 
@@ -530,7 +531,7 @@ describeDevices('moe ops', (device) => {
     const thresholdScores = (rng: Rng, T: number, E: number): Float64Array =>
       randomScores(rng, T, E, 'distinct').map((v) => { const u = rng(); return u < 0.03 ? NaN : u < 0.05 ? 0 : v; });
     const routeThreshold = (scores: ArrayLike<number>, select: ArrayLike<number>, p: Partition, L: MoeLayout, T: number, E: number) =>
-      keepAll(route(mk(scores, [T, E]), p, L, { mode: 'threshold', select: mk(select, [T, E]) }));
+      keepAll(route(mk(scores, [T, E]), p, { layout: L, mode: 'threshold', select: mk(select, [T, E]) }));
 
     test('moeSlotBound is T W and the slot arrays have that length', async () => {
       for (const [, L] of LAYOUTS)
@@ -609,7 +610,7 @@ describeDevices('moe ops', (device) => {
       const run = async (): Promise<HostArray[]> => {
         const r = routeThreshold(scores, select, p, L, T, E);
         const xd = keep(gatherRows(mk(x, [T, d]), r.slotRow));
-        const out = keep(groupedMatmul(xd, mk(w, [E, d, d]), r.expertOffsets));
+        const out = keep(groupedMatmul(xd, mk(w, [E, d, d]), { offsets: r.expertOffsets }));
         const y = keep(combineRows(out, r.rowSlots, r.slotGate));
         const st = keepAll(routingStats(p, r, L));
         return Promise.all([y, st.expertStats, st.groupStats, r.slotRow, r.slotGate].map((t) => t.toArray()));
@@ -657,15 +658,15 @@ describeDevices('moe ops', (device) => {
       const p = partitionOf([0, 1, 0], L);
       const s = mk(new Array(12).fill(0.5), [3, 4]);
       const a = mk(new Array(12).fill(0.7), [3, 4]);
-      throwsCode(() => route(s, p, L, { mode: 'threshold' }), 'ERR_ARG');
-      throwsCode(() => route(s, p, L, { select: a }), 'ERR_ARG');
-      throwsCode(() => route(s, p, L, { mode: 'token-choice', select: a }), 'ERR_ARG');
-      throwsCode(() => route(s, p, L, { mode: 'threshold', select: [0.7] as never }), 'ERR_ARG');
-      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(15).fill(0.7), [3, 5]) }), 'ERR_SHAPE');
-      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(16).fill(0.7), [4, 4]) }), 'ERR_SHAPE');
-      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(12).fill(0.7), [12]) }), 'ERR_SHAPE');
-      throwsCode(() => route(s, p, L, { mode: 'threshold', select: mk(new Array(12).fill(0.7), [3, 4], 'bfloat16') }), 'ERR_DTYPE');
-      throwsCode(() => route(s, p, L, { mode: 'threshold', select: ints(new Array(12).fill(1), [3, 4]) }), 'ERR_DTYPE');
+      throwsCode(() => route(s, p, { layout: L, mode: 'threshold' }), 'ERR_ARG');
+      throwsCode(() => route(s, p, { layout: L, select: a }), 'ERR_ARG');
+      throwsCode(() => route(s, p, { layout: L, mode: 'token-choice', select: a }), 'ERR_ARG');
+      throwsCode(() => route(s, p, { layout: L, mode: 'threshold', select: [0.7] as never }), 'ERR_ARG');
+      throwsCode(() => route(s, p, { layout: L, mode: 'threshold', select: mk(new Array(15).fill(0.7), [3, 5]) }), 'ERR_SHAPE');
+      throwsCode(() => route(s, p, { layout: L, mode: 'threshold', select: mk(new Array(16).fill(0.7), [4, 4]) }), 'ERR_SHAPE');
+      throwsCode(() => route(s, p, { layout: L, mode: 'threshold', select: mk(new Array(12).fill(0.7), [12]) }), 'ERR_SHAPE');
+      throwsCode(() => route(s, p, { layout: L, mode: 'threshold', select: mk(new Array(12).fill(0.7), [3, 4], 'bfloat16') }), 'ERR_DTYPE');
+      throwsCode(() => route(s, p, { layout: L, mode: 'threshold', select: ints(new Array(12).fill(1), [3, 4]) }), 'ERR_DTYPE');
       throwsCode(() => moeSlotBound(3, L, { mode: 'causal' as never }), 'ERR_ARG');
       // the native op checks on its own (error messages name moe_route and select)
       const h = (t: Tensor): unknown => t.handle;
@@ -682,7 +683,7 @@ describeDevices('moe ops', (device) => {
       const L = { experts: [2], groupOfModality: [0] };
       const p = partitionOf([0, 0], L);
       const host = keep(tensor(Float32Array.from([0.7, 0.7, 0.7, 0.7]), { shape: [2, 2], device: 'cpu' }));
-      throwsCode(() => route(mk([0.5, 0.5, 0.5, 0.5], [2, 2]), p, L, { mode: 'threshold', select: host }), 'ERR_DEVICE');
+      throwsCode(() => route(mk([0.5, 0.5, 0.5, 0.5], [2, 2]), p, { layout: L, mode: 'threshold', select: host }), 'ERR_DEVICE');
     });
   });
 
@@ -830,7 +831,7 @@ describeDevices('moe ops', (device) => {
           const x = dx === 'bfloat16' ? randomBf16(rng, R * K) : randomF32(rng, R * K);
           const w = dw === 'bfloat16' ? randomBf16(rng, E * K * N) : randomF32(rng, E * K * N);
           const offsets = randomOffsets(rng, E, R, tail);
-          const y = keep(groupedMatmul(mk(x, [R, K], dx), mk(w, transW ? [E, N, K] : [E, K, N], dw), ints(offsets), { transW }));
+          const y = keep(groupedMatmul(mk(x, [R, K], dx), mk(w, transW ? [E, N, K] : [E, K, N], dw), { offsets: ints(offsets), transW }));
           const outDt: DType = dx === 'bfloat16' && dw === 'bfloat16' ? 'bfloat16' : 'float32';
           expect(y.shape).toEqual([R, N]);
           expect(y.dtype).toBe(outDt);
@@ -851,7 +852,7 @@ describeDevices('moe ops', (device) => {
         const gen = (n: number): Float64Array => (dt === 'bfloat16' ? randomBf16(rng, n) : randomF32(rng, n));
         const x = gen(R * K), dy = gen(R * N);
         const offsets = randomOffsets(rng, E, R, true);
-        const dw = keep(groupedMatmulWgrad(mk(x, [R, K], dt), mk(dy, [R, N], dt), ints(offsets)));
+        const dw = keep(groupedMatmulWgrad(mk(x, [R, K], dt), mk(dy, [R, N], dt), { offsets: ints(offsets) }));
         expect(dw.shape).toEqual([E, K, N]);
         expect(dw.dtype).toBe('float32');
         const ref = groupedMatmulWgradRef(x, K, dy, N, offsets); // same dtypes: float32-accurate or exact bf16 products
@@ -869,8 +870,7 @@ describeDevices('moe ops', (device) => {
           const gen = (n: number): Float64Array => (dt === 'bfloat16' ? randomBf16(rng, n) : randomF32(rng, n));
           const x = gen(R * K), w1 = gen(E * K * N), w3 = gen(E * K * N);
           const offsets = randomOffsets(rng, E, R, true);
-          const out = groupedMatmulSwiglu(mk(x, [R, K], dt), mk(w1, [E, K, N], dt), mk(w3, [E, K, N], dt), ints(offsets),
-            { keepPreactivations: keepPre });
+          const out = groupedMatmulSwiglu(mk(x, [R, K], dt), { w1: mk(w1, [E, K, N], dt), w3: mk(w3, [E, K, N], dt) }, { offsets: ints(offsets), keepPreactivations: keepPre });
           for (const t of [out.a, out.h1, out.h3]) if (t) keep(t);
           expect(out.a.shape).toEqual([R, N]);
           expect(out.a.dtype).toBe(dt);
@@ -902,8 +902,8 @@ describeDevices('moe ops', (device) => {
       const [E, R, K, N] = [4, 53, 24, 40];
       const x = mk(randomF32(rng, R * K), [R, K]), w1 = mk(randomF32(rng, E * K * N), [E, K, N]), w3 = mk(randomF32(rng, E * K * N), [E, K, N]);
       const off = ints(randomOffsets(rng, E, R, true));
-      const fused = groupedMatmulSwiglu(x, w1, w3, off, { keepPreactivations: true });
-      const h1 = keep(groupedMatmul(x, w1, off)), h3 = keep(groupedMatmul(x, w3, off));
+      const fused = groupedMatmulSwiglu(x, { w1, w3 }, { offsets: off, keepPreactivations: true });
+      const h1 = keep(groupedMatmul(x, w1, { offsets: off })), h3 = keep(groupedMatmul(x, w3, { offsets: off }));
       const a = keep(swiglu(h1, h3));
       for (const t of [fused.a, fused.h1!, fused.h3!]) keep(t);
       if (!cuda) {
@@ -919,37 +919,37 @@ describeDevices('moe ops', (device) => {
       const x = mk(new Array(12).fill(1), [4, 3]);
       const w = mk(new Array(12).fill(1), [2, 3, 2]);
       const off = ints([0, 2, 4]);
-      throwsCode(() => groupedMatmulSwiglu(x, w, mk(new Array(16).fill(1), [2, 4, 2]), off), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmulSwiglu(x, w, mk(new Array(12).fill(1), [2, 3, 2], 'bfloat16'), off), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmulSwiglu(x, mk(new Array(16).fill(1), [2, 4, 2]), mk(new Array(16).fill(1), [2, 4, 2]), off), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmulSwiglu(x, w, w, ints([0, 4])), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmulSwiglu(ints(new Array(12).fill(1), [4, 3]), w, w, off), 'ERR_DTYPE');
+      throwsCode(() => groupedMatmulSwiglu(x, { w1: w, w3: mk(new Array(16).fill(1), [2, 4, 2]) }, { offsets: off }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(x, { w1: w, w3: mk(new Array(12).fill(1), [2, 3, 2], 'bfloat16') }, { offsets: off }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(x, { w1: mk(new Array(16).fill(1), [2, 4, 2]), w3: mk(new Array(16).fill(1), [2, 4, 2]) }, { offsets: off }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(x, { w1: w, w3: w }, { offsets: ints([0, 4]) }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulSwiglu(ints(new Array(12).fill(1), [4, 3]), { w1: w, w3: w }, { offsets: off }), 'ERR_DTYPE');
     });
 
     test('bad offsets reject with ERR_RANGE when read', async () => {
       const x = mk(randomF32(mulberry32(1), 12), [4, 3]);
       const w = mk(randomF32(mulberry32(2), 2 * 3 * 2), [2, 3, 2]);
       for (const off of [[1, 2, 4], [0, 3, 2], [0, 2, 5], [0, -1, 2]]) {
-        await rejectsCode(groupedMatmul(x, w, ints(off)), 'ERR_RANGE', /grouped/);
-        await rejectsCode(groupedMatmulWgrad(x, mk(randomF32(mulberry32(3), 8), [4, 2]), ints(off)), 'ERR_RANGE', /grouped/);
+        await rejectsCode(groupedMatmul(x, w, { offsets: ints(off) }), 'ERR_RANGE', /grouped/);
+        await rejectsCode(groupedMatmulWgrad(x, mk(randomF32(mulberry32(3), 8), [4, 2]), { offsets: ints(off) }), 'ERR_RANGE', /grouped/);
       }
-      expect((await read(groupedMatmul(x, w, ints([0, 2, 4])))).length).toBe(8);
+      expect((await read(groupedMatmul(x, w, { offsets: ints([0, 2, 4]) }))).length).toBe(8);
     });
 
     test('argument errors', () => {
       const x = mk(new Array(12).fill(1), [4, 3]);
       const w = mk(new Array(12).fill(1), [2, 3, 2]);
       const off = ints([0, 2, 4]);
-      throwsCode(() => groupedMatmul(x, mk(new Array(16).fill(1), [2, 4, 2]), off), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmul(x, w, off, { transW: true }), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmul(x, mk(new Array(6).fill(1), [3, 2]), off), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmul(x, w, ints([0, 4])), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmul(x, w, mk([0, 2, 4], [3])), 'ERR_DTYPE');
-      throwsCode(() => groupedMatmul(ints(new Array(12).fill(1), [4, 3]), w, off), 'ERR_DTYPE');
-      throwsCode(() => groupedMatmul(x, ints(new Array(12).fill(1), [2, 3, 2]), off), 'ERR_DTYPE');
-      throwsCode(() => groupedMatmulWgrad(x, mk(new Array(10).fill(1), [5, 2]), off), 'ERR_SHAPE');
-      throwsCode(() => groupedMatmulWgrad(x, mk(new Array(8).fill(1), [4, 2]), mk([0, 2, 4], [3])), 'ERR_DTYPE');
-      throwsCode(() => groupedMatmulWgrad(x, ints(new Array(8).fill(1), [4, 2]), off), 'ERR_DTYPE');
+      throwsCode(() => groupedMatmul(x, mk(new Array(16).fill(1), [2, 4, 2]), { offsets: off }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmul(x, w, { offsets: off, transW: true }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmul(x, mk(new Array(6).fill(1), [3, 2]), { offsets: off }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmul(x, w, { offsets: ints([0, 4]) }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmul(x, w, { offsets: mk([0, 2, 4], [3]) }), 'ERR_DTYPE');
+      throwsCode(() => groupedMatmul(ints(new Array(12).fill(1), [4, 3]), w, { offsets: off }), 'ERR_DTYPE');
+      throwsCode(() => groupedMatmul(x, ints(new Array(12).fill(1), [2, 3, 2]), { offsets: off }), 'ERR_DTYPE');
+      throwsCode(() => groupedMatmulWgrad(x, mk(new Array(10).fill(1), [5, 2]), { offsets: off }), 'ERR_SHAPE');
+      throwsCode(() => groupedMatmulWgrad(x, mk(new Array(8).fill(1), [4, 2]), { offsets: mk([0, 2, 4], [3]) }), 'ERR_DTYPE');
+      throwsCode(() => groupedMatmulWgrad(x, ints(new Array(8).fill(1), [4, 2]), { offsets: off }), 'ERR_DTYPE');
     });
   });
 
@@ -1014,7 +1014,7 @@ describeDevices('moe ops', (device) => {
             const modality = randomModality(rng, T, M, pattern);
             const scores = randomScores(rng, T, E, 'distinct');
             const p = partitionOf(modality, L);
-            const r = keepAll(route(mk(scores, [T, E]), p, L, o as RoutingOptions));
+            const r = keepAll(route(mk(scores, [T, E]), p, { layout: L, ...o as RoutingOptions }));
             const st = keepAll(routingStats(p, r, L));
             expect(st.expertStats.shape).toEqual([E, 2]);
             expect(st.groupStats.shape).toEqual([G, 4]);
@@ -1050,16 +1050,16 @@ describeDevices('moe ops', (device) => {
     const dy = mk(randomF32(rng, T * d), [T, d]);
     const run = async (): Promise<HostArray[]> => {
       const p = partitionOf(modality, L);
-      const s = keep(routerScores(logits, p.rowGroup, L, { fn: 'softmax', gumbel: new Generator(5) }));
-      const r = keepAll(route(s, p, L, { capacityFactor: 1.37 }));
+      const s = keep(routerScores(logits, { rowGroup: p.rowGroup, layout: L, fn: 'softmax', gumbel: new Generator(5) }));
+      const r = keepAll(route(s, p, { layout: L, capacityFactor: 1.37 }));
       const xd = keep(gatherRows(x, r.slotRow));
-      const h = keep(groupedMatmul(xd, w1, r.expertOffsets));
+      const h = keep(groupedMatmul(xd, w1, { offsets: r.expertOffsets }));
       const a = keep(swiglu(h, h));
-      const out = keep(groupedMatmul(a, w2, r.expertOffsets));
+      const out = keep(groupedMatmul(a, w2, { offsets: r.expertOffsets }));
       const y = keep(combineRows(out, r.rowSlots, r.slotGate));
       const gg = keep(gateGrad(out, dy, { slotRow: r.slotRow, expertOffsets: r.expertOffsets, layout: L }));
       const dl = keep(routerScoresBackward(s, gg, { rowGroup: p.rowGroup, layout: L, fn: 'softmax' }));
-      const wg = keep(groupedMatmulWgrad(xd, keep(gatherRows(dy, r.slotRow, r.slotGate)), r.expertOffsets));
+      const wg = keep(groupedMatmulWgrad(xd, keep(gatherRows(dy, r.slotRow, r.slotGate)), { offsets: r.expertOffsets }));
       const { dh1, dh3 } = swigluBackward(h, h, a);
       keep(dh1);
       keep(dh3);
@@ -1076,11 +1076,11 @@ describeDevices('moe ops', (device) => {
     const host = (v: number[], shape: number[], int = false): Tensor =>
       keep(int ? tensor(Int32Array.from(v), { shape, device: 'cpu' }) : tensor(Float32Array.from(v), { shape, device: 'cpu' }));
     const p = partitionOf([0, 0], L);
-    throwsCode(() => routerScores(host([0, 0, 0, 0], [2, 2]), p.rowGroup, L), 'ERR_DEVICE');
-    throwsCode(() => route(host([0, 0, 0, 0], [2, 2]), p, L), 'ERR_DEVICE');
+    throwsCode(() => routerScores(host([0, 0, 0, 0], [2, 2]), { rowGroup: p.rowGroup, layout: L }), 'ERR_DEVICE');
+    throwsCode(() => route(host([0, 0, 0, 0], [2, 2]), p, { layout: L }), 'ERR_DEVICE');
     throwsCode(() => gatherRows(mk([1, 2], [2, 1]), host([0, 1], [2], true)), 'ERR_DEVICE');
     throwsCode(() => combineRows(mk([1, 2], [2, 1]), host([0, 1], [2, 1], true)), 'ERR_DEVICE');
-    throwsCode(() => groupedMatmul(mk([1, 2], [2, 1]), host([1, 1], [2, 1, 1]), ints([0, 1, 2])), 'ERR_DEVICE');
+    throwsCode(() => groupedMatmul(mk([1, 2], [2, 1]), host([1, 1], [2, 1, 1]), { offsets: ints([0, 1, 2]) }), 'ERR_DEVICE');
     throwsCode(() => swiglu(mk([1], [1]), host([1], [1])), 'ERR_DEVICE');
   });
 });

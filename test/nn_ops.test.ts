@@ -9,11 +9,12 @@
  * Tolerances: float32 results within k·2^-24·(sum of |terms|) (the magnitudes the reference
  * returns), bf16 results additionally within 1 bf16 ulp (one rounding on store).
  */
+import { DType, HostArray, MomaErrorCode, Tensor, tensor } from '../lib';
 import {
-  DType, HostArray, MomaErrorCode, Tensor, adamwStep, attention, attentionBackward, crossEntropy,
-  crossEntropyBackward, layerNorm, layerNormBackward, rmsNorm, rmsNormBackward, rope, tensor,
-} from '../lib';
-import type { AdamWStep } from '../lib';
+  adamwStep, attention, attentionBackward, crossEntropy, crossEntropyBackward, layerNorm, layerNormBackward, rmsNorm,
+  rmsNormBackward, rope,
+} from '../lib/kernels';
+import type { AdamWStep } from '../lib/kernels';
 import { describeDevices, tensorFixture } from './support/devices';
 import {
   Rng, Tolerance, assertClose, assertExact, bf16Round, mulberry32, randomF32, randomInt,
@@ -292,7 +293,7 @@ describeDevices('nn ops', (device) => {
       const x = gen(rng, N * D, dtype, ...xRange), w = randomF32(rng, D, -1.5, 1.5), dy = gen(rng, N * D, dtype);
       const label = `${dtype} [${shape}]`;
       const tx = mk(x, shape, dtype), tw = mk(w, [D]);
-      const f = keepOut(rmsNorm(tx, tw, eps));
+      const f = keepOut(rmsNorm(tx, tw, { eps }));
       expect(f.y.shape).toEqual(shape);
       expect(f.y.dtype).toBe(dtype);
       expect(f.rstd.shape).toEqual(shape.slice(0, -1));
@@ -300,7 +301,7 @@ describeDevices('nn ops', (device) => {
       const ref = rmsNormRef(x, w, N, D, f32(eps));
       assertClose(await read(f.rstd), ref.rstd, { rtol: (D + 8) * U, label: `${label} rstd` });
       assertClose(await read(f.y), ref.y, tol(dtype, ref.y, absOf(ref.y), D + 8, `${label} y`));
-      const b = keepOut(rmsNormBackward(tx, tw, f.rstd, mk(dy, shape, dtype)));
+      const b = keepOut(rmsNormBackward(mk(dy, shape, dtype), { x: tx, weight: tw, rstd: f.rstd }));
       expect(b.dx.shape).toEqual(shape);
       expect(b.dx.dtype).toBe(dtype);
       expect(b.dweight.shape).toEqual([D]);
@@ -330,11 +331,11 @@ describeDevices('nn ops', (device) => {
       const D = 6, eps = 0.01;
       const w = [1, -2, 0.5, 3, -1, 0.25], dy = [1, 1, -1, 2, 0.5, -0.5];
       const tx = mk(new Array(D).fill(0), [1, D]), tw = mk(w, [D]);
-      const f = keepOut(rmsNorm(tx, tw, eps));
+      const f = keepOut(rmsNorm(tx, tw, { eps }));
       const r = f32(1 / sqrt(f32(eps)));
       assertClose(await read(f.rstd), [r], { f32Ulps: 2, label: 'rstd' });
       assertExact(await read(f.y), new Array(D).fill(0), 'y');
-      const b = keepOut(rmsNormBackward(tx, tw, f.rstd, mk(dy, [1, D])));
+      const b = keepOut(rmsNormBackward(mk(dy, [1, D]), { x: tx, weight: tw, rstd: f.rstd }));
       assertClose(await read(b.dx), dy.map((v, d) => v * (w[d] as number) * r), { f32Ulps: 4, label: 'dx' });
       assertExact(await read(b.dweight), new Array(D).fill(0), 'dw');
     });
@@ -353,7 +354,7 @@ describeDevices('nn ops', (device) => {
       const dy = gen(rng, N * G * D, dtype);
       const label = `${dtype} [${shape}]`;
       const tx = mk(x, shape, dtype), tw = mk(w, [G, D]);
-      const f = keepOut(layerNorm(tx, tw, mk(bias, [G, D]), eps));
+      const f = keepOut(layerNorm(tx, { weight: tw, bias: mk(bias, [G, D]) }, { eps }));
       expect(f.y.shape).toEqual(shape);
       expect(f.y.dtype).toBe(dtype);
       for (const s of [f.mean, f.rstd]) {
@@ -377,7 +378,7 @@ describeDevices('nn ops', (device) => {
       const yTol = bound(ref.yMag, 2 * D + 16);
       for (let i = 0; i < yTol.length; i++) yTol[i] = (yTol[i] as number) + (rstdRel[Math.floor(i / D)] as number) * abs((ref.y[i] as number) - (bias[i % (G * D)] as number));
       assertClose(await read(f.y), ref.y, outTol(dtype, ref.y, yTol, `${label} y`));
-      const b = keepOut(layerNormBackward(tx, tw, f.mean, f.rstd, mk(dy, shape, dtype)));
+      const b = keepOut(layerNormBackward(mk(dy, shape, dtype), { x: tx, weight: tw, mean: f.mean, rstd: f.rstd }));
       expect(b.dx.shape).toEqual(shape);
       expect(b.dx.dtype).toBe(dtype);
       for (const t of [b.dweight, b.dbias]) {
@@ -409,10 +410,10 @@ describeDevices('nn ops', (device) => {
       const rng = mulberry32(34);
       const x = randomF32(rng, N * G, -2, 2), w = randomF32(rng, G), b = randomF32(rng, G), dy = randomF32(rng, N * G);
       const tx = mk(x, [N, G, 1]), tw = mk(w, [G, 1]);
-      const f = keepOut(layerNorm(tx, tw, mk(b, [G, 1]), 1e-5));
+      const f = keepOut(layerNorm(tx, { weight: tw, bias: mk(b, [G, 1]) }, { eps: 1e-5 }));
       assertExact(await read(f.y), Array.from({ length: N * G }, (_v, i) => b[i % G] as number), 'y = b');
       assertExact(await read(f.mean), x, 'mean = x');
-      const g = keepOut(layerNormBackward(tx, tw, f.mean, f.rstd, mk(dy, [N, G, 1])));
+      const g = keepOut(layerNormBackward(mk(dy, [N, G, 1]), { x: tx, weight: tw, mean: f.mean, rstd: f.rstd }));
       assertExact(await read(g.dx), new Array(N * G).fill(0), 'dx = 0');
       assertExact(await read(g.dweight), [0, 0, 0], 'dw = 0');
       assertClose(await read(g.dbias), [0, 1, 2].map((gg) => dy.filter((_v, i) => i % G === gg).reduce((a, c) => a + c, 0)), { atol: 8 * N * U * 2, label: 'db' });
@@ -529,7 +530,7 @@ describeDevices('nn ops', (device) => {
       const scale = c.scale ?? 1 / sqrt(D);
       const label = `${dtype} N=${N} H=${H} D=${D} segments ${lengths.length}`;
       const tq = mk(q, [N, H, D], dtype), tk = mk(k, [N, H, D], dtype), tv = mk(v, [N, H, D], dtype), ts = ints(seg);
-      const f = keepOut(attention(tq, tk, tv, ts, c.scale));
+      const f = keepOut(attention(tq, tk, tv, { segStart: ts, scale: c.scale }));
       expect(f.o.shape).toEqual([N, H, D]);
       expect(f.o.dtype).toBe(dtype);
       expect(f.lse.shape).toEqual([N, H]);
@@ -546,7 +547,7 @@ describeDevices('nn ops', (device) => {
       const o = await read(f.o);
       assertClose(o, ref.o, outTol(dtype, ref.o, oTol, `${label} o`));
 
-      const b = keepOut(attentionBackward(tq, tk, tv, f.o, f.lse, mk(dout, [N, H, D], dtype), ts, c.scale));
+      const b = keepOut(attentionBackward(mk(dout, [N, H, D], dtype), { q: tq, k: tk, v: tv, o: f.o, lse: f.lse, segStart: ts }, { scale: c.scale }));
       for (const t of [b.dq, b.dk, b.dv]) {
         expect(t.shape).toEqual([N, H, D]);
         expect(t.dtype).toBe(dtype);
@@ -591,7 +592,7 @@ describeDevices('nn ops', (device) => {
       const ts = ints(seg);
       const run = async (qkv: Float64Array[]): Promise<[number[], number[]]> => {
         const [tq, tk, tv] = qkv.map((a) => mk(a, [N, H, D])) as [Tensor, Tensor, Tensor];
-        const f = keepOut(attention(tq, tk, tv, ts));
+        const f = keepOut(attention(tq, tk, tv, { segStart: ts }));
         return [await read(f.o), await read(f.lse)];
       };
       const [o0, l0] = await run(base);
@@ -620,7 +621,7 @@ describeDevices('nn ops', (device) => {
       const N = 4, H = 2, D = 6;
       const rng = mulberry32(56);
       const q = randomF32(rng, N * H * D), k = randomF32(rng, N * H * D), v = randomF32(rng, N * H * D);
-      const f = keepOut(attention(mk(q, [N, H, D]), mk(k, [N, H, D]), mk(v, [N, H, D]), ints([0, 1, 2, 3])));
+      const f = keepOut(attention(mk(q, [N, H, D]), mk(k, [N, H, D]), mk(v, [N, H, D]), { segStart: ints([0, 1, 2, 3]) }));
       assertClose(await read(f.o), v, { f32Ulps: 1, label: 'o = v' });
       const lse = Array.from({ length: N * H }, (_v, i) => dotRef(q.subarray(i * D, (i + 1) * D), k.subarray(i * D, (i + 1) * D)) / sqrt(D));
       assertClose(await read(f.lse), lse, { atol: 16 * D * U, label: 'lse' });
@@ -664,7 +665,7 @@ describeDevices('nn ops', (device) => {
       const gZ = randomF32(rng, N, -1, 1);
       const lseGot = await read(f.lse);
       for (const z of [null, gZ]) {
-        const dl = keep(crossEntropyBackward(tl, tt, f.lse, mk(gN, [N]), z ? mk(z, [N]) : undefined));
+        const dl = keep(crossEntropyBackward(mk(gN, [N]), { logits: tl, targets: tt, lse: f.lse }, { gradZ: z ? mk(z, [N]) : undefined }));
         expect(dl.shape).toEqual([N, V]);
         expect(dl.dtype).toBe(dtype);
         const exp_ = crossEntropyBackwardRef(logits, targets, gN, z, N, V, lseGot);
@@ -710,7 +711,7 @@ describeDevices('nn ops', (device) => {
         // row 0: nll = 1e30 - (-1e30); row 1: the target is the maximum; row 2: ignored
         assertExact(nll, [f32((L[0] as number) - (L[1] as number)), 0, 0], 'nll');
         const gN = [1, 0.5, 0], gZ = [1e-30, 0, 0];
-        const dl = await read(keep(crossEntropyBackward(tl, tt, f.lse, mk(gN, [N]), mk(gZ, [N]))));
+        const dl = await read(keep(crossEntropyBackward(mk(gN, [N]), { logits: tl, targets: tt, lse: f.lse }, { gradZ: mk(gZ, [N]) })));
         expect(dl.every((v) => Number.isFinite(v))).toBe(true);
         // p is one-hot at the maximum in rows 0 and 1; row 2 has no gradient (gNll = gZ = 0)
         const want = [
@@ -728,7 +729,7 @@ describeDevices('nn ops', (device) => {
       assertExact(await read(f.lse), logits, 'lse');
       assertExact(await read(f.nll), [0, 0, 0, 0], 'nll');
       const gz = [0.5, 1, -1, 0];
-      const dl = await read(keep(crossEntropyBackward(mk(logits, [4, 1]), ints([0, 0, -1, 0]), f.lse, mk([1, 2, 0, 3], [4]), mk(gz, [4]))));
+      const dl = await read(keep(crossEntropyBackward(mk([1, 2, 0, 3], [4]), { logits: mk(logits, [4, 1]), targets: ints([0, 0, -1, 0]), lse: f.lse }, { gradZ: mk(gz, [4]) })));
       assertClose(dl, [3, -4, -1, 0], { f32Ulps: 1, label: 'dlogits' });
     });
 
@@ -757,7 +758,7 @@ describeDevices('nn ops', (device) => {
       let tp = mk(p, shape), tm = mk(m, shape), tv = mk(v, shape);
       for (const h of steps) {
         const g = grads ? grads(rng, n) : randomF32(rng, n, -2, 2);
-        const r = keepOut(adamwStep(tp, mk(g, shape), tm, tv, h, { bf16Copy: true }));
+        const r = keepOut(adamwStep({ param: tp, grad: mk(g, shape), expAvg: tm, expAvgSq: tv }, h, { bf16Copy: true }));
         expect(r.param.shape).toEqual(shape);
         expect(r.param.dtype).toBe('float32');
         expect(r.expAvg.dtype).toBe('float32');
@@ -802,7 +803,7 @@ describeDevices('nn ops', (device) => {
       const p = randomF32(rng, n, -3, 3);
       const z = new Array(n).fill(0);
       const h = { ...H0, lr: 0.01, weightDecay: 0.5, step: 1 };
-      const r = keepOut(adamwStep(mk(p, [n]), mk(z, [n]), mk(z, [n]), mk(z, [n]), h));
+      const r = keepOut(adamwStep({ param: mk(p, [n]), grad: mk(z, [n]), expAvg: mk(z, [n]), expAvgSq: mk(z, [n]) }, h));
       expect(r.bf16).toBeUndefined();
       assertExact(await read(r.param), Array.from(p, (pv) => f32(pv - f32(f32(f32(0.01) * f32(0.5)) * pv))), 'p');
       assertExact(await read(r.expAvg), z, 'm');
@@ -814,7 +815,8 @@ describeDevices('nn ops', (device) => {
       const rng = mulberry32(73);
       const arrs = [randomF32(rng, n), randomF32(rng, n), randomF32(rng, n, -0.1, 0.1), randomF32(rng, n, 0, 0.01)];
       const ts = arrs.map((a) => mk(a, [n])) as [Tensor, Tensor, Tensor, Tensor];
-      keepOut(adamwStep(...ts, H0));
+      const [param, grad, expAvg, expAvgSq] = ts;
+      keepOut(adamwStep({ param, grad, expAvg, expAvgSq }, H0));
       for (let i = 0; i < 4; i++) assertExact(await read(keep((ts[i] as Tensor).clone())), arrs[i] as Float64Array, `input ${i}`);
     });
   });
@@ -829,26 +831,26 @@ describeDevices('nn ops', (device) => {
       throwsCode(() => rmsNorm(x, mk([1, 1, 1], [3])), 'ERR_SHAPE');
       throwsCode(() => rmsNorm(x, mk([1, 1, 1, 1], [4], 'bfloat16')), 'ERR_DTYPE');
       throwsCode(() => rmsNorm(mk(new Array(12).fill(1), [3, 4], 'int32'), w4), 'ERR_DTYPE');
-      throwsCode(() => rmsNorm(x, w4, 0), 'ERR_ARG');
-      throwsCode(() => rmsNorm(x, w4, -1), 'ERR_ARG');
-      throwsCode(() => rmsNorm(x, w4, NaN), 'ERR_ARG');
+      throwsCode(() => rmsNorm(x, w4, { eps: 0 }), 'ERR_ARG');
+      throwsCode(() => rmsNorm(x, w4, { eps: -1 }), 'ERR_ARG');
+      throwsCode(() => rmsNorm(x, w4, { eps: NaN }), 'ERR_ARG');
       const rs = keepOut(rmsNorm(x, w4));
-      throwsCode(() => rmsNormBackward(x, w4, mk([1, 1], [2]), x), 'ERR_SHAPE');
-      throwsCode(() => rmsNormBackward(x, w4, rs.rstd, xb), 'ERR_DTYPE');
-      throwsCode(() => rmsNormBackward(x, w4, rs.rstd, mk(new Array(8).fill(1), [2, 4])), 'ERR_SHAPE');
-      throwsCode(() => rmsNormBackward(x, w4, mk([1, 1, 1], [3], 'bfloat16'), x), 'ERR_DTYPE');
+      throwsCode(() => rmsNormBackward(x, { x, weight: w4, rstd: mk([1, 1], [2]) }), 'ERR_SHAPE');
+      throwsCode(() => rmsNormBackward(xb, { x, weight: w4, rstd: rs.rstd }), 'ERR_DTYPE');
+      throwsCode(() => rmsNormBackward(mk(new Array(8).fill(1), [2, 4]), { x, weight: w4, rstd: rs.rstd }), 'ERR_SHAPE');
+      throwsCode(() => rmsNormBackward(x, { x, weight: w4, rstd: mk([1, 1, 1], [3], 'bfloat16') }), 'ERR_DTYPE');
       // layerNorm
       const x3 = mk(new Array(24).fill(1), [2, 3, 4]);
       const w34 = mk(new Array(12).fill(1), [3, 4]);
-      throwsCode(() => layerNorm(mk([1, 2], [2]), mk([1, 1], [1, 2]), mk([0, 0], [1, 2])), 'ERR_SHAPE');
-      throwsCode(() => layerNorm(x3, w4, w34), 'ERR_SHAPE');
-      throwsCode(() => layerNorm(x3, w34, mk(new Array(12).fill(0), [4, 3])), 'ERR_SHAPE');
-      throwsCode(() => layerNorm(x3, w34, mk(new Array(12).fill(0), [3, 4], 'bfloat16')), 'ERR_DTYPE');
-      throwsCode(() => layerNorm(mk(new Array(24).fill(1), [2, 3, 4], 'uint8'), w34, w34), 'ERR_DTYPE');
-      throwsCode(() => layerNorm(x3, w34, w34, 0), 'ERR_ARG');
-      const ln = keepOut(layerNorm(x3, w34, w34));
-      throwsCode(() => layerNormBackward(x3, w34, ln.mean, mk([1, 1], [2]), x3), 'ERR_SHAPE');
-      throwsCode(() => layerNormBackward(x3, w34, ln.mean, ln.rstd, mk(new Array(24).fill(1), [2, 3, 4], 'bfloat16')), 'ERR_DTYPE');
+      throwsCode(() => layerNorm(mk([1, 2], [2]), { weight: mk([1, 1], [1, 2]), bias: mk([0, 0], [1, 2]) }), 'ERR_SHAPE');
+      throwsCode(() => layerNorm(x3, { weight: w4, bias: w34 }), 'ERR_SHAPE');
+      throwsCode(() => layerNorm(x3, { weight: w34, bias: mk(new Array(12).fill(0), [4, 3]) }), 'ERR_SHAPE');
+      throwsCode(() => layerNorm(x3, { weight: w34, bias: mk(new Array(12).fill(0), [3, 4], 'bfloat16') }), 'ERR_DTYPE');
+      throwsCode(() => layerNorm(mk(new Array(24).fill(1), [2, 3, 4], 'uint8'), { weight: w34, bias: w34 }), 'ERR_DTYPE');
+      throwsCode(() => layerNorm(x3, { weight: w34, bias: w34 }, { eps: 0 }), 'ERR_ARG');
+      const ln = keepOut(layerNorm(x3, { weight: w34, bias: w34 }));
+      throwsCode(() => layerNormBackward(x3, { x: x3, weight: w34, mean: ln.mean, rstd: mk([1, 1], [2]) }), 'ERR_SHAPE');
+      throwsCode(() => layerNormBackward(mk(new Array(24).fill(1), [2, 3, 4], 'bfloat16'), { x: x3, weight: w34, mean: ln.mean, rstd: ln.rstd }), 'ERR_DTYPE');
       // rope
       const q = mk(new Array(24).fill(1), [2, 3, 4]);
       const pos = ints([0, 1]);
@@ -861,16 +863,16 @@ describeDevices('nn ops', (device) => {
       throwsCode(() => rope(q, pos, { theta: Infinity }), 'ERR_ARG');
       // attention
       const seg = ints([0, 0]);
-      throwsCode(() => attention(q, mk(new Array(12).fill(1), [1, 3, 4]), q, seg), 'ERR_SHAPE');
-      throwsCode(() => attention(q, q, mk(new Array(24).fill(1), [2, 3, 4], 'bfloat16'), seg), 'ERR_DTYPE');
-      throwsCode(() => attention(mk(new Array(8).fill(1), [2, 4]), mk(new Array(8).fill(1), [2, 4]), mk(new Array(8).fill(1), [2, 4]), seg), 'ERR_SHAPE');
-      throwsCode(() => attention(q, q, q, ints([0])), 'ERR_SHAPE');
-      throwsCode(() => attention(q, q, q, mk([0, 0], [2])), 'ERR_DTYPE');
-      throwsCode(() => attention(q, q, q, seg, NaN), 'ERR_ARG');
-      const at = keepOut(attention(q, q, q, seg));
-      throwsCode(() => attentionBackward(q, q, q, at.o, mk([0, 0], [2]), q, seg), 'ERR_SHAPE');
-      throwsCode(() => attentionBackward(q, q, q, at.o, at.lse, mk(new Array(24).fill(1), [2, 3, 4], 'bfloat16'), seg), 'ERR_DTYPE');
-      throwsCode(() => attentionBackward(q, q, q, mk(new Array(12).fill(1), [1, 3, 4]), at.lse, q, seg), 'ERR_SHAPE');
+      throwsCode(() => attention(q, mk(new Array(12).fill(1), [1, 3, 4]), q, { segStart: seg }), 'ERR_SHAPE');
+      throwsCode(() => attention(q, q, mk(new Array(24).fill(1), [2, 3, 4], 'bfloat16'), { segStart: seg }), 'ERR_DTYPE');
+      throwsCode(() => attention(mk(new Array(8).fill(1), [2, 4]), mk(new Array(8).fill(1), [2, 4]), mk(new Array(8).fill(1), [2, 4]), { segStart: seg }), 'ERR_SHAPE');
+      throwsCode(() => attention(q, q, q, { segStart: ints([0]) }), 'ERR_SHAPE');
+      throwsCode(() => attention(q, q, q, { segStart: mk([0, 0], [2]) }), 'ERR_DTYPE');
+      throwsCode(() => attention(q, q, q, { segStart: seg, scale: NaN }), 'ERR_ARG');
+      const at = keepOut(attention(q, q, q, { segStart: seg }));
+      throwsCode(() => attentionBackward(q, { q, k: q, v: q, o: at.o, lse: mk([0, 0], [2]), segStart: seg }), 'ERR_SHAPE');
+      throwsCode(() => attentionBackward(mk(new Array(24).fill(1), [2, 3, 4], 'bfloat16'), { q, k: q, v: q, o: at.o, lse: at.lse, segStart: seg }), 'ERR_DTYPE');
+      throwsCode(() => attentionBackward(q, { q, k: q, v: q, o: mk(new Array(12).fill(1), [1, 3, 4]), lse: at.lse, segStart: seg }), 'ERR_SHAPE');
       // crossEntropy
       const lg = mk(new Array(12).fill(0), [3, 4]);
       const tg = ints([0, 1, -1]);
@@ -881,25 +883,25 @@ describeDevices('nn ops', (device) => {
       throwsCode(() => crossEntropy(lg, mk([0, 1, 2], [3])), 'ERR_DTYPE');
       throwsCode(() => crossEntropy(mk(new Array(12).fill(0), [3, 4], 'int32'), tg), 'ERR_DTYPE');
       const ce = keepOut(crossEntropy(lg, tg));
-      throwsCode(() => crossEntropyBackward(lg, tg, ce.lse, mk([1, 1], [2])), 'ERR_SHAPE');
-      throwsCode(() => crossEntropyBackward(lg, tg, ce.lse, mk([1, 1, 1], [3]), mk([1, 1], [2])), 'ERR_SHAPE');
-      throwsCode(() => crossEntropyBackward(lg, tg, mk([0, 0, 0], [3], 'bfloat16'), mk([1, 1, 1], [3])), 'ERR_DTYPE');
-      throwsCode(() => crossEntropyBackward(lg, tg, ce.lse, mk([1, 1, 1], [3]), mk([1, 1, 1], [3], 'bfloat16')), 'ERR_DTYPE');
+      throwsCode(() => crossEntropyBackward(mk([1, 1], [2]), { logits: lg, targets: tg, lse: ce.lse }), 'ERR_SHAPE');
+      throwsCode(() => crossEntropyBackward(mk([1, 1, 1], [3]), { logits: lg, targets: tg, lse: ce.lse }, { gradZ: mk([1, 1], [2]) }), 'ERR_SHAPE');
+      throwsCode(() => crossEntropyBackward(mk([1, 1, 1], [3]), { logits: lg, targets: tg, lse: mk([0, 0, 0], [3], 'bfloat16') }), 'ERR_DTYPE');
+      throwsCode(() => crossEntropyBackward(mk([1, 1, 1], [3]), { logits: lg, targets: tg, lse: ce.lse }, { gradZ: mk([1, 1, 1], [3], 'bfloat16') }), 'ERR_DTYPE');
       // adamw
       const p = mk([1, 2, 3], [3]);
-      throwsCode(() => adamwStep(mk([1, 2, 3], [3], 'bfloat16'), p, p, p, { ...H_ERR }), 'ERR_DTYPE');
-      throwsCode(() => adamwStep(p, mk([1, 2], [2]), p, p, { ...H_ERR }), 'ERR_SHAPE');
-      throwsCode(() => adamwStep(p, p, p, mk([1, 2, 3], [1, 3]), { ...H_ERR }), 'ERR_SHAPE');
-      throwsCode(() => adamwStep(p, p, mk([1, 2, 3], [3], 'bfloat16'), p, { ...H_ERR }), 'ERR_DTYPE');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, step: 0 }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, step: 1.5 }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, lr: -1 }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, lr: NaN }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, beta1: 1 }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, beta2: -0.1 }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, eps: 0 }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, weightDecay: -0.1 }), 'ERR_ARG');
-      throwsCode(() => adamwStep(p, p, p, p, { ...H_ERR, gradScale: -1 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: mk([1, 2, 3], [3], 'bfloat16'), grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR }), 'ERR_DTYPE');
+      throwsCode(() => adamwStep({ param: p, grad: mk([1, 2], [2]), expAvg: p, expAvgSq: p }, { ...H_ERR }), 'ERR_SHAPE');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: mk([1, 2, 3], [1, 3]) }, { ...H_ERR }), 'ERR_SHAPE');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: mk([1, 2, 3], [3], 'bfloat16'), expAvgSq: p }, { ...H_ERR }), 'ERR_DTYPE');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, step: 0 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, step: 1.5 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, lr: -1 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, lr: NaN }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, beta1: 1 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, beta2: -0.1 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, eps: 0 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, weightDecay: -0.1 }), 'ERR_ARG');
+      throwsCode(() => adamwStep({ param: p, grad: p, expAvg: p, expAvgSq: p }, { ...H_ERR, gradScale: -1 }), 'ERR_ARG');
       // non-tensors
       throwsCode(() => rmsNorm([1, 2] as unknown as Tensor, w4), 'ERR_ARG');
     });
@@ -915,12 +917,12 @@ describeDevices('nn ops', (device) => {
       const bad = [[0, 2, 2, 2, 2], [0, 0, 2, 1, 1], [0, 0, 0, 2, 0], [0, 0, -1, 3, 3], [1, 1, 1, 1, 1], [0, 1, 1, 1, 5]];
       for (const s of bad) {
         expect(() => checkSegStart(s)).toThrow(RangeError);
-        const f = keepOut(attention(q, q, q, ints(s)));
+        const f = keepOut(attention(q, q, q, { segStart: ints(s) }));
         await rejectsCode(f.o, 'ERR_RANGE', /attention/);
         await rejectsCode(f.lse, 'ERR_RANGE', /attention/);
       }
-      const good = keepOut(attention(q, q, q, ints([0, 0, 2, 2, 4])));
-      const g = keepOut(attentionBackward(q, q, q, good.o, good.lse, q, ints([0, 0, 2, 1, 1]), undefined));
+      const good = keepOut(attention(q, q, q, { segStart: ints([0, 0, 2, 2, 4]) }));
+      const g = keepOut(attentionBackward(q, { q, k: q, v: q, o: good.o, lse: good.lse, segStart: ints([0, 0, 2, 1, 1]) }, { scale: undefined }));
       await rejectsCode(g.dq, 'ERR_RANGE', /attention/);
       // cross-entropy: a target >= V or < -1
       const lg = mk(randomF32(rng, 3 * 4), [3, 4]);
@@ -940,12 +942,12 @@ describeDevices('nn ops', (device) => {
         keep(dtype === 'int32' ? tensor(Int32Array.from(v), { shape, device: 'cpu' }) : tensor(Float32Array.from(v), { shape, dtype, device: 'cpu' }));
       const x = mk([1, 2, 3, 4], [1, 2, 2]);
       throwsCode(() => rmsNorm(x, host([1, 1], [2])), 'ERR_DEVICE');
-      throwsCode(() => layerNorm(x, host([1, 1, 1, 1], [2, 2]), mk([0, 0, 0, 0], [2, 2])), 'ERR_DEVICE');
+      throwsCode(() => layerNorm(x, { weight: host([1, 1, 1, 1], [2, 2]), bias: mk([0, 0, 0, 0], [2, 2]) }), 'ERR_DEVICE');
       throwsCode(() => rope(x, host([0], [1], 'int32')), 'ERR_DEVICE');
-      throwsCode(() => attention(x, host([1, 2, 3, 4], [1, 2, 2]), x, ints([0])), 'ERR_DEVICE');
-      throwsCode(() => attention(x, x, x, host([0], [1], 'int32')), 'ERR_DEVICE');
+      throwsCode(() => attention(x, host([1, 2, 3, 4], [1, 2, 2]), x, { segStart: ints([0]) }), 'ERR_DEVICE');
+      throwsCode(() => attention(x, x, x, { segStart: host([0], [1], 'int32') }), 'ERR_DEVICE');
       throwsCode(() => crossEntropy(mk([1, 2], [1, 2]), host([0], [1], 'int32')), 'ERR_DEVICE');
-      throwsCode(() => adamwStep(mk([1], [1]), host([1], [1]), mk([0], [1]), mk([0], [1]), H_ERR), 'ERR_DEVICE');
+      throwsCode(() => adamwStep({ param: mk([1], [1]), grad: host([1], [1]), expAvg: mk([0], [1]), expAvgSq: mk([0], [1]) }, H_ERR), 'ERR_DEVICE');
     });
   });
 
@@ -968,17 +970,17 @@ describeDevices('nn ops', (device) => {
       const out: Tensor[] = [];
       for (const [xx, dd] of [[x, dy], [xb, dyb]] as [Tensor, Tensor][]) {
         const r = keepOut(rmsNorm(xx, wr));
-        const rb = keepOut(rmsNormBackward(xx, wr, r.rstd, dd));
-        const l = keepOut(layerNorm(xx, w, b));
-        const lb = keepOut(layerNormBackward(xx, w, l.mean, l.rstd, dd));
+        const rb = keepOut(rmsNormBackward(dd, { x: xx, weight: wr, rstd: r.rstd }));
+        const l = keepOut(layerNorm(xx, { weight: w, bias: b }));
+        const lb = keepOut(layerNormBackward(dd, { x: xx, weight: w, mean: l.mean, rstd: l.rstd }));
         const ro = keep(rope(xx, pos));
-        const a = keepOut(attention(ro, xx, dd, seg));
-        const ab = keepOut(attentionBackward(ro, xx, dd, a.o, a.lse, xx, seg));
+        const a = keepOut(attention(ro, xx, dd, { segStart: seg }));
+        const ab = keepOut(attentionBackward(xx, { q: ro, k: xx, v: dd, o: a.o, lse: a.lse, segStart: seg }));
         out.push(r.y, r.rstd, rb.dx, rb.dweight, l.y, l.mean, l.rstd, lb.dx, lb.dweight, lb.dbias, ro, a.o, a.lse, ab.dq, ab.dk, ab.dv);
       }
       const ce = keepOut(crossEntropy(logits, targets));
-      out.push(ce.nll, ce.lse, keep(crossEntropyBackward(logits, targets, ce.lse, gN, gZ)));
-      const ad = keepOut(adamwStep(wr, wr, wr, keep(wr.square()), H_ERR, { bf16Copy: true }));
+      out.push(ce.nll, ce.lse, keep(crossEntropyBackward(gN, { logits, targets, lse: ce.lse }, { gradZ: gZ })));
+      const ad = keepOut(adamwStep({ param: wr, grad: wr, expAvg: wr, expAvgSq: keep(wr.square()) }, H_ERR, { bf16Copy: true }));
       out.push(ad.param, ad.expAvg, ad.expAvgSq, ad.bf16 as Tensor);
       return Promise.all(out.map((t) => t.toArray()));
     };

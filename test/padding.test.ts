@@ -301,15 +301,15 @@ describeDevices('padding never changes the documents (SPEC §1)', (device) => {
     // a prefill that crosses the first boundary, then token by token across the second
     const cache = new KVCache(model.config.layers, { bosId: BOS });
     const prefill = L + 3;
-    let worst = maxDiff(Array.from(await model.decode(cache, ids.slice(0, prefill), modalityOf, aux)), full[prefill - 1]!);
-    for (let t = prefill; t < ids.length; t++) worst = Math.max(worst, maxDiff(Array.from(await model.decode(cache, [ids[t]!], modalityOf, aux)), full[t]!));
+    let worst = maxDiff(Array.from(await model.decode(cache, ids.slice(0, prefill), { modalityOf, routing: aux })), full[prefill - 1]!);
+    for (let t = prefill; t < ids.length; t++) worst = Math.max(worst, maxDiff(Array.from(await model.decode(cache, [ids[t]!], { modalityOf, routing: aux })), full[t]!));
     expect(worst).toBeLessThan(tol);
     expect(cache.length).toBe(ids.length);
     expect(cache.layers[1]!.length).toBe(ids.length - 2 * L); // the plain layer holds the last document only
     cache.dispose();
     // a cache that ignores BOS attends across documents and differs
     const blind = new KVCache(model.config.layers);
-    const crossed = Array.from(await model.decode(blind, ids, modalityOf, aux));
+    const crossed = Array.from(await model.decode(blind, ids, { modalityOf, routing: aux }));
     expect(maxDiff(crossed, full[ids.length - 1]!)).toBeGreaterThan(1e-3);
     blind.dispose();
     aux.dispose();

@@ -168,7 +168,7 @@ describe('sampleToken', () => {
         cumulative += p[id]!;
         if (p[id]! > 0 && cumulative > u) expected = id;
       }
-      expect(sampleToken(logits, options, rng)).toBe(expected);
+      expect(sampleToken(logits, options, { rng })).toBe(expected);
     }
   });
 
@@ -176,8 +176,8 @@ describe('sampleToken', () => {
     const logits = f32([0, 3, 3, -1]);
     for (let seed = 0; seed < 20; seed++) {
       const rng = new SeededRandom(seed);
-      expect(sampleToken(logits, opts({ temperature: 0 }), rng)).toBe(1);
-      expect(sampleToken(logits, opts({ temperature: 0 }), rng, Uint8Array.from([1, 0, 1, 1]))).toBe(2);
+      expect(sampleToken(logits, opts({ temperature: 0 }), { rng })).toBe(1);
+      expect(sampleToken(logits, opts({ temperature: 0 }), { rng, allowed: Uint8Array.from([1, 0, 1, 1]) })).toBe(2);
       const twin = new SeededRandom(seed);
       twin.float();
       twin.float();
@@ -194,7 +194,7 @@ describe('sampleToken', () => {
     const options = opts({ temperature: 1.3, topK: 40, topP: 0.97 });
     const run = (seed: number): number[] => {
       const r = new SeededRandom(seed, 9);
-      return Array.from({ length: 200 }, () => sampleToken(logits, options, r, mask));
+      return Array.from({ length: 200 }, () => sampleToken(logits, options, { rng: r, allowed: mask }));
     };
     const a = run(1);
     expect(run(1)).toEqual(a);
@@ -214,7 +214,7 @@ describe('sampleToken', () => {
     const draws = 20000;
     const counts = new Array<number>(logits.length).fill(0);
     const rng = new SeededRandom(20000, 7);
-    for (let i = 0; i < draws; i++) counts[sampleToken(logits, options, rng, mask)]!++;
+    for (let i = 0; i < draws; i++) counts[sampleToken(logits, options, { rng, allowed: mask })]!++;
     let worst = 0;
     for (let id = 0; id < logits.length; id++) {
       if (p[id] === 0) {
@@ -245,7 +245,7 @@ describe('validation', () => {
       expect(messageOf(() => validateSampling(options, 'moma generate'))).toMatch(new RegExp(`^moma generate: option '${key}'`));
     }
     throwsCode(() => validateSampling(null as unknown as SamplingOptions, 'op'), 'ERR_ARG');
-    throwsCode(() => sampleToken(f32([0]), { temperature: -1, topK: 0, topP: 1 }, new SeededRandom(0)), 'ERR_ARG');
+    throwsCode(() => sampleToken(f32([0]), { temperature: -1, topK: 0, topP: 1 }, { rng: new SeededRandom(0) }), 'ERR_ARG');
   });
 
   test('logits, masks and rng: codes and messages', () => {
@@ -257,9 +257,9 @@ describe('validation', () => {
     throwsCode(() => tokenProbabilities(f32([1, 2]), o, [1, 1] as unknown as Uint8Array), 'ERR_ARG');
     throwsCode(() => tokenProbabilities(f32([1, 2]), o, Uint8Array.from([1, 2])), 'ERR_ARG');
     expect(messageOf(() => tokenProbabilities(f32([1, 2]), o, new Uint8Array(2)))).toMatch(/no id is allowed/);
-    throwsCode(() => sampleToken(f32([1, 2]), o, rng, new Uint8Array(2)), 'ERR_ARG');
-    throwsCode(() => sampleToken(f32([1, 2]), o, {} as SeededRandom), 'ERR_ARG');
-    expect(messageOf(() => sampleToken(f32([0, 1, NaN]), o, rng))).toMatch(/^sampleToken: logit of id 2 is NaN/);
+    throwsCode(() => sampleToken(f32([1, 2]), o, { rng, allowed: new Uint8Array(2) }), 'ERR_ARG');
+    throwsCode(() => sampleToken(f32([1, 2]), o, { rng: {} as SeededRandom }), 'ERR_ARG');
+    expect(messageOf(() => sampleToken(f32([0, 1, NaN]), o, { rng }))).toMatch(/^sampleToken: logit of id 2 is NaN/);
     throwsCode(() => tokenProbabilities(f32([0, 1, NaN]), o), 'ERR_RANGE');
     throwsCode(() => tokenProbabilities(f32([Infinity, 1]), o), 'ERR_RANGE');
     // NaN is refused even where the mask hides it: it means the model is broken.

@@ -10,7 +10,7 @@ import * as zlib from 'zlib';
 import { MomaError, MomaErrorCode } from '../lib/errors';
 import { ShardReader, ShardWriter, shardFileBytes } from '../lib/data/shard';
 import { SeededRandom, seededPermutation } from '../lib/data/seeded_random';
-import { openShardSet } from '../lib/data/shard_set';
+import { openShardSet, ShardSet } from '../lib/data/shard_set';
 import { buildVocabLayout, ImageTokenizerInfo, VocabLayout } from '../lib/data/vocab';
 import { throwsCode } from './support/errors';
 
@@ -339,6 +339,19 @@ describe('shard sets', () => {
     throwsCode(() => set.store('train', 0.5), 'ERR_ARG');
     set.close();
     throwsCode(() => store.tokens(0), 'ERR_DISPOSED');
+  });
+
+  test('new ShardSet takes one parts object; a missing part is ERR_ARG naming it', () => {
+    const opened = openShardSet(makeSet('parts'));
+    const { name, files, index } = opened;
+    const readers = { train: [], eval: [] };
+    const set = new ShardSet({ name, layout, files, index, readers });
+    expect(set.name).toBe(name);
+    expect(set.store('train', 0)).toBeNull();
+    expect(errorOf(() => new ShardSet({ name, layout, files, readers } as never), 'ERR_ARG').message).toBe('ShardSet: parts.index is required');
+    expect(errorOf(() => new (ShardSet as unknown as new (...args: unknown[]) => ShardSet)(name, layout, files, index, readers), 'ERR_ARG').message)
+      .toBe('ShardSet: expected an object for parts, got string');
+    opened.close();
   });
 
   test('draw k of a store is seededPermutation(N, seed, epoch)[k mod N], epoch = floor(k / N)', () => {

@@ -1,6 +1,7 @@
-// The launch context every kernel takes first, on both backends (csrc/cpu/kernels*.h,
-// cuda/kernels*.h), so that a CPU kernel and its CUDA twin have one parameter list and an op calls
-// either with one line (MOMA_LAUNCH, csrc/ops/backend.h).
+// The launch context every kernel takes first, on both backends (the kernel tables
+// core/kernel_table*.inc, declared once for csrc/cpu/kernels*.h and cuda/kernels*.h), so that a
+// CPU kernel and its CUDA twin have one parameter list and an op calls either with one line
+// (MOMA_LAUNCH, csrc/ops/backend.h).
 //   CUDA: `stream` is the device's cudaStream_t (as void*, so no CUDA header is needed here) and
 //         `err` its error word (cuda/runtime.h): a kernel that finds bad data records a
 //         DeviceErrorCode there instead of throwing; the next synchronisation reports it.

@@ -1,4 +1,4 @@
-// CPU float32 GEMM driver: Goto/BLIS blocking around a register-tiled micro-kernel.
+// CPU GEMM driver: Goto/BLIS blocking around a register-tiled float32 micro-kernel.
 //
 // For each batch entry, C = alpha * op(A) @ op(B) + beta * C is computed as
 //   for each block of at most MB rows of A (MB = 12 * MC):
@@ -12,6 +12,12 @@
 // The first K slice applies beta (C is not read when beta == 0); later slices accumulate.
 // Packing costs O(MK + KN) memory traffic per pass against 2 * MK * NC FLOPs, and turns any
 // transpose / leading dimension into the unit-stride panels the kernels need.
+// Dtypes: A and B may each be float32 or bf16. The packers are templated on the source element
+// type and widen bf16 to float32 as they copy (exact), so a bf16 operand costs nothing beyond
+// the pack it already had and the micro-kernels only ever see float32. A bf16 C is computed in
+// a float32 staging matrix per batch entry (C widened into it when beta != 0) and rounded once
+// to bf16 (nearest even, bf16.h) on store; a float32 C is written in place. The results are
+// therefore bit-identical to widening the bf16 inputs first and running the float32 GEMM.
 // Threads: the two packs run as one parallel_for over panels, the tiles as a second one; both
 // hand out items dynamically (about 8 compute items per thread, split along N when M is small)
 // so small-M, small-N and unevenly loaded cores all keep every thread busy. Batches of many
@@ -22,7 +28,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <new>
+#include "../core/bf16.h"
+#include "../core/error.h"
 #include "kernels.h"
 #include "gemm_kernels.h"
 #include "thread_pool.h"
@@ -63,20 +72,25 @@ thread_local PackBuffer tl_pack_b;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// An element of an operand as float32: bf16 (stored as uint16_t) is widened exactly.
+inline float widen(float v) { return v; }
+inline float widen(uint16_t v) { return bf16_to_f32(v); }
+
 // One MR-row panel of alpha * op(A): rows [i0, i0 + rows) and k in [p0, p0 + kc).
-void pack_a_panel(const float* A, int64_t lda, bool trans, int64_t i0, int64_t rows, int64_t p0,
+template <typename TA>
+void pack_a_panel(const TA* A, int64_t lda, bool trans, int64_t i0, int64_t rows, int64_t p0,
                   int64_t kc, int64_t mr, float alpha, float* dst) {
   if (trans) {
     for (int64_t k = 0; k < kc; ++k) {
-      const float* src = A + (p0 + k) * lda + i0;
+      const TA* src = A + (p0 + k) * lda + i0;
       float* d = dst + k * mr;
-      for (int64_t i = 0; i < rows; ++i) d[i] = alpha * src[i];
+      for (int64_t i = 0; i < rows; ++i) d[i] = alpha * widen(src[i]);
       for (int64_t i = rows; i < mr; ++i) d[i] = 0.0f;
     }
   } else {
     for (int64_t i = 0; i < rows; ++i) {
-      const float* src = A + (i0 + i) * lda + p0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = alpha * src[k];
+      const TA* src = A + (i0 + i) * lda + p0;
+      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = alpha * widen(src[k]);
     }
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t i = rows; i < mr; ++i) dst[k * mr + i] = 0.0f;
@@ -84,20 +98,21 @@ void pack_a_panel(const float* A, int64_t lda, bool trans, int64_t i0, int64_t r
 }
 
 // One NR-column panel of op(B): columns [j0, j0 + cols) and k in [p0, p0 + kc).
-void pack_b_panel(const float* B, int64_t ldb, bool trans, int64_t j0, int64_t cols, int64_t p0,
+template <typename TB>
+void pack_b_panel(const TB* B, int64_t ldb, bool trans, int64_t j0, int64_t cols, int64_t p0,
                   int64_t kc, int64_t nr, float* dst) {
   if (trans) {
     for (int64_t j = 0; j < cols; ++j) {
-      const float* src = B + (j0 + j) * ldb + p0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = src[k];
+      const TB* src = B + (j0 + j) * ldb + p0;
+      for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = widen(src[k]);
     }
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t j = cols; j < nr; ++j) dst[k * nr + j] = 0.0f;
   } else {
     for (int64_t k = 0; k < kc; ++k) {
-      const float* src = B + (p0 + k) * ldb + j0;
+      const TB* src = B + (p0 + k) * ldb + j0;
       float* d = dst + k * nr;
-      for (int64_t j = 0; j < cols; ++j) d[j] = src[j];
+      for (int64_t j = 0; j < cols; ++j) d[j] = widen(src[j]);
       for (int64_t j = cols; j < nr; ++j) d[j] = 0.0f;
     }
   }
@@ -133,13 +148,14 @@ void run_dynamic(int threads, int64_t n, const Fn& fn) {
   });
 }
 
-// One matrix of the batch on `threads` threads.
-void gemm_single(const GemmKernel& kr, const GemmShape& g, const float* A, const float* B,
-                 float* C, int threads) {
+// One matrix of the batch on `threads` threads, into a float32 C with leading dimension ldc.
+template <typename TA, typename TB>
+void gemm_single(const GemmKernel& kr, const GemmShape& g, const TA* A, const TB* B, float* C,
+                 int64_t ldc, int threads) {
   const int64_t M = g.M, N = g.N, K = g.K;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
-    scale_c(C, M, N, g.ldc, g.beta);
+    scale_c(C, M, N, ldc, g.beta);
     return;
   }
   const int64_t MR = kr.mr, NR = kr.nr, KC = kr.kc, MC = kr.mc, NC = kr.nc;
@@ -182,9 +198,9 @@ void gemm_single(const GemmKernel& kr, const GemmShape& g, const float* A, const
           for (int64_t jr = jb; jr < je; ++jr) {
             const float* bp = pb + jr * NR * kc;
             const int64_t cols = std::min(NR, nc - jr * NR);
-            float* cbase = C + m0 * g.ldc + n0 + jr * NR;
+            float* cbase = C + m0 * ldc + n0 + jr * NR;
             for (int64_t ir = ia; ir < ie; ++ir) {
-              kr.micro(kc, pa + ir * MR * kc, bp, cbase + ir * MR * g.ldc, g.ldc,
+              kr.micro(kc, pa + ir * MR * kc, bp, cbase + ir * MR * ldc, ldc,
                        std::min(MR, mb - ir * MR), cols, beta);
             }
           }
@@ -211,11 +227,47 @@ const GemmKernel& chosen_kernel() {
   return kernel;
 }
 
-}  // namespace
+void check_gemm_dtype(const char* operand, DType dt) {
+  if (dt != DType::F32 && dt != DType::BF16)
+    fail("ERR_DTYPE", "gemm: ", operand, " is ", dtype_name(dt), ", expected float32 or bfloat16");
+}
 
-void gemm_f32_with(const GemmKernel& kernel, const GemmShape& g, const float* A, const float* B,
-                   float* C) {
+// One matrix of the batch with C of dtype dt_c (batch strides already applied). A float32 C is
+// computed in place; a bf16 C through a float32 staging matrix (rows N apart) that holds the
+// widened C when beta != 0 and is rounded once into C at the end.
+template <typename TA, typename TB>
+void gemm_entry(const GemmKernel& kr, const GemmShape& g, const TA* A, const TB* B, DType dt_c, void* C,
+                int threads) {
+  if (dt_c == DType::F32) {
+    gemm_single(kr, g, A, B, static_cast<float*>(C), g.ldc, threads);
+    return;
+  }
+  const int64_t M = g.M, N = g.N;
+  uint16_t* c16 = static_cast<uint16_t*>(C);
+  std::unique_ptr<float[]> stage(new float[static_cast<size_t>(M * N)]);
+  float* s = stage.get();
+  const int64_t grain = std::max<int64_t>(1, 65536 / N);
+  auto rows = [&](const auto& fn) {
+    if (threads > 1) parallel_for(M, grain, fn);
+    else fn(0, M);
+  };
+  if (g.beta != 0.0f)
+    rows([&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = 0; j < N; ++j) s[i * N + j] = bf16_to_f32(c16[i * g.ldc + j]);
+    });
+  gemm_single(kr, g, A, B, s, N, threads);
+  rows([&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = 0; j < N; ++j) c16[i * g.ldc + j] = f32_to_bf16(s[i * N + j]);
+  });
+}
+
+template <typename TA, typename TB>
+void gemm_typed(const GemmKernel& kernel, const TA* A, const TB* B, DType dt_c, void* C, const GemmShape& g) {
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
+  const int64_t c_size = dtype_size(dt_c);
+  auto entry_c = [&](int64_t b) { return static_cast<char*>(C) + b * g.strideC * c_size; };
   const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
   int threads = flops * double(g.batch) < kSerialFlops ? 1 : std::max(1, num_threads());
 
@@ -224,17 +276,31 @@ void gemm_f32_with(const GemmKernel& kernel, const GemmShape& g, const float* A,
                         (g.batch % threads == 0 || g.batch >= 4 * threads);
   if (by_batch) {
     run_dynamic(threads, g.batch, [&](int64_t b) {
-      gemm_single(kernel, g, A + b * g.strideA, B + b * g.strideB, C + b * g.strideC, 1);
+      gemm_entry(kernel, g, A + b * g.strideA, B + b * g.strideB, dt_c, entry_c(b), 1);
     });
     return;
   }
   if (flops < kSerialFlops) threads = 1;
   for (int64_t b = 0; b < g.batch; ++b)
-    gemm_single(kernel, g, A + b * g.strideA, B + b * g.strideB, C + b * g.strideC, threads);
+    gemm_entry(kernel, g, A + b * g.strideA, B + b * g.strideB, dt_c, entry_c(b), threads);
 }
 
-void gemm_f32(const GemmShape& g, const float* A, const float* B, float* C) {
-  gemm_f32_with(chosen_kernel(), g, A, B, C);
+}  // namespace
+
+void gemm(const LaunchCtx&, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
+          const GemmShape& g) {
+  const GemmKernel& kernel = chosen_kernel();
+  check_gemm_dtype("A", dt_a);
+  check_gemm_dtype("B", dt_b);
+  check_gemm_dtype("C", dt_c);
+  if (dt_a == DType::F32 && dt_b == DType::F32)
+    gemm_typed(kernel, static_cast<const float*>(A), static_cast<const float*>(B), dt_c, C, g);
+  else if (dt_a == DType::F32)
+    gemm_typed(kernel, static_cast<const float*>(A), static_cast<const uint16_t*>(B), dt_c, C, g);
+  else if (dt_b == DType::F32)
+    gemm_typed(kernel, static_cast<const uint16_t*>(A), static_cast<const float*>(B), dt_c, C, g);
+  else
+    gemm_typed(kernel, static_cast<const uint16_t*>(A), static_cast<const uint16_t*>(B), dt_c, C, g);
 }
 
 const char* gemm_isa() { return chosen_kernel().isa; }

@@ -31,8 +31,4 @@ const GemmKernel* gemm_kernel_avx512();
 const GemmKernel* gemm_kernel_avx2();
 const GemmKernel& gemm_kernel_generic();
 
-// The blocked driver with an explicit kernel (gemm_f32 passes the one chosen for this CPU).
-void gemm_f32_with(const GemmKernel& kernel, const GemmShape& g, const float* A, const float* B,
-                   float* C);
-
 }  // namespace moma::cpu

@@ -1,8 +1,11 @@
-// Grouped GEMM over expert segments (kernels_moe.h): one call of the blocked float32 GEMM
-// (gemm_f32, which spreads its own work over the thread pool) per non-empty segment.
+// Grouped GEMM over expert segments (kernels_moe.h): one call of the blocked CPU GEMM (gemm.cc,
+// which spreads its own work over the thread pool, widens bf16 operands while packing and rounds
+// a bf16 output once) per non-empty segment.
 //   forward: y[seg e] = x[seg e] @ w[e]    (M = segment rows, N, K; w[e] transposed when trans_w)
 //   wgrad:   dw[e] = x[seg e]^T @ dy[seg e] (transA, M = K, N = N, inner dimension = segment rows)
-// Rows of y past offsets[E] and the dw of empty segments are zero.
+// x, w, dy float32 or bf16; y float32 or bf16; dw float32. Rows of y past offsets[E] and the dw of
+// empty segments are zero. FLOPs 2 * offsets[E] * K * N for either; bytes about offsets[E] * (K + N)
+// elements plus the E weight matrices, each read once per segment (the GEMM's packing).
 #include <algorithm>
 #include <cstring>
 
@@ -23,14 +26,22 @@ void check_offsets(const char* op, const int32_t* offsets, int64_t E, int64_t R)
   }
 }
 
-void zero(float* p, int64_t n) {
-  parallel_for(n, 65536, [&](int64_t a, int64_t b) { std::memset(p + a, 0, static_cast<size_t>(b - a) * 4); });
+// Sets `bytes` bytes at p to zero (0 is +0.0 in float32 and bf16).
+void zero_bytes(void* p, int64_t bytes) {
+  char* c = static_cast<char*>(p);
+  parallel_for(bytes, 262144, [&](int64_t a, int64_t b) { std::memset(c + a, 0, static_cast<size_t>(b - a)); });
 }
+
+// Element `i` of a buffer of dtype dt.
+const void* at(DType dt, const void* p, int64_t i) {
+  return static_cast<const char*>(p) + i * static_cast<int64_t>(dtype_size(dt));
+}
+void* at(DType dt, void* p, int64_t i) { return static_cast<char*>(p) + i * static_cast<int64_t>(dtype_size(dt)); }
 
 }  // namespace
 
-void grouped_gemm(const float* x, const float* w, bool trans_w, const int32_t* offsets, int64_t E, int64_t R,
-                  int64_t K, int64_t N, float* y) {
+void grouped_gemm(const LaunchCtx& ctx, DType dt_x, const void* x, DType dt_w, const void* w, bool trans_w,
+                  const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, DType dt_y, void* y) {
   check_offsets("grouped_matmul", offsets, E, R);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
@@ -43,20 +54,20 @@ void grouped_gemm(const float* x, const float* w, bool trans_w, const int32_t* o
     g.lda = K;
     g.ldb = trans_w ? K : N;
     g.ldc = N;
-    gemm_f32(g, x + r0 * K, w + e * K * N, y + r0 * N);
+    gemm(ctx, dt_x, at(dt_x, x, r0 * K), dt_w, at(dt_w, w, e * K * N), dt_y, at(dt_y, y, r0 * N), g);
   }
   const int64_t used = offsets[E];
-  zero(y + used * N, (R - used) * N);
+  zero_bytes(at(dt_y, y, used * N), (R - used) * N * static_cast<int64_t>(dtype_size(dt_y)));
 }
 
-void grouped_gemm_wgrad(const float* x, const float* dy, const int32_t* offsets, int64_t E, int64_t R,
-                        int64_t K, int64_t N, float* dw) {
+void grouped_gemm_wgrad(const LaunchCtx& ctx, DType dt_x, const void* x, DType dt_dy, const void* dy,
+                        const int32_t* offsets, int64_t E, int64_t R, int64_t K, int64_t N, float* dw) {
   check_offsets("grouped_matmul_wgrad", offsets, E, R);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = offsets[e], rows = offsets[e + 1] - r0;
     float* out = dw + e * K * N;
     if (rows == 0) {
-      zero(out, K * N);
+      zero_bytes(out, K * N * 4);
       continue;
     }
     GemmShape g;
@@ -67,7 +78,7 @@ void grouped_gemm_wgrad(const float* x, const float* dy, const int32_t* offsets,
     g.lda = K;
     g.ldb = N;
     g.ldc = N;
-    gemm_f32(g, x + r0 * K, dy + r0 * N, out);
+    gemm(ctx, dt_x, at(dt_x, x, r0 * K), dt_dy, at(dt_dy, dy, r0 * N), DType::F32, out, g);
   }
 }
 

@@ -1,7 +1,7 @@
 // One dispatch line per op: MOMA_LAUNCH(device, kernel, args...) calls
 //   cuda::kernel(cuda::launch_ctx(device.index), args...)  on a CUDA device (its stream and error word),
 //   cpu::kernel(kCpuLaunch, args...)                        on the CPU,
-// the two kernels having one parameter list (core/launch.h). Used only inside queued tasks. A
+// the two kernels having one parameter list (declared once in core/kernel_table*.inc). Used only inside queued tasks. A
 // build without CUDA (no MOMA_WITH_CUDA) compiles the CPU call alone: no tensor can live on a CUDA
 // device there (parse_device and the allocator refuse), so the CUDA kernels need no stand-ins.
 #pragma once

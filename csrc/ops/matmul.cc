@@ -1,5 +1,7 @@
-// Batched matmul. CPU: float32 GEMM (bf16 inputs are widened first, bf16 output rounded once).
-// CUDA: bf16 tensor-core GEMM with float32 accumulation (float32 inputs rounded to bf16 on load).
+// Batched matmul: validate, allocate, one gemm launch. What each backend computes is gemm's
+// contract (core/kernel_table.inc): CPU float32 products with bf16 widened and a bf16 output
+// rounded once; CUDA float32-accurate for two float32 operands, else bf16 tensor cores with
+// float32 accumulation.
 #include "../core/error.h"
 #include "../core/queue.h"
 #include "backend.h"
@@ -48,20 +50,11 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   g.strideB = batch_b.empty() ? 0 : Ka * N;
   g.strideC = M * N;
   Device device = a.device();
-  if (device.is_cuda()) {
-    Tensor out = empty_tensor(out_shape, out_dtype, device, "matmul");
-    submit("matmul", device, {a, b}, {out}, [=] {
-      cuda::gemm(cuda::stream(device.index), a.dtype, a.data(), b.dtype, b.data(), out_dtype, out.data(), g);
-    });
-    return out;
-  }
-  Tensor a32 = astype(a, DType::F32), b32 = astype(b, DType::F32);
-  Tensor c32 = empty_tensor(out_shape, DType::F32, device, "matmul");
-  submit("matmul", device, {a32, b32}, {c32}, [=] {
-    cpu::gemm_f32(g, static_cast<const float*>(a32.data()), static_cast<const float*>(b32.data()),
-                  static_cast<float*>(c32.data()));
+  Tensor out = empty_tensor(out_shape, out_dtype, device, "matmul");
+  submit("matmul", device, {a, b}, {out}, [=] {
+    MOMA_LAUNCH(device, gemm, a.dtype, a.data(), b.dtype, b.data(), out_dtype, out.data(), g);
   });
-  return out_dtype == DType::F32 ? c32 : astype(c32, DType::BF16);
+  return out;
 }
 
 }  // namespace moma::ops

@@ -263,23 +263,13 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const Tensor& offsets, b
   check_int_vector(op, offsets, "offsets", E + 1);
   DType out_dtype = (x.dtype == DType::BF16 && w.dtype == DType::BF16) ? DType::BF16 : DType::F32;
   Device dev = x.device();
-  if (dev.is_cuda()) {
-    Tensor y = empty_tensor({R, N}, out_dtype, dev, op);
-    if (R * N == 0) return y;
-    submit(op, dev, {x, w, offsets}, {y}, [=] {
-      cuda::grouped_gemm(stream_of(dev), err_of(dev), x.dtype, x.data(), w.dtype, w.data(), trans_w,
-                         cdata<int32_t>(offsets), E, R, K, N, out_dtype, y.data());
-    });
-    return y;
-  }
-  Tensor x32 = astype(x, DType::F32), w32 = astype(w, DType::F32);
-  Tensor y = empty_tensor({R, N}, DType::F32, dev, op);
-  if (R * N == 0) return out_dtype == DType::F32 ? y : astype(y, out_dtype);
-  submit(op, dev, {x32, w32, offsets}, {y}, [=] {
-    cpu::grouped_gemm(cdata<float>(x32), cdata<float>(w32), trans_w, cdata<int32_t>(offsets), E, R, K, N,
-                      mdata<float>(y));
+  Tensor y = empty_tensor({R, N}, out_dtype, dev, op);
+  if (R * N == 0) return y;
+  submit(op, dev, {x, w, offsets}, {y}, [=] {
+    MOMA_LAUNCH(dev, grouped_gemm, x.dtype, x.data(), w.dtype, w.data(), trans_w, cdata<int32_t>(offsets), E, R, K,
+                N, out_dtype, y.data());
   });
-  return out_dtype == DType::F32 ? y : astype(y, out_dtype);
+  return y;
 }
 
 GroupedSwiglu grouped_matmul_swiglu(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& offsets,
@@ -301,39 +291,20 @@ GroupedSwiglu grouped_matmul_swiglu(const Tensor& x, const Tensor& w1, const Ten
   const DType out_dtype = (x.dtype == DType::BF16 && w1.dtype == DType::BF16) ? DType::BF16 : DType::F32;
   const Device dev = x.device();
   const bool keep = keep_preactivations;
-  if (dev.is_cuda()) {
-    GroupedSwiglu r{empty_tensor({R, N}, out_dtype, dev, op), Tensor(), Tensor()};
-    if (keep) {
-      r.h1 = empty_tensor({R, N}, out_dtype, dev, op);
-      r.h3 = empty_tensor({R, N}, out_dtype, dev, op);
-    }
-    if (R * N == 0) return r;
-    std::vector<Tensor> outs{r.a};
-    if (keep) outs.insert(outs.end(), {r.h1, r.h3});
-    submit(op, dev, {x, w1, w3, offsets}, outs, [=] {
-      cuda::grouped_gemm_swiglu(stream_of(dev), err_of(dev), x.dtype, x.data(), w1.dtype, w1.data(), w3.data(), false,
-                                cdata<int32_t>(offsets), E, R, K, N, out_dtype, r.a.data(),
-                                keep ? r.h1.data() : nullptr, keep ? r.h3.data() : nullptr);
-    });
-    return r;
-  }
-  Tensor x32 = astype(x, DType::F32), w1_32 = astype(w1, DType::F32), w3_32 = astype(w3, DType::F32);
-  GroupedSwiglu r{empty_tensor({R, N}, DType::F32, dev, op), Tensor(), Tensor()};
+  GroupedSwiglu r{empty_tensor({R, N}, out_dtype, dev, op), Tensor(), Tensor()};
   if (keep) {
-    r.h1 = empty_tensor({R, N}, DType::F32, dev, op);
-    r.h3 = empty_tensor({R, N}, DType::F32, dev, op);
+    r.h1 = empty_tensor({R, N}, out_dtype, dev, op);
+    r.h3 = empty_tensor({R, N}, out_dtype, dev, op);
   }
-  if (R * N > 0) {
-    std::vector<Tensor> outs{r.a};
-    if (keep) outs.insert(outs.end(), {r.h1, r.h3});
-    submit(op, dev, {x32, w1_32, w3_32, offsets}, outs, [=] {
-      cpu::grouped_gemm_swiglu(cdata<float>(x32), cdata<float>(w1_32), cdata<float>(w3_32), false,
-                               cdata<int32_t>(offsets), E, R, K, N, mdata<float>(r.a),
-                               keep ? mdata<float>(r.h1) : nullptr, keep ? mdata<float>(r.h3) : nullptr);
-    });
-  }
-  if (out_dtype == DType::F32) return r;
-  return {astype(r.a, out_dtype), keep ? astype(r.h1, out_dtype) : Tensor(), keep ? astype(r.h3, out_dtype) : Tensor()};
+  if (R * N == 0) return r;
+  std::vector<Tensor> outs{r.a};
+  if (keep) outs.insert(outs.end(), {r.h1, r.h3});
+  submit(op, dev, {x, w1, w3, offsets}, outs, [=] {
+    MOMA_LAUNCH(dev, grouped_gemm_swiglu, x.dtype, x.data(), w1.dtype, w1.data(), w3.data(), false,
+                cdata<int32_t>(offsets), E, R, K, N, out_dtype, r.a.data(), keep ? r.h1.data() : nullptr,
+                keep ? r.h3.data() : nullptr);
+  });
+  return r;
 }
 
 Tensor grouped_matmul_wgrad(const Tensor& x, const Tensor& dy, const Tensor& offsets) {
@@ -351,17 +322,9 @@ Tensor grouped_matmul_wgrad(const Tensor& x, const Tensor& dy, const Tensor& off
   Device dev = x.device();
   Tensor dw = empty_tensor({E, K, N}, DType::F32, dev, op);
   if (E * K * N == 0) return dw;
-  if (dev.is_cuda()) {
-    submit(op, dev, {x, dy, offsets}, {dw}, [=] {
-      cuda::grouped_gemm_wgrad(stream_of(dev), err_of(dev), x.dtype, x.data(), dy.dtype, dy.data(),
-                               cdata<int32_t>(offsets), E, R, K, N, mdata<float>(dw));
-    });
-    return dw;
-  }
-  Tensor x32 = astype(x, DType::F32), dy32 = astype(dy, DType::F32);
-  submit(op, dev, {x32, dy32, offsets}, {dw}, [=] {
-    cpu::grouped_gemm_wgrad(cdata<float>(x32), cdata<float>(dy32), cdata<int32_t>(offsets), E, R, K, N,
-                            mdata<float>(dw));
+  submit(op, dev, {x, dy, offsets}, {dw}, [=] {
+    MOMA_LAUNCH(dev, grouped_gemm_wgrad, x.dtype, x.data(), dy.dtype, dy.data(), cdata<int32_t>(offsets), E, R, K,
+                N, mdata<float>(dw));
   });
   return dw;
 }

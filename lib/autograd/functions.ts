@@ -5,6 +5,7 @@
 import { full, zeros } from '../creation';
 import { MomaError } from '../errors';
 import { matmul as matmulOp } from '../ops';
+import { requireOptions } from '../options';
 import { Tensor } from '../tensor';
 import { swiglu as swigluOp, swigluBackward } from '../moe/ops';
 import * as nn from '../nn/ops';
@@ -131,19 +132,21 @@ export function scatterAddRows(base: Tensor, index: Tensor, src: Tensor): Tensor
   return record(y, [base, src], (g) => [g.clone(), g.indexSelect(0, index)]);
 }
 
-export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): Tensor {
-  const { y, rstd } = nn.rmsNorm(x, weight, eps);
+/** RMSNorm over the last dim: `F.rmsNorm(x, weight, { eps })` (kernels.rmsNorm with its gradient). */
+export function rmsNorm(x: Tensor, weight: Tensor, options: nn.NormOptions = {}): Tensor {
+  const { y, rstd } = nn.rmsNorm(x, weight, options);
   return record(y, [x, weight], (g) => {
-    const { dx, dweight } = nn.rmsNormBackward(x, weight, rstd, asLike(g, x));
+    const { dx, dweight } = nn.rmsNormBackward(asLike(g, x), { x, weight, rstd });
     return [dx, dweight];
   });
 }
 
-/** LayerNorm over the last dim of x [..., G, D] with weight and bias [G, D]. */
-export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
-  const { y, mean, rstd } = nn.layerNorm(x, weight, bias, eps);
+/** LayerNorm over the last dim of x [..., G, D]: `F.layerNorm(x, { weight, bias }, { eps })` with weight and bias [G, D]. */
+export function layerNorm(x: Tensor, affine: nn.LayerNormAffine, options: nn.NormOptions = {}): Tensor {
+  const { y, mean, rstd } = nn.layerNorm(x, affine, options);
+  const { weight, bias } = affine;
   return record(y, [x, weight, bias], (g) => {
-    const { dx, dweight, dbias } = nn.layerNormBackward(x, weight, mean, rstd, asLike(g, x));
+    const { dx, dweight, dbias } = nn.layerNormBackward(asLike(g, x), { x, weight, mean, rstd });
     return [dx, dweight, dbias];
   });
 }
@@ -153,11 +156,12 @@ export function rope(x: Tensor, positions: Tensor, theta = 10000): Tensor {
   return record(y, [x], (g) => [nn.rope(asLike(g, x), positions, { theta, inverse: true })]);
 }
 
-/** Causal attention inside the segments given by segStart (lib/nn/ops.ts attention). */
-export function attention(q: Tensor, k: Tensor, v: Tensor, segStart: Tensor): Tensor {
-  const { o, lse } = nn.attention(q, k, v, segStart);
+/** Causal attention inside the segments given by segStart: `F.attention(q, k, v, { segStart, scale })` (kernels.attention). */
+export function attention(q: Tensor, k: Tensor, v: Tensor, options: nn.AttentionOptions): Tensor {
+  const { o, lse } = nn.attention(q, k, v, options);
+  const { segStart, scale } = options;
   return record(o, [q, k, v], (g) => {
-    const { dq, dk, dv } = nn.attentionBackward(q, k, v, o, lse, asLike(g, q), segStart);
+    const { dq, dk, dv } = nn.attentionBackward(asLike(g, q), { q, k, v, o, lse, segStart }, { scale });
     return [dq, dk, dv];
   });
 }
@@ -170,12 +174,20 @@ export function swiglu(h1: Tensor, h3: Tensor): Tensor {
   });
 }
 
+export interface CrossEntropyLossWeights {
+  /** float32 [N]: the weight of each row's nll. */
+  weights: Tensor;
+  /** float32 [N]: the weight of each row's lse² (the z-loss); no z-loss when absent. */
+  zWeights?: Tensor;
+}
+
 /**
  * Weighted cross-entropy of logits [N, V] against int32 targets [N] (-1 ignored):
- * loss = Σ weights[n]·nll[n] + Σ zWeights[n]·lse[n]² (a scalar). `nll` (not differentiable)
- * is returned for per-modality reporting.
+ * `F.crossEntropyLoss(logits, targets, { weights, zWeights })`, loss = Σ weights[n]·nll[n] +
+ * Σ zWeights[n]·lse[n]² (a scalar). `nll` (not differentiable) is returned for per-modality reporting.
  */
-export function crossEntropyLoss(logits: Tensor, targets: Tensor, weights: Tensor, zWeights?: Tensor): { loss: Tensor; nll: Tensor } {
+export function crossEntropyLoss(logits: Tensor, targets: Tensor, options: CrossEntropyLossWeights): { loss: Tensor; nll: Tensor } {
+  const { weights, zWeights } = requireOptions(options, 'F.crossEntropyLoss', ['weights']);
   const { nll, lse } = nn.crossEntropy(logits, targets);
   let loss = nll.mul(weights).sum();
   if (zWeights !== undefined) {
@@ -187,8 +199,8 @@ export function crossEntropyLoss(logits: Tensor, targets: Tensor, weights: Tenso
   }
   record(loss, [logits], (g) => {
     const gNll = weights.mul(g);
-    const gZ = zWeights === undefined ? undefined : zWeights.mul(g);
-    return [nn.crossEntropyBackward(logits, targets, lse, gNll, gZ)];
+    const gradZ = zWeights === undefined ? undefined : zWeights.mul(g);
+    return [nn.crossEntropyBackward(gNll, { logits, targets, lse }, gradZ === undefined ? {} : { gradZ })];
   });
   return { loss, nll };
 }

@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
+import { normalizeDevice } from '../device';
 import { MomaError } from '../errors';
 import { Transformer, TransformerConfig } from '../model/transformer';
 import { readTokenFile } from '../data/token_file';
@@ -52,7 +53,7 @@ async function runEval(opts: EvalFlags): Promise<void> {
   const dir = resolveCheckpointDir(opts.checkpoint, 'eval');
   const { sequences, vocab, what } = await evalData(dir, opts);
   const { config } = readCheckpoint(dir);
-  const model = new Transformer({ ...(config as TransformerConfig), device: opts.device ?? (config as TransformerConfig).device });
+  const model = new Transformer({ ...(config as TransformerConfig), device: opts.device === undefined ? (config as TransformerConfig).device : normalizeDevice(opts.device, 'eval: --device') });
   try {
     loadCheckpointInto(dir, model);
     if (!opts.causal) {

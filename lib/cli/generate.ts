@@ -6,6 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
+import { normalizeDevice } from '../device';
 import { MomaError } from '../errors';
 import { ImageTokenizer } from '../data/image_tokenizer';
 import { loadTextTokenizer } from '../data/text_tokenizer';
@@ -49,7 +50,7 @@ async function runGenerate(flags: GenerateFlags): Promise<void> {
   const imageFile = path.join(source.dir, layout.image.tokenizer.file);
   const image = ImageTokenizer.load(imageFile);
   const text = loadTextTokenizer(layout.text.tokenizer, source.dir);
-  const model = loadModel(source, flags.device);
+  const model = loadModel(source, flags.device === undefined ? undefined : normalizeDevice(flags.device, 'generate: --device'));
   try {
     const aux = loadAuxRouters(source.dir, model, 'generate');
     try {

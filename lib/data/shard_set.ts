@@ -23,6 +23,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { MomaError } from '../errors';
 import { readJson } from '../io/files';
+import { requireFields } from '../options';
 import type { DocumentStore, MixedModalDataset, Split } from './dataset';
 import { seededPermutation } from './seeded_random';
 import { ShardReader } from './shard';
@@ -179,17 +180,37 @@ class ShardSetStore implements DocumentStore {
   }
 }
 
-/** An open shard set (close() releases its file descriptors). */
+/** What an open shard set is made of, as openShardSet validated it. */
+export interface ShardSetParts {
+  /** The set's folder (names the set in errors). */
+  name: string;
+  /** vocab.json. */
+  layout: VocabLayout;
+  /** The tokenizer files the layout names, by file name (SHA-256 checked). */
+  files: Record<string, Buffer>;
+  /** index.json. */
+  index: ShardSetIndex;
+  /** One open reader per shard of each split, in index.json order; the set owns and closes them. */
+  readers: Record<Split, ShardReader[]>;
+}
+
+/** An open shard set (close() releases its file descriptors); made by openShardSet. */
 export class ShardSet implements MixedModalDataset {
   private closed = false;
+  readonly name: string;
+  readonly layout: VocabLayout;
+  readonly files: Record<string, Buffer>;
+  readonly index: ShardSetIndex;
+  private readonly readers: Record<Split, ShardReader[]>;
 
-  constructor(
-    readonly name: string,
-    readonly layout: VocabLayout,
-    readonly files: Record<string, Buffer>,
-    readonly index: ShardSetIndex,
-    private readonly readers: Record<Split, ShardReader[]>,
-  ) {}
+  constructor(parts: ShardSetParts) {
+    const { name, layout, files, index, readers } = requireFields(parts, { fn: 'ShardSet', argument: 'parts' }, ['name', 'layout', 'files', 'index', 'readers']);
+    this.name = name;
+    this.layout = layout;
+    this.files = files;
+    this.index = index;
+    this.readers = readers;
+  }
 
   store(split: Split, seed: number): DocumentStore | null {
     if (!SPLITS.includes(split)) throw new MomaError('ERR_ARG', `ShardSet.store ${this.name}: split must be "train" or "eval", got ${JSON.stringify(split)}`);
@@ -279,5 +300,5 @@ export function openShardSet(dir: string, options: OpenShardSetOptions = {}): Sh
     for (const split of SPLITS) for (const r of readers[split]) r.close();
     throw err;
   }
-  return new ShardSet(dir, layout, files, index, readers);
+  return new ShardSet({ name: dir, layout, files, index, readers });
 }

@@ -78,16 +78,16 @@ export async function generateTokens(model: Transformer, prompt: number[], optio
   const cache = new KVCache(model.config.layers, { bosId: layout.bosId });
   try {
     const t0 = process.hrtime.bigint();
-    let logits = await model.decode(cache, prompt, modalityOf, routing);
+    let logits = await model.decode(cache, prompt, { modalityOf, routing });
     const t1 = process.hrtime.bigint();
     const tokens: number[] = [];
     const finished = (): boolean => constraint.state === 'done';
     while (!finished() && tokens.length < maxTokens) {
-      const id = sampleToken(logits, sampling, rng, constraint.allowed());
+      const id = sampleToken(logits, sampling, { rng, allowed: constraint.allowed() });
       constraint.push(id);
       tokens.push(id);
       if (finished() || tokens.length === maxTokens) break;
-      logits = await model.decode(cache, [id], modalityOf, routing);
+      logits = await model.decode(cache, [id], { modalityOf, routing });
     }
     const t2 = process.hrtime.bigint();
     const decodeSeconds = Number(t2 - t1) / 1e9;

@@ -16,6 +16,7 @@
  */
 import { SeededRandom } from '../data/seeded_random';
 import { MomaError } from '../errors';
+import { requireOptions } from '../options';
 import { at, last } from '../checked';
 
 export interface SamplingOptions {
@@ -169,11 +170,20 @@ export function tokenProbabilities(logits: Float32Array, options: Required<Sampl
   return distribution(logits, options, allowed, 'tokenProbabilities');
 }
 
+/** Where sampleToken draws from: the random stream, and optionally the ids it may pick. */
+export interface SampleDraw {
+  rng: SeededRandom;
+  /** 1 for each id that may be drawn, 0 for the others (ModalityConstraint.allowed()); all ids when absent. */
+  allowed?: Uint8Array;
+}
+
 /**
- * Draws the next id: u = rng.float(), then the first id (increasing order) whose cumulative
- * probability exceeds u · (total mass). Exactly one rng.float() per call, greedy included.
+ * Draws the next id, `sampleToken(logits, sampling, { rng, allowed })`: u = rng.float(), then the
+ * first id (increasing order) whose cumulative probability exceeds u · (total mass). Exactly one
+ * rng.float() per call, greedy included.
  */
-export function sampleToken(logits: Float32Array, options: Required<SamplingOptions>, rng: SeededRandom, allowed?: Uint8Array): number {
+export function sampleToken(logits: Float32Array, options: Required<SamplingOptions>, draw: SampleDraw): number {
+  const { rng, allowed } = requireOptions(draw, 'sampleToken', ['rng']);
   if (!(rng instanceof SeededRandom)) throw new MomaError('ERR_ARG', `sampleToken: rng must be a SeededRandom, got ${String(rng)}`);
   const probabilities = distribution(logits, options, allowed, 'sampleToken');
   let total = 0;

@@ -12,6 +12,7 @@
  */
 import * as F from '../autograd/functions';
 import { full } from '../creation';
+import type { DeviceInput } from '../device';
 import { concat } from '../ops';
 import { MomaError } from '../errors';
 import { Generator } from '../random';
@@ -52,7 +53,7 @@ export class AuxRouters extends Module implements CausalRouting {
   private readonly expertRouters = new Map<string, { layout: MoeLayout; groups: (AuxRouter | null)[] }>();
   private readonly depthRouters = new Map<string, AuxRouter>();
 
-  constructor(readonly dModel: number, readonly sites: RoutingSites, options: { seed?: number; initStd?: number; device?: string } = {}) {
+  constructor(readonly dModel: number, readonly sites: RoutingSites, options: { seed?: number; initStd?: number; device?: DeviceInput } = {}) {
     super();
     const init: InitOptions = { device: options.device ?? 'cpu', generator: new Generator(options.seed ?? 0), std: options.initStd ?? 0.02 };
     for (const { site, layout } of sites.experts) {

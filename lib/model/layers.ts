@@ -13,6 +13,7 @@
 import * as F from '../autograd/functions';
 import { record } from '../autograd/tape';
 import { full, randn } from '../creation';
+import type { DeviceInput } from '../device';
 import { modRows } from '../formulas';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
@@ -20,10 +21,11 @@ import { MoMaFFN, MoMaFFNConfig } from '../moe/moma_ffn';
 import { modSelect, RoutingStats, routingStats, segmentStarts } from '../moe/ops';
 import { keep } from '../autograd/scope';
 import { Module } from '../nn/module';
+import { requireFields, requireOptions } from '../options';
 import { cachedAttention, LayerCache } from './kv_cache';
 
 export interface InitOptions {
-  device: string;
+  device: DeviceInput;
   generator: Generator;
   std: number;
 }
@@ -52,26 +54,38 @@ export class Embedding extends Module {
 }
 
 export class RMSNorm extends Module {
-  constructor(readonly dim: number, device: string, readonly eps = 1e-5) {
+  constructor(readonly dim: number, device: DeviceInput, readonly eps = 1e-5) {
     super();
     this.addParameter('weight', full([dim], 1, { device }));
   }
 
   forward(x: Tensor): Tensor {
-    return F.rmsNorm(x, this.param('weight'), this.eps);
+    return F.rmsNorm(x, this.param('weight'), { eps: this.eps });
   }
+}
+
+/** Where a HeadNorm's parameters live and its epsilon. */
+export interface HeadNormOptions {
+  /** Device of the weight (ones) and bias (zeros). */
+  device: DeviceInput;
+  /** Added to the variance before the square root (default 1e-5). */
+  eps?: number;
 }
 
 /** Per-head LayerNorm over the head dimension (QK-norm): weight and bias [heads, headDim]. */
 export class HeadNorm extends Module {
-  constructor(heads: number, headDim: number, device: string, readonly eps = 1e-5) {
+  readonly eps: number;
+
+  constructor(heads: number, headDim: number, options: HeadNormOptions) {
     super();
+    const { device, eps = 1e-5 } = requireOptions(options, 'HeadNorm', ['device']);
+    this.eps = eps;
     this.addParameter('weight', full([heads, headDim], 1, { device }));
     this.addParameter('bias', full([heads, headDim], 0, { device }));
   }
 
   forward(x: Tensor): Tensor {
-    return F.layerNorm(x, this.param('weight'), this.param('bias'), this.eps);
+    return F.layerNorm(x, { weight: this.param('weight'), bias: this.param('bias') }, { eps: this.eps });
   }
 }
 
@@ -81,7 +95,20 @@ export interface AttentionContext {
   segStart: Tensor;
 }
 
+/** The shape of an attention layer. */
+export interface AttentionLayerOptions {
+  /** Model width d (the input and output rows). */
+  dModel: number;
+  /** Number of heads; the head size is dModel / heads. */
+  heads: number;
+  /** RoPE base θ (default 10,000). */
+  ropeTheta?: number;
+}
+
 export class Attention extends Module {
+  readonly dModel: number;
+  readonly heads: number;
+  readonly ropeTheta: number;
   readonly headDim: number;
   private readonly wq: Linear;
   private readonly wk: Linear;
@@ -90,15 +117,20 @@ export class Attention extends Module {
   private readonly qNorm: HeadNorm;
   private readonly kNorm: HeadNorm;
 
-  constructor(readonly dModel: number, readonly heads: number, init: InitOptions, readonly ropeTheta = 10000) {
+  /** Causal multi-head attention with QK-norm and RoPE; `init` draws the q, k, v and o projections. */
+  constructor(options: AttentionLayerOptions, init: InitOptions) {
     super();
+    const { dModel, heads, ropeTheta = 10000 } = requireOptions(options, 'Attention', ['dModel', 'heads']);
+    this.dModel = dModel;
+    this.heads = heads;
+    this.ropeTheta = ropeTheta;
     this.headDim = dModel / heads;
     this.wq = this.addModule('wq', new Linear(dModel, dModel, init));
     this.wk = this.addModule('wk', new Linear(dModel, dModel, init));
     this.wv = this.addModule('wv', new Linear(dModel, dModel, init));
     this.wo = this.addModule('wo', new Linear(dModel, dModel, init));
-    this.qNorm = this.addModule('q_norm', new HeadNorm(heads, this.headDim, init.device));
-    this.kNorm = this.addModule('k_norm', new HeadNorm(heads, this.headDim, init.device));
+    this.qNorm = this.addModule('q_norm', new HeadNorm(heads, this.headDim, { device: init.device }));
+    this.kNorm = this.addModule('k_norm', new HeadNorm(heads, this.headDim, { device: init.device }));
   }
 
   forward(x: Tensor, ctx: AttentionContext): Tensor {
@@ -107,7 +139,7 @@ export class Attention extends Module {
     const q = F.rope(this.qNorm.forward(split(this.wq.forward(x))), ctx.positions, this.ropeTheta);
     const k = F.rope(this.kNorm.forward(split(this.wk.forward(x))), ctx.positions, this.ropeTheta);
     const v = split(this.wv.forward(x));
-    const o = F.attention(q, k, v, ctx.segStart);
+    const o = F.attention(q, k, v, { segStart: ctx.segStart });
     return this.wo.forward(F.reshape(o, [T, this.dModel]));
   }
 
@@ -232,15 +264,33 @@ export interface CachedContext {
   causal: CausalRouting;
 }
 
+/** What a decoder block is made of (all required). */
+export interface DecoderBlockOptions {
+  /** Model width d. */
+  dModel: number;
+  /** Attention heads. */
+  heads: number;
+  /** The block's FFN, built by the caller (dense SwiGLU or MoE / MoMa); the block owns it from here on. */
+  ffn: SwiGLUFFN | MoEFeedForward;
+  /** Where the RMSNorms sit: 'swin' (after each sublayer) or 'pre' (before). */
+  norm: NormPlacement;
+  /** RoPE base θ. */
+  ropeTheta: number;
+}
+
 export class DecoderBlock extends Module {
+  readonly norm: NormPlacement;
   private readonly attn: Attention;
   private readonly attnNorm: RMSNorm;
   private readonly ffnNorm: RMSNorm;
   private readonly ffn: SwiGLUFFN | MoEFeedForward;
 
-  constructor(dModel: number, heads: number, ffn: SwiGLUFFN | MoEFeedForward, init: InitOptions, readonly norm: NormPlacement, ropeTheta: number) {
+  /** Attention and FFN sublayers with residuals and RMSNorms; `init` draws the attention weights. */
+  constructor(options: DecoderBlockOptions, init: InitOptions) {
     super();
-    this.attn = this.addModule('attn', new Attention(dModel, heads, init, ropeTheta));
+    const { dModel, heads, ffn, norm, ropeTheta } = requireOptions(options, 'DecoderBlock', ['dModel', 'heads', 'ffn', 'norm', 'ropeTheta']);
+    this.norm = norm;
+    this.attn = this.addModule('attn', new Attention({ dModel, heads, ropeTheta }, init));
     this.attnNorm = this.addModule('attn_norm', new RMSNorm(dModel, init.device));
     this.ffn = this.addModule('ffn', ffn);
     this.ffnNorm = this.addModule('ffn_norm', new RMSNorm(dModel, init.device));
@@ -267,6 +317,30 @@ export class DecoderBlock extends Module {
   }
 }
 
+/** The router width, capacity and name of a mixture-of-depths block. */
+export interface MoDBlockOptions {
+  /** Model width d (the router's input). */
+  dModel: number;
+  /** c_d: the block runs on ceil(c_d · T_valid) rows. */
+  capacity: number;
+  /** The module path of this block in its model ('layers.0'): names its auxiliary router (default 'mod'). */
+  site?: string;
+}
+
+/** The rows a MoD block runs on and their gate. */
+export interface MoDRows {
+  /** ĝ [T] from `gate(x)`: weights the block's change on the selected rows. */
+  gate: Tensor;
+  /** int32 [k], ascending, k ≥ 1: the selected rows of x. */
+  rows: Tensor;
+}
+
+/** The rows a MoD block runs on during generation, and the block's KV cache. */
+export interface MoDCachedRows extends MoDRows {
+  /** The block's cache of the rows before x (the selected rows are appended to it). */
+  cache: LayerCache;
+}
+
 /**
  * Mixture-of-depths (SPEC §3, staged before the modality split): a router ĝ = sigmoid(x·ŵ) picks
  * the k = ceil(c_d · T_valid) non-padding rows with the largest ĝ in the micro-batch; the block
@@ -275,12 +349,17 @@ export class DecoderBlock extends Module {
  * x_t + ĝ_t (block(x)_t − x_t) when selected, x_t otherwise.
  */
 export class MoDBlock extends Module {
+  readonly capacity: number;
+  readonly site: string;
   private readonly router: Linear;
   readonly block: DecoderBlock;
 
-  /** `site`: the module path of this block in its model ('layers.0'): names its auxiliary router. */
-  constructor(block: DecoderBlock, dModel: number, readonly capacity: number, init: InitOptions, readonly site = 'mod') {
+  /** Wraps `block` (which it owns from here on) with a router ŵ [1, dModel] drawn by `init`. */
+  constructor(block: DecoderBlock, options: MoDBlockOptions, init: InitOptions) {
     super();
+    const { dModel, capacity, site = 'mod' } = requireOptions(options, 'MoDBlock', ['dModel', 'capacity']);
+    this.capacity = capacity;
+    this.site = site;
     this.router = this.addModule('mod_router', new Linear(dModel, 1, init));
     this.block = this.addModule('block', block);
   }
@@ -302,11 +381,12 @@ export class MoDBlock extends Module {
     if (k === 0) return x;
     const rows = modSelect(gate.dtype === 'float32' ? gate : gate.astype('float32'), ctx.modality, k);
     ctx.observer?.depth(this.site, x, rows);
-    return this.forwardRows(x, gate, rows, ctx);
+    return this.forwardRows(x, { gate, rows }, ctx);
   }
 
   /** The block on the given rows (int32 [k], ascending, k ≥ 1), weighted by ĝ; other rows pass unchanged. */
-  forwardRows(x: Tensor, gate: Tensor, rows: Tensor, ctx: BlockContext): Tensor {
+  forwardRows(x: Tensor, selected: MoDRows, ctx: BlockContext): Tensor {
+    const { gate, rows } = requireFields(selected, { fn: 'MoDBlock.forwardRows', argument: 'selected' }, ['gate', 'rows']);
     const k = rows.size(0);
     const xs = F.gatherRows(x, rows);
     const sub: BlockContext = {
@@ -321,7 +401,8 @@ export class MoDBlock extends Module {
   }
 
   /** Generation: the block on the given rows of x (those after `cache`), over its KV cache. */
-  forwardCachedRows(x: Tensor, gate: Tensor, rows: Tensor, ctx: CachedContext, cache: LayerCache): Tensor {
+  forwardCachedRows(x: Tensor, selected: MoDCachedRows, ctx: CachedContext): Tensor {
+    const { gate, rows, cache } = requireFields(selected, { fn: 'MoDBlock.forwardCachedRows', argument: 'selected' }, ['gate', 'rows', 'cache']);
     const xs = F.gatherRows(x, rows);
     const sub: CachedContext = { ...ctx, positions: ctx.positions.indexSelect(0, rows), modality: ctx.modality.indexSelect(0, rows) };
     const ys = this.block.forwardCached(xs, sub, cache);

@@ -12,6 +12,8 @@ import * as F from '../autograd/functions';
 import { noGrad } from '../autograd/tape';
 import { tensor } from '../creation';
 import { at } from '../checked';
+import { DeviceInput, DeviceName, normalizeDevice } from '../device';
+import { requireOptions } from '../options';
 import { MomaError } from '../errors';
 import { isModLayer } from '../formulas';
 import { Generator } from '../random';
@@ -60,7 +62,16 @@ export interface TransformerConfig {
   zLoss?: number;
   initStd?: number;
   seed?: number;
-  device?: string;
+  /** 'cpu' (default), 'cuda' or 'cuda:N'; the resolved config holds the DeviceName. */
+  device?: DeviceInput;
+}
+
+/** How Transformer.decode reads its token ids. */
+export interface DecodeStepOptions {
+  /** A token's modality id in [0, modalities) (padding cannot be decoded). */
+  modalityOf: (id: number) => number;
+  /** The causal routers (AuxRouters) that decide MoE and MoD routing row by row. */
+  routing: CausalRouting;
 }
 
 /** A micro-batch on the device: T rows (B sequences of S positions, flattened). */
@@ -103,7 +114,7 @@ export interface ResolvedMoD {
 }
 
 export class Transformer extends Module {
-  readonly config: Required<Omit<TransformerConfig, 'seed' | 'device' | 'mod'>> & { device: string; seed: number; mod: ResolvedMoD | null };
+  readonly config: Required<Omit<TransformerConfig, 'seed' | 'device' | 'mod'>> & { device: DeviceName; seed: number; mod: ResolvedMoD | null };
   private readonly embed: Embedding;
   private readonly blocks: (DecoderBlock | MoDBlock)[] = [];
   private readonly expertSites: { site: string; ffn: MoEFeedForward }[] = [];
@@ -124,13 +135,13 @@ export class Transformer extends Module {
           capacityFactor: c.ffn.capacityFactor, router: c.ffn.router, gumbel: c.ffn.gumbel, routing: c.ffn.routing, topK: c.ffn.topK,
           device: c.device, seed: c.seed * 1000 + i + 1, initStd: c.initStd,
         });
-      const block = new DecoderBlock(c.dModel, c.heads, ffn, init, c.norm, c.ropeTheta);
+      const block = new DecoderBlock({ dModel: c.dModel, heads: c.heads, ffn, norm: c.norm, ropeTheta: c.ropeTheta }, init);
       const routed = c.mod !== null && isModLayer(i, c.mod.interval);
       if (ffn instanceof MoEFeedForward) {
         ffn.site = routed ? `layers.${i}.block.ffn` : `layers.${i}.ffn`;
         this.expertSites.push({ site: ffn.site, ffn });
       }
-      this.blocks.push(this.addModule(`layers.${i}`, routed ? new MoDBlock(block, c.dModel, c.mod!.capacity, init, `layers.${i}`) : block));
+      this.blocks.push(this.addModule(`layers.${i}`, routed ? new MoDBlock(block, { dModel: c.dModel, capacity: c.mod!.capacity, site: `layers.${i}` }, init) : block));
     }
     this.finalNorm = this.addModule('norm', new RMSNorm(c.dModel, c.device));
     this.head = this.addModule('lm_head', new Linear(c.dModel, c.vocabSize, init));
@@ -171,7 +182,7 @@ export class Transformer extends Module {
       validRows: batch.counts.rows, causal: routing,
     };
     return drive(this.forwardPass(batch.tokens, {
-      layer: (block, _i, x, rows) => (block instanceof MoDBlock ? block.forwardRows(x, block.gate(x), rows!, ctx) : block.forward(x, ctx)),
+      layer: (block, _i, x, rows) => (block instanceof MoDBlock ? block.forwardRows(x, { gate: block.gate(x), rows: rows! }, ctx) : block.forward(x, ctx)),
       causal: { routing, modality: batch.host.modality },
     }));
   }
@@ -189,8 +200,11 @@ export class Transformer extends Module {
    * their keys and values to it, and returns the logits of the last one (float32 [vocab] on the host).
    * A BOS (cache.bosId) after the sequence's first position starts a new document (SPEC §1): the
    * cache drops the rows before it, so decoding gives the logits of a full causal-mode forward.
+   * `decode(cache, ids, { modalityOf, routing })`: modalityOf(id) gives each id's modality, routing
+   * the causal routers (AuxRouters).
    */
-  async decode(cache: KVCache, ids: ArrayLike<number>, modalityOf: (id: number) => number, routing: CausalRouting): Promise<Float32Array> {
+  async decode(cache: KVCache, ids: ArrayLike<number>, options: DecodeStepOptions): Promise<Float32Array> {
+    const { modalityOf, routing } = requireOptions(options, 'Transformer.decode', ['modalityOf', 'routing']);
     const n = ids.length;
     if (!(cache instanceof KVCache) || cache.layers.length !== this.blocks.length) {
       throw new MomaError('ERR_ARG', `Transformer.decode: cache must be a KVCache of ${this.blocks.length} layers`);
@@ -232,7 +246,7 @@ export class Transformer extends Module {
       const layerCache = (i: number): LayerCache => cache.layers[i]!;
       const last = await drive(this.forwardPass(tokens, {
         layer: (block, i, x, rows) => (block instanceof MoDBlock
-          ? block.forwardCachedRows(x, block.gate(x), rows!, ctx, layerCache(i))
+          ? block.forwardCachedRows(x, { gate: block.gate(x), rows: rows!, cache: layerCache(i) }, ctx)
           : block.forwardCached(x, ctx, layerCache(i))),
         causal: { routing, modality },
         headRows: (x) => x.slice(0, n - 1, n),
@@ -292,7 +306,7 @@ export class Transformer extends Module {
 
   private lossOf(logits: Tensor, batch: Batch): LossOutput {
     const zWeights = this.config.zLoss > 0 ? batch.weights.scale(this.config.zLoss) : undefined;
-    const { loss, nll } = F.crossEntropyLoss(logits, batch.targets, batch.weights, zWeights);
+    const { loss, nll } = F.crossEntropyLoss(logits, batch.targets, { weights: batch.weights, zWeights });
     const perModality = noGrad(() => batch.modalityWeights.map((w) => nll.mul(w).sum()));
     return { loss, nll, perModality };
   }
@@ -360,7 +374,8 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
   if (!Number.isSafeInteger(seed) || seed < 0) throw new MomaError('ERR_ARG', `Transformer config: seed must be a non-negative integer, got ${String(seed)}`);
   return {
     vocabSize, dModel, layers, heads, ffn: { ...ffn }, modalities: config.modalities ?? ['text', 'image'], norm, mod,
-    ropeTheta: config.ropeTheta ?? 10000, computeDtype, zLoss, initStd: config.initStd ?? 0.02, seed, device: config.device ?? 'cpu',
+    ropeTheta: config.ropeTheta ?? 10000, computeDtype, zLoss, initStd: config.initStd ?? 0.02, seed,
+    device: normalizeDevice(config.device ?? 'cpu', 'Transformer config'),
   };
 }
 
@@ -371,8 +386,8 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
  * padding; row t's target is the next token when both are non-padding and the next is not BOS.
  * `modalityOf(id)` gives a non-padding token's modality id in [0, modalities).
  */
-export function makeBatch(sequences: ArrayLike<number>[], options: BatchRowsOptions & { device?: string }): Batch {
-  const device = options.device ?? 'cpu';
+export function makeBatch(sequences: ArrayLike<number>[], options: BatchRowsOptions & { device?: DeviceInput }): Batch {
+  const device = normalizeDevice(options.device ?? 'cpu', 'makeBatch');
   const rows = batchRows(sequences, options);
   const { targets, targetModality, counts } = rows;
   const T = targets.length;

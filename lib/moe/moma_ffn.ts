@@ -19,7 +19,7 @@ import { MomaError } from '../errors';
 import { DType } from '../dtype';
 import { randn, tensor } from '../creation';
 import { gradEnabled } from '../autograd/tape';
-import { getDefaultDevice } from '../device';
+import { DeviceInput, DeviceName, getDefaultDevice, normalizeDevice } from '../device';
 import { matmul } from '../ops';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
@@ -57,7 +57,8 @@ export interface MoMaFFNConfig {
   routing?: RoutingMode;
   /** Token choice: experts per row (default 2). */
   topK?: number;
-  device?: string;
+  /** 'cpu', 'cuda' or 'cuda:N' (default: getDefaultDevice()); the resolved config holds the DeviceName. */
+  device?: DeviceInput;
   dtype?: 'float32' | 'bfloat16';
   seed?: number;
   initStd?: number;
@@ -140,7 +141,7 @@ export function moeLayoutOf(config: Pick<MoMaFFNConfig, 'groups' | 'modalities'>
 }
 
 export class MoMaFFN {
-  readonly config: Readonly<Required<Omit<MoMaFFNConfig, 'device' | 'seed'>>> & { device: string };
+  readonly config: Readonly<Required<Omit<MoMaFFNConfig, 'device' | 'seed'>>> & { device: DeviceName };
   readonly layout: MoeLayout;
   readonly numExperts: number;
   private readonly owner: MoMaFFNParameterOwner;
@@ -167,7 +168,7 @@ export class MoMaFFN {
     if (dtype !== 'float32' && dtype !== 'bfloat16') throw new MomaError('ERR_DTYPE', `MoMaFFN: dtype must be float32 or bfloat16, got ${String(dtype)}`);
     const initStd = config.initStd ?? 0.02;
     if (typeof initStd !== 'number' || !(initStd >= 0)) throw new MomaError('ERR_ARG', `MoMaFFN: initStd must be >= 0, got ${String(initStd)}`);
-    const device = config.device ?? getDefaultDevice();
+    const device = config.device === undefined ? getDefaultDevice() : normalizeDevice(config.device, 'MoMaFFN');
     this.config = {
       dModel, dFF, groups: config.groups.map((g) => ({ ...g })), modalities: config.modalities ?? ['text', 'image'],
       capacityFactor, router, gumbel: config.gumbel ?? false, routing, topK, dtype, initStd, device,
@@ -272,16 +273,16 @@ export class MoMaFFN {
     const { w1, w2, w3 } = weights;
     const partition = moePartition(modality, layout);
     const logits = matmul(x.dtype === 'float32' ? x : x.astype('float32'), params.router);
-    const scores = routerScores(logits, partition.rowGroup, layout, { fn: this.config.router, gumbel: noisy ? options.generator : undefined });
+    const scores = routerScores(logits, { rowGroup: partition.rowGroup, layout, fn: this.config.router, gumbel: noisy ? options.generator : undefined });
     logits.dispose();
     const routing = options.select === undefined
-      ? route(scores, partition, layout, { mode: this.config.routing, capacityFactor: this.config.capacityFactor, topK: this.config.topK })
-      : route(scores, partition, layout, { mode: 'threshold', select: options.select });
+      ? route(scores, partition, { layout, mode: this.config.routing, capacityFactor: this.config.capacityFactor, topK: this.config.topK })
+      : route(scores, partition, { layout, mode: 'threshold', select: options.select });
     const xd = gatherRows(x, routing.slotRow);
     // h1 = xd·w1, h3 = xd·w3 and a = silu(h1) ⊙ h3 in one fused grouped GEMM; the pre-activations are kept
     // only when a backward can follow
-    const { a, h1, h3 } = groupedMatmulSwiglu(xd, w1, w3, routing.expertOffsets, { keepPreactivations: gradEnabled() });
-    const out = groupedMatmul(a, w2, routing.expertOffsets);
+    const { a, h1, h3 } = groupedMatmulSwiglu(xd, { w1, w3 }, { offsets: routing.expertOffsets, keepPreactivations: gradEnabled() });
+    const out = groupedMatmul(a, w2, { offsets: routing.expertOffsets });
     const y = combineRows(out, routing.rowSlots, routing.slotGate);
     const saved: Saved = {
       partition, scores, routing, x, weights, xd, h1, h3, a, out, disposed: false,
@@ -319,15 +320,15 @@ export class MoMaFFN {
     const dscores = gateGrad(saved.out, dyc, { slotRow: routing.slotRow, expertOffsets: offs, layout });
     const dout = gatherRows(dyc, routing.slotRow, routing.slotGate);
     if (dyc !== dy) dyc.dispose();
-    const dw2 = groupedMatmulWgrad(saved.a, dout, offs);
-    const da = groupedMatmul(dout, w2, offs, { transW: true });
+    const dw2 = groupedMatmulWgrad(saved.a, dout, { offsets: offs });
+    const da = groupedMatmul(dout, w2, { offsets: offs, transW: true });
     dout.dispose();
     const { dh1, dh3 } = swigluBackward(saved.h1, saved.h3, da);
     da.dispose();
-    const dw1 = groupedMatmulWgrad(saved.xd, dh1, offs);
-    const dw3 = groupedMatmulWgrad(saved.xd, dh3, offs);
-    const dxd1 = groupedMatmul(dh1, w1, offs, { transW: true });
-    const dxd3 = groupedMatmul(dh3, w3, offs, { transW: true });
+    const dw1 = groupedMatmulWgrad(saved.xd, dh1, { offsets: offs });
+    const dw3 = groupedMatmulWgrad(saved.xd, dh3, { offsets: offs });
+    const dxd1 = groupedMatmul(dh1, w1, { offsets: offs, transW: true });
+    const dxd3 = groupedMatmul(dh3, w3, { offsets: offs, transW: true });
     dh1.dispose();
     dh3.dispose();
     const dxd = dxd1.add(dxd3);

@@ -9,7 +9,7 @@ import { native, TensorHandle } from '../binding';
 import { MomaError } from '../errors';
 import { philoxBlocksGumbel, slotBound } from '../formulas';
 import { NATIVE_TABLES } from '../native_tables';
-import { requireOptions } from '../options';
+import { requireFields, requireOptions } from '../options';
 import { Generator } from '../random';
 import { handleOf, Tensor, wrap } from '../tensor';
 
@@ -120,12 +120,24 @@ export function moePartition(modality: Tensor, layout: MoeLayout): Partition {
   return bundle({ rowGroup: wrap(rowGroup), counts: wrap(counts), offsets: wrap(offsets), perm: wrap(perm) });
 }
 
+export interface RouterScoresOptions {
+  /** [T] int32 group of each row (Partition.rowGroup). */
+  rowGroup: Tensor;
+  layout: MoeLayout;
+  /** 'sigmoid' (default) or 'softmax' over each row's group. */
+  fn?: RouterFn;
+  /** Adds Gumbel-sigmoid noise drawn from this generator (which advances). */
+  gumbel?: Generator;
+}
+
 /**
- * Router scores [T, E] from logits [T, E]: sigmoid (default) or softmax over each row's group;
- * with `gumbel`, Gumbel-sigmoid noise from that generator (which advances).
+ * Router scores [T, E] from logits [T, E]: `routerScores(logits, { rowGroup, layout, fn, gumbel })`,
+ * sigmoid (default) or softmax over each row's group; with `gumbel`, Gumbel-sigmoid noise from
+ * that generator (which advances).
  */
-export function routerScores(logits: Tensor, rowGroup: Tensor, layout: MoeLayout, options: { fn?: RouterFn; gumbel?: Generator } = {}): Tensor {
+export function routerScores(logits: Tensor, options: RouterScoresOptions): Tensor {
   const op = 'moe_router_scores';
+  const { rowGroup, layout } = requireOptions(options, 'routerScores', ['rowGroup', 'layout']);
   const L = checkLayout(layout, op);
   const fn = routerCode(options.fn, op);
   const lh = handleOf(logits, op, 'logits');
@@ -169,13 +181,19 @@ export function moeSlotBound(rows: number, layout: MoeLayout, options: RoutingOp
   return slotBound(rows, L.experts, options.mode ?? 'expert-choice', capacity, topK);
 }
 
+export interface RouteOptions extends RoutingOptions {
+  layout: MoeLayout;
+}
+
 /**
- * Which rows each expert takes (expert choice by default; SPEC §2). Threshold mode (SPEC §4,
- * causal): expert e takes every row t of its group with options.select[t, e] > 0.5 (NaN: not),
- * gated by scores[t, e]; single-expert groups take all their rows with gate 1.
+ * Which rows each expert takes: `route(scores, partition, { layout, mode, capacityFactor, topK, select })`
+ * (expert choice by default; SPEC §2). Threshold mode (SPEC §4, causal): expert e takes every row
+ * t of its group with options.select[t, e] > 0.5 (NaN: not), gated by scores[t, e]; single-expert
+ * groups take all their rows with gate 1.
  */
-export function route(scores: Tensor, partition: Partition, layout: MoeLayout, options: RoutingOptions = {}): Routing {
+export function route(scores: Tensor, partition: Partition, options: RouteOptions): Routing {
   const op = 'moe_route';
+  const { layout } = requireOptions(options, 'route', ['layout']);
   const L = checkLayout(layout, op);
   const { mode, capacity, topK } = routingArgs(options, op);
   const threshold = mode === ROUTING_MODE.threshold;
@@ -220,27 +238,46 @@ export function gateGrad(out: Tensor, dy: Tensor, options: GateGradOptions): Ten
     handleOf(expertOffsets, op, 'expertOffsets'), L.experts, L.groupOfModality));
 }
 
-/** Grouped GEMM: rows of segment e times w[e] ([E, K, N], or [E, N, K] with transW). */
-export function groupedMatmul(x: Tensor, w: Tensor, offsets: Tensor, options: { transW?: boolean } = {}): Tensor {
-  const op = 'grouped_matmul';
-  return wrap(native().groupedMatmul(handleOf(x, op, 'x'), handleOf(w, op, 'w'), handleOf(offsets, op, 'offsets'), options.transW === true));
-}
-
-/** Weight gradient of groupedMatmul: dw[e] = x[seg e]ᵀ · dy[seg e] (float32 [E, K, N]). */
-export function groupedMatmulWgrad(x: Tensor, dy: Tensor, offsets: Tensor): Tensor {
-  const op = 'grouped_matmul_wgrad';
-  return wrap(native().groupedMatmulWgrad(handleOf(x, op, 'x'), handleOf(dy, op, 'dy'), handleOf(offsets, op, 'offsets')));
+export interface GroupedOptions {
+  /** int32 [E + 1]: segment e is rows [offsets[e], offsets[e + 1]) of x (Routing.expertOffsets). */
+  offsets: Tensor;
 }
 
 /**
- * The expert FFN's first half in one pass: h1 = x·w1[e], h3 = x·w3[e] on each expert's segment and
+ * Grouped GEMM: `groupedMatmul(x, w, { offsets, transW })`, the rows of segment e times w[e]
+ * ([E, K, N], or [E, N, K] with transW).
+ */
+export function groupedMatmul(x: Tensor, w: Tensor, options: GroupedOptions & { transW?: boolean }): Tensor {
+  const op = 'grouped_matmul';
+  const { offsets } = requireOptions(options, 'groupedMatmul', ['offsets']);
+  return wrap(native().groupedMatmul(handleOf(x, op, 'x'), handleOf(w, op, 'w'), handleOf(offsets, op, 'offsets'), options.transW === true));
+}
+
+/** Weight gradient of groupedMatmul: `groupedMatmulWgrad(x, dy, { offsets })`, dw[e] = x[seg e]ᵀ · dy[seg e] (float32 [E, K, N]). */
+export function groupedMatmulWgrad(x: Tensor, dy: Tensor, options: GroupedOptions): Tensor {
+  const op = 'grouped_matmul_wgrad';
+  const { offsets } = requireOptions(options, 'groupedMatmulWgrad', ['offsets']);
+  return wrap(native().groupedMatmulWgrad(handleOf(x, op, 'x'), handleOf(dy, op, 'dy'), handleOf(offsets, op, 'offsets')));
+}
+
+/** The two input projections of the expert FFN, each [E, K, N]. */
+export interface SwigluWeights {
+  w1: Tensor;
+  w3: Tensor;
+}
+
+/**
+ * The expert FFN's first half in one pass, `groupedMatmulSwiglu(x, { w1, w3 }, { offsets, keepPreactivations })`:
+ * h1 = x·w1[e], h3 = x·w3[e] on each expert's segment and
  * a = silu(h1) ⊙ h3 from the float32 products (rounded once to the output dtype; on CUDA one fused
  * grouped GEMM, on the CPU groupedMatmul twice and swiglu). h1 and h3 are returned only with
  * `keepPreactivations` (swigluBackward reads them).
  */
-export function groupedMatmulSwiglu(x: Tensor, w1: Tensor, w3: Tensor, offsets: Tensor,
-  options: { keepPreactivations?: boolean } = {}): { a: Tensor; h1: Tensor | null; h3: Tensor | null } {
+export function groupedMatmulSwiglu(x: Tensor, weights: SwigluWeights,
+  options: GroupedOptions & { keepPreactivations?: boolean }): { a: Tensor; h1: Tensor | null; h3: Tensor | null } {
   const op = 'grouped_matmul_swiglu';
+  const { w1, w3 } = requireFields(weights, { fn: 'groupedMatmulSwiglu', argument: 'weights' }, ['w1', 'w3']);
+  const { offsets } = requireOptions(options, 'groupedMatmulSwiglu', ['offsets']);
   const keep = options.keepPreactivations === true;
   const out = native().groupedMatmulSwiglu(handleOf(x, op, 'x'), handleOf(w1, op, 'w1'), handleOf(w3, op, 'w3'),
     handleOf(offsets, op, 'offsets'), keep);

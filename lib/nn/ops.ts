@@ -5,6 +5,7 @@
  */
 import { native, NativeAdamWParams } from '../binding';
 import { MomaError } from '../errors';
+import { requireFields, requireOptions } from '../options';
 import { handleOf, Tensor, wrap } from '../tensor';
 
 function num(value: unknown, op: string, name: string): number {
@@ -12,28 +13,59 @@ function num(value: unknown, op: string, name: string): number {
   return value;
 }
 
+export interface NormOptions {
+  /** Added to the mean square (RMSNorm) or the variance (LayerNorm) before the square root; default 1e-5. */
+  eps?: number;
+}
+
 /** y = x · rstd · weight over the last dim; rstd (float32, x's leading shape) is saved for the backward. */
-export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): { y: Tensor; rstd: Tensor } {
+export function rmsNorm(x: Tensor, weight: Tensor, options: NormOptions = {}): { y: Tensor; rstd: Tensor } {
   const op = 'rms_norm';
-  const [y, rstd] = native().rmsNorm(handleOf(x, op, 'x'), handleOf(weight, op, 'weight'), num(eps, op, 'eps'));
+  const [y, rstd] = native().rmsNorm(handleOf(x, op, 'x'), handleOf(weight, op, 'weight'), num(options.eps ?? 1e-5, op, 'eps'));
   return { y: wrap(y), rstd: wrap(rstd) };
 }
 
-export function rmsNormBackward(x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor): { dx: Tensor; dweight: Tensor } {
+/** What rmsNormBackward reads: the forward's input and weight, and the rstd it returned. */
+export interface RmsNormSaved {
+  x: Tensor;
+  weight: Tensor;
+  rstd: Tensor;
+}
+
+/** Gradients of rmsNorm's x and weight from dy, the gradient of its y. */
+export function rmsNormBackward(dy: Tensor, saved: RmsNormSaved): { dx: Tensor; dweight: Tensor } {
   const op = 'rms_norm_backward';
+  const { x, weight, rstd } = requireFields(saved, { fn: 'rmsNormBackward', argument: 'saved' }, ['x', 'weight', 'rstd']);
   const [dx, dw] = native().rmsNormBackward(handleOf(x, op, 'x'), handleOf(weight, op, 'weight'), handleOf(rstd, op, 'rstd'), handleOf(dy, op, 'dy'));
   return { dx: wrap(dx), dweight: wrap(dw) };
 }
 
-/** LayerNorm over the last dim of x [..., G, D] with weight and bias [G, D] (QK-norm: G = heads). */
-export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): { y: Tensor; mean: Tensor; rstd: Tensor } {
+/** The affine parameters of a LayerNorm, each [G, D]. */
+export interface LayerNormAffine {
+  weight: Tensor;
+  bias: Tensor;
+}
+
+/** LayerNorm over the last dim of x [..., G, D] with `affine`'s weight and bias [G, D] (QK-norm: G = heads). */
+export function layerNorm(x: Tensor, affine: LayerNormAffine, options: NormOptions = {}): { y: Tensor; mean: Tensor; rstd: Tensor } {
   const op = 'layer_norm';
-  const [y, mean, rstd] = native().layerNorm(handleOf(x, op, 'x'), handleOf(weight, op, 'weight'), handleOf(bias, op, 'bias'), num(eps, op, 'eps'));
+  const { weight, bias } = requireFields(affine, { fn: 'layerNorm', argument: 'affine' }, ['weight', 'bias']);
+  const [y, mean, rstd] = native().layerNorm(handleOf(x, op, 'x'), handleOf(weight, op, 'weight'), handleOf(bias, op, 'bias'), num(options.eps ?? 1e-5, op, 'eps'));
   return { y: wrap(y), mean: wrap(mean), rstd: wrap(rstd) };
 }
 
-export function layerNormBackward(x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, dy: Tensor): { dx: Tensor; dweight: Tensor; dbias: Tensor } {
+/** What layerNormBackward reads: the forward's input and weight, and the mean and rstd it returned. */
+export interface LayerNormSaved {
+  x: Tensor;
+  weight: Tensor;
+  mean: Tensor;
+  rstd: Tensor;
+}
+
+/** Gradients of layerNorm's x, weight and bias from dy, the gradient of its y. */
+export function layerNormBackward(dy: Tensor, saved: LayerNormSaved): { dx: Tensor; dweight: Tensor; dbias: Tensor } {
   const op = 'layer_norm_backward';
+  const { x, weight, mean, rstd } = requireFields(saved, { fn: 'layerNormBackward', argument: 'saved' }, ['x', 'weight', 'mean', 'rstd']);
   const [dx, dw, db] = native().layerNormBackward(handleOf(x, op, 'x'), handleOf(weight, op, 'weight'), handleOf(mean, op, 'mean'),
     handleOf(rstd, op, 'rstd'), handleOf(dy, op, 'dy'));
   return { dx: wrap(dx), dweight: wrap(dw), dbias: wrap(db) };
@@ -45,20 +77,44 @@ export function rope(x: Tensor, positions: Tensor, options: { theta?: number; in
   return wrap(native().rope(handleOf(x, op, 'x'), handleOf(positions, op, 'positions'), num(options.theta ?? 10000, op, 'theta'), options.inverse === true));
 }
 
+export interface AttentionOptions {
+  /** int32 [N]: row t attends to rows [segStart[t], t] (segStart[t] is t or segStart[t-1]). */
+  segStart: Tensor;
+  /** Multiplies q·k before the softmax; default 1/sqrt(D). */
+  scale?: number;
+}
+
 /**
- * Causal attention inside contiguous segments: row t attends to rows [segStart[t], t]
- * (segStart[t] is t or segStart[t-1]). q, k, v [N, H, D]; scale defaults to 1/sqrt(D).
+ * Causal attention inside contiguous segments: `attention(q, k, v, { segStart, scale })` with
+ * q, k, v [N, H, D]; row t attends to rows [segStart[t], t]. Returns the output o [N, H, D] and
+ * the float32 log-sum-exp lse [N, H] that attentionBackward reads.
  */
-export function attention(q: Tensor, k: Tensor, v: Tensor, segStart: Tensor, scale?: number): { o: Tensor; lse: Tensor } {
+export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions): { o: Tensor; lse: Tensor } {
   const op = 'attention';
+  const { segStart, scale } = requireOptions(options, 'attention', ['segStart']);
   const s = scale ?? 1 / Math.sqrt(q.shape[q.shape.length - 1] ?? 1);
   const [o, lse] = native().attention(handleOf(q, op, 'q'), handleOf(k, op, 'k'), handleOf(v, op, 'v'), handleOf(segStart, op, 'segStart'), num(s, op, 'scale'));
   return { o: wrap(o), lse: wrap(lse) };
 }
 
-export function attentionBackward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, dout: Tensor, segStart: Tensor, scale?: number): { dq: Tensor; dk: Tensor; dv: Tensor } {
+/** What attentionBackward reads: the forward's inputs, its segStart, and the o and lse it returned. */
+export interface AttentionSaved {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  o: Tensor;
+  lse: Tensor;
+  segStart: Tensor;
+}
+
+/**
+ * Gradients of attention's q, k and v from dout, the gradient of its o:
+ * `attentionBackward(dout, { q, k, v, o, lse, segStart }, { scale })` (scale as in the forward).
+ */
+export function attentionBackward(dout: Tensor, saved: AttentionSaved, options: { scale?: number } = {}): { dq: Tensor; dk: Tensor; dv: Tensor } {
   const op = 'attention_backward';
-  const s = scale ?? 1 / Math.sqrt(q.shape[q.shape.length - 1] ?? 1);
+  const { q, k, v, o, lse, segStart } = requireFields(saved, { fn: 'attentionBackward', argument: 'saved' }, ['q', 'k', 'v', 'o', 'lse', 'segStart']);
+  const s = options.scale ?? 1 / Math.sqrt(q.shape[q.shape.length - 1] ?? 1);
   const [dq, dk, dv] = native().attentionBackward(handleOf(q, op, 'q'), handleOf(k, op, 'k'), handleOf(v, op, 'v'), handleOf(o, op, 'o'),
     handleOf(lse, op, 'lse'), handleOf(dout, op, 'dout'), handleOf(segStart, op, 'segStart'), num(s, op, 'scale'));
   return { dq: wrap(dq), dk: wrap(dk), dv: wrap(dv) };
@@ -71,9 +127,22 @@ export function crossEntropy(logits: Tensor, targets: Tensor): { nll: Tensor; ls
   return { nll: wrap(nll), lse: wrap(lse) };
 }
 
-/** dlogits = gradNll·(p − onehot) + gradZ·2·lse·p (gradZ optional: the z-loss term). */
-export function crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, gradNll: Tensor, gradZ?: Tensor): Tensor {
+/** What crossEntropyBackward reads: the forward's logits and targets, and the lse it returned. */
+export interface CrossEntropySaved {
+  logits: Tensor;
+  targets: Tensor;
+  lse: Tensor;
+}
+
+/**
+ * dlogits = gradNll·(p − onehot) + gradZ·2·lse·p, with gradNll [N] the gradient of the nll and
+ * the optional options.gradZ [N] that of lse² (the z-loss term):
+ * `crossEntropyBackward(gradNll, { logits, targets, lse }, { gradZ })`.
+ */
+export function crossEntropyBackward(gradNll: Tensor, saved: CrossEntropySaved, options: { gradZ?: Tensor } = {}): Tensor {
   const op = 'cross_entropy_backward';
+  const { logits, targets, lse } = requireFields(saved, { fn: 'crossEntropyBackward', argument: 'saved' }, ['logits', 'targets', 'lse']);
+  const gradZ = options.gradZ;
   return wrap(native().crossEntropyBackward(handleOf(logits, op, 'logits'), handleOf(targets, op, 'targets'), handleOf(lse, op, 'lse'),
     handleOf(gradNll, op, 'gradNll'), gradZ === undefined ? null : handleOf(gradZ, op, 'gradZ')));
 }
@@ -90,9 +159,22 @@ export interface AdamWStep {
   step: number;
 }
 
-/** One fused AdamW step; returns the new parameter and moments (and a bf16 copy when asked). */
-export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq: Tensor, h: AdamWStep, options: { bf16Copy?: boolean } = {}): { param: Tensor; expAvg: Tensor; expAvgSq: Tensor; bf16?: Tensor } {
+/** The tensors of one parameter that an AdamW step reads: the parameter, its gradient and its two moments. */
+export interface AdamWTensors {
+  param: Tensor;
+  grad: Tensor;
+  expAvg: Tensor;
+  expAvgSq: Tensor;
+}
+
+/**
+ * One fused AdamW step: `adamwStep({ param, grad, expAvg, expAvgSq }, hyper, { bf16Copy })`.
+ * Returns the new parameter and moments (and a bf16 copy of the parameter with bf16Copy).
+ */
+export function adamwStep(tensors: AdamWTensors, h: AdamWStep, options: { bf16Copy?: boolean } = {}): { param: Tensor; expAvg: Tensor; expAvgSq: Tensor; bf16?: Tensor } {
   const op = 'adamw';
+  const { param, grad, expAvg, expAvgSq } = requireFields(tensors, { fn: 'adamwStep', argument: 'tensors' }, ['param', 'grad', 'expAvg', 'expAvgSq']);
+  requireFields(h, { fn: 'adamwStep', argument: 'hyper' }, ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'step']);
   if (!Number.isInteger(h.step) || h.step < 1) throw new MomaError('ERR_ARG', `${op}: step must be an integer >= 1, got ${String(h.step)}`);
   const hyper: NativeAdamWParams = {
     lr: num(h.lr, op, 'lr'), beta1: num(h.beta1, op, 'beta1'), beta2: num(h.beta2, op, 'beta2'), eps: num(h.eps, op, 'eps'),

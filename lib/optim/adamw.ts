@@ -120,7 +120,7 @@ export class AdamW {
           s = { m: zeros(p.shape, { device: p.device }), v: zeros(p.shape, { device: p.device }) };
           this.state.set(name, s);
         }
-        const out = adamwStep(p, p.grad, s.m, s.v, {
+        const out = adamwStep({ param: p, grad: p.grad, expAvg: s.m, expAvgSq: s.v }, {
           lr, beta1: this.options.betas[0], beta2: this.options.betas[1], eps: this.options.eps,
           weightDecay: this.options.decay(name) ? this.options.weightDecay : 0, step: this.step,
         });

@@ -9,6 +9,7 @@
 import * as path from 'path';
 import { backward } from '../autograd/tape';
 import { tidy } from '../autograd/scope';
+import type { DeviceInput } from '../device';
 import { MomaError } from '../errors';
 import { AuxRouters, AUX_ROUTERS_FILE } from '../model/aux_router';
 import { disposeBatch, makeBatch } from '../model/transformer';
@@ -34,7 +35,7 @@ export interface AuxTrainOptions {
   seed?: number;
   /** 'builtin' or a shard-set folder (needed for a checkpoint outside a run). */
   data?: string;
-  device?: string;
+  device?: DeviceInput;
   /** Held-out metrics every this many steps (0: only before and after). */
   evalEvery?: number;
   /** Working folder for relative paths (default process.cwd()). */

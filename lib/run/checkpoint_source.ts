@@ -6,6 +6,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import type { DeviceInput } from '../device';
 import { MomaError } from '../errors';
 import { Transformer, TransformerConfig } from '../model/transformer';
 import { AuxRouters, AUX_ROUTERS_FILE } from '../model/aux_router';
@@ -82,7 +83,7 @@ export function openCheckpoint(arg: string | undefined, op: string, cwd = proces
 }
 
 /** The model of a checkpoint on `device` (default: the device it was trained on). */
-export function loadModel(source: CheckpointSource, device?: string): Transformer {
+export function loadModel(source: CheckpointSource, device?: DeviceInput): Transformer {
   const model = new Transformer({ ...source.config, device: device ?? source.config.device });
   try {
     loadCheckpointInto(source.dir, model);

@@ -11,7 +11,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { z } from 'zod';
-import { cudaDeviceCount, bestDevice, normalizeDevice } from '../device';
+import { cudaDeviceCount, bestDevice, DeviceName, normalizeDevice } from '../device';
 import { MomaError } from '../errors';
 import { readJson } from '../io/files';
 import { preset, PresetOverrides } from '../model/presets';
@@ -25,7 +25,8 @@ export interface RunSettings {
   model: ModelOverrides;
   /** 'builtin' (captioned shapes) or a shard set folder. */
   data: string;
-  device: string;
+  /** Resolved by resolveRunConfig: 'cuda' becomes 'cuda:0'. */
+  device: DeviceName;
   steps: number;
   batchSize: number;
   seqLen: number;
@@ -234,7 +235,7 @@ function checkPresetAndDevice(settings: RunSettings, nameOfKey: (key: SettingKey
     const overrides = Object.keys(settings.model).length > 0 ? ` with ${nameOfKey('model')} ${show(settings.model)}` : '';
     throw new MomaError('ERR_ARG', `run config: ${nameOfKey('preset')} '${settings.preset}'${overrides}: ${err.message}`);
   }
-  let device: string;
+  let device: DeviceName;
   try {
     device = normalizeDevice(settings.device, 'run config');
   } catch (err) {

@@ -126,6 +126,9 @@ export interface TrainerEvents {
   end: { step: number };
 }
 
+/** A listener of the Trainer event `E`: called with that event's one payload. */
+export type TrainerListener<E extends keyof TrainerEvents> = (payload: TrainerEvents[E]) => void;
+
 export class Trainer extends EventEmitter {
   readonly model: Transformer;
   readonly optimizer: AdamW;
@@ -402,20 +405,41 @@ export class Trainer extends EventEmitter {
   }
 
   /** Calls `listener` with the payload of every `event` (see TrainerEvents). */
-  override on<E extends keyof TrainerEvents>(event: E, listener: (payload: TrainerEvents[E]) => void): this {
+  override on<E extends keyof TrainerEvents>(event: E, listener: TrainerListener<E>): this {
     return super.on(event, listener);
   }
 
+  /** on() under its other name. */
+  override addListener<E extends keyof TrainerEvents>(event: E, listener: TrainerListener<E>): this {
+    return super.addListener(event, listener);
+  }
+
+  /** on(), with `listener` called before the listeners added so far. */
+  override prependListener<E extends keyof TrainerEvents>(event: E, listener: TrainerListener<E>): this {
+    return super.prependListener(event, listener);
+  }
+
   /** Calls `listener` with the payload of the next `event` only. */
-  override once<E extends keyof TrainerEvents>(event: E, listener: (payload: TrainerEvents[E]) => void): this {
+  override once<E extends keyof TrainerEvents>(event: E, listener: TrainerListener<E>): this {
     return super.once(event, listener);
   }
 
-  /** Removes a listener added with on() or once(). */
-  override off<E extends keyof TrainerEvents>(event: E, listener: (payload: TrainerEvents[E]) => void): this {
+  /** once(), with `listener` called before the listeners added so far. */
+  override prependOnceListener<E extends keyof TrainerEvents>(event: E, listener: TrainerListener<E>): this {
+    return super.prependOnceListener(event, listener);
+  }
+
+  /** Removes a listener added with on(), once() or their aliases. */
+  override off<E extends keyof TrainerEvents>(event: E, listener: TrainerListener<E>): this {
     return super.off(event, listener);
   }
 
+  /** off() under its other name. */
+  override removeListener<E extends keyof TrainerEvents>(event: E, listener: TrainerListener<E>): this {
+    return super.removeListener(event, listener);
+  }
+
+  /** Calls the listeners of `event` with `payload` (the Trainer emits its own events; typed for subclasses and tests). */
   override emit<E extends keyof TrainerEvents>(event: E, payload: TrainerEvents[E]): boolean {
     return super.emit(event, payload);
   }

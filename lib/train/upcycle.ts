@@ -8,6 +8,7 @@
 import * as path from 'path';
 import { noGrad } from '../autograd/tape';
 import { randn, tensor } from '../creation';
+import type { DeviceInput } from '../device';
 import { MomaError } from '../errors';
 import { concat } from '../ops';
 import { Generator } from '../random';
@@ -22,7 +23,8 @@ export interface UpcycleOptions {
   experts: number[];
   routerStd?: number;
   seed?: number;
-  device?: string;
+  /** Device of the new model (default: the checkpoint's). */
+  device?: DeviceInput;
 }
 
 export function upcycleCheckpoint(dir: string, options: UpcycleOptions): { model: Transformer; config: TransformerConfig; dataPosition: unknown } {

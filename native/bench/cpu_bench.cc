@@ -193,7 +193,8 @@ void run_cpu(Runner& runner) {
       g.lda = c.tA ? c.M : c.K;
       g.ldb = c.tB ? c.K : c.N;
       g.ldc = c.N;
-      const double s = median_seconds([&] { cpu::gemm_f32(g, A.data(), B.data(), C.data()); });
+      const double s = median_seconds([&] { cpu::gemm(kCpuLaunch, DType::F32, A.data(), DType::F32, B.data(),
+                                                      DType::F32, C.data(), g); });
       const double rate = 2.0 * double(c.M) * double(c.N) * double(c.K) / s / 1e9;
       std::string shape = shape_str({c.M, c.N, c.K});
       if (c.tA) shape += " tA";

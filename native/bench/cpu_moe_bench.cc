@@ -120,14 +120,16 @@ void run_layout(Runner& runner, const std::string& name, const MoeLayout& L, con
       std::vector<float> w1(sz(E * d * f));
       cpu::random_uniform(kCpuLaunch, DType::F32, w1.data(), E * d * f, 13, 0, -0.03f, 0.03f);
       const auto fwd = [&] {
-        cpu::grouped_gemm(xs.data(), w1.data(), false, expert_offsets.data(), E, R, d, f, h1.data());
+        cpu::grouped_gemm(kCpuLaunch, DType::F32, xs.data(), DType::F32, w1.data(), false, expert_offsets.data(), E,
+                          R, d, f, DType::F32, h1.data());
       };
       if (want("moe.grouped_gemm")) report_flops("moe.grouped_gemm", gshape, flops, median_seconds(fwd, kGemmTarget));
       if (want("moe.grouped_gemm_wgrad")) {
         // dW1[e] = xs[seg e]^T @ dh1[seg e], with w1's storage reused for dW1.
         cpu::random_uniform(kCpuLaunch, DType::F32, h3.data(), R * f, 14, 0, -1.0f, 1.0f);
         const auto wgrad = [&] {
-          cpu::grouped_gemm_wgrad(xs.data(), h3.data(), expert_offsets.data(), E, R, d, f, w1.data());
+          cpu::grouped_gemm_wgrad(kCpuLaunch, DType::F32, xs.data(), DType::F32, h3.data(), expert_offsets.data(), E,
+                                  R, d, f, w1.data());
         };
         report_flops("moe.grouped_gemm_wgrad", gshape, flops, median_seconds(wgrad, kGemmTarget));
       }

@@ -89,7 +89,7 @@ void run_cuda(Runner& runner) {
     cuda::random_uniform(ctx, c.in, B.get(), c.K * c.N, 2, 0, -1.0f, 1.0f);
     const GemmShape g = gemm_shape(c.M, c.N, c.K);
     const double s =
-        gpu_seconds([&] { cuda::gemm(st, c.in, A.get(), c.in, B.get(), DType::F32, C.get(), g); });
+        gpu_seconds([&] { cuda::gemm(ctx, c.in, A.get(), c.in, B.get(), DType::F32, C.get(), g); });
     const double tflops = 2.0 * double(c.M) * double(c.N) * double(c.K) / s / 1e12;
     if (!c.ceiling) runner.note(std::string(c.op) + " " + shape_str({c.M, c.N, c.K}) + ": " + cuda::gemm_tile_config(c.in, c.in, g));
     if (c.ceiling) gemm_peak = std::max(gemm_peak, tflops);
@@ -110,7 +110,6 @@ void run_cuda(Runner& runner) {
     for (int64_t i = 0; i < rows; ++i) host_idx[size_t(i)] = int32_t((i * 7919) % rows);
     cuda::copy_h2d(kDev, idx.get(), host_idx.data(), host_idx.size() * 4);
   }
-  int32_t* err = cuda::error_word(kDev);
   const std::string rc = shape_str({rows, cols});
   const StridedView full = view2(rows, cols, cols, 1), row_bcast = view2(rows, cols, 0, 1);
   const StridedView transposed = view2(8192, 4096, 1, 8192);

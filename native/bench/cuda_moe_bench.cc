@@ -64,7 +64,8 @@ Ceilings measure_ceilings(void* st) {
     cuda::random_uniform(ctx, DType::BF16, A.get(), M * K, 1, 0, -1.0f, 1.0f);
     cuda::random_uniform(ctx, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
     const GemmShape g = gemm_shape(M, N, K);
-    const double s = gpu_seconds([&] { cuda::gemm(st, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32, C.get(), g); });
+    const double s = gpu_seconds([&] { cuda::gemm(ctx, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32,
+                                                  C.get(), g); });
     c.gemm_tflops = 2.0 * double(M) * double(N) * double(K) / s / 1e12;
   }
   return c;
@@ -75,7 +76,6 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
   const LaunchCtx ctx{st, cuda::error_word(kDev)};
   const int64_t T = static_cast<int64_t>(modality_host.size());
   const int64_t E = L.num_experts, W = L.max_group_experts, G = L.num_groups;
-  int32_t* err = cuda::error_word(kDev);
   const auto want = [&](const char* op) { return runner.wanted("cuda", op); };
   const std::string tag = name + " T" + std::to_string(T) + " ";
   const auto report_bw = [&](const char* op, const std::string& shape, double bytes, double s) {
@@ -161,13 +161,13 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
       cuda::random_uniform(ctx, DType::BF16, w1.get(), E * d * f, 13, 0, -0.03f, 0.03f);
       if (want("moe.grouped_gemm"))
         report_flops("moe.grouped_gemm", gshape, flops, gpu_seconds([&] {
-                       cuda::grouped_gemm(st, err, DType::BF16, xs.get(), DType::BF16, w1.get(), false,
+                       cuda::grouped_gemm(ctx, DType::BF16, xs.get(), DType::BF16, w1.get(), false,
                                           expert_offsets.as<int32_t>(), E, R, d, f, DType::BF16, h1.get());
                      }));
       if (want("moe.grouped_gemm_wgrad")) {
         cuda::random_uniform(ctx, DType::BF16, h3.get(), R * f, 14, 0, -1.0f, 1.0f);
         report_flops("moe.grouped_gemm_wgrad", gshape + " ->f32", flops, gpu_seconds([&] {
-                       cuda::grouped_gemm_wgrad(st, err, DType::BF16, xs.get(), DType::BF16, h3.get(),
+                       cuda::grouped_gemm_wgrad(ctx, DType::BF16, xs.get(), DType::BF16, h3.get(),
                                                 expert_offsets.as<int32_t>(), E, R, d, f, dw.as<float>());
                      }));
       }
@@ -198,15 +198,15 @@ void run_layout(Runner& runner, const Ceilings& ceil, void* st, const std::strin
     const double flops = 2.0 * double(used) * double(d) * double(f);
     if (want("moe.grouped_gemm_swiglu"))
       report_flops("moe.grouped_gemm_swiglu", shape_str({used, d, f}) + " x2 bf16", 2.0 * flops, gpu_seconds([&] {
-                     cuda::grouped_gemm_swiglu(st, err, DType::BF16, xs.get(), DType::BF16, w1.get(), w3.get(), false,
-                                               expert_offsets.as<int32_t>(), E, R, d, f, DType::BF16, a.get(), h1.get(),
-                                               h3.get());
+                     cuda::grouped_gemm_swiglu(ctx, DType::BF16, xs.get(), DType::BF16, w1.get(), w3.get(), false,
+                                               expert_offsets.as<int32_t>(), E, R, d, f, DType::BF16, a.get(),
+                                               h1.get(), h3.get());
                    }));
     if (want("moe.grouped_gemm_scaled")) {
       DeviceBuffer out(sz(R * d) * 2);
       cuda::random_uniform(ctx, DType::BF16, a.get(), R * f, 19, 0, -1.0f, 1.0f);
       report_flops("moe.grouped_gemm_scaled", shape_str({used, f, d}) + " bf16", flops, gpu_seconds([&] {
-                     cuda::grouped_gemm_scaled(st, err, DType::BF16, a.get(), DType::BF16, w1.get(), false,
+                     cuda::grouped_gemm_scaled(ctx, DType::BF16, a.get(), DType::BF16, w1.get(), false,
                                                expert_offsets.as<int32_t>(), slot_gate.as<float>(), E, R, f, d,
                                                DType::BF16, out.get());
                    }));

@@ -63,7 +63,7 @@ double gemm_ceiling_tflops(void* st) {
   cuda::random_uniform(ctx, DType::BF16, B.get(), K * N, 2, 0, -1.0f, 1.0f);
   const GemmShape g = gemm_shape(M, N, K);
   const double s =
-      gpu_seconds([&] { cuda::gemm(st, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32, C.get(), g); });
+      gpu_seconds([&] { cuda::gemm(ctx, DType::BF16, A.get(), DType::BF16, B.get(), DType::F32, C.get(), g); });
   return 2.0 * double(M) * double(N) * double(K) / s / 1e12;
 }
 
@@ -78,7 +78,6 @@ void run_cuda_nn(Runner& runner) {
   }
   void* st = cuda::stream(kDev);
   const LaunchCtx ctx = cuda::launch_ctx(kDev);
-  int32_t* err = cuda::error_word(kDev);
   const cuda::DeviceInfo info = cuda::device_info(kDev);
   const bool hopper = info.name.find("H100") != std::string::npos || info.name.find("H200") != std::string::npos;
   const double f32_peak = env_double("MOMA_GPU_F32_TFLOPS", hopper ? 67.0 : -1.0);

@@ -161,13 +161,13 @@ void cpu_sanity() {
     }
     expect(ok, "softmax vs double");
   }
-  g_case = "cpu gemm_f32";
+  g_case = "cpu gemm float32";
   {
     GemmShape g;
     g.M = 37; g.N = 29; g.K = 41; g.transB = true;
     g.lda = 41; g.ldb = 41; g.ldc = 29;
     std::vector<float> A = rand_f(37 * 41), B = rand_f(29 * 41), C(37 * 29);
-    cpu::gemm_f32(g, A.data(), B.data(), C.data());
+    cpu::gemm(kCpuLaunch, DType::F32, A.data(), DType::F32, B.data(), DType::F32, C.data(), g);
     bool ok = true;
     for (int m = 0; m < 37; ++m)
       for (int n = 0; n < 29; ++n) {
@@ -187,6 +187,7 @@ void cpu_sanity() {
   }
   portable_math_sanity();
   cpu_moe_sanity();
+  cpu_gemm_sanity();
   g_case = "cpu index_select bad index";
   {
     std::vector<float> x(10, 1.0f), y(2);

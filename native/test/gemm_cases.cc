@@ -5,14 +5,14 @@
 //   f32 operand next to a bf16 one); transposes, batches with broadcast, alpha / beta, C f32 / bf16,
 //   tiny and ragged sizes, sizes at and around the tile edges, K of 0 and 1..5 k-tiles (pipeline
 //   prologue / steady state / drain), and every tile shape (gemm_tile_config names the choice).
-//   Reference: cpu::gemm_f32 on the inputs as the kernel sees them (bf16 path: rounded to bf16),
+//   Reference: cpu::gemm (float32) on the inputs as the kernel sees them (bf16 path: rounded to bf16),
 //   so only the summation order differs: C f32 -> relative Frobenius <= 1e-5 and per element
 //   |got - want| <= 1e-5 (sum_k |a b| alpha + |beta c|) + 1e-6; C bf16 -> one bf16 rounding.
 // - grouped GEMM (plain, scaled, SwiGLU with and without h1 / h3, wgrad) for both M tiles, both
 //   weight layouts, every dtype path, ragged and empty segments, rows past offsets[E].
 // - Routing: router logits on CUDA (f32 path) -> scores -> expert-choice route on the device pick
 //   exactly the rows the CPU picks.
-// CPU sanity (no device needed): the CPU twins against double references.
+// The CPU GEMMs against double references: cpu_gemm_sanity.cc.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -62,7 +62,7 @@ void check_result(const std::vector<double>& got, const std::vector<double>& wan
 enum class Align { Aligned, PadLd, OffsetPtr };
 const char* align_name(Align a) { return a == Align::Aligned ? "aligned" : (a == Align::PadLd ? "ld+3" : "ptr+1"); }
 
-// One cuda::gemm call against cpu::gemm_f32. g.strideA / g.strideB nonzero = strided batch (the
+// One cuda::gemm call against the float32 cpu::gemm. g.strideA / g.strideB nonzero = strided batch (the
 // real stride is filled in), zero = broadcast.
 void gemm_check(DType da, DType db, DType dc, GemmShape g, Align align) {
   const int64_t rowsA = g.transA ? g.K : g.M, colsA = g.transA ? g.M : g.K;
@@ -88,11 +88,11 @@ void gemm_check(DType da, DType db, DType dc, GemmShape g, Align align) {
   Dev dA(a), dB(b), dC(c);
   if (g.beta == 0.0f) dC.poison();  // beta == 0 must not read C
   const size_t esA = dtype_size(da), esB = dtype_size(db);
-  cuda::gemm(S(), da, static_cast<uint8_t*>(dA.p) + shift * esA, db, static_cast<uint8_t*>(dB.p) + shift * esB, dc, dC.p,
-             g);
+  cuda::gemm(cuda::launch_ctx(0), da, static_cast<uint8_t*>(dA.p) + shift * esA, db,
+             static_cast<uint8_t*>(dB.p) + shift * esB, dc, dC.p, g);
   const std::vector<uint8_t> got = dC.get();
   std::vector<float> want = rc;
-  cpu::gemm_f32(g, ra.data() + shift, rb.data() + shift, want.data());
+  cpu::gemm(kCpuLaunch, DType::F32, ra.data() + shift, DType::F32, rb.data() + shift, DType::F32, want.data(), g);
   std::vector<double> gv, wv, mag;
   bool pad_ok = true;
   for (int64_t bi = 0; bi < g.batch; ++bi)
@@ -245,12 +245,15 @@ void grouped_check(DType dx, DType dw, DType dy, bool trans_w, GEpi epi, int64_t
   const std::vector<float> rx = as_kernel_input(dx, x, R * K, f32_path), rw1 = as_kernel_input(dw, w1, E * K * N, f32_path),
                            rw3 = as_kernel_input(dw, w3, E * K * N, f32_path);
   std::vector<float> want(R * N), want_h1(R * N), want_h3(R * N);
-  if (epi == GEpi::Plain) cpu::grouped_gemm(rx.data(), rw1.data(), trans_w, off.data(), E, R, K, N, want.data());
+  if (epi == GEpi::Plain)
+    cpu::grouped_gemm(kCpuLaunch, DType::F32, rx.data(), DType::F32, rw1.data(), trans_w, off.data(), E, R, K, N,
+                      DType::F32, want.data());
   else if (epi == GEpi::Scaled)
-    cpu::grouped_gemm_scaled(rx.data(), rw1.data(), trans_w, off.data(), scale.data(), E, R, K, N, want.data());
+    cpu::grouped_gemm_scaled(kCpuLaunch, DType::F32, rx.data(), DType::F32, rw1.data(), trans_w, off.data(),
+                             scale.data(), E, R, K, N, DType::F32, want.data());
   else
-    cpu::grouped_gemm_swiglu(rx.data(), rw1.data(), rw3.data(), trans_w, off.data(), E, R, K, N, want.data(),
-                             want_h1.data(), want_h3.data());
+    cpu::grouped_gemm_swiglu(kCpuLaunch, DType::F32, rx.data(), DType::F32, rw1.data(), rw3.data(), trans_w,
+                             off.data(), E, R, K, N, DType::F32, want.data(), want_h1.data(), want_h3.data());
   Dev dX(x), dW1(w1), dW3(w3);
   auto dOff = dev_of(off);
   auto dScale = dev_of(scale);
@@ -258,12 +261,12 @@ void grouped_check(DType dx, DType dw, DType dy, bool trans_w, GEpi epi, int64_t
   auto dY = dev_poisoned(ybytes), dH1 = dev_poisoned(ybytes), dH3 = dev_poisoned(ybytes);
   const int32_t* o = static_cast<const int32_t*>(dOff->p);
   if (epi == GEpi::Plain)
-    cuda::grouped_gemm(S(), cuda::error_word(0), dx, dX.p, dw, dW1.p, trans_w, o, E, R, K, N, dy, dY->p);
+    cuda::grouped_gemm(cuda::launch_ctx(0), dx, dX.p, dw, dW1.p, trans_w, o, E, R, K, N, dy, dY->p);
   else if (epi == GEpi::Scaled)
-    cuda::grouped_gemm_scaled(S(), cuda::error_word(0), dx, dX.p, dw, dW1.p, trans_w, o,
+    cuda::grouped_gemm_scaled(cuda::launch_ctx(0), dx, dX.p, dw, dW1.p, trans_w, o,
                               static_cast<const float*>(dScale->p), E, R, K, N, dy, dY->p);
   else
-    cuda::grouped_gemm_swiglu(S(), cuda::error_word(0), dx, dX.p, dw, dW1.p, dW3.p, trans_w, o, E, R, K, N, dy, dY->p,
+    cuda::grouped_gemm_swiglu(cuda::launch_ctx(0), dx, dX.p, dw, dW1.p, dW3.p, trans_w, o, E, R, K, N, dy, dY->p,
                               epi == GEpi::Swiglu ? dH1->p : nullptr, epi == GEpi::Swiglu ? dH3->p : nullptr);
   // Magnitudes: sum_k |x w| per element (h1; the SwiGLU output scales with |h1 h3|).
   const auto mags = [&](const std::vector<float>& rw, const std::vector<float>* s) {
@@ -304,12 +307,13 @@ void wgrad_check(DType dx, DType ddy, int64_t E, int64_t R, int64_t K, int64_t N
   const bool f32_path = dx == DType::F32 && ddy == DType::F32;
   const std::vector<float> rx = as_kernel_input(dx, x, R * K, f32_path), rdy = as_kernel_input(ddy, dy, R * N, f32_path);
   std::vector<float> want(E * K * N);
-  cpu::grouped_gemm_wgrad(rx.data(), rdy.data(), off.data(), E, R, K, N, want.data());
+  cpu::grouped_gemm_wgrad(kCpuLaunch, DType::F32, rx.data(), DType::F32, rdy.data(), off.data(), E, R, K, N,
+                          want.data());
   Dev dX(x), dDy(dy);
   auto dOff = dev_of(off);
   auto dW = dev_poisoned(static_cast<size_t>(E * K * N) * 4);
-  cuda::grouped_gemm_wgrad(S(), cuda::error_word(0), dx, dX.p, ddy, dDy.p, static_cast<const int32_t*>(dOff->p), E, R,
-                           K, N, static_cast<float*>(dW->p));
+  cuda::grouped_gemm_wgrad(cuda::launch_ctx(0), dx, dX.p, ddy, dDy.p, static_cast<const int32_t*>(dOff->p), E, R, K,
+                           N, static_cast<float*>(dW->p));
   std::vector<double> mag(E * K * N, 0.0);
   for (int64_t e = 0; e < E; ++e)
     for (int64_t r = off[e]; r < off[e + 1]; ++r)
@@ -366,7 +370,7 @@ void add_routing_decision_cases() {
       // CPU
       std::vector<float> logits(T * E), scores(T * E), gate(R);
       std::vector<int32_t> rg(T), cnt(G), off(G + 1), perm(T), eo(E + 1), slot_row(R), row_slots(T * W);
-      cpu::gemm_f32(g, x.data(), router.data(), logits.data());
+      cpu::gemm(kCpuLaunch, DType::F32, x.data(), DType::F32, router.data(), DType::F32, logits.data(), g);
       cpu::moe_partition(kCpuLaunch, modality.data(), T, L, rg.data(), cnt.data(), off.data(), perm.data());
       cpu::moe_router_scores(kCpuLaunch, logits.data(), rg.data(), T, L, RouterFn::Sigmoid, false, 0, 0, scores.data());
       cpu::moe_route(kCpuLaunch, scores.data(), rg.data(), off.data(), perm.data(), T, L, rp, R, eo.data(),
@@ -378,7 +382,7 @@ void add_routing_decision_cases() {
            dperm = dev_poisoned(T * 4), deo = dev_poisoned((E + 1) * 4), dslot = dev_poisoned(R * 4),
            dgate = dev_poisoned(R * 4), drs = dev_poisoned(T * W * 4);
       int32_t* err = cuda::error_word(0);
-      cuda::gemm(S(), DType::F32, dx->p, DType::F32, drouter->p, DType::F32, dlogits->p, g);
+      cuda::gemm(cuda::launch_ctx(0), DType::F32, dx->p, DType::F32, drouter->p, DType::F32, dlogits->p, g);
       cuda::moe_partition(cuda::launch_ctx(0), static_cast<const int32_t*>(dmod->p), T, L,
                           static_cast<int32_t*>(drg->p), static_cast<int32_t*>(dcnt->p), static_cast<int32_t*>(doff->p),
                           static_cast<int32_t*>(dperm->p));
@@ -402,65 +406,9 @@ void add_routing_decision_cases() {
     });
 }
 
-// ---- CPU twins against double references (no device) ---------------------------------------
-void cpu_epilogue_sanity() {
-  const int64_t E = 3, R = 40, K = 9, N = 6;
-  std::vector<int32_t> off = {0, 7, 7, 31};
-  std::vector<float> x = rand_f(R * K), w1 = rand_f(E * K * N), w3 = rand_f(E * K * N), scale = rand_f(R, 0, 1);
-  for (bool trans_w : {false, true}) {
-    std::vector<double> h1(R * N, 0.0), h3(R * N, 0.0);
-    for (int64_t e = 0; e < E; ++e)
-      for (int64_t r = off[e]; r < off[e + 1]; ++r)
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t k = 0; k < K; ++k) {
-            const int64_t wi = e * K * N + (trans_w ? n * K + k : k * N + n);
-            h1[r * N + n] += double(x[r * K + k]) * w1[wi];
-            h3[r * N + n] += double(x[r * K + k]) * w3[wi];
-          }
-    std::vector<float> y(R * N, NAN), a(R * N, NAN), g1(R * N, NAN), g3(R * N, NAN), a2(R * N, NAN);
-    cpu::grouped_gemm_scaled(x.data(), w1.data(), trans_w, off.data(), scale.data(), E, R, K, N, y.data());
-    cpu::grouped_gemm_swiglu(x.data(), w1.data(), w3.data(), trans_w, off.data(), E, R, K, N, a.data(), g1.data(),
-                             g3.data());
-    cpu::grouped_gemm_swiglu(x.data(), w1.data(), w3.data(), trans_w, off.data(), E, R, K, N, a2.data(), nullptr,
-                             nullptr);
-    std::vector<float> want_y(R * N), want_a(R * N), want_h1(R * N), want_h3(R * N);
-    for (int64_t i = 0; i < R * N; ++i) {
-      const int64_t r = i / N;
-      const bool used = r < off[E];
-      want_y[i] = used ? static_cast<float>(scale[r] * h1[i]) : 0.0f;
-      want_h1[i] = static_cast<float>(h1[i]);
-      want_h3[i] = static_cast<float>(h3[i]);
-      want_a[i] = static_cast<float>(h1[i] / (1.0 + std::exp(-h1[i])) * h3[i]);
-    }
-    const std::string tag = trans_w ? " (transW)" : "";
-    expect_close(y, want_y, 1e-5, 1e-6, "cpu grouped_gemm_scaled" + tag);
-    expect_close(g1, want_h1, 1e-5, 1e-6, "cpu grouped_gemm_swiglu h1" + tag);
-    expect_close(g3, want_h3, 1e-5, 1e-6, "cpu grouped_gemm_swiglu h3" + tag);
-    expect_close(a, want_a, 1e-5, 1e-6, "cpu grouped_gemm_swiglu a" + tag);
-    expect_equal(a2, a, "cpu grouped_gemm_swiglu a without h1 / h3" + tag);
-  }
-  // bad offsets -> ERR_RANGE
-  std::vector<int32_t> bad = {0, 9, 5, 31};
-  std::vector<float> y(R * N);
-  bool threw = false;
-  try {
-    cpu::grouped_gemm_scaled(x.data(), w1.data(), false, bad.data(), scale.data(), E, R, K, N, y.data());
-  } catch (const MomaException& e) {
-    threw = std::string(e.code()) == "ERR_RANGE";
-  }
-  expect(threw, "cpu grouped_gemm_scaled: decreasing offsets must throw ERR_RANGE");
-}
-
 }  // namespace
 
 void add_gemm_kernel_cases() {
-  try {
-    g_case = "cpu grouped epilogues";
-    cpu_epilogue_sanity();
-  } catch (const std::exception& e) {
-    failure(std::string("exception: ") + e.what());
-  }
-  g_case.clear();
   add_gemm_variant_cases();
   add_gemm_tile_cases();
   add_grouped_cases();

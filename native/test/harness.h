@@ -77,7 +77,6 @@ struct Dev {
   void poison();
   std::vector<uint8_t> get();  // synchronizes (errors name g_case), then copies the buffer back
 };
-inline void* S() { return cuda::stream(0); }
 
 inline constexpr DType kAll[] = {DType::F32, DType::BF16, DType::I32, DType::U8};
 inline constexpr DType kFloat[] = {DType::F32, DType::BF16};
@@ -162,9 +161,14 @@ void add_nn_cases();
 // coverage_cases.cc (mod_select, segment_starts, RoPE tables at their launch boundaries)
 void add_coverage_cases();
 
-// CPU kernels against double references, run directly (cpu_sanity.cc); its mixture-of-experts
-// routing check is cpu_moe_sanity (moe_cases.cc).
+// CPU kernels against double references, run directly in every build (cpu_sanity.cc); its
+// mixture-of-experts routing check is cpu_moe_sanity (moe_host.cc), its GEMM checks (float32 and
+// bf16 operands / outputs, the grouped GEMMs and their epilogues) cpu_gemm_sanity
+// (cpu_gemm_sanity.cc).
 void cpu_sanity();
 void cpu_moe_sanity();
+void cpu_gemm_sanity();
+// CPU collectives over gloo, 2 and 3 ranks as threads on loopback, and their failures (dist_checks.cc).
+void dist_checks();
 
 }  // namespace moma::native_test

@@ -1,10 +1,13 @@
 // moma_native_test: runs the CPU sanity checks, registers the CUDA cases of every group and runs
 // them (or skips them without a CUDA device), then prints the counts. Exit status 1 on any failure.
+// The CUDA cases (native/test/*_cases.cc) are compiled only with the CUDA backend (MOMA_WITH_CUDA;
+// CMakeLists.txt leaves them out otherwise), so a build without CUDA runs the CPU checks alone and
+// says that the CUDA cases were not built.
 //
 //   moma_native_test [--require-cuda]
 //
-// --require-cuda makes skipped CUDA cases an error (exit status 1): no CUDA backend compiled or no
-// device visible. scripts/gpu-check.sh passes it, so a GPU check that ran nothing on the GPU fails.
+// --require-cuda makes CUDA cases that did not run an error (exit status 1): no CUDA backend
+// compiled or no device visible. scripts/gpu-check.sh passes it, so a GPU check that ran nothing on the GPU fails.
 // The last line is machine-readable, "N passed, N failed, N skipped" (test/native.test.ts and
 // scripts/gpu_summary.py read it); a failure prints "FAIL <case>: <message>" before it.
 #include <cstdio>
@@ -37,6 +40,12 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     failure(std::string("exception: ") + e.what());
   }
+  try {
+    dist_checks();
+  } catch (const std::exception& e) {
+    failure(std::string("dist_checks exception: ") + e.what());
+  }
+#if MOMA_WITH_CUDA
   add_runtime_cases();
   add_creation_cases();
   add_cast_cases();
@@ -49,7 +58,10 @@ int main(int argc, char** argv) {
   add_moe_cases();
   add_nn_cases();
   add_coverage_cases();
-  if (cuda::device_count() == 0) {
+#endif
+  if (!cuda::compiled()) {
+    std::printf("moma_native_test: built without CUDA; the CUDA cases were not built\n");
+  } else if (cuda::device_count() == 0) {
     g_skipped = static_cast<int>(g_cuda_cases.size());
     std::printf("moma_native_test: no CUDA device; %d CUDA cases skipped\n", g_skipped);
   } else {
@@ -69,10 +81,13 @@ int main(int argc, char** argv) {
       }
     }
   }
-  const bool missing_cuda = require_cuda && g_skipped > 0;
-  if (missing_cuda)
-    std::printf("FAIL --require-cuda: %d CUDA cases skipped (%s)\n", g_skipped,
-                cuda::compiled() ? "no CUDA device visible" : "built without the CUDA backend");
+  const bool missing_cuda = require_cuda && (!cuda::compiled() || g_skipped > 0);
+  if (missing_cuda) {
+    if (cuda::compiled())
+      std::printf("FAIL --require-cuda: %d CUDA cases skipped (no CUDA device visible)\n", g_skipped);
+    else
+      std::printf("FAIL --require-cuda: built without CUDA (the CUDA cases were not built)\n");
+  }
   std::printf("%d passed, %d failed, %d skipped\n", g_passed, g_failed, g_skipped);
   return g_failed || missing_cuda ? 1 : 0;
 }

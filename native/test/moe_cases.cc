@@ -1,11 +1,11 @@
 // The mixture-of-experts CUDA kernels (cuda/kernels_moe.h) against their CPU twins
 // (csrc/cpu/kernels_moe.h); routing cases feed both sides the same scores (computed by the CPU
-// router), and in threshold mode the same select values, so that the routes must agree exactly. Also the CPU expert-choice routing by brute force.
+// router, moe_host.h), and in threshold mode the same select values, so that the routes must agree
+// exactly.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +16,7 @@
 #include "../../csrc/ops/moe.h"
 #include "../../cuda/kernels_moe.h"
 #include "harness.h"
+#include "moe_host.h"
 
 namespace moma::native_test {
 namespace {
@@ -30,70 +31,6 @@ std::vector<MoeLayoutCase> moe_layouts() {
           {"[1,1]", ops::make_moe_layout({1, 1}, {0, 1}, "native test")},
           {"[3,1,2]+unrouted", ops::make_moe_layout({3, 1, 2}, {0, 1, 2, -1}, "native test")},
           {"[1]", ops::make_moe_layout({1}, {0}, "native test")}};
-}
-
-// Modalities of T rows. mode 0: random with ~10% padding; 1: every row modality 0; 2: no row of
-// the last modality routed to group 1 when it exists (an empty group), plus padding.
-std::vector<int32_t> moe_modality(int64_t T, const MoeLayout& L, int mode) {
-  std::vector<int32_t> m(static_cast<size_t>(T));
-  std::uniform_int_distribution<int32_t> d(0, L.num_modalities - 1);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  for (auto& v : m) {
-    if (mode == 1) { v = 0; continue; }
-    v = u(g_rng) < 0.1f ? -1 : d(g_rng);
-    if (mode == 2)
-      while (v >= 0 && L.group_of[v] == (L.num_groups > 1 ? 1 : -2)) v = d(g_rng) == 0 ? 0 : -1;
-  }
-  return m;
-}
-
-// A CPU partition + scores + route for a layout (the inputs of the row kernels' cases). In
-// threshold mode, select [T, E] mixes uniform values with 0.5 exactly, its float neighbours and NaN.
-struct MoeHostRoute {
-  MoeLayout L;
-  RoutingParams p;
-  int64_t T = 0, R = 0;
-  std::vector<int32_t> modality, row_group, counts, offsets, perm, expert_offsets, slot_row, row_slots;
-  std::vector<float> scores, select, slot_gate;
-};
-MoeHostRoute host_route(const MoeLayout& L, int64_t T, const RoutingParams& p, int mod_mode, bool ties) {
-  MoeHostRoute h;
-  h.L = L;
-  h.p = p;
-  h.T = T;
-  const int64_t E = L.num_experts, G = L.num_groups, W = L.max_group_experts;
-  h.modality = moe_modality(T, L, mod_mode);
-  h.row_group.resize(T);
-  h.counts.resize(G);
-  h.offsets.resize(G + 1);
-  h.perm.resize(T);
-  cpu::moe_partition(kCpuLaunch, h.modality.data(), T, L, h.row_group.data(), h.counts.data(), h.offsets.data(),
-                     h.perm.data());
-  std::vector<float> logits = rand_f(static_cast<size_t>(T * E), -3.0f, 3.0f);
-  h.scores.resize(T * E);
-  cpu::moe_router_scores(kCpuLaunch, logits.data(), h.row_group.data(), T, L, RouterFn::Sigmoid, false, 0, 0,
-                         h.scores.data());
-  if (ties)  // few distinct values: many exact ties between rows and between experts
-    for (auto& s : h.scores)
-      if (s != 0.0f && s != 1.0f) s = std::round(s * 4.0f) / 4.0f;
-  if (p.mode == RoutingMode::Threshold) {
-    h.select = rand_f(static_cast<size_t>(T * E), 0.0f, 1.0f);
-    const float special[] = {0.5f, std::nextafter(0.5f, 1.0f), std::nextafter(0.5f, 0.0f), NAN, 1.0f, 0.0f};
-    std::uniform_int_distribution<int> pick(0, 3 * static_cast<int>(std::size(special)) - 1);
-    for (auto& a : h.select) {
-      const int i = pick(g_rng);
-      if (i < static_cast<int>(std::size(special))) a = special[i];
-    }
-  }
-  h.R = moe_slot_bound(T, L, p);
-  h.expert_offsets.resize(E + 1);
-  h.slot_row.resize(h.R);
-  h.slot_gate.resize(h.R);
-  h.row_slots.resize(T * W);
-  cpu::moe_route(kCpuLaunch, h.scores.data(), h.row_group.data(), h.offsets.data(), h.perm.data(), T, L, p, h.R,
-                 h.expert_offsets.data(), h.slot_row.data(), h.slot_gate.data(), h.row_slots.data(),
-                 h.select.empty() ? nullptr : h.select.data());
-  return h;
 }
 
 // moe_router_scores (+ backward) against the CPU: scores bitwise (the same Gumbel noise and exp,
@@ -357,9 +294,10 @@ void add_moe_gemm_cases() {
           std::vector<float> rx(fx.size()), rw(fw.size()), want(R * N);
           for (size_t i = 0; i < fx.size(); ++i) rx[i] = bf16_to_f32(f32_to_bf16(fx[i]));
           for (size_t i = 0; i < fw.size(); ++i) rw[i] = bf16_to_f32(f32_to_bf16(fw[i]));
-          cpu::grouped_gemm(rx.data(), rw.data(), tw == 1, off.data(), E, R, K, N, want.data());
+          cpu::grouped_gemm(kCpuLaunch, DType::F32, rx.data(), DType::F32, rw.data(), tw == 1, off.data(), E, R, K, N,
+                            DType::F32, want.data());
           auto ddx = dev_of(bx), ddw = dev_of(bw), doff = dev_of(off), ddy = dev_poisoned(R * N * dtype_size(dy));
-          cuda::grouped_gemm(S(), cuda::error_word(0), tx, ddx->p, tw_, ddw->p, tw == 1,
+          cuda::grouped_gemm(cuda::launch_ctx(0), tx, ddx->p, tw_, ddw->p, tw == 1,
                              static_cast<const int32_t*>(doff->p), E, R, K, N, dy, ddy->p);
           std::vector<float> got = as_floats(dy, ddy->get(), R * N);
           size_t nans;
@@ -381,9 +319,10 @@ void add_moe_gemm_cases() {
             std::vector<float> rx(fx.size()), rd(fd.size()), want(E * K * N);
             for (size_t i = 0; i < fx.size(); ++i) rx[i] = bf16_to_f32(f32_to_bf16(fx[i]));
             for (size_t i = 0; i < fd.size(); ++i) rd[i] = bf16_to_f32(f32_to_bf16(fd[i]));
-            cpu::grouped_gemm_wgrad(rx.data(), rd.data(), off.data(), E, R, K, N, want.data());
+            cpu::grouped_gemm_wgrad(kCpuLaunch, DType::F32, rx.data(), DType::F32, rd.data(), off.data(), E, R, K, N,
+                                    want.data());
             auto ddx = dev_of(bx), ddd = dev_of(bd), doff = dev_of(off), ddw = dev_poisoned(E * K * N * 4);
-            cuda::grouped_gemm_wgrad(S(), cuda::error_word(0), tx, ddx->p, td, ddd->p,
+            cuda::grouped_gemm_wgrad(cuda::launch_ctx(0), tx, ddx->p, td, ddd->p,
                                      static_cast<const int32_t*>(doff->p), E, R, K, N, static_cast<float*>(ddw->p));
             std::vector<float> got = fetch<float>(*ddw, E * K * N);
             size_t nans;
@@ -402,7 +341,7 @@ void add_moe_gemm_cases() {
     std::vector<int32_t> off = {0, 5, 3, 9};  // decreasing, and past R = 8
     std::vector<float> x(8 * 4, 1.0f), w(3 * 4 * 2, 1.0f);
     auto dx = dev_of(x), dw = dev_of(w), doff = dev_of(off), dy = dev_poisoned(8 * 2 * 4);
-    cuda::grouped_gemm(S(), cuda::error_word(0), DType::F32, dx->p, DType::F32, dw->p, false,
+    cuda::grouped_gemm(cuda::launch_ctx(0), DType::F32, dx->p, DType::F32, dw->p, false,
                        static_cast<const int32_t*>(doff->p), 3, 8, 4, 2, DType::F32, dy->p);
     expect_device_error("grouped");
   });
@@ -510,33 +449,6 @@ void add_moe_cases() {
   add_moe_row_boundary_cases();
   add_moe_swiglu_cases();
   add_moe_gemm_cases();
-}
-
-// Expert choice on the CPU: the slots of each expert are the k best rows of its group, in row order.
-void cpu_moe_sanity() {
-  g_case = "cpu moe_route expert choice vs brute force";
-  const MoeLayout L = ops::make_moe_layout({4, 4}, {0, 1}, "native test");
-  RoutingParams p;
-  p.capacity = 1.37;
-  MoeHostRoute h = host_route(L, 200, p, 0, true);
-  bool ok = h.expert_offsets[0] == 0;
-  for (int e = 0; e < L.num_experts; ++e) {
-    const int g = e < 4 ? 0 : 1;
-    std::vector<int32_t> rows(h.perm.begin() + h.offsets[g], h.perm.begin() + h.offsets[g + 1]);
-    const int64_t k = expert_choice_capacity(static_cast<int64_t>(rows.size()), 4, p.capacity);
-    std::stable_sort(rows.begin(), rows.end(), [&](int32_t a, int32_t b) {
-      return score_key(h.scores[a * 8 + e]) > score_key(h.scores[b * 8 + e]);
-    });
-    rows.resize(static_cast<size_t>(k));
-    std::sort(rows.begin(), rows.end());
-    ok &= h.expert_offsets[e + 1] - h.expert_offsets[e] == k;
-    for (int64_t i = 0; ok && i < k; ++i) {
-      const int32_t s = h.expert_offsets[e] + static_cast<int32_t>(i);
-      ok &= h.slot_row[s] == rows[i] && h.slot_gate[s] == h.scores[rows[i] * 8 + e] &&
-            h.row_slots[rows[i] * 4 + (e % 4)] == s;
-    }
-  }
-  expect(ok, "expert-choice slots = the k best rows of each expert in row order");
 }
 
 }  // namespace moma::native_test
