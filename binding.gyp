@@ -3,7 +3,7 @@
     {
       "target_name": "moma",
       "sources": [
-        "<!@(ls -1 csrc/core/*.cc csrc/cpu/*.cc csrc/ops/*.cc csrc/napi/*.cc)",
+        "<!@(ls -1 csrc/core/*.cc csrc/cpu/*.cc csrc/ops/*.cc csrc/napi/*.cc csrc/dist/tcp_store.cc csrc/dist/communicator.cc csrc/dist/gloo_backend.cc csrc/dist/nccl_backend.cc)",
         "cuda/absent.cc"
       ],
       "include_dirs": [
@@ -16,7 +16,8 @@
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags": ["-ffp-contract=off"],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-ffp-contract=off"],
-      "ldflags": ["-static-libstdc++", "-static-libgcc"]
+      "ldflags": ["-static-libstdc++", "-static-libgcc"],
+      "libraries": ["-ldl"]
     }
   ]
 }

@@ -12,9 +12,13 @@
 //   step     full training steps of tiny and d-512 models                           (bench/train_step.js)
 //   torch    the same layers, steps (and kernels, when run) in PyTorch, paired with moma's rows;
 //            alone it implies layers and step                                       (bench/torch.js)
+//   comm     all-reduce and all-to-all time, algorithm and bus bandwidth (nccl-tests' definitions)
+//            from 4 KiB to 256 MiB per rank on 2 ranks started through the launcher, against the
+//            copy ceiling                                                             (bench/comm.js)
 // Devices: the CPU, plus cuda:0 when a GPU is visible (--devices picks; the torch suite is CPU only).
 // Environment: MOMA_BENCH_T (layer rows), MOMA_BENCH_REPEATS (timed rounds, default 5),
-// MOMA_BENCH_STEP_BATCH / _SEQ / _MODELS, MOMA_TORCH_PYTHON, MOMA_KERNEL_BENCH, MOMA_CPU_PEAK_GFLOPS.
+// MOMA_BENCH_STEP_BATCH / _SEQ / _MODELS, MOMA_TORCH_PYTHON, MOMA_KERNEL_BENCH, MOMA_CPU_PEAK_GFLOPS,
+// MOMA_BENCH_COMM_SIZES (e.g. 4KiB,1MiB) / _RANKS (default 2).
 // Prints the report and writes bench/results/<date>-<cpu|cuda>-<suites and filters, or all>[-T<rows>].{json,md}.
 'use strict';
 const os = require('os');
@@ -24,12 +28,13 @@ const { layerSuite, modalityPattern } = require('./layers');
 const { layerBreakdown } = require('./breakdown');
 const { stepSuite } = require('./train_step');
 const { torchSuite } = require('./torch');
+const { commSuite } = require('./comm');
 const { markdown, saveReport } = require('./report');
 const { envInt, deviceKind, isCuda } = require('./common');
 
 const root = path.resolve(__dirname, '..');
-const SUITES = ['ceiling', 'kernels', 'layers', 'step', 'torch'];
-const USAGE = 'usage: npm run bench [-- [ceiling|kernels|layers|step|torch|all|<kernel filter>]... [--devices cpu,cuda:0]]';
+const SUITES = ['ceiling', 'kernels', 'layers', 'step', 'torch', 'comm'];
+const USAGE = 'usage: npm run bench [-- [ceiling|kernels|layers|step|torch|comm|all|<kernel filter>]... [--devices cpu,cuda:0]]';
 
 function parseArgs(argv, moma) {
   const suites = new Set();
@@ -121,6 +126,14 @@ async function main() {
     notes.push(...t.notes);
     results.push(...t.rows);
     torch = t.info;
+  }
+  if (has('comm')) {
+    for (const device of devices) {
+      console.error(`comm on ${device} …`);
+      const suite = await commSuite(moma, device, results);
+      results.push(...suite.rows);
+      notes.push(...suite.notes);
+    }
   }
 
   const report = { date, device: deviceName(moma, devices), devices, suites, filters, load, inspect: info, notes, results, breakdowns, torch };

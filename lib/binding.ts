@@ -73,6 +73,22 @@ export interface NativeFormulas {
   moeSlotBound(rows: number, experts: number[], groupOfModality: number[], mode: number, capacityFactor: number, topK: number): number;
 }
 
+/** distInit's options (csrc/napi/dist_exports.cc). */
+export interface NativeDistInit {
+  rank: number;
+  worldSize: number;
+  masterAddr: string;
+  masterPort: number;
+  backend: 'gloo' | 'nccl';
+  device?: string;
+  timeoutMs?: number;
+}
+
+/** The process group of this process, as the addon holds it. */
+export type NativeDistInfo =
+  | { initialized: false }
+  | { initialized: true; rank: number; worldSize: number; backend: string; device: string; masterAddr: string; masterPort: number; timeoutMs: number };
+
 export interface BindingModule {
   /** The binding interface version (checked at load against ABI_VERSION). */
   abiVersion: number;
@@ -129,6 +145,15 @@ export interface BindingModule {
   crossEntropyBackward(logits: H, targets: H, lse: H, gradNll: H, gradZ: H | null): H;
   adamw(param: H, grad: H, expAvg: H, expAvgSq: H, hyper: NativeAdamWParams, wantBf16: boolean): H[];
   read(x: H): Promise<Float32Array | Int32Array | Uint8Array>;
+  distInit(options: NativeDistInit): Promise<void>;
+  distDestroy(): void;
+  distInfo(): NativeDistInfo;
+  distAllReduce(x: H, op: 'sum' | 'avg' | 'max'): H;
+  distReduceScatter(x: H, op: 'sum' | 'avg' | 'max'): H;
+  distAllGather(x: H): H;
+  distAllToAllV(x: H, sendCounts: number[], recvCounts: number[]): H;
+  distBroadcast(x: H, root: number): H;
+  distBarrier(): Promise<void>;
   synchronize(device: string): Promise<void>;
   info(): NativeInfo;
   memoryStats(device: string): NativeMemoryStats;

@@ -10,6 +10,7 @@ export type MomaErrorCode =
   | 'ERR_OOM'
   | 'ERR_LOAD'
   | 'ERR_FILE'
+  | 'ERR_DIST'
   | 'ERR_INTERNAL';
 
 /**

@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // npm run prebuild: builds the release addon (CPU + CUDA, fatbin for sm_80/86/89/90 + PTX for
 // sm_90, cudart static) into build-prebuild/ and copies it to prebuilds/linux-x64/moma.napi.node,
-// where node-gyp-build finds it. MOMA_CUDA_ARCHS overrides the architecture list.
+// where node-gyp-build finds it, with the gloo collectives plugin libmoma_gloo.so beside it (the
+// addon dlopens it from its own folder; it needs Debian's libgloo0 at run time, only for CPU
+// collectives). MOMA_CUDA_ARCHS overrides the architecture list.
 'use strict';
 const fs = require('fs');
 const os = require('os');
@@ -27,3 +29,10 @@ fs.mkdirSync(target, { recursive: true });
 const dest = path.join(target, 'moma.napi.node');
 fs.copyFileSync(path.join(out, 'Release', 'moma.node'), dest);
 console.log(`moma prebuild: wrote ${path.relative(root, dest)} (${(fs.statSync(dest).size / 2 ** 20).toFixed(1)} MiB)`);
+const plugin = path.join(out, 'Release', 'libmoma_gloo.so');
+if (fs.existsSync(plugin)) {
+  fs.copyFileSync(plugin, path.join(target, 'libmoma_gloo.so'));
+  console.log(`moma prebuild: wrote ${path.relative(root, path.join(target, 'libmoma_gloo.so'))} (CPU collectives over gloo)`);
+} else {
+  console.log('moma prebuild: gloo not found (apt-get install libgloo-dev): the prebuild has no CPU collectives plugin');
+}

@@ -14,6 +14,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   register_runtime_exports(env, exports);
   register_moe_exports(env, exports);
   register_nn_exports(env, exports);
+  register_dist_exports(env, exports);
   register_constants_exports(env, exports);
   return exports;
 }

@@ -63,5 +63,6 @@ void register_io_exports(Napi::Env env, Napi::Object exports);
 void register_runtime_exports(Napi::Env env, Napi::Object exports);
 void register_moe_exports(Napi::Env env, Napi::Object exports);
 void register_nn_exports(Napi::Env env, Napi::Object exports);
+void register_dist_exports(Napi::Env env, Napi::Object exports);
 
 }  // namespace moma::napi

@@ -4,6 +4,7 @@
  * them into the checkpoint and prints each router's held-out BCE, accuracy, precision and recall.
  */
 import { Command } from 'commander';
+import { normalizeDevice } from '../device';
 import { MomaError } from '../errors';
 import { AUX_DEFAULTS, AuxTrainSummary, trainAuxRouters } from '../run/aux_train';
 import type { AuxRouterMetrics } from '../train/causal_eval';
@@ -65,12 +66,13 @@ export function registerAuxCommands(program: Command): void {
       const controller = new AbortController();
       const onInterrupt = (): void => controller.abort();
       process.on('SIGINT', onInterrupt);
+      process.on('SIGTERM', onInterrupt);
       const say = flags.json ? (line: string): void => void process.stderr.write(line + '\n') : (line: string): void => console.log(line);
       try {
         const summary = await trainAuxRouters({
           checkpoint: flags.checkpoint, steps: numberFlag(flags.steps, '--steps', true), lr: numberFlag(flags.lr, '--lr', false),
           lrEnd: numberFlag(flags.lrEnd, '--lr-end', false), warmup: numberFlag(flags.warmup, '--warmup', true), seed: numberFlag(flags.seed, '--seed', true),
-          data: flags.data, device: flags.device, evalEvery: numberFlag(flags.evalEvery, '--eval-every', true),
+          data: flags.data, device: flags.device === undefined ? undefined : normalizeDevice(flags.device, 'train-aux: --device'), evalEvery: numberFlag(flags.evalEvery, '--eval-every', true),
         }, {
           signal: controller.signal,
           onStart: (info) => say(`moma train-aux: ${info.routers} auxiliary routers (${info.parameters} parameters) of ${shownPath(info.checkpoint)}, ${info.steps} steps`),
@@ -83,6 +85,7 @@ export function registerAuxCommands(program: Command): void {
         if (summary.stopped) process.exitCode = 130;
       } finally {
         process.off('SIGINT', onInterrupt);
+        process.off('SIGTERM', onInterrupt);
       }
     });
 }

@@ -65,6 +65,7 @@ async function runExperiment(flags: ExperimentFlags, commandLine: string): Promi
     controller.abort();
   };
   process.on('SIGINT', onInterrupt);
+  process.on('SIGTERM', onInterrupt);
   let steps = 0;
   let every = 1;
   let began = 0;
@@ -96,6 +97,7 @@ async function runExperiment(flags: ExperimentFlags, commandLine: string): Promi
     });
   } finally {
     process.off('SIGINT', onInterrupt);
+    process.off('SIGTERM', onInterrupt);
   }
   if (run.stopped) {
     const again = flags.out === undefined ? `${commandLine} --out ${shellQuote(shownPath(run.dir))}` : commandLine;

@@ -11,6 +11,7 @@ import { registerTokenizerCommands } from './tokenizer';
 import { registerExperimentCommands } from './experiment';
 import { registerAuxCommands } from './aux';
 import { registerGenerateCommand } from './generate';
+import { registerLaunchCommand } from './launch';
 
 function printReport(r: InspectReport): void {
   const lines = [
@@ -48,6 +49,7 @@ export function buildProgram(): Command {
   registerDataCommands(program);
   registerTokenizerCommands(program);
   registerExperimentCommands(program);
+  registerLaunchCommand(program);
   return program;
 }
 

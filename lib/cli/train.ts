@@ -146,6 +146,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
     controller.abort();
   };
   process.on('SIGINT', onInterrupt);
+  process.on('SIGTERM', onInterrupt);
   let summary: RunSummary;
   try {
     summary = await trainRun({ flags: settings, configFile: config, resume }, {
@@ -162,6 +163,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
   } finally {
     progress.stop();
     process.off('SIGINT', onInterrupt);
+    process.off('SIGTERM', onInterrupt);
   }
   printSummary(summary, say);
   if (summary.stopped) {
