@@ -116,14 +116,14 @@ describe('a 20-step run', () => {
   });
 
   test('the report: SVG with the axis titles, a valid PNG at twice its size, a self-contained HTML page', async () => {
-    const svg = fs.readFileSync(summary.report.svg, 'utf8');
+    const svg = fs.readFileSync(summary.report!.svg, 'utf8');
     for (const title of ['tokens', 'training FLOPs', 'loss (nats per token)', 'modality']) expect(svg).toContain(`>${title}<`);
-    const png = fs.readFileSync(summary.report.png);
+    const png = fs.readFileSync(summary.report!.png);
     expect([...png.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
     const meta = await sharp(png).metadata();
     expect(meta.format).toBe('png');
     expect(meta.width).toBe(2 * Number(/width="(\d+)"/.exec(svg)![1]));
-    const html = fs.readFileSync(summary.report.html, 'utf8');
+    const html = fs.readFileSync(summary.report!.html, 'utf8');
     expect(html).not.toMatch(/<script|<link|<img|src=|https?:\/\/(?!www\.w3\.org)/);
     expect(html).toContain('tiny-4t4i');
     expect(html).toContain('Routing (step 20)');
@@ -220,7 +220,7 @@ test('a text-only dataset without an eval split: no held-out records, image loss
   expect(all.every((r) => (r as StepRecord).imageFraction === 0)).toBe(true);
   expect(summary.heldOut).toBeNull();
   expect(summary.loss.final.image).toBeNull();
-  expect(fs.readFileSync(summary.report.svg, 'utf8')).toContain('>training FLOPs<');
+  expect(fs.readFileSync(summary.report!.svg, 'utf8')).toContain('>training FLOPs<');
   expect(JSON.parse(fs.readFileSync(path.join(runDir, 'run.json'), 'utf8')).config.imageFraction).toBeNull();
 });
 

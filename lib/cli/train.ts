@@ -15,6 +15,8 @@ import type { EvalRecord, StepRecord } from '../run/records';
 import { firstLabel, formatDuration, formatSI, LossRow, writeReport } from '../run/report';
 import { RunStartInfo, RunSummary, trainRun } from '../run/run';
 import { RUN_DEFAULTS } from '../run/run_config';
+import { init, isInitialized, world } from '../distributed/process_group';
+import { worldFromEnv } from '../distributed/env';
 
 interface TrainFlags {
   preset?: string;
@@ -32,6 +34,7 @@ interface TrainFlags {
   evalBatches?: string;
   checkpointEvery?: string;
   logEvery?: string;
+  gradAccum?: string;
   resume?: string;
   out?: string;
   jsonLog?: boolean;
@@ -127,22 +130,35 @@ function printSummary(summary: RunSummary, say: (line: string) => void): void {
     + `(${formatSI(s.tokensPerSecond)} tokens/s); run total ${formatSI(summary.tokens)} tokens, ${formatSI(summary.flops.total)} training FLOPs`);
   for (const line of lossTable(summary)) say(`  ${line}`);
   say(`results in ${shownPath(summary.runDir)}:`);
-  say(`  report      ${shownPath(summary.report.html)} (picture: ${path.basename(summary.report.png)}, ${path.basename(summary.report.svg)})`);
+  if (summary.report !== null) say(`  report      ${shownPath(summary.report.html)} (picture: ${path.basename(summary.report.png)}, ${path.basename(summary.report.svg)})`);
   say(`  metrics     ${shownPath(path.join(summary.runDir, 'metrics.jsonl'))}`);
   say(`  checkpoint  ${shownPath(summary.checkpoint)}`);
 }
 
+/** Under `moma launch` (or torchrun, srun, mpirun) with more than one rank: joins the process group; true on ranks other than 0. */
+async function joinRanks(device: string | undefined): Promise<boolean> {
+  if (worldFromEnv().worldSize === 1) return false;
+  if (!isInitialized()) await init(device === 'cpu' ? { device: 'cpu' } : {});
+  return world().rank !== 0;
+}
+
+const quietProgress: Progress = { start: () => undefined, step: () => undefined, eval: () => undefined, stop: () => undefined };
+
 async function runTrain(flags: TrainFlags): Promise<void> {
   const { config, resume, jsonLog, ...settings } = flags;
-  const say = jsonLog ? (line: string): void => void process.stderr.write(line + '\n') : (line: string): void => console.log(line);
-  const progress = jsonLog ? jsonProgress() : process.stderr.isTTY ? barProgress() : lineProgress(say);
+  // data parallel: rank 0 reports; the other ranks train silently (their errors still reach stderr)
+  const quiet = await joinRanks(settings.device);
+  const say = quiet ? (): void => undefined : jsonLog ? (line: string): void => void process.stderr.write(line + '\n') : (line: string): void => console.log(line);
+  const progress = quiet ? quietProgress : jsonLog ? jsonProgress() : process.stderr.isTTY ? barProgress() : lineProgress(say);
   const controller = new AbortController();
   let interrupts = 0;
   const onInterrupt = (): void => {
     interrupts++;
     if (interrupts > 1) process.exit(130);
     progress.stop();
-    say('stopping after the current step (Ctrl-C again quits at once, without a checkpoint)…');
+    say(isInitialized() && world().worldSize > 1
+      ? 'stopping at the next logged step, on every rank (Ctrl-C again quits at once, without a checkpoint)…'
+      : 'stopping after the current step (Ctrl-C again quits at once, without a checkpoint)…');
     controller.abort();
   };
   process.on('SIGINT', onInterrupt);
@@ -153,8 +169,12 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       signal: controller.signal,
       onStart(info) {
         const what = info.resumedFrom ? `resuming ${shownPath(info.runDir)} from step ${info.startStep}` : `training into ${shownPath(info.runDir)}`;
+        const ranks = isInitialized() ? world().worldSize : 1;
+        const accum = info.settings.gradAccum ?? 1;
+        const batch = ranks * accum === 1 ? `${info.settings.batchSize}`
+          : `(${ranks > 1 ? `${ranks} ranks × ` : ''}${accum > 1 ? `${accum} micro-batches × ` : ''}${info.settings.batchSize})`;
         say(`moma train: ${what} — ${info.settings.preset} (${formatSI(info.parameters.total)} parameters) on ${info.settings.device}, data ${info.dataset}, `
-          + `${info.settings.steps} steps × ${info.settings.batchSize} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`);
+          + `${info.settings.steps} steps × ${batch} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`);
         progress.start(info);
       },
       onStep: (r) => progress.step(r),
@@ -177,11 +197,11 @@ export function registerTrainCommands(program: Command): void {
     .command('train')
     .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
     .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
-    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, out); flags override it')
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, out); flags override it')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
-    .option('--batch-size <n>', `sequences per step (default ${RUN_DEFAULTS.batchSize})`)
+    .option('--batch-size <n>', `sequences per micro-batch on each rank (default ${RUN_DEFAULTS.batchSize})`)
     .option('--seq-len <n>', `tokens per sequence (default ${RUN_DEFAULTS.seqLen})`)
     .option('--lr <x>', `peak learning rate, cosine decay to 1% (default ${RUN_DEFAULTS.lr})`)
     .option('--warmup <n>', `warm-up steps (default ${RUN_DEFAULTS.warmup})`)
@@ -190,6 +210,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--eval-every <n>', `held-out evaluation every n steps, 0: at the end only (default ${RUN_DEFAULTS.evalEvery})`)
     .option('--eval-batches <n>', `held-out batches per evaluation (default ${RUN_DEFAULTS.evalBatches})`)
     .option('--checkpoint-every <n>', `checkpoint every n steps, 0: at the end only (default ${RUN_DEFAULTS.checkpointEvery}); the newest 2 are kept`)
+    .option('--grad-accum <n>', `micro-batches of --batch-size per optimizer step on each rank (default ${RUN_DEFAULTS.gradAccum}); a step trains ranks × n × batch-size sequences`)
     .option('--log-every <n>', `read the metrics back every n steps, one metrics.jsonl record with the means (default ${RUN_DEFAULTS.logEvery}); the steps between never wait for the device`)
     .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps may change)')
     .option('--out <run dir>', 'run directory (default runs/<yyyymmdd-hhmmss>-<preset>)')

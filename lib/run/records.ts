@@ -51,6 +51,8 @@ export interface RunFile {
   };
   /** Each resume: the checkpoint step it continued from, when, and the steps it ran to. */
   resumes: { step: number; at: string; steps: number }[];
+  /** Data parallel: ranks, micro-batches per rank per step, sequences per step (absent in runs before it was recorded: one rank). */
+  parallel?: { worldSize: number; gradAccum: number; globalBatch: number };
 }
 
 /** The step and eval records of a run's metrics.jsonl (a torn last line, from a killed run, is ignored). */

@@ -17,6 +17,13 @@
  * position, generator and optimizer continue exactly, so a run stopped and resumed equals an
  * uninterrupted one bit for bit. Raising `steps` on resume stretches the cosine schedule over the
  * new total (the steps already taken keep the rates they had).
+ *
+ * Data parallel: when `distributed.init()` has joined a group of more than one rank, every rank
+ * runs trainRun with the same settings; a step trains ranks × gradAccum micro-batches
+ * (lib/train/data_parallel.ts). Rank 0 alone writes the run directory (run.json, metrics,
+ * checkpoints, report); every rank evaluates the held-out set (the same numbers; rank 0 records
+ * them), and a stop asked of any rank is agreed at the next logged step. Checkpoints hold the full
+ * model and optimizer state, so a run resumes on any number of ranks.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -31,6 +38,7 @@ import { SequencePacker } from '../data/packer';
 import { openShardSet } from '../data/shard_set';
 import { modalityOfId, parseVocabLayout, VocabLayout, vocabFromSpec } from '../data/vocab';
 import { readJson, writeFileAtomic, writeJsonAtomic } from '../io/files';
+import { isInitialized, world } from '../distributed/process_group';
 import { readCheckpoint } from '../train/checkpoint';
 import { evaluate } from '../train/evaluate';
 import { StepMetrics, Trainer } from '../train/trainer';
@@ -73,7 +81,8 @@ export interface RunSummary extends MetricsSummary {
   /** Wall-clock seconds of this invocation, setup and report included. */
   wallSeconds: number;
   checkpoint: string;
-  report: ReportFiles;
+  /** The report's files; null on data-parallel ranks other than 0 (rank 0 writes the run directory). */
+  report: ReportFiles | null;
 }
 
 const SCHEDULE_FLOOR = 0.01;
@@ -136,7 +145,8 @@ function checkpointDirOf(runDir: string, step: number): string {
 }
 
 /** Keeps metrics lines up to `step` (a resume drops what came after its checkpoint, and a torn last line). */
-function truncateMetrics(file: string, step: number): MetricsRecord[] {
+/** The records of a run's metrics.jsonl up to `step` (a torn last line is dropped). */
+function metricsUpTo(file: string, step: number): MetricsRecord[] {
   if (!fs.existsSync(file)) return [];
   const kept: MetricsRecord[] = [];
   const lines = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
@@ -150,13 +160,20 @@ function truncateMetrics(file: string, step: number): MetricsRecord[] {
     }
     if (record.step <= step) kept.push(record);
   });
-  writeFileAtomic(file, kept.map((r) => JSON.stringify(r) + '\n').join(''));
+  return kept;
+}
+
+/** Drops the records of a run's metrics.jsonl past `step` (those of steps after the checkpoint resumed from); returns the rest. */
+function truncateMetrics(file: string, step: number): MetricsRecord[] {
+  const kept = metricsUpTo(file, step);
+  if (fs.existsSync(file)) writeFileAtomic(file, kept.map((r) => JSON.stringify(r) + '\n').join(''));
   return kept;
 }
 
 /**
  * The packer as the trainer's batch source, remembering the image share of each batch handed out
- * (the trainer takes them in order, one built ahead) until a record reports it.
+ * (the trainer takes them in order, one step built ahead; ranks × gradAccum batches per step) until
+ * a record reports it.
  */
 class ObservedPacker implements TokenBatchSource {
   private readonly fractions: number[] = [];
@@ -199,6 +216,12 @@ export function heldOutSequences(dataset: MixedModalDataset, settings: RunSettin
   return sequences;
 }
 
+/** The ranks of a data-parallel run: the process group when one of more than one rank is joined, else this process alone. */
+function runRanks(): { rank: number; ranks: number } {
+  if (!isInitialized() || world().worldSize === 1) return { rank: 0, ranks: 1 };
+  return { rank: world().rank, ranks: world().worldSize };
+}
+
 function newRunFile(settings: RunSettings, dataset: MixedModalDataset): RunFile {
   const model = preset(settings.preset, {
     ...settings.model, vocabSize: dataset.layout.size, modalities: ['text', 'image'], device: settings.device, seed: settings.seed,
@@ -213,7 +236,14 @@ function newRunFile(settings: RunSettings, dataset: MixedModalDataset): RunFile 
       schedule: { shape: 'cosine', peak: settings.lr, warmup: settings.warmup, total: settings.steps, floor: SCHEDULE_FLOOR },
     },
     resumes: [],
+    parallel: parallelOf(settings),
   };
+}
+
+function parallelOf(settings: RunSettings): RunFile['parallel'] {
+  const { ranks } = runRanks();
+  const gradAccum = settings.gradAccum ?? 1;
+  return { worldSize: ranks, gradAccum, globalBatch: ranks * gradAccum * settings.batchSize };
 }
 
 /** Creates the run directory of a new run (refusing one that already holds a run or other files). */
@@ -245,13 +275,13 @@ interface Prepared {
   records: MetricsRecord[];
 }
 
-function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModalDataset): Prepared {
+function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModalDataset, writer: boolean): Prepared {
   const run = readJson(path.join(runDir, 'run.json'), 'trainRun') as RunFile;
   const saved = parseVocabLayout(readJson(path.join(runDir, 'vocab.json'), 'trainRun'), path.join(runDir, 'vocab.json'));
   if (dataset.layout.hash !== saved.hash || run.dataset?.vocabHash !== saved.hash) {
     throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: the dataset's vocabulary (hash ${dataset.layout.hash.slice(0, 12)}…) differs from the run's vocab.json (${saved.hash.slice(0, 12)}…)`);
   }
-  removePartialCheckpoints(runDir);
+  if (writer) removePartialCheckpoints(runDir);
   const newest = listCheckpoints(runDir)[0];
   if (newest === undefined) throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: no complete checkpoint in ${path.join(runDir, 'checkpoints')}`);
   const { state } = readCheckpoint(newest.dir);
@@ -259,26 +289,55 @@ function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModa
   if (settings.steps < newest.step) {
     throw new MomaError('ERR_ARG', `trainRun: --steps ${settings.steps} is below the step of the newest checkpoint (${newest.step}) of ${runDir}`);
   }
+  keepGlobalBatch(run, settings, runDir);
+  if (!writer) return { run, checkpoint: newest, records: metricsUpTo(path.join(runDir, 'metrics.jsonl'), newest.step) };
   const records = truncateMetrics(path.join(runDir, 'metrics.jsonl'), newest.step);
   run.config = settings;
   run.optimizer.schedule.total = settings.steps;
   run.resumes = [...(run.resumes ?? []), { step: newest.step, at: new Date().toISOString(), steps: settings.steps }];
+  run.parallel = parallelOf(settings);
   writeJsonAtomic(path.join(runDir, 'run.json'), run);
   return { run, checkpoint: newest, records };
+}
+
+/**
+ * A run resumed on another number of ranks keeps its global batch (ranks × gradAccum
+ * micro-batches per step): gradAccum becomes the run's micro-batches per step over the ranks now,
+ * which must divide them.
+ */
+function keepGlobalBatch(run: RunFile, settings: RunSettings, runDir: string): void {
+  const before = run.parallel ?? { worldSize: 1, gradAccum: settings.gradAccum ?? 1 };
+  const { ranks } = runRanks();
+  if (ranks === before.worldSize) return;
+  const micro = before.worldSize * before.gradAccum;
+  if (micro % ranks !== 0) {
+    throw new MomaError('ERR_ARG', `trainRun: --resume ${runDir}: the run trains ${micro} micro-batches of ${settings.batchSize} per step `
+      + `(${before.worldSize} rank(s) × gradAccum ${before.gradAccum}); resume it on a number of ranks that divides ${micro}, not ${ranks}`);
+  }
+  settings.gradAccum = micro / ranks;
 }
 
 /** Trains as the settings say (see the module comment); resolves when done, stopped by the signal, or rejects on an error. */
 export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): Promise<RunSummary> {
   const started = Date.now();
   const { settings, resume } = resolveRunConfig(options);
+  const { rank, ranks } = runRanks();
+  const writer = rank === 0;
+  if (ranks > 1) {
+    const groupDevice = world().device;
+    if ((groupDevice === 'cpu') !== (settings.device === 'cpu')) {
+      throw new MomaError('ERR_DIST', `trainRun: the process group runs on ${groupDevice} (backend ${world().backend}) but the run asks for device ${settings.device}`);
+    }
+    settings.device = groupDevice;
+  }
   const runDir = path.resolve(settings.out);
   const dataset = options.dataset ?? await openDataset(settings, resume === null ? null : runDir);
   let prepared: Prepared;
   if (resume !== null) {
-    prepared = prepareResume(runDir, settings, dataset);
+    prepared = prepareResume(runDir, settings, dataset, writer);
   } else {
     const run = newRunFile(settings, dataset);
-    createRunDir(runDir, run, dataset);
+    if (writer) createRunDir(runDir, run, dataset);
     prepared = { run, checkpoint: null, records: [] };
   }
   const { run } = prepared;
@@ -290,7 +349,9 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
   const heldOut = heldOutSequences(dataset, settings);
   const vocabInfo = vocabFromSpec(dataset.layout);
   const metricsFile = path.join(runDir, 'metrics.jsonl');
-  const appendRecord = (record: MetricsRecord): void => onDisk(`append to ${metricsFile}`, () => fs.appendFileSync(metricsFile, JSON.stringify(record) + '\n'));
+  const appendRecord = (record: MetricsRecord): void => {
+    if (writer) onDisk(`append to ${metricsFile}`, () => fs.appendFileSync(metricsFile, JSON.stringify(record) + '\n'));
+  };
 
   const model = new Transformer(run.model);
   let trainer: Trainer | null = null;
@@ -300,7 +361,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       schedule: { peak: settings.lr, warmup: settings.warmup, shape: 'cosine', floor: SCHEDULE_FLOOR },
       optimizer: { betas: run.optimizer.betas, eps: run.optimizer.eps, weightDecay: run.optimizer.weightDecay, clipNorm: run.optimizer.clipNorm },
       seed: settings.seed, statsEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.floor(settings.steps / 10)),
-      logEvery: settings.logEvery ?? RUN_DEFAULTS.logEvery,
+      logEvery: settings.logEvery ?? RUN_DEFAULTS.logEvery, gradAccum: settings.gradAccum ?? RUN_DEFAULTS.gradAccum,
     });
     if (prepared.checkpoint !== null) trainer.resume(prepared.checkpoint.dir);
     const startStep = trainer.step;
@@ -334,21 +395,24 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       const dir = checkpointDirOf(runDir, t.step);
       await t.checkpoint(dir);
       lastCheckpoint = { step: t.step, dir };
-      for (const old of listCheckpoints(runDir).slice(KEEP_CHECKPOINTS)) fs.rmSync(old.dir, { recursive: true, force: true });
+      if (writer) for (const old of listCheckpoints(runDir).slice(KEEP_CHECKPOINTS)) fs.rmSync(old.dir, { recursive: true, force: true });
       hooks.onCheckpoint?.({ step: t.step, dir });
     };
 
     const logRecord = (metrics: StepMetrics | null): void => {
       if (metrics === null) return;
       trainSeconds += metrics.seconds;
-      const record: StepRecord = { ...metrics, imageFraction: data.takeImageFraction(metrics.interval) };
+      const record: StepRecord = { ...metrics, imageFraction: data.takeImageFraction(metrics.interval * t.split.ranks * t.split.accumulation) };
       appendRecord(record);
       hooks.onStep?.(record);
     };
 
     // Steps between records only queue device work; evaluations and checkpoints wait for the
     // device anyway, so their steps are logged too (each record then covers training only).
-    while (t.step < settings.steps && hooks.signal?.aborted !== true) {
+    const onAbort = (): void => t.requestStop();
+    if (hooks.signal?.aborted === true) t.requestStop();
+    hooks.signal?.addEventListener('abort', onAbort);
+    while (t.step < settings.steps && !t.stopping) {
       const step = t.step + 1;
       const evalDue = settings.evalEvery > 0 && step % settings.evalEvery === 0;
       const checkpointDue = settings.checkpointEvery > 0 && step % settings.checkpointEvery === 0;
@@ -360,6 +424,11 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     const stopped = t.step < settings.steps;
     if (!stopped && lastEvalStep !== t.step) await runEval();
     if (lastCheckpoint?.step !== t.step) await runCheckpoint();
+    hooks.signal?.removeEventListener('abort', onAbort);
+    if (!writer) {
+      const session = { steps: t.step - startStep, tokens: t.tokens - startTokens, trainSeconds, tokensPerSecond: trainSeconds > 0 ? (t.tokens - startTokens) / trainSeconds : 0 };
+      return { ...summarizeMetrics([], []), runDir, stopped, session, wallSeconds: (Date.now() - started) / 1000, checkpoint: lastCheckpoint?.dir ?? '', report: null };
+    }
     const report = await writeReport(runDir);
     const { steps, evals } = readMetrics(runDir);
     const session = { steps: t.step - startStep, tokens: t.tokens - startTokens, trainSeconds, tokensPerSecond: trainSeconds > 0 ? (t.tokens - startTokens) / trainSeconds : 0 };

@@ -48,6 +48,12 @@ export interface RunSettings {
    * only so that settings objects written before it existed still type-check (default 10).
    */
   logEvery?: number;
+  /**
+   * Micro-batches per optimizer step on each rank (gradient accumulation): a step trains
+   * ranks × gradAccum × batchSize sequences. Optional in the type for run.json files written before
+   * it existed (default 1).
+   */
+  gradAccum?: number;
   /** The run directory. */
   out: string;
 }
@@ -74,6 +80,7 @@ export const RUN_DEFAULTS = {
   evalBatches: 4,
   checkpointEvery: 200,
   logEvery: 10,
+  gradAccum: 1,
 } as const;
 
 /** Runs whose run.json predates the logEvery setting logged every step, and go on doing so when resumed. */
@@ -127,6 +134,7 @@ const SETTINGS: Record<SettingKey, Setting> = {
   evalBatches: { flag: '--eval-batches', expect: 'an integer in [1, 10000]', schema: intIn(1, 10000), fromText: asInt },
   checkpointEvery: { flag: '--checkpoint-every', expect: 'an integer in [0, 1e9] (0: only at the end)', schema: intIn(0, 1e9), fromText: asInt },
   logEvery: { flag: '--log-every', expect: 'an integer in [1, 1e9]', schema: intIn(1, 1e9), fromText: asInt },
+  gradAccum: { flag: '--grad-accum', expect: 'an integer in [1, 4096]', schema: intIn(1, 4096), fromText: asInt },
   out: { flag: '--out', expect: 'a folder path', schema: z.string().trim().min(1), fromText: (t) => t },
 };
 
@@ -222,6 +230,7 @@ export function readRunSettings(runDir: string): RunSettings {
   }
   const stored = checkSource(run.config as Record<string, unknown>, { kind: 'file', file });
   stored.logEvery ??= LOG_EVERY_BEFORE_IT_WAS_A_SETTING;
+  stored.gradAccum ??= RUN_DEFAULTS.gradAccum;
   const missing = SETTING_KEYS.filter((k) => stored[k] === undefined);
   if (missing.length > 0) throw new MomaError('ERR_FILE', `run config: ${file} lacks setting(s) ${missing.join(', ')}`);
   return stored as unknown as RunSettings;
@@ -291,6 +300,7 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     evalBatches: given.evalBatches ?? RUN_DEFAULTS.evalBatches,
     checkpointEvery: given.checkpointEvery ?? RUN_DEFAULTS.checkpointEvery,
     logEvery: given.logEvery ?? RUN_DEFAULTS.logEvery,
+    gradAccum: given.gradAccum ?? RUN_DEFAULTS.gradAccum,
     out: given.out ?? defaultRunDir(presetName, sources.now ?? new Date()),
   };
   checkPresetAndDevice(settings, nameOfKey);

@@ -15,17 +15,21 @@
  */
 import { EventEmitter } from 'events';
 import { backward } from '../autograd/tape';
+import { scale } from '../autograd/functions';
 import { tidy, untrack } from '../autograd/scope';
 import { MomaError } from '../errors';
 import { runtimeStats } from '../memory';
 import { concat } from '../ops';
+import { full, zeros } from '../creation';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { MoEFeedForward } from '../model/layers';
 import { Batch, disposeBatch, makeBatch, Transformer, TransformerConfig } from '../model/transformer';
+import { batchRows, BatchRowsOptions } from '../model/batch_rows';
 import { AdamW, AdamWOptions, learningRate } from '../optim/adamw';
 import { loadCheckpointInto, saveCheckpoint } from './checkpoint';
 import { trainingFlops } from './flops';
+import { allReduceGradients, microBatchGenerator, StepSplit, stepSplit, sumOverRanks } from './data_parallel';
 import type { TokenBatchSource } from '../data/dataset';
 import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
 import { at } from '../checked';
@@ -58,6 +62,17 @@ export interface TrainerOptions {
   logEvery?: number;
   /** FLOP/s the device can do (MFU denominator); default from MOMA_PEAK_FLOPS, else 256e9 on CPU, 989e12 on CUDA. */
   peakFlops?: number;
+  /**
+   * Micro-batches per optimizer step on each rank (gradient accumulation; default 1). Each is one
+   * `data.next()`; the step's gradient is the mean of its micro-batches' gradients.
+   */
+  gradAccum?: number;
+  /**
+   * Data parallel over the process group (lib/distributed): default on when `distributed.init()`
+   * joined a group of more than one rank. A step then trains ranks × gradAccum micro-batches, rank r
+   * the r-th contiguous share (lib/train/data_parallel.ts); rank 0 writes the checkpoints.
+   */
+  dataParallel?: boolean;
 }
 
 export interface ExpertStat {
@@ -96,10 +111,19 @@ export interface StepMetrics {
   routing?: ExpertStat[];
 }
 
-/** A step's batch built ahead of time, with the data position before it (what a checkpoint saves). */
-interface NextBatch {
+/** What a whole step (every rank's micro-batches) adds up to, from the host rows of all of them. */
+interface StepTotals {
+  rows: number;
+  targets: number;
+  targetsPerModality: number[];
+  flops: number;
+  flopsPerModality: number[];
+}
+
+/** A step's micro-batches (this rank's share) built ahead of time, with the data position before them (what a checkpoint saves). */
+interface NextStep {
   position: unknown;
-  result: Promise<{ batch: Batch } | { error: unknown }>;
+  result: Promise<{ batches: Batch[]; totals: StepTotals } | { error: unknown }>;
 }
 
 /** What the steps since the last record add up to; `sums` stays on the device until it is logged. */
@@ -140,7 +164,11 @@ export class Trainer extends EventEmitter {
   private readonly logEvery: number;
   private readonly peakFlops: number;
   private stopRequested = false;
-  private next: NextBatch | null = null;
+  /** Data parallel: some rank asked to stop, as the ranks learned at the last logged step. */
+  private stopAgreed = false;
+  private next: NextStep | null = null;
+  /** This rank's share of a step: ranks × accumulation micro-batches per step. */
+  readonly split: StepSplit;
   private interval: Interval;
   /** The step of the last record (or where training started): routing statistics follow it. */
   private lastLogged = 0;
@@ -155,12 +183,14 @@ export class Trainer extends EventEmitter {
     const logEvery = options.logEvery ?? 10;
     if (!Number.isInteger(logEvery) || logEvery < 1) throw new MomaError('ERR_ARG', `Trainer: logEvery must be an integer >= 1, got ${String(options.logEvery)}`);
     this.logEvery = logEvery;
+    this.split = stepSplit(options.gradAccum, options.dataParallel);
     this.model = options.model;
     this.optimizer = new AdamW(this.model, { lr: options.schedule.peak, ...options.optimizer });
     this.generator = new Generator(options.seed ?? 0);
     this.vocab = vocabFromSpec(options.vocab);
     this.flops.perModality = this.modalities().map(() => 0);
-    this.peakFlops = options.peakFlops ?? (Number(process.env.MOMA_PEAK_FLOPS) || (this.model.config.device.startsWith('cuda') ? 989e12 : 256e9));
+    const peakPerDevice = options.peakFlops ?? (Number(process.env.MOMA_PEAK_FLOPS) || (this.model.config.device.startsWith('cuda') ? 989e12 : 256e9));
+    this.peakFlops = peakPerDevice * this.split.ranks;
     this.interval = this.emptyInterval();
   }
 
@@ -179,9 +209,18 @@ export class Trainer extends EventEmitter {
     };
   }
 
-  /** Asks the loop to stop after the current step (then it checkpoints, if configured). */
+  /**
+   * Asks the loop to stop (then it checkpoints, if configured): after the current step, or, in
+   * data-parallel training, at the next logged step, where the ranks agree on it so that all of
+   * them stop after the same step.
+   */
   requestStop(): void {
     this.stopRequested = true;
+  }
+
+  /** Whether training stops now: asked with requestStop() and, with several ranks, agreed by all of them at a logged step. */
+  get stopping(): boolean {
+    return this.split.ranks === 1 ? this.stopRequested : this.stopAgreed;
   }
 
   /** Loads a checkpoint written by this trainer: parameters, optimizer, step, tokens, FLOPs, data position, generator. */
@@ -202,6 +241,7 @@ export class Trainer extends EventEmitter {
   /** Saves a checkpoint; the data position is the next step's batch (one built ahead is built again on resume). */
   async checkpoint(dir = this.options.checkpointDir): Promise<void> {
     if (!dir) throw new MomaError('ERR_ARG', 'Trainer.checkpoint: no checkpoint directory');
+    if (this.split.rank !== 0) return;
     await saveCheckpoint(dir, {
       config: this.model.config as unknown as TransformerConfig,
       model: this.model,
@@ -215,29 +255,64 @@ export class Trainer extends EventEmitter {
     this.emit('checkpoint', { step: this.step, dir });
   }
 
-  private toBatch(sequences: number[][]): { batch: Batch } | { error: unknown } {
+  private rowsOptions(): BatchRowsOptions {
     const { vocab } = this;
+    return { padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: this.modalities().length, vocabSize: this.model.config.vocabSize };
+  }
+
+  /**
+   * Builds this rank's micro-batches of a step (uploads queued now) from all ranks × accumulation
+   * sequence sets, and adds up the step's rows, targets and FLOPs over all of them (host only).
+   */
+  private toStep(sets: number[][][]): { batches: Batch[]; totals: StepTotals } | { error: unknown } {
+    const { rank, accumulation } = this.split;
+    const M = this.modalities().length;
+    const totals: StepTotals = { rows: 0, targets: 0, targetsPerModality: new Array<number>(M).fill(0), flops: 0, flopsPerModality: new Array<number>(M).fill(0) };
+    const batches: Batch[] = [];
+    const options = this.rowsOptions();
     try {
-      return {
-        batch: makeBatch(sequences, {
-          padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: this.modalities().length,
-          device: this.model.config.device, vocabSize: this.model.config.vocabSize,
-        }),
-      };
+      sets.forEach((sequences, j) => {
+        const mine = j >= rank * accumulation && j < (rank + 1) * accumulation;
+        const rows = mine ? makeBatch(sequences, { ...options, device: this.model.config.device }) : batchRows(sequences, options);
+        if (mine) batches.push(rows as Batch);
+        const f = trainingFlops(this.model.config, 'host' in rows ? rows.host : rows);
+        totals.rows += rows.counts.rows;
+        totals.targets += rows.counts.total;
+        rows.counts.perModality.forEach((n, m) => (totals.targetsPerModality[m]! += n));
+        totals.flops += f.total;
+        f.perModality.forEach((x, m) => (totals.flopsPerModality[m]! += x));
+      });
+      return { batches, totals };
     } catch (error) {
+      batches.forEach(disposeBatch);
       return { error };
     }
   }
 
-  /** Takes the next batch from the source and builds it (uploads queued) now; an async source's batch is built when it arrives. */
-  private fetchBatch(): NextBatch {
+  /**
+   * Takes the next step's sequence sets from the source (ranks × accumulation of them) and builds
+   * this rank's batches now; an async source's are built when they arrive.
+   */
+  private fetchStep(): NextStep {
     const position = this.options.data.state();
-    let result: NextBatch['result'];
+    const count = this.split.ranks * this.split.accumulation;
+    const sets: number[][][] = [];
+    const pull = (): Promise<NextStep['result'] extends Promise<infer R> ? R : never> | ReturnType<Trainer['toStep']> => {
+      while (sets.length < count) {
+        const got = this.options.data.next();
+        if (!Array.isArray(got)) {
+          return Promise.resolve(got).then((s) => {
+            sets.push(s);
+            return pull();
+          }, (error: unknown) => ({ error }));
+        }
+        sets.push(got);
+      }
+      return this.toStep(sets);
+    };
+    let result: NextStep['result'];
     try {
-      const sequences = this.options.data.next();
-      result = Array.isArray(sequences)
-        ? Promise.resolve(this.toBatch(sequences))
-        : Promise.resolve(sequences).then((s) => this.toBatch(s), (error: unknown) => ({ error }));
+      result = Promise.resolve(pull());
     } catch (error) {
       result = Promise.resolve({ error });
     }
@@ -247,20 +322,20 @@ export class Trainer extends EventEmitter {
   private dropNextBatch(): void {
     if (this.next === null) return;
     void this.next.result.then((r) => {
-      if ('batch' in r) disposeBatch(r.batch);
+      if ('batches' in r) r.batches.forEach(disposeBatch);
     });
     this.next = null;
   }
 
-  /** The step's batch: the one built ahead, or one built now; the time spent waiting is the data wait. */
-  private async takeBatch(): Promise<Batch> {
+  /** The step's micro-batches: those built ahead, or built now; the time spent waiting is the data wait. */
+  private async takeStep(): Promise<{ batches: Batch[]; totals: StepTotals }> {
     const begun = process.hrtime.bigint();
-    const next = this.next ?? this.fetchBatch();
+    const next = this.next ?? this.fetchStep();
     this.next = null;
     const got = await next.result;
     this.interval.dataWaitNs += process.hrtime.bigint() - begun;
     if ('error' in got) throw got.error;
-    return got.batch;
+    return got;
   }
 
   /** Whether the record at `step` carries routing statistics: the first record of every `statsEvery` steps. */
@@ -281,34 +356,42 @@ export class Trainer extends EventEmitter {
     const log = options.log === true || step % this.logEvery === 0 || step >= this.options.steps;
     const routing = log && this.routingDue(step);
     for (const ffn of this.moeLayers()) ffn.collectStats = routing;
-    const batch = await this.takeBatch();
+    const { batches, totals } = await this.takeStep();
     try {
       const { schedule } = this.options;
       const lr = learningRate(this.step, { ...schedule, total: schedule.total ?? this.options.steps });
-      const [loss, ...perModality] = tidy(() => {
-        const out = this.model.loss(batch, { training: true, generator: this.generator });
-        backward(out.loss);
-        return [out.loss, ...out.perModality];
+      const { rank, ranks, accumulation } = this.split;
+      const perStep = ranks * accumulation;
+      batches.forEach((batch, a) => {
+        const generator = perStep === 1 ? this.generator : microBatchGenerator(this.generator.seed, this.step, rank * accumulation + a, perStep);
+        const [loss, ...perModality] = tidy(() => {
+          const out = this.model.loss(batch, { training: true, generator });
+          backward(perStep === 1 ? out.loss : scale(out.loss, 1 / perStep));
+          return [out.loss, ...out.perModality];
+        });
+        this.accumulateLoss(loss as Tensor, perModality, batch.counts);
       });
+      if (ranks > 1) allReduceGradients(this.model.parameters());
       const { gradNorm } = this.optimizer.update(lr);
       this.optimizer.zeroGrad();
-      this.accumulate(loss as Tensor, perModality, gradNorm, batch.counts);
+      this.accumulateGradNorm(gradNorm);
       this.interval.lr = lr;
     } finally {
-      disposeBatch(batch);
+      batches.forEach(disposeBatch);
     }
-    // the next batch: built and its upload queued now, while the device runs this step
-    if (step < this.options.steps && !this.stopRequested) this.next = this.fetchBatch();
+    // the next step's batches: built and their uploads queued now, while the device runs this step
+    if (step < this.options.steps && !this.stopping) this.next = this.fetchStep();
 
     this.step++;
-    const rows = batch.counts.rows;
-    const f = trainingFlops(this.model.config, batch.host);
-    this.tokens += rows;
-    this.flops.total += f.total;
-    f.perModality.forEach((x, m) => (this.flops.perModality[m] = (this.flops.perModality[m] ?? 0) + x));
-    this.interval.steps++;
-    this.interval.rows += rows;
-    this.interval.flops += f.total;
+    this.tokens += totals.rows;
+    this.flops.total += totals.flops;
+    totals.flopsPerModality.forEach((x, m) => (this.flops.perModality[m] = (this.flops.perModality[m] ?? 0) + x));
+    const iv = this.interval;
+    iv.steps++;
+    iv.rows += totals.rows;
+    iv.flops += totals.flops;
+    iv.targets += totals.targets;
+    totals.targetsPerModality.forEach((n, m) => (iv.targetsPerModality[m]! += n));
     if (!log) {
       this.interval.stepNs += process.hrtime.bigint() - started;
       return null;
@@ -322,18 +405,30 @@ export class Trainer extends EventEmitter {
     return this.record(process.hrtime.bigint(), false);
   }
 
-  /** Adds a step's losses (weighted by its targets) and gradient norm to the interval's device sums; disposes the losses. */
-  private accumulate(loss: Tensor, perModality: Tensor[], gradNorm: Tensor, counts: Batch['counts']): void {
+  /** Adds `parts` (scalars) to the interval's device sums at `from` on (the sums hold zeros elsewhere). */
+  private addToSums(parts: Tensor[], from: number): void {
     const previous = this.interval.sums;
+    const M = this.modalities().length;
     this.interval.sums = untrack(tidy(() => {
-      const parts = [loss.scale(counts.total), ...perModality.map((t, m) => t.scale(counts.perModality[m] ?? 0)), gradNorm];
-      const sums = concat(parts.map((t) => t.reshape([1])), 0);
+      const pieces = parts.map((t) => t.reshape([1]));
+      if (from > 0) pieces.unshift(zeros([from], { device: this.model.config.device }));
+      const tail = 2 + M - from - parts.length;
+      if (tail > 0) pieces.push(zeros([tail], { device: this.model.config.device }));
+      const sums = concat(pieces, 0);
       return previous === null ? sums : previous.add(sums);
     }));
     previous?.dispose();
+  }
+
+  /** Adds a micro-batch's losses, weighted by its targets, to the interval's device sums; disposes the losses. */
+  private accumulateLoss(loss: Tensor, perModality: Tensor[], counts: Batch['counts']): void {
+    tidy(() => this.addToSums([loss.scale(counts.total), ...perModality.map((t, m) => t.scale(counts.perModality[m] ?? 0))], 0));
     for (const t of [loss, ...perModality]) t.dispose();
-    this.interval.targets += counts.total;
-    counts.perModality.forEach((n, m) => (this.interval.targetsPerModality[m]! += n));
+  }
+
+  /** Adds a step's gradient norm to the interval's device sums. */
+  private accumulateGradNorm(gradNorm: Tensor): void {
+    this.addToSums([gradNorm], 1 + this.modalities().length);
   }
 
   /** Reads the interval's sums (and routing statistics when asked) in one read and turns them into its record. */
@@ -341,12 +436,22 @@ export class Trainer extends EventEmitter {
     const iv = this.interval;
     const sums = iv.sums as Tensor;
     const layers = routing ? this.moeLayers().filter((ffn) => ffn.lastStats !== null) : [];
-    const flat = layers.length === 0 ? sums : tidy(() => concat([sums, ...layers.map((ffn) => ffn.lastStats!.expertStats.reshape([ffn.lastStats!.expertStats.numel]))], 0));
+    const local = layers.length === 0 ? sums : tidy(() => concat([sums, ...layers.map((ffn) => ffn.lastStats!.expertStats.reshape([ffn.lastStats!.expertStats.numel]))], 0));
+    // data parallel: the ranks' loss sums add up; the gradient norm (the same on every rank) and
+    // the routing statistics become their means over the ranks
+    const flat = this.split.ranks === 1 ? local
+      : tidy(() => sumOverRanks(concat([local, full([1], this.stopRequested ? 1 : 0, { device: this.model.config.device })], 0)));
     let values: ArrayLike<number>;
     try {
       values = await flat.toArray();
     } finally {
-      if (flat !== sums) flat.dispose();
+      if (local !== sums) local.dispose();
+      if (flat !== local) flat.dispose();
+    }
+    if (this.split.ranks > 1) {
+      const R = this.split.ranks;
+      if (at(values, values.length - 1, 'Trainer stop flag') > 0) this.stopAgreed = true;
+      values = Array.from(values, (v, i) => (i >= 1 + this.modalities().length ? v / R : v));
     }
     iv.stepNs += process.hrtime.bigint() - started;
     const names = this.modalities();
@@ -391,7 +496,7 @@ export class Trainer extends EventEmitter {
   /** Runs until `steps` (counting a resumed run's earlier steps) or requestStop(). */
   async run(): Promise<{ steps: number; tokens: number; flops: number }> {
     const { checkpointEvery, checkpointDir } = this.options;
-    while (this.step < this.options.steps && !this.stopRequested) {
+    while (this.step < this.options.steps && !this.stopping) {
       const checkpointDue = Boolean(checkpointDir && checkpointEvery && (this.step + 1) % checkpointEvery === 0);
       const metrics = await this.trainStep({ log: checkpointDue });
       if (metrics !== null) this.emit('step', metrics);
