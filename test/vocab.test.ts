@@ -76,6 +76,18 @@ describe('vocabulary layout', () => {
     throwsCode(() => parseVocabLayout(null, 'v.json'), 'ERR_FILE');
   });
 
+  test('tokenizer files named in a vocab.json are plain names inside the folder and not moma\'s own files', () => {
+    const bad = ['../../etc/passwd', '/etc/passwd', 'sub/codebook.safetensors', '..', 'model.safetensors', 'Optimizer.rank-00000-of-00002.safetensors', 'run.json', 'a\u001bb'];
+    for (const file of bad) {
+      const imageLayout = JSON.parse(JSON.stringify(buildVocabLayout({ tokenizer: { kind: 'bytes' }, size: 256 }, { ...image, file }))) as unknown;
+      expect(messageOf(() => parseVocabLayout(imageLayout, 'v.json'))).toMatch(/^v\.json: vocabulary key 'image\.tokenizer\.file' (must be a plain file name|is a name moma reserves)/);
+      const textLayout = JSON.parse(JSON.stringify(buildVocabLayout({ tokenizer: { kind: 'hf', file, sha256: 'cd'.repeat(32) }, size: 300 }))) as unknown;
+      throwsCode(() => parseVocabLayout(textLayout, 'v.json'), 'ERR_FILE');
+      expect(messageOf(() => parseVocabLayout(textLayout, 'v.json'))).toContain("'text.tokenizer.file'");
+    }
+    expect(parseVocabLayout(JSON.parse(JSON.stringify(layout)) as unknown, 'v.json').image!.tokenizer.file).toBe('image_tokenizer.safetensors');
+  });
+
   test('inconsistent image tokenizers are refused', () => {
     throwsCode(() => buildVocabLayout({ tokenizer: { kind: 'bytes' }, size: 256 }, { ...image, tokensPerImage: 63 }), 'ERR_ARG');
     throwsCode(() => buildVocabLayout({ tokenizer: { kind: 'bytes' }, size: 0 }), 'ERR_ARG');

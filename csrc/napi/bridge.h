@@ -14,6 +14,15 @@
 
 namespace moma::napi {
 
+// ---- per-environment state (addon.cc). The addon is context-aware: the main thread and every
+// worker_threads Worker that loads it get their own instance (napi_set_instance_data), freed when
+// that environment is torn down, so no JS reference outlives or crosses its environment.
+struct AddonData {
+  Napi::FunctionReference tensor_handle_class;  // TensorHandle's constructor (handle.cc)
+  Napi::FunctionReference error_class;          // MomaError, once setErrorClass ran (errors.cc)
+};
+AddonData& addon_data(Napi::Env env);
+
 // ---- errors (errors.cc)
 void set_error_class(const Napi::Function& ctor);
 Napi::Object make_error(Napi::Env env, const std::string& code, const std::string& message);

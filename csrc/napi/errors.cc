@@ -2,20 +2,15 @@
 #include "bridge.h"
 
 namespace moma::napi {
-namespace {
-Napi::FunctionReference& error_class() {
-  static Napi::FunctionReference ref;
-  return ref;
-}
-}  // namespace
 
 void set_error_class(const Napi::Function& ctor) {
-  error_class().Reset(ctor, 1);
+  addon_data(ctor.Env()).error_class.Reset(ctor, 1);
 }
 
 Napi::Object make_error(Napi::Env env, const std::string& code, const std::string& message) {
-  if (!error_class().IsEmpty()) {
-    return error_class().Value().New({Napi::String::New(env, code), Napi::String::New(env, message)});
+  AddonData* data = env.GetInstanceData<AddonData>();
+  if (data != nullptr && !data->error_class.IsEmpty()) {
+    return data->error_class.Value().New({Napi::String::New(env, code), Napi::String::New(env, message)});
   }
   Napi::Error err = Napi::Error::New(env, message);
   err.Set("code", Napi::String::New(env, code));

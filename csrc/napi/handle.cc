@@ -3,12 +3,6 @@
 #include "bridge.h"
 
 namespace moma::napi {
-namespace {
-Napi::FunctionReference& handle_class() {
-  static Napi::FunctionReference ref;
-  return ref;
-}
-}  // namespace
 
 Napi::Function TensorHandle::define(Napi::Env env) {
   Napi::Function ctor = DefineClass(env, "TensorHandle",
@@ -17,14 +11,14 @@ Napi::Function TensorHandle::define(Napi::Env env) {
                                      InstanceAccessor<&TensorHandle::device>("device"),
                                      InstanceAccessor<&TensorHandle::disposed>("disposed"),
                                      InstanceMethod<&TensorHandle::dispose>("dispose")});
-  handle_class().Reset(ctor, 1);
+  addon_data(env).tensor_handle_class.Reset(ctor, 1);
   return ctor;
 }
 
 TensorHandle::TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {}
 
-Napi::Object TensorHandle::wrap(Napi::Env, const Tensor& tensor) {
-  Napi::Object obj = handle_class().New({});
+Napi::Object TensorHandle::wrap(Napi::Env env, const Tensor& tensor) {
+  Napi::Object obj = addon_data(env).tensor_handle_class.New({});
   TensorHandle* h = Unwrap(obj);
   h->tensor_ = tensor;
   h->alive_ = true;
@@ -32,7 +26,7 @@ Napi::Object TensorHandle::wrap(Napi::Env, const Tensor& tensor) {
 }
 
 Tensor TensorHandle::unwrap(const Napi::Value& value, const char* op, const char* arg) {
-  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(handle_class().Value()))
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(addon_data(value.Env()).tensor_handle_class.Value()))
     fail("ERR_ARG", op, ": ", arg, " is not a tensor");
   void* raw = nullptr;
   if (napi_unwrap(value.Env(), value, &raw) != napi_ok || raw == nullptr)

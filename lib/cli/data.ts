@@ -12,6 +12,7 @@ import { shardDtypeFor, ShardDtype } from '../data/shard';
 import { openShardSet, SplitSummary, SPLITS } from '../data/shard_set';
 import { loadTextTokenizer } from '../data/text_tokenizer';
 import type { TextTokenizerInfo } from '../data/vocab';
+import { printable } from './terminal';
 
 export interface DataInspectReport {
   dir: string;
@@ -78,10 +79,10 @@ function splitLine(split: Split, s: SplitSummary & { textTokens?: number }): str
 }
 
 function printInspect(r: DataInspectReport): void {
-  const lines = [`shard set ${r.dir}`, `vocabulary: ${vocabularyLine(r.vocabulary)}`, 'splits:'];
+  const lines = [`shard set ${printable(r.dir)}`, `vocabulary: ${printable(vocabularyLine(r.vocabulary))}`, 'splits:'];
   for (const split of SPLITS) lines.push(splitLine(split, r.splits[split]));
   if (r.firstDocument !== null) {
-    lines.push(`first ${r.firstDocument.split} document (${r.firstDocument.tokens} tokens):`, `  ${r.firstDocument.decoded}`);
+    lines.push(`first ${r.firstDocument.split} document (${r.firstDocument.tokens} tokens):`, `  ${printable(r.firstDocument.decoded)}`);
   }
   console.log(lines.join('\n'));
 }

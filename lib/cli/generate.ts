@@ -14,6 +14,7 @@ import { writeFileAtomic } from '../io/files';
 import { captionToImage, GenerateOptions, imageToCaption } from '../generate/generator';
 import { loadAuxRouters, loadModel, openCheckpoint } from '../run/checkpoint_source';
 import { shownPath } from './paths';
+import { printable } from './terminal';
 
 interface GenerateFlags {
   checkpoint?: string; prompt?: string; imageIn?: string; out?: string; temperature: string; topK: string; topP: string;
@@ -61,7 +62,7 @@ async function runGenerate(flags: GenerateFlags): Promise<void> {
           console.log(JSON.stringify({ prompt: flags.prompt, out, codes: r.codes, tokensPerSecond: r.tokensPerSecond, prefillSeconds: r.prefillSeconds, decodeSeconds: r.decodeSeconds }, null, 2));
         } else {
           const size = image.imageSize * options.scale;
-          console.log(`wrote ${shownPath(out)} (${size}×${size}, ${r.codes.length} image tokens) for "${flags.prompt}"`);
+          console.log(`wrote ${printable(shownPath(out))} (${size}×${size}, ${r.codes.length} image tokens) for "${printable(flags.prompt)}"`);
           console.log(`${r.tokens.length} tokens in ${r.decodeSeconds.toFixed(2)} s: ${r.tokensPerSecond.toFixed(1)} tokens/s (prompt ${(r.prefillSeconds * 1000).toFixed(0)} ms) on ${model.config.device}`);
         }
       } else {
@@ -72,7 +73,7 @@ async function runGenerate(flags: GenerateFlags): Promise<void> {
         if (flags.json) {
           console.log(JSON.stringify({ image: file, caption: r.caption, stop: r.stop, tokensPerSecond: r.tokensPerSecond, prefillSeconds: r.prefillSeconds, decodeSeconds: r.decodeSeconds }, null, 2));
         } else {
-          console.log(r.caption);
+          console.log(printable(r.caption));
           console.log(`${r.tokens.length} tokens in ${r.decodeSeconds.toFixed(2)} s: ${r.tokensPerSecond.toFixed(1)} tokens/s (prompt ${(r.prefillSeconds * 1000).toFixed(0)} ms) on ${model.config.device}${r.stop === 'max-tokens' ? '; stopped at --max-tokens' : ''}`);
         }
       }

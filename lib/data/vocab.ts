@@ -13,6 +13,7 @@
  */
 import { createHash } from 'crypto';
 import { MomaError } from '../errors';
+import { fileNameProblem } from '../io/files';
 
 /** Vocabulary description stored as JSON: pad and BOS ids, and id ranges [from, to) per modality id (others: modality 0). */
 export interface VocabSpec {
@@ -153,6 +154,11 @@ export function parseVocabLayout(value: unknown, where: string): VocabLayout {
       if (!Number.isInteger(t![key]) || t![key] < 1) fail(`image.tokenizer.${key}`, 'must be an integer >= 1');
     }
     if (typeof t!.file !== 'string' || typeof t!.sha256 !== 'string') fail('image.tokenizer', 'needs file and sha256');
+  }
+  for (const [key, file] of [['text.tokenizer.file', tok!.kind === 'hf' ? tok!.file : undefined], ['image.tokenizer.file', image ? image.tokenizer.file : undefined]] as const) {
+    if (file === undefined) continue;
+    const problem = fileNameProblem(file);
+    if (problem !== null) fail(key, problem);
   }
   const computed = vocabHash(v as unknown as VocabLayout);
   if (v.hash !== computed) {

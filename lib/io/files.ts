@@ -69,3 +69,33 @@ export function readJson(file: string, op: string, code: MomaErrorCode = 'ERR_FI
     throw new MomaError(code, `${op}: ${file}: not valid JSON (${(err as Error).message})`);
   }
 }
+
+/**
+ * The names moma writes into run, checkpoint and shard-set folders for itself. A file name that
+ * comes from a file (a tokenizer a vocab.json names, a file copied into a run) may be none of them,
+ * so that copying it in can never overwrite the weights, the state or the records.
+ */
+export const RESERVED_FILE_NAMES: ReadonlySet<string> = new Set([
+  'run.json', 'vocab.json', 'metrics.jsonl', 'report.html', 'report.svg', 'report.png', 'checkpoints',
+  'config.json', 'trainer.json', 'model.safetensors', 'optimizer.safetensors', 'aux_routers.safetensors', 'aux_routers.json',
+  'index.json', 'shards', 'checksums.json',
+]);
+
+/** Prefixes of reserved names: model and optimizer files, sharded ones included (optimizer.rank-…). */
+const RESERVED_PREFIXES = ['model.', 'optimizer.'];
+
+/**
+ * Why `name` (read from a file) cannot name a file inside its folder, or null when it can: it must
+ * be a plain file name (no folder part, not '.' or '..', no NUL or control characters, at most 255
+ * bytes) and not one of RESERVED_FILE_NAMES.
+ */
+export function fileNameProblem(name: unknown): string | null {
+  if (typeof name !== 'string' || name === '') return 'must be a non-empty file name';
+  // eslint-disable-next-line no-control-regex
+  if (name === '.' || name === '..' || /[/\\\u0000-\u001f\u007f]/.test(name) || Buffer.byteLength(name) > 255) {
+    return 'must be a plain file name inside the folder (no folder part, no control characters)';
+  }
+  const lower = name.toLowerCase();
+  if (RESERVED_FILE_NAMES.has(lower) || RESERVED_PREFIXES.some((p) => lower.startsWith(p))) return `is a name moma reserves for its own files (${lower})`;
+  return null;
+}

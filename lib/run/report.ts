@@ -148,7 +148,7 @@ async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities
 }
 
 function escapeHtml(text: string): string {
-  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+  return String(text).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&#39;');
 }
 
 /** 1234567 -> "1.23 M" (SI prefixes), for tokens and FLOPs. */
@@ -173,8 +173,18 @@ export function formatDuration(seconds: number): string {
   return m < 60 ? `${m}m ${s}s` : `${Math.floor(m / 60)}h ${m % 60}m`;
 }
 
+/** A finite number with `digits` decimals; '-' for anything else (null, NaN, a string from a hand-edited file). */
+function fixed(value: unknown, digits: number): string {
+  return typeof value === 'number' && Number.isFinite(value) ? value.toFixed(digits) : '-';
+}
+
 function formatLoss(value: number | null | undefined): string {
-  return value === null || value === undefined || !Number.isFinite(value) ? '-' : value.toFixed(4);
+  return fixed(value, 4);
+}
+
+/** An integer count for the HTML; '-' when it is not one. */
+function count(value: unknown): string {
+  return typeof value === 'number' && Number.isSafeInteger(value) ? String(value) : '-';
 }
 
 /** 'first step', or 'first N steps' when the first record covers several. */
@@ -202,15 +212,15 @@ function routingTable(run: RunFile, routing: NonNullable<MetricsSummary['routing
   };
   const columns = [...new Map(routing.experts.map((e) => [`${e.group}:${e.expert}`, e])).values()];
   const layers = [...new Set(routing.experts.map((e) => e.layer))].sort((a, b) => a - b);
-  const head = `<tr><th>layer</th>${columns.map((c) => `<th>${escapeHtml(groupName(c.group))} ${c.expert}</th>`).join('')}</tr>`;
+  const head = `<tr><th>layer</th>${columns.map((c) => `<th>${escapeHtml(groupName(c.group))} ${count(c.expert)}</th>`).join('')}</tr>`;
   const body = layers.map((layer) => {
     const cells = columns.map((c) => {
       const e = routing.experts.find((x) => x.layer === layer && x.group === c.group && x.expert === c.expert);
-      return e ? `<td class="num">${e.rows} <span class="gate">${e.meanGate.toFixed(2)}</span></td>` : '<td>-</td>';
+      return e ? `<td class="num">${fixed(e.rows, 0)} <span class="gate">${fixed(e.meanGate, 2)}</span></td>` : '<td>-</td>';
     });
-    return `<tr><td>${layer}</td>${cells.join('')}</tr>`;
+    return `<tr><td>${count(layer)}</td>${cells.join('')}</tr>`;
   }).join('');
-  return `<h2>Routing (step ${routing.step})</h2><p>Rows each expert selected in the step's micro-batch, per layer, and (grey) the mean gate of the selected rows.</p><table>${head}${body}</table>`;
+  return `<h2>Routing (step ${count(routing.step)})</h2><p>Rows each expert selected in the step's micro-batch, per layer, and (grey) the mean gate of the selected rows.</p><table>${head}${body}</table>`;
 }
 
 function summaryTable(run: RunFile, summary: MetricsSummary): string {
@@ -221,12 +231,12 @@ function summaryTable(run: RunFile, summary: MetricsSummary): string {
     ['parameters', `${formatSI(params.total)} total, ${formatSI(params.active)} active per token`],
     ['device', escapeHtml(run.config.device)],
     ['data', escapeHtml(run.dataset.name)],
-    ['steps', `${summary.steps} of ${run.config.steps} (batch ${run.config.batchSize} × ${run.config.seqLen} tokens)`],
+    ['steps', `${count(summary.steps)} of ${count(run.config.steps)} (batch ${count(run.config.batchSize)} × ${count(run.config.seqLen)} tokens)`],
     ['tokens', formatSI(summary.tokens)],
     ['training FLOPs', flopsText],
     ['training time', `${formatDuration(summary.trainSeconds)} (waiting for data: ${formatDuration(summary.dataWaitSeconds)} more)`],
     ['throughput', `${formatSI(summary.tokensPerSecond)} tokens/s`],
-    ['moma', `${escapeHtml(run.moma)}, started ${escapeHtml(run.startedAt)}${run.resumes.length > 0 ? `, resumed at step ${run.resumes.map((r) => r.step).join(', ')}` : ''}`],
+    ['moma', `${escapeHtml(run.moma)}, started ${escapeHtml(run.startedAt)}${run.resumes.length > 0 ? `, resumed at step ${run.resumes.map((r) => count(r.step)).join(', ')}` : ''}`],
   ];
   return `<table>${rows.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join('')}</table>`;
 }
