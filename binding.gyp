@@ -16,7 +16,7 @@
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags": ["-ffp-contract=off"],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-ffp-contract=off"],
-      "ldflags": ["-static-libstdc++", "-static-libgcc"],
+      "ldflags": ["-static-libstdc++", "-static-libgcc", "-Wl,--exclude-libs,ALL", "-Wl,-Bsymbolic"],
       "libraries": ["-ldl"]
     }
   ]
