@@ -140,6 +140,50 @@ export function moeLayoutOf(config: Pick<MoMaFFNConfig, 'groups' | 'modalities'>
   return { experts, groupOfModality };
 }
 
+/** The expert weights one grouped GEMM pass reads: w1, w3 [E, dModel, dFF], w2 [E, dFF, dModel]. */
+export type ExpertWeights = Pick<MoMaFFNParameters, 'w1' | 'w2' | 'w3'>;
+
+/** What expertsForward computed: a = silu(h1) ⊙ h3 and out = a·w2; h1 and h3 only when a backward can follow. */
+export interface ExpertActivations {
+  a: Tensor;
+  h1: Tensor | null;
+  h3: Tensor | null;
+  out: Tensor;
+}
+
+/**
+ * The experts' SwiGLU FFN over dispatched rows xd [R, dModel], segment e (rows [offsets[e],
+ * offsets[e + 1])) through expert e: h1 = xd·w1, h3 = xd·w3 and a = silu(h1) ⊙ h3 in one fused
+ * grouped GEMM, then out = a·w2. The pre-activations are kept only when a backward can follow.
+ */
+export function expertsForward(xd: Tensor, weights: ExpertWeights, offsets: Tensor): ExpertActivations {
+  const { a, h1, h3 } = groupedMatmulSwiglu(xd, { w1: weights.w1, w3: weights.w3 }, { offsets, keepPreactivations: gradEnabled() });
+  const out = groupedMatmul(a, weights.w2, { offsets });
+  return { a, h1, h3, out };
+}
+
+/**
+ * The backward of expertsForward for dout [R, dModel] (the gradient of out, already scaled by each
+ * slot's gate): dxd [R, dModel] and the float32 weight gradients of the experts in `weights`.
+ */
+export function expertsBackward(saved: { xd: Tensor; h1: Tensor; h3: Tensor; a: Tensor }, dout: Tensor, weights: ExpertWeights,
+  offsets: Tensor): { dxd: Tensor; dw1: Tensor; dw2: Tensor; dw3: Tensor } {
+  const dw2 = groupedMatmulWgrad(saved.a, dout, { offsets });
+  const da = groupedMatmul(dout, weights.w2, { offsets, transW: true });
+  const { dh1, dh3 } = swigluBackward(saved.h1, saved.h3, da);
+  da.dispose();
+  const dw1 = groupedMatmulWgrad(saved.xd, dh1, { offsets });
+  const dw3 = groupedMatmulWgrad(saved.xd, dh3, { offsets });
+  const dxd1 = groupedMatmul(dh1, weights.w1, { offsets, transW: true });
+  const dxd3 = groupedMatmul(dh3, weights.w3, { offsets, transW: true });
+  dh1.dispose();
+  dh3.dispose();
+  const dxd = dxd1.add(dxd3);
+  dxd1.dispose();
+  dxd3.dispose();
+  return { dxd, dw1, dw2, dw3 };
+}
+
 export class MoMaFFN {
   readonly config: Readonly<Required<Omit<MoMaFFNConfig, 'device' | 'seed'>>> & { device: DeviceName };
   readonly layout: MoeLayout;
@@ -279,10 +323,7 @@ export class MoMaFFN {
       ? route(scores, partition, { layout, mode: this.config.routing, capacityFactor: this.config.capacityFactor, topK: this.config.topK })
       : route(scores, partition, { layout, mode: 'threshold', select: options.select });
     const xd = gatherRows(x, routing.slotRow);
-    // h1 = xd·w1, h3 = xd·w3 and a = silu(h1) ⊙ h3 in one fused grouped GEMM; the pre-activations are kept
-    // only when a backward can follow
-    const { a, h1, h3 } = groupedMatmulSwiglu(xd, { w1, w3 }, { offsets: routing.expertOffsets, keepPreactivations: gradEnabled() });
-    const out = groupedMatmul(a, w2, { offsets: routing.expertOffsets });
+    const { a, h1, h3, out } = expertsForward(xd, { w1, w2, w3 }, routing.expertOffsets);
     const y = combineRows(out, routing.rowSlots, routing.slotGate);
     const saved: Saved = {
       partition, scores, routing, x, weights, xd, h1, h3, a, out, disposed: false,
@@ -320,20 +361,8 @@ export class MoMaFFN {
     const dscores = gateGrad(saved.out, dyc, { slotRow: routing.slotRow, expertOffsets: offs, layout });
     const dout = gatherRows(dyc, routing.slotRow, routing.slotGate);
     if (dyc !== dy) dyc.dispose();
-    const dw2 = groupedMatmulWgrad(saved.a, dout, { offsets: offs });
-    const da = groupedMatmul(dout, w2, { offsets: offs, transW: true });
+    const { dxd, dw1, dw2, dw3 } = expertsBackward({ xd: saved.xd, h1: saved.h1, h3: saved.h3, a: saved.a }, dout, { w1, w2, w3 }, offs);
     dout.dispose();
-    const { dh1, dh3 } = swigluBackward(saved.h1, saved.h3, da);
-    da.dispose();
-    const dw1 = groupedMatmulWgrad(saved.xd, dh1, { offsets: offs });
-    const dw3 = groupedMatmulWgrad(saved.xd, dh3, { offsets: offs });
-    const dxd1 = groupedMatmul(dh1, w1, { offsets: offs, transW: true });
-    const dxd3 = groupedMatmul(dh3, w3, { offsets: offs, transW: true });
-    dh1.dispose();
-    dh3.dispose();
-    const dxd = dxd1.add(dxd3);
-    dxd1.dispose();
-    dxd3.dispose();
     const dxFfn = combineRows(dxd, routing.rowSlots);
     dxd.dispose();
     const dlogits = routerScoresBackward(saved.scores, dscores, { rowGroup: partition.rowGroup, layout, fn: this.config.router });
