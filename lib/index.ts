@@ -18,6 +18,8 @@ export type { InspectReport } from './inspect';
 export * as kernels from './kernels';
 export type { MoeLayout, RoutingOptions, RoutingMode, RouterFn } from './moe/ops';
 export { defaultRouter, MoMaFFN, moeLayoutOf } from './moe/moma_ffn';
+export { ExpertParallelMoMaFFN, localExperts, planExchange } from './moe/expert_parallel';
+export type { ExpertParallelConfig, ExpertParallelContext, ExchangePlan } from './moe/expert_parallel';
 export type {
   MoMaFFNConfig, MoMaFFNContext, MoMaFFNParameterName, MoMaFFNParameterOwner, MoMaFFNParameters, MoeGroupConfig, RoutingStatsReport,
 } from './moe/moma_ffn';
