@@ -10,54 +10,12 @@ import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { loadSafetensors } from '../lib/io/safetensors';
 import { ensureDist, runCli } from './support/cli';
+import { COMMON, describeGloo, expectClose, expectSameParams, params, steps } from './support/dist_train';
 
 const root = path.join(__dirname, '..');
-const plugin = path.join(root, 'build', 'Release', 'libmoma_gloo.so');
-const describeGloo = fs.existsSync(plugin) ? describe : describe.skip;
-if (!fs.existsSync(plugin)) console.log(`data parallel tests skipped: no gloo plugin at ${plugin} (apt-get install libgloo-dev, then npm run build:native)`);
 
-const COMMON = ['--batch-size', '2', '--seq-len', '64', '--log-every', '1', '--eval-every', '0', '--device', 'cpu', '--preset', 'tiny-4t4i'];
-
-interface Step { step: number; loss: number; gradNorm: number; tokens: number }
-
-function steps(runDir: string): Step[] {
-  return fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Step & { kind?: string })
-    .filter((r) => r.kind === undefined);
-}
-
-async function params(runDir: string, step: number): Promise<Map<string, Float32Array>> {
-  const file = loadSafetensors(path.join(runDir, 'checkpoints', `step-${String(step).padStart(6, '0')}`, 'model.safetensors'));
-  const out = new Map<string, Float32Array>();
-  for (const [name, t] of file.tensors) {
-    out.set(name, Float32Array.from(await t.astype('float32').toArray()));
-    t.dispose();
-  }
-  return out;
-}
-
-function expectClose(a: number, b: number, what: string): void {
-  const rel = Math.abs(a - b) / Math.max(Math.abs(b), 1e-12);
-  if (!(rel <= 1e-5)) throw new Error(`${what}: ${a} vs ${b} (relative ${rel})`);
-}
-
-function expectSameParams(a: Map<string, Float32Array>, b: Map<string, Float32Array>): void {
-  expect([...a.keys()].sort()).toEqual([...b.keys()].sort());
-  for (const [name, x] of a) {
-    const y = b.get(name)!;
-    expect(x.length).toBe(y.length);
-    let worst = 0;
-    let scale = 0;
-    for (let i = 0; i < x.length; i++) {
-      worst = Math.max(worst, Math.abs(x[i]! - y[i]!));
-      scale = Math.max(scale, Math.abs(y[i]!));
-    }
-    if (!(worst <= 1e-5 * Math.max(scale, 1e-12))) throw new Error(`parameter ${name}: max difference ${worst} (largest value ${scale})`);
-  }
-}
-
-describeGloo('data parallel training (2 ranks, gloo, loopback)', () => {
+describeGloo('data parallel tests')('data parallel training (2 ranks, gloo, loopback)', () => {
   let dir: string;
   beforeAll(() => {
     ensureDist();

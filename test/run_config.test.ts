@@ -37,7 +37,7 @@ test('no arguments: the measured defaults, the best device, MoMa 4t4i with image
   const expected: RunSettings = {
     preset: 'tiny-4t4i', model: {}, data: 'builtin', device: bestDevice(), steps: RUN_DEFAULTS.steps, batchSize: 8, seqLen: 256,
     lr: 3e-3, warmup: 50, seed: 0, imageFraction: 0.5, evalEvery: RUN_DEFAULTS.evalEvery, evalBatches: RUN_DEFAULTS.evalBatches,
-    checkpointEvery: RUN_DEFAULTS.checkpointEvery, logEvery: RUN_DEFAULTS.logEvery, out: 'runs/20250102-030405-tiny-4t4i',
+    checkpointEvery: RUN_DEFAULTS.checkpointEvery, logEvery: RUN_DEFAULTS.logEvery, gradAccum: RUN_DEFAULTS.gradAccum, sharding: 'none', out: 'runs/20250102-030405-tiny-4t4i',
   };
   expect(settings).toEqual(expected);
   expect(Object.keys(settings)).toEqual(Object.keys(expected));

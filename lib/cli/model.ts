@@ -1,10 +1,15 @@
-/** `moma model list` and `moma model info PRESET`: presets, parameter counts and FLOPs per row (no tensors allocated). */
+/**
+ * `moma model list` and `moma model info PRESET`: presets, parameter counts, FLOPs per row and the
+ * per-rank training memory for a world size and sharding (lib/train/zero.ts memoryPerRank); no
+ * tensors allocated.
+ */
 import { Command } from 'commander';
 import { MomaError } from '../errors';
 import { defaultRouter, moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
 import { countParameters, FlopsReport, forwardFlopsPerRow, ParameterCount } from '../model/params';
 import { describePreset, listPresets, preset } from '../model/presets';
 import { TransformerConfig, validateConfig } from '../model/transformer';
+import { checkSharding, MemoryEstimate, memoryPerRank, Sharding } from '../train/zero';
 
 /** Exit code of a usage error (unknown preset, bad option value). */
 const EXIT_USAGE = 2;
@@ -15,15 +20,39 @@ export interface ModelInfo {
   config: TransformerConfig;
   parameters: ParameterCount;
   flopsPerRow: FlopsReport;
+  /** Training memory per rank, bytes (float32 parameters, gradients and AdamW state). */
+  memory: MemoryEstimate & { batchSize: number; seqLen: number };
+}
+
+export interface ModelInfoOptions {
+  /** Sequence length of the FLOPs (default 4096). */
+  seqLen?: number;
+  /** Sequence length of the activation estimate (default: seqLen). */
+  activationSeqLen?: number;
+  /** Sequences per micro-batch of the activation estimate (default 1). */
+  batchSize?: number;
+  /** Ranks of data-parallel training (default 1). */
+  worldSize?: number;
+  sharding?: Sharding;
 }
 
 /** Everything `moma model info` prints, as an object. */
-export function modelInfo(name: string, options: { seqLen?: number } = {}): ModelInfo {
+export function modelInfo(name: string, options: ModelInfoOptions = {}): ModelInfo {
   const config = preset(name);
+  const seqLen = options.seqLen ?? 4096;
+  const batch = { batchSize: options.batchSize ?? 1, seqLen: options.activationSeqLen ?? seqLen };
+  const memory = memoryPerRank(config, { worldSize: options.worldSize ?? 1, sharding: checkSharding(options.sharding, 'model info: sharding'), ...batch });
   return {
     name: name.trim().toLowerCase(), description: describePreset(name), config,
-    parameters: countParameters(config), flopsPerRow: forwardFlopsPerRow(config, { seqLen: options.seqLen }),
+    parameters: countParameters(config), flopsPerRow: forwardFlopsPerRow(config, { seqLen }), memory: { ...memory, ...batch },
   };
+}
+
+/** 3.2e9 → "2.98 GiB". */
+function bytesText(n: number): string {
+  const units: [number, string][] = [[2 ** 40, 'TiB'], [2 ** 30, 'GiB'], [2 ** 20, 'MiB'], [2 ** 10, 'KiB']];
+  for (const [scale, unit] of units) if (n >= scale) return `${(n / scale).toFixed(2)} ${unit}`;
+  return `${n} B`;
 }
 
 /** 92_307_456 → "92.3M", 1_476_800_000 → "1.48B". */
@@ -86,6 +115,17 @@ function printInfo(info: ModelInfo): void {
   if (mods.some(([, b]) => b.total !== fl.overall.total)) {
     for (const [m, b] of mods) lines.push(`  ${pad(`  ${m}`)}${human(b.total)}`);
   }
+  const m = info.memory;
+  const sharded = m.sharding !== 'none' && m.worldSize > 1;
+  lines.push(
+    '',
+    `training memory per rank (${m.worldSize} rank${m.worldSize > 1 ? 's' : ''}, sharding ${m.sharding}${m.sharding !== 'none' && m.worldSize === 1 ? ': nothing to shard on one rank' : ''}; float32, AdamW)`,
+    `  ${pad('parameters')}${bytesText(m.parameters)} (4 B × ${human(p.total)}, full on every rank)`,
+    `  ${pad('gradients')}${bytesText(m.gradients)} (${m.sharding === 'zero2' && sharded ? `this rank's 1/${m.worldSize} through the update; the full ${bytesText(4 * p.total)} at the end of the backward` : 'full, through the update'})`,
+    `  ${pad('optimizer')}${bytesText(m.optimizer)} (AdamW moments, 8 B per parameter${sharded ? `, 1/${m.worldSize} on each rank` : ''})`,
+    `  ${pad('activations')}${bytesText(m.activations)} (one micro-batch of ${m.batchSize} × ${m.seqLen} tokens, an estimate)`,
+    `  ${pad('peak')}${bytesText(m.total)} (parameters + optimizer + the larger of backward (full gradients + activations) and update)`,
+  );
   console.log(lines.join('\n'));
 }
 
@@ -124,12 +164,23 @@ export function registerModelCommands(program: Command): void {
     .argument('<preset>', `preset name (see moma model list)`)
     .option('--json', 'print JSON')
     .option('--seq <n>', 'sequence length for the attention-score FLOPs (L_t = seq/2)', '4096')
-    .action((name: string, opts: { json?: boolean; seq: string }) => {
+    .option('--seq-len <n>', 'sequence length of the activation estimate (default: --seq)')
+    .option('--batch-size <n>', 'sequences per micro-batch of the activation estimate', '1')
+    .option('--world-size <n>', 'data-parallel ranks of the per-rank memory', '1')
+    .option('--sharding <kind>', "none, zero1 (AdamW moments sharded) or zero2 (gradients too)", 'none')
+    .action((name: string, opts: { json?: boolean; seq: string; seqLen?: string; batchSize: string; worldSize: string; sharding: string }) => {
       let info: ModelInfo;
       try {
-        const seqLen = Number(opts.seq);
-        if (!Number.isInteger(seqLen) || seqLen < 1) throw new MomaError('ERR_ARG', `--seq must be an integer >= 1, got '${opts.seq}'`);
-        info = modelInfo(name, { seqLen });
+        const integer = (text: string, flag: string): number => {
+          const n = Number(text);
+          if (!Number.isInteger(n) || n < 1) throw new MomaError('ERR_ARG', `${flag} must be an integer >= 1, got '${text}'`);
+          return n;
+        };
+        const seqLen = integer(opts.seq, '--seq');
+        info = modelInfo(name, {
+          seqLen, activationSeqLen: opts.seqLen === undefined ? seqLen : integer(opts.seqLen, '--seq-len'), batchSize: integer(opts.batchSize, '--batch-size'),
+          worldSize: integer(opts.worldSize, '--world-size'), sharding: checkSharding(opts.sharding, '--sharding'),
+        });
       } catch (err) {
         usageError(err);
         return;

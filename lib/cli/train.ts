@@ -35,6 +35,7 @@ interface TrainFlags {
   checkpointEvery?: string;
   logEvery?: string;
   gradAccum?: string;
+  sharding?: string;
   resume?: string;
   out?: string;
   jsonLog?: boolean;
@@ -174,7 +175,8 @@ async function runTrain(flags: TrainFlags): Promise<void> {
         const batch = ranks * accum === 1 ? `${info.settings.batchSize}`
           : `(${ranks > 1 ? `${ranks} ranks × ` : ''}${accum > 1 ? `${accum} micro-batches × ` : ''}${info.settings.batchSize})`;
         say(`moma train: ${what} — ${info.settings.preset} (${formatSI(info.parameters.total)} parameters) on ${info.settings.device}, data ${info.dataset}, `
-          + `${info.settings.steps} steps × ${batch} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`);
+          + `${info.settings.steps} steps × ${batch} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`
+          + `${ranks > 1 && (info.settings.sharding ?? 'none') !== 'none' ? `, optimizer state sharded (${info.settings.sharding})` : ''}`);
         progress.start(info);
       },
       onStep: (r) => progress.step(r),
@@ -197,7 +199,7 @@ export function registerTrainCommands(program: Command): void {
     .command('train')
     .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
     .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
-    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, out); flags override it')
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, out); flags override it')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
@@ -211,6 +213,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--eval-batches <n>', `held-out batches per evaluation (default ${RUN_DEFAULTS.evalBatches})`)
     .option('--checkpoint-every <n>', `checkpoint every n steps, 0: at the end only (default ${RUN_DEFAULTS.checkpointEvery}); the newest 2 are kept`)
     .option('--grad-accum <n>', `micro-batches of --batch-size per optimizer step on each rank (default ${RUN_DEFAULTS.gradAccum}); a step trains ranks × n × batch-size sequences`)
+    .option('--sharding <kind>', "data parallel: 'zero1' shards the AdamW moments over the ranks, 'zero2' the gradients too (default none); kept on resume")
     .option('--log-every <n>', `read the metrics back every n steps, one metrics.jsonl record with the means (default ${RUN_DEFAULTS.logEvery}); the steps between never wait for the device`)
     .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps may change)')
     .option('--out <run dir>', 'run directory (default runs/<yyyymmdd-hhmmss>-<preset>)')

@@ -23,7 +23,8 @@
  * (lib/train/data_parallel.ts). Rank 0 alone writes the run directory (run.json, metrics,
  * checkpoints, report); every rank evaluates the held-out set (the same numbers; rank 0 records
  * them), and a stop asked of any rank is agreed at the next logged step. Checkpoints hold the full
- * model and optimizer state, so a run resumes on any number of ranks.
+ * model and optimizer state (with `sharding` zero1/zero2, each rank writes its optimizer shard
+ * into rank 0's checkpoint; lib/train/checkpoint.ts), so a run resumes on any number of ranks.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -38,7 +39,7 @@ import { SequencePacker } from '../data/packer';
 import { openShardSet } from '../data/shard_set';
 import { modalityOfId, parseVocabLayout, VocabLayout, vocabFromSpec } from '../data/vocab';
 import { readJson, writeFileAtomic, writeJsonAtomic } from '../io/files';
-import { isInitialized, world } from '../distributed/process_group';
+import { barrier, isInitialized, world } from '../distributed/process_group';
 import { readCheckpoint } from '../train/checkpoint';
 import { evaluate } from '../train/evaluate';
 import { StepMetrics, Trainer } from '../train/trainer';
@@ -275,13 +276,13 @@ interface Prepared {
   records: MetricsRecord[];
 }
 
-function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModalDataset, writer: boolean): Prepared {
+/** What a resume starts from, read (nothing written: every rank reads it before rank 0 rewrites it, commitResume). */
+function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModalDataset): Prepared {
   const run = readJson(path.join(runDir, 'run.json'), 'trainRun') as RunFile;
   const saved = parseVocabLayout(readJson(path.join(runDir, 'vocab.json'), 'trainRun'), path.join(runDir, 'vocab.json'));
   if (dataset.layout.hash !== saved.hash || run.dataset?.vocabHash !== saved.hash) {
     throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: the dataset's vocabulary (hash ${dataset.layout.hash.slice(0, 12)}…) differs from the run's vocab.json (${saved.hash.slice(0, 12)}…)`);
   }
-  if (writer) removePartialCheckpoints(runDir);
   const newest = listCheckpoints(runDir)[0];
   if (newest === undefined) throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: no complete checkpoint in ${path.join(runDir, 'checkpoints')}`);
   const { state } = readCheckpoint(newest.dir);
@@ -290,14 +291,19 @@ function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModa
     throw new MomaError('ERR_ARG', `trainRun: --steps ${settings.steps} is below the step of the newest checkpoint (${newest.step}) of ${runDir}`);
   }
   keepGlobalBatch(run, settings, runDir);
-  if (!writer) return { run, checkpoint: newest, records: metricsUpTo(path.join(runDir, 'metrics.jsonl'), newest.step) };
-  const records = truncateMetrics(path.join(runDir, 'metrics.jsonl'), newest.step);
+  return { run, checkpoint: newest, records: metricsUpTo(path.join(runDir, 'metrics.jsonl'), newest.step) };
+}
+
+/** Rank 0's part of a resume: drops partial checkpoints and the metrics past the checkpoint, and records the resume in run.json. */
+function commitResume(runDir: string, settings: RunSettings, prepared: Prepared): void {
+  const { run, checkpoint } = prepared;
+  removePartialCheckpoints(runDir);
+  truncateMetrics(path.join(runDir, 'metrics.jsonl'), checkpoint!.step);
   run.config = settings;
   run.optimizer.schedule.total = settings.steps;
-  run.resumes = [...(run.resumes ?? []), { step: newest.step, at: new Date().toISOString(), steps: settings.steps }];
+  run.resumes = [...(run.resumes ?? []), { step: checkpoint!.step, at: new Date().toISOString(), steps: settings.steps }];
   run.parallel = parallelOf(settings);
   writeJsonAtomic(path.join(runDir, 'run.json'), run);
-  return { run, checkpoint: newest, records };
 }
 
 /**
@@ -334,7 +340,10 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
   const dataset = options.dataset ?? await openDataset(settings, resume === null ? null : runDir);
   let prepared: Prepared;
   if (resume !== null) {
-    prepared = prepareResume(runDir, settings, dataset, writer);
+    prepared = prepareResume(runDir, settings, dataset);
+    // every rank has read run.json, the metrics and the checkpoint list before rank 0 rewrites them
+    if (ranks > 1) await barrier();
+    if (writer) commitResume(runDir, settings, prepared);
   } else {
     const run = newRunFile(settings, dataset);
     if (writer) createRunDir(runDir, run, dataset);
@@ -362,6 +371,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       optimizer: { betas: run.optimizer.betas, eps: run.optimizer.eps, weightDecay: run.optimizer.weightDecay, clipNorm: run.optimizer.clipNorm },
       seed: settings.seed, statsEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.floor(settings.steps / 10)),
       logEvery: settings.logEvery ?? RUN_DEFAULTS.logEvery, gradAccum: settings.gradAccum ?? RUN_DEFAULTS.gradAccum,
+      sharding: settings.sharding ?? RUN_DEFAULTS.sharding,
     });
     if (prepared.checkpoint !== null) trainer.resume(prepared.checkpoint.dir);
     const startStep = trainer.step;

@@ -15,6 +15,7 @@ import { cudaDeviceCount, bestDevice, DeviceName, normalizeDevice } from '../dev
 import { MomaError } from '../errors';
 import { readJson } from '../io/files';
 import { preset, PresetOverrides } from '../model/presets';
+import { Sharding, SHARDINGS } from '../train/zero';
 
 /** Model overrides of the preset (config file or code only): shapes and options, not vocabulary or device. */
 export type ModelOverrides = Pick<PresetOverrides, 'dModel' | 'layers' | 'heads' | 'ffn' | 'mod' | 'norm' | 'computeDtype' | 'zLoss' | 'initStd' | 'ropeTheta'>;
@@ -54,6 +55,13 @@ export interface RunSettings {
    * it existed (default 1).
    */
   gradAccum?: number;
+  /**
+   * Data parallel: shard the AdamW moments ('zero1') and the gradients too ('zero2') over the
+   * ranks (lib/train/zero.ts), or not ('none'). Kept on resume, on any number of ranks (one rank
+   * has nothing to shard). Optional in the type for run.json files written before it existed
+   * (default 'none').
+   */
+  sharding?: Sharding;
   /** The run directory. */
   out: string;
 }
@@ -81,6 +89,7 @@ export const RUN_DEFAULTS = {
   checkpointEvery: 200,
   logEvery: 10,
   gradAccum: 1,
+  sharding: 'none',
 } as const;
 
 /** Runs whose run.json predates the logEvery setting logged every step, and go on doing so when resumed. */
@@ -135,6 +144,7 @@ const SETTINGS: Record<SettingKey, Setting> = {
   checkpointEvery: { flag: '--checkpoint-every', expect: 'an integer in [0, 1e9] (0: only at the end)', schema: intIn(0, 1e9), fromText: asInt },
   logEvery: { flag: '--log-every', expect: 'an integer in [1, 1e9]', schema: intIn(1, 1e9), fromText: asInt },
   gradAccum: { flag: '--grad-accum', expect: 'an integer in [1, 4096]', schema: intIn(1, 4096), fromText: asInt },
+  sharding: { flag: '--sharding', expect: "'none', 'zero1' or 'zero2'", schema: z.enum(SHARDINGS as [Sharding, ...Sharding[]]), fromText: (t) => t },
   out: { flag: '--out', expect: 'a folder path', schema: z.string().trim().min(1), fromText: (t) => t },
 };
 
@@ -231,6 +241,7 @@ export function readRunSettings(runDir: string): RunSettings {
   const stored = checkSource(run.config as Record<string, unknown>, { kind: 'file', file });
   stored.logEvery ??= LOG_EVERY_BEFORE_IT_WAS_A_SETTING;
   stored.gradAccum ??= RUN_DEFAULTS.gradAccum;
+  stored.sharding ??= RUN_DEFAULTS.sharding;
   const missing = SETTING_KEYS.filter((k) => stored[k] === undefined);
   if (missing.length > 0) throw new MomaError('ERR_FILE', `run config: ${file} lacks setting(s) ${missing.join(', ')}`);
   return stored as unknown as RunSettings;
@@ -301,6 +312,7 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     checkpointEvery: given.checkpointEvery ?? RUN_DEFAULTS.checkpointEvery,
     logEvery: given.logEvery ?? RUN_DEFAULTS.logEvery,
     gradAccum: given.gradAccum ?? RUN_DEFAULTS.gradAccum,
+    sharding: given.sharding ?? RUN_DEFAULTS.sharding,
     out: given.out ?? defaultRunDir(presetName, sources.now ?? new Date()),
   };
   checkPresetAndDevice(settings, nameOfKey);

@@ -30,6 +30,7 @@ import { AdamW, AdamWOptions, learningRate } from '../optim/adamw';
 import { loadCheckpointInto, saveCheckpoint } from './checkpoint';
 import { trainingFlops } from './flops';
 import { allReduceGradients, microBatchGenerator, StepSplit, stepSplit, sumOverRanks } from './data_parallel';
+import { checkSharding, Sharding, ZeroOptimizer } from './zero';
 import type { TokenBatchSource } from '../data/dataset';
 import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
 import { at } from '../checked';
@@ -73,6 +74,12 @@ export interface TrainerOptions {
    * the r-th contiguous share (lib/train/data_parallel.ts); rank 0 writes the checkpoints.
    */
   dataParallel?: boolean;
+  /**
+   * Data parallel only: shard the AdamW moments ('zero1') and also the gradients ('zero2') over
+   * the ranks (lib/train/zero.ts); default 'none'. Each rank then writes its optimizer shard with
+   * every checkpoint. With one rank there is nothing to shard and it has no effect.
+   */
+  sharding?: Sharding;
 }
 
 export interface ExpertStat {
@@ -156,6 +163,8 @@ export type TrainerListener<E extends keyof TrainerEvents> = (payload: TrainerEv
 export class Trainer extends EventEmitter {
   readonly model: Transformer;
   readonly optimizer: AdamW;
+  /** The sharded optimizer of a data-parallel run with sharding 'zero1' or 'zero2' (it steps `optimizer`, which then holds no moments); else null. */
+  readonly zero: ZeroOptimizer | null;
   step = 0;
   tokens = 0;
   flops = { total: 0, perModality: [] as number[] };
@@ -186,6 +195,8 @@ export class Trainer extends EventEmitter {
     this.split = stepSplit(options.gradAccum, options.dataParallel);
     this.model = options.model;
     this.optimizer = new AdamW(this.model, { lr: options.schedule.peak, ...options.optimizer });
+    const sharding = checkSharding(options.sharding, 'Trainer: sharding');
+    this.zero = sharding !== 'none' && this.split.ranks > 1 ? new ZeroOptimizer(this.optimizer, sharding, this.split) : null;
     this.generator = new Generator(options.seed ?? 0);
     this.vocab = vocabFromSpec(options.vocab);
     this.flops.perModality = this.modalities().map(() => 0);
@@ -225,7 +236,7 @@ export class Trainer extends EventEmitter {
 
   /** Loads a checkpoint written by this trainer: parameters, optimizer, step, tokens, FLOPs, data position, generator. */
   resume(dir: string): void {
-    const { state } = loadCheckpointInto(dir, this.model, this.optimizer);
+    const { state } = loadCheckpointInto(dir, this.model, this.zero ?? this.optimizer);
     this.step = state.step;
     this.tokens = Number(state.tokens ?? 0);
     const flops = state.flops as { total: number; perModality: number[] } | undefined;
@@ -238,21 +249,25 @@ export class Trainer extends EventEmitter {
     this.lastLogged = this.step;
   }
 
-  /** Saves a checkpoint; the data position is the next step's batch (one built ahead is built again on resume). */
+  /**
+   * Saves a checkpoint; the data position is the next step's batch (one built ahead is built again
+   * on resume). Data parallel: rank 0 writes it; with sharding, every rank writes its optimizer
+   * shard into it (every rank must call this).
+   */
   async checkpoint(dir = this.options.checkpointDir): Promise<void> {
     if (!dir) throw new MomaError('ERR_ARG', 'Trainer.checkpoint: no checkpoint directory');
-    if (this.split.rank !== 0) return;
+    if (this.split.rank !== 0 && this.zero === null) return;
     await saveCheckpoint(dir, {
       config: this.model.config as unknown as TransformerConfig,
       model: this.model,
-      optimizer: this.optimizer,
+      ...(this.zero === null ? { optimizer: this.optimizer } : { zero: this.zero }),
       state: {
         step: this.step, optimizerStep: this.optimizer.step, tokens: this.tokens, flops: this.flops,
         generator: this.generator.getState(), dataPosition: this.next === null ? this.options.data.state() : this.next.position,
       },
       files: { ...this.options.checkpointFiles, 'vocab.json': this.options.vocab },
     });
-    this.emit('checkpoint', { step: this.step, dir });
+    if (this.split.rank === 0) this.emit('checkpoint', { step: this.step, dir });
   }
 
   private rowsOptions(): BatchRowsOptions {
@@ -371,8 +386,12 @@ export class Trainer extends EventEmitter {
         });
         this.accumulateLoss(loss as Tensor, perModality, batch.counts);
       });
-      if (ranks > 1) allReduceGradients(this.model.parameters());
-      const { gradNorm } = this.optimizer.update(lr);
+      let gradNorm: Tensor;
+      if (this.zero !== null) gradNorm = this.zero.update(lr).gradNorm;
+      else {
+        if (ranks > 1) allReduceGradients(this.model.parameters());
+        gradNorm = this.optimizer.update(lr).gradNorm;
+      }
       this.optimizer.zeroGrad();
       this.accumulateGradNorm(gradNorm);
       this.interval.lr = lr;
@@ -553,6 +572,7 @@ export class Trainer extends EventEmitter {
     this.dropNextBatch();
     this.interval.sums?.dispose();
     this.interval = this.emptyInterval();
+    this.zero?.dispose();
     this.optimizer.dispose();
   }
 
