@@ -37,21 +37,36 @@ function inferShape(data: Nested, op: string): number[] {
   return shape;
 }
 
+/** What a value that is not tensor data is, for the error message ('a string', 'null', …). */
+function kindOf(value: unknown): string {
+  if (value === null) return 'null';
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'object') return ArrayBuffer.isView(value) ? `a ${value.constructor.name} inside nested arrays` : 'an object';
+  return `a ${typeof value}`;
+}
+
+function badData(op: string, value: unknown, where: string): MomaError {
+  const at = where === '' ? '' : ` at ${where}`;
+  return new MomaError('ERR_ARG', `${op}: data must be numbers, booleans, a typed array or nested arrays of numbers; got ${kindOf(value)}${at}`);
+}
+
 function flatten(data: Nested, shape: number[], op: string): number[] {
   const out: number[] = [];
-  const walk = (v: Nested, dim: number, where: string): void => {
+  const walk = (v: unknown, dim: number, where: string): void => {
+    const isScalar = typeof v === 'number' || typeof v === 'boolean';
+    if (!isScalar && !Array.isArray(v)) throw badData(op, v, where);
     if (dim === shape.length) {
-      if (typeof v === 'boolean') out.push(v ? 1 : 0);
-      else if (typeof v === 'number') out.push(v);
-      else throw new MomaError('ERR_SHAPE', `${op}: expected a number at ${where}, found an array (ragged data)`);
+      if (Array.isArray(v)) throw new MomaError('ERR_SHAPE', `${op}: expected a number at data${where}, found an array (ragged data)`);
+      out.push(typeof v === 'boolean' ? (v ? 1 : 0) : (v as number));
       return;
     }
     if (!Array.isArray(v) || v.length !== shape[dim]) {
-      throw new MomaError('ERR_SHAPE', `${op}: ragged data at ${where}: expected an array of length ${shape[dim]}`);
+      throw new MomaError('ERR_SHAPE', `${op}: ragged data at data${where}: expected an array of length ${shape[dim]}`);
     }
-    v.forEach((x, i) => walk(x, dim + 1, `${where}[${i}]`));
+    // holes of sparse arrays are undefined, like an explicit undefined
+    for (let i = 0; i < v.length; i++) walk(v[i], dim + 1, `${where}[${i}]`);
   };
-  walk(data, 0, 'data');
+  walk(data, 0, '');
   return out;
 }
 
@@ -76,9 +91,7 @@ export function tensor(data: TensorData, options: CreateOptions & { shape?: numb
     const dtype = options.dtype ?? srcDtype;
     return wrap(native().fromData(src, dtypeCode(srcDtype, op), shape, dtypeCode(dtype, op), device));
   }
-  if (typeof data !== 'number' && typeof data !== 'boolean' && !Array.isArray(data)) {
-    throw new MomaError('ERR_ARG', `${op}: data must be a number, a nested array or a TypedArray`);
-  }
+  if (typeof data !== 'number' && typeof data !== 'boolean' && !Array.isArray(data)) throw badData(op, data, '');
   const shape = options.shape ?? inferShape(data, op);
   const flat = options.shape && Array.isArray(data) ? flatten(data, inferShape(data, op), op) : flatten(data, shape, op);
   const dtype = options.dtype ?? 'float32';

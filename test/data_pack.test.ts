@@ -192,7 +192,7 @@ describe('packShardSet', () => {
     const ok = '{"text":"fine"}';
     const cases: [string, string[], MomaErrorCode, RegExp, string | null][] = [
       ['badjson.jsonl', [ok, ok, '{"text": "unterminated'], 'ERR_FILE', /badjson\.jsonl:3: not valid JSON/, codebookFile],
-      ['unknown.jsonl', [ok, '[{"text":"x"},{"caption":"y"}]'], 'ERR_FILE', /unknown\.jsonl:2: segment 1 has unknown key "caption"/, codebookFile],
+      ['unknown.jsonl', [ok, '[{"text":"x"},{"caption":"y"}]'], 'ERR_FILE', /unknown\.jsonl:2: segment 1 has unknown key 'caption'/, codebookFile],
       ['both.jsonl', ['{"text":"x","image":"img/red.png"}'], 'ERR_FILE', /both\.jsonl:1: segment 0 must have exactly one of "text" or "image"/, codebookFile],
       ['types.jsonl', [ok, ok, ok, '[{"text":5}]'], 'ERR_FILE', /types\.jsonl:4: segment 0: "text" must be a string/, codebookFile],
       ['nonobject.jsonl', ['[1]'], 'ERR_FILE', /nonobject\.jsonl:1: segment 0 must be an object/, codebookFile],

@@ -662,8 +662,10 @@ describe('moma tokenizer', () => {
     await rejectsCode(train('--patch-size=-4'), 'ERR_ARG', '--patch-size');
     await rejectsCode(train('--max-patches', '1.5'), 'ERR_ARG', '--max-patches');
     await rejectsCode(moma(['train-image', path.join(dir, 'nothing-here'), '--out', out]), 'ERR_FILE', 'nothing-here');
-    const text = await train('--image-size', '8', '--patch-size', '4', '--codebook-size', '16');
-    expect(text).toContain('warning    fewer patches (8) than codes');
+    // 2 images of 8×8 in 4×4 patches: 8 patches, so at most 8 codes
+    await rejectsCode(train('--image-size', '8', '--patch-size', '4', '--codebook-size', '16'), 'ERR_ARG', 'codebookSize 16 is more than the 8 training patches there are');
+    expect(fs.existsSync(out)).toBe(false);
+    expect(await train('--image-size', '8', '--patch-size', '4', '--codebook-size', '8')).toMatch(/^codebook +8 codes$/m);
     await rejectsCode(moma(['decode-image', '--tokenizer', out, '--codes', 'nope', '--out', path.join(dir, 'x.png')]), 'ERR_ARG', 'not valid JSON');
     await rejectsCode(moma(['decode-image', '--tokenizer', out, '--codes', '[1, 2]', '--out', path.join(dir, 'x.png')]), 'ERR_SHAPE');
     await rejectsCode(moma(['decode-image', '--tokenizer', out, '--codes', '[0, 1, 2, 99]', '--out', path.join(dir, 'x.png')]), 'ERR_RANGE');

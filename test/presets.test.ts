@@ -5,7 +5,7 @@ import {
   countParameters, forwardFlopsPerRow, listPresets, MomaError, moeLayoutOf, preset, swigluHidden, Transformer, TransformerConfig, validateConfig,
 } from '../lib';
 import type { MoeGroupConfig } from '../lib';
-import { buildProgram } from '../lib/cli/main';
+import { buildProgram, reportError } from '../lib/cli/main';
 import type { ModelInfo } from '../lib/cli/model';
 
 async function run(args: string[]): Promise<{ out: string; err: string; exitCode: number | string | undefined }> {
@@ -16,7 +16,7 @@ async function run(args: string[]): Promise<{ out: string; err: string; exitCode
   const before = process.exitCode;
   let exitCode: number | string | undefined;
   try {
-    await buildProgram().exitOverride().parseAsync(['node', 'moma', ...args]);
+    await buildProgram().exitOverride().parseAsync(['node', 'moma', ...args]).catch(reportError);
   } finally {
     exitCode = process.exitCode ?? undefined;
     process.exitCode = before;
@@ -239,9 +239,9 @@ describe('moma model', () => {
     expect(rows.map((r) => r.name)).toEqual(listPresets());
   });
 
-  test('an unknown preset exits with code 2 and lists the presets', async () => {
+  test('an unknown preset exits with code 1 and lists the presets', async () => {
     const { out, err, exitCode } = await run(['model', 'info', 'gpt-5']);
-    expect(exitCode).toBe(2);
+    expect(exitCode).toBe(1);
     expect(out).toBe('');
     expect(err).toMatch(/^moma: ERR_ARG: unknown preset 'gpt-5'; known presets: tiny-dense, /);
     expect(err).toContain('4t4i-mod-1.4b');

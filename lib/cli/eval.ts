@@ -13,7 +13,7 @@ import { Transformer, TransformerConfig } from '../model/transformer';
 import { readTokenFile } from '../data/token_file';
 import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
 import { readJson } from '../io/files';
-import { loadAuxRouters, openCheckpoint, openStageData, resolveCheckpointDir, stageHeldOut } from '../run/checkpoint_source';
+import { checkpointDevice, loadAuxRouters, openCheckpoint, openStageData, resolveCheckpointDir, stageHeldOut } from '../run/checkpoint_source';
 import { loadCheckpointInto, readCheckpoint } from '../train/checkpoint';
 import { evaluateCausal } from '../train/causal_eval';
 import { evaluate, EvalResult } from '../train/evaluate';
@@ -53,7 +53,8 @@ async function runEval(opts: EvalFlags): Promise<void> {
   const dir = resolveCheckpointDir(opts.checkpoint, 'eval');
   const { sequences, vocab, what } = await evalData(dir, opts);
   const { config } = readCheckpoint(dir);
-  const model = new Transformer({ ...(config as TransformerConfig), device: opts.device === undefined ? (config as TransformerConfig).device : normalizeDevice(opts.device, 'eval: --device') });
+  const device = checkpointDevice(config, opts.device === undefined ? undefined : normalizeDevice(opts.device, 'eval: --device'), dir, 'eval');
+  const model = new Transformer({ ...(config as TransformerConfig), device });
   try {
     loadCheckpointInto(dir, model);
     if (!opts.causal) {

@@ -51,7 +51,7 @@ async function runGenerate(flags: GenerateFlags): Promise<void> {
   const imageFile = path.join(source.dir, layout.image.tokenizer.file);
   const image = ImageTokenizer.load(imageFile);
   const text = loadTextTokenizer(layout.text.tokenizer, source.dir);
-  const model = loadModel(source, flags.device === undefined ? undefined : normalizeDevice(flags.device, 'generate: --device'));
+  const model = loadModel(source, flags.device === undefined ? undefined : normalizeDevice(flags.device, 'generate: --device'), 'generate');
   try {
     const aux = loadAuxRouters(source.dir, model, 'generate');
     try {

@@ -11,9 +11,6 @@ import { describePreset, listPresets, preset } from '../model/presets';
 import { TransformerConfig, validateConfig } from '../model/transformer';
 import { checkSharding, MemoryEstimate, memoryPerRank, Sharding } from '../train/zero';
 
-/** Exit code of a usage error (unknown preset, bad option value). */
-const EXIT_USAGE = 2;
-
 export interface ModelInfo {
   name: string;
   description: string;
@@ -129,12 +126,6 @@ function printInfo(info: ModelInfo): void {
   console.log(lines.join('\n'));
 }
 
-function usageError(err: unknown): void {
-  if (!(err instanceof MomaError)) throw err;
-  console.error(`moma: ${err.code}: ${err.message}`);
-  process.exitCode = EXIT_USAGE;
-}
-
 /** Adds the `model` command group (list, info) to the program. */
 export function registerModelCommands(program: Command): void {
   const model = program.command('model').description('model presets: configs, parameter counts and FLOPs per row');
@@ -169,22 +160,16 @@ export function registerModelCommands(program: Command): void {
     .option('--world-size <n>', 'data-parallel ranks of the per-rank memory', '1')
     .option('--sharding <kind>', "none, zero1 (AdamW moments sharded) or zero2 (gradients too)", 'none')
     .action((name: string, opts: { json?: boolean; seq: string; seqLen?: string; batchSize: string; worldSize: string; sharding: string }) => {
-      let info: ModelInfo;
-      try {
-        const integer = (text: string, flag: string): number => {
-          const n = Number(text);
-          if (!Number.isInteger(n) || n < 1) throw new MomaError('ERR_ARG', `${flag} must be an integer >= 1, got '${text}'`);
-          return n;
-        };
-        const seqLen = integer(opts.seq, '--seq');
-        info = modelInfo(name, {
-          seqLen, activationSeqLen: opts.seqLen === undefined ? seqLen : integer(opts.seqLen, '--seq-len'), batchSize: integer(opts.batchSize, '--batch-size'),
-          worldSize: integer(opts.worldSize, '--world-size'), sharding: checkSharding(opts.sharding, '--sharding'),
-        });
-      } catch (err) {
-        usageError(err);
-        return;
-      }
+      const integer = (text: string, flag: string): number => {
+        const n = Number(text);
+        if (!Number.isInteger(n) || n < 1) throw new MomaError('ERR_ARG', `${flag} must be an integer >= 1, got '${text}'`);
+        return n;
+      };
+      const seqLen = integer(opts.seq, '--seq');
+      const info: ModelInfo = modelInfo(name, {
+        seqLen, activationSeqLen: opts.seqLen === undefined ? seqLen : integer(opts.seqLen, '--seq-len'), batchSize: integer(opts.batchSize, '--batch-size'),
+        worldSize: integer(opts.worldSize, '--world-size'), sharding: checkSharding(opts.sharding, '--sharding'),
+      });
       if (opts.json) console.log(JSON.stringify(info, null, 2));
       else printInfo(info);
     });

@@ -94,7 +94,6 @@ async function trainImage(folder: string, flags: TrainFlags): Promise<void> {
     `time       ${seconds.toFixed(2)} s`,
     `saved      ${flags.out} (sha256 ${info.sha256})`,
   ];
-  if (stats.patches < tokenizer.codebookSize) lines.push(`warning    fewer patches (${stats.patches}) than codes: some codes are duplicates`);
   console.log(lines.join('\n'));
 }
 

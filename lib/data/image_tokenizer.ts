@@ -17,6 +17,7 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import sharp, { type OutputInfo } from 'sharp';
+import { describeKey, describeValue } from '../checked';
 import { MomaError } from '../errors';
 import { writeFileAtomic } from '../io/files';
 import { decodeSafetensors, encodeSafetensors } from '../io/safetensors';
@@ -160,7 +161,21 @@ function resolveTrainOptions(op: string, options: ImageTokenizerTrainOptions): R
   };
 }
 
-function fitCodebook(reservoir: PatchReservoir, images: number, o: ResolvedTrainOptions, onProgress?: (p: ImageTrainProgress) => void): ImageTokenizerTrainResult {
+/**
+ * A code needs a patch: ERR_ARG when the codebook would have more codes than the training
+ * patches (the `patches` of `images` images, of which at most maxPatches are sampled), which
+ * k-means could only fill with duplicates.
+ */
+function checkCodebookFits(op: string, o: ResolvedTrainOptions, images: number, patches: number): void {
+  const perImage = (o.imageSize / o.patchSize) ** 2;
+  const available = Math.min(patches, o.maxPatches);
+  if (o.codebookSize <= available) return;
+  const source = `${images} image${images === 1 ? '' : 's'} × ${perImage} patches of ${o.patchSize}×${o.patchSize}${patches > o.maxPatches ? `, sampled down to maxPatches ${o.maxPatches}` : ''}`;
+  throw new MomaError('ERR_ARG', `${op}: codebookSize ${o.codebookSize} is more than the ${available} training patches there are (${source}); every code needs a patch: use a codebook size of at most ${available}, or train on more images`);
+}
+
+function fitCodebook(op: string, reservoir: PatchReservoir, images: number, o: ResolvedTrainOptions, onProgress?: (p: ImageTrainProgress) => void): ImageTokenizerTrainResult {
+  checkCodebookFits(op, o, images, reservoir.seen);
   const dim = o.patchSize * o.patchSize * 3;
   const result = kmeans(reservoir.samples(), dim, {
     k: o.codebookSize, iterations: o.iterations, seed: o.seed,
@@ -269,7 +284,7 @@ export class ImageTokenizer {
       count++;
     }
     if (count === 0) throw new MomaError('ERR_ARG', `${op}: no images to train on`);
-    return fitCodebook(reservoir, count, o);
+    return fitCodebook(op, reservoir, count, o);
   }
 
   /** Trains a codebook on the images of a folder (see listImageFiles). */
@@ -280,6 +295,7 @@ export class ImageTokenizer {
     if (onProgress !== undefined && typeof onProgress !== 'function') throw new MomaError('ERR_ARG', `${op}: onProgress must be a function`);
     const files = listImageFiles(dir);
     if (files.length === 0) throw new MomaError('ERR_ARG', `${op}: folder ${dir} has no images (${IMAGE_EXTENSIONS.join(', ')})`);
+    checkCodebookFits(op, o, files.length, files.length * (o.imageSize / o.patchSize) ** 2);  // before decoding any image
     const reservoir = new PatchReservoir(o.imageSize, o.patchSize, o.maxPatches, o.seed);
     for (let start = 0; start < files.length; start += READ_BATCH) {
       const batch = files.slice(start, start + READ_BATCH);
@@ -289,7 +305,7 @@ export class ImageTokenizer {
         onProgress?.({ phase: 'read', done: start + i + 1, total: files.length, file: batch[i]! });
       });
     }
-    return fitCodebook(reservoir, files.length, o, onProgress);
+    return fitCodebook(op, reservoir, files.length, o, onProgress);
   }
 
   /** An image file as imageSize² RGB bytes (alpha on white, centre crop). */
@@ -403,12 +419,12 @@ export class ImageTokenizer {
     const fail = (key: string, what: string): never => {
       throw new MomaError('ERR_FILE', `image tokenizer ${name}: ${key} ${what}`);
     };
-    if (metadata.format !== FORMAT) fail("metadata key 'format'", `must be "${FORMAT}", got ${JSON.stringify(metadata.format)}`);
-    if (metadata.version !== VERSION) fail("metadata key 'version'", `must be "${VERSION}", got ${JSON.stringify(metadata.version)}`);
+    if (metadata.format !== FORMAT) fail("metadata key 'format'", `must be "${FORMAT}", got ${describeValue(metadata.format)}`);
+    if (metadata.version !== VERSION) fail("metadata key 'version'", `must be "${VERSION}", got ${describeValue(metadata.version)}`);
     const sizes: Record<string, number> = {};
     for (const key of ['image_size', 'patch_size']) {
       const text = metadata[key];
-      if (text === undefined || !/^[1-9][0-9]{0,5}$/.test(text)) fail(`metadata key '${key}'`, `must be a positive integer, got ${JSON.stringify(text)}`);
+      if (text === undefined || !/^[1-9][0-9]{0,5}$/.test(text)) fail(`metadata key '${key}'`, `must be a positive integer, got ${describeValue(text)}`);
       sizes[key] = Number(text);
     }
     const imageSize = sizes.image_size!;
@@ -418,7 +434,7 @@ export class ImageTokenizer {
     }
     const codebook = tensors.get('codebook');
     if (codebook === undefined) return fail("tensor 'codebook'", 'is missing');
-    for (const key of tensors.keys()) if (key !== 'codebook') fail(`tensor '${key}'`, 'is not expected (only "codebook")');
+    for (const key of tensors.keys()) if (key !== 'codebook') fail(`tensor ${describeKey(key)}`, 'is not expected (only "codebook")');
     const patchDim = patchSize * patchSize * 3;
     if (codebook.dtype !== 'F32') fail("tensor 'codebook'", `must be F32, got ${codebook.dtype}`);
     const [rows, cols] = codebook.shape;

@@ -15,9 +15,9 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import * as readline from 'readline';
+import { describeKey, describeValue } from '../checked';
 import { MomaError } from '../errors';
-import { replaceDirAtomic, writeJsonAtomic } from '../io/files';
+import { jsonSyntaxProblem, replaceDirAtomic, writeJsonAtomic } from '../io/files';
 import type { Split } from './dataset';
 import { documentTokens, TokenSegment } from './document';
 import { IMAGE_TOKENIZER_FILE, ImageTokenizer } from './image_tokenizer';
@@ -84,46 +84,105 @@ export function parseDocumentLine(line: string, where: string): InputSegment[] |
   try {
     value = JSON.parse(line);
   } catch (err) {
-    throw new MomaError('ERR_FILE', `${where}: not valid JSON (${(err as Error).message})`);
+    throw new MomaError('ERR_FILE', `${where}: not valid JSON (${jsonSyntaxProblem(err, line)})`);
   }
   const list = Array.isArray(value) ? value : [value];
   if (list.length === 0) throw new MomaError('ERR_FILE', `${where}: the document has no segments`);
   return list.map((segment: unknown, i) => {
     const at = `${where}: segment ${i}`;
     if (segment === null || typeof segment !== 'object' || Array.isArray(segment)) {
-      throw new MomaError('ERR_FILE', `${at} must be an object {"text": string} or {"image": path}, got ${JSON.stringify(segment)}`);
+      throw new MomaError('ERR_FILE', `${at} must be an object {"text": string} or {"image": path}, got ${describeValue(segment)}`);
     }
     const keys = Object.keys(segment);
     const unknown = keys.find((k) => k !== 'text' && k !== 'image');
-    if (unknown !== undefined) throw new MomaError('ERR_FILE', `${at} has unknown key ${JSON.stringify(unknown)} (a segment is {"text": string} or {"image": path})`);
-    if (keys.length !== 1) throw new MomaError('ERR_FILE', `${at} must have exactly one of "text" or "image", got ${JSON.stringify(keys)}`);
+    if (unknown !== undefined) throw new MomaError('ERR_FILE', `${at} has unknown key ${describeKey(unknown)} (a segment is {"text": string} or {"image": path})`);
+    if (keys.length !== 1) throw new MomaError('ERR_FILE', `${at} must have exactly one of "text" or "image", got ${keys.length} keys`);
     const s = segment as Record<string, unknown>;
     if ('text' in s) {
-      if (typeof s.text !== 'string') throw new MomaError('ERR_FILE', `${at}: "text" must be a string, got ${JSON.stringify(s.text)}`);
+      if (typeof s.text !== 'string') throw new MomaError('ERR_FILE', `${at}: "text" must be a string, got ${describeValue(s.text)}`);
       return { text: s.text };
     }
-    if (typeof s.image !== 'string' || s.image === '') throw new MomaError('ERR_FILE', `${at}: "image" must be a non-empty path, got ${JSON.stringify(s.image)}`);
+    if (typeof s.image !== 'string' || s.image === '') throw new MomaError('ERR_FILE', `${at}: "image" must be a non-empty path, got ${describeValue(s.image)}`);
     return { image: s.image };
   });
 }
 
+/**
+ * The lines of a file as bytes, in order (split at '\n'; a '\r' before it is dropped, as in
+ * CRLF files). Bytes, not text: each line's UTF-8 is checked by the caller, so an invalid byte is
+ * an error naming its line instead of a U+FFFD that a text stream would put there silently.
+ */
+async function* byteLines(stream: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  let pending: Buffer[] = [];
+  for await (const chunk of stream) {
+    let from = 0;
+    for (let nl = chunk.indexOf(0x0a); nl >= 0; nl = chunk.indexOf(0x0a, from)) {
+      pending.push(chunk.subarray(from, nl));
+      yield withoutCarriageReturn(Buffer.concat(pending));
+      pending = [];
+      from = nl + 1;
+    }
+    if (from < chunk.length) pending.push(chunk.subarray(from));
+  }
+  if (pending.length > 0) yield withoutCarriageReturn(Buffer.concat(pending));
+}
+
+function withoutCarriageReturn(line: Buffer): Buffer {
+  return line.length > 0 && line[line.length - 1] === 0x0d ? line.subarray(0, line.length - 1) : line;
+}
+
+/** Decodes one line's UTF-8; invalid bytes are ERR_FILE naming `where` (file:line) and the byte's column. */
+export function decodeDocumentLine(bytes: Uint8Array, where: string): string {
+  try {
+    return STRICT_UTF8.decode(bytes);
+  } catch {
+    const offset = firstInvalidUtf8(bytes);
+    const which = offset < 0 ? '' : ` (byte 0x${bytes[offset]!.toString(16).padStart(2, '0')} at byte ${offset + 1} of the line)`;
+    throw new MomaError('ERR_FILE', `${where}: not valid UTF-8${which}; documents must be UTF-8 text`);
+  }
+}
+
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** The offset of the first byte that starts no valid UTF-8 sequence (overlong, surrogate, truncated or stray); -1 when all is valid. */
+function firstInvalidUtf8(bytes: Uint8Array): number {
+  let i = 0;
+  while (i < bytes.length) {
+    const lead = bytes[i]!;
+    if (lead < 0x80) {
+      i++;
+      continue;
+    }
+    // continuation bytes after the lead, and the smallest code point that needs that many
+    const [more, smallest] = lead >= 0xc2 && lead <= 0xdf ? [1, 0x80] : lead >= 0xe0 && lead <= 0xef ? [2, 0x800] : lead >= 0xf0 && lead <= 0xf4 ? [3, 0x10000] : [0, 0];
+    if (more === 0 || i + more >= bytes.length) return i;
+    let codePoint = lead & (0x3f >> more);
+    for (let k = 1; k <= more; k++) {
+      const next = bytes[i + k]!;
+      if ((next & 0xc0) !== 0x80) return i;
+      codePoint = (codePoint << 6) | (next & 0x3f);
+    }
+    if (codePoint < smallest || codePoint > 0x10ffff || (codePoint >= 0xd800 && codePoint <= 0xdfff)) return i;
+    i += more + 1;
+  }
+  return -1;
+}
+
 /** Calls `visit(segments, where)` for every document line of `file`, in order. */
 async function forEachDocument(file: string, visit: (segments: InputSegment[], where: string) => Promise<void> | void): Promise<void> {
-  const stream = fs.createReadStream(file, { encoding: 'utf8' });
-  const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
+  const stream = fs.createReadStream(file);
   let lineNumber = 0;
   try {
-    for await (const line of lines) {
+    for await (const bytes of byteLines(stream as AsyncIterable<Buffer>)) {
       lineNumber++;
       const where = `${file}:${lineNumber}`;
-      const segments = parseDocumentLine(line, where);
+      const segments = parseDocumentLine(decodeDocumentLine(bytes, where), where);
       if (segments !== null) await visit(segments, where);
     }
   } catch (err) {
     if (err instanceof MomaError) throw err;
     throw new MomaError('ERR_FILE', `${file}: cannot be read (${(err as Error).message})`);
   } finally {
-    lines.close();
     stream.destroy();
   }
 }

@@ -264,7 +264,7 @@ export class ShardReader {
     this.bytes = size;
     if (size < SHARD_HEADER_BYTES) throw bad(`truncated: ${size} bytes, shorter than the ${SHARD_HEADER_BYTES}-byte header`);
     const h = this.readAt(0, SHARD_HEADER_BYTES, 'the header');
-    if (h.toString('latin1', 0, 8) !== SHARD_MAGIC) throw bad(`not a moma shard (magic ${JSON.stringify(h.toString('latin1', 0, 8))}, expected "${SHARD_MAGIC}")`);
+    if (h.toString('latin1', 0, 8) !== SHARD_MAGIC) throw bad(`not a moma shard (magic ${magicText(h.subarray(0, 8))}, expected "${SHARD_MAGIC}")`);
     const version = h.readUInt32LE(8);
     const storedCrc = h.readUInt32LE(HEADER_CRC_AT);
     const crc = zlib.crc32(h.subarray(0, HEADER_CRC_AT));
@@ -298,7 +298,7 @@ export class ShardReader {
     const tail = this.readAt(indexAt, this.documents * SHARD_INDEX_ENTRY_BYTES + SHARD_FOOTER_BYTES, 'the index');
     const index = tail.subarray(0, this.documents * SHARD_INDEX_ENTRY_BYTES);
     const footer = tail.subarray(index.length);
-    if (footer.toString('latin1', 4, 12) !== SHARD_END_MAGIC) throw bad(`footer magic at byte ${indexAt + index.length + 4} is ${JSON.stringify(footer.toString('latin1', 4, 12))}, expected "MOMAEND\\0"`);
+    if (footer.toString('latin1', 4, 12) !== SHARD_END_MAGIC) throw bad(`footer magic at byte ${indexAt + index.length + 4} is ${magicText(footer.subarray(4, 12))}, expected "MOMAEND\\0"`);
     if (footer.readUInt32LE(12) !== 0) throw bad('reserved footer field is not 0');
     const indexCrc = zlib.crc32(index);
     if (footer.readUInt32LE(0) !== indexCrc) throw bad(`document index checksum mismatch (stored ${hex32(footer.readUInt32LE(0))}, computed ${hex32(indexCrc)}; index at byte ${indexAt}): the index is corrupt`);
@@ -412,6 +412,12 @@ export class ShardReader {
     if (done < length) throw new MomaError('ERR_FILE', `shard ${this.file}: truncated: ${what} needs bytes [${position}, ${position + length}) but only ${done} could be read`);
     return buf;
   }
+}
+
+/** Magic bytes as an error shows them: quoted when printable ASCII (a NUL as \0), else in hex. */
+function magicText(bytes: Uint8Array): string {
+  const text = Buffer.from(bytes).toString('latin1');
+  return /^[\x20-\x7e]*\0*$/.test(text) ? `"${text.replace(/\0/g, '\\0')}"` : `bytes ${Buffer.from(bytes).toString('hex')}`;
 }
 
 function hex32(n: number): string {

@@ -28,7 +28,7 @@ import type { DocumentStore, MixedModalDataset, Split } from './dataset';
 import { seededPermutation } from './seeded_random';
 import { ShardReader } from './shard';
 import { parseVocabLayout, VocabLayout } from './vocab';
-import { at } from '../checked';
+import { at, describeKey, describeValue } from '../checked';
 
 export const SHARD_SET_FORMAT = 'moma-shards';
 export const SHARD_SET_VERSION = 1;
@@ -62,13 +62,18 @@ export function parseShardSetIndex(value: unknown, where: string): ShardSetIndex
   };
   const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
   const onlyKeys = (v: Record<string, unknown>, allowed: readonly string[], prefix: string): void => {
-    for (const key of Object.keys(v)) if (!allowed.includes(key)) fail(`${prefix}${key}`, `is unknown (allowed: ${allowed.join(', ')})`);
+    for (const key of Object.keys(v)) {
+      if (allowed.includes(key)) continue;
+      const shown = describeKey(key);  // a key from the file: quoted only when it is a plain name
+      if (shown.startsWith("'")) fail(`${prefix}${key}`, `is unknown (allowed: ${allowed.join(', ')})`);
+      throw new MomaError('ERR_FILE', `${where}: ${shown}${prefix === '' ? '' : ` in '${prefix.slice(0, -1)}'`} is unknown (allowed: ${allowed.join(', ')})`);
+    }
   };
   const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
   if (!isObject(value)) return fail('(root)', 'must be an object');
   onlyKeys(value, INDEX_KEYS, '');
-  if (value.format !== SHARD_SET_FORMAT) fail('format', `must be "${SHARD_SET_FORMAT}", got ${JSON.stringify(value.format)}`);
-  if (value.version !== SHARD_SET_VERSION) fail('version', `must be ${SHARD_SET_VERSION}, got ${JSON.stringify(value.version)}`);
+  if (value.format !== SHARD_SET_FORMAT) fail('format', `must be "${SHARD_SET_FORMAT}", got ${describeValue(value.format)}`);
+  if (value.version !== SHARD_SET_VERSION) fail('version', `must be ${SHARD_SET_VERSION}, got ${describeValue(value.version)}`);
   if (typeof value.vocabHash !== 'string' || !/^[0-9a-f]{64}$/.test(value.vocabHash)) fail('vocabHash', 'must be a hex SHA-256');
   if (!isObject(value.splits)) return fail('splits', 'must be an object { train: [...], eval: [...] }');
   onlyKeys(value.splits, SPLITS, 'splits.');
@@ -83,11 +88,11 @@ export function parseShardSetIndex(value: unknown, where: string): ShardSetIndex
       if (!isObject(entry)) return fail(at, 'must be an object { file, documents, tokens, imageTokens, sha256? }');
       onlyKeys(entry, ENTRY_KEYS, `${at}.`);
       if (typeof entry.file !== 'string' || entry.file === '' || entry.file !== path.basename(entry.file) || entry.file === '.' || entry.file === '..') {
-        fail(`${at}.file`, `must be a file name inside the folder, got ${JSON.stringify(entry.file)}`);
+        fail(`${at}.file`, `must be a file name inside the folder, got ${describeValue(entry.file)}`);
       }
-      if (seen.has(entry.file as string)) fail(`${at}.file`, `names ${JSON.stringify(entry.file)} a second time`);
+      if (seen.has(entry.file as string)) fail(`${at}.file`, `names ${describeValue(entry.file)} a second time`);
       seen.add(entry.file as string);
-      for (const key of ['documents', 'tokens', 'imageTokens']) if (!isCount(entry[key])) fail(`${at}.${key}`, `must be an integer >= 0, got ${JSON.stringify(entry[key])}`);
+      for (const key of ['documents', 'tokens', 'imageTokens']) if (!isCount(entry[key])) fail(`${at}.${key}`, `must be an integer >= 0, got ${describeValue(entry[key])}`);
       if (entry.sha256 !== undefined && (typeof entry.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(entry.sha256))) fail(`${at}.sha256`, 'must be a hex SHA-256');
       splits[split].push({
         file: entry.file as string, documents: entry.documents as number, tokens: entry.tokens as number, imageTokens: entry.imageTokens as number,
@@ -244,7 +249,7 @@ export class ShardSet implements MixedModalDataset {
 /** Reads a tokenizer file the layout names and checks its SHA-256. */
 function readNamedFile(dir: string, name: string, sha256: string, what: string): Buffer {
   if (name !== path.basename(name) || name === '.' || name === '..' || name === '') {
-    throw new MomaError('ERR_FILE', `${path.join(dir, 'vocab.json')}: ${what} file ${JSON.stringify(name)} must be a file name inside the folder`);
+    throw new MomaError('ERR_FILE', `${path.join(dir, 'vocab.json')}: ${what} file ${describeValue(name)} must be a file name inside the folder`);
   }
   const file = path.join(dir, name);
   let bytes: Buffer;

@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { MomaError } from '../errors';
+import { jsonSyntaxProblem } from '../io/files';
 import type { TextTokenizerInfo } from './vocab';
 
 export interface TextTokenizer {
@@ -63,11 +64,17 @@ export class HFTokenizer implements TextTokenizer {
     } catch (err) {
       throw new MomaError('ERR_FILE', `tokenizer ${file}: cannot be read (${(err as Error).message})`);
     }
+    let text: string;
     let json: unknown;
     try {
-      json = JSON.parse(bytes.toString('utf8'));
+      text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    } catch {
+      throw new MomaError('ERR_FILE', `tokenizer ${file}: not valid JSON (not UTF-8 text)`);
+    }
+    try {
+      json = JSON.parse(text);
     } catch (err) {
-      throw new MomaError('ERR_FILE', `tokenizer ${file}: not valid JSON (${(err as Error).message})`);
+      throw new MomaError('ERR_FILE', `tokenizer ${file}: not valid JSON (${jsonSyntaxProblem(err, text)})`);
     }
     if (json === null || typeof json !== 'object' || typeof (json as { model?: unknown }).model !== 'object') {
       throw new MomaError('ERR_FILE', `tokenizer ${file}: key 'model' is missing (not a Hugging Face tokenizer.json)`);

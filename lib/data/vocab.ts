@@ -12,6 +12,7 @@
  * a shard set can't be read with the wrong vocabulary.
  */
 import { createHash } from 'crypto';
+import { describeKey, describeValue } from '../checked';
 import { MomaError } from '../errors';
 import { fileNameProblem } from '../io/files';
 
@@ -37,7 +38,7 @@ export function vocabFromSpec(spec: VocabSpec): VocabInfo {
   const ranges = [...spec.ranges].sort((a, b) => a.from - b.from);
   ranges.forEach((r, i) => {
     if (!Number.isInteger(r.modality) || r.modality < 0 || !Number.isInteger(r.from) || !Number.isInteger(r.to) || r.from < 0 || r.to <= r.from) {
-      throw new MomaError('ERR_ARG', `vocabulary: range ${JSON.stringify(r)} must have integer 0 <= from < to and a modality >= 0`);
+      throw new MomaError('ERR_ARG', `vocabulary: range ${i} (from ${describeValue(r.from)}, to ${describeValue(r.to)}, modality ${describeValue(r.modality)}) must have integer 0 <= from < to and a modality >= 0`);
     }
     const prev = ranges[i - 1];
     if (prev !== undefined && r.from < prev.to) {
@@ -138,8 +139,8 @@ export function parseVocabLayout(value: unknown, where: string): VocabLayout {
   };
   if (value === null || typeof value !== 'object' || Array.isArray(value)) fail('(root)', 'must be an object');
   const v = value as Record<string, unknown>;
-  if (v.format !== 'moma-vocab') fail('format', `must be "moma-vocab", got ${JSON.stringify(v.format)}`);
-  if (v.version !== 1) fail('version', `must be 1, got ${JSON.stringify(v.version)}`);
+  if (v.format !== 'moma-vocab') fail('format', `must be "moma-vocab", got ${describeValue(v.format)}`);
+  if (v.version !== 1) fail('version', `must be 1, got ${describeValue(v.version)}`);
   const text = v.text as VocabLayout['text'] | undefined;
   if (!text || typeof text !== 'object' || !Number.isInteger(text.size) || text.size < 1) fail('text.size', 'must be an integer >= 1');
   const tok = text!.tokenizer as TextTokenizerInfo | undefined;
@@ -162,13 +163,13 @@ export function parseVocabLayout(value: unknown, where: string): VocabLayout {
   }
   const computed = vocabHash(v as unknown as VocabLayout);
   if (v.hash !== computed) {
-    fail('hash', `does not match the contents (stored ${JSON.stringify(v.hash)}, computed ${computed}): the file was edited or damaged`);
+    fail('hash', `does not match the contents (stored ${describeValue(v.hash)}, computed ${computed}): the file was edited or damaged`);
   }
   const rebuilt = buildVocabLayout({ tokenizer: tok!, size: text!.size }, image ? image.tokenizer : null);
   const extra = Object.keys(v).find((key) => !(key in rebuilt));
-  if (extra !== undefined) fail(extra, 'is not a vocabulary key');
+  if (extra !== undefined) throw new MomaError('ERR_FILE', `${where}: vocabulary key ${describeKey(extra)} is not a vocabulary key`);
   for (const key of Object.keys(rebuilt) as (keyof VocabLayout)[]) {
-    if (key !== 'hash' && canonical(v[key]) !== canonical(rebuilt[key])) fail(key, `is ${JSON.stringify(v[key])}, but the tokenizers give ${JSON.stringify(rebuilt[key])}`);
+    if (key !== 'hash' && canonical(v[key]) !== canonical(rebuilt[key])) fail(key, `is ${describeValue(v[key])}, but the tokenizers give ${describeValue(rebuilt[key])}`);
   }
   return rebuilt;
 }

@@ -5,7 +5,7 @@
  *   writeJsonAtomic    the same for a value as pretty-printed JSON (2 spaces, a final newline)
  *   replaceDirAtomic   moves a finished temporary folder into place, replacing what stood there
  *   readJson           reads and parses a JSON file; ERR_FILE (or the code asked for) naming the
- *                      operation, the file and the cause
+ *                      operation, the file and the cause (never the file's content)
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -54,20 +54,73 @@ export function replaceDirAtomic(partial: string, target: string): void {
 
 /**
  * Reads and parses a JSON file. A file that cannot be read fails as `<op>: cannot read <file>
- * (<cause>)`, text that is not JSON as `<op>: <file>: not valid JSON (<cause>)`, both with `code`.
+ * (<cause>)`, bytes that are not UTF-8 or text that is not JSON as `<op>: <file>: not valid JSON
+ * (<where>)`, both with `code`. The messages never quote the file's content (jsonSyntaxProblem).
  */
 export function readJson(file: string, op: string, code: MomaErrorCode = 'ERR_FILE'): unknown {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    bytes = fs.readFileSync(file);
   } catch (err) {
     throw new MomaError(code, `${op}: cannot read ${file} (${(err as Error).message})`);
+  }
+  let text: string;
+  try {
+    text = STRICT_UTF8.decode(bytes);
+  } catch {
+    throw new MomaError(code, `${op}: ${file}: not valid JSON (not UTF-8 text)`);
   }
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new MomaError(code, `${op}: ${file}: not valid JSON (${(err as Error).message})`);
+    throw new MomaError(code, `${op}: ${file}: not valid JSON (${jsonSyntaxProblem(err, text)})`);
   }
+}
+
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Where JSON.parse of `text` failed, without quoting the text (V8's messages can hold a snippet
+ * of it): 'a syntax error at line L, column C', or 'it ends early' at an unexpected end.
+ */
+export function jsonSyntaxProblem(err: unknown, text: string): string {
+  const message = err instanceof Error ? err.message : '';
+  if (message.startsWith('Unexpected end of JSON input')) return 'it ends early';
+  const stated = /at position (\d+)/.exec(message);
+  const offset = stated !== null ? Math.min(Number(stated[1]), text.length) : firstBadCharacter(text);
+  if (offset < 0) return 'a syntax error';
+  const before = text.slice(0, offset);
+  const line = before.split('\n').length;
+  const column = offset - before.lastIndexOf('\n');
+  return `a syntax error at line ${line}, column ${column}`;
+}
+
+/**
+ * The offset of the character JSON.parse stops at, found by bisection: a prefix that ends before
+ * it parses or ends early (at its end); a prefix that holds it fails before its end. -1 when the
+ * whole text does not fail so.
+ */
+function firstBadCharacter(text: string): number {
+  const failsBefore = (length: number): boolean => {
+    try {
+      JSON.parse(text.slice(0, length));
+      return false;
+    } catch (e) {
+      // cut inside a token ('[1.', '"\\u12') fails at the cut: that is ending early too
+      const message = e instanceof Error ? e.message : '';
+      const at = /at position (\d+)/.exec(message);
+      return !message.startsWith('Unexpected end of JSON input') && !(at !== null && Number(at[1]) >= length);
+    }
+  };
+  if (!failsBefore(text.length)) return -1;
+  let lo = 0;  // the prefix of length lo does not fail (the empty one ends early)
+  let hi = text.length;  // the prefix of length hi fails
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (failsBefore(mid)) hi = mid;
+    else lo = mid;
+  }
+  return hi - 1;
 }
 
 /**

@@ -8,6 +8,7 @@
  */
 import * as fs from 'fs';
 import { tensor } from '../creation';
+import { describeKey, describeValue } from '../checked';
 import { MomaError } from '../errors';
 import { Tensor } from '../tensor';
 import { writeFileAtomic } from './files';
@@ -91,28 +92,29 @@ export function decodeSafetensors(buf: Buffer, file: string): HostSafetensors {
   if (n > buf.length - 8) throw bad(file, `header length ${n} runs past the end of the file (${buf.length} bytes)`);
   let header: unknown;
   try {
-    header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(8, 8 + n)));
   } catch {
-    throw bad(file, 'header is not valid JSON');
+    throw bad(file, 'header is not valid JSON (UTF-8)');
   }
   if (!isObject(header)) throw bad(file, 'header is not a JSON object');
   const dataStart = 8 + n;
   const out: HostSafetensors = { metadata: {}, tensors: new Map() };
   for (const [name, entry] of Object.entries(header)) {
+    const tensorName = `tensor ${describeKey(name)}`;  // names come from the file: quoted only when plain
     if (name === '__metadata__') {
       if (!isObject(entry) || Object.values(entry).some((v) => typeof v !== 'string')) throw bad(file, "'__metadata__' is not an object of strings");
       out.metadata = entry as Record<string, string>;
       continue;
     }
-    if (!isObject(entry)) throw bad(file, `tensor '${name}' is not an object`);
+    if (!isObject(entry)) throw bad(file, `${tensorName} is not an object`);
     const e = entry as { dtype?: string; shape?: number[]; data_offsets?: number[] };
-    const size = SIZES[e.dtype ?? ''];
-    if (size === undefined) throw bad(file, `tensor '${name}' has unsupported dtype ${String(e.dtype)}`);
-    if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isInteger(d) || d < 0)) throw bad(file, `tensor '${name}' has a bad shape`);
+    const size = typeof e.dtype === 'string' && Object.hasOwn(SIZES, e.dtype) ? SIZES[e.dtype] : undefined;
+    if (size === undefined) throw bad(file, `${tensorName} has unsupported dtype ${describeValue(e.dtype)}`);
+    if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isInteger(d) || d < 0)) throw bad(file, `${tensorName} has a bad shape`);
     const [begin, end] = Array.isArray(e.data_offsets) ? e.data_offsets : [];
     const count = e.shape.reduce((a, b) => a * b, 1);
     if (!Number.isInteger(begin) || !Number.isInteger(end) || begin! < 0 || end! - begin! !== count * size || dataStart + end! > buf.length) {
-      throw bad(file, `tensor '${name}' has data offsets [${String(begin)}, ${String(end)}] that do not fit its shape or the file`);
+      throw bad(file, `${tensorName} has data offsets [${describeValue(begin)}, ${describeValue(end)}] that do not fit its shape or the file`);
     }
     const shape = e.shape.slice();
     const bytes = buf.subarray(dataStart + begin!, dataStart + end!);

@@ -11,7 +11,7 @@
 import * as F from '../autograd/functions';
 import { noGrad } from '../autograd/tape';
 import { tensor } from '../creation';
-import { at } from '../checked';
+import { at, describeValue, rejectUnknownKeys } from '../checked';
 import { DeviceInput, DeviceName, normalizeDevice } from '../device';
 import { requireOptions } from '../options';
 import { MomaError } from '../errors';
@@ -335,12 +335,21 @@ function step<T>(fn: () => T): T {
 }
 
 function positiveInt(v: unknown, name: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new MomaError('ERR_ARG', `Transformer config: ${name} must be an integer >= 1, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new MomaError('ERR_ARG', `Transformer config: ${name} must be an integer >= 1, got ${describeValue(v)}`);
   return v;
 }
 
+/** The keys a Transformer config may have (anything else is a typo, refused by validateConfig). */
+const CONFIG_KEYS: readonly (keyof TransformerConfig)[] = [
+  'vocabSize', 'dModel', 'layers', 'heads', 'ffn', 'modalities', 'norm', 'mod', 'ropeTheta', 'computeDtype', 'zLoss', 'initStd', 'seed', 'device',
+];
+const FFN_KEYS: readonly (keyof FFNConfig)[] = ['kind', 'dFF', 'groups', 'capacityFactor', 'router', 'gumbel', 'routing', 'topK'];
+const MOD_KEYS: readonly (keyof ResolvedMoD)[] = ['interval', 'capacity'];
+const GROUP_KEYS: readonly (keyof MoeGroupConfig)[] = ['modality', 'experts'];
+
 export function validateConfig(config: TransformerConfig): Transformer['config'] {
   if (typeof config !== 'object' || config === null) throw new MomaError('ERR_ARG', 'Transformer config must be an object');
+  rejectUnknownKeys(config, CONFIG_KEYS, 'Transformer config');
   const vocabSize = positiveInt(config.vocabSize, 'vocabSize');
   const dModel = positiveInt(config.dModel, 'dModel');
   const layers = positiveInt(config.layers, 'layers');
@@ -351,27 +360,36 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
   if (typeof ffn !== 'object' || ffn === null || (ffn.kind !== 'dense' && ffn.kind !== 'moe')) {
     throw new MomaError('ERR_ARG', "Transformer config: ffn.kind must be 'dense' or 'moe'");
   }
+  rejectUnknownKeys(ffn, FFN_KEYS, 'Transformer config', 'ffn.');
   positiveInt(ffn.dFF, 'ffn.dFF');
   if (ffn.kind === 'moe' && (!Array.isArray(ffn.groups) || ffn.groups.length === 0)) {
     throw new MomaError('ERR_ARG', 'Transformer config: ffn.groups must list the expert groups for kind moe');
   }
+  for (const [g, group] of (ffn.groups ?? []).entries()) {
+    if (typeof group !== 'object' || group === null) throw new MomaError('ERR_ARG', `Transformer config: ffn.groups[${g}] must be an object { modality, experts }`);
+    rejectUnknownKeys(group, GROUP_KEYS, 'Transformer config', `ffn.groups[${g}].`);
+  }
   const modGiven = config.mod ?? null;
+  if (modGiven !== null) {
+    if (typeof modGiven !== 'object') throw new MomaError('ERR_ARG', 'Transformer config: mod must be an object { interval, capacity } or null');
+    rejectUnknownKeys(modGiven, MOD_KEYS, 'Transformer config', 'mod.');
+  }
   const mod = modGiven === null ? null : { interval: modGiven.interval ?? MOD_DEFAULTS.interval, capacity: modGiven.capacity ?? MOD_DEFAULTS.capacity };
   if (mod !== null) {
     const { interval, capacity } = mod;
-    if (!Number.isInteger(interval) || interval < 1) throw new MomaError('ERR_ARG', `Transformer config: mod.interval must be an integer >= 1, got ${String(interval)}`);
-    if (typeof capacity !== 'number' || !(capacity > 0 && capacity <= 1)) throw new MomaError('ERR_ARG', `Transformer config: mod.capacity must be in (0, 1], got ${String(capacity)}`);
+    if (!Number.isInteger(interval) || interval < 1) throw new MomaError('ERR_ARG', `Transformer config: mod.interval must be an integer >= 1, got ${describeValue(interval)}`);
+    if (typeof capacity !== 'number' || !(capacity > 0 && capacity <= 1)) throw new MomaError('ERR_ARG', `Transformer config: mod.capacity must be in (0, 1], got ${describeValue(capacity)}`);
   }
   const norm = config.norm ?? 'swin';
-  if (norm !== 'swin' && norm !== 'pre') throw new MomaError('ERR_ARG', `Transformer config: norm must be 'swin' or 'pre', got ${String(norm)}`);
+  if (norm !== 'swin' && norm !== 'pre') throw new MomaError('ERR_ARG', `Transformer config: norm must be 'swin' or 'pre', got ${describeValue(norm)}`);
   const zLoss = config.zLoss ?? 0;
-  if (typeof zLoss !== 'number' || !(zLoss >= 0)) throw new MomaError('ERR_ARG', `Transformer config: zLoss must be >= 0, got ${String(zLoss)}`);
+  if (typeof zLoss !== 'number' || !(zLoss >= 0)) throw new MomaError('ERR_ARG', `Transformer config: zLoss must be >= 0, got ${describeValue(zLoss)}`);
   const computeDtype = config.computeDtype ?? 'float32';
   if (computeDtype !== 'float32' && computeDtype !== 'bfloat16') {
-    throw new MomaError('ERR_ARG', `Transformer config: computeDtype must be 'float32' or 'bfloat16', got ${String(computeDtype)}`);
+    throw new MomaError('ERR_ARG', `Transformer config: computeDtype must be 'float32' or 'bfloat16', got ${describeValue(computeDtype)}`);
   }
   const seed = config.seed ?? 0;
-  if (!Number.isSafeInteger(seed) || seed < 0) throw new MomaError('ERR_ARG', `Transformer config: seed must be a non-negative integer, got ${String(seed)}`);
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new MomaError('ERR_ARG', `Transformer config: seed must be a non-negative integer, got ${describeValue(seed)}`);
   return {
     vocabSize, dModel, layers, heads, ffn: { ...ffn }, modalities: config.modalities ?? ['text', 'image'], norm, mod,
     ropeTheta: config.ropeTheta ?? 10000, computeDtype, zLoss, initStd: config.initStd ?? 0.02, seed,

@@ -275,7 +275,8 @@ export class ExpertParallelMoMaFFN {
     if (w.worldSize !== size) {
       throw new MomaError('ERR_ARG', `ExpertParallelMoMaFFN: expertParallel is ${size}, but the process group has ${w.worldSize} ranks (the expert-parallel group is the whole group)`);
     }
-    const full = new MoMaFFN(config);
+    const { expertParallel: _expertParallel, ...ffnConfig } = config;
+    const full = new MoMaFFN(ffnConfig);
     this.config = { ...full.config, expertParallel: size };
     this.layout = full.layout;
     this.numExperts = full.numExperts;

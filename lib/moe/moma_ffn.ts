@@ -14,7 +14,7 @@
  * They have one owner: the layer itself when used alone, or the Module that registers them
  * (MoEFeedForward, through a MoMaFFNParameterOwner); forward reads them from the owner each call.
  */
-import { at } from '../checked';
+import { at, rejectUnknownKeys } from '../checked';
 import { MomaError } from '../errors';
 import { DType } from '../dtype';
 import { randn, tensor } from '../creation';
@@ -184,6 +184,12 @@ export function expertsBackward(saved: { xd: Tensor; h1: Tensor; h3: Tensor; a: 
   return { dxd, dw1, dw2, dw3 };
 }
 
+/** The keys a MoMaFFN config and its group entries may have (anything else is refused as a typo). */
+const MOMA_FFN_CONFIG_KEYS: readonly (keyof MoMaFFNConfig)[] = [
+  'dModel', 'dFF', 'groups', 'modalities', 'capacityFactor', 'router', 'gumbel', 'routing', 'topK', 'device', 'dtype', 'seed', 'initStd',
+];
+const MOE_GROUP_KEYS: readonly (keyof MoeGroupConfig)[] = ['modality', 'experts'];
+
 export class MoMaFFN {
   readonly config: Readonly<Required<Omit<MoMaFFNConfig, 'device' | 'seed'>>> & { device: DeviceName };
   readonly layout: MoeLayout;
@@ -194,6 +200,14 @@ export class MoMaFFN {
 
   /** `owner`: the Module that owns the parameters (default: the layer owns them). */
   constructor(config: MoMaFFNConfig, owner?: MoMaFFNParameterOwner) {
+    if (typeof config !== 'object' || config === null) throw new MomaError('ERR_ARG', 'MoMaFFN: config must be an object');
+    rejectUnknownKeys(config, MOMA_FFN_CONFIG_KEYS, 'MoMaFFN config');
+    if (Array.isArray(config.groups)) {
+      for (const [g, group] of config.groups.entries()) {
+        if (typeof group !== 'object' || group === null) throw new MomaError('ERR_ARG', `MoMaFFN: groups[${g}] must be an object { modality, experts }`);
+        rejectUnknownKeys(group, MOE_GROUP_KEYS, 'MoMaFFN config', `groups[${g}].`);
+      }
+    }
     const dModel = positiveInt(config.dModel, 'dModel');
     const dFF = positiveInt(config.dFF, 'dFF');
     this.layout = moeLayoutOf(config);

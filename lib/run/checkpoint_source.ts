@@ -6,7 +6,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import type { DeviceInput } from '../device';
+import { cudaDeviceCount, DeviceInput, DeviceName, isDeviceName, normalizeDevice } from '../device';
+import { describeValue } from '../checked';
 import { MomaError } from '../errors';
 import { Transformer, TransformerConfig } from '../model/transformer';
 import { AuxRouters, AUX_ROUTERS_FILE } from '../model/aux_router';
@@ -82,9 +83,35 @@ export function openCheckpoint(arg: string | undefined, op: string, cwd = proces
   return { dir, runDir: run === null ? null : runDir, run, config: config as TransformerConfig, layout, step: state.step };
 }
 
-/** The model of a checkpoint on `device` (default: the device it was trained on). */
-export function loadModel(source: CheckpointSource, device?: DeviceInput): Transformer {
-  const model = new Transformer({ ...source.config, device: device ?? source.config.device });
+/**
+ * The device to build a checkpoint's model on: `requested` when given (--device, `device:`),
+ * else the device its config.json says it was trained on. As torch.load of a CUDA checkpoint on
+ * a machine without CUDA, a saved CUDA device that is not visible here is an error (ERR_DEVICE)
+ * that says how to load it on the CPU instead; nothing moves to another device silently.
+ * `dir` names the checkpoint and `op` the command in errors.
+ */
+export function checkpointDevice(config: unknown, requested: DeviceInput | undefined, dir: string, op: string): DeviceName {
+  if (requested !== undefined) return normalizeDevice(requested, `${op}: device`);
+  const saved = (config as { device?: unknown } | null)?.device ?? 'cpu';
+  if (typeof saved !== 'string' || (saved !== 'cuda' && !isDeviceName(saved))) {
+    throw new MomaError('ERR_FILE', `${op}: ${path.join(dir, 'config.json')}: device is ${describeValue(saved)}, not a device name ('cpu' or 'cuda:N')`);
+  }
+  if (saved !== 'cpu') {
+    const index = saved === 'cuda' ? 0 : Number(saved.slice('cuda:'.length));
+    const visible = cudaDeviceCount();
+    if (index >= visible) {
+      const here = visible === 0
+        ? `no CUDA device is visible here${process.env.MOMA_DEVICE === 'cpu' ? ' (MOMA_DEVICE=cpu)' : ''}`
+        : `only ${visible} CUDA device${visible === 1 ? ' is' : 's are'} visible here (cuda:0${visible > 1 ? `..cuda:${visible - 1}` : ''})`;
+      throw new MomaError('ERR_DEVICE', `${op}: the checkpoint ${dir} was trained on ${saved}, but ${here}; pass --device cpu (in TypeScript: device: 'cpu') to load it on the CPU${visible > 0 ? ', or another --device cuda:N' : ''}`);
+    }
+  }
+  return normalizeDevice(saved, op);
+}
+
+/** The model of a checkpoint on `device` (default: the device it was trained on, see checkpointDevice). */
+export function loadModel(source: CheckpointSource, device?: DeviceInput, op = 'load checkpoint'): Transformer {
+  const model = new Transformer({ ...source.config, device: checkpointDevice(source.config, device, source.dir, op) });
   try {
     loadCheckpointInto(source.dir, model);
   } catch (err) {
