@@ -1,6 +1,6 @@
 // The bench's output: one markdown report (header with date, device, load and suites; the result
 // table with PyTorch's time next to moma's rows; the moma-vs-PyTorch summary; the MoE layer
-// breakdown) printed and saved with the JSON of everything under
+// breakdown; the comm suite's tables, in their own section at the end) printed and saved with the JSON of everything under
 // bench/results/<date>-<cpu|cuda>-<suites, or all>[-T<rows>].{json,md}.
 'use strict';
 const fs = require('fs');
@@ -55,7 +55,15 @@ const TABLE_NOTE = [
   'c = 1). `block.*`: one decoder block with the 4t4i FFN on every row, and the same block as a mixture-of-depths',
   'block at c_d 0.25 (ideal time ≈ its FLOPs ratio; the rest is router, selection, gather/scatter). `step.*`: a',
   'full Trainer step (forward, backward, clip, AdamW) on one built-in-data batch.',
+  '`comm.*`: rates are nccl-tests bus bandwidth in GB/s, and "% measured ceiling" is that as % of the memory-copy ceiling',
+  '(row ceiling.copy); `scaling.*` rates are training tokens/s, `overlap.*` the % of the gradient all-reduce hidden.',
 ];
+
+/** The comm suite's tables (collectives, data-parallel scaling, overlap) as the report's last section. */
+function commSection(report) {
+  if (!report.comm?.length) return [];
+  return ['', '## Collectives and data-parallel scaling (comm suite)', ...report.comm];
+}
 
 function markdown(report) {
   return [
@@ -68,6 +76,7 @@ function markdown(report) {
     ...TABLE_NOTE,
     ...torchSummary(report.results),
     ...report.breakdowns.flatMap(breakdownTable),
+    ...commSection(report),
   ].join('\n');
 }
 

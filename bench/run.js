@@ -14,11 +14,13 @@
 //            alone it implies layers and step                                       (bench/torch.js)
 //   comm     all-reduce and all-to-all time, algorithm and bus bandwidth (nccl-tests' definitions)
 //            from 4 KiB to 256 MiB per rank on 2 ranks started through the launcher, against the
-//            copy ceiling                                                             (bench/comm.js)
+//            copy ceiling; tokens/s of `moma train` on 1 vs 2 ranks and the gradient all-reduce's
+//            share of the step and overlap                                            (bench/comm.js)
 // Devices: the CPU, plus cuda:0 when a GPU is visible (--devices picks; the torch suite is CPU only).
 // Environment: MOMA_BENCH_T (layer rows), MOMA_BENCH_REPEATS (timed rounds, default 5),
 // MOMA_BENCH_STEP_BATCH / _SEQ / _MODELS, MOMA_TORCH_PYTHON, MOMA_KERNEL_BENCH, MOMA_CPU_PEAK_GFLOPS,
-// MOMA_BENCH_COMM_SIZES (e.g. 4KiB,1MiB) / _RANKS (default 2).
+// MOMA_BENCH_COMM_SIZES (e.g. 4KiB,1MiB) / _RANKS (default 2) / _GROUPS (collectives,scaling,overlap),
+// MOMA_BENCH_SCALING_MODELS (tiny-4t4i,d512-4t4i).
 // Prints the report and writes bench/results/<date>-<cpu|cuda>-<suites and filters, or all>[-T<rows>].{json,md}.
 'use strict';
 const os = require('os');
@@ -127,16 +129,17 @@ async function main() {
     results.push(...t.rows);
     torch = t.info;
   }
+  const comm = [];
   if (has('comm')) {
     for (const device of devices) {
       console.error(`comm on ${device} …`);
       const suite = await commSuite(moma, device, results);
       results.push(...suite.rows);
-      notes.push(...suite.notes);
+      comm.push(...suite.notes);
     }
   }
 
-  const report = { date, device: deviceName(moma, devices), devices, suites, filters, load, inspect: info, notes, results, breakdowns, torch };
+  const report = { date, device: deviceName(moma, devices), devices, suites, filters, load, inspect: info, notes, results, breakdowns, torch, comm };
   console.log(markdown(report));
   const parts = explicit ? [...suites.filter((s) => s !== 'ceiling' || suites.length === 1), ...filters] : ['all'];
   const suffix = `-${parts.join('_').replace(/[^a-zA-Z0-9_.-]/g, '')}` + (process.env.MOMA_BENCH_T ? `-T${envInt('MOMA_BENCH_T', 1)}` : '');

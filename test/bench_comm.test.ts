@@ -85,7 +85,9 @@ describe('bench comm: sizes', () => {
 describe('bench comm: worker arguments', () => {
   test('parses the launched rank command line', () => {
     expect(comm.parseWorkerArgs(['--worker', '--device', 'cpu', '--sizes', '4KiB,4096', '--repeats', '3', '--out', '/tmp/x.json']))
-      .toEqual({ device: 'cpu', sizes: [4096, 4096], repeats: 3, out: '/tmp/x.json' });
+      .toEqual({ device: 'cpu', sizes: [4096, 4096], gradients: null, repeats: 3, out: '/tmp/x.json' });
+    expect(comm.parseWorkerArgs(['--worker', '--gradients', 'tiny-4t4i', '--repeats', '2', '--out', 'o']))
+      .toEqual({ device: 'cpu', sizes: null, gradients: 'tiny-4t4i', repeats: 2, out: 'o' });
     expect(comm.parseWorkerArgs(['--worker', '--sizes', '1MiB', '--repeats', '1', '--out', 'o', '--device', 'cuda']).device).toBe('cuda');
   });
 
@@ -98,6 +100,9 @@ describe('bench comm: worker arguments', () => {
     expect(() => comm.parseWorkerArgs(['--worker', ...base, '--fast'])).toThrow(/unknown argument --fast/);
     expect(() => comm.parseWorkerArgs(['--worker', ...base, '--out'])).toThrow(/--out needs a value/);
     expect(() => comm.parseWorkerArgs(['--worker', '--sizes', '4096', '--out', 'o'])).toThrow(/--repeats is required/);
+    expect(() => comm.parseWorkerArgs(['--worker', '--repeats', '2', '--out', 'o'])).toThrow(/give one of --sizes and --gradients/);
+    expect(() => comm.parseWorkerArgs(['--worker', ...base, '--gradients', 'tiny-4t4i'])).toThrow(/give one of --sizes and --gradients/);
+    expect(() => comm.parseWorkerArgs(['--worker', '--gradients', 'huge', '--repeats', '2', '--out', 'o'])).toThrow(/--gradients must name a scaling model \(tiny-4t4i, d512-4t4i\), got 'huge'/);
   });
 });
 
@@ -126,7 +131,7 @@ describe('bench comm: rows and table', () => {
     expect(comm.collectiveRow(m, { device: 'cpu', ranks: 2, ceilingGbs: null }).pct_measured).toBeUndefined();
   });
 
-  test('the table lists both collectives per size and says what is not measured yet', () => {
+  test('the table lists both collectives per size', () => {
     const ar = comm.collectiveRow({ collective: 'all_reduce', bytes: 4096, ms: 0.5, opsPerRound: 100, rounds: [0.5] }, { device: 'cpu', ranks: 2, ceilingGbs: 40 });
     const a2a = comm.collectiveRow({ collective: 'all_to_all', bytes: 4096, ms: 0.25, opsPerRound: 100, rounds: [0.25] }, { device: 'cpu', ranks: 2, ceilingGbs: 40 });
     const text = comm.collectiveTable([ar, a2a], { device: 'cpu', ranks: 2, backend: 'gloo', ceilingGbs: 40 }).join('\n');
@@ -134,8 +139,119 @@ describe('bench comm: rows and table', () => {
     // 0.008192 / 40 GB/s = 0.02048 %
     expect(text).toContain('| 4KiB | 0.500 | 0.00819 | 0.00819 | 0.0205 | 0.250 | 0.0164 | 0.00819 | 0.0205 |');
     expect(text).toContain('gloo, 2 ranks');
-    expect(text).toMatch(/`scaling`/);
-    expect(text).toMatch(/`overlap`/);
-    expect(comm.ROW_GROUPS).toEqual(['collectives']);
+    expect(text).not.toMatch(/not measured yet/);
+    expect(comm.ROW_GROUPS).toEqual(['collectives', 'scaling', 'overlap']);
+  });
+});
+
+interface Speed { tokensPerS: number; stepMs: number; steps: number }
+interface Gradients { ranks: number; model: string; parameters: number; bytes: number; buckets: number[]; ms: number; rounds: number[] }
+interface ScalingMeasurement { model: string; threads: number; half: number; one: Speed; two: Speed; alone: Speed & { runs: Speed[] }; gradients: Gradients }
+interface ScalingRow { op: string; shape: string; ms: number; rate: number; unit: string; efficiency?: number; dp_efficiency?: number; all_reduce_share?: number; in_place_share?: number; hideable_ms?: number }
+interface ScalingBench {
+  commGroups(env: Record<string, string | undefined>): string[];
+  scalingModels(env: Record<string, string | undefined>): { name: string }[];
+  gradientBuckets(numels: number[], bucketBytes?: number): number[];
+  hideableMs(allReduceMs: number, buckets: number[], backwardMs: number): number;
+  runSpeed(records: { step: number; tokensPerSecond: number; seconds: number }[], warmup: number): Speed;
+  scalingRows(s: ScalingMeasurement, context: { overlap: boolean }): ScalingRow[];
+  scalingTables(measured: ScalingMeasurement[], context: { backend: string; overlap: boolean }): string[];
+}
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const scaling = require('../bench/comm') as ScalingBench;
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const report = require('../bench/report') as { markdown(report: Record<string, unknown>): string };
+
+describe('bench comm: scaling and overlap', () => {
+  test('row groups and models from the environment; overlap needs scaling', () => {
+    expect(scaling.commGroups({})).toEqual(['collectives', 'scaling', 'overlap']);
+    expect(scaling.commGroups({ MOMA_BENCH_COMM_GROUPS: 'overlap, scaling' })).toEqual(['scaling', 'overlap']);
+    expect(() => scaling.commGroups({ MOMA_BENCH_COMM_GROUPS: 'overlap' })).toThrow(/overlap needs scaling/);
+    expect(() => scaling.commGroups({ MOMA_BENCH_COMM_GROUPS: 'collectives,speed' })).toThrow(/unknown name\(s\) speed/);
+    expect(scaling.scalingModels({}).map((m) => m.name)).toEqual(['tiny-4t4i', 'd512-4t4i']);
+    expect(scaling.scalingModels({ MOMA_BENCH_SCALING_MODELS: 'd512-4t4i' }).map((m) => m.name)).toEqual(['d512-4t4i']);
+  });
+
+  test('gradient buckets as the Trainer flushes them: last parameters first, closed at >= the bucket size', () => {
+    // numels 10, 20, 30, 40 (float32: 40, 80, 120, 160 bytes), bucket 200 bytes:
+    // reversed 160 (open), +120 = 280 >= 200 -> flush 280; 80 (open), +40 = 120 -> the rest
+    expect(scaling.gradientBuckets([10, 20, 30, 40], 200)).toEqual([280, 120]);
+    expect(scaling.gradientBuckets([50, 50], 200)).toEqual([200, 200]);
+    expect(scaling.gradientBuckets([1, 2], 1000)).toEqual([12]);
+    // the default is torch DDP's 25 MiB: 13.4 MiB of tiny gradients make one bucket
+    expect(scaling.gradientBuckets([3_504_768])).toEqual([14_019_072]);
+  });
+
+  test('hideable all-reduce: all buckets but the last, by bytes, at most the backward', () => {
+    // buckets 300 + 100 bytes, 80 ms: the first 300 bytes take 60 ms
+    expect(scaling.hideableMs(80, [300, 100], 1000)).toBeCloseTo(60, 12);
+    expect(scaling.hideableMs(80, [300, 100], 25)).toBe(25);
+    expect(scaling.hideableMs(80, [400], 1000)).toBe(0);
+    expect(scaling.hideableMs(80, [], 1000)).toBe(0);
+  });
+
+  test('run speed: medians after the warm-up steps', () => {
+    const records = [1, 2, 3, 4, 5, 6].map((step) => ({ step, tokensPerSecond: step * 100, seconds: 1 / step }));
+    const speed = scaling.runSpeed(records, 3);
+    // steps 4, 5, 6: median tokens/s 500, median seconds 1/5
+    expect(speed).toEqual({ tokensPerS: 500, stepMs: 200, steps: 3 });
+    expect(() => scaling.runSpeed(records, 6)).toThrow(/no logged step after the 6 warm-up steps/);
+  });
+
+  const measured: ScalingMeasurement = {
+    model: 'tiny-4t4i', threads: 2, half: 1,
+    one: { tokensPerS: 8000, stepMs: 256, steps: 9 },
+    two: { tokensPerS: 6400, stepMs: 640, steps: 9 },
+    alone: { tokensPerS: 8000, stepMs: 512, steps: 9, runs: [{ tokensPerS: 4000, stepMs: 512, steps: 9 }, { tokensPerS: 4000, stepMs: 500, steps: 9 }] },
+    gradients: { ranks: 2, model: 'tiny-4t4i', parameters: 3_000_000, bytes: 12_000_000, buckets: [9_000_000, 3_000_000], ms: 160, rounds: [160, 170, 150] },
+  };
+
+  test('rows: tokens/s per configuration, efficiencies and the all-reduce share on the 2-rank row, all-reduce and overlap rows', () => {
+    const rows = scaling.scalingRows(measured, { overlap: true });
+    expect(rows.map((r) => [r.op, r.unit])).toEqual([
+      ['scaling.tiny-4t4i', 'tokens/s'], ['scaling.tiny-4t4i', 'tokens/s'], ['scaling.tiny-4t4i', 'tokens/s'],
+      ['scaling.tiny-4t4i.grad_all_reduce', 'GB/s busbw'], ['overlap.tiny-4t4i.grad_all_reduce', '% hidden'],
+    ]);
+    expect(rows[0]).toMatchObject({ shape: '1 rank × 2 threads, B8 S256 per rank', rate: 8000, ms: 256 });
+    // 6400 / 8000 = 0.8 of one rank, of the two independent runs too; 160 / 640 = 25 %; (640 - 512) / 640 = 20 %
+    expect(rows[1]).toMatchObject({ shape: '2 ranks × 1 thread, B8 S256 per rank', rate: 6400, efficiency: 0.8, dp_efficiency: 0.8, all_reduce_share: 0.25, in_place_share: 0.2 });
+    // 12e6 bytes in 160 ms = 0.075 GB/s algbw = busbw on 2 ranks
+    expect(rows[3]!.rate).toBeCloseTo(0.075, 12);
+    expect(rows[3]!.shape).toBe('11.4 MiB in 2 bucket(s), 2 ranks × 1 thread');
+    // overlap 0; could hide 9/12 of 160 = 120 ms (backward 2/3 of 512 = 341 ms is longer)
+    expect(rows[4]).toMatchObject({ rate: 0, ms: 160 });
+    expect(rows[4]!.hideable_ms).toBeCloseTo(120, 10);
+    expect(scaling.scalingRows(measured, { overlap: false }).map((r) => r.op)).not.toContain('overlap.tiny-4t4i.grad_all_reduce');
+  });
+
+  test('tables: one line per model with the computed ratios, the overlap table when asked', () => {
+    const text = scaling.scalingTables([measured], { backend: 'gloo', overlap: true }).join('\n');
+    expect(text).toContain('1 rank × 2 threads vs 2 ranks × 1');
+    expect(text).toContain('| tiny-4t4i | 3.00 M | 8000 | 6400 | 8000 | 0.80 | 0.80 | 256 | 640 | 512 | 160 | 25 | 20 |');
+    expect(text).toContain('| tiny-4t4i | 11.4 | 2 | 160 | 0% | 341 | 120 | 19 |');
+    expect(text).toMatch(/Measured overlap is 0/);
+    expect(scaling.scalingTables([measured], { backend: 'gloo', overlap: false }).join('\n')).not.toMatch(/Overlap/);
+    expect(scaling.scalingTables([], { backend: 'gloo', overlap: true })).toEqual([]);
+  });
+});
+
+describe('bench report: the comm section', () => {
+  const base = {
+    date: '2026-12-07T00:00:00.000Z', device: 'cpu x2', devices: ['cpu'], suites: ['ceiling', 'comm'], load: [1, 1, 1],
+    notes: ['moma 2 CPU threads'], results: [{ device: 'cpu', op: 'ceiling.copy', shape: '256MiB', ms: 17, rate: 30, unit: 'GB/s' }], breakdowns: [],
+  };
+
+  test('the comm tables come last, under their own heading, after the result table and its notes', () => {
+    const text = report.markdown({ ...base, comm: ['', '### Collectives (cpu, gloo)', '| a |'] });
+    const lines = text.split('\n');
+    expect(lines.slice(-4)).toEqual(['## Collectives and data-parallel scaling (comm suite)', '', '### Collectives (cpu, gloo)', '| a |']);
+    expect(text.indexOf('| cpu | ceiling.copy |')).toBeLessThan(text.indexOf('## Collectives'));
+    expect(text.indexOf('Notes: rates are FLOPs')).toBeLessThan(text.indexOf('## Collectives'));
+    expect(text).toMatch(/`comm\.\*`: rates are nccl-tests bus bandwidth in GB\/s, and "% measured ceiling" is that as % of the memory-copy ceiling/);
+  });
+
+  test('without comm tables (or from an older report) there is no comm section', () => {
+    expect(report.markdown(base)).not.toMatch(/comm suite/);
+    expect(report.markdown({ ...base, comm: [] })).not.toMatch(/comm suite/);
   });
 });
