@@ -11,6 +11,8 @@ export type MomaErrorCode =
   | 'ERR_LOAD'
   | 'ERR_FILE'
   | 'ERR_DIST'
+  /** Training met a non-finite loss, gradient norm or parameter (lib/train/trainer.ts); TypeScript side only. */
+  | 'ERR_NONFINITE'
   | 'ERR_INTERNAL';
 
 /**

@@ -92,7 +92,7 @@ describe('checkpoint resume', () => {
     await train(first, optF, 0, N);
     const dir = path.join(tmp, 'ckpt');
     await saveCheckpoint(dir, { config, model: first, optimizer: optF, state: { step: N, optimizerStep: optF.step } });
-    expect(fs.readdirSync(dir).sort()).toEqual(['config.json', 'model.safetensors', 'optimizer.safetensors', 'trainer.json']);
+    expect(fs.readdirSync(dir).sort()).toEqual(['checksums.json', 'config.json', 'model.safetensors', 'optimizer.safetensors', 'trainer.json']);
     expect(readCheckpoint(dir).config).toEqual(config);
 
     const resumed = new Transformer({ ...config, seed: 99 }); // different init: everything must come from the checkpoint

@@ -383,6 +383,12 @@ describe('shard sets', () => {
     expect(errorOf(() => openShardSet(dir, { verify: true }), 'ERR_FILE').message).toMatch(message);
   });
 
+  test("index.json's shard SHA-256s are checked at open by default for a small set ('auto'), not with verify: false", () => {
+    const dir = makeSet('bad-hash', (i) => { ((i.splits as { train: Record<string, unknown>[] }).train[0]!).sha256 = 'e'.repeat(64); });
+    expect(errorOf(() => openShardSet(dir), 'ERR_FILE').message).toMatch(/train-00000\.bin: SHA-256 [0-9a-f]+ differs from index\.json's e+ \(splits\.train\[0\]\.sha256/);
+    openShardSet(dir, { verify: false }).close();
+  });
+
   test('vocab.json, tokenizer files and the folder itself are checked', () => {
     const dir = makeSet('files');
     fs.writeFileSync(path.join(dir, 'image_tokenizer.safetensors'), 'changed');

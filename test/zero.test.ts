@@ -77,7 +77,7 @@ describeGloo('ZeRO tests')('ZeRO-1 / ZeRO-2 sharded training (2 ranks, gloo, loo
     expect(exported.code).toBe(0);
     expect(exported.stdout).toContain('optimizer state of 2 ranks consolidated');
     const out = path.join(dir, 'exported');
-    expect(fs.readdirSync(out).sort()).toEqual(['config.json', 'image_tokenizer.safetensors', 'model.safetensors', 'optimizer.safetensors', 'trainer.json', 'vocab.json']);
+    expect(fs.readdirSync(out).sort()).toEqual(['checksums.json', 'config.json', 'image_tokenizer.safetensors', 'model.safetensors', 'optimizer.safetensors', 'trainer.json', 'vocab.json']);
     expectSameParams(moments(out), moments(checkpoint(path.join(dir, 'none'), 4)));
     expectSameParams(await checkpointParams(out), await params(path.join(dir, 'none'), 4));
 

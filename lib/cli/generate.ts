@@ -8,11 +8,10 @@ import * as path from 'path';
 import { Command } from 'commander';
 import { normalizeDevice } from '../device';
 import { MomaError } from '../errors';
-import { ImageTokenizer } from '../data/image_tokenizer';
 import { loadTextTokenizer } from '../data/text_tokenizer';
 import { writeFileAtomic } from '../io/files';
 import { captionToImage, GenerateOptions, imageToCaption } from '../generate/generator';
-import { loadAuxRouters, loadModel, openCheckpoint } from '../run/checkpoint_source';
+import { loadAuxRouters, loadImageTokenizer, loadModel, openCheckpoint } from '../run/checkpoint_source';
 import { shownPath } from './paths';
 import { printable } from './terminal';
 
@@ -47,9 +46,7 @@ async function runGenerate(flags: GenerateFlags): Promise<void> {
   if (out !== null && fs.existsSync(out) && !fs.statSync(out).isFile()) throw new MomaError('ERR_ARG', `generate: --out ${flags.out} is a folder`);
   const source = openCheckpoint(flags.checkpoint, 'generate');
   const { layout } = source;
-  if (layout.image === null) throw new MomaError('ERR_ARG', `generate: the vocabulary of ${source.dir} has no image tokenizer`);
-  const imageFile = path.join(source.dir, layout.image.tokenizer.file);
-  const image = ImageTokenizer.load(imageFile);
+  const image = loadImageTokenizer(source, 'generate');
   const text = loadTextTokenizer(layout.text.tokenizer, source.dir);
   const model = loadModel(source, flags.device === undefined ? undefined : normalizeDevice(flags.device, 'generate: --device'), 'generate');
   try {

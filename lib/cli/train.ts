@@ -13,7 +13,7 @@ import { shownPath } from './paths';
 import * as cliProgress from 'cli-progress';
 import type { EvalRecord, StepRecord } from '../run/records';
 import { firstLabel, formatDuration, formatSI, LossRow, writeReport } from '../run/report';
-import { RunStartInfo, RunSummary, trainRun } from '../run/run';
+import { RunStartInfo, RunSummary, SkipRecord, trainRun } from '../run/run';
 import { RUN_DEFAULTS } from '../run/run_config';
 import { init, isInitialized, world } from '../distributed/process_group';
 import { worldFromEnv } from '../distributed/env';
@@ -36,6 +36,7 @@ interface TrainFlags {
   logEvery?: string;
   gradAccum?: string;
   sharding?: string;
+  skipNonfinite?: string;
   resume?: string;
   out?: string;
   jsonLog?: boolean;
@@ -50,7 +51,13 @@ interface Progress {
   start(info: RunStartInfo): void;
   step(record: StepRecord): void;
   eval(record: EvalRecord): void;
+  /** Steps with a non-finite loss or gradient norm were skipped. */
+  skip(record: SkipRecord): void;
   stop(): void;
+}
+
+function skipText(r: SkipRecord): string {
+  return `step ${r.step}: skipped ${r.skipped} step(s) with a non-finite loss or gradient norm (first at step ${r.firstStep}); ${r.total} of the allowed ${r.budget} skipped so far`;
 }
 
 function jsonProgress(): Progress {
@@ -58,6 +65,7 @@ function jsonProgress(): Progress {
     start: () => undefined,
     step: (r) => console.log(JSON.stringify(r)),
     eval: (r) => console.log(JSON.stringify(r)),
+    skip: (r) => console.log(JSON.stringify(r)),
     stop: () => undefined,
   };
 }
@@ -87,6 +95,7 @@ function lineProgress(say: (line: string) => void): Progress {
     eval(r) {
       say(`held-out at step ${r.step}: loss ${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})`);
     },
+    skip: (r) => say(skipText(r)),
     stop: () => undefined,
   };
 }
@@ -107,6 +116,7 @@ function barProgress(): Progress {
       bar.update(r.step, { text: lossText(r.lossPerModality.text), image: lossText(r.lossPerModality.image), tps: Math.round(r.tokensPerSecond) });
     },
     eval: () => undefined,
+    skip: (r) => void process.stderr.write(`\n${skipText(r)}\n`),
     stop() {
       if (running) bar.stop();
       running = false;
@@ -143,7 +153,7 @@ async function joinRanks(device: string | undefined): Promise<boolean> {
   return world().rank !== 0;
 }
 
-const quietProgress: Progress = { start: () => undefined, step: () => undefined, eval: () => undefined, stop: () => undefined };
+const quietProgress: Progress = { start: () => undefined, step: () => undefined, eval: () => undefined, skip: () => undefined, stop: () => undefined };
 
 async function runTrain(flags: TrainFlags): Promise<void> {
   const { config, resume, jsonLog, ...settings } = flags;
@@ -181,6 +191,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       },
       onStep: (r) => progress.step(r),
       onEval: (r) => progress.eval(r),
+      onSkip: (r) => progress.skip(r),
     });
   } finally {
     progress.stop();
@@ -199,7 +210,7 @@ export function registerTrainCommands(program: Command): void {
     .command('train')
     .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
     .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
-    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, out); flags override it')
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, skipNonfinite, out); flags override it')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
@@ -215,7 +226,8 @@ export function registerTrainCommands(program: Command): void {
     .option('--grad-accum <n>', `micro-batches of --batch-size per optimizer step on each rank (default ${RUN_DEFAULTS.gradAccum}); a step trains ranks × n × batch-size sequences`)
     .option('--sharding <kind>', "data parallel: 'zero1' shards the AdamW moments over the ranks, 'zero2' the gradients too (default none); kept on resume")
     .option('--log-every <n>', `read the metrics back every n steps, one metrics.jsonl record with the means (default ${RUN_DEFAULTS.logEvery}); the steps between never wait for the device`)
-    .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps may change)')
+    .option('--skip-nonfinite <n>', `skip up to n steps with a non-finite loss or gradient norm (no update applied, recorded in metrics.jsonl); one more stops the run, as does the first with 0 (default ${RUN_DEFAULTS.skipNonfinite}); may be given again on resume`)
+    .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps and --skip-nonfinite may change)')
     .option('--out <run dir>', 'run directory (default runs/<yyyymmdd-hhmmss>-<preset>)')
     .option('--json-log', 'print the metrics records as JSON lines instead of a progress bar')
     .action(runTrain);

@@ -10,8 +10,12 @@
  *   train-00000.bin, eval-00000.bin …   shards (lib/data/shard.ts)
  *
  * Opening validates everything that is cheap: the layout, the tokenizer files' SHA-256, every
- * key of index.json, every shard's header and index against index.json (and, with `verify`,
- * every shard's SHA-256). Documents are read lazily.
+ * key of index.json, every shard's header and index against index.json, and the SHA-256 that
+ * index.json records for each shard when the shards are small enough to hash at once
+ * (`verify: 'auto'`, the default: at most VERIFY_AUTO_BYTES together, under a second), always
+ * with `verify: true`, never with false. Larger sets are not hashed at open because every byte
+ * training reads is covered anyway: the header and the document index by their CRC32 at open,
+ * each document by its CRC32 when it is read (lib/data/shard.ts). Documents are read lazily.
  *
  * A split's store numbers its documents 0 … N-1 in shard order and draws them shuffled per
  * epoch: draw k is position k mod N of seededPermutation(N, seed, epoch = floor(k / N)), a
@@ -111,9 +115,15 @@ export interface SplitSummary {
 }
 
 export interface OpenShardSetOptions {
-  /** Also hash every shard and compare with index.json's sha256 (reads every byte). */
-  verify?: boolean;
+  /**
+   * Hash every shard and compare with index.json's sha256 (reads every byte): true always,
+   * 'auto' (default) when the shards total at most VERIFY_AUTO_BYTES, false never.
+   */
+  verify?: boolean | 'auto';
 }
+
+/** The most shard bytes `verify: 'auto'` hashes at open (SHA-256 runs at about 0.5–2 GB/s). */
+export const VERIFY_AUTO_BYTES = 256 * 1024 * 1024;
 
 function sha256OfFile(file: string): string {
   const hash = createHash('sha256');
@@ -286,6 +296,13 @@ export function openShardSet(dir: string, options: OpenShardSetOptions = {}): Sh
   const index = parseShardSetIndex(readJson(indexFile, `shard set ${dir}`), indexFile);
   if (index.vocabHash !== layout.hash) throw new MomaError('ERR_FILE', `${indexFile}: vocabHash ${index.vocabHash} differs from vocab.json's ${layout.hash}`);
   const readers: Record<Split, ShardReader[]> = { train: [], eval: [] };
+  const verify = options.verify ?? 'auto';
+  let hashShards = verify === true;
+  if (verify === 'auto') {
+    let bytes = 0;
+    for (const split of SPLITS) for (const entry of index.splits[split]) bytes += fs.statSync(path.join(dir, entry.file), { throwIfNoEntry: false })?.size ?? 0;
+    hashShards = bytes <= VERIFY_AUTO_BYTES;
+  }
   try {
     for (const split of SPLITS) {
       index.splits[split].forEach((entry, i) => {
@@ -295,9 +312,9 @@ export function openShardSet(dir: string, options: OpenShardSetOptions = {}): Sh
         for (const key of ['documents', 'tokens', 'imageTokens'] as const) {
           if (reader[key] !== entry[key]) throw new MomaError('ERR_FILE', `${indexFile}: splits.${split}[${i}] (${entry.file}) says ${key} ${entry[key]}, the shard has ${reader[key]}`);
         }
-        if (options.verify && entry.sha256 !== undefined) {
+        if (hashShards && entry.sha256 !== undefined) {
           const actual = sha256OfFile(file);
-          if (actual !== entry.sha256) throw new MomaError('ERR_FILE', `shard ${file}: SHA-256 ${actual} differs from index.json's ${entry.sha256}`);
+          if (actual !== entry.sha256) throw new MomaError('ERR_FILE', `shard ${file}: SHA-256 ${actual} differs from index.json's ${entry.sha256} (splits.${split}[${i}].sha256 of ${indexFile}): the shard is corrupt or was changed`);
         }
       });
     }

@@ -3,7 +3,10 @@
  * length, a JSON header { name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__":
  * { string: string } } padded with spaces to a multiple of 8, then the raw little-endian data.
  * Writes are atomic (writeFileAtomic of ./files.ts); reads validate every field and name the file
- * and the problem in a MomaError('ERR_FILE'). encodeSafetensors / decodeSafetensors work on
+ * and the problem in a MomaError('ERR_FILE'); as Hugging Face's reader, the tensors' data ranges
+ * must tile the data area exactly (sorted by offset, each begins where the previous ends, the
+ * first at 0, the last at the end of the file): overlapping ranges (two tensors sharing bytes),
+ * gaps and bytes past the last tensor are refused, naming the two tensors. encodeSafetensors / decodeSafetensors work on
  * host typed arrays and bytes (no tensors), for small files such as tokenizer codebooks.
  */
 import * as fs from 'fs';
@@ -99,6 +102,7 @@ export function decodeSafetensors(buf: Buffer, file: string): HostSafetensors {
   if (!isObject(header)) throw bad(file, 'header is not a JSON object');
   const dataStart = 8 + n;
   const out: HostSafetensors = { metadata: {}, tensors: new Map() };
+  const ranges: { name: string; begin: number; end: number }[] = [];
   for (const [name, entry] of Object.entries(header)) {
     const tensorName = `tensor ${describeKey(name)}`;  // names come from the file: quoted only when plain
     if (name === '__metadata__') {
@@ -125,8 +129,43 @@ export function decodeSafetensors(buf: Buffer, file: string): HostSafetensors {
     else t = { dtype: 'BF16', shape, data: new Uint16Array(count) };
     new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength).set(bytes);
     out.tensors.set(name, t);
+    ranges.push({ name, begin: begin!, end: end! });
   }
+  checkTiling(file, ranges, buf.length - dataStart);
   return out;
+}
+
+/** Refuses data ranges that overlap, leave gaps, or do not end at the end of the data area (`dataBytes`). */
+function checkTiling(file: string, ranges: { name: string; begin: number; end: number }[], dataBytes: number): void {
+  ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let previous: { name: string; begin: number; end: number } | null = null;
+  for (const r of ranges) {
+    const at = previous?.end ?? 0;
+    if (r.begin < at) {
+      throw bad(file, `tensor ${describeKey(previous!.name)} (bytes [${previous!.begin}, ${at})) and tensor ${describeKey(r.name)} (bytes [${r.begin}, ${r.end})) overlap`);
+    }
+    if (r.begin > at) {
+      throw bad(file, previous === null
+        ? `tensor ${describeKey(r.name)} starts at data byte ${r.begin}, not 0 (a gap before the first tensor)`
+        : `a gap of ${r.begin - at} bytes between tensor ${describeKey(previous.name)} (ends at ${at}) and tensor ${describeKey(r.name)} (starts at ${r.begin})`);
+    }
+    previous = r;
+  }
+  const end = previous?.end ?? 0;
+  if (end !== dataBytes) {
+    throw bad(file, `the data area is ${dataBytes} bytes but the tensors end at ${end}${previous === null ? '' : ` (last: tensor ${describeKey(previous.name)})`}: ${dataBytes - end} bytes belong to no tensor`);
+  }
+}
+
+/** A decoded host tensor as a Tensor on `device` (BF16 as bfloat16, the rest as their dtype). */
+export function hostToTensor(t: HostTensor, device: string): Tensor {
+  const options = { shape: t.shape, device };
+  return t.dtype === 'BF16' ? tensor(t.data, { ...options, dtype: 'bfloat16' }) : tensor(t.data, options);
+}
+
+/** The dtype a Tensor of `dtype` is stored as ('F32' for float32, …). */
+export function safetensorsDtype(dtype: keyof typeof DTYPES): string {
+  return DTYPES[dtype];
 }
 
 /** Reads a safetensors file into tensors on `device`. */
@@ -140,10 +179,7 @@ export function loadSafetensors(file: string, device = 'cpu'): SafetensorsFile {
   const host = decodeSafetensors(buf, file);
   const out: SafetensorsFile = { metadata: host.metadata, tensors: new Map() };
   try {
-    for (const [name, t] of host.tensors) {
-      const options = { shape: t.shape, device };
-      out.tensors.set(name, t.dtype === 'BF16' ? tensor(t.data, { ...options, dtype: 'bfloat16' }) : tensor(t.data, options));
-    }
+    for (const [name, t] of host.tensors) out.tensors.set(name, hostToTensor(t, device));
   } catch (err) {
     for (const t of out.tensors.values()) t.dispose();
     throw err;

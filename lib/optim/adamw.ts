@@ -7,10 +7,17 @@
  * Clipping stays on the device: the global norm and the factor min(1, clipNorm / (norm + 1e-6))
  * are float32 scalar tensors, and the gradients are multiplied by the factor before the fused
  * step, so an update never waits for the device. Read `gradNorm` only when it is logged.
+ *
+ * Non-finite steps are caught on the device too: `finite` (a float32 0/1 scalar) is 1 when the
+ * gradient norm and the caller's loss flag are finite. With `skipNonfinite` the fused step's
+ * outputs are selected with where(finite, new, old), so a step with a NaN or infinite gradient
+ * leaves parameters and moments as they were (NaN · 0 is NaN, hence a select, not a product);
+ * that costs three selects per parameter, so it is only done when asked. The step count (bias
+ * correction) counts such steps too: the host never learns of them inside a step.
  */
 import { tidy, untrack } from '../autograd/scope';
 import { noGrad } from '../autograd/tape';
-import { concat } from '../ops';
+import { concat, where } from '../ops';
 import { full, zeros } from '../creation';
 import { MomaError } from '../errors';
 import { Tensor } from '../tensor';
@@ -29,11 +36,44 @@ export interface AdamWOptions {
 }
 
 /** Clipping of one step, as float32 scalar tensors on the parameters' device (nothing is read to the host). */
-export interface StepResult {
+export interface ClipResult {
   /** Global L2 norm of the gradients before clipping. */
   gradNorm: Tensor;
   /** The factor the gradients were multiplied by: min(1, clipNorm / (gradNorm + 1e-6)), or 1 without clipping. */
   clipScale: Tensor;
+}
+
+/** One update: its clipping and whether it was finite, float32 scalar tensors on the parameters' device. */
+export interface StepResult extends ClipResult {
+  /** float32 1 when the gradient norm (and the loss flag given to update) was finite, else 0. */
+  finite: Tensor;
+}
+
+/** What an update checks besides the gradient norm, and whether it skips a non-finite step. */
+export interface UpdateOptions {
+  /** float32 0/1 scalar on the device: 0 when the step's loss was not finite (the caller's check, e.g. finiteIndicator of the loss). */
+  lossFinite?: Tensor;
+  /** Leave parameters and moments unchanged when the step is not finite (default false: the flag is only reported). */
+  skipNonfinite?: boolean;
+}
+
+/**
+ * float32 scalar on the device: 1 when every element of every tensor is finite, else 0. x − x is
+ * 0 for a finite x and NaN for NaN and ±inf, so Σ (x − x) + 1 is 1 or NaN, and the cast to uint8
+ * maps NaN to 0 (CPU and CUDA casts alike). Queues device work only; the result belongs to the
+ * enclosing tidy, if any.
+ */
+export function finiteIndicator(tensors: Tensor[]): Tensor {
+  return tidy(() => noGrad(() => {
+    const diffs = tensors.map((t) => t.astype('float32').sub(t.astype('float32')).sum().reshape([1]));
+    const total = diffs.length === 1 ? diffs[0]! : concat(diffs, 0).sum();
+    return total.reshape([]).add(1).astype('uint8').astype('float32');
+  }));
+}
+
+/** new where `finite` (float32 0/1 scalar) is 1, else old: keeps a non-finite step from reaching a tensor. */
+export function selectFinite(finite: Tensor, updated: Tensor, old: Tensor): Tensor {
+  return tidy(() => where(finite.astype('uint8'), updated, old));
 }
 
 /** Added to the norm in the clip factor's denominator. */
@@ -85,7 +125,7 @@ export class AdamW {
    * gradient becomes grad · min(1, clipNorm / (norm + 1e-6)) (left as it is without clipping).
    * Returns the norm before clipping and the factor; the caller owns both.
    */
-  clipGradients(): StepResult {
+  clipGradients(): ClipResult {
     const gradNorm = this.gradNorm();
     const clipScale = untrack(noGrad(() => (this.clips
       ? tidy(() => full([], this.options.clipNorm, { device: gradNorm.device }).div(gradNorm.add(CLIP_EPS)).minimum(1))
@@ -109,8 +149,10 @@ export class AdamW {
    * work only and returns at once. The result belongs to the optimizer and stays valid until the
    * next update or dispose() (clone it to keep it longer).
    */
-  update(lr = this.options.lr): StepResult {
-    const result = this.clipGradients();
+  update(lr = this.options.lr, options: UpdateOptions = {}): StepResult {
+    const clipped = this.clipGradients();
+    const result: StepResult = { ...clipped, finite: stepFinite(clipped.gradNorm, options.lossFinite) };
+    const guard = options.skipNonfinite === true;
     this.step++;
     noGrad(() => {
       for (const [name, p] of this.module.namedParameters()) {
@@ -124,10 +166,14 @@ export class AdamW {
           lr, beta1: this.options.betas[0], beta2: this.options.betas[1], eps: this.options.eps,
           weightDecay: this.options.decay(name) ? this.options.weightDecay : 0, step: this.step,
         });
+        const kept = guard ? {
+          param: untrack(selectFinite(result.finite, out.param, p)), m: untrack(selectFinite(result.finite, out.expAvg, s.m)), v: untrack(selectFinite(result.finite, out.expAvgSq, s.v)),
+        } : null;
+        if (kept !== null) for (const t of [out.param, out.expAvg, out.expAvgSq]) t.dispose();
         s.m.dispose();
         s.v.dispose();
-        this.state.set(name, { m: out.expAvg, v: out.expAvgSq });
-        this.module.setParameter(name, out.param);
+        this.state.set(name, { m: kept?.m ?? out.expAvg, v: kept?.v ?? out.expAvgSq });
+        this.module.setParameter(name, kept?.param ?? out.param);
       }
     });
     this.disposeLast();
@@ -143,6 +189,7 @@ export class AdamW {
     if (this.last === null) return;
     this.last.gradNorm.dispose();
     this.last.clipScale.dispose();
+    this.last.finite.dispose();
     this.last = null;
   }
 
@@ -167,6 +214,14 @@ export class AdamW {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/** The step's finite flag (float32 0/1): the gradient norm's, times the loss flag when given; a new tensor. */
+export function stepFinite(gradNorm: Tensor, lossFinite: Tensor | undefined): Tensor {
+  return untrack(tidy(() => {
+    const normFinite = finiteIndicator([gradNorm]);
+    return lossFinite === undefined ? normFinite : noGrad(() => normFinite.mul(lossFinite));
+  }));
 }
 
 /** Learning rate at `step` (0-based): linear warm-up, then linear decay or cosine to `floor`·peak. */

@@ -4,18 +4,19 @@
  * run folder (its newest checkpoint), or be left out (the newest run under ./runs). A checkpoint
  * inside a run finds the run's settings in ../../run.json, so the stages reuse the run's data.
  */
+import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
+import { ImageTokenizer } from '../data/image_tokenizer';
 import { cudaDeviceCount, DeviceInput, DeviceName, isDeviceName, normalizeDevice } from '../device';
 import { describeValue } from '../checked';
 import { MomaError } from '../errors';
 import { Transformer, TransformerConfig } from '../model/transformer';
 import { AuxRouters, AUX_ROUTERS_FILE } from '../model/aux_router';
 import { parseVocabLayout, VocabLayout } from '../data/vocab';
-import { readJson } from '../io/files';
 import { loadSafetensors } from '../io/safetensors';
-import { loadCheckpointInto, readCheckpoint } from '../train/checkpoint';
-import type { RunFile } from './records';
+import { CheckpointFiles, loadCheckpointInto, readCheckpoint } from '../train/checkpoint';
+import { readRunFile, RunFile } from './records';
 import { heldOutSequences, isImageOf, listCheckpoints, openDataset } from './run';
 import { RUN_DEFAULTS, RunSettings } from './run_config';
 import type { MixedModalDataset } from '../data/dataset';
@@ -74,12 +75,13 @@ export function resolveCheckpointDir(arg: string | undefined, op: string, cwd = 
 /** Reads a checkpoint's config, vocabulary and (when inside a run) the run file. */
 export function openCheckpoint(arg: string | undefined, op: string, cwd = process.cwd()): CheckpointSource {
   const dir = resolveCheckpointDir(arg, op, cwd);
+  const files = new CheckpointFiles(dir, op);
   const { config, state } = readCheckpoint(dir);
   const vocabFile = path.join(dir, 'vocab.json');
-  if (!fs.existsSync(vocabFile)) throw new MomaError('ERR_FILE', `${op}: ${dir} has no vocab.json (not written by moma train?)`);
-  const layout = parseVocabLayout(readJson(vocabFile, op), vocabFile);
+  if (!files.has('vocab.json')) throw new MomaError('ERR_FILE', `${op}: ${dir} has no vocab.json (not written by moma train?)`);
+  const layout = parseVocabLayout(files.json('vocab.json'), vocabFile);
   const runDir = path.dirname(path.dirname(dir));
-  const run = path.basename(path.dirname(dir)) === 'checkpoints' && isRun(runDir) ? (readJson(path.join(runDir, 'run.json'), op) as RunFile) : null;
+  const run = path.basename(path.dirname(dir)) === 'checkpoints' && isRun(runDir) ? readRunFile(runDir, op) : null;
   return { dir, runDir: run === null ? null : runDir, run, config: config as TransformerConfig, layout, step: state.step };
 }
 
@@ -119,6 +121,25 @@ export function loadModel(source: CheckpointSource, device?: DeviceInput, op = '
     throw err;
   }
   return model;
+}
+
+/**
+ * The checkpoint's image tokenizer: the file its vocab.json names (a file name inside the folder,
+ * checked by parseVocabLayout), verified against checksums.json when the checkpoint has one and
+ * always against the SHA-256 vocab.json records for it (ERR_FILE naming the file otherwise).
+ */
+export function loadImageTokenizer(source: CheckpointSource, op: string): ImageTokenizer {
+  const image = source.layout.image;
+  if (image === null) throw new MomaError('ERR_ARG', `${op}: the vocabulary of ${source.dir} has no image tokenizer`);
+  const file = path.join(source.dir, image.tokenizer.file);
+  const files = new CheckpointFiles(source.dir, op);
+  if (!files.has(image.tokenizer.file)) throw new MomaError('ERR_FILE', `${op}: ${file}, the image tokenizer vocab.json names, does not exist`);
+  const bytes = files.bytes(image.tokenizer.file);
+  const actual = createHash('sha256').update(bytes).digest('hex');
+  if (actual !== image.tokenizer.sha256) {
+    throw new MomaError('ERR_FILE', `${op}: image tokenizer ${file} has SHA-256 ${actual}, vocab.json records ${image.tokenizer.sha256}: it is not the tokenizer the model was trained with`);
+  }
+  return ImageTokenizer.fromBuffer(bytes, file);
 }
 
 /** Fresh auxiliary routers for a model (N(0, 0.02²) init from `seed`). */

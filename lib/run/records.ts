@@ -9,7 +9,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { MomaError } from '../errors';
-import { readJson } from '../io/files';
+import { readJsonWithSchema, runFileSchema } from '../train/checkpoint_schema';
 import type { TransformerConfig } from '../model/transformer';
 import type { StepMetrics } from '../train/trainer';
 import type { RunSettings } from './run_config';
@@ -85,12 +85,10 @@ export function readMetrics(runDir: string): { steps: StepRecord[]; evals: EvalR
   return { steps, evals };
 }
 
-/** Reads and checks a run's run.json (ERR_FILE naming `op` and the file when it is not a moma run file). */
+/**
+ * Reads a run's run.json checked by its schema (runFileSchema of lib/train/checkpoint_schema.ts):
+ * ERR_FILE naming `op`, the file, the key and what was expected when it is not a moma run file.
+ */
 export function readRunFile(runDir: string, op: string): RunFile {
-  const file = path.join(runDir, 'run.json');
-  const run = readJson(file, op) as RunFile;
-  if (run === null || typeof run !== 'object' || run.format !== 'moma-run' || typeof run.model !== 'object' || typeof run.config !== 'object') {
-    throw new MomaError('ERR_FILE', `${op}: ${file} is not a moma run file`);
-  }
-  return run;
+  return readJsonWithSchema(runFileSchema, path.join(runDir, 'run.json'), op) as unknown as RunFile;
 }

@@ -11,6 +11,9 @@
  * A step record holds the means over the steps since the previous record (`interval` of them,
  * `logEvery` unless an evaluation, checkpoint or stop came first); records written before
  * `interval` existed covered one step each.
+ *
+ * Any value may be missing or not a finite number (a diverged run's null losses, a hand-edited or
+ * older file): tables show '-', charts leave a gap, sums and means skip it.
  */
 import * as fs from 'fs';
 import * as path from 'path';
@@ -57,10 +60,35 @@ export interface ReportFiles {
 
 const COLORS: Record<string, string> = { overall: '#444444', text: '#1f77b4', image: '#ff7f0e' };
 
-function lossRow(record: { loss: number | null; lossPerModality: Record<string, number | null> }): LossRow {
-  const row: LossRow = { overall: record.loss };
-  for (const [name, value] of Object.entries(record.lossPerModality)) row[name] = value === null || !Number.isFinite(value) ? null : value;
+/** `value` when it is a finite number, else null (null, NaN written as null, a missing key, a string). */
+function finiteOrNull(value: unknown): number | null {
+  return typeof value === 'number' && Number.isFinite(value) ? value : null;
+}
+
+/** `value` when it is a finite number, else 0 (for sums). */
+function finiteOrZero(value: unknown): number {
+  return finiteOrNull(value) ?? 0;
+}
+
+function lossRow(record: { loss?: unknown; lossPerModality?: unknown }): LossRow {
+  const row: LossRow = { overall: finiteOrNull(record.loss) };
+  const perModality = record.lossPerModality;
+  if (perModality !== null && typeof perModality === 'object') {
+    for (const [name, value] of Object.entries(perModality as Record<string, unknown>)) row[name] = finiteOrNull(value);
+  }
   return row;
+}
+
+/** The training step records of a run's metrics, without the other kinds readMetrics may pass on (a 'skip' record). */
+export function trainingRecords(steps: StepRecord[]): StepRecord[] {
+  return steps.filter((r) => (r as { kind?: unknown }).kind === undefined);
+}
+
+/** A record's FLOPs (total and per modality), zeros where missing. */
+function flopsOf(record: { flops?: unknown } | undefined): { total: number; perModality: Record<string, number> } {
+  const flops = record?.flops as { total?: unknown; perModality?: unknown } | null | undefined;
+  const perModality = flops?.perModality !== null && typeof flops?.perModality === 'object' ? flops.perModality as Record<string, unknown> : {};
+  return { total: finiteOrZero(flops?.total), perModality: Object.fromEntries(Object.entries(perModality).map(([k, v]) => [k, finiteOrZero(v)])) };
 }
 
 /** The steps a record's means cover (1 for records written before `interval` existed). */
@@ -86,20 +114,21 @@ function meanRows(rows: LossRow[], weights: number[]): LossRow {
 }
 
 /** Totals and first / final / held-out losses of a run's records. */
-export function summarizeMetrics(steps: StepRecord[], evals: EvalRecord[]): MetricsSummary {
+export function summarizeMetrics(records: StepRecord[], evals: EvalRecord[]): MetricsSummary {
+  const steps = trainingRecords(records);
   const last = steps[steps.length - 1];
-  const trainSeconds = steps.reduce((s, r) => s + r.seconds, 0);
-  const dataWaitSeconds = steps.reduce((s, r) => s + (r.dataWaitMs ?? 0) / 1000, 0);
+  const trainSeconds = steps.reduce((s, r) => s + finiteOrZero(r.seconds), 0);
+  const dataWaitSeconds = steps.reduce((s, r) => s + finiteOrZero(r.dataWaitMs) / 1000, 0);
   const window = steps.slice(-Math.max(1, Math.round(steps.length * 0.05)));
   const lastEval = evals[evals.length - 1];
   const routed = [...steps].reverse().find((r) => Array.isArray(r.routing) && r.routing.length > 0);
   return {
     steps: last?.step ?? 0,
-    tokens: last?.tokens ?? 0,
-    flops: last?.flops ?? { total: 0, perModality: {} },
+    tokens: finiteOrZero(last?.tokens),
+    flops: flopsOf(last),
     trainSeconds,
     dataWaitSeconds,
-    tokensPerSecond: trainSeconds > 0 && last ? last.tokens / trainSeconds : 0,
+    tokensPerSecond: trainSeconds > 0 && last ? finiteOrZero(last.tokens) / trainSeconds : 0,
     loss: {
       first: steps[0] ? lossRow(steps[0]) : {},
       firstWindow: steps[0] ? stepsOf(steps[0]) : 0,
@@ -114,18 +143,19 @@ export function summarizeMetrics(steps: StepRecord[], evals: EvalRecord[]): Metr
 /** What a loss chart reads from step and eval records alike. */
 type LossRecord = Pick<StepRecord, 'tokens' | 'flops' | 'loss' | 'lossPerModality'>;
 
-function lossSeries(records: LossRecord[], x: (r: LossRecord) => number, names: string[]): ChartSeries[] {
+function lossSeries(records: LossRecord[], x: (r: LossRecord) => number | null, names: string[]): ChartSeries[] {
   return ['overall', ...names].map((name) => ({
     name,
-    points: records.map((r) => [x(r), lossRow(r)[name] ?? null] as [number, number | null]),
+    points: records.map((r) => [x(r) ?? NaN, lossRow(r)[name] ?? null] as [number, number | null]),
   }));
 }
 
 /** The four charts of a report, as SVG strings. */
 async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities: string[]): Promise<{ lossTokens: string; lossFlops: string; lr: string; throughput: string }> {
   const subtitle = 'faint: each record (mean of its steps); bold: smoothed; dots: held-out evaluation';
-  const byTokens = (r: LossRecord): number => r.tokens;
-  const byFlops = (r: LossRecord): number => r.flops.total;
+  const byTokens = (r: LossRecord): number | null => finiteOrNull(r.tokens);
+  const byFlops = (r: LossRecord): number | null => finiteOrNull((r.flops as { total?: unknown } | undefined)?.total);
+  const byStep = (r: StepRecord): number => finiteOrNull(r.step) ?? NaN;
   const [lossTokens, lossFlops, lr, throughput] = await Promise.all([
     renderSvg(lineChartSpec({
       title: 'Training loss by modality', subtitle, xTitle: 'tokens', yTitle: 'loss (nats per token)', yScale: 'log', legendTitle: 'modality', colors: COLORS,
@@ -137,11 +167,11 @@ async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities
     })),
     renderSvg(lineChartSpec({
       title: 'Learning rate', xTitle: 'step', yTitle: 'learning rate', raw: true, colors: { 'learning rate': COLORS.overall! },
-      series: [{ name: 'learning rate', points: steps.map((r) => [r.step, r.lr]) }],
+      series: [{ name: 'learning rate', points: steps.map((r) => [byStep(r), finiteOrNull(r.lr)]) }],
     })),
     renderSvg(lineChartSpec({
       title: 'Throughput', subtitle: 'faint: each record (its steps); bold: smoothed', xTitle: 'step', yTitle: 'tokens per second', yFormat: '~s', colors: { 'tokens/s': COLORS.overall! },
-      series: [{ name: 'tokens/s', points: steps.map((r) => [r.step, r.tokensPerSecond]) }],
+      series: [{ name: 'tokens/s', points: steps.map((r) => [byStep(r), finiteOrNull(r.tokensPerSecond)]) }],
     })),
   ]);
   return { lossTokens, lossFlops, lr, throughput };
@@ -225,6 +255,7 @@ function routingTable(run: RunFile, routing: NonNullable<MetricsSummary['routing
 
 function summaryTable(run: RunFile, summary: MetricsSummary): string {
   const params = countParameters(run.model);
+  const resumes = Array.isArray(run.resumes) ? run.resumes : [];
   const flopsText = `${formatSI(summary.flops.total)} (${Object.entries(summary.flops.perModality).map(([k, v]) => `${escapeHtml(k)} ${formatSI(v)}`).join(', ')})`;
   const rows: [string, string][] = [
     ['preset', escapeHtml(run.config.preset)],
@@ -236,7 +267,7 @@ function summaryTable(run: RunFile, summary: MetricsSummary): string {
     ['training FLOPs', flopsText],
     ['training time', `${formatDuration(summary.trainSeconds)} (waiting for data: ${formatDuration(summary.dataWaitSeconds)} more)`],
     ['throughput', `${formatSI(summary.tokensPerSecond)} tokens/s`],
-    ['moma', `${escapeHtml(run.moma)}, started ${escapeHtml(run.startedAt)}${run.resumes.length > 0 ? `, resumed at step ${run.resumes.map((r) => count(r.step)).join(', ')}` : ''}`],
+    ['moma', `${escapeHtml(run.moma)}, started ${escapeHtml(run.startedAt)}${resumes.length > 0 ? `, resumed at step ${resumes.map((r) => count(r?.step)).join(', ')}` : ''}`],
   ];
   return `<table>${rows.map(([k, v]) => `<tr><th>${k}</th><td>${v}</td></tr>`).join('')}</table>`;
 }
@@ -252,7 +283,9 @@ export async function writeReport(runDir: string): Promise<ReportFiles> {
     throw new MomaError('ERR_ARG', `report: ${String(runDir)} is not a run directory`);
   }
   const run = readRunFile(runDir, 'report');
-  const { steps, evals } = readMetrics(runDir);
+  const read = readMetrics(runDir);
+  const steps = trainingRecords(read.steps);
+  const evals = read.evals;
   const modalities = run.model.modalities ?? ['text', 'image'];
   const summary = summarizeMetrics(steps, evals);
   const charts = await renderCharts(steps, evals, modalities);

@@ -9,8 +9,16 @@
  *   metrics.jsonl        one JSON object per logged step (every `logEvery` steps, and at each
  *                        evaluation, checkpoint and stop) with the means since the previous one,
  *                        and {"kind":"eval", …} per held-out evaluation
+ *                        and {"kind":"skip", …} when a logged step found steps with a non-finite loss
+ *                        or gradient norm that were skipped (`skipNonfinite`)
  *   checkpoints/step-NNNNNN/   the newest two checkpoints (an older one is deleted only after the
  *                        new one is complete; each is written under a temporary name and renamed)
+ *
+ * Diverged training (a non-finite loss or gradient norm, lib/train/trainer.ts) stops the run with
+ * ERR_NONFINITE at the next logged step, past the `skipNonfinite` budget: every checkpoint is taken
+ * at a logged step from a state the trainer has found finite, so no checkpoint holds NaN and none
+ * of the good ones is rotated out; the report is still written. Resuming a checkpoint that holds a
+ * non-finite value fails at once.
  *   report.html/.svg/.png
  *
  * Resume loads the newest checkpoint, drops metrics lines past its step and continues: the data
@@ -42,9 +50,9 @@ import { readJson, writeFileAtomic, writeJsonAtomic } from '../io/files';
 import { barrier, isInitialized, world } from '../distributed/process_group';
 import { readCheckpoint } from '../train/checkpoint';
 import { evaluate } from '../train/evaluate';
-import { StepMetrics, Trainer } from '../train/trainer';
-import { EvalRecord, MetricsRecord, readMetrics, RunFile, StepRecord } from './records';
-import { summarizeMetrics, writeReport, MetricsSummary, ReportFiles } from './report';
+import { NonfiniteSkip, StepMetrics, Trainer } from '../train/trainer';
+import { EvalRecord, MetricsRecord, readMetrics, readRunFile, RunFile, StepRecord } from './records';
+import { summarizeMetrics, trainingRecords, writeReport, MetricsSummary, ReportFiles } from './report';
 import { RunConfigSources, resolveRunConfig, RUN_DEFAULTS, RunSettings } from './run_config';
 
 export interface RunOptions extends RunConfigSources {
@@ -64,9 +72,13 @@ export interface RunStartInfo {
   resumedFrom: string | null;
 }
 
+/** A metrics.jsonl line of a logged step that found skipped non-finite steps. */
+export type SkipRecord = NonfiniteSkip & { kind: 'skip' };
+
 export interface RunHooks {
   onStart?(info: RunStartInfo): void;
   onStep?(record: StepRecord): void;
+  onSkip?(record: SkipRecord): void;
   onEval?(record: EvalRecord): void;
   onCheckpoint?(info: { step: number; dir: string }): void;
   /** Aborting stops the run after the current step; it then checkpoints and writes the report. */
@@ -278,7 +290,7 @@ interface Prepared {
 
 /** What a resume starts from, read (nothing written: every rank reads it before rank 0 rewrites it, commitResume). */
 function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModalDataset): Prepared {
-  const run = readJson(path.join(runDir, 'run.json'), 'trainRun') as RunFile;
+  const run = readRunFile(runDir, 'trainRun');
   const saved = parseVocabLayout(readJson(path.join(runDir, 'vocab.json'), 'trainRun'), path.join(runDir, 'vocab.json'));
   if (dataset.layout.hash !== saved.hash || run.dataset?.vocabHash !== saved.hash) {
     throw new MomaError('ERR_FILE', `trainRun: --resume ${runDir}: the dataset's vocabulary (hash ${dataset.layout.hash.slice(0, 12)}…) differs from the run's vocab.json (${saved.hash.slice(0, 12)}…)`);
@@ -358,7 +370,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
   const heldOut = heldOutSequences(dataset, settings);
   const vocabInfo = vocabFromSpec(dataset.layout);
   const metricsFile = path.join(runDir, 'metrics.jsonl');
-  const appendRecord = (record: MetricsRecord): void => {
+  const appendRecord = (record: MetricsRecord | SkipRecord): void => {
     if (writer) onDisk(`append to ${metricsFile}`, () => fs.appendFileSync(metricsFile, JSON.stringify(record) + '\n'));
   };
 
@@ -371,9 +383,14 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       optimizer: { betas: run.optimizer.betas, eps: run.optimizer.eps, weightDecay: run.optimizer.weightDecay, clipNorm: run.optimizer.clipNorm },
       seed: settings.seed, statsEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.floor(settings.steps / 10)),
       logEvery: settings.logEvery ?? RUN_DEFAULTS.logEvery, gradAccum: settings.gradAccum ?? RUN_DEFAULTS.gradAccum,
-      sharding: settings.sharding ?? RUN_DEFAULTS.sharding,
+      sharding: settings.sharding ?? RUN_DEFAULTS.sharding, skipNonfinite: settings.skipNonfinite ?? RUN_DEFAULTS.skipNonfinite,
     });
-    if (prepared.checkpoint !== null) trainer.resume(prepared.checkpoint.dir);
+    if (prepared.checkpoint !== null) await trainer.resume(prepared.checkpoint.dir);
+    trainer.on('skip', (skip) => {
+      const record: SkipRecord = { kind: 'skip', ...skip };
+      appendRecord(record);
+      hooks.onSkip?.(record);
+    });
     const startStep = trainer.step;
     const startTokens = trainer.tokens;
     hooks.onStart?.({
@@ -401,11 +418,15 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       lastEvalStep = t.step;
       hooks.onEval?.(record);
     };
+    // Trainer.checkpoint refuses a state it has not found finite, and writes under a temporary name
+    // renamed when complete: the old checkpoints go only once the new one is there
     const runCheckpoint = async (): Promise<void> => {
       const dir = checkpointDirOf(runDir, t.step);
       await t.checkpoint(dir);
       lastCheckpoint = { step: t.step, dir };
-      if (writer) for (const old of listCheckpoints(runDir).slice(KEEP_CHECKPOINTS)) fs.rmSync(old.dir, { recursive: true, force: true });
+      if (writer && fs.existsSync(path.join(dir, 'trainer.json'))) {
+        for (const old of listCheckpoints(runDir).slice(KEEP_CHECKPOINTS)) fs.rmSync(old.dir, { recursive: true, force: true });
+      }
       hooks.onCheckpoint?.({ step: t.step, dir });
     };
 
@@ -422,15 +443,22 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     const onAbort = (): void => t.requestStop();
     if (hooks.signal?.aborted === true) t.requestStop();
     hooks.signal?.addEventListener('abort', onAbort);
-    while (t.step < settings.steps && !t.stopping) {
-      const step = t.step + 1;
-      const evalDue = settings.evalEvery > 0 && step % settings.evalEvery === 0;
-      const checkpointDue = settings.checkpointEvery > 0 && step % settings.checkpointEvery === 0;
-      logRecord(await t.trainStep({ log: evalDue || checkpointDue }));
-      if (evalDue) await runEval();
-      if (checkpointDue) await runCheckpoint();
+    try {
+      while (t.step < settings.steps && !t.stopping) {
+        const step = t.step + 1;
+        const evalDue = settings.evalEvery > 0 && step % settings.evalEvery === 0;
+        const checkpointDue = settings.checkpointEvery > 0 && step % settings.checkpointEvery === 0;
+        logRecord(await t.trainStep({ log: evalDue || checkpointDue }));
+        if (evalDue) await runEval();
+        if (checkpointDue) await runCheckpoint();
+      }
+      logRecord(await t.flushMetrics());
+    } catch (err) {
+      hooks.signal?.removeEventListener('abort', onAbort);
+      // a diverged run keeps its report of the steps before; the error says what happened
+      if (writer && err instanceof MomaError && err.code === 'ERR_NONFINITE') await writeReport(runDir).catch(() => undefined);
+      throw err;
     }
-    logRecord(await t.flushMetrics());
     const stopped = t.step < settings.steps;
     if (!stopped && lastEvalStep !== t.step) await runEval();
     if (lastCheckpoint?.step !== t.step) await runCheckpoint();
@@ -440,7 +468,8 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       return { ...summarizeMetrics([], []), runDir, stopped, session, wallSeconds: (Date.now() - started) / 1000, checkpoint: lastCheckpoint?.dir ?? '', report: null };
     }
     const report = await writeReport(runDir);
-    const { steps, evals } = readMetrics(runDir);
+    const { steps: records, evals } = readMetrics(runDir);
+    const steps = trainingRecords(records);
     const session = { steps: t.step - startStep, tokens: t.tokens - startTokens, trainSeconds, tokensPerSecond: trainSeconds > 0 ? (t.tokens - startTokens) / trainSeconds : 0 };
     return {
       ...summarizeMetrics(steps, evals), runDir, stopped, session,

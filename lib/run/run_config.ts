@@ -2,7 +2,7 @@
  * The settings of a `moma train` run and where they come from. Precedence, lowest first:
  * built-in defaults, a JSON config file (`--config run.json`, the keys below), then values given
  * directly (command-line flags, or an object from code). A resumed run takes every setting from
- * its run.json; only `steps` may be given again.
+ * its run.json; only `steps` and `skipNonfinite` may be given again.
  *
  * Every value is checked with a zod schema; a bad value or an unknown key throws
  * MomaError('ERR_ARG') naming the flag (`--batch-size`), the config file key, or the option key.
@@ -62,6 +62,12 @@ export interface RunSettings {
    * (default 'none').
    */
   sharding?: Sharding;
+  /**
+   * Steps with a non-finite loss or gradient norm the run may skip (no update applied) before it
+   * stops with ERR_NONFINITE (Trainer option skipNonfinite); 0 stops at the first. May be given
+   * again on resume. Optional in the type for run.json files written before it existed (default 0).
+   */
+  skipNonfinite?: number;
   /** The run directory. */
   out: string;
 }
@@ -90,6 +96,7 @@ export const RUN_DEFAULTS = {
   logEvery: 10,
   gradAccum: 1,
   sharding: 'none',
+  skipNonfinite: 0,
 } as const;
 
 /** Runs whose run.json predates the logEvery setting logged every step, and go on doing so when resumed. */
@@ -145,6 +152,7 @@ const SETTINGS: Record<SettingKey, Setting> = {
   logEvery: { flag: '--log-every', expect: 'an integer in [1, 1e9]', schema: intIn(1, 1e9), fromText: asInt },
   gradAccum: { flag: '--grad-accum', expect: 'an integer in [1, 4096]', schema: intIn(1, 4096), fromText: asInt },
   sharding: { flag: '--sharding', expect: "'none', 'zero1' or 'zero2'", schema: z.enum(SHARDINGS as [Sharding, ...Sharding[]]), fromText: (t) => t },
+  skipNonfinite: { flag: '--skip-nonfinite', expect: 'an integer in [0, 1e9]', schema: intIn(0, 1e9), fromText: asInt },
   out: { flag: '--out', expect: 'a folder path', schema: z.string().trim().min(1), fromText: (t) => t },
 };
 
@@ -218,7 +226,7 @@ export interface RunConfigSources {
   values?: Record<string, unknown>;
   /** A JSON config file of settings (flags and values override it). */
   configFile?: string;
-  /** A run directory to resume: its run.json gives every setting; only `steps` may be given. */
+  /** A run directory to resume: its run.json gives every setting; only `steps` and `skipNonfinite` may be given. */
   resume?: string;
   /** For the default run directory name (default: now). */
   now?: Date;
@@ -242,6 +250,7 @@ export function readRunSettings(runDir: string): RunSettings {
   stored.logEvery ??= LOG_EVERY_BEFORE_IT_WAS_A_SETTING;
   stored.gradAccum ??= RUN_DEFAULTS.gradAccum;
   stored.sharding ??= RUN_DEFAULTS.sharding;
+  stored.skipNonfinite ??= RUN_DEFAULTS.skipNonfinite;
   const missing = SETTING_KEYS.filter((k) => stored[k] === undefined);
   if (missing.length > 0) throw new MomaError('ERR_FILE', `run config: ${file} lacks setting(s) ${missing.join(', ')}`);
   return stored as unknown as RunSettings;
@@ -279,12 +288,13 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     if (typeof sources.resume !== 'string' || sources.resume.trim() === '') throw new MomaError('ERR_ARG', 'run config: --resume needs a run directory');
     if (sources.configFile !== undefined) throw new MomaError('ERR_ARG', 'run config: --config cannot be combined with --resume (a resumed run keeps its run.json settings)');
     const given = { ...values, ...flags };
-    const changed = SETTING_KEYS.filter((k) => k !== 'steps' && given[k] !== undefined);
+    const changed = SETTING_KEYS.filter((k) => k !== 'steps' && k !== 'skipNonfinite' && given[k] !== undefined);
     if (changed.length > 0) {
-      throw new MomaError('ERR_ARG', `run config: --resume keeps the run's settings; only --steps may be given, not ${changed.map((k) => nameOfKey(k)).join(', ')}`);
+      throw new MomaError('ERR_ARG', `run config: --resume keeps the run's settings; only --steps and --skip-nonfinite may be given, not ${changed.map((k) => nameOfKey(k)).join(', ')}`);
     }
     const settings = readRunSettings(sources.resume);
     if (given.steps !== undefined) settings.steps = given.steps as number;
+    if (given.skipNonfinite !== undefined) settings.skipNonfinite = given.skipNonfinite as number;
     settings.out = sources.resume;
     checkPresetAndDevice(settings, nameOfKey);
     return { settings, resume: sources.resume };
@@ -313,6 +323,7 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     logEvery: given.logEvery ?? RUN_DEFAULTS.logEvery,
     gradAccum: given.gradAccum ?? RUN_DEFAULTS.gradAccum,
     sharding: given.sharding ?? RUN_DEFAULTS.sharding,
+    skipNonfinite: given.skipNonfinite ?? RUN_DEFAULTS.skipNonfinite,
     out: given.out ?? defaultRunDir(presetName, sources.now ?? new Date()),
   };
   checkPresetAndDevice(settings, nameOfKey);

@@ -100,3 +100,13 @@ export function allReduceGradients(parameters: Tensor[], bucketBytes = DEFAULT_B
 export function sumOverRanks(x: Tensor): Tensor {
   return allReduce(x, { op: 'sum' });
 }
+
+/**
+ * A finite flag (float32 0/1 scalar) agreed by every rank: 1 when it is 1 on all of them. Each
+ * rank's loss is its own, so a step's loss flag is summed over the ranks as 1 − flag (one scalar
+ * all-reduce, queued with the step's other collectives, no host wait); every rank then skips or
+ * applies the same steps.
+ */
+export function agreeFinite(flag: Tensor): Tensor {
+  return untrack(tidy(() => noGrad(() => allReduce(flag.neg().add(1).reshape([1]), { op: 'sum' }).reshape([]).minimum(1).neg().add(1))));
+}

@@ -12,6 +12,18 @@
  * the first logged step of every `statsEvery` steps, routing statistics (read in the same read).
  * Checkpoints every `checkpointEvery` steps and at the end (lib/train/checkpoint.ts); `resume`
  * continues exactly where a checkpoint left off (data position and generator included).
+ *
+ * Non-finite steps are found on the device, without a host wait: each step computes a finite flag
+ * from its loss and its gradient norm (agreed by every rank in data-parallel training), adds
+ * 1 − flag and what the step's record must leave out to the interval's sums, and masks the step's
+ * loss and norm out of them with where(). A logged step reads the count with the rest: when the
+ * run's non-finite steps exceed `skipNonfinite` (default 0) it throws MomaError('ERR_NONFINITE')
+ * naming the first such step and whether the loss or the gradient norm was not finite, and the
+ * trainer refuses to checkpoint from then on; within the budget the optimizer leaves parameters
+ * and moments unchanged on those steps (lib/optim/adamw.ts), the data moves on, and a 'skip' event
+ * reports them. Checkpoints are taken only on logged steps (run() logs them), and checkpoint()
+ * also reads one finite flag per parameter before writing, so no checkpoint holds a non-finite
+ * value; resume() checks the parameters (and unsharded moments) it loads the same way.
  */
 import { EventEmitter } from 'events';
 import { backward } from '../autograd/tape';
@@ -19,17 +31,17 @@ import { scale } from '../autograd/functions';
 import { tidy, untrack } from '../autograd/scope';
 import { MomaError } from '../errors';
 import { runtimeStats } from '../memory';
-import { concat } from '../ops';
+import { concat, where } from '../ops';
 import { full, zeros } from '../creation';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { MoEFeedForward } from '../model/layers';
 import { Batch, disposeBatch, makeBatch, Transformer, TransformerConfig } from '../model/transformer';
 import { batchRows, BatchRowsOptions } from '../model/batch_rows';
-import { AdamW, AdamWOptions, learningRate } from '../optim/adamw';
+import { AdamW, AdamWOptions, finiteIndicator, learningRate, StepResult } from '../optim/adamw';
 import { loadCheckpointInto, saveCheckpoint } from './checkpoint';
 import { trainingFlops } from './flops';
-import { allReduceGradients, microBatchGenerator, StepSplit, stepSplit, sumOverRanks } from './data_parallel';
+import { agreeFinite, allReduceGradients, microBatchGenerator, StepSplit, stepSplit, sumOverRanks } from './data_parallel';
 import { checkSharding, Sharding, ZeroOptimizer } from './zero';
 import type { TokenBatchSource } from '../data/dataset';
 import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
@@ -80,6 +92,29 @@ export interface TrainerOptions {
    * every checkpoint. With one rank there is nothing to shard and it has no effect.
    */
   sharding?: Sharding;
+  /**
+   * Steps with a non-finite loss or gradient norm the run may skip (default 0): such a step then
+   * changes no parameter or moment, and the next logged step reports it ('skip' event). One more
+   * stops training with MomaError('ERR_NONFINITE') at the logged step that finds it.
+   */
+  skipNonfinite?: number;
+}
+
+/** What a logged step found of steps with a non-finite loss or gradient norm since the previous one (the 'skip' event). */
+export interface NonfiniteSkip {
+  /** The logged step that found them. */
+  step: number;
+  tokens: number;
+  /** Non-finite steps since the previous logged step (skipped: no update applied). */
+  skipped: number;
+  /** Of those, the steps whose loss was not finite and those whose gradient norm was not finite. */
+  lossSteps: number;
+  gradNormSteps: number;
+  /** The first of them. */
+  firstStep: number;
+  /** Non-finite steps skipped over the whole run (resumes included), and how many it may skip. */
+  total: number;
+  budget: number;
 }
 
 export interface ExpertStat {
@@ -115,6 +150,8 @@ export interface StepMetrics {
   dataWaitMs: number;
   /** Host waits on the model's device since the process began (runtimeStats), this record's read included. */
   hostSyncs: number;
+  /** Steps of the interval with a non-finite loss or gradient norm, skipped (absent when none): the means above leave them out. */
+  skipped?: number;
   routing?: ExpertStat[];
 }
 
@@ -133,6 +170,23 @@ interface NextStep {
   result: Promise<{ batches: Batch[]; totals: StepTotals } | { error: unknown }>;
 }
 
+/**
+ * Layout of the interval's device sums (float32 [7 + 2M], M modalities): Σ loss · targets,
+ * Σ loss_m · targets_m per modality and Σ gradient norm over the finite steps (those three masked
+ * to 0 on a non-finite step), then the non-finite steps, those with a non-finite loss, those with
+ * a non-finite gradient norm, the first non-finite step (0: none), and the targets, overall and
+ * per modality, of the non-finite steps (what the means must leave out).
+ */
+const SLOT = {
+  gradNorm: (M: number): number => 1 + M,
+  nonfinite: (M: number): number => 2 + M,
+  lossNonfinite: (M: number): number => 3 + M,
+  normNonfinite: (M: number): number => 4 + M,
+  firstNonfinite: (M: number): number => 5 + M,
+  skippedTargets: (M: number): number => 6 + M,
+  length: (M: number): number => 7 + 2 * M,
+};
+
 /** What the steps since the last record add up to; `sums` stays on the device until it is logged. */
 interface Interval {
   steps: number;
@@ -140,7 +194,7 @@ interface Interval {
   flops: number;
   targets: number;
   targetsPerModality: number[];
-  /** float32 [2 + M]: Σ loss · targets, Σ loss_m · targets_m per modality, Σ gradient norm. */
+  /** float32 [SLOT.length(M)], see SLOT. */
   sums: Tensor | null;
   stepNs: bigint;
   dataWaitNs: bigint;
@@ -153,6 +207,8 @@ export interface TrainerEvents {
   step: StepMetrics;
   /** A checkpoint was written to `dir` after step `step`. */
   checkpoint: { step: number; dir: string };
+  /** A logged step found steps with a non-finite loss or gradient norm, skipped within the `skipNonfinite` budget. */
+  skip: NonfiniteSkip;
   /** run() finished after step `step`. */
   end: { step: number };
 }
@@ -181,6 +237,13 @@ export class Trainer extends EventEmitter {
   private interval: Interval;
   /** The step of the last record (or where training started): routing statistics follow it. */
   private lastLogged = 0;
+  /** Non-finite steps the run may skip, and those it skipped (resumes included). */
+  private readonly skipBudget: number;
+  private skippedSteps = 0;
+  /** Set when training met more non-finite steps than the budget: the state is not fit to checkpoint. */
+  private failure: MomaError | null = null;
+  /** The finite check of the state resume() loaded (awaited before the first step and checkpoint). */
+  private resumeCheck: Promise<void> | null = null;
 
   constructor(readonly options: TrainerOptions) {
     super();
@@ -192,6 +255,9 @@ export class Trainer extends EventEmitter {
     const logEvery = options.logEvery ?? 10;
     if (!Number.isInteger(logEvery) || logEvery < 1) throw new MomaError('ERR_ARG', `Trainer: logEvery must be an integer >= 1, got ${String(options.logEvery)}`);
     this.logEvery = logEvery;
+    const budget = options.skipNonfinite ?? 0;
+    if (!Number.isInteger(budget) || budget < 0) throw new MomaError('ERR_ARG', `Trainer: skipNonfinite must be an integer >= 0, got ${String(options.skipNonfinite)}`);
+    this.skipBudget = budget;
     this.split = stepSplit(options.gradAccum, options.dataParallel);
     this.model = options.model;
     this.optimizer = new AdamW(this.model, { lr: options.schedule.peak, ...options.optimizer });
@@ -234,9 +300,19 @@ export class Trainer extends EventEmitter {
     return this.split.ranks === 1 ? this.stopRequested : this.stopAgreed;
   }
 
-  /** Loads a checkpoint written by this trainer: parameters, optimizer, step, tokens, FLOPs, data position, generator. */
-  resume(dir: string): void {
-    const { state } = loadCheckpointInto(dir, this.model, this.zero ?? this.optimizer);
+  /**
+   * Loads a checkpoint written by this trainer: parameters, optimizer, step, tokens, FLOPs, data
+   * position, generator. The state is loaded when it returns; the promise (also awaited by the
+   * next step and checkpoint) rejects with ERR_NONFINITE naming the checkpoint and a parameter
+   * when one of them or of the moments is not finite (one read).
+   */
+  resume(dir: string): Promise<void> {
+    const { state } = loadCheckpointInto(dir, this.model, this.zero ?? this.optimizer, { trainerResume: true });
+    if (state.flops !== undefined && (state.flops as { perModality: number[] }).perModality.length !== this.modalities().length) {
+      throw new MomaError('ERR_FILE', `Trainer.resume: ${dir}/trainer.json: flops.perModality has ${(state.flops as { perModality: number[] }).perModality.length} entries, the model has ${this.modalities().length} modalities`);
+    }
+    this.failure = null;
+    this.skippedSteps = typeof state.nonfiniteSkipped === 'number' ? state.nonfiniteSkipped : 0;
     this.step = state.step;
     this.tokens = Number(state.tokens ?? 0);
     const flops = state.flops as { total: number; perModality: number[] } | undefined;
@@ -247,6 +323,56 @@ export class Trainer extends EventEmitter {
     this.interval.sums?.dispose();
     this.interval = this.emptyInterval();
     this.lastLogged = this.step;
+    const check = this.findNonfinite(true).then((bad) => {
+      if (bad !== null) {
+        throw new MomaError('ERR_NONFINITE', `Trainer.resume: checkpoint ${dir} holds non-finite values (NaN or ±inf) in ${bad}; resume from an earlier checkpoint`);
+      }
+    });
+    check.catch(() => undefined); // reported by whoever awaits it: the caller, the next step or checkpoint
+    this.resumeCheck = check;
+    return check;
+  }
+
+  /**
+   * The first parameter (or, with `moments`, AdamW moment of an unsharded optimizer) holding a
+   * non-finite value, named, or null: one finite flag per tensor on the device, one read.
+   */
+  private async findNonfinite(moments: boolean): Promise<string | null> {
+    const named: [string, Tensor][] = [...this.model.namedParameters()].map(([name, t]) => [`parameter '${name}'`, t]);
+    if (moments && this.zero === null) {
+      for (const [name, s] of this.optimizer.stateDict()) named.push([`the first moment of '${name}'`, s.m], [`the second moment of '${name}'`, s.v]);
+    }
+    if (named.length === 0) return null;
+    const flags = tidy(() => concat(named.map(([, t]) => finiteIndicator([t]).reshape([1])), 0));
+    let values: ArrayLike<number>;
+    try {
+      values = await flags.toArray();
+    } finally {
+      flags.dispose();
+    }
+    const index = Array.from(values).findIndex((v) => v !== 1);
+    return index < 0 ? null : named[index]![0];
+  }
+
+  /**
+   * Throws unless the trainer's state may be checkpointed: no failed step, the steps since the last
+   * record within the budget (a read of their sums, when there are any), every parameter finite.
+   */
+  private async assertCheckpointable(dir: string): Promise<void> {
+    if (this.resumeCheck !== null) await this.resumeCheck;
+    const refuse = (why: string): MomaError => new MomaError('ERR_NONFINITE', `Trainer.checkpoint: not writing ${dir}: ${why}`);
+    if (this.failure !== null) throw refuse(this.failure.message);
+    const sums = this.interval.sums;
+    if (sums !== null && this.interval.steps > 0) {
+      const M = this.modalities().length;
+      const values = await sums.toArray();
+      const pending = at(values, SLOT.nonfinite(M), 'Trainer.checkpoint');
+      if (this.skippedSteps + pending > this.skipBudget) {
+        throw refuse(`${pending} of the ${this.interval.steps} steps since step ${this.lastLogged} had a non-finite loss or gradient norm (first at step ${at(values, SLOT.firstNonfinite(M), 'Trainer.checkpoint')}), more than skipNonfinite ${this.skipBudget} allows`);
+      }
+    }
+    const bad = await this.findNonfinite(false);
+    if (bad !== null) throw refuse(`${bad} holds non-finite values (NaN or ±inf) after step ${this.step}`);
   }
 
   /**
@@ -256,13 +382,15 @@ export class Trainer extends EventEmitter {
    */
   async checkpoint(dir = this.options.checkpointDir): Promise<void> {
     if (!dir) throw new MomaError('ERR_ARG', 'Trainer.checkpoint: no checkpoint directory');
+    // every rank checks (the flags are the same on all of them) so that all refuse together
+    await this.assertCheckpointable(dir);
     if (this.split.rank !== 0 && this.zero === null) return;
     await saveCheckpoint(dir, {
       config: this.model.config as unknown as TransformerConfig,
       model: this.model,
       ...(this.zero === null ? { optimizer: this.optimizer } : { zero: this.zero }),
       state: {
-        step: this.step, optimizerStep: this.optimizer.step, tokens: this.tokens, flops: this.flops,
+        step: this.step, optimizerStep: this.optimizer.step, tokens: this.tokens, flops: this.flops, nonfiniteSkipped: this.skippedSteps,
         generator: this.generator.getState(), dataPosition: this.next === null ? this.options.data.state() : this.next.position,
       },
       files: { ...this.options.checkpointFiles, 'vocab.json': this.options.vocab },
@@ -366,6 +494,8 @@ export class Trainer extends EventEmitter {
    * logged step reads the interval's sums in one read and returns its record.
    */
   async trainStep(options: { log?: boolean } = {}): Promise<StepMetrics | null> {
+    if (this.resumeCheck !== null) await this.resumeCheck;
+    if (this.failure !== null) throw new MomaError('ERR_NONFINITE', `Trainer.trainStep: training stopped: ${this.failure.message}`);
     const started = process.hrtime.bigint();
     const step = this.step + 1;
     const log = options.log === true || step % this.logEvery === 0 || step >= this.options.steps;
@@ -377,23 +507,38 @@ export class Trainer extends EventEmitter {
       const lr = learningRate(this.step, { ...schedule, total: schedule.total ?? this.options.steps });
       const { rank, ranks, accumulation } = this.split;
       const perStep = ranks * accumulation;
+      // per micro-batch: [loss · targets, loss_m · targets_m …] and the loss itself (for its finite flag)
+      const weighted: Tensor[] = [];
+      const losses: Tensor[] = [];
       batches.forEach((batch, a) => {
         const generator = perStep === 1 ? this.generator : microBatchGenerator(this.generator.seed, this.step, rank * accumulation + a, perStep);
-        const [loss, ...perModality] = tidy(() => {
+        const [loss, parts] = tidy(() => {
           const out = this.model.loss(batch, { training: true, generator });
           backward(perStep === 1 ? out.loss : scale(out.loss, 1 / perStep));
-          return [out.loss, ...out.perModality];
+          const counts = batch.counts;
+          return [out.loss, concat([out.loss.scale(counts.total), ...out.perModality.map((t, m) => t.scale(counts.perModality[m] ?? 0))].map((t) => t.reshape([1])), 0)];
         });
-        this.accumulateLoss(loss as Tensor, perModality, batch.counts);
+        losses.push(untrack(loss));
+        weighted.push(untrack(parts));
       });
-      let gradNorm: Tensor;
-      if (this.zero !== null) gradNorm = this.zero.update(lr).gradNorm;
-      else {
-        if (ranks > 1) allReduceGradients(this.model.parameters());
-        gradNorm = this.optimizer.update(lr).gradNorm;
+      let lossFinite: Tensor | null = null;
+      try {
+        const local = untrack(finiteIndicator(losses));
+        lossFinite = ranks > 1 ? agreeFinite(local) : local;
+        if (lossFinite !== local) local.dispose();
+        const update = { lossFinite, skipNonfinite: this.skipBudget > 0 };
+        let result: StepResult;
+        if (this.zero !== null) result = this.zero.update(lr, update);
+        else {
+          if (ranks > 1) allReduceGradients(this.model.parameters());
+          result = this.optimizer.update(lr, update);
+        }
+        this.optimizer.zeroGrad();
+        this.accumulateStep(step, weighted, lossFinite, result, totals);
+      } finally {
+        for (const t of [...weighted, ...losses]) t.dispose();
+        lossFinite?.dispose();
       }
-      this.optimizer.zeroGrad();
-      this.accumulateGradNorm(gradNorm);
       this.interval.lr = lr;
     } finally {
       batches.forEach(disposeBatch);
@@ -424,30 +569,29 @@ export class Trainer extends EventEmitter {
     return this.record(process.hrtime.bigint(), false);
   }
 
-  /** Adds `parts` (scalars) to the interval's device sums at `from` on (the sums hold zeros elsewhere). */
-  private addToSums(parts: Tensor[], from: number): void {
+  /**
+   * Adds step `step` to the interval's device sums (SLOT): its micro-batches' weighted losses and
+   * its gradient norm where the step was finite (where(), as NaN · 0 is NaN), else the non-finite
+   * counts, the step number if it is the interval's first such step, and the step's targets.
+   */
+  private accumulateStep(step: number, weighted: Tensor[], lossFinite: Tensor, result: StepResult, totals: StepTotals): void {
     const previous = this.interval.sums;
     const M = this.modalities().length;
+    const device = this.model.config.device;
     this.interval.sums = untrack(tidy(() => {
-      const pieces = parts.map((t) => t.reshape([1]));
-      if (from > 0) pieces.unshift(zeros([from], { device: this.model.config.device }));
-      const tail = 2 + M - from - parts.length;
-      if (tail > 0) pieces.push(zeros([tail], { device: this.model.config.device }));
-      const sums = concat(pieces, 0);
+      const finite = result.finite;
+      const bad = finite.neg().add(1);
+      const losses = weighted.length === 1 ? weighted[0]! : concat(weighted.map((w) => w.reshape([1, 1 + M])), 0).sum(0);
+      const kept = where(finite.astype('uint8'), concat([losses, result.gradNorm.reshape([1])], 0), zeros([2 + M], { device }));
+      const noneBefore = previous === null ? full([], 1, { device }) : previous.slice(0, SLOT.nonfinite(M), SLOT.nonfinite(M) + 1).reshape([]).neg().add(1).maximum(0);
+      const counts = concat([
+        bad, lossFinite.neg().add(1), finiteIndicator([result.gradNorm]).neg().add(1), bad.mul(noneBefore).scale(step),
+        bad.scale(totals.targets), ...totals.targetsPerModality.map((n) => bad.scale(n)),
+      ].map((t) => t.reshape([1])), 0);
+      const sums = concat([kept, counts], 0);
       return previous === null ? sums : previous.add(sums);
     }));
     previous?.dispose();
-  }
-
-  /** Adds a micro-batch's losses, weighted by its targets, to the interval's device sums; disposes the losses. */
-  private accumulateLoss(loss: Tensor, perModality: Tensor[], counts: Batch['counts']): void {
-    tidy(() => this.addToSums([loss.scale(counts.total), ...perModality.map((t, m) => t.scale(counts.perModality[m] ?? 0))], 0));
-    for (const t of [loss, ...perModality]) t.dispose();
-  }
-
-  /** Adds a step's gradient norm to the interval's device sums. */
-  private accumulateGradNorm(gradNorm: Tensor): void {
-    this.addToSums([gradNorm], 1 + this.modalities().length);
   }
 
   /** Reads the interval's sums (and routing statistics when asked) in one read and turns them into its record. */
@@ -475,25 +619,60 @@ export class Trainer extends EventEmitter {
     iv.stepNs += process.hrtime.bigint() - started;
     const names = this.modalities();
     const M = names.length;
+    const value = (index: number): number => at(values, index, 'Trainer metrics');
+    const nonfinite = value(SLOT.nonfinite(M));
+    if (nonfinite > 0) this.nonfiniteFound(values, iv);
+    // the means leave out the non-finite steps (their sums were masked to 0)
+    const targets = iv.targets - value(SLOT.skippedTargets(M));
     const seconds = Number(iv.stepNs - iv.dataWaitNs) / 1e9;
     const metrics: StepMetrics = {
       step: this.step, interval: iv.steps, tokens: this.tokens,
       flops: { total: this.flops.total, perModality: Object.fromEntries(names.map((n, m) => [n, this.flops.perModality[m] ?? 0])) },
-      loss: iv.targets > 0 ? at(values, 0, 'Trainer metrics') / iv.targets : NaN,
+      loss: targets > 0 ? value(0) / targets : NaN,
       lossPerModality: Object.fromEntries(names.map((n, m) => {
-        const targets = at(iv.targetsPerModality, m, 'Trainer metrics');
-        return [n, targets > 0 ? at(values, 1 + m, 'Trainer metrics') / targets : NaN];
+        const modalityTargets = at(iv.targetsPerModality, m, 'Trainer metrics') - value(SLOT.skippedTargets(M) + 1 + m);
+        return [n, modalityTargets > 0 ? value(1 + m) / modalityTargets : NaN];
       })),
-      lr: iv.lr, gradNorm: at(values, 1 + M, 'Trainer metrics') / iv.steps,
+      lr: iv.lr, gradNorm: iv.steps > nonfinite ? value(SLOT.gradNorm(M)) / (iv.steps - nonfinite) : NaN,
       tokensPerSecond: iv.rows / seconds, mfu: iv.flops / seconds / this.peakFlops, seconds,
       dataWaitMs: Number(iv.dataWaitNs) / 1e6,
       hostSyncs: runtimeStats(this.model.config.device).hostSyncs,
     };
-    if (layers.length > 0) metrics.routing = this.routingStats(layers, values, 2 + M);
+    if (nonfinite > 0) metrics.skipped = nonfinite;
+    if (layers.length > 0) metrics.routing = this.routingStats(layers, values, SLOT.length(M));
     sums.dispose();
     this.interval = this.emptyInterval();
     this.lastLogged = this.step;
     return metrics;
+  }
+
+  /**
+   * A logged step found `values`' non-finite steps: within the budget they were skipped (a 'skip'
+   * event); past it training stops here (ERR_NONFINITE, the interval dropped, no checkpoint).
+   */
+  private nonfiniteFound(values: ArrayLike<number>, iv: Interval): void {
+    const M = this.modalities().length;
+    const value = (index: number): number => at(values, index, 'Trainer metrics');
+    const skip: NonfiniteSkip = {
+      step: this.step, tokens: this.tokens, skipped: value(SLOT.nonfinite(M)), lossSteps: value(SLOT.lossNonfinite(M)),
+      gradNormSteps: value(SLOT.normNonfinite(M)), firstStep: value(SLOT.firstNonfinite(M)), total: this.skippedSteps + value(SLOT.nonfinite(M)), budget: this.skipBudget,
+    };
+    if (skip.total <= this.skipBudget) {
+      this.skippedSteps = skip.total;
+      this.emit('skip', skip);
+      return;
+    }
+    const which = skip.lossSteps > 0 ? (skip.gradNormSteps > 0 ? 'the loss and the gradient norm were' : 'the loss was') : 'the gradient norm was';
+    const span = iv.steps === 1 ? `step ${this.step}` : `steps ${this.step - iv.steps + 1}-${this.step}`;
+    const allowed = this.skipBudget === 0 ? 'skipping none is allowed' : `${this.skippedSteps} skipped before, skipNonfinite allows ${this.skipBudget}`;
+    this.failure = new MomaError('ERR_NONFINITE',
+      `Trainer: training diverged at step ${skip.firstStep}: ${which} not finite (NaN or ±inf) `
+      + `(non-finite loss in ${skip.lossSteps}, non-finite gradient norm in ${skip.gradNormSteps} of ${span}; ${allowed}); `
+      + `stopped at step ${this.step} without a checkpoint of this state. Resume from the last checkpoint (with a lower learning rate), or allow skipping such steps (skipNonfinite, moma train --skip-nonfinite N)`);
+    iv.sums?.dispose();
+    this.interval = this.emptyInterval();
+    this.lastLogged = this.step;
+    throw this.failure;
   }
 
   /** Per-expert statistics of `layers` from `values`, where they follow the sums from `offset` on ([E, 2] per layer). */

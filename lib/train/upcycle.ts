@@ -13,9 +13,9 @@ import { MomaError } from '../errors';
 import { concat } from '../ops';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
-import { loadSafetensors } from '../io/safetensors';
+import { hostToTensor } from '../io/safetensors';
 import { Transformer, TransformerConfig } from '../model/transformer';
-import { readCheckpoint } from './checkpoint';
+import { CheckpointFiles, readCheckpoint } from './checkpoint';
 import { at } from '../checked';
 
 export interface UpcycleOptions {
@@ -44,7 +44,9 @@ export function upcycleCheckpoint(dir: string, options: UpcycleOptions): { model
   };
   const model = new Transformer(newConfig);
   const file = path.join(dir, 'model.safetensors');
-  const { tensors } = loadSafetensors(file, device);
+  // read through the checkpoint's checksums (verified when it has them)
+  const host = new CheckpointFiles(dir, 'upcycle').safetensors('model.safetensors');
+  const tensors = new Map<string, Tensor>([...host.tensors].map(([name, t]) => [name, hostToTensor(t, device)]));
   const gen = new Generator(options.seed ?? 0);
   const E = options.experts.reduce((a, b) => a + b, 0);
   try {

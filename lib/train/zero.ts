@@ -53,7 +53,7 @@ import { MomaError } from '../errors';
 import { concat } from '../ops';
 import { Tensor } from '../tensor';
 import { adamwStep } from '../nn/ops';
-import { AdamW, CLIP_EPS, StepResult } from '../optim/adamw';
+import { AdamW, CLIP_EPS, selectFinite, StepResult, stepFinite, UpdateOptions } from '../optim/adamw';
 import { countParameters } from '../model/params';
 import type { TransformerConfig } from '../model/transformer';
 import { allReduceGradients, DEFAULT_BUCKET_BYTES, StepSplit } from './data_parallel';
@@ -222,8 +222,11 @@ export class ZeroOptimizer {
    * One sharded AdamW step at learning rate `lr` (see the module comment): reduces the gradients,
    * clips by the global norm, updates this rank's range and all-gathers the parameters. Queues
    * device work only. The result belongs to the optimizer until the next update or dispose().
+   * The finite flag is the same on every rank (the norm is global; `lossFinite` must be agreed by
+   * the caller); with `skipNonfinite` a non-finite step leaves this rank's range of the parameters
+   * and its moments as they were (lib/optim/adamw.ts).
    */
-  update(lr = this.adamw.options.lr): StepResult {
+  update(lr = this.adamw.options.lr, options: UpdateOptions = {}): StepResult {
     const shard = this.gradientShard();
     this.ensureMoments();
     const o = this.adamw.options;
@@ -234,8 +237,9 @@ export class ZeroOptimizer {
       const clipScale = untrack(this.adamw.clips
         ? tidy(() => full([], o.clipNorm, { device }).div(gradNorm.add(CLIP_EPS)).minimum(1))
         : full([], 1, { device }));
-      return { gradNorm, clipScale };
+      return { gradNorm, clipScale, finite: stepFinite(gradNorm, options.lossFinite) };
     });
+    const guard = options.skipNonfinite === true;
     this.adamw.step++;
     const step = this.adamw.step;
     noGrad(() => tidy(() => {
@@ -247,15 +251,16 @@ export class ZeroOptimizer {
       for (const { entry, begin, end } of piecesOf(layout, this.from, this.to)) {
         const p = named.get(entry.name)!;
         const at = entry.offset + begin - this.from;
-        const out = adamwStep({
+        const before = {
           param: p.reshape([entry.numel]).slice(0, begin, end), grad: grad.slice(0, at, at + end - begin),
           expAvg: this.expAvg!.slice(0, at, at + end - begin), expAvgSq: this.expAvgSq!.slice(0, at, at + end - begin),
-        }, {
+        };
+        const out = adamwStep(before, {
           lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weightDecay: o.decay(entry.name) ? o.weightDecay : 0, step,
         });
-        params.push(out.param);
-        ms.push(out.expAvg);
-        vs.push(out.expAvgSq);
+        params.push(guard ? selectFinite(result.finite, out.param, before.param) : out.param);
+        ms.push(guard ? selectFinite(result.finite, out.expAvg, before.expAvg) : out.expAvg);
+        vs.push(guard ? selectFinite(result.finite, out.expAvgSq, before.expAvgSq) : out.expAvgSq);
       }
       const pad = layout.shardSize - (this.to - this.from);
       if (pad > 0) params.push(zeros([pad], { device }));
@@ -277,6 +282,7 @@ export class ZeroOptimizer {
     if (this.last === null) return;
     this.last.gradNorm.dispose();
     this.last.clipScale.dispose();
+    this.last.finite.dispose();
     this.last = null;
   }
 
