@@ -27,7 +27,7 @@
  */
 import { MomaError } from '../errors';
 import type { DocumentStore, TokenBatchSource } from './dataset';
-import { at } from '../checked';
+import { at, describeValue } from '../checked';
 
 export interface PackerOptions {
   batchSize: number;
@@ -222,7 +222,7 @@ export class SequencePacker implements TokenBatchSource {
     const ok = keys === 'batches,carry,next,nextImage' && isCount(s!.next) && isCount(s!.nextImage) && isCount(s!.batches)
       && (s!.carry === null || (typeof s!.carry === 'object' && Object.keys(s!.carry).sort().join(',') === 'draw,offset'
         && isCount(s!.carry.draw) && isCount(s!.carry.offset) && s!.carry.draw < Math.max(s!.next!, s!.nextImage!)));
-    if (!ok) throw new MomaError('ERR_ARG', `SequencePacker.restore: expected { next, nextImage, carry, batches } as saved by state(), got ${JSON.stringify(state)}`);
+    if (!ok) throw new MomaError('ERR_ARG', `SequencePacker.restore: expected { next, nextImage, carry, batches } as saved by state(), got ${describeValue(state)}`);
     const restored: PackerState = { next: s!.next!, nextImage: s!.nextImage!, carry: s!.carry ? { ...s!.carry } : null, batches: s!.batches! };
     this.cache.clear();
     this.found[TEXT] = null;
