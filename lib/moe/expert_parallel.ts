@@ -42,10 +42,10 @@ import { MomaError } from '../errors';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import {
-  expertsBackward, expertsForward, MoMaFFN, MoMaFFNConfig, MoMaFFNParameterName, MoMaFFNParameterOwner, MoMaFFNParameters, moeLayoutOf,
+  expertsBackward, expertsForward, MoMaFFN, routerBackward, MoMaFFNConfig, MoMaFFNParameterName, MoMaFFNParameterOwner, MoMaFFNParameters, moeLayoutOf,
 } from './moma_ffn';
 import {
-  combineRows, gateGrad, gatherRows, MoeLayout, moePartition, Partition, route, routerScores, routerScoresBackward, Routing,
+  combineRows, gateGrad, gatherRows, MoeLayout, moePartition, Partition, route, routerScores, Routing,
 } from './ops';
 
 export interface ExpertParallelConfig extends MoMaFFNConfig {
@@ -441,18 +441,8 @@ export class ExpertParallelMoMaFFN {
     dxdBack.dispose();
     const dxFfn = combineRows(dxdHome, plan.homeRowSlots);
     dxdHome.dispose();
-    const dlogits = routerScoresBackward(saved.localScores, dscores, { rowGroup: saved.localRowGroup, layout, fn: this.config.router });
-    dscores.dispose();
-    const dxRouter = matmul(dlogits, weights.router, { transB: true });
-    const x32 = saved.x.dtype === 'float32' ? saved.x : saved.x.astype('float32');
-    const drouter = matmul(x32, dlogits, { transA: true });
-    if (x32 !== saved.x) x32.dispose();
-    dlogits.dispose();
-    const dxSum = dxRouter.dtype === dxFfn.dtype ? dxFfn.add(dxRouter) : dxFfn.astype('float32').add(dxRouter);
-    dxFfn.dispose();
-    dxRouter.dispose();
-    const dx = dxSum.dtype === saved.x.dtype ? dxSum : dxSum.astype(saved.x.dtype);
-    if (dx !== dxSum) dxSum.dispose();
+    const { dx, drouter } = routerBackward({ x: saved.x, scores: saved.localScores, rowGroup: saved.localRowGroup, router: weights.router }, dscores, dxFfn,
+      { layout, fn: this.config.router });
     return { dx, grads: { w1: dw1, w2: dw2, w3: dw3, router: drouter } };
   }
 

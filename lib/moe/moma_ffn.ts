@@ -184,6 +184,28 @@ export function expertsBackward(saved: { xd: Tensor; h1: Tensor; h3: Tensor; a: 
   return { dxd, dw1, dw2, dw3 };
 }
 
+/**
+ * The router's half of the layer backward, shared by MoMaFFN and ExpertParallelMoMaFFN: from the
+ * scores' gradient, the router logits' gradient, the router weight gradient x^T·dlogits (float32)
+ * and dx = dxFfn + dlogits·router^T in x's dtype. Disposes dscores and dxFfn.
+ */
+export function routerBackward(saved: { x: Tensor; scores: Tensor; rowGroup: Tensor; router: Tensor }, dscores: Tensor, dxFfn: Tensor,
+  options: { layout: MoeLayout; fn: RouterFn }): { dx: Tensor; drouter: Tensor } {
+  const dlogits = routerScoresBackward(saved.scores, dscores, { rowGroup: saved.rowGroup, layout: options.layout, fn: options.fn });
+  dscores.dispose();
+  const dxRouter = matmul(dlogits, saved.router, { transB: true });
+  const x32 = saved.x.dtype === 'float32' ? saved.x : saved.x.astype('float32');
+  const drouter = matmul(x32, dlogits, { transA: true });
+  if (x32 !== saved.x) x32.dispose();
+  dlogits.dispose();
+  const dxSum = dxRouter.dtype === dxFfn.dtype ? dxFfn.add(dxRouter) : dxFfn.astype('float32').add(dxRouter);
+  dxFfn.dispose();
+  dxRouter.dispose();
+  const dx = dxSum.dtype === saved.x.dtype ? dxSum : dxSum.astype(saved.x.dtype);
+  if (dx !== dxSum) dxSum.dispose();
+  return { dx, drouter };
+}
+
 /** The keys a MoMaFFN config and its group entries may have (anything else is refused as a typo). */
 const MOMA_FFN_CONFIG_KEYS: readonly (keyof MoMaFFNConfig)[] = [
   'dModel', 'dFF', 'groups', 'modalities', 'capacityFactor', 'router', 'gumbel', 'routing', 'topK', 'device', 'dtype', 'seed', 'initStd',
@@ -379,18 +401,8 @@ export class MoMaFFN {
     dout.dispose();
     const dxFfn = combineRows(dxd, routing.rowSlots);
     dxd.dispose();
-    const dlogits = routerScoresBackward(saved.scores, dscores, { rowGroup: partition.rowGroup, layout, fn: this.config.router });
-    dscores.dispose();
-    const dxRouter = matmul(dlogits, router, { transB: true });
-    const x32 = saved.x.dtype === 'float32' ? saved.x : saved.x.astype('float32');
-    const drouter = matmul(x32, dlogits, { transA: true });
-    if (x32 !== saved.x) x32.dispose();
-    dlogits.dispose();
-    const dxSum = dxRouter.dtype === dxFfn.dtype ? dxFfn.add(dxRouter) : dxFfn.astype('float32').add(dxRouter);
-    dxFfn.dispose();
-    dxRouter.dispose();
-    const dx = dxSum.dtype === saved.x.dtype ? dxSum : dxSum.astype(saved.x.dtype);
-    if (dx !== dxSum) dxSum.dispose();
+    const { dx, drouter } = routerBackward({ x: saved.x, scores: saved.scores, rowGroup: partition.rowGroup, router }, dscores, dxFfn,
+      { layout, fn: this.config.router });
     return { dx, grads: { w1: dw1, w2: dw2, w3: dw3, router: drouter } };
   }
 
