@@ -148,12 +148,19 @@ export interface BindingModule {
   distInit(options: NativeDistInit): Promise<void>;
   distDestroy(): void;
   distInfo(): NativeDistInfo;
-  distAllReduce(x: H, op: 'sum' | 'avg' | 'max'): H;
-  distReduceScatter(x: H, op: 'sum' | 'avg' | 'max'): H;
-  distAllGather(x: H): H;
-  distAllToAllV(x: H, sendCounts: number[], recvCounts: number[]): H;
-  distBroadcast(x: H, root: number): H;
-  distBarrier(): Promise<void>;
+  /** Registers the world's next sub-group (every rank calls it alike); returns its id. */
+  distNewGroup(ranks: number[]): number;
+  distAllReduce(x: H, op: 'sum' | 'avg' | 'max', group?: number): H;
+  distReduceScatter(x: H, op: 'sum' | 'avg' | 'max', group?: number): H;
+  distAllGather(x: H, group?: number): H;
+  distAllToAllV(x: H, sendCounts: number[], recvCounts: number[], group?: number): H;
+  distBroadcast(x: H, root: number, group?: number): H;
+  distBarrier(group?: number): Promise<void>;
+  /** A started all-reduce / reduce-scatter (an opaque handle for distWait). */
+  distAllReduceStart(x: H, op: 'sum' | 'avg' | 'max', group?: number): object;
+  distReduceScatterStart(x: H, op: 'sum' | 'avg' | 'max', group?: number): object;
+  /** Queues the wait for a started collective; its result. */
+  distWait(work: object): H;
   synchronize(device: string): Promise<void>;
   info(): NativeInfo;
   memoryStats(device: string): NativeMemoryStats;

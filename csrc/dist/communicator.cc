@@ -1,5 +1,5 @@
-// The process-group registry and the rendezvous every rank goes through before its backend
-// connects.
+// The process-group registry (the world and its sub-groups) and the rendezvous every rank goes
+// through before its backend connects.
 //
 // Rendezvous, over the store rank 0 serves (keys under "moma/"):
 //   1. rank 0 publishes its world size; every rank claims its rank (add "claim/<r>": a second
@@ -14,7 +14,9 @@
 // timeout. Ranks that never arrive end in ERR_DIST after the timeout, naming the missing ranks.
 #include "communicator.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -65,18 +67,127 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A connected group: the communicator and the store it connected through. connect_group hands out
-// the communicator as an aliasing shared_ptr that owns the whole Group.
-struct Group {
+// Forwards every collective to `target()` (the world's backend, or a sub-group's once connected).
+class ForwardingCommunicator : public Communicator {
+ public:
+  void all_reduce(const void* in, void* out, size_t count, DType dtype, ReduceOp op) override {
+    target().all_reduce(in, out, count, dtype, op);
+  }
+  void reduce_scatter(const void* in, void* out, size_t count, DType dtype, ReduceOp op) override {
+    target().reduce_scatter(in, out, count, dtype, op);
+  }
+  void all_gather(const void* in, void* out, size_t count, DType dtype) override {
+    target().all_gather(in, out, count, dtype);
+  }
+  void all_to_all_v(const void* in, const int64_t* send_counts, const int64_t* send_offsets, void* out,
+                    const int64_t* recv_counts, const int64_t* recv_offsets, DType dtype) override {
+    target().all_to_all_v(in, send_counts, send_offsets, out, recv_counts, recv_offsets, dtype);
+  }
+  void broadcast(const void* in, void* out, size_t count, DType dtype, int root) override {
+    target().broadcast(in, out, count, dtype, root);
+  }
+  void barrier() override { target().barrier(); }
+  std::shared_ptr<PendingCollective> start_all_reduce(const void* in, void* out, size_t count, DType dtype,
+                                                      ReduceOp op) override {
+    return target().start_all_reduce(in, out, count, dtype, op);
+  }
+  std::shared_ptr<PendingCollective> start_reduce_scatter(const void* in, void* out, size_t count, DType dtype,
+                                                          ReduceOp op) override {
+    return target().start_reduce_scatter(in, out, count, dtype, op);
+  }
+
+ protected:
+  virtual Communicator& target() = 0;
+};
+
+// A connected world: the backend's communicator and the store it connected through (rank 0 also
+// serves the store, for the world's sub-groups too).
+class ConnectedWorld : public ForwardingCommunicator {
+ public:
+  explicit ConnectedWorld(const InitOptions& opts) : opts(opts) {}
+  ~ConnectedWorld() override { comm.reset(); }  // the backend goes before the store it connected through
+
+  int rank() const override { return comm->rank(); }
+  int size() const override { return comm->size(); }
+  Backend backend() const override { return comm->backend(); }
+  Device device() const override { return comm->device(); }
+
+  InitOptions opts;  // timeout resolved
   std::unique_ptr<TcpStoreServer> server;  // rank 0 only
   std::unique_ptr<TcpStoreClient> store;
   std::unique_ptr<Communicator> comm;
-  ~Group() { comm.reset(); }  // the backend goes before the store it connected through
+
+ protected:
+  Communicator& target() override { return *comm; }
+};
+
+// A sub-group of a connected world; its backend connects on the first collective (see
+// communicator.h), through a store client of its own that it closes once connected. A failed
+// connection fails every later collective of the group with the same error.
+class SubgroupCommunicator : public ForwardingCommunicator {
+ public:
+  SubgroupCommunicator(std::shared_ptr<ConnectedWorld> world, std::vector<int> ranks, int id, int rank)
+      : world_(std::move(world)), ranks_(std::move(ranks)), id_(id), rank_(rank) {}
+
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(ranks_.size()); }
+  Backend backend() const override { return world_->opts.backend; }
+  Device device() const override { return world_->opts.device; }
+
+ protected:
+  Communicator& target() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (comm_) return *comm_;
+    if (error_) throw *error_;
+    try {
+      comm_ = connect();
+    } catch (const MomaException& e) {
+      error_ = std::make_shared<MomaException>(e.code(), e.what());
+      throw;
+    }
+    return *comm_;
+  }
+
+ private:
+  std::string describe() const {
+    std::ostringstream out;
+    out << "group " << id_ << " (world ranks";
+    for (int r : ranks_) out << ' ' << r;
+    out << ')';
+    return out.str();
+  }
+
+  std::unique_ptr<Communicator> connect() {
+    const InitOptions& w = world_->opts;
+    InitOptions opts = w;
+    opts.rank = rank_;
+    opts.world_size = size();
+    const std::string prefix = "moma/group/" + std::to_string(id_) + "/";
+    try {
+      TcpStoreClient store(w.master_addr, w.master_port, w.timeout);
+      return w.backend == Backend::Gloo ? make_gloo_communicator(opts, store, prefix, w.timeout)
+                                        : make_nccl_communicator(opts, store, prefix, w.timeout);
+    } catch (const MomaException& e) {
+      fail(e.code() == "ERR_LOAD" ? "ERR_LOAD" : "ERR_DIST", "world rank ", w.rank, ": connecting ", describe(),
+           " failed: ", e.what());
+    }
+  }
+
+  std::shared_ptr<ConnectedWorld> world_;
+  std::vector<int> ranks_;
+  int id_, rank_;
+  std::mutex mutex_;
+  std::unique_ptr<Communicator> comm_;
+  std::shared_ptr<MomaException> error_;
 };
 
 struct Registered {
   InitOptions opts;
   std::shared_ptr<Communicator> comm;
+  int next_group = kWorldGroup + 1;
+  // Sub-groups by id: this rank's communicator, or null where it is not a member.
+  std::map<int, std::shared_ptr<Communicator>> groups;
+  std::map<int, std::vector<int>> group_ranks;
 };
 
 std::mutex g_mutex;
@@ -181,19 +292,20 @@ void check_options(const InitOptions& opts, const char* op) {
 std::shared_ptr<Communicator> connect_group(const InitOptions& opts) {
   check_options(opts, "dist_init");
   const std::chrono::milliseconds timeout = resolve_timeout(opts.timeout);
-  auto group = std::make_shared<Group>();
-  if (opts.rank == 0) group->server = std::make_unique<TcpStoreServer>(opts.master_port);
+  auto world = std::make_shared<ConnectedWorld>(opts);
+  world->opts.timeout = timeout;
+  if (opts.rank == 0) world->server = std::make_unique<TcpStoreServer>(opts.master_port);
   try {
-    group->store = std::make_unique<TcpStoreClient>(opts.master_addr, opts.master_port, timeout);
-    Rendezvous rendezvous(*group->store, opts, timeout);
+    world->store = std::make_unique<TcpStoreClient>(opts.master_addr, opts.master_port, timeout);
+    Rendezvous rendezvous(*world->store, opts, timeout);
     rendezvous.join();
     try {
-      group->comm = opts.backend == Backend::Gloo ? make_gloo_communicator(opts, *group->store, timeout)
-                                                  : make_nccl_communicator(opts, *group->store, timeout);
+      world->comm = opts.backend == Backend::Gloo ? make_gloo_communicator(opts, *world->store, "", timeout)
+                                                  : make_nccl_communicator(opts, *world->store, "", timeout);
     } catch (const MomaException& e) {
       // Tell the others (they would otherwise wait in the backend's connect until the timeout).
       try {
-        group->store->set(kAbortKey, "rank " + std::to_string(opts.rank) + ": " + e.what());
+        world->store->set(kAbortKey, "rank " + std::to_string(opts.rank) + ": " + e.what());
       } catch (const MomaException&) {
         // the store is gone too: the others time out, this rank reports its own error
       }
@@ -202,12 +314,34 @@ std::shared_ptr<Communicator> connect_group(const InitOptions& opts) {
     rendezvous.finish();
   } catch (const MomaException&) {
     // Rank 0 serves the store: keep it up until the others have read why (or gave up).
-    group->store.reset();
-    if (group->server) group->server->linger(kFailureGrace, timeout);
+    world->store.reset();
+    if (world->server) world->server->linger(kFailureGrace, timeout);
     throw;
   }
-  Communicator* comm = group->comm.get();
-  return std::shared_ptr<Communicator>(group, comm);
+  return world;
+}
+
+void check_group_ranks(const std::vector<int>& ranks, int world_size, const char* op) {
+  if (ranks.empty()) fail("ERR_ARG", op, ": ranks is empty; a group needs at least one rank");
+  std::vector<bool> seen(static_cast<size_t>(world_size), false);
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    const int r = ranks[i];
+    if (r < 0 || r >= world_size)
+      fail("ERR_ARG", op, ": ranks[", i, "] = ", r, " is not a rank of the world (0..", world_size - 1, ")");
+    if (seen[static_cast<size_t>(r)]) fail("ERR_ARG", op, ": rank ", r, " appears twice in ranks");
+    seen[static_cast<size_t>(r)] = true;
+  }
+}
+
+std::shared_ptr<Communicator> connect_subgroup(const std::shared_ptr<Communicator>& world, const std::vector<int>& ranks,
+                                               int id, const char* op) {
+  auto connected = std::dynamic_pointer_cast<ConnectedWorld>(world);
+  if (!connected) fail("ERR_ARG", op, ": a sub-group is made from a world (connect_group's communicator)");
+  if (id <= kWorldGroup) fail("ERR_ARG", op, ": sub-group id ", id, " must be positive");
+  check_group_ranks(ranks, connected->size(), op);
+  auto at = std::find(ranks.begin(), ranks.end(), connected->rank());
+  if (at == ranks.end()) fail("ERR_ARG", op, ": world rank ", connected->rank(), " is not in the group's ranks");
+  return std::make_shared<SubgroupCommunicator>(connected, ranks, id, static_cast<int>(at - ranks.begin()));
 }
 
 void init_process_group(const InitOptions& opts) {
@@ -236,10 +370,31 @@ void init_process_group(const InitOptions& opts) {
   }
 }
 
-std::shared_ptr<Communicator> process_group(const char* op) {
+int new_group(const std::vector<int>& ranks, const char* op) {
   std::lock_guard<std::mutex> lock(g_mutex);
   if (!g_group) fail("ERR_DIST", op, ": no process group in this process (initialise one first: distInit)");
-  return g_group->comm;
+  check_group_ranks(ranks, g_group->opts.world_size, op);
+  const int id = g_group->next_group++;
+  const bool member = std::find(ranks.begin(), ranks.end(), g_group->opts.rank) != ranks.end();
+  g_group->groups[id] = member ? connect_subgroup(g_group->comm, ranks, id, op) : nullptr;
+  g_group->group_ranks[id] = ranks;
+  return id;
+}
+
+std::shared_ptr<Communicator> process_group(const char* op, int group) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (!g_group) fail("ERR_DIST", op, ": no process group in this process (initialise one first: distInit)");
+  if (group == kWorldGroup) return g_group->comm;
+  auto found = g_group->groups.find(group);
+  if (found == g_group->groups.end())
+    fail("ERR_DIST", op, ": group ", group, " does not exist in this process group (never made by newGroup, or made by a "
+         "world that was destroyed)");
+  if (!found->second) {
+    std::ostringstream ranks;
+    for (int r : g_group->group_ranks[group]) ranks << ' ' << r;
+    fail("ERR_DIST", op, ": rank ", g_group->opts.rank, " is not a member of group ", group, " (world ranks", ranks.str(), ")");
+  }
+  return found->second;
 }
 
 bool process_group_initialized() {

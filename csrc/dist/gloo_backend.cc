@@ -6,13 +6,23 @@
 //
 // bf16: widened to a float32 scratch buffer, reduced by gloo in float32, rounded once (every rank
 // rounds the same float32 result, so all ranks hold the same bits). Avg: float32 sum / size.
+//
+// Threads: every collective of a communicator runs on its communication thread, in the order it
+// was posted (one gloo context must not run two collectives at once, and every rank posts in the
+// same order); blocking calls post and wait, start_* post and return, which is what lets the
+// gradient all-reduce run while the device worker computes the rest of the backward. Communicators
+// of different groups have different threads, so disjoint groups run at the same time.
 #include <dlfcn.h>
 #include <unistd.h>
 
 #include <climits>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "../core/bf16.h"
@@ -104,7 +114,12 @@ const GlooApi& gloo_api() {
 }
 
 // ---- the store, as the plugin calls it ---------------------------------------------------------
-// Keys of this group's gloo rendezvous live under "gloo/" in the store.
+// Keys of a group's gloo rendezvous live under "<prefix>gloo/" in the store.
+struct PrefixedStore {
+  TcpStoreClient* store;
+  std::string prefix;  // "<prefix>gloo/"
+};
+
 void copy_error(const std::exception& e, char* err, size_t err_len) {
   if (err_len) {
     std::strncpy(err, e.what(), err_len - 1);
@@ -115,7 +130,8 @@ void copy_error(const std::exception& e, char* err, size_t err_len) {
 int store_set(void* self, const char* key, const void* data, size_t n, char* err, size_t err_len) {
   try {
     const auto* p = static_cast<const uint8_t*>(data);
-    static_cast<TcpStoreClient*>(self)->set(std::string("gloo/") + key, Bytes(p, p + n));
+    auto* s = static_cast<PrefixedStore*>(self);
+    s->store->set(s->prefix + key, Bytes(p, p + n));
     return 0;
   } catch (const std::exception& e) {
     copy_error(e, err, err_len);
@@ -126,7 +142,8 @@ int store_set(void* self, const char* key, const void* data, size_t n, char* err
 int store_get(void* self, const char* key, void* sink_ctx, void (*sink)(void*, const void*, size_t), char* err,
               size_t err_len) {
   try {
-    Bytes value = static_cast<TcpStoreClient*>(self)->get(std::string("gloo/") + key);
+    auto* s = static_cast<PrefixedStore*>(self);
+    Bytes value = s->store->get(s->prefix + key);
     sink(sink_ctx, value.data(), value.size());
     return 0;
   } catch (const std::exception& e) {
@@ -137,9 +154,10 @@ int store_get(void* self, const char* key, void* sink_ctx, void (*sink)(void*, c
 
 int store_wait(void* self, const char* const* keys, size_t n_keys, int64_t timeout_ms, char* err, size_t err_len) {
   try {
+    auto* s = static_cast<PrefixedStore*>(self);
     std::vector<std::string> names;
-    for (size_t i = 0; i < n_keys; ++i) names.push_back(std::string("gloo/") + keys[i]);
-    static_cast<TcpStoreClient*>(self)->wait(names, std::chrono::milliseconds(timeout_ms));
+    for (size_t i = 0; i < n_keys; ++i) names.push_back(s->prefix + keys[i]);
+    s->store->wait(names, std::chrono::milliseconds(timeout_ms));
     return 0;
   } catch (const std::exception& e) {
     copy_error(e, err, err_len);
@@ -147,11 +165,41 @@ int store_wait(void* self, const char* const* keys, size_t n_keys, int64_t timeo
   }
 }
 
+// A collective posted to the communication thread: done once it ran, with its error if any.
+class GlooPending : public PendingCollective {
+ public:
+  void wait() override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [&] { return done_; });
+    if (error_) throw *error_;
+  }
+  void finish(std::shared_ptr<MomaException> error) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    error_ = std::move(error);
+    done_ = true;
+    done_cv_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+  std::shared_ptr<MomaException> error_;
+};
+
 class GlooCommunicator : public Communicator {
  public:
   GlooCommunicator(const GlooApi& api, MomaGlooContext* ctx, int rank, int size)
-      : api_(api), ctx_(ctx), rank_(rank), size_(size) {}
-  ~GlooCommunicator() override { api_.close(ctx_); }
+      : api_(api), ctx_(ctx), rank_(rank), size_(size), thread_([this] { serve(); }) {}
+  ~GlooCommunicator() override {
+    {
+      std::lock_guard<std::mutex> lock(jobs_mutex_);
+      stopping_ = true;
+      jobs_cv_.notify_all();
+    }
+    thread_.join();  // runs what was posted first
+    api_.close(ctx_);
+  }
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -159,15 +207,25 @@ class GlooCommunicator : public Communicator {
   Device device() const override { return Device{}; }
 
   void all_reduce(const void* in, void* out, size_t count, DType dtype, ReduceOp op) override {
-    reduce("all_reduce", in, out, count, count, dtype, op);
+    start_all_reduce(in, out, count, dtype, op)->wait();
   }
 
   void reduce_scatter(const void* in, void* out, size_t count, DType dtype, ReduceOp op) override {
-    reduce("reduce_scatter", in, out, count * static_cast<size_t>(size_), count, dtype, op);
+    start_reduce_scatter(in, out, count, dtype, op)->wait();
+  }
+
+  std::shared_ptr<PendingCollective> start_all_reduce(const void* in, void* out, size_t count, DType dtype,
+                                                      ReduceOp op) override {
+    return post([=] { reduce("all_reduce", in, out, count, count, dtype, op); });
+  }
+
+  std::shared_ptr<PendingCollective> start_reduce_scatter(const void* in, void* out, size_t count, DType dtype,
+                                                          ReduceOp op) override {
+    return post([=] { reduce("reduce_scatter", in, out, count * static_cast<size_t>(size_), count, dtype, op); });
   }
 
   void all_gather(const void* in, void* out, size_t count, DType dtype) override {
-    check(api_.allgather(ctx_, in, out, count * dtype_size(dtype), err_, kErrLen));
+    post([=] { check(api_.allgather(ctx_, in, out, count * dtype_size(dtype), err_, kErrLen)); })->wait();
   }
 
   void all_to_all_v(const void* in, const int64_t* send_counts, const int64_t* send_offsets, void* out,
@@ -180,16 +238,54 @@ class GlooCommunicator : public Communicator {
       rb[p] = recv_counts[p] * es;
       ro[p] = recv_offsets[p] * es;
     }
-    check(api_.alltoallv(ctx_, in, sb.data(), so.data(), out, rb.data(), ro.data(), err_, kErrLen));
+    post([&] { check(api_.alltoallv(ctx_, in, sb.data(), so.data(), out, rb.data(), ro.data(), err_, kErrLen)); })->wait();
   }
 
   void broadcast(const void* in, void* out, size_t count, DType dtype, int root) override {
-    check(api_.broadcast(ctx_, in, out, count * dtype_size(dtype), root, err_, kErrLen));
+    post([=] { check(api_.broadcast(ctx_, in, out, count * dtype_size(dtype), root, err_, kErrLen)); })->wait();
   }
 
-  void barrier() override { check(api_.barrier(ctx_, err_, kErrLen)); }
+  void barrier() override {
+    post([=] { check(api_.barrier(ctx_, err_, kErrLen)); })->wait();
+  }
 
  private:
+  struct Job {
+    std::function<void()> run;
+    std::shared_ptr<GlooPending> pending;
+  };
+
+  std::shared_ptr<PendingCollective> post(std::function<void()> run) {
+    auto pending = std::make_shared<GlooPending>();
+    std::lock_guard<std::mutex> lock(jobs_mutex_);
+    jobs_.push_back(Job{std::move(run), pending});
+    jobs_cv_.notify_all();
+    return pending;
+  }
+
+  // The communication thread: runs the posted collectives in order until the communicator goes.
+  void serve() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(jobs_mutex_);
+        jobs_cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      std::shared_ptr<MomaException> error;
+      try {
+        job.run();
+      } catch (const MomaException& e) {
+        error = std::make_shared<MomaException>(e.code(), e.what());
+      } catch (const std::exception& e) {
+        error = std::make_shared<MomaException>("ERR_DIST", e.what());
+      }
+      job.pending->finish(std::move(error));
+    }
+  }
+
   void check(int rc) {
     if (rc) fail("ERR_DIST", "rank ", rank_, " of ", size_, ": ", err_);
   }
@@ -233,16 +329,23 @@ class GlooCommunicator : public Communicator {
   const GlooApi& api_;
   MomaGlooContext* ctx_;
   int rank_, size_;
+  // Used on the communication thread only:
   char err_[kErrLen] = {0};
   std::vector<float> wide_;  // bf16 widened: n_in inputs, then n_out results
+  std::mutex jobs_mutex_;
+  std::condition_variable jobs_cv_;
+  std::deque<Job> jobs_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: starts once everything it uses exists
 };
 
 }  // namespace
 
 std::unique_ptr<Communicator> make_gloo_communicator(const InitOptions& opts, TcpStoreClient& store,
-                                                     std::chrono::milliseconds timeout) {
+                                                     const std::string& prefix, std::chrono::milliseconds timeout) {
   const GlooApi& api = gloo_api();
-  MomaGlooStore callbacks{&store, store_set, store_get, store_wait};
+  PrefixedStore prefixed{&store, prefix + "gloo/"};
+  MomaGlooStore callbacks{&prefixed, store_set, store_get, store_wait};
   char err[kErrLen] = {0};
   std::string host = store.local_address();
   MomaGlooContext* ctx = api.connect(opts.rank, opts.world_size, host.c_str(), timeout.count(), &callbacks, err, kErrLen);

@@ -4,9 +4,13 @@
 // it). The few types and functions used are declared here (NCCL's ABI, stable since 2.x); no NCCL
 // header is needed to build.
 //
-// The unique id travels from rank 0 to the others through the rendezvous store. Every collective
+// The unique id travels from the group's rank 0 to the others through the rendezvous store (key
+// "<prefix>nccl/unique_id": the world's, or a sub-group's under its own prefix). Every collective
 // is enqueued on the device's stream (cuda::stream), the stream every kernel of the device runs
 // on, so it is ordered with the kernels around it and the calling worker does not wait for it.
+// Started collectives (start_*) run on a side stream of the communicator instead, behind an event
+// of the device's stream, and their wait() makes the device's stream wait for the side stream's
+// event: the gradient all-reduce then overlaps the rest of the backward.
 // bf16 sums and averages are widened to float32 on the stream (cuda::cast into a scratch block of
 // the caching allocator), reduced by NCCL in float32 and rounded once, like the gloo backend. Avg
 // is NCCL's ncclAvg. Data movements (all-gather, all-to-all-v, broadcast) go as bytes.
@@ -23,6 +27,8 @@
 #include <mutex>
 #include <sstream>
 #include <vector>
+
+#include <cuda_runtime_api.h>
 
 #include "../../cuda/kernels.h"
 #include "../../cuda/runtime.h"
@@ -45,7 +51,6 @@ using ncclDataType_t = int;
 constexpr ncclDataType_t ncclUint8 = 1, ncclInt32 = 2, ncclFloat32 = 7;
 using ncclRedOp_t = int;
 constexpr ncclRedOp_t ncclSum = 0, ncclMax = 2, ncclAvg = 4;
-using cudaStream_t = void*;
 
 struct NcclApi {
   ncclResult_t (*GetUniqueId)(ncclUniqueId*);
@@ -129,13 +134,50 @@ const NcclApi& nccl_api() {
   return api;
 }
 
+void cuda_check(cudaError_t rc, const char* what) {
+  if (rc != cudaSuccess) fail("ERR_DIST", what, ": CUDA error: ", cudaGetErrorString(rc));
+}
+
+// A collective started on the side stream: wait() makes the device's stream wait for its event,
+// then hands the bf16 scratch block (if any) back to the caching allocator, whose reuse is ordered
+// on the device's stream, now after the collective.
+class NcclPending : public PendingCollective {
+ public:
+  NcclPending(int device, cudaEvent_t done, void* scratch) : device_(device), done_(done), scratch_(scratch) {}
+  ~NcclPending() override {
+    if (done_) {  // never waited: keep the scratch block out of reuse until the collective is over
+      cudaEventSynchronize(done_);
+      cudaEventDestroy(done_);
+      if (scratch_) cuda::release(device_, scratch_);
+    }
+  }
+  void wait() override {
+    cudaStream_t compute = static_cast<cudaStream_t>(cuda::stream(device_));
+    cudaError_t rc = cudaStreamWaitEvent(compute, done_, 0);
+    cudaEventDestroy(done_);
+    done_ = nullptr;
+    if (scratch_) cuda::release(device_, scratch_);
+    scratch_ = nullptr;
+    cuda_check(rc, "dist wait");
+  }
+
+ private:
+  int device_;
+  cudaEvent_t done_;
+  void* scratch_;
+};
+
 class NcclCommunicator : public Communicator {
  public:
   NcclCommunicator(const NcclApi& api, ncclComm_t comm, int rank, int size, Device device)
       : api_(api), comm_(comm), rank_(rank), size_(size), device_(device) {
     barrier_word_ = cuda::alloc(device_.index, sizeof(int32_t));
+    cuda::stream(device_.index);  // selects the device
+    cuda_check(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "dist_init: the communication stream");
   }
   ~NcclCommunicator() override {
+    cudaStreamSynchronize(side_);
+    cudaStreamDestroy(side_);
     cuda::release(device_.index, barrier_word_);
     // A communicator that reported an error may have peers that will never answer: abort it
     // rather than wait in ncclCommDestroy.
@@ -149,10 +191,20 @@ class NcclCommunicator : public Communicator {
   Device device() const override { return device_; }
 
   void all_reduce(const void* in, void* out, size_t count, DType dtype, ReduceOp op) override {
-    reduce("all_reduce", in, out, count, count, dtype, op);
+    reduce("all_reduce", in, out, count, count, dtype, op, stream(), nullptr);
   }
   void reduce_scatter(const void* in, void* out, size_t count, DType dtype, ReduceOp op) override {
-    reduce("reduce_scatter", in, out, count * static_cast<size_t>(size_), count, dtype, op);
+    reduce("reduce_scatter", in, out, count * static_cast<size_t>(size_), count, dtype, op, stream(), nullptr);
+  }
+  std::shared_ptr<PendingCollective> start_all_reduce(const void* in, void* out, size_t count, DType dtype,
+                                                      ReduceOp op) override {
+    return start([&](void** scratch) { reduce("all_reduce", in, out, count, count, dtype, op, side_, scratch); });
+  }
+  std::shared_ptr<PendingCollective> start_reduce_scatter(const void* in, void* out, size_t count, DType dtype,
+                                                          ReduceOp op) override {
+    return start([&](void** scratch) {
+      reduce("reduce_scatter", in, out, count * static_cast<size_t>(size_), count, dtype, op, side_, scratch);
+    });
   }
   void all_gather(const void* in, void* out, size_t count, DType dtype) override {
     if (count == 0) return;
@@ -182,7 +234,31 @@ class NcclCommunicator : public Communicator {
   }
 
  private:
-  cudaStream_t stream() { return cuda::stream(device_.index); }  // also selects the device
+  cudaStream_t stream() { return static_cast<cudaStream_t>(cuda::stream(device_.index)); }  // also selects the device
+
+  // The side stream waits for the work queued so far on the device's stream, `launch` queues the
+  // collective on it, and an event marks its end.
+  template <typename Launch>
+  std::shared_ptr<PendingCollective> start(Launch launch) {
+    cudaStream_t compute = stream();
+    cudaEvent_t ready = nullptr, done = nullptr;
+    cuda_check(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "dist start");
+    cudaError_t rc = cudaEventRecord(ready, compute);
+    if (rc == cudaSuccess) rc = cudaStreamWaitEvent(side_, ready, 0);
+    cudaEventDestroy(ready);
+    cuda_check(rc, "dist start");
+    void* scratch = nullptr;
+    launch(&scratch);
+    rc = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+    if (rc == cudaSuccess) rc = cudaEventRecord(done, side_);
+    if (rc != cudaSuccess) {
+      if (done) cudaEventDestroy(done);
+      cudaStreamSynchronize(side_);
+      if (scratch) cuda::release(device_.index, scratch);
+      cuda_check(rc, "dist start");
+    }
+    return std::make_shared<NcclPending>(device_.index, done, scratch);
+  }
 
   void check(const char* what, ncclResult_t rc) {
     if (rc == ncclSuccess) return;
@@ -190,15 +266,17 @@ class NcclCommunicator : public Communicator {
     fail("ERR_DIST", what, ": NCCL error ", rc, ": ", api_.GetErrorString(rc));
   }
 
-  // all_reduce (n_in == n_out) or reduce_scatter (n_in == size * n_out).
-  void reduce(const char* what, const void* in, void* out, size_t n_in, size_t n_out, DType dtype, ReduceOp op) {
+  // all_reduce (n_in == n_out) or reduce_scatter (n_in == size * n_out), queued on `s`. bf16's
+  // scratch block goes back to the allocator at once when `s` is the device's stream; on the side
+  // stream it is handed to `keep_scratch` (released by the pending collective's wait).
+  void reduce(const char* what, const void* in, void* out, size_t n_in, size_t n_out, DType dtype, ReduceOp op,
+              cudaStream_t s, void** keep_scratch) {
     if (n_out == 0) return;
     if (dtype == DType::I32 && op == ReduceOp::Avg) fail("ERR_DTYPE", what, ": avg is not defined for int32 (use sum)");
     if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::I32)
       fail("ERR_DTYPE", what, ": ", dtype_name(dtype), " is not reduced (float32, bfloat16 or int32)");
     const ncclRedOp_t nop = op == ReduceOp::Max ? ncclMax : op == ReduceOp::Avg ? ncclAvg : ncclSum;
     const bool scatter = n_in != n_out;
-    cudaStream_t s = stream();
     auto run = [&](const void* src, void* dst, ncclDataType_t t) {
       check(what, scatter ? api_.ReduceScatter(src, dst, n_out, t, nop, comm_, s)
                           : api_.AllReduce(src, dst, n_out, t, nop, comm_, s));
@@ -207,9 +285,10 @@ class NcclCommunicator : public Communicator {
       run(in, out, dtype == DType::I32 ? ncclInt32 : ncclFloat32);
       return;
     }
-    // bf16: widen on the stream, reduce in float32, round once. The scratch block goes back to the
-    // caching allocator at once; its reuse is ordered after these launches on the same stream.
-    const LaunchCtx ctx = cuda::launch_ctx(device_.index);
+    // bf16: widen on the stream, reduce in float32, round once. On the device's stream the scratch
+    // block goes back to the caching allocator at once (its reuse is ordered after these launches
+    // on the same stream).
+    const LaunchCtx ctx{s, cuda::error_word(device_.index)};
     float* wide = static_cast<float*>(cuda::alloc(device_.index, (n_in + n_out) * sizeof(float)));
     float* result = wide + n_in;
     try {
@@ -217,16 +296,19 @@ class NcclCommunicator : public Communicator {
       run(wide, result, ncclFloat32);
       cuda::cast(ctx, DType::F32, result, DType::BF16, out, static_cast<int64_t>(n_out));
     } catch (...) {
+      if (keep_scratch) cudaStreamSynchronize(s);
       cuda::release(device_.index, wide);
       throw;
     }
-    cuda::release(device_.index, wide);
+    if (keep_scratch) *keep_scratch = wide;
+    else cuda::release(device_.index, wide);
   }
 
   const NcclApi& api_;
   ncclComm_t comm_;
   int rank_, size_;
   Device device_;
+  cudaStream_t side_ = nullptr;  // where started collectives run
   void* barrier_word_ = nullptr;
   bool failed_ = false;
 };
@@ -234,15 +316,15 @@ class NcclCommunicator : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> make_nccl_communicator(const InitOptions& opts, TcpStoreClient& store,
-                                                     std::chrono::milliseconds timeout) {
+                                                     const std::string& prefix, std::chrono::milliseconds timeout) {
   const NcclApi& api = nccl_api();
   ncclUniqueId id{};
   if (opts.rank == 0) {
     ncclResult_t rc = api.GetUniqueId(&id);
     if (rc != ncclSuccess) fail("ERR_DIST", "dist_init: ncclGetUniqueId failed: ", api.GetErrorString(rc));
-    store.set("nccl/unique_id", Bytes(reinterpret_cast<uint8_t*>(&id), reinterpret_cast<uint8_t*>(&id) + sizeof id));
+    store.set(prefix + "nccl/unique_id", Bytes(reinterpret_cast<uint8_t*>(&id), reinterpret_cast<uint8_t*>(&id) + sizeof id));
   } else {
-    Bytes b = store.get("nccl/unique_id", timeout);
+    Bytes b = store.get(prefix + "nccl/unique_id", timeout);
     if (b.size() != sizeof id) fail("ERR_DIST", "dist_init: NCCL unique id from rank 0 has ", b.size(), " bytes, expected ", sizeof id);
     std::copy(b.begin(), b.end(), reinterpret_cast<uint8_t*>(&id));
   }
@@ -257,7 +339,8 @@ std::unique_ptr<Communicator> make_nccl_communicator(const InitOptions& opts, Tc
 
 #else
 
-std::unique_ptr<Communicator> make_nccl_communicator(const InitOptions&, TcpStoreClient&, std::chrono::milliseconds) {
+std::unique_ptr<Communicator> make_nccl_communicator(const InitOptions&, TcpStoreClient&, const std::string&,
+                                                     std::chrono::milliseconds) {
   fail("ERR_DEVICE", "dist_init: backend nccl needs CUDA, and this moma was built without the CUDA backend");
 }
 

@@ -9,12 +9,18 @@
 //   distDestroy() -> undefined
 //   distInfo() -> {initialized: false} | {initialized: true, rank, worldSize, backend, device,
 //                  masterAddr, masterPort, timeoutMs}
-//   distAllReduce(x, op: 'sum' | 'avg' | 'max') -> TensorHandle
-//   distReduceScatter(x, op) -> TensorHandle
-//   distAllGather(x) -> TensorHandle
-//   distAllToAllV(x, sendCounts: number[], recvCounts: number[]) -> TensorHandle   (rows per rank)
-//   distBroadcast(x, root: number) -> TensorHandle
-//   distBarrier() -> Promise<void>
+//   distNewGroup(ranks: number[]) -> number   the id of the world's next sub-group (every rank
+//                          calls it alike, members or not; csrc/dist/communicator.h new_group)
+//   distAllReduce(x, op: 'sum' | 'avg' | 'max', group) -> TensorHandle
+//   distReduceScatter(x, op, group) -> TensorHandle
+//   distAllGather(x, group) -> TensorHandle
+//   distAllToAllV(x, sendCounts: number[], recvCounts: number[], group) -> TensorHandle   (rows per rank)
+//   distBroadcast(x, root: number, group) -> TensorHandle   (root: a rank of the group)
+//   distBarrier(group) -> Promise<void>
+//   distAllReduceStart(x, op, group) -> Work     a started all-reduce (ops::dist_all_reduce_start)
+//   distReduceScatterStart(x, op, group) -> Work
+//   distWait(work) -> TensorHandle              queues the wait; the result tensor
+// `group` is a group id (0: the world; undefined means 0).
 #include "bridge.h"
 #include "dist/communicator.h"
 #include "ops/dist.h"
@@ -51,6 +57,13 @@ int to_int32(const Napi::Value& v, const char* op, const char* arg) {
 }
 
 Tensor tensor_arg(Info info, const char* op) { return TensorHandle::unwrap(info[0], op, "x"); }
+
+int group_arg(const Napi::Value& v, const char* op) {
+  if (v.IsUndefined()) return dist::kWorldGroup;
+  const int id = to_int32(v, op, "group");
+  if (id < 0) fail("ERR_ARG", op, ": group id ", id, " is negative");
+  return id;
+}
 
 Napi::Value dist_init(Info info) {
   const char* op = "dist_init";
@@ -100,20 +113,34 @@ Napi::Value dist_info(Info info) {
   return out;
 }
 
+Napi::Value dist_new_group(Info info) {
+  const char* op = "dist_new_group";
+  std::vector<int64_t> listed = to_int_list(info[0], op, "ranks");
+  std::vector<int> ranks;
+  for (int64_t r : listed) {
+    if (r < INT32_MIN || r > INT32_MAX) fail("ERR_ARG", op, ": rank ", r, " is out of range");
+    ranks.push_back(static_cast<int>(r));
+  }
+  return Napi::Number::New(info.Env(), dist::new_group(ranks, op));
+}
+
 Napi::Value dist_all_reduce(Info info) {
   const char* op = "dist_all_reduce";
   Tensor x = tensor_arg(info, op);
-  return TensorHandle::wrap(info.Env(), ops::dist_all_reduce(x, dist::parse_reduce_op(to_text(info[1], op, "op"), op)));
+  return TensorHandle::wrap(info.Env(), ops::dist_all_reduce(x, dist::parse_reduce_op(to_text(info[1], op, "op"), op),
+                                                             group_arg(info[2], op)));
 }
 
 Napi::Value dist_reduce_scatter(Info info) {
   const char* op = "dist_reduce_scatter";
   Tensor x = tensor_arg(info, op);
-  return TensorHandle::wrap(info.Env(), ops::dist_reduce_scatter(x, dist::parse_reduce_op(to_text(info[1], op, "op"), op)));
+  return TensorHandle::wrap(info.Env(), ops::dist_reduce_scatter(x, dist::parse_reduce_op(to_text(info[1], op, "op"), op),
+                                                                 group_arg(info[2], op)));
 }
 
 Napi::Value dist_all_gather(Info info) {
-  return TensorHandle::wrap(info.Env(), ops::dist_all_gather(tensor_arg(info, "dist_all_gather")));
+  const char* op = "dist_all_gather";
+  return TensorHandle::wrap(info.Env(), ops::dist_all_gather(tensor_arg(info, op), group_arg(info[1], op)));
 }
 
 Napi::Value dist_all_to_all_v(Info info) {
@@ -121,20 +148,46 @@ Napi::Value dist_all_to_all_v(Info info) {
   Tensor x = tensor_arg(info, op);
   std::vector<int64_t> send = to_int_list(info[1], op, "sendCounts");
   std::vector<int64_t> recv = to_int_list(info[2], op, "recvCounts");
-  return TensorHandle::wrap(info.Env(), ops::dist_all_to_all_v(x, send, recv));
+  return TensorHandle::wrap(info.Env(), ops::dist_all_to_all_v(x, send, recv, group_arg(info[3], op)));
 }
 
 Napi::Value dist_broadcast(Info info) {
   const char* op = "dist_broadcast";
   Tensor x = tensor_arg(info, op);
-  return TensorHandle::wrap(info.Env(), ops::dist_broadcast(x, to_int(info[1], op, "root")));
+  return TensorHandle::wrap(info.Env(), ops::dist_broadcast(x, to_int(info[1], op, "root"), group_arg(info[2], op)));
+}
+
+using Work = Napi::External<ops::StartedCollective>;
+
+Napi::Value wrap_work(Napi::Env env, ops::StartedCollective started) {
+  return Work::New(env, new ops::StartedCollective(std::move(started)), [](Napi::Env, ops::StartedCollective* w) { delete w; });
+}
+
+Napi::Value dist_all_reduce_start(Info info) {
+  const char* op = "dist_all_reduce_async";
+  Tensor x = tensor_arg(info, op);
+  return wrap_work(info.Env(), ops::dist_all_reduce_start(x, dist::parse_reduce_op(to_text(info[1], op, "op"), op),
+                                                          group_arg(info[2], op)));
+}
+
+Napi::Value dist_reduce_scatter_start(Info info) {
+  const char* op = "dist_reduce_scatter_async";
+  Tensor x = tensor_arg(info, op);
+  return wrap_work(info.Env(), ops::dist_reduce_scatter_start(x, dist::parse_reduce_op(to_text(info[1], op, "op"), op),
+                                                              group_arg(info[2], op)));
+}
+
+Napi::Value dist_wait(Info info) {
+  if (!info[0].IsExternal()) fail("ERR_ARG", "dist_wait: work must be what distAllReduceStart / distReduceScatterStart returned");
+  return TensorHandle::wrap(info.Env(), ops::dist_wait(*info[0].As<Work>().Data()));
 }
 
 Napi::Value dist_barrier(Info info) {
   Napi::Env env = info.Env();
   auto deferred = Napi::Promise::Deferred::New(env);
-  dist::process_group("dist_barrier");  // no group: throw here, not in the promise
-  ops::dist_barrier_async(settle_from_thread(env, "moma.distBarrier", deferred));
+  const int group = group_arg(info[0], "dist_barrier");
+  dist::process_group("dist_barrier", group);  // no such group: throw here, not in the promise
+  ops::dist_barrier_async(settle_from_thread(env, "moma.distBarrier", deferred), group);
   return deferred.Promise();
 }
 
@@ -144,12 +197,16 @@ void register_dist_exports(Napi::Env env, Napi::Object exports) {
   exports.Set("distInit", guarded(env, "dist_init", dist_init));
   exports.Set("distDestroy", guarded(env, "dist_destroy", dist_destroy));
   exports.Set("distInfo", guarded(env, "dist_info", dist_info));
+  exports.Set("distNewGroup", guarded(env, "dist_new_group", dist_new_group));
   exports.Set("distAllReduce", guarded(env, "dist_all_reduce", dist_all_reduce));
   exports.Set("distReduceScatter", guarded(env, "dist_reduce_scatter", dist_reduce_scatter));
   exports.Set("distAllGather", guarded(env, "dist_all_gather", dist_all_gather));
   exports.Set("distAllToAllV", guarded(env, "dist_all_to_all_v", dist_all_to_all_v));
   exports.Set("distBroadcast", guarded(env, "dist_broadcast", dist_broadcast));
   exports.Set("distBarrier", guarded(env, "dist_barrier", dist_barrier));
+  exports.Set("distAllReduceStart", guarded(env, "dist_all_reduce_async", dist_all_reduce_start));
+  exports.Set("distReduceScatterStart", guarded(env, "dist_reduce_scatter_async", dist_reduce_scatter_start));
+  exports.Set("distWait", guarded(env, "dist_wait", dist_wait));
 }
 
 }  // namespace moma::napi

@@ -11,8 +11,8 @@ namespace {
 using dist::Communicator;
 
 // The group, after checking that x can take part in its collectives.
-std::shared_ptr<Communicator> group_for(const char* op, const Tensor& x) {
-  std::shared_ptr<Communicator> comm = dist::process_group(op);
+std::shared_ptr<Communicator> group_for(const char* op, const Tensor& x, int group) {
+  std::shared_ptr<Communicator> comm = dist::process_group(op, group);
   if (x.device() != comm->device())
     fail("ERR_DEVICE", op, ": x is on ", x.device().str(), ", but the process group (backend ",
          dist::backend_name(comm->backend()), ") runs on ", comm->device().str());
@@ -39,9 +39,9 @@ void check_counts(const char* op, const char* arg, const std::vector<int64_t>& r
 
 }  // namespace
 
-Tensor dist_all_reduce(const Tensor& x, dist::ReduceOp rop) {
+Tensor dist_all_reduce(const Tensor& x, dist::ReduceOp rop, int group) {
   const char* op = "dist_all_reduce";
-  auto comm = group_for(op, x);
+  auto comm = group_for(op, x, group);
   check_reduce(op, x, rop);
   Tensor out = empty_tensor(x.shape, x.dtype, x.device(), op);
   const size_t n = static_cast<size_t>(x.numel());
@@ -49,14 +49,14 @@ Tensor dist_all_reduce(const Tensor& x, dist::ReduceOp rop) {
   return out;
 }
 
-Tensor dist_reduce_scatter(const Tensor& x, dist::ReduceOp rop) {
+Tensor dist_reduce_scatter(const Tensor& x, dist::ReduceOp rop, int group) {
   const char* op = "dist_reduce_scatter";
-  auto comm = group_for(op, x);
+  auto comm = group_for(op, x, group);
   check_reduce(op, x, rop);
   check_rows(op, x);
   const int64_t w = comm->size();
   if (x.shape[0] % w != 0)
-    fail("ERR_SHAPE", op, ": x has shape ", shape_str(x.shape), "; its first dimension must be divisible by the world size ", w);
+    fail("ERR_SHAPE", op, ": x has shape ", shape_str(x.shape), "; its first dimension must be divisible by the group size ", w);
   Shape shape = x.shape;
   shape[0] /= w;
   Tensor out = empty_tensor(shape, x.dtype, x.device(), op);
@@ -65,9 +65,77 @@ Tensor dist_reduce_scatter(const Tensor& x, dist::ReduceOp rop) {
   return out;
 }
 
-Tensor dist_all_gather(const Tensor& x) {
+// What the start task leaves for the wait task (both run on the device worker, in that order).
+struct StartedCollective::Slot {
+  Tensor x;  // kept alive (with its storage) until the collective is over
+  std::shared_ptr<dist::PendingCollective> pending;
+  std::shared_ptr<MomaException> start_error;
+  bool waited = false;  // set on the JS thread by dist_wait
+};
+
+namespace {
+
+// Queues the start of `launch(comm)` on x's device.
+StartedCollective start(const char* op, const std::shared_ptr<Communicator>& comm, const Tensor& x, Tensor out,
+                        std::function<std::shared_ptr<dist::PendingCollective>(Communicator&)> launch) {
+  StartedCollective started{out, std::make_shared<StartedCollective::Slot>()};
+  started.slot->x = x;
+  auto slot = started.slot;
+  submit(op, x.device(), {x}, {}, [comm, slot, launch] {
+    try {
+      slot->pending = launch(*comm);
+    } catch (const MomaException& e) {
+      slot->start_error = std::make_shared<MomaException>(e.code(), e.what());
+    }
+  });
+  return started;
+}
+
+}  // namespace
+
+StartedCollective dist_all_reduce_start(const Tensor& x, dist::ReduceOp rop, int group) {
+  const char* op = "dist_all_reduce_async";
+  auto comm = group_for(op, x, group);
+  check_reduce(op, x, rop);
+  Tensor out = empty_tensor(x.shape, x.dtype, x.device(), op);
+  const size_t n = static_cast<size_t>(x.numel());
+  return start(op, comm, x, out, [x, out, n, rop](Communicator& c) { return c.start_all_reduce(x.data(), out.data(), n, x.dtype, rop); });
+}
+
+StartedCollective dist_reduce_scatter_start(const Tensor& x, dist::ReduceOp rop, int group) {
+  const char* op = "dist_reduce_scatter_async";
+  auto comm = group_for(op, x, group);
+  check_reduce(op, x, rop);
+  check_rows(op, x);
+  const int64_t w = comm->size();
+  if (x.shape[0] % w != 0)
+    fail("ERR_SHAPE", op, ": x has shape ", shape_str(x.shape), "; its first dimension must be divisible by the group size ", w);
+  Shape shape = x.shape;
+  shape[0] /= w;
+  Tensor out = empty_tensor(shape, x.dtype, x.device(), op);
+  const size_t n = static_cast<size_t>(out.numel());
+  return start(op, comm, x, out, [x, out, n, rop](Communicator& c) { return c.start_reduce_scatter(x.data(), out.data(), n, x.dtype, rop); });
+}
+
+Tensor dist_wait(StartedCollective& started) {
+  const char* op = "dist_wait";
+  if (!started.slot || started.slot->waited) fail("ERR_ARG", op, ": this collective was waited for already");
+  started.slot->waited = true;
+  auto slot = started.slot;
+  // The start task has no output (the output is this task's): a poisoned x skips both tasks and
+  // poisons the output here; a start that failed poisons it with its error.
+  submit(op, started.out.device(), {slot->x}, {started.out}, [slot] {
+    auto pending = std::move(slot->pending);
+    slot->x = Tensor();
+    if (slot->start_error) throw *slot->start_error;
+    pending->wait();
+  });
+  return started.out;
+}
+
+Tensor dist_all_gather(const Tensor& x, int group) {
   const char* op = "dist_all_gather";
-  auto comm = group_for(op, x);
+  auto comm = group_for(op, x, group);
   check_rows(op, x);
   Shape shape = x.shape;
   shape[0] *= comm->size();
@@ -77,9 +145,10 @@ Tensor dist_all_gather(const Tensor& x) {
   return out;
 }
 
-Tensor dist_all_to_all_v(const Tensor& x, const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows) {
+Tensor dist_all_to_all_v(const Tensor& x, const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows,
+                         int group) {
   const char* op = "dist_all_to_all_v";
-  auto comm = group_for(op, x);
+  auto comm = group_for(op, x, group);
   check_rows(op, x);
   const int w = comm->size();
   check_counts(op, "send_counts", send_rows, w);
@@ -112,9 +181,9 @@ Tensor dist_all_to_all_v(const Tensor& x, const std::vector<int64_t>& send_rows,
   return out;
 }
 
-Tensor dist_broadcast(const Tensor& x, int64_t root) {
+Tensor dist_broadcast(const Tensor& x, int64_t root, int group) {
   const char* op = "dist_broadcast";
-  auto comm = group_for(op, x);
+  auto comm = group_for(op, x, group);
   if (root < 0 || root >= comm->size())
     fail("ERR_ARG", op, ": root ", root, " is not a rank of the group (0..", comm->size() - 1, ")");
   Tensor out = empty_tensor(x.shape, x.dtype, x.device(), op);
@@ -124,8 +193,8 @@ Tensor dist_broadcast(const Tensor& x, int64_t root) {
   return out;
 }
 
-void dist_barrier_async(std::function<void(std::shared_ptr<const MomaException>)> done) {
-  auto comm = dist::process_group("dist_barrier");
+void dist_barrier_async(std::function<void(std::shared_ptr<const MomaException>)> done, int group) {
+  auto comm = dist::process_group("dist_barrier", group);
   const Device device = comm->device();
   count_host_sync(device);
   Task task;

@@ -5,7 +5,8 @@
  * gradient to the inputs' gradients (holding the tensors it saved). `backward(loss)` walks the
  * nodes reachable from `loss` in reverse topological order, sums gradients per tensor (in a fixed
  * order, so runs are bitwise repeatable), and adds each leaf's gradient into `leaf.grad`
- * (gradient accumulation across calls until `zeroGrad`). Intermediate gradients are disposed as
+ * (gradient accumulation across calls until `zeroGrad`) as soon as no later node can add to it
+ * (then `onGradReady(leaf)` fires, for overlapping communication with the rest of the backward). Intermediate gradients are disposed as
  * soon as they have been used; saved tensors go with the step's `tidy` scope.
  */
 import { zeros } from '../creation';
@@ -66,11 +67,22 @@ function accumulate(map: Map<Tensor, Tensor>, t: Tensor, g: Tensor): void {
   map.set(t, sum);
 }
 
+export interface BackwardOptions {
+  /**
+   * Called once per leaf with requiresGrad that this backward reaches, right after that leaf's
+   * gradient from this backward has been added into `leaf.grad` (as soon as no later node can
+   * contribute to it), in processing order: the hook of data parallelism's overlapped all-reduce.
+   */
+  onGradReady?: (leaf: Tensor) => void;
+}
+
 /**
  * Backpropagates from `loss` (a scalar unless `gradient` is given) and accumulates float32
- * gradients into the `grad` of every leaf with requiresGrad that it reaches.
+ * gradients into the `grad` of every leaf with requiresGrad that it reaches. Each leaf's gradient
+ * is finished right after the last node (in processing order) that has it as an input; the sums
+ * are the same, in the same order, as when every leaf is finished at the end.
  */
-export function backward(loss: Tensor, gradient?: Tensor): void {
+export function backward(loss: Tensor, gradient?: Tensor, options: BackwardOptions = {}): void {
   if (!(loss instanceof Tensor)) throw new MomaError('ERR_ARG', 'backward: loss must be a Tensor');
   if (!nodes.has(loss)) {
     throw new MomaError('ERR_ARG', 'backward: loss does not depend on any tensor with requiresGrad (or was computed under noGrad)');
@@ -81,6 +93,8 @@ export function backward(loss: Tensor, gradient?: Tensor): void {
   if (gradient !== undefined && gradient.shape.join() !== loss.shape.join()) {
     throw new MomaError('ERR_SHAPE', `backward: gradient [${gradient.shape.join(', ')}] does not match loss [${loss.shape.join(', ')}]`);
   }
+  const onGradReady = options.onGradReady;
+  if (onGradReady !== undefined && typeof onGradReady !== 'function') throw new MomaError('ERR_ARG', 'backward: onGradReady must be a function');
   // nodes reachable from loss, in decreasing creation order (a valid reverse topological order:
   // every node is created after the nodes of its inputs)
   const order: Tensor[] = [];
@@ -97,44 +111,57 @@ export function backward(loss: Tensor, gradient?: Tensor): void {
   }
   order.sort((a, b) => (nodes.get(b) as Node).seq - (nodes.get(a) as Node).seq);
 
+  // the leaves (no node, requiresGrad) to finish after each node: those it is the last to feed
+  const lastFeeder = new Map<Tensor, number>();
+  order.forEach((t, i) => {
+    for (const input of (nodes.get(t) as Node).inputs) if (input.requiresGrad && !nodes.has(input)) lastFeeder.set(input, i);
+  });
+  const finishAfter: Tensor[][] = order.map(() => []);
+  for (const [leaf, i] of lastFeeder) finishAfter[i]!.push(leaf);
+
   const grads = new Map<Tensor, Tensor>();
   grads.set(loss, gradient !== undefined ? gradient.astype('float32') : (zeros(loss.shape, { device: loss.device }).add(1)));
-  for (const t of order) {
+  order.forEach((t, i) => {
     const g = grads.get(t);
-    if (g === undefined) continue;
-    grads.delete(t);
-    const node = nodes.get(t) as Node;
-    const inputGrads = node.backward(g);
-    if (!inputGrads.includes(g)) g.dispose(); // a node may pass its gradient through as is
-    node.inputs.forEach((input, i) => {
-      const gi = inputGrads[i];
-      if (gi === null || gi === undefined) return;
-      if (!needsGrad(input)) {
-        gi.dispose();
-        return;
-      }
-      const g32 = gi.dtype === 'float32' ? gi : gi.astype('float32');
-      if (g32 !== gi) gi.dispose();
-      accumulate(grads, input, g32);
-    });
-  }
-  // what is left are leaf gradients
-  for (const [leaf, g] of grads) {
-    if (!leaf.requiresGrad) {
-      g.dispose();
-      continue;
+    if (g !== undefined) {
+      grads.delete(t);
+      const node = nodes.get(t) as Node;
+      const inputGrads = node.backward(g);
+      if (!inputGrads.includes(g)) g.dispose(); // a node may pass its gradient through as is
+      node.inputs.forEach((input, k) => {
+        const gi = inputGrads[k];
+        if (gi === null || gi === undefined) return;
+        if (!needsGrad(input)) {
+          gi.dispose();
+          return;
+        }
+        const g32 = gi.dtype === 'float32' ? gi : gi.astype('float32');
+        if (g32 !== gi) gi.dispose();
+        accumulate(grads, input, g32);
+      });
     }
-    keepOutOfScopes(g);
-    if (leaf.grad === null) {
-      leaf.grad = g;
-    } else {
-      const sum = leaf.grad.add(g);
-      keepOutOfScopes(sum);
-      leaf.grad.dispose();
-      g.dispose();
-      leaf.grad = sum;
+    for (const leaf of finishAfter[i]!) {
+      const lg = grads.get(leaf);
+      if (lg === undefined) continue;
+      grads.delete(leaf);
+      addIntoGrad(leaf, lg);
+      onGradReady?.(leaf);
     }
+  });
+}
+
+/** leaf.grad += g (or = g), owned by the leaf. */
+function addIntoGrad(leaf: Tensor, g: Tensor): void {
+  keepOutOfScopes(g);
+  if (leaf.grad === null) {
+    leaf.grad = g;
+    return;
   }
+  const sum = leaf.grad.add(g);
+  keepOutOfScopes(sum);
+  leaf.grad.dispose();
+  g.dispose();
+  leaf.grad = sum;
 }
 
 /** Leaf gradients outlive the step's tidy scope: they belong to their leaf. */

@@ -3,13 +3,15 @@
 // port picked free. Every collective for 2 and 3 ranks, float32 / bfloat16 / int32, at sizes of 0,
 // 1 and a few awkward counts per rank, against a plain reference computed from every rank's
 // inputs (inputs are multiples of 1/8 small enough that float sums are exact in any order, so the
-// comparisons are bitwise). Then the tensor ops (csrc/ops/dist.h) in a world of one through the
+// comparisons are bitwise). Sub-groups the same way: {2,0} and {1} in a world of 3, two disjoint
+// pairs running at once in a world of 4, and bad rank lists; started (asynchronous) collectives. Then the tensor ops (csrc/ops/dist.h) in a world of one through the
 // process-wide group, and the failures: a missing plugin, world sizes that differ, a duplicate
 // rank, a rank out of range, a rank that never arrives, a closed port: ERR_DIST (or ERR_LOAD) on
 // every rank, in bounded time.
 //
 // Needs the gloo plugin next to the executable (built when libgloo-dev is installed); without it
 // the collective checks report the ERR_LOAD message once and are skipped.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -229,6 +231,101 @@ void check_group_collectives(int world) {
 
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
+// Sub-groups (dist::connect_subgroup) of a world of `world` threads: every rank thread is a member
+// of exactly one group of `groups` (world ranks in group-rank order), and runs every collective on
+// it against the reference of its group, concurrently with the other groups; then an all-reduce on
+// the world checks that the world is untouched by its sub-groups.
+void check_subgroups(int world, const std::vector<std::vector<int>>& groups) {
+  const int port = dist::pick_free_port();
+  std::string name = "world " + std::to_string(world) + " groups";
+  for (const auto& g : groups) {
+    name += " {";
+    for (size_t i = 0; i < g.size(); ++i) name += (i ? "," : "") + std::to_string(g[i]);
+    name += "}";
+  }
+  auto errors = run_ranks(world, [&](int r) {
+    auto comm = dist::connect_group(options(r, world, port, std::chrono::seconds(30)));
+    for (size_t id = 0; id < groups.size(); ++id) {
+      const auto& ranks = groups[id];
+      auto at = std::find(ranks.begin(), ranks.end(), r);
+      if (at == ranks.end()) continue;
+      auto sub = dist::connect_subgroup(comm, ranks, static_cast<int>(id) + 1, "test");
+      check(sub->rank() == static_cast<int>(at - ranks.begin()) && sub->size() == static_cast<int>(ranks.size()),
+            name + ": rank and size of the sub-group");
+      collectives_for(*sub, 1000 + 100 * static_cast<int>(id));
+    }
+    float x = static_cast<float>(r + 1), y = 0.0f;
+    comm->all_reduce(&x, &y, 1, DType::F32, ReduceOp::Sum);
+    check(y == static_cast<float>(world * (world + 1) / 2), name + ": the world's all_reduce after its sub-groups");
+  });
+  for (int r = 0; r < world; ++r) check(errors[r].empty(), name + " rank " + std::to_string(r) + ": " + errors[r]);
+}
+
+// Started collectives (start_all_reduce / start_reduce_scatter) on `world` threads: several in
+// flight at once, a blocking collective between a start and its wait (it runs after the started
+// ones), on the world and on a sub-group of ranks {1, 0}; every result against the reference.
+void check_started(int world) {
+  const int port = dist::pick_free_port();
+  auto errors = run_ranks(world, [&](int r) {
+    auto comm = dist::connect_group(options(r, world, port, std::chrono::seconds(30)));
+    auto sub = r < 2 ? dist::connect_subgroup(comm, {1, 0}, 1, "test") : nullptr;
+    for (Communicator* c : {comm.get(), sub.get()}) {
+      if (!c) continue;
+      const int W = c->size(), me = c->rank();
+      const std::string where = " (started, size " + std::to_string(W) + ")";
+      const size_t sizes[] = {5, 70001, 1};
+      std::vector<std::vector<uint8_t>> ins, outs;
+      std::vector<std::shared_ptr<dist::PendingCollective>> pending;
+      for (size_t k = 0; k < 3; ++k) {
+        ins.push_back(encode(DType::F32, rank_input(me, sizes[k], 500 + static_cast<int>(k))));
+        outs.emplace_back(sizes[k] * 4, 0xEE);
+      }
+      for (size_t k = 0; k < 3; ++k) pending.push_back(c->start_all_reduce(ins[k].data(), outs[k].data(), sizes[k], DType::F32, ReduceOp::Sum));
+      auto scatter_in = encode(DType::BF16, rank_input(me, 9 * static_cast<size_t>(W), 510));
+      std::vector<uint8_t> scatter_out(9 * 2, 0xEE);
+      auto scatter = c->start_reduce_scatter(scatter_in.data(), scatter_out.data(), 9, DType::BF16, ReduceOp::Sum);
+      auto gather_in = encode(DType::I32, rank_input(me, 4, 520));
+      std::vector<uint8_t> gather_out(4 * 4 * static_cast<size_t>(W), 0xEE), gather_want;
+      c->all_gather(gather_in.data(), gather_out.data(), 4, DType::I32);
+      for (int p = 0; p < W; ++p) {
+        auto part = encode(DType::I32, rank_input(p, 4, 520));
+        gather_want.insert(gather_want.end(), part.begin(), part.end());
+      }
+      check(gather_out == gather_want, "all_gather between starts and waits" + where);
+      for (size_t k = 3; k-- > 0;) {
+        pending[k]->wait();
+        check(outs[k] == encode(DType::F32, reduce_ref(W, sizes[k], 500 + static_cast<int>(k), ReduceOp::Sum)),
+              "all_reduce n=" + std::to_string(sizes[k]) + where);
+      }
+      scatter->wait();
+      auto full = reduce_ref(W, 9 * static_cast<size_t>(W), 510, ReduceOp::Sum);
+      check(scatter_out == encode(DType::BF16, std::vector<float>(full.begin() + 9 * me, full.begin() + 9 * (me + 1))),
+            "reduce_scatter bf16" + where);
+    }
+  });
+  for (int r = 0; r < world; ++r) check(errors[r].empty(), "started collectives rank " + std::to_string(r) + ": " + errors[r]);
+}
+
+// Bad sub-groups are ERR_ARG before anything connects.
+void check_subgroup_arguments() {
+  const int port = dist::pick_free_port();
+  auto comm = dist::connect_group(options(0, 1, port, std::chrono::seconds(10)));
+  auto got = [&](const std::vector<int>& ranks, int id) {
+    try {
+      dist::connect_subgroup(comm, ranks, id, "dist_new_group");
+    } catch (const MomaException& e) {
+      return e.code() + ": " + e.what();
+    }
+    return std::string("no error");
+  };
+  check(contains(got({}, 1), "ERR_ARG") && contains(got({}, 1), "empty"), "sub-group of no ranks");
+  check(contains(got({0, 0}, 1), "ERR_ARG") && contains(got({0, 0}, 1), "appears twice"), "sub-group with a duplicate rank");
+  check(contains(got({0, 1}, 1), "ERR_ARG") && contains(got({0, 1}, 1), "ranks[1] = 1 is not a rank of the world"),
+        "sub-group with a rank out of range: " + got({0, 1}, 1));
+  check(contains(got({-1}, 1), "ERR_ARG"), "sub-group with a negative rank");
+  check(contains(got({0}, 0), "ERR_ARG") && contains(got({0}, 0), "dist_new_group"), "sub-group id 0 is the world's");
+}
+
 // Every rank of a bad launch fails with ERR_DIST whose message contains `part`, within `bound`.
 void expect_all_fail(const char* what, int launched, const std::function<dist::InitOptions(int)>& opts_of,
                      const char* part, std::chrono::milliseconds bound, const std::function<void(int)>& delay = nullptr) {
@@ -372,8 +469,30 @@ void check_ops() {
       throw MomaException(e.code(), std::string("dist_init ") + e.what());
     }
   });
+  // Started collectives through the ops: the result after dist_wait; a second wait is ERR_ARG.
+  {
+    ops::StartedCollective a = ops::dist_all_reduce_start(x, ReduceOp::Sum);
+    ops::StartedCollective b = ops::dist_reduce_scatter_start(xb, ReduceOp::Max);
+    check(read(ops::dist_wait(b)) == src && read(ops::dist_wait(a)) == src, "op all_reduce / reduce_scatter started, world 1");
+    expect_error("second wait", "ERR_ARG", [&] { ops::dist_wait(a); });
+    expect_error("started int32 avg", "ERR_DTYPE", [&] { ops::dist_all_reduce_start(xi, ReduceOp::Avg); });
+  }
+  // Sub-groups through the registry: ids 1, 2, ... ; ops on them; bad lists; unknown ids.
+  check(dist::new_group({0}, "dist_new_group") == 1, "first sub-group has id 1");
+  check(read(ops::dist_all_reduce(x, ReduceOp::Sum, 1)) == src, "op all_reduce on sub-group 1, world 1");
+  check(read(ops::dist_all_gather(x, 1)) == src && read(ops::dist_broadcast(x, 0, 1)) == src, "ops on sub-group 1, world 1");
+  check(dist::new_group({0}, "dist_new_group") == 2, "second sub-group has id 2");
+  expect_error("new_group out of range", "ERR_ARG", [&] { dist::new_group({1}, "dist_new_group"); });
+  expect_error("new_group duplicate", "ERR_ARG", [&] { dist::new_group({0, 0}, "dist_new_group"); });
+  expect_error("unknown group", "ERR_DIST", [&] { ops::dist_all_reduce(x, ReduceOp::Sum, 3); });
+  expect_error("root of a sub-group", "ERR_ARG", [&] { ops::dist_broadcast(x, 1, 2); });
   dist::destroy_process_group();
   check(!dist::process_group_initialized(), "group destroyed");
+  expect_error("sub-group of a destroyed world", "ERR_DIST", [&] { ops::dist_all_reduce(x, ReduceOp::Sum, 1); });
+  expect_error("new_group without a world", "ERR_DIST", [&] { dist::new_group({0}, "dist_new_group"); });
+  dist::init_process_group(options(0, 1, dist::pick_free_port(), std::chrono::seconds(10)));
+  expect_error("sub-group of an earlier world", "ERR_DIST", [&] { ops::dist_all_reduce(x, ReduceOp::Sum, 1); });
+  dist::destroy_process_group();
 }
 
 // Before anything loads the plugin: a missing plugin is ERR_LOAD saying what to install.
@@ -407,6 +526,11 @@ void dist_checks() {
     if (have_plugin) {
       check_group_collectives(2);
       check_group_collectives(3);
+      check_subgroup_arguments();
+      check_subgroups(3, {{2, 0}, {1}});
+      check_subgroups(4, {{0, 1}, {3, 2}});
+      check_started(2);
+      check_started(3);
       check_ops();
     }
     check_failures(have_plugin);
