@@ -1,7 +1,7 @@
 /**
  * `moma model list` and `moma model info PRESET`: presets, parameter counts, FLOPs per row and the
- * per-rank training memory for a world size and sharding (lib/train/zero.ts memoryPerRank); no
- * tensors allocated.
+ * per-rank training memory for a world size, sharding and queue regime (lib/train/memory_model.ts
+ * memoryPerRank); no tensors allocated.
  */
 import { Command } from 'commander';
 import { MomaError } from '../errors';
@@ -9,7 +9,8 @@ import { defaultRouter, moeLayoutOf, MoeGroupConfig } from '../moe/moma_ffn';
 import { countParameters, FlopsReport, forwardFlopsPerRow, ParameterCount } from '../model/params';
 import { describePreset, listPresets, preset } from '../model/presets';
 import { TransformerConfig, validateConfig } from '../model/transformer';
-import { checkSharding, MemoryEstimate, memoryPerRank, Sharding } from '../train/zero';
+import { MemoryEstimate, memoryPerRank, QueueRegime, unitParameters } from '../train/memory_model';
+import { checkSharding, Sharding } from '../train/zero';
 
 export interface ModelInfo {
   name: string;
@@ -31,6 +32,8 @@ export interface ModelInfoOptions {
   /** Ranks of data-parallel training (default 1). */
   worldSize?: number;
   sharding?: Sharding;
+  /** How the device queue frees memory (default 'launched': CUDA, where the presets train; 'queued': the CPU). */
+  regime?: QueueRegime;
 }
 
 /** Everything `moma model info` prints, as an object. */
@@ -38,7 +41,7 @@ export function modelInfo(name: string, options: ModelInfoOptions = {}): ModelIn
   const config = preset(name);
   const seqLen = options.seqLen ?? 4096;
   const batch = { batchSize: options.batchSize ?? 1, seqLen: options.activationSeqLen ?? seqLen };
-  const memory = memoryPerRank(config, { worldSize: options.worldSize ?? 1, sharding: checkSharding(options.sharding, 'model info: sharding'), ...batch });
+  const memory = memoryPerRank(config, { worldSize: options.worldSize ?? 1, sharding: checkSharding(options.sharding, 'model info: sharding'), regime: options.regime ?? 'launched', ...batch });
   return {
     name: name.trim().toLowerCase(), description: describePreset(name), config,
     parameters: countParameters(config), flopsPerRow: forwardFlopsPerRow(config, { seqLen }), memory: { ...memory, ...batch },
@@ -113,17 +116,35 @@ function printInfo(info: ModelInfo): void {
     for (const [m, b] of mods) lines.push(`  ${pad(`  ${m}`)}${human(b.total)}`);
   }
   const m = info.memory;
-  const sharded = m.sharding !== 'none' && m.worldSize > 1;
+  const R = m.worldSize;
+  const sharded = m.sharding !== 'none' && R > 1;
+  const units = unitParameters(c);
+  const parametersText = sharded && m.sharding === 'zero3'
+    ? `the root's ${human(units.root)} whole, 1/${R} of the blocks' ${human(p.total - units.root)}; each block gathered while it runs`
+    : `4 B × ${human(p.total)}, full on every rank`;
+  const gradientsText = !sharded || m.sharding === 'zero1'
+    ? 'full, through the update'
+    : m.sharding === 'zero2'
+      ? `this rank's 1/${R} through the update; the full ${bytesText(m.backwardGradients)} at the end of the backward`
+      : `this rank's 1/${R} through the update; the root's full gradients and the blocks' shards, ${bytesText(m.backwardGradients)}, at the end of the backward`;
+  const regimeText = m.regime === 'launched' ? 'CUDA: the queue frees each tensor as the host drops it' : 'CPU: the whole forward and backward queued before the first tensor is freed';
   lines.push(
     '',
-    `training memory per rank (${m.worldSize} rank${m.worldSize > 1 ? 's' : ''}, sharding ${m.sharding}${m.sharding !== 'none' && m.worldSize === 1 ? ': nothing to shard on one rank' : ''}; float32, AdamW)`,
-    `  ${pad('parameters')}${bytesText(m.parameters)} (4 B × ${human(p.total)}, full on every rank)`,
-    `  ${pad('gradients')}${bytesText(m.gradients)} (${m.sharding === 'zero2' && sharded ? `this rank's 1/${m.worldSize} through the update; the full ${bytesText(4 * p.total)} at the end of the backward` : 'full, through the update'})`,
-    `  ${pad('optimizer')}${bytesText(m.optimizer)} (AdamW moments, 8 B per parameter${sharded ? `, 1/${m.worldSize} on each rank` : ''})`,
-    `  ${pad('activations')}${bytesText(m.activations)} (one micro-batch of ${m.batchSize} × ${m.seqLen} tokens, an estimate)`,
-    `  ${pad('peak')}${bytesText(m.total)} (parameters + optimizer + the larger of backward (full gradients + activations) and update)`,
+    `training memory per rank (${R} rank${R > 1 ? 's' : ''}, sharding ${m.sharding}${m.sharding !== 'none' && R === 1 ? ': nothing to shard on one rank' : ''}; float32, AdamW; ${m.regime} regime, ${regimeText})`,
+    `  ${pad('parameters')}${bytesText(m.parameters)} (${parametersText})`,
+    `  ${pad('gradients')}${bytesText(m.gradients)} (${gradientsText})`,
+    `  ${pad('optimizer')}${bytesText(m.optimizer)} (AdamW moments, 8 B per parameter${sharded ? `, 1/${R} on each rank` : ''})`,
+    `  ${pad('activations')}${bytesText(m.activations)} (what the forward of one micro-batch of ${m.batchSize} × ${m.seqLen} tokens keeps${sharded && m.sharding === 'zero3' ? ', the blocks\' outputs only: each block is recomputed in its backward' : ''})`,
+    `  ${pad('backward')}${bytesText(m.backward)} (${m.regime === 'queued' ? 'everything the backward allocates besides the gradients' : 'what the backward holds besides the gradients at its largest moment'})`,
+    `  ${pad('peak')}${bytesText(m.total)} (the larger of the end of the backward ${bytesText(m.backwardMoment)} and the update ${bytesText(m.updateMoment)})`,
   );
   console.log(lines.join('\n'));
+}
+
+/** The --regime value, checked. */
+function queueRegime(text: string): QueueRegime {
+  if (text !== 'launched' && text !== 'queued') throw new MomaError('ERR_ARG', `--regime must be 'launched' or 'queued', got '${text}'`);
+  return text;
 }
 
 /** Adds the `model` command group (list, info) to the program. */
@@ -158,8 +179,9 @@ export function registerModelCommands(program: Command): void {
     .option('--seq-len <n>', 'sequence length of the activation estimate (default: --seq)')
     .option('--batch-size <n>', 'sequences per micro-batch of the activation estimate', '1')
     .option('--world-size <n>', 'data-parallel ranks of the per-rank memory', '1')
-    .option('--sharding <kind>', "none, zero1 (AdamW moments sharded) or zero2 (gradients too)", 'none')
-    .action((name: string, opts: { json?: boolean; seq: string; seqLen?: string; batchSize: string; worldSize: string; sharding: string }) => {
+    .option('--sharding <kind>', 'none, zero1 (AdamW moments sharded), zero2 (gradients too) or zero3 (the blocks\' parameters too)', 'none')
+    .option('--regime <kind>', 'how the device queue frees memory: launched (CUDA) or queued (the CPU: the worker runs behind the host)', 'launched')
+    .action((name: string, opts: { json?: boolean; seq: string; seqLen?: string; batchSize: string; worldSize: string; sharding: string; regime: string }) => {
       const integer = (text: string, flag: string): number => {
         const n = Number(text);
         if (!Number.isInteger(n) || n < 1) throw new MomaError('ERR_ARG', `${flag} must be an integer >= 1, got '${text}'`);
@@ -168,7 +190,7 @@ export function registerModelCommands(program: Command): void {
       const seqLen = integer(opts.seq, '--seq');
       const info: ModelInfo = modelInfo(name, {
         seqLen, activationSeqLen: opts.seqLen === undefined ? seqLen : integer(opts.seqLen, '--seq-len'), batchSize: integer(opts.batchSize, '--batch-size'),
-        worldSize: integer(opts.worldSize, '--world-size'), sharding: checkSharding(opts.sharding, '--sharding'),
+        worldSize: integer(opts.worldSize, '--world-size'), sharding: checkSharding(opts.sharding, '--sharding'), regime: queueRegime(opts.regime),
       });
       if (opts.json) console.log(JSON.stringify(info, null, 2));
       else printInfo(info);

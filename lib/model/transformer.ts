@@ -120,6 +120,13 @@ export class Transformer extends Module {
   private readonly expertSites: { site: string; ffn: MoEFeedForward }[] = [];
   private readonly finalNorm: RMSNorm;
   private readonly head: Linear;
+  /**
+   * When set, every forward over the blocks runs block i as `blockRunner(block, i, x, run)`
+   * instead of `run.forward(x, false)` (ZeRO-3, lib/train/fsdp.ts: the block's parameters are
+   * gathered for the call and the training-mode backward recomputes the block: `run.forward(x,
+   * true)` replays it without the routing observer; `run.generator` is the stream it draws from).
+   */
+  blockRunner: BlockRunner | null = null;
 
   constructor(config: TransformerConfig) {
     super();
@@ -164,7 +171,8 @@ export class Transformer extends Module {
       positions: batch.positions, segStart: batch.segStart, modality: batch.modality, training: options.training === true,
       generator: options.generator, validRows: batch.counts.rows, observer: options.observer,
     };
-    const pass = this.forwardPass(batch.tokens, { layer: (block, _i, x) => block.forward(x, ctx) });
+    const replay: BlockContext = { ...ctx, observer: undefined };
+    const pass = this.forwardPass(batch.tokens, { layer: (block, _i, x, _rows, replaying) => block.forward(x, replaying === true ? replay : ctx), generator: options.generator });
     const done = pass.next();
     if (done.done !== true) throw new MomaError('ERR_INTERNAL', 'Transformer.logits: a training-mode forward read the host');
     return done.value;
@@ -278,12 +286,12 @@ export class Transformer extends Module {
     let x = piece(() => F.cast(this.embed.forward(tokens), this.config.computeDtype));
     for (const [i, block] of this.blocks.entries()) {
       if (causal === undefined) {
-        x = pass.layer(block, i, x, null);
+        x = this.runLayer(pass, block, i, x, null);
         continue;
       }
       const rows = block instanceof MoDBlock ? yield this.causalDepthRows(block, x, causal.modality, causal.routing) : null;
       if (block instanceof MoDBlock && rows === null) continue;
-      const next = step(() => pass.layer(block, i, x, rows));
+      const next = step(() => this.runLayer(pass, block, i, x, rows));
       rows?.dispose();
       x.dispose();
       x = next;
@@ -292,6 +300,12 @@ export class Transformer extends Module {
     const logits = piece(() => this.head.forward(this.finalNorm.forward(headRows(x))));
     if (causal !== undefined) x.dispose();
     return logits;
+  }
+
+  /** Layer i of a forward pass, through `blockRunner` when one is set. */
+  private runLayer(pass: BlockPass, block: DecoderBlock | MoDBlock, i: number, x: Tensor, rows: Tensor | null): Tensor {
+    const forward = (v: Tensor, replaying: boolean): Tensor => pass.layer(block, i, v, rows, replaying);
+    return this.blockRunner === null ? forward(x, false) : this.blockRunner(block, i, x, { forward, generator: pass.generator });
   }
 
   /** The rows (int32, ascending) a MoD block runs on in causal mode: non-padding rows with â > 0.5; null when none. */
@@ -312,10 +326,23 @@ export class Transformer extends Module {
   }
 }
 
+/** One block call of a forward pass, as a Transformer's blockRunner gets it. */
+export interface BlockRun {
+  /** Runs the block on x; `replay`: the recompute of a backward (the routing observer does not see it). */
+  forward(x: Tensor, replay: boolean): Tensor;
+  /** The random stream the block draws from (Gumbel noise), when the forward has one. */
+  generator?: Generator;
+}
+
+/** Runs block i (see Transformer.blockRunner). */
+export type BlockRunner = (block: DecoderBlock | MoDBlock, index: number, x: Tensor, run: BlockRun) => Tensor;
+
 /** What differs between the forwards over the blocks (Transformer.forwardPass). */
 interface BlockPass {
-  /** Layer i on x; `rows`: in causal mode, the rows a MoD block runs on (null for other blocks and in training mode). */
-  layer(block: DecoderBlock | MoDBlock, i: number, x: Tensor, rows: Tensor | null): Tensor;
+  /** Layer i on x; `rows`: in causal mode, the rows a MoD block runs on (null for other blocks and in training mode); `replay`: see BlockRun. */
+  layer(block: DecoderBlock | MoDBlock, i: number, x: Tensor, rows: Tensor | null, replay?: boolean): Tensor;
+  /** The random stream of a training-mode forward. */
+  generator?: Generator;
   /** Causal mode: the auxiliary routers and the rows' modality ids on the host (-1 padding). */
   causal?: { routing: CausalRouting; modality: Int32Array };
   /** The rows the LM head runs on (default: all). */

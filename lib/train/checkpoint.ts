@@ -7,12 +7,16 @@
  *
  * The moments are in one of two forms:
  *   - unsharded: `optimizer.safetensors`, `exp_avg.<name>` / `exp_avg_sq.<name>` per parameter;
- *   - sharded (ZeRO-1/2, lib/train/zero.ts), written by every rank of an R-rank run: rank r's
+ *   - sharded (ZeRO-1/2/3, lib/train/zero.ts), written by every rank of an R-rank run: rank r's
  *     `optimizer.rank-RRRRR-of-NNNNN.safetensors` holds its range [from, to) of the flat parameter
  *     space as `exp_avg` / `exp_avg_sq` [to − from] (metadata: rank, ranks, from, to, step), and
  *     `optimizer.index.json` (rank 0) the parameter layout (name, shape, offset, numel in the
  *     model's parameter order) and each shard's file and range. Parameters are full on every rank,
- *     so rank 0 writes model.safetensors as in an unsharded run. The ranks meet at barriers: rank 0
+ *     so rank 0 writes model.safetensors as in an unsharded run; under ZeRO-3 the ranks first
+ *     all-gather the blocks' parameters unit by unit and rank 0 copies them to the host, so
+ *     model.safetensors is the same consolidated file (ZeRO-3's moments, spread over the units'
+ *     shards, are moved into the same per-rank ranges first: ZeroOptimizer.checkpointMoments). The
+ *     ranks meet at barriers: rank 0
  *     creates the temporary folder, every rank writes its shard into it (atomically), and rank 0
  *     renames it into place once all are written.
  * Loading reads whichever form is there into whichever the loader holds (resharding): a range of
@@ -63,7 +67,7 @@ export function optimizerShardFile(rank: number, ranks: number): string {
 export interface OptimizerIndex {
   format: 'moma-optimizer-shards';
   version: 1;
-  sharding: 'zero1' | 'zero2';
+  sharding: 'zero1' | 'zero2' | 'zero3';
   step: number;
   numel: number;
   ranks: number;
@@ -109,9 +113,13 @@ export async function saveCheckpoint(dir: string, parts: CheckpointParts): Promi
     await barrier();
     await saveOptimizerShard(partial, zero);
   }
+  // ZeRO-3: the blocks' parameters exist only as shards; every rank takes part in gathering them
+  const gathered = zero?.fsdp ? await zero.fsdp.hostParameters(writer) : null;
   if (writer) {
     writeJsonAtomic(path.join(partial, 'config.json'), parts.config);
-    await saveSafetensors(path.join(partial, MODEL_FILE), parts.model.namedParameters(), { format: 'pt', library: 'moma' });
+    const metadata = { format: 'pt', library: 'moma' };
+    if (gathered !== null) writeFileAtomic(path.join(partial, MODEL_FILE), encodeSafetensors(gathered, metadata));
+    else await saveSafetensors(path.join(partial, MODEL_FILE), parts.model.namedParameters(), metadata);
     if (zero !== undefined) writeJsonAtomic(path.join(partial, OPTIMIZER_INDEX_FILE), optimizerIndex(zero));
     else if (parts.optimizer) writeFileAtomic(path.join(partial, OPTIMIZER_FILE), await unshardedMoments(parts.model, parts.optimizer));
     writeJsonAtomic(path.join(partial, 'trainer.json'), parts.state);
@@ -145,9 +153,16 @@ async function unshardedMoments(model: Module, optimizer: AdamW): Promise<Buffer
 }
 
 async function saveOptimizerShard(folder: string, zero: ZeroOptimizer): Promise<void> {
-  const { from, to, expAvg, expAvgSq } = zero.moments();
+  const { from, to, expAvg, expAvgSq, owned } = zero.checkpointMoments();
   const metadata = { format: 'moma-optimizer-shard', rank: String(zero.split.rank), ranks: String(zero.split.ranks), from: String(from), to: String(to), step: String(zero.adamw.step) };
-  await saveSafetensors(path.join(folder, optimizerShardFile(zero.split.rank, zero.split.ranks)), new Map([['exp_avg', expAvg], ['exp_avg_sq', expAvgSq]]), metadata);
+  try {
+    await saveSafetensors(path.join(folder, optimizerShardFile(zero.split.rank, zero.split.ranks)), new Map([['exp_avg', expAvg], ['exp_avg_sq', expAvgSq]]), metadata);
+  } finally {
+    if (owned) {
+      expAvg.dispose();
+      expAvgSq.dispose();
+    }
+  }
 }
 
 function optimizerIndex(zero: ZeroOptimizer): OptimizerIndex {
@@ -477,14 +492,25 @@ export function loadCheckpointInto(dir: string, model: Module, optimizer?: AdamW
   let zeroMoments: HostMoments | null = null;
   const adamMoments = new Map<string, HostMoments>();
   if (optimizer instanceof ZeroOptimizer) {
-    const moments = new OptimizerMoments(dir, optimizer.layout, files).range(optimizer.from, optimizer.to);
-    zeroMoments = { expAvg: moments.expAvg, expAvgSq: moments.expAvgSq };
+    // the ranges of the flat space this rank's moments cover (one for zero1/2, a piece per parameter and unit for zero3)
+    const source = new OptimizerMoments(dir, optimizer.layout, files);
+    const ranges = optimizer.momentRanges();
+    const length = ranges.reduce((n, [from, to]) => n + to - from, 0);
+    zeroMoments = { expAvg: new Float32Array(length), expAvgSq: new Float32Array(length) };
+    let at = 0;
+    for (const [from, to] of ranges) {
+      const moments = source.range(from, to);
+      zeroMoments.expAvg.set(moments.expAvg, at);
+      zeroMoments.expAvgSq.set(moments.expAvgSq, at);
+      at += to - from;
+    }
   } else if (optimizer) {
     const source = new OptimizerMoments(dir, flatLayout(expected, 1), files);
     for (const entry of source.layout.entries) adamMoments.set(entry.name, source.range(entry.offset, entry.offset + entry.numel));
   }
   // everything is read and checked: now the model and the optimizer change
-  for (const [name, host] of parameters) model.setParameter(name, hostToTensor(host, device));
+  if (optimizer instanceof ZeroOptimizer && optimizer.fsdp !== null) optimizer.fsdp.loadParameters(parameters);
+  else for (const [name, host] of parameters) model.setParameter(name, hostToTensor(host, device));
   if (optimizer instanceof ZeroOptimizer) {
     optimizer.loadMoments(zeroMoments!.expAvg, zeroMoments!.expAvgSq);
     optimizer.adamw.step = loaded.state.optimizerStep;
