@@ -35,14 +35,23 @@
 // both use the same cores; on separate devices the ideal would be 2 ×), and the data-parallel
 // efficiency = 2 ranks ÷ (sum of the 2 alone runs).
 //
-// Row group `overlap`: the gradient all-reduce is queued after the backward on the device queue
-// (the CPU queue runs one op at a time), so none of it is hidden: measured overlap 0. Its rows give
-// the time an overlapped all-reduce could hide: all buckets but the last one flushed (the bucket of
-// the first parameters, whose gradients come last in the backward), as a share of the all-reduce
-// time in proportion to bytes.
+// Row group `overlap`: the gradient all-reduce overlapped with the backward, measured. Per model
+// (MOMA_BENCH_OVERLAP_MODELS: scaling models, default tiny-4t4i alone, as d512-4t4i's 275 MiB
+// all-reduce takes seconds), 2 ranks × half the threads each, one fixed micro-batch of
+// the built-in data (8 × 256 tokens), three ways per round, interleaved:
+//   (i)   forward + backward alone;
+//   (ii)  forward + backward, then allReduceGradients (lib/train/data_parallel.ts: not overlapped);
+//   (iii) forward + backward with GradientReducer's hook (overlap: true: a bucket starts, beside
+//         the compute, as soon as its gradients are final), then finish().
+// Each is timed from a barrier to the end of the device work (moma.synchronize), the slowest
+// rank's time per round; medians of MOMA_BENCH_REPEATS rounds after one warm-up round. Buckets of
+// MOMA_BENCH_OVERLAP_BUCKET bytes (default 4 MiB, so that the tiny model's 13 MiB of gradients make
+// several buckets; the Trainer's 25 MiB would make one, and a single bucket has nothing to hide).
+// comm = (ii) − (i), exposed comm = (iii) − (i), hidden fraction = ((ii) − (iii)) / ((ii) − (i))
+// (raw in the JSON, clamped to [0, 1] in the tables).
 //
-// MOMA_BENCH_COMM_GROUPS=collectives,scaling,overlap picks row groups (default all; overlap needs
-// scaling). Run as `node bench/comm.js --worker …` this file is one rank of the suite (launched by it).
+// MOMA_BENCH_COMM_GROUPS=collectives,scaling,overlap picks row groups (default all). Run as
+// `node bench/comm.js --worker …` this file is one rank of the suite (launched by it).
 'use strict';
 const fs = require('fs');
 const os = require('os');
@@ -59,7 +68,7 @@ const FLOAT32_BYTES = 4;
 const DEFAULT_SIZES = Array.from({ length: 9 }, (_, i) => 4 * KiB * 4 ** i);
 const ROUND_BYTES = 64 * MiB;
 const MAX_OPS_PER_ROUND = 100;
-const WORKER_USAGE = 'usage: node bench/comm.js --worker --device cpu|cuda (--sizes BYTES[,BYTES…] | --gradients MODEL) --repeats N --out FILE';
+const WORKER_USAGE = 'usage: node bench/comm.js --worker --device cpu|cuda (--sizes BYTES[,BYTES…] | --gradients MODEL | --overlap MODEL [--bucket BYTES]) --repeats N --out FILE';
 const CLI = path.join(root, 'dist', 'cli', 'main.js');
 
 /** The collectives timed, with nccl-tests' bus-bandwidth factor for n ranks. */
@@ -96,11 +105,9 @@ function namesFromEnv(env, variable, known) {
   return known.filter((n) => names.includes(n));
 }
 
-/** The row groups to run: MOMA_BENCH_COMM_GROUPS or all; `overlap` needs `scaling`'s measurements. */
+/** The row groups to run: MOMA_BENCH_COMM_GROUPS or all. */
 function commGroups(env) {
-  const groups = namesFromEnv(env, 'MOMA_BENCH_COMM_GROUPS', ROW_GROUPS);
-  if (groups.includes('overlap') && !groups.includes('scaling')) throw new Error('MOMA_BENCH_COMM_GROUPS: overlap needs scaling (it reports the all-reduce the scaling runs measure)');
-  return groups;
+  return namesFromEnv(env, 'MOMA_BENCH_COMM_GROUPS', ROW_GROUPS);
 }
 
 /** The scaling group's models: MOMA_BENCH_SCALING_MODELS or all. */
@@ -128,18 +135,23 @@ function gradientBuckets(numels, bucketBytes = GRADIENT_BUCKET_BYTES) {
   return buckets;
 }
 
-/** The backward's share of a training step's compute: 2 of the 3 forward-equivalents (SPEC §6). */
-const BACKWARD_SHARE = 2 / 3;
-
 /**
- * The all-reduce time an overlapped backward could hide: every bucket but the last one flushed
- * (its gradients are the backward's last), taking time in proportion to bytes, and no more than
- * the backward lasts (`backwardMs`).
+ * The overlap group's models: MOMA_BENCH_OVERLAP_MODELS (scaling models' names) or tiny-4t4i alone
+ * (d512-4t4i's 275 MiB of gradients take seconds per all-reduce on a CPU: minutes per round).
  */
-function hideableMs(allReduceMs, buckets, backwardMs) {
-  const total = buckets.reduce((a, b) => a + b, 0);
-  const early = total === 0 ? 0 : (allReduceMs * (total - buckets[buckets.length - 1])) / total;
-  return Math.min(early, backwardMs);
+function overlapModels(env) {
+  const raw = env.MOMA_BENCH_OVERLAP_MODELS;
+  const names = raw === undefined || raw.trim() === '' ? ['tiny-4t4i'] : namesFromEnv(env, 'MOMA_BENCH_OVERLAP_MODELS', SCALING_MODELS.map((m) => m.name));
+  return SCALING_MODELS.filter((m) => names.includes(m.name));
+}
+
+/** Gradient bucket of the overlap group unless MOMA_BENCH_OVERLAP_BUCKET says otherwise. */
+const OVERLAP_BUCKET_BYTES = 4 * MiB;
+
+/** The overlap group's bucket size: MOMA_BENCH_OVERLAP_BUCKET (e.g. "4MiB") or 4 MiB. */
+function overlapBucketBytes(env) {
+  const raw = env.MOMA_BENCH_OVERLAP_BUCKET;
+  return raw === undefined || raw.trim() === '' ? OVERLAP_BUCKET_BYTES : parseSize(raw);
 }
 
 /** Median tokens/s and step time of a run's per-step records after its first `warmup` steps. */
@@ -197,12 +209,18 @@ function busBandwidth(collective, algbw, ranks) {
 
 /**
  * The worker's command line: { device: 'cpu' | 'cuda', sizes: bytes[] | null, gradients: model
- * name | null, repeats, out }; exactly one of sizes (time the collectives) and gradients (time a
- * scaling model's gradient all-reduce).
+ * name | null, overlap: model name | null, bucket: bytes, repeats, out }; exactly one of sizes
+ * (time the collectives), gradients (time a scaling model's gradient all-reduce) and overlap (time
+ * a scaling model's backward with and without the all-reduce, overlapped or not, in `bucket`-byte
+ * buckets).
  */
 function parseWorkerArgs(argv) {
-  const args = { device: 'cpu', sizes: null, gradients: null, repeats: null, out: null };
+  const args = { device: 'cpu', sizes: null, gradients: null, overlap: null, bucket: OVERLAP_BUCKET_BYTES, repeats: null, out: null };
   if (argv[0] !== '--worker') throw new Error(`comm: the first argument must be --worker\n${WORKER_USAGE}`);
+  const scalingModel = (flag, name) => {
+    if (!SCALING_MODELS.some((m) => m.name === name)) throw new Error(`comm: ${flag} must name a scaling model (${SCALING_MODELS.map((m) => m.name).join(', ')}), got '${name}'`);
+    return name;
+  };
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -215,8 +233,11 @@ function parseWorkerArgs(argv) {
     } else if (a === '--sizes') {
       args.sizes = value().split(',').map(parseSize);
     } else if (a === '--gradients') {
-      args.gradients = value();
-      if (!SCALING_MODELS.some((m) => m.name === args.gradients)) throw new Error(`comm: --gradients must name a scaling model (${SCALING_MODELS.map((m) => m.name).join(', ')}), got '${args.gradients}'`);
+      args.gradients = scalingModel(a, value());
+    } else if (a === '--overlap') {
+      args.overlap = scalingModel(a, value());
+    } else if (a === '--bucket') {
+      args.bucket = parseSize(value());
     } else if (a === '--repeats') {
       const text = value();
       args.repeats = Number(text);
@@ -227,7 +248,7 @@ function parseWorkerArgs(argv) {
       throw new Error(`comm: unknown argument ${a}\n${WORKER_USAGE}`);
     }
   }
-  if ((args.sizes === null) === (args.gradients === null)) throw new Error(`comm: give one of --sizes and --gradients\n${WORKER_USAGE}`);
+  if ([args.sizes, args.gradients, args.overlap].filter((x) => x !== null).length !== 1) throw new Error(`comm: give one of --sizes, --gradients and --overlap\n${WORKER_USAGE}`);
   for (const name of ['repeats', 'out']) if (args[name] === null) throw new Error(`comm: --${name} is required\n${WORKER_USAGE}`);
   return args;
 }
@@ -339,8 +360,8 @@ async function scalingGroup(moma, { threads, repeats, tmp }) {
   return measured;
 }
 
-/** Rows of the report from one model's scaling measurement (tokens/s rows, the all-reduce row, and the overlap row when asked). */
-function scalingRows(s, { overlap }) {
+/** Rows of the report from one model's scaling measurement (tokens/s rows and the all-reduce row). */
+function scalingRows(s) {
   const batch = `B${SCALING_BATCH} S${SCALING_SEQ} per rank`;
   const threadsText = (n) => `${n} thread${n === 1 ? '' : 's'}`;
   const g = s.gradients;
@@ -362,18 +383,11 @@ function scalingRows(s, { overlap }) {
     device: 'cpu', op: `scaling.${s.model}.grad_all_reduce`, shape: `${(g.bytes / MiB).toFixed(1)} MiB in ${g.buckets.length} bucket(s), 2 ranks × ${threadsText(s.half)}`,
     ms: g.ms, rate: busBandwidth('all_reduce', algbw, g.ranks), unit: 'GB/s busbw', algbw_gbs: algbw, bytes: g.bytes, buckets: g.buckets, round_ms: g.rounds,
   });
-  if (overlap) {
-    const hide = hideableMs(g.ms, g.buckets, BACKWARD_SHARE * s.alone.stepMs);
-    rows.push({
-      device: 'cpu', op: `overlap.${s.model}.grad_all_reduce`, shape: `${g.buckets.length} bucket(s), 2 ranks`, ms: g.ms, rate: 0, unit: '% hidden',
-      hideable_ms: hide, note: `measured overlap 0 (the all-reduce is queued after the backward); an overlapped backward could hide up to ${fmt(hide, 0)} ms of the ${fmt(g.ms, 0)} ms`,
-    });
-  }
   return rows;
 }
 
-/** The scaling table (and the overlap table when asked), as markdown lines. */
-function scalingTables(measured, { backend, overlap }) {
+/** The scaling table, as markdown lines. */
+function scalingTables(measured, { backend }) {
   if (measured.length === 0) return [];
   const { threads, half } = measured[0];
   const lines = [
@@ -398,28 +412,82 @@ function scalingTables(measured, { backend, overlap }) {
     'same cost from the step times, with the compute contention of the real step. The runs follow each other, so a load',
     'that changes between them (other jobs on a shared machine: see the load average above) moves these ratios.',
   ];
-  if (overlap) {
-    lines.push(
-      '',
-      '### Overlap of the gradient all-reduce with the backward (cpu)',
-      '',
-      '| model | gradient MiB | buckets | all-reduce ms | measured overlap | backward ms (est.) | could hide ms | % of 2-rank step |',
-      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-      ...measured.map((s) => {
-        const g = s.gradients;
-        const backward = BACKWARD_SHARE * s.alone.stepMs;
-        const hide = hideableMs(g.ms, g.buckets, backward);
-        return `| ${s.model} | ${(g.bytes / MiB).toFixed(1)} | ${g.buckets.length} | ${fmt(g.ms, 0)} | 0% | ${fmt(backward, 0)} | ${fmt(hide, 0)} | ${fmt((100 * hide) / s.two.stepMs, 0)} |`;
-      }),
-      '',
-      'Measured overlap is 0: the Trainer queues the bucketed all-reduce after the whole backward, and the CPU queue runs one',
-      'op at a time on its thread. With DDP-style overlap each bucket would reduce while the backward computes the earlier',
-      'layers\' gradients; only the last bucket flushed (the first parameters, the embedding) would stay exposed, and a model',
-      'whose gradients fit one 25 MiB bucket has nothing to hide. "Could hide": all buckets but the last, time in proportion',
-      'to bytes, at most the backward (2/3 of the "2 alone" step, SPEC §6: backward = 2 × forward FLOPs).',
-    );
-  }
   return lines;
+}
+
+/**
+ * The derived numbers of one overlap measurement { computeMs (i), sequentialMs (ii), overlappedMs
+ * (iii) }: comm = (ii) − (i), exposed = (iii) − (i), hidden fraction = ((ii) − (iii)) / ((ii) − (i)),
+ * raw (noise can put it outside [0, 1], and it means nothing when comm ≤ 0), and the hidden share
+ * shown: that fraction clamped to [0, 1], null when comm ≤ 0 (no all-reduce time to hide).
+ */
+function overlapFigures({ computeMs, sequentialMs, overlappedMs }) {
+  const commMs = sequentialMs - computeMs;
+  const hiddenFraction = (sequentialMs - overlappedMs) / commMs;
+  return { commMs, exposedMs: overlappedMs - computeMs, hiddenFraction, hiddenShown: commMs > 0 ? Math.min(1, Math.max(0, hiddenFraction)) : null };
+}
+
+/** A shown hidden share as a whole percentage, '-' when null. */
+const percentShown = (f) => (f === null ? '-' : `${(100 * f).toFixed(0)}%`);
+
+/**
+ * The report row of one model's overlap measurement (from the worker's JSON): ms is the exposed
+ * communication, rate the hidden share in % clamped to [0, 100], hidden_fraction the raw value.
+ */
+function overlapRow(o) {
+  const { commMs, exposedMs, hiddenFraction, hiddenShown } = overlapFigures(o);
+  const threads = `${o.threads} thread${o.threads === 1 ? '' : 's'}`;
+  return {
+    device: 'cpu', op: `overlap.${o.model}.grad_all_reduce`,
+    shape: `${(o.bytes / MiB).toFixed(1)} MiB in ${o.buckets.length} bucket(s) of ${formatSize(o.bucketBytes)}, ${o.ranks} ranks × ${threads}, B${o.batch} S${o.seqLen} per rank`,
+    ms: exposedMs, rate: hiddenShown === null ? 0 : 100 * hiddenShown, unit: '% hidden',
+    compute_ms: o.computeMs, sequential_ms: o.sequentialMs, overlapped_ms: o.overlappedMs, comm_ms: commMs, exposed_ms: exposedMs,
+    hidden_fraction: hiddenFraction, bucket_bytes: o.bucketBytes, bucket_count: o.buckets.length, buckets: o.buckets,
+    gradient_mib: o.bytes / MiB, parameters: o.parameters, ranks: o.ranks, threads: o.threads,
+    round_ms: { compute: o.rounds.compute, sequential: o.rounds.sequential, overlapped: o.rounds.overlapped },
+    note: `(i) fwd+bwd ${fmt(o.computeMs, 0)} ms, (ii) + all-reduce ${fmt(o.sequentialMs, 0)} ms, (iii) overlapped ${fmt(o.overlappedMs, 0)} ms: `
+      + `comm ${fmt(commMs, 0)} ms, exposed ${fmt(exposedMs, 0)} ms, hidden ${percentShown(hiddenShown)} (raw ${fmt(hiddenFraction, 2)})`,
+  };
+}
+
+/** The overlap table, as markdown lines. */
+function overlapTable(measured, { backend }) {
+  if (measured.length === 0) return [];
+  const { ranks, threads, batch, seqLen } = measured[0];
+  return [
+    '',
+    `### Overlap of the gradient all-reduce with the backward (cpu, ${backend}; ${ranks} ranks × ${threads} thread${threads === 1 ? '' : 's'}, micro-batch ${batch} × ${seqLen} tokens per rank)`,
+    '',
+    '| model | gradient MiB | bucket | buckets | (i) fwd+bwd ms | (ii) + all-reduce ms | (iii) overlapped ms | comm ms (ii − i) | exposed ms (iii − i) | hidden ((ii − iii) / (ii − i)) |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...measured.map((o) => {
+      const { commMs, exposedMs, hiddenShown } = overlapFigures(o);
+      return `| ${o.model} | ${fmt(o.bytes / MiB, 1)} | ${formatSize(o.bucketBytes)} | ${o.buckets.length} | ${fmt(o.computeMs, 0)} | ${fmt(o.sequentialMs, 0)} | `
+        + `${fmt(o.overlappedMs, 0)} | ${fmt(commMs, 0)} | ${fmt(exposedMs, 0)} | ${percentShown(hiddenShown)} |`;
+    }),
+    '',
+    '(i) forward + backward; (ii) then allReduceGradients (all buckets after the backward); (iii) with GradientReducer\'s',
+    'hook (overlap: true), each bucket starting on the communication thread as soon as its gradients are final, then',
+    'finish(). Each timed from a barrier to the end of the device work, slowest rank, median of the rounds after a warm-up',
+    '(the three interleaved per round). Hidden is clamped to [0, 100]% here (\'-\' when comm ≤ 0); the JSON keeps the raw',
+    'fraction. The last bucket (the first parameters, whose gradients come last) cannot be hidden, and on the CPU the',
+    'communication thread competes with the compute threads for the same cores.',
+  ];
+}
+
+/** The overlap group on the CPU: per scaling model, the worker's three timings on 2 ranks × `half` threads. */
+async function overlapGroup(moma, { threads, repeats, tmp }) {
+  const half = Math.max(1, Math.floor(threads / 2));
+  const bucket = overlapBucketBytes(process.env);
+  const measured = [];
+  for (const m of overlapModels(process.env)) {
+    console.error(`comm overlap ${m.name}: 2 ranks × ${half} thread(s), ${formatSize(bucket)} buckets …`);
+    const out = path.join(tmp, m.name, 'overlap.json');
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    await launchRanks(moma, [process.execPath, __filename, '--worker', '--device', 'cpu', '--overlap', m.name, '--bucket', String(bucket), '--repeats', String(repeats), '--out', out], { ranks: 2, threads: half });
+    measured.push(JSON.parse(fs.readFileSync(out, 'utf8')));
+  }
+  return measured;
 }
 
 /**
@@ -451,14 +519,19 @@ async function commSuite(moma, device, results) {
       rows.push(...collectiveRows);
       notes.push(...collectiveTable(collectiveRows, { device: kind, ranks, backend, ceilingGbs }));
     }
-    if (groups.includes('scaling')) {
-      if (isCuda(device)) {
-        notes.push('', `scaling and overlap on ${device}: not run, this suite trains the scaling models on the CPU only`);
-      } else {
-        const overlap = groups.includes('overlap');
-        const measured = await scalingGroup(moma, { threads: moma.inspect().cpu.threads, repeats, tmp });
-        for (const s of measured) rows.push(...scalingRows(s, { overlap }));
-        notes.push(...scalingTables(measured, { backend, overlap }));
+    if (isCuda(device) && (groups.includes('scaling') || groups.includes('overlap'))) {
+      notes.push('', `scaling and overlap on ${device}: not run, this suite trains the scaling models on the CPU only`);
+    } else {
+      const threads = moma.inspect().cpu.threads;
+      if (groups.includes('scaling')) {
+        const measured = await scalingGroup(moma, { threads, repeats, tmp });
+        for (const s of measured) rows.push(...scalingRows(s));
+        notes.push(...scalingTables(measured, { backend }));
+      }
+      if (groups.includes('overlap')) {
+        const measured = await overlapGroup(moma, { threads, repeats, tmp });
+        rows.push(...measured.map(overlapRow));
+        notes.push(...overlapTable(measured, { backend: measured[0]?.backend ?? backend }));
       }
     }
     return { rows, notes };
@@ -525,12 +598,77 @@ async function gradientWorker(moma, world, args) {
   return result;
 }
 
-/** One rank of the suite: times every collective at every size, or a model's gradient all-reduce; rank 0 writes the measurements to `out`. */
+/** One fixed micro-batch of the built-in data (as bench/train_step.js packs it, half image tokens) on `device`. */
+async function fixedBatch(moma, layout, dataset, device) {
+  const packer = new moma.SequencePacker(dataset.store('train', 0), {
+    batchSize: SCALING_BATCH, seqLen: SCALING_SEQ, isImage: (id) => moma.modalityOfId(layout, id) === 1, imageFraction: 0.5,
+  });
+  const vocab = moma.vocabFromSpec(layout);
+  return moma.makeBatch(packer.next(), { padId: vocab.padId, bosId: vocab.bosId, modalityOf: vocab.modalityOf, modalities: 2, vocabSize: layout.size, device });
+}
+
+/**
+ * One rank of the overlap group: a scaling model on one fixed micro-batch, per round (round 0 the
+ * warm-up) (i) forward + backward, (ii) the same then allReduceGradients, (iii) the same with
+ * GradientReducer's hook then finish(), each from zeroed gradients, timed from a barrier to the
+ * end of the device work; returns the medians of the slowest rank's rounds.
+ */
+async function overlapWorker(moma, world, args) {
+  const { allReduceGradients, GradientReducer } = require(path.join(root, 'dist', 'train', 'data_parallel'));
+  const m = SCALING_MODELS.find((x) => x.name === args.overlap);
+  const dataset = await moma.builtinDataset({ seed: 0 });
+  const { layout } = dataset;
+  const model = new moma.Transformer(moma.preset(m.preset, { ...m.model, vocabSize: layout.size, device: world.device, seed: 0 }));
+  const parameters = model.parameters();
+  const batch = await fixedBatch(moma, layout, dataset, world.device);
+  const reducer = new GradientReducer([{ parameters }], { bucketBytes: args.bucket, overlap: true });
+  const forwardBackward = (options) => moma.tidy(() => {
+    const out = model.loss(batch, { training: true, generator: new moma.Generator(1) });
+    moma.backward(out.loss, undefined, options);
+  });
+  const variants = {
+    compute: () => forwardBackward({}),
+    sequential: () => {
+      forwardBackward({});
+      allReduceGradients(parameters, args.bucket);
+    },
+    overlapped: () => {
+      forwardBackward({ onGradReady: reducer.hook });
+      reducer.finish();
+    },
+  };
+  const local = { compute: [], sequential: [], overlapped: [] };
+  for (let round = 0; round <= args.repeats; round++) {
+    for (const [name, run] of Object.entries(variants)) {
+      moma.zeroGrad(parameters);
+      await moma.synchronize(world.device);
+      await moma.distributed.barrier();
+      const t0 = process.hrtime.bigint();
+      run();
+      await moma.synchronize(world.device);
+      if (round > 0) local[name].push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+  }
+  const rounds = {};
+  for (const name of Object.keys(local)) rounds[name] = await slowestRounds(moma, local[name], world.device);
+  const numels = parameters.map((p) => p.numel);
+  const total = numels.reduce((a, b) => a + b, 0);
+  moma.zeroGrad(parameters);
+  moma.disposeBatch(batch);
+  model.dispose();
+  return {
+    backend: world.backend, ranks: world.worldSize, threads: moma.inspect().cpu.threads, model: m.name, batch: SCALING_BATCH, seqLen: SCALING_SEQ,
+    parameters: total, bytes: total * FLOAT32_BYTES, bucketBytes: args.bucket, buckets: gradientBuckets(numels, args.bucket),
+    computeMs: median(rounds.compute), sequentialMs: median(rounds.sequential), overlappedMs: median(rounds.overlapped), rounds,
+  };
+}
+
+/** One rank of the suite: times every collective at every size, a model's gradient all-reduce or its overlap; rank 0 writes the measurements to `out`. */
 async function worker(args) {
   const moma = require(path.join(root, 'dist'));
   const world = await moma.distributed.init(args.device === 'cpu' ? { device: 'cpu' } : {});
-  if (args.gradients !== null) {
-    const result = await gradientWorker(moma, world, args);
+  if (args.gradients !== null || args.overlap !== null) {
+    const result = await (args.gradients !== null ? gradientWorker : overlapWorker)(moma, world, args);
     if (world.rank === 0) fs.writeFileSync(args.out, JSON.stringify(result, null, 2));
     await moma.distributed.barrier();
     moma.distributed.destroy();
@@ -582,6 +720,6 @@ if (require.main === module) {
 
 module.exports = {
   commSuite, parseSize, formatSize, commSizes, opsPerRound, algBandwidth, busBandwidth, parseWorkerArgs, collectiveRow,
-  copyCeiling, collectiveTable, commGroups, scalingModels, gradientBuckets, hideableMs, runSpeed, scalingRows, scalingTables,
-  DEFAULT_SIZES, ROW_GROUPS, SCALING_MODELS,
+  copyCeiling, collectiveTable, commGroups, scalingModels, gradientBuckets, runSpeed, scalingRows, scalingTables,
+  overlapModels, overlapBucketBytes, overlapFigures, overlapRow, overlapTable, DEFAULT_SIZES, ROW_GROUPS, SCALING_MODELS,
 };

@@ -14,13 +14,15 @@
 //            alone it implies layers and step                                       (bench/torch.js)
 //   comm     all-reduce and all-to-all time, algorithm and bus bandwidth (nccl-tests' definitions)
 //            from 4 KiB to 256 MiB per rank on 2 ranks started through the launcher, against the
-//            copy ceiling; tokens/s of `moma train` on 1 vs 2 ranks and the gradient all-reduce's
-//            share of the step and overlap                                            (bench/comm.js)
+//            copy ceiling; tokens/s of `moma train` on 1 vs 2 ranks, the gradient all-reduce's
+//            share of the step, and the measured overlap of the gradient all-reduce with the
+//            backward                                                                 (bench/comm.js)
 // Devices: the CPU, plus cuda:0 when a GPU is visible (--devices picks; the torch suite is CPU only).
 // Environment: MOMA_BENCH_T (layer rows), MOMA_BENCH_REPEATS (timed rounds, default 5),
 // MOMA_BENCH_STEP_BATCH / _SEQ / _MODELS, MOMA_TORCH_PYTHON, MOMA_KERNEL_BENCH, MOMA_CPU_PEAK_GFLOPS,
 // MOMA_BENCH_COMM_SIZES (e.g. 4KiB,1MiB) / _RANKS (default 2) / _GROUPS (collectives,scaling,overlap),
-// MOMA_BENCH_SCALING_MODELS (tiny-4t4i,d512-4t4i).
+// MOMA_BENCH_SCALING_MODELS (tiny-4t4i,d512-4t4i), MOMA_BENCH_OVERLAP_MODELS (default tiny-4t4i) /
+// MOMA_BENCH_OVERLAP_BUCKET (default 4MiB).
 // Prints the report and writes bench/results/<date>-<cpu|cuda>-<suites and filters, or all>[-T<rows>].{json,md}.
 'use strict';
 const os = require('os');

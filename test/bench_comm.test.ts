@@ -1,6 +1,15 @@
 // The pure parts of the `comm` bench suite (bench/comm.js): nccl-tests' bandwidth formulas against
 // hand-computed values, sizes, the worker's command line, and the rows and table built from a
-// measurement. Nothing here is timed or launched.
+// measurement; and one real launch of the overlap worker (2 gloo ranks), whose JSON must carry
+// every field the overlap row is built from as a finite number (values are not asserted: timings).
+
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { PassThrough } from 'stream';
+import { launch as launchRanks } from '../lib/distributed/launcher';
+import { ensureDist } from './support/cli';
+import { describeGloo } from './support/dist_train';
 
 interface Measurement { collective: string; bytes: number; ms: number; opsPerRound: number; rounds: number[] }
 interface Row { op: string; shape: string; ms: number; rate: number; unit: string; algbw_gbs: number; busbw_gbs: number; pct_measured?: number; bytes: number }
@@ -11,7 +20,7 @@ interface CommBench {
   opsPerRound(bytes: number): number;
   algBandwidth(bytes: number, ms: number): number;
   busBandwidth(collective: string, algbw: number, ranks: number): number;
-  parseWorkerArgs(argv: string[]): { device: string; sizes: number[]; repeats: number; out: string };
+  parseWorkerArgs(argv: string[]): { device: string; sizes: number[] | null; gradients: string | null; overlap: string | null; bucket: number; repeats: number; out: string };
   collectiveRow(m: Measurement, context: { device: string; ranks: number; ceilingGbs: number | null }): Row;
   copyCeiling(results: { device: string; op: string; rate: number }[], kind: string): number | null;
   collectiveTable(rows: Row[], context: { device: string; ranks: number; backend: string; ceilingGbs: number | null }): string[];
@@ -84,10 +93,13 @@ describe('bench comm: sizes', () => {
 
 describe('bench comm: worker arguments', () => {
   test('parses the launched rank command line', () => {
+    const MiB4 = 4 * 1024 * 1024;
     expect(comm.parseWorkerArgs(['--worker', '--device', 'cpu', '--sizes', '4KiB,4096', '--repeats', '3', '--out', '/tmp/x.json']))
-      .toEqual({ device: 'cpu', sizes: [4096, 4096], gradients: null, repeats: 3, out: '/tmp/x.json' });
+      .toEqual({ device: 'cpu', sizes: [4096, 4096], gradients: null, overlap: null, bucket: MiB4, repeats: 3, out: '/tmp/x.json' });
     expect(comm.parseWorkerArgs(['--worker', '--gradients', 'tiny-4t4i', '--repeats', '2', '--out', 'o']))
-      .toEqual({ device: 'cpu', sizes: null, gradients: 'tiny-4t4i', repeats: 2, out: 'o' });
+      .toEqual({ device: 'cpu', sizes: null, gradients: 'tiny-4t4i', overlap: null, bucket: MiB4, repeats: 2, out: 'o' });
+    expect(comm.parseWorkerArgs(['--worker', '--overlap', 'd512-4t4i', '--bucket', '1MiB', '--repeats', '2', '--out', 'o']))
+      .toEqual({ device: 'cpu', sizes: null, gradients: null, overlap: 'd512-4t4i', bucket: 1024 * 1024, repeats: 2, out: 'o' });
     expect(comm.parseWorkerArgs(['--worker', '--sizes', '1MiB', '--repeats', '1', '--out', 'o', '--device', 'cuda']).device).toBe('cuda');
   });
 
@@ -100,9 +112,12 @@ describe('bench comm: worker arguments', () => {
     expect(() => comm.parseWorkerArgs(['--worker', ...base, '--fast'])).toThrow(/unknown argument --fast/);
     expect(() => comm.parseWorkerArgs(['--worker', ...base, '--out'])).toThrow(/--out needs a value/);
     expect(() => comm.parseWorkerArgs(['--worker', '--sizes', '4096', '--out', 'o'])).toThrow(/--repeats is required/);
-    expect(() => comm.parseWorkerArgs(['--worker', '--repeats', '2', '--out', 'o'])).toThrow(/give one of --sizes and --gradients/);
-    expect(() => comm.parseWorkerArgs(['--worker', ...base, '--gradients', 'tiny-4t4i'])).toThrow(/give one of --sizes and --gradients/);
+    expect(() => comm.parseWorkerArgs(['--worker', '--repeats', '2', '--out', 'o'])).toThrow(/give one of --sizes, --gradients and --overlap/);
+    expect(() => comm.parseWorkerArgs(['--worker', ...base, '--gradients', 'tiny-4t4i'])).toThrow(/give one of --sizes, --gradients and --overlap/);
+    expect(() => comm.parseWorkerArgs(['--worker', ...base, '--overlap', 'tiny-4t4i'])).toThrow(/give one of --sizes, --gradients and --overlap/);
     expect(() => comm.parseWorkerArgs(['--worker', '--gradients', 'huge', '--repeats', '2', '--out', 'o'])).toThrow(/--gradients must name a scaling model \(tiny-4t4i, d512-4t4i\), got 'huge'/);
+    expect(() => comm.parseWorkerArgs(['--worker', '--overlap', 'huge', '--repeats', '2', '--out', 'o'])).toThrow(/--overlap must name a scaling model/);
+    expect(() => comm.parseWorkerArgs(['--worker', '--overlap', 'tiny-4t4i', '--bucket', '1.5MiB', '--repeats', '2', '--out', 'o'])).toThrow(/comm: size '1.5MiB'/);
   });
 });
 
@@ -147,26 +162,36 @@ describe('bench comm: rows and table', () => {
 interface Speed { tokensPerS: number; stepMs: number; steps: number }
 interface Gradients { ranks: number; model: string; parameters: number; bytes: number; buckets: number[]; ms: number; rounds: number[] }
 interface ScalingMeasurement { model: string; threads: number; half: number; one: Speed; two: Speed; alone: Speed & { runs: Speed[] }; gradients: Gradients }
-interface ScalingRow { op: string; shape: string; ms: number; rate: number; unit: string; efficiency?: number; dp_efficiency?: number; all_reduce_share?: number; in_place_share?: number; hideable_ms?: number }
+interface ScalingRow { op: string; shape: string; ms: number; rate: number; unit: string; efficiency?: number; dp_efficiency?: number; all_reduce_share?: number; in_place_share?: number }
+interface OverlapMeasurement {
+  backend: string; ranks: number; threads: number; model: string; batch: number; seqLen: number; parameters: number; bytes: number;
+  bucketBytes: number; buckets: number[]; computeMs: number; sequentialMs: number; overlappedMs: number;
+  rounds: { compute: number[]; sequential: number[]; overlapped: number[] };
+}
+type OverlapRow = ScalingRow & Record<string, unknown>;
 interface ScalingBench {
   commGroups(env: Record<string, string | undefined>): string[];
   scalingModels(env: Record<string, string | undefined>): { name: string }[];
   gradientBuckets(numels: number[], bucketBytes?: number): number[];
-  hideableMs(allReduceMs: number, buckets: number[], backwardMs: number): number;
   runSpeed(records: { step: number; tokensPerSecond: number; seconds: number }[], warmup: number): Speed;
-  scalingRows(s: ScalingMeasurement, context: { overlap: boolean }): ScalingRow[];
-  scalingTables(measured: ScalingMeasurement[], context: { backend: string; overlap: boolean }): string[];
+  scalingRows(s: ScalingMeasurement): ScalingRow[];
+  scalingTables(measured: ScalingMeasurement[], context: { backend: string }): string[];
+  overlapModels(env: Record<string, string | undefined>): { name: string }[];
+  overlapBucketBytes(env: Record<string, string | undefined>): number;
+  overlapFigures(m: { computeMs: number; sequentialMs: number; overlappedMs: number }): { commMs: number; exposedMs: number; hiddenFraction: number; hiddenShown: number | null };
+  overlapRow(m: OverlapMeasurement): OverlapRow;
+  overlapTable(measured: OverlapMeasurement[], context: { backend: string }): string[];
 }
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const scaling = require('../bench/comm') as ScalingBench;
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const report = require('../bench/report') as { markdown(report: Record<string, unknown>): string };
 
-describe('bench comm: scaling and overlap', () => {
-  test('row groups and models from the environment; overlap needs scaling', () => {
+describe('bench comm: scaling', () => {
+  test('row groups and models from the environment', () => {
     expect(scaling.commGroups({})).toEqual(['collectives', 'scaling', 'overlap']);
     expect(scaling.commGroups({ MOMA_BENCH_COMM_GROUPS: 'overlap, scaling' })).toEqual(['scaling', 'overlap']);
-    expect(() => scaling.commGroups({ MOMA_BENCH_COMM_GROUPS: 'overlap' })).toThrow(/overlap needs scaling/);
+    expect(scaling.commGroups({ MOMA_BENCH_COMM_GROUPS: 'overlap' })).toEqual(['overlap']);
     expect(() => scaling.commGroups({ MOMA_BENCH_COMM_GROUPS: 'collectives,speed' })).toThrow(/unknown name\(s\) speed/);
     expect(scaling.scalingModels({}).map((m) => m.name)).toEqual(['tiny-4t4i', 'd512-4t4i']);
     expect(scaling.scalingModels({ MOMA_BENCH_SCALING_MODELS: 'd512-4t4i' }).map((m) => m.name)).toEqual(['d512-4t4i']);
@@ -180,14 +205,6 @@ describe('bench comm: scaling and overlap', () => {
     expect(scaling.gradientBuckets([1, 2], 1000)).toEqual([12]);
     // the default is torch DDP's 25 MiB: 13.4 MiB of tiny gradients make one bucket
     expect(scaling.gradientBuckets([3_504_768])).toEqual([14_019_072]);
-  });
-
-  test('hideable all-reduce: all buckets but the last, by bytes, at most the backward', () => {
-    // buckets 300 + 100 bytes, 80 ms: the first 300 bytes take 60 ms
-    expect(scaling.hideableMs(80, [300, 100], 1000)).toBeCloseTo(60, 12);
-    expect(scaling.hideableMs(80, [300, 100], 25)).toBe(25);
-    expect(scaling.hideableMs(80, [400], 1000)).toBe(0);
-    expect(scaling.hideableMs(80, [], 1000)).toBe(0);
   });
 
   test('run speed: medians after the warm-up steps', () => {
@@ -206,11 +223,11 @@ describe('bench comm: scaling and overlap', () => {
     gradients: { ranks: 2, model: 'tiny-4t4i', parameters: 3_000_000, bytes: 12_000_000, buckets: [9_000_000, 3_000_000], ms: 160, rounds: [160, 170, 150] },
   };
 
-  test('rows: tokens/s per configuration, efficiencies and the all-reduce share on the 2-rank row, all-reduce and overlap rows', () => {
-    const rows = scaling.scalingRows(measured, { overlap: true });
+  test('rows: tokens/s per configuration, efficiencies and the all-reduce share on the 2-rank row, the all-reduce row', () => {
+    const rows = scaling.scalingRows(measured);
     expect(rows.map((r) => [r.op, r.unit])).toEqual([
       ['scaling.tiny-4t4i', 'tokens/s'], ['scaling.tiny-4t4i', 'tokens/s'], ['scaling.tiny-4t4i', 'tokens/s'],
-      ['scaling.tiny-4t4i.grad_all_reduce', 'GB/s busbw'], ['overlap.tiny-4t4i.grad_all_reduce', '% hidden'],
+      ['scaling.tiny-4t4i.grad_all_reduce', 'GB/s busbw'],
     ]);
     expect(rows[0]).toMatchObject({ shape: '1 rank × 2 threads, B8 S256 per rank', rate: 8000, ms: 256 });
     // 6400 / 8000 = 0.8 of one rank, of the two independent runs too; 160 / 640 = 25 %; (640 - 512) / 640 = 20 %
@@ -218,21 +235,93 @@ describe('bench comm: scaling and overlap', () => {
     // 12e6 bytes in 160 ms = 0.075 GB/s algbw = busbw on 2 ranks
     expect(rows[3]!.rate).toBeCloseTo(0.075, 12);
     expect(rows[3]!.shape).toBe('11.4 MiB in 2 bucket(s), 2 ranks × 1 thread');
-    // overlap 0; could hide 9/12 of 160 = 120 ms (backward 2/3 of 512 = 341 ms is longer)
-    expect(rows[4]).toMatchObject({ rate: 0, ms: 160 });
-    expect(rows[4]!.hideable_ms).toBeCloseTo(120, 10);
-    expect(scaling.scalingRows(measured, { overlap: false }).map((r) => r.op)).not.toContain('overlap.tiny-4t4i.grad_all_reduce');
   });
 
-  test('tables: one line per model with the computed ratios, the overlap table when asked', () => {
-    const text = scaling.scalingTables([measured], { backend: 'gloo', overlap: true }).join('\n');
+  test('table: one line per model with the computed ratios', () => {
+    const text = scaling.scalingTables([measured], { backend: 'gloo' }).join('\n');
     expect(text).toContain('1 rank × 2 threads vs 2 ranks × 1');
     expect(text).toContain('| tiny-4t4i | 3.00 M | 8000 | 6400 | 8000 | 0.80 | 0.80 | 256 | 640 | 512 | 160 | 25 | 20 |');
-    expect(text).toContain('| tiny-4t4i | 11.4 | 2 | 160 | 0% | 341 | 120 | 19 |');
-    expect(text).toMatch(/Measured overlap is 0/);
-    expect(scaling.scalingTables([measured], { backend: 'gloo', overlap: false }).join('\n')).not.toMatch(/Overlap/);
-    expect(scaling.scalingTables([], { backend: 'gloo', overlap: true })).toEqual([]);
+    expect(text).not.toMatch(/Overlap/);
+    expect(scaling.scalingTables([], { backend: 'gloo' })).toEqual([]);
   });
+});
+
+describe('bench comm: overlap', () => {
+  test('models and bucket size from the environment', () => {
+    expect(scaling.overlapModels({}).map((m) => m.name)).toEqual(['tiny-4t4i']);
+    expect(scaling.overlapModels({ MOMA_BENCH_OVERLAP_MODELS: 'd512-4t4i,tiny-4t4i' }).map((m) => m.name)).toEqual(['tiny-4t4i', 'd512-4t4i']);
+    expect(() => scaling.overlapModels({ MOMA_BENCH_OVERLAP_MODELS: 'huge' })).toThrow(/MOMA_BENCH_OVERLAP_MODELS: unknown name\(s\) huge/);
+    expect(scaling.overlapBucketBytes({})).toBe(4 * 1024 * 1024);
+    expect(scaling.overlapBucketBytes({ MOMA_BENCH_OVERLAP_BUCKET: '1MiB' })).toBe(1024 * 1024);
+    expect(() => scaling.overlapBucketBytes({ MOMA_BENCH_OVERLAP_BUCKET: '1 MB' })).toThrow(/comm: size '1 MB'/);
+  });
+
+  test('comm = (ii) − (i), exposed = (iii) − (i), hidden = ((ii) − (iii)) / ((ii) − (i)), raw, and shown clamped', () => {
+    // 200, 360, 280 ms: comm 160, exposed 80, hidden 80 / 160 = 0.5
+    expect(scaling.overlapFigures({ computeMs: 200, sequentialMs: 360, overlappedMs: 280 })).toEqual({ commMs: 160, exposedMs: 80, hiddenFraction: 0.5, hiddenShown: 0.5 });
+    // slower overlapped than not: -40 / 160 = -0.25, kept as it is, shown 0; faster than compute alone: 210 / 160
+    expect(scaling.overlapFigures({ computeMs: 200, sequentialMs: 360, overlappedMs: 400 })).toMatchObject({ hiddenFraction: -0.25, hiddenShown: 0 });
+    expect(scaling.overlapFigures({ computeMs: 200, sequentialMs: 360, overlappedMs: 150 })).toMatchObject({ hiddenFraction: 1.3125, hiddenShown: 1 });
+    // no all-reduce time (noise): (190 − 210) / −10 = 2, not shown
+    expect(scaling.overlapFigures({ computeMs: 200, sequentialMs: 190, overlappedMs: 210 })).toMatchObject({ commMs: -10, hiddenFraction: 2, hiddenShown: null });
+  });
+
+  const measured: OverlapMeasurement = {
+    backend: 'gloo', ranks: 2, threads: 1, model: 'tiny-4t4i', batch: 8, seqLen: 256, parameters: 3_504_768, bytes: 14_019_072,
+    bucketBytes: 4 * 1024 * 1024, buckets: [4_200_000, 4_300_000, 4_400_000, 1_119_072], computeMs: 200, sequentialMs: 360, overlappedMs: 400,
+    rounds: { compute: [200, 210, 190], sequential: [360, 350, 370], overlapped: [400, 390, 410] },
+  };
+
+  test('the row keeps the raw hidden fraction and shows it clamped', () => {
+    const row = scaling.overlapRow(measured);
+    expect(row).toMatchObject({
+      op: 'overlap.tiny-4t4i.grad_all_reduce', unit: '% hidden', ms: 200, rate: 0, compute_ms: 200, sequential_ms: 360, overlapped_ms: 400,
+      comm_ms: 160, exposed_ms: 200, hidden_fraction: -0.25, bucket_bytes: 4194304, bucket_count: 4, ranks: 2, threads: 1,
+    });
+    expect(row.gradient_mib).toBeCloseTo(14_019_072 / 1048576, 12);
+    expect(row.shape).toBe('13.4 MiB in 4 bucket(s) of 4MiB, 2 ranks × 1 thread, B8 S256 per rank');
+    expect(scaling.overlapRow({ ...measured, overlappedMs: 280 }).rate).toBe(50);
+    expect(scaling.overlapRow({ ...measured, overlappedMs: 150 })).toMatchObject({ rate: 100, hidden_fraction: 1.3125 });
+  });
+
+  test('the table: one line per model, hidden clamped to [0, 100] %', () => {
+    const text = scaling.overlapTable([measured, { ...measured, model: 'd512-4t4i', overlappedMs: 280 }], { backend: 'gloo' }).join('\n');
+    expect(text).toContain('### Overlap of the gradient all-reduce with the backward (cpu, gloo; 2 ranks × 1 thread, micro-batch 8 × 256 tokens per rank)');
+    expect(text).toContain('| tiny-4t4i | 13.4 | 4MiB | 4 | 200 | 360 | 400 | 160 | 200 | 0% |');
+    expect(text).toContain('| d512-4t4i | 13.4 | 4MiB | 4 | 200 | 360 | 280 | 160 | 80 | 50% |');
+    expect(scaling.overlapTable([{ ...measured, sequentialMs: 190 }], { backend: 'gloo' }).join('\n')).toContain('| tiny-4t4i | 13.4 | 4MiB | 4 | 200 | 190 | 400 | -10 | 200 | - |');
+    expect(scaling.overlapTable([], { backend: 'gloo' })).toEqual([]);
+  });
+});
+
+describeGloo('bench comm overlap worker')('bench comm: the overlap worker on 2 ranks', () => {
+  test('writes every field of the overlap row, as finite numbers', async () => {
+    ensureDist();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-bench-overlap-'));
+    try {
+      const out = path.join(dir, 'overlap.json');
+      const log = new PassThrough();
+      let text = '';
+      log.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      const result = await launchRanks({
+        command: [process.execPath, path.join(__dirname, '..', 'bench', 'comm.js'), '--worker', '--device', 'cpu', '--overlap', 'tiny-4t4i', '--repeats', '1', '--out', out],
+        nprocPerNode: 2, masterPort: 0, timeoutGraceMs: 5000, forwardSignals: false, stdout: log, stderr: log,
+        env: { MOMA_NUM_THREADS: '1', MOMA_DIST_TIMEOUT_S: '60' },
+      });
+      if (!result.ok) throw new Error(`${result.message}\n${text}`);
+      const m = JSON.parse(fs.readFileSync(out, 'utf8')) as OverlapMeasurement;
+      expect(m).toMatchObject({ backend: 'gloo', ranks: 2, threads: 1, model: 'tiny-4t4i', batch: 8, seqLen: 256, bucketBytes: 4 * 1024 * 1024 });
+      for (const name of ['compute', 'sequential', 'overlapped'] as const) expect(m.rounds[name]).toHaveLength(1);
+      const row = scaling.overlapRow(m);
+      for (const field of ['ms', 'rate', 'compute_ms', 'sequential_ms', 'overlapped_ms', 'comm_ms', 'exposed_ms', 'hidden_fraction', 'bucket_bytes', 'bucket_count', 'gradient_mib', 'parameters']) {
+        expect([field, Number.isFinite(row[field])]).toEqual([field, true]);
+      }
+      expect(row.bucket_count).toBe(m.buckets.length);
+      expect(m.buckets.reduce((a, b) => a + b, 0)).toBe(m.bytes);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 180_000);
 });
 
 describe('bench report: the comm section', () => {
