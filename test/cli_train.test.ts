@@ -58,7 +58,7 @@ test('bad flags and config keys exit 1 with the MomaError naming them', async ()
   expect(typo.stderr).toContain("typo.json has unknown key 'stepz'");
   const resume = await moma(['train', '--resume', 'short', '--lr', '0.1']);
   expect(resume.code).toBe(1);
-  expect(resume.stderr).toContain('only --steps and --skip-nonfinite may be given, not --lr');
+  expect(resume.stderr).toContain('only --steps, --skip-nonfinite and --expert-parallel may be given, not --lr');
 });
 
 test('Ctrl-C stops after the step, checkpoints, prints the resume command and exits 130; --resume finishes the run', async () => {

@@ -37,7 +37,7 @@ test('no arguments: the measured defaults, the best device, MoMa 4t4i with image
   const expected: RunSettings = {
     preset: 'tiny-4t4i', model: {}, data: 'builtin', device: bestDevice(), steps: RUN_DEFAULTS.steps, batchSize: 8, seqLen: 256,
     lr: 3e-3, warmup: 50, seed: 0, imageFraction: 0.5, evalEvery: RUN_DEFAULTS.evalEvery, evalBatches: RUN_DEFAULTS.evalBatches,
-    checkpointEvery: RUN_DEFAULTS.checkpointEvery, logEvery: RUN_DEFAULTS.logEvery, gradAccum: RUN_DEFAULTS.gradAccum, sharding: 'none', skipNonfinite: 0, out: 'runs/20250102-030405-tiny-4t4i',
+    checkpointEvery: RUN_DEFAULTS.checkpointEvery, logEvery: RUN_DEFAULTS.logEvery, gradAccum: RUN_DEFAULTS.gradAccum, sharding: 'none', expertParallel: 1, skipNonfinite: 0, out: 'runs/20250102-030405-tiny-4t4i',
   };
   expect(settings).toEqual(expected);
   expect(Object.keys(settings)).toEqual(Object.keys(expected));
@@ -123,11 +123,13 @@ describe('resume', () => {
     fs.writeFileSync(path.join(runDir, 'run.json'), JSON.stringify({ format: 'moma-run', version: 1, config: stored }));
   });
 
-  test('takes every setting from run.json; only --steps and --skip-nonfinite may change', () => {
+  test('takes every setting from run.json; only --steps, --skip-nonfinite and --expert-parallel may change', () => {
     expect(resolveRunConfig({ resume: runDir })).toEqual({ settings: { ...stored, out: runDir }, resume: runDir });
     expect(resolveRunConfig({ resume: runDir, flags: { steps: '80' } }).settings).toEqual({ ...stored, steps: 80, out: runDir });
     const err = failure({ resume: runDir, flags: { lr: '0.1', steps: '80', batchSize: '2' } });
-    expect(err.message).toContain('only --steps and --skip-nonfinite may be given, not --batch-size, --lr');
+    expect(err.message).toContain('only --steps, --skip-nonfinite and --expert-parallel may be given, not --batch-size, --lr');
+    expect(resolveRunConfig({ resume: runDir, flags: { expertParallel: '2' } }).settings).toEqual({ ...stored, expertParallel: 2, out: runDir });
+    expect(failure({ resume: runDir, flags: { expertParallel: '0' } }).message).toContain('--expert-parallel must be an integer in [1, 4096]');
     expect(resolveRunConfig({ resume: runDir, flags: { skipNonfinite: '3' } }).settings).toEqual({ ...stored, skipNonfinite: 3, out: runDir });
     expect(failure({ resume: runDir, flags: { skipNonfinite: '-1' } }).message).toContain('--skip-nonfinite must be an integer in [0, 1e9]');
     expect(failure({ resume: runDir, values: { seed: 3 } }).message).toContain("option 'seed'");

@@ -130,7 +130,9 @@ Tensor dist_wait(StartedCollective& started) {
     if (slot->start_error) throw *slot->start_error;
     pending->wait();
   });
-  return started.out;
+  // the caller's handle owns the result from here: the started collective (kept by a JS object
+  // until it is collected) must not keep its storage alive
+  return std::move(started.out);
 }
 
 Tensor dist_all_gather(const Tensor& x, int group) {

@@ -134,7 +134,7 @@ function printInfo(info: ModelInfo): void {
     `  ${pad('parameters')}${bytesText(m.parameters)} (${parametersText})`,
     `  ${pad('gradients')}${bytesText(m.gradients)} (${gradientsText})`,
     `  ${pad('optimizer')}${bytesText(m.optimizer)} (AdamW moments, 8 B per parameter${sharded ? `, 1/${R} on each rank` : ''})`,
-    `  ${pad('activations')}${bytesText(m.activations)} (what the forward of one micro-batch of ${m.batchSize} × ${m.seqLen} tokens keeps${sharded && m.sharding === 'zero3' ? ', the blocks\' outputs only: each block is recomputed in its backward' : ''})`,
+    `  ${pad('activations')}${bytesText(m.activations)} (what the forward of one micro-batch of ${m.batchSize} × ${m.seqLen} tokens ${m.regime === 'queued' ? 'allocates' : 'keeps'}${sharded && m.sharding === 'zero3' ? (m.regime === 'queued' ? ', with every block\'s gathered parameters' : ', the blocks\' outputs only: each block is recomputed in its backward') : ''})`,
     `  ${pad('backward')}${bytesText(m.backward)} (${m.regime === 'queued' ? 'everything the backward allocates besides the gradients' : 'what the backward holds besides the gradients at its largest moment'})`,
     `  ${pad('peak')}${bytesText(m.total)} (the larger of the end of the backward ${bytesText(m.backwardMoment)} and the update ${bytesText(m.updateMoment)})`,
   );

@@ -36,6 +36,7 @@ interface TrainFlags {
   logEvery?: string;
   gradAccum?: string;
   sharding?: string;
+  expertParallel?: string;
   skipNonfinite?: string;
   resume?: string;
   out?: string;
@@ -182,11 +183,13 @@ async function runTrain(flags: TrainFlags): Promise<void> {
         const what = info.resumedFrom ? `resuming ${shownPath(info.runDir)} from step ${info.startStep}` : `training into ${shownPath(info.runDir)}`;
         const ranks = isInitialized() ? world().worldSize : 1;
         const accum = info.settings.gradAccum ?? 1;
+        const experts = info.settings.expertParallel ?? 1;
         const batch = ranks * accum === 1 ? `${info.settings.batchSize}`
           : `(${ranks > 1 ? `${ranks} ranks × ` : ''}${accum > 1 ? `${accum} micro-batches × ` : ''}${info.settings.batchSize})`;
         say(`moma train: ${what} — ${info.settings.preset} (${formatSI(info.parameters.total)} parameters) on ${info.settings.device}, data ${info.dataset}, `
           + `${info.settings.steps} steps × ${batch} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`
-          + `${ranks > 1 && (info.settings.sharding ?? 'none') !== 'none' ? `, optimizer state sharded (${info.settings.sharding})` : ''}`);
+          + `${ranks > 1 && (info.settings.sharding ?? 'none') !== 'none' ? `, optimizer state sharded (${info.settings.sharding})` : ''}`
+          + `${experts > 1 ? `, experts spread over groups of ${experts} ranks (a group's ${experts} × ${info.settings.batchSize} sequences routed as one micro-batch)` : ''}`);
         progress.start(info);
       },
       onStep: (r) => progress.step(r),
@@ -210,7 +213,7 @@ export function registerTrainCommands(program: Command): void {
     .command('train')
     .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
     .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
-    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, skipNonfinite, out); flags override it')
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, expertParallel, skipNonfinite, out); flags override it')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
@@ -224,7 +227,10 @@ export function registerTrainCommands(program: Command): void {
     .option('--eval-batches <n>', `held-out batches per evaluation (default ${RUN_DEFAULTS.evalBatches})`)
     .option('--checkpoint-every <n>', `checkpoint every n steps, 0: at the end only (default ${RUN_DEFAULTS.checkpointEvery}); the newest 2 are kept`)
     .option('--grad-accum <n>', `micro-batches of --batch-size per optimizer step on each rank (default ${RUN_DEFAULTS.gradAccum}); a step trains ranks × n × batch-size sequences`)
-    .option('--sharding <kind>', "data parallel: 'zero1' shards the AdamW moments over the ranks, 'zero2' the gradients too (default none); kept on resume")
+    .option('--sharding <kind>', "data parallel: 'zero1' shards the AdamW moments over the ranks, 'zero2' the gradients too, 'zero3' the parameters too (FSDP: each block gathered for its forward and recomputed in the backward) (default none); kept on resume")
+    .option('--expert-parallel <n>', 'spread the experts of every MoE layer over groups of n ranks (default 1): a group routes its n × batch-size sequences as one micro-batch, '
+      + 'each rank training batch-size of them with its share of the experts; n must divide the ranks and every expert group (moma launch --nproc-per-node n … train --expert-parallel n); '
+      + 'not with mixture-of-depths presets or --sharding; may be given again on resume')
     .option('--log-every <n>', `read the metrics back every n steps, one metrics.jsonl record with the means (default ${RUN_DEFAULTS.logEvery}); the steps between never wait for the device`)
     .option('--skip-nonfinite <n>', `skip up to n steps with a non-finite loss or gradient norm (no update applied, recorded in metrics.jsonl); one more stops the run, as does the first with 0 (default ${RUN_DEFAULTS.skipNonfinite}); may be given again on resume`)
     .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps and --skip-nonfinite may change)')

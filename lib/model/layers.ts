@@ -18,7 +18,10 @@ import { modRows } from '../formulas';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
 import { MoMaFFN, MoMaFFNConfig } from '../moe/moma_ffn';
-import { modSelect, RoutingStats, routingStats, segmentStarts } from '../moe/ops';
+import { modSelect, Partition, Routing, RoutingStats, routingStats, segmentStarts } from '../moe/ops';
+import { sliceLocalExperts } from '../moe/expert_parallel';
+import { ExpertPlacement, GatherDispatch } from '../moe/gather_dispatch';
+import { MomaError } from '../errors';
 import { keep } from '../autograd/scope';
 import { Module } from '../nn/module';
 import { requireFields, requireOptions } from '../options';
@@ -188,9 +191,16 @@ export { SwiGLUFFN as SwiGLU };
  * The MoE / MoMa FFN as an autograd module: MoMaFFN's explicit forward/backward recorded on the
  * tape as one node. The module owns the parameters (w1, w3, w2, router: the checkpoint names);
  * `ffn` holds none and reads them from here at every forward.
+ *
+ * Expert parallel (shardExperts, lib/moe/gather_dispatch.ts): the module then holds only its
+ * rank's experts of w1, w3, w2 ([E_local, …]) and runs the all-gather dispatch over its
+ * expert-parallel group instead, recorded the same way. A training-mode forward takes this rank's
+ * own rows (the group's micro-batch is the ranks' rows in rank order); any other forward
+ * (evaluation, no gradient) takes rows every rank of the group passes alike.
  */
 export class MoEFeedForward extends Module {
   readonly ffn: MoMaFFN;
+  private dispatch: GatherDispatch | null = null;
 
   constructor(config: MoMaFFNConfig) {
     super();
@@ -203,17 +213,36 @@ export class MoEFeedForward extends Module {
   /** The module path of this FFN in its model ('layers.3.ffn'): names its auxiliary routers. */
   site = 'ffn';
 
+  /** This rank's place in the expert-parallel group, or null when the layer holds every expert. */
+  get expertPlacement(): ExpertPlacement | null {
+    return this.dispatch?.placement ?? null;
+  }
+
+  /**
+   * Keeps only the experts of rank `placement.rank` of an expert-parallel group of
+   * `placement.size` ranks (w1, w3, w2 become their slices; every group's expert count must be
+   * divisible by the size) and routes through the group from then on. Once per layer.
+   */
+  shardExperts(placement: ExpertPlacement): void {
+    if (this.dispatch !== null) throw new MomaError('ERR_ARG', `MoEFeedForward.shardExperts: ${this.site} is already expert parallel`);
+    const c = this.ffn.config;
+    if (c.routing !== 'expert-choice' && c.routing !== 'token-choice') throw new MomaError('ERR_ARG', `MoEFeedForward.shardExperts: routing ${String(c.routing)} cannot be expert parallel`);
+    const dispatch = new GatherDispatch({ layout: this.ffn.layout, router: c.router, gumbel: c.gumbel, routing: c.routing, capacityFactor: c.capacityFactor, topK: c.topK }, placement);
+    for (const name of ['w1', 'w3', 'w2']) {
+      const full = this.param(name);
+      this.addParameter(name, sliceLocalExperts(full, this.ffn.layout, placement.rank, placement.size));
+      full.dispose();
+    }
+    this.dispatch = dispatch;
+  }
+
   forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator; causal?: CausalRouting; observer?: RoutingObserver } = {}): Tensor {
+    if (this.dispatch !== null) return this.forwardSharded(x, modality, options);
     const select = options.causal?.expertSelect(this.site, x);
     const { y, ctx } = this.ffn.forward(x, modality, { training: options.training, generator: options.generator, select });
     select?.dispose();
     if (options.observer !== undefined && select === undefined) options.observer.experts(this.site, x, ctx.partition.rowGroup, ctx.routing.rowSlots);
-    if (this.collectStats) {
-      this.lastStats?.dispose();
-      this.lastStats = routingStats(ctx.partition, ctx.routing, this.ffn.layout);
-      keep(this.lastStats.expertStats);
-      keep(this.lastStats.groupStats);
-    }
+    this.keepStats(ctx.partition, ctx.routing);
     const params = ['w1', 'w2', 'w3', 'router'].map((n) => this.param(n));
     return record(y, [x, ...params], (g) => {
       const { dx, grads } = this.ffn.backward(ctx, g);
@@ -221,9 +250,34 @@ export class MoEFeedForward extends Module {
     });
   }
 
+  /** The expert-parallel forward (shardExperts): the all-gather dispatch, recorded as one node. */
+  private forwardSharded(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator; causal?: CausalRouting; observer?: RoutingObserver }): Tensor {
+    const dispatch = this.dispatch!;
+    if (options.causal !== undefined) {
+      throw new MomaError('ERR_ARG', `MoEFeedForward: ${this.site} holds only its rank's experts (expert parallel); causal routing needs the whole layer: load the checkpoint in one process`);
+    }
+    const params = { w1: this.param('w1'), w2: this.param('w2'), w3: this.param('w3'), router: this.param('router') };
+    const { y, ctx } = dispatch.forward(x, modality, params, { rows: options.training === true ? 'split' : 'replicated', training: options.training, generator: options.generator });
+    options.observer?.experts(this.site, ctx.rows, ctx.partition.rowGroup, ctx.routing.rowSlots);
+    this.keepStats(ctx.partition, ctx.routing);
+    return record(y, [x, params.w1, params.w2, params.w3, params.router], (g) => {
+      const { dx, grads } = dispatch.backward(ctx, g);
+      return [dx, grads.w1, grads.w2, grads.w3, grads.router];
+    });
+  }
+
+  private keepStats(partition: Partition, routing: Routing): void {
+    if (!this.collectStats) return;
+    this.lastStats?.dispose();
+    this.lastStats = routingStats(partition, routing, this.ffn.layout);
+    keep(this.lastStats.expertStats);
+    keep(this.lastStats.groupStats);
+  }
+
   override dispose(): void {
     this.lastStats?.dispose();
     this.lastStats = null;
+    this.dispatch?.dispose();
     super.dispose();
   }
 }

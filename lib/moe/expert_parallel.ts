@@ -3,7 +3,7 @@
  * each modality group spread over the ranks of the process group, and routing that equals one
  * process routing the ranks' micro-batches concatenated in rank order.
  *
- * Placement: N = expertParallel ranks (the process group's world size); rank r holds experts
+ * Placement: N = expertParallel ranks (the EP group: config.group, default the world); rank r holds experts
  * [r·E_g/N, (r+1)·E_g/N) of each group g (E_g divisible by N), their w1 / w3 / w2 stacked in
  * global expert order; the router [dModel, E] is replicated.
  *
@@ -37,7 +37,7 @@
  */
 import { concat, matmul } from '../ops';
 import { tensor } from '../creation';
-import { allGather, allToAll, isInitialized, world } from '../distributed/process_group';
+import { allGather, allToAll, Group, isInitialized, world } from '../distributed/process_group';
 import { MomaError } from '../errors';
 import { Generator } from '../random';
 import { Tensor } from '../tensor';
@@ -49,8 +49,10 @@ import {
 } from './ops';
 
 export interface ExpertParallelConfig extends MoMaFFNConfig {
-  /** Ranks the experts of each group are spread over: the process group's world size (each E_g divisible by it). */
+  /** Ranks the experts of each group are spread over: the EP group's size (each E_g divisible by it). */
   expertParallel: number;
+  /** The EP group (a sub-group of expertParallel ranks, from newGroup); default the world, which then must have expertParallel ranks. */
+  group?: Group;
 }
 
 /** Registration order of the parameters (as MoMaFFN's): w1, w3, w2 hold this rank's experts only. */
@@ -73,6 +75,47 @@ export function localExperts(layout: MoeLayout, rank: number, size: number): num
     for (let e = begin + rank * share; e < begin + (rank + 1) * share; ++e) out.push(e);
     begin += count;
   });
+  return out;
+}
+
+/**
+ * Rank `rank` of `size`'s experts of a stacked [E, …] tensor (experts in global order), as
+ * [E_local, …] in the order of localExperts (one run per group); a new tensor.
+ */
+export function sliceLocalExperts(stacked: Tensor, layout: MoeLayout, rank: number, size: number): Tensor {
+  localExperts(layout, rank, size);
+  const runs: Tensor[] = [];
+  let begin = 0;
+  for (const count of layout.experts) {
+    const share = count / size;
+    runs.push(stacked.slice(0, begin + rank * share, begin + (rank + 1) * share));
+    begin += count;
+  }
+  if (runs.length === 1) return runs[0]!;
+  const out = concat(runs, 0);
+  for (const r of runs) r.dispose();
+  return out;
+}
+
+/**
+ * The inverse of sliceLocalExperts over a group: from every rank's [E_local, …] slices
+ * concatenated in rank order ([size·E_local, …], what an all-gather returns), the stacked
+ * [E, …] tensor in global expert order; a new tensor.
+ */
+export function stackGatheredExperts(gathered: Tensor, layout: MoeLayout, size: number): Tensor {
+  const E = layout.experts.reduce((a, b) => a + b, 0);
+  const perRank = E / size;
+  const order = new Int32Array(E);
+  let e = 0;
+  let runStart = 0;  // where group g's run starts inside one rank's slices
+  for (const count of layout.experts) {
+    const share = count / size;
+    for (let j = 0; j < count; ++j, ++e) order[e] = Math.floor(j / share) * perRank + runStart + (j % share);
+    runStart += share;
+  }
+  const index = tensor(order, { dtype: 'int32', device: gathered.device });
+  const out = gathered.indexSelect(0, index);
+  index.dispose();
   return out;
 }
 
@@ -257,13 +300,16 @@ export class ExpertParallelMoMaFFN {
   readonly config: MoMaFFN['config'] & { expertParallel: number };
   readonly layout: MoeLayout;
   readonly numExperts: number;
+  /** This rank's index in the EP group. */
   readonly rank: number;
+  /** The EP group (undefined: the world). */
+  readonly group: Group | undefined;
   /** Global ids of this rank's experts, ascending: w1[l] is expert localExperts[l]. */
   readonly localExperts: readonly number[];
   private readonly owner: MoMaFFNParameterOwner;
   private readonly owned: Map<MoMaFFNParameterName, Tensor> | null;
 
-  /** Needs the process group (distributed.init()) with worldSize = config.expertParallel. `owner` as for MoMaFFN. */
+  /** Needs the process group (distributed.init()); the EP group (config.group, default the world) must have config.expertParallel ranks. `owner` as for MoMaFFN. */
   constructor(config: ExpertParallelConfig, owner?: MoMaFFNParameterOwner) {
     const size = config.expertParallel;
     const layout = moeLayoutOf(config);
@@ -271,11 +317,12 @@ export class ExpertParallelMoMaFFN {
     if (!isInitialized()) {
       throw new MomaError('ERR_DIST', 'ExpertParallelMoMaFFN: no process group: call `await distributed.init()` first (one rank per expert-parallel rank)');
     }
-    const w = world();
-    if (w.worldSize !== size) {
-      throw new MomaError('ERR_ARG', `ExpertParallelMoMaFFN: expertParallel is ${size}, but the process group has ${w.worldSize} ranks (the expert-parallel group is the whole group)`);
+    const w = config.group ?? { rank: world().rank, size: world().worldSize };
+    if (w.size !== size) {
+      throw new MomaError('ERR_ARG', `ExpertParallelMoMaFFN: expertParallel is ${size}, but the ${config.group === undefined ? 'process group (the default expert-parallel group)' : 'expert-parallel group'} has ${w.size} ranks`);
     }
-    const { expertParallel: _expertParallel, ...ffnConfig } = config;
+    this.group = config.group;
+    const { expertParallel: _expertParallel, group: _group, ...ffnConfig } = config;
     const full = new MoMaFFN(ffnConfig);
     this.config = { ...full.config, expertParallel: size };
     this.layout = full.layout;
@@ -299,18 +346,7 @@ export class ExpertParallelMoMaFFN {
 
   /** This rank's experts of a stacked [E, …] tensor, as [E_local, …] (one run per group). */
   localSlice(stacked: Tensor): Tensor {
-    const size = this.config.expertParallel;
-    const runs: Tensor[] = [];
-    let begin = 0;
-    for (const count of this.layout.experts) {
-      const share = count / size;
-      runs.push(stacked.slice(0, begin + this.rank * share, begin + (this.rank + 1) * share));
-      begin += count;
-    }
-    if (runs.length === 1) return runs[0]!;
-    const out = concat(runs, 0);
-    for (const r of runs) r.dispose();
-    return out;
+    return sliceLocalExperts(stacked, this.layout, this.rank, this.config.expertParallel);
   }
 
   /** Named parameters: w1, w3, w2 (this rank's experts), router (replicated). */
@@ -349,8 +385,8 @@ export class ExpertParallelMoMaFFN {
     const x32 = x.dtype === 'float32' ? x : x.astype('float32');
     const logits = matmul(x32, params.router);
     if (x32 !== x) x32.dispose();
-    const allLogits = allGather(logits);
-    const allModality = allGather(modality);
+    const allLogits = allGather(logits, { group: this.group });
+    const allModality = allGather(modality, { group: this.group });
     logits.dispose();
     const partition = moePartition(allModality, layout);
     allModality.dispose();
@@ -361,14 +397,14 @@ export class ExpertParallelMoMaFFN {
     const plan = planExchange({ expertOffsets, slotRow, slotGate }, { layout, rank, size, rows: T });
     const device = this.upload(plan, T);
     const sent = gatherRows(x, device.sendRows);
-    const received = allToAll(sent, { sendCounts: plan.sendCounts, recvCounts: plan.recvCounts });
+    const received = allToAll(sent, { sendCounts: plan.sendCounts, recvCounts: plan.recvCounts, group: this.group });
     sent.dispose();
     const xd = gatherRows(received, device.localFromRecv);
     received.dispose();
     const { a, h1, h3, out } = expertsForward(xd, weights, device.localOffsets);
     const outRecv = gatherRows(out, device.recvFromLocal);
     out.dispose();
-    const back = allToAll(outRecv, { sendCounts: plan.recvCounts, recvCounts: plan.sendCounts });
+    const back = allToAll(outRecv, { sendCounts: plan.recvCounts, recvCounts: plan.sendCounts, group: this.group });
     outRecv.dispose();
     const homeOut = gatherRows(back, device.homeFromSend);
     back.dispose();
@@ -427,7 +463,7 @@ export class ExpertParallelMoMaFFN {
     const dscores = gateGrad(saved.homeOut, dyc, { slotRow: plan.homeSlotRow, expertOffsets: plan.homeExpertOffsets, layout });
     const doutSent = gatherRows(dyc, plan.sendRows, plan.sendGate);
     if (dyc !== dy) dyc.dispose();
-    const doutReceived = allToAll(doutSent, { sendCounts: plan.sendCounts, recvCounts: plan.recvCounts });
+    const doutReceived = allToAll(doutSent, { sendCounts: plan.sendCounts, recvCounts: plan.recvCounts, group: this.group });
     doutSent.dispose();
     const dout = gatherRows(doutReceived, plan.localFromRecv);
     doutReceived.dispose();
@@ -435,7 +471,7 @@ export class ExpertParallelMoMaFFN {
     dout.dispose();
     const dxdRecv = gatherRows(dxd, plan.recvFromLocal);
     dxd.dispose();
-    const dxdBack = allToAll(dxdRecv, { sendCounts: plan.recvCounts, recvCounts: plan.sendCounts });
+    const dxdBack = allToAll(dxdRecv, { sendCounts: plan.recvCounts, recvCounts: plan.sendCounts, group: this.group });
     dxdRecv.dispose();
     const dxdHome = gatherRows(dxdBack, plan.homeFromSend);
     dxdBack.dispose();

@@ -223,7 +223,8 @@ export function isImageOf(layout: VocabLayout): (id: number) => boolean {
 export function heldOutSequences(dataset: MixedModalDataset, settings: RunSettings): number[][] | null {
   const store = dataset.store('eval', settings.seed);
   if (store === null) return null;
-  const packer = new SequencePacker(store, { batchSize: settings.batchSize, seqLen: settings.seqLen, isImage: isImageOf(dataset.layout), imageFraction: settings.imageFraction });
+  // an expert-parallel group's micro-batch: expertParallel × batchSize sequences
+  const packer = new SequencePacker(store, { batchSize: settings.batchSize * (settings.expertParallel ?? 1), seqLen: settings.seqLen, isImage: isImageOf(dataset.layout), imageFraction: settings.imageFraction });
   const sequences: number[][] = [];
   for (let i = 0; i < settings.evalBatches; i++) sequences.push(...packer.next());
   return sequences;
@@ -319,20 +320,29 @@ function commitResume(runDir: string, settings: RunSettings, prepared: Prepared)
 }
 
 /**
- * A run resumed on another number of ranks keeps its global batch (ranks × gradAccum
- * micro-batches per step): gradAccum becomes the run's micro-batches per step over the ranks now,
- * which must divide them.
+ * A run resumed on another number of ranks or expert-parallel size keeps its global batch and its
+ * routing micro-batch (expertParallel × batchSize sequences, routed as one): gradAccum becomes the
+ * run's micro-batches per step over the data-parallel replicas now (ranks / expertParallel), which
+ * must divide them, and batchSize the micro-batch's share per rank. The stored expertParallel
+ * becomes 1 when it does not divide the ranks now (unless given again with --expert-parallel).
  */
 function keepGlobalBatch(run: RunFile, settings: RunSettings, runDir: string): void {
   const before = run.parallel ?? { worldSize: 1, gradAccum: settings.gradAccum ?? 1 };
+  const storedN = run.config.expertParallel ?? 1;
   const { ranks } = runRanks();
-  if (ranks === before.worldSize) return;
-  const micro = before.worldSize * before.gradAccum;
-  if (micro % ranks !== 0) {
-    throw new MomaError('ERR_ARG', `trainRun: --resume ${runDir}: the run trains ${micro} micro-batches of ${settings.batchSize} per step `
-      + `(${before.worldSize} rank(s) × gradAccum ${before.gradAccum}); resume it on a number of ranks that divides ${micro}, not ${ranks}`);
+  if (ranks % (settings.expertParallel ?? 1) !== 0 && settings.expertParallel === storedN) settings.expertParallel = 1;
+  const N = settings.expertParallel ?? 1;
+  if (ranks === before.worldSize && N === storedN) return;
+  const sequences = storedN * run.config.batchSize;
+  const micro = (before.worldSize / storedN) * before.gradAccum;
+  const replicas = ranks / N;
+  if (sequences % N !== 0 || !Number.isInteger(replicas) || micro % replicas !== 0) {
+    throw new MomaError('ERR_ARG', `trainRun: --resume ${runDir}: the run trains ${micro} micro-batches of ${sequences} sequences per step `
+      + `(${before.worldSize} rank(s), expert parallel ${storedN}, gradAccum ${before.gradAccum}); resume it on a number of ranks R and an expert-parallel size N `
+      + `with N dividing R and ${sequences}, and R / N dividing ${micro}, not R = ${ranks}, N = ${N}`);
   }
-  settings.gradAccum = micro / ranks;
+  settings.batchSize = sequences / N;
+  settings.gradAccum = micro / replicas;
 }
 
 /** Trains as the settings say (see the module comment); resolves when done, stopped by the signal, or rejects on an error. */
@@ -365,7 +375,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
   const trainStore = dataset.store('train', settings.seed);
   if (trainStore === null) throw new MomaError('ERR_ARG', `trainRun: dataset ${dataset.name} has no train split`);
   const data = new ObservedPacker(new SequencePacker(trainStore, {
-    batchSize: settings.batchSize, seqLen: settings.seqLen, isImage: isImageOf(dataset.layout), imageFraction: settings.imageFraction,
+    batchSize: settings.batchSize * (settings.expertParallel ?? 1), seqLen: settings.seqLen, isImage: isImageOf(dataset.layout), imageFraction: settings.imageFraction,
   }));
   const heldOut = heldOutSequences(dataset, settings);
   const vocabInfo = vocabFromSpec(dataset.layout);
@@ -383,7 +393,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       optimizer: { betas: run.optimizer.betas, eps: run.optimizer.eps, weightDecay: run.optimizer.weightDecay, clipNorm: run.optimizer.clipNorm },
       seed: settings.seed, statsEvery: settings.evalEvery > 0 ? settings.evalEvery : Math.max(1, Math.floor(settings.steps / 10)),
       logEvery: settings.logEvery ?? RUN_DEFAULTS.logEvery, gradAccum: settings.gradAccum ?? RUN_DEFAULTS.gradAccum,
-      sharding: settings.sharding ?? RUN_DEFAULTS.sharding, skipNonfinite: settings.skipNonfinite ?? RUN_DEFAULTS.skipNonfinite,
+      sharding: settings.sharding ?? RUN_DEFAULTS.sharding, expertParallel: settings.expertParallel ?? RUN_DEFAULTS.expertParallel, skipNonfinite: settings.skipNonfinite ?? RUN_DEFAULTS.skipNonfinite,
     });
     if (prepared.checkpoint !== null) await trainer.resume(prepared.checkpoint.dir);
     trainer.on('skip', (skip) => {
@@ -406,7 +416,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     const runEval = async (): Promise<void> => {
       if (heldOut === null) return;
       const begun = process.hrtime.bigint();
-      const result = await evaluate(model, heldOut, { vocab: vocabInfo, batchSize: settings.batchSize });
+      const result = await evaluate(model, heldOut, { vocab: vocabInfo, batchSize: settings.batchSize * (settings.expertParallel ?? 1) });
       const names = model.config.modalities;
       const record: EvalRecord = {
         kind: 'eval', step: t.step, tokens: t.tokens,
@@ -433,7 +443,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     const logRecord = (metrics: StepMetrics | null): void => {
       if (metrics === null) return;
       trainSeconds += metrics.seconds;
-      const record: StepRecord = { ...metrics, imageFraction: data.takeImageFraction(metrics.interval * t.split.ranks * t.split.accumulation) };
+      const record: StepRecord = { ...metrics, imageFraction: data.takeImageFraction(metrics.interval * t.batchesPerStep) };
       appendRecord(record);
       hooks.onStep?.(record);
     };

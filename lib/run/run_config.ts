@@ -63,6 +63,14 @@ export interface RunSettings {
    */
   sharding?: Sharding;
   /**
+   * Expert parallel (Trainer option expertParallel): the ranks form groups of this many, each
+   * spreading the experts of every MoE layer over its ranks; a group's micro-batch is
+   * expertParallel × batchSize sequences (rank j trains the j-th batchSize of them), routed as one.
+   * A resume keeps that micro-batch (lib/run/run.ts); it may be given again on resume. Optional in
+   * the type for run.json files written before it existed (default 1).
+   */
+  expertParallel?: number;
+  /**
    * Steps with a non-finite loss or gradient norm the run may skip (no update applied) before it
    * stops with ERR_NONFINITE (Trainer option skipNonfinite); 0 stops at the first. May be given
    * again on resume. Optional in the type for run.json files written before it existed (default 0).
@@ -96,6 +104,7 @@ export const RUN_DEFAULTS = {
   logEvery: 10,
   gradAccum: 1,
   sharding: 'none',
+  expertParallel: 1,
   skipNonfinite: 0,
 } as const;
 
@@ -151,7 +160,8 @@ const SETTINGS: Record<SettingKey, Setting> = {
   checkpointEvery: { flag: '--checkpoint-every', expect: 'an integer in [0, 1e9] (0: only at the end)', schema: intIn(0, 1e9), fromText: asInt },
   logEvery: { flag: '--log-every', expect: 'an integer in [1, 1e9]', schema: intIn(1, 1e9), fromText: asInt },
   gradAccum: { flag: '--grad-accum', expect: 'an integer in [1, 4096]', schema: intIn(1, 4096), fromText: asInt },
-  sharding: { flag: '--sharding', expect: "'none', 'zero1' or 'zero2'", schema: z.enum(SHARDINGS as [Sharding, ...Sharding[]]), fromText: (t) => t },
+  sharding: { flag: '--sharding', expect: "'none', 'zero1', 'zero2' or 'zero3'", schema: z.enum(SHARDINGS as [Sharding, ...Sharding[]]), fromText: (t) => t },
+  expertParallel: { flag: '--expert-parallel', expect: 'an integer in [1, 4096]', schema: intIn(1, 4096), fromText: asInt },
   skipNonfinite: { flag: '--skip-nonfinite', expect: 'an integer in [0, 1e9]', schema: intIn(0, 1e9), fromText: asInt },
   out: { flag: '--out', expect: 'a folder path', schema: z.string().trim().min(1), fromText: (t) => t },
 };
@@ -250,6 +260,7 @@ export function readRunSettings(runDir: string): RunSettings {
   stored.logEvery ??= LOG_EVERY_BEFORE_IT_WAS_A_SETTING;
   stored.gradAccum ??= RUN_DEFAULTS.gradAccum;
   stored.sharding ??= RUN_DEFAULTS.sharding;
+  stored.expertParallel ??= RUN_DEFAULTS.expertParallel;
   stored.skipNonfinite ??= RUN_DEFAULTS.skipNonfinite;
   const missing = SETTING_KEYS.filter((k) => stored[k] === undefined);
   if (missing.length > 0) throw new MomaError('ERR_FILE', `run config: ${file} lacks setting(s) ${missing.join(', ')}`);
@@ -288,12 +299,13 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     if (typeof sources.resume !== 'string' || sources.resume.trim() === '') throw new MomaError('ERR_ARG', 'run config: --resume needs a run directory');
     if (sources.configFile !== undefined) throw new MomaError('ERR_ARG', 'run config: --config cannot be combined with --resume (a resumed run keeps its run.json settings)');
     const given = { ...values, ...flags };
-    const changed = SETTING_KEYS.filter((k) => k !== 'steps' && k !== 'skipNonfinite' && given[k] !== undefined);
+    const changed = SETTING_KEYS.filter((k) => k !== 'steps' && k !== 'skipNonfinite' && k !== 'expertParallel' && given[k] !== undefined);
     if (changed.length > 0) {
-      throw new MomaError('ERR_ARG', `run config: --resume keeps the run's settings; only --steps and --skip-nonfinite may be given, not ${changed.map((k) => nameOfKey(k)).join(', ')}`);
+      throw new MomaError('ERR_ARG', `run config: --resume keeps the run's settings; only --steps, --skip-nonfinite and --expert-parallel may be given, not ${changed.map((k) => nameOfKey(k)).join(', ')}`);
     }
     const settings = readRunSettings(sources.resume);
     if (given.steps !== undefined) settings.steps = given.steps as number;
+    if (given.expertParallel !== undefined) settings.expertParallel = given.expertParallel as number;
     if (given.skipNonfinite !== undefined) settings.skipNonfinite = given.skipNonfinite as number;
     settings.out = sources.resume;
     checkPresetAndDevice(settings, nameOfKey);
@@ -323,6 +335,7 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     logEvery: given.logEvery ?? RUN_DEFAULTS.logEvery,
     gradAccum: given.gradAccum ?? RUN_DEFAULTS.gradAccum,
     sharding: given.sharding ?? RUN_DEFAULTS.sharding,
+    expertParallel: given.expertParallel ?? RUN_DEFAULTS.expertParallel,
     skipNonfinite: given.skipNonfinite ?? RUN_DEFAULTS.skipNonfinite,
     out: given.out ?? defaultRunDir(presetName, sources.now ?? new Date()),
   };

@@ -49,7 +49,7 @@ const flatEntrySchema = z.strictObject({ name: z.string().min(1), shape: z.array
 export const optimizerIndexSchema = z.strictObject({
   format: z.literal('moma-optimizer-shards'),
   version: z.literal(1),
-  sharding: z.enum(['zero1', 'zero2']),
+  sharding: z.enum(['zero1', 'zero2', 'zero3']),
   step: count,
   numel: count,
   ranks: z.number().int().min(1),
@@ -91,7 +91,7 @@ export const runFileSchema = z.looseObject({
     steps: count.optional(), batchSize: count.optional(), seqLen: count.optional(), lr: finiteNonNegative.optional(),
     warmup: count.optional(), seed: z.number().int().optional(), imageFraction: z.union([finiteNonNegative, z.null(), z.string()]).optional(),
     evalEvery: count.optional(), evalBatches: count.optional(), checkpointEvery: count.optional(), logEvery: count.optional(),
-    gradAccum: count.optional(), sharding: z.enum(['none', 'zero1', 'zero2']).optional(), out: z.string().optional(),
+    gradAccum: count.optional(), sharding: z.enum(['none', 'zero1', 'zero2', 'zero3']).optional(), expertParallel: z.number().int().min(1).optional(), out: z.string().optional(),
   }),
   model: z.looseObject({ vocabSize: count, dModel: count, layers: count, heads: count, ffn: z.looseObject({ kind: z.enum(['dense', 'moe']) }) }),
   parameters: z.strictObject({ total: count, active: count }),

@@ -49,14 +49,21 @@
  *   zero3        the root unit's reduce-scatter as zero2's (the blocks' shards of the gradient are
  *                already reduced in the backward)
  *   all sharded  over the M = S(N) (zero1/2) or S(N_root) + Σ_b S(n_b) (zero3) elements a rank
- *                updates: 12·4M (the norm's squares, the clipped shard, the slices of parameter,
- *                gradient and both moments, AdamW's three outputs, the joined parameters and the two
- *                joined moments); the all-gather of what is held whole (N, or N_root under zero3):
- *                4·R·S(n) and the parameters sliced out of it 4·n.
- * Launched, the largest moment: the reduction's (one bucket or round: its copies 3×) or the update
- * scope's, which holds everything the sharded update makes until it ends (11·4M and the all-gather);
- * none: the norm's squares 4N or one all-reduce bucket.
- *
+ *                updates: the norm's squares 4M, and per cell (one AdamW call: a parameter's part
+ *                of the range, split at the rounds where the region is held whole) the slices of
+ *                parameter and gradient, the clipped gradient and AdamW's three outputs, 6·4M in
+ *                all (the moments are kept per cell: no slices or joins of them); the joins of the
+ *                new parameters, 4M (the rounds' send buffers, or a block unit's new shard).
+ *                What is held whole (N, or N_root under zero3) is all-gathered in the rounds:
+ *                4·R·S(n) and the parameters sliced out of it 4n, and the joins of parameters that
+ *                arrive in several parts, 4n when there are several rounds (not counted for one).
+ * Launched, the largest moment of: the reduction (one bucket or round: its copies 3×); the norm's
+ * squares of the largest region, 4·S; a block unit's update (its new parameters and the last
+ * cell's scope, at most 4·S(n_b) + 6·4·min(S(n_b), P) with P the largest parameter tensor, or the
+ * parts and their join 2·4·S(n_b)); a round of a region held whole (its cells' new parameters and
+ * the last cell's scope, their join, the gathered round and its slices, the parts of parameters
+ * still incomplete — at most two per rank's range, bounded by min(4n, 4·(2R + 1)·P) with the join
+ * of one). None: the norm's squares 4N or one all-reduce bucket.
  * Measured (test/zero_memory.test.ts, queued regime, CPU): every term above within 4% on one rank
  * (dense, MoE, MoD, MoE + MoD, bf16) and on two (none, zero1, zero2, zero3 dense and MoE + MoD);
  * the launched regime is not measured (no GPU there).
@@ -293,35 +300,66 @@ export function unitParameters(config: TransformerConfig): { root: number; block
 
 /**
  * Bytes the update queues besides the state (the queued regime: all of it is allocated before the
- * first is freed), or holds at its largest moment (launched), module comment "the update".
+ * first is freed), or holds at its largest moment (launched), module comment "the update". `largest`:
+ * the elements of the largest parameter tensor.
  */
-function updateTransients(sharding: Sharding, R: number, N: number, units: { root: number; blocks: number[] }, regime: QueueRegime, bucketBytes: number): number {
+function updateTransients(sharding: Sharding, R: number, N: number, units: { root: number; blocks: number[] }, largest: number, regime: QueueRegime, bucketBytes: number): number {
   const queued = regime === 'queued';
   if (sharding === 'none' || R === 1) {
     // the norm's squares, the clipped gradients, AdamW's new parameters and moments; on R > 1 the all-reduce's flat bucket, its sum and the slices back
     if (queued) return 4 * N + 4 * N + 12 * N + (R > 1 ? 3 * 4 * N : 0);
     return Math.max(4 * N, R > 1 ? 3 * Math.min(4 * N, bucketBytes) : 0);
   }
+  const shard = (n: number): number => Math.ceil(n / R);
+  // elements of one round of a region of n parameters held whole (the reduce-scatter's and the all-gather's)
+  const roundOf = (n: number): number => Math.max(1, Math.min(shard(n), Math.floor(bucketBytes / 4 / R)));
   // the reduce-scatter of n parameters in rounds: per round the R pieces' slices (and the pieces' joins), the send buffer and the result; the rounds' join
   const reduceScatter = (n: number): number => {
-    const S = Math.ceil(n / R);
-    const round = Math.max(1, Math.min(S, Math.floor(bucketBytes / 4 / R)));
+    const S = shard(n);
+    const round = roundOf(n);
     const join = S > round ? 4 * S : 0;
     return queued ? 3 * 4 * R * S + 4 * S + join : 3 * 4 * R * round + 4 * round + join;
   };
-  // the all-gather of n updated parameters and the parameters sliced out of it
-  const gather = (n: number): number => 4 * R * Math.ceil(n / R) + (queued ? 4 * n : 0);
-  // the shards' update over M elements: the norm's squares, the clipped shard, the slices of parameter, gradient and moments, AdamW's three outputs, the joined parameters and moments
-  const update = (M: number): number => 4 * M * (queued ? 12 : 11);
-  const S = Math.ceil(N / R);
-  if (sharding === 'zero1') {
-    // the bucketed all-reduce (flat bucket, sum, slices back), then this rank's range of it (slices and their join)
-    const allReduce = queued ? 3 * 4 * N : 3 * Math.min(4 * N, bucketBytes);
-    return queued ? allReduce + 2 * 4 * S + update(S) + gather(N) : Math.max(allReduce, 4 * S + update(S) + gather(N));
+  // AdamW over c elements in one scope: the slices of parameter and gradient, the clipped gradient, the new parameter and moments
+  const cell = (c: number): number => 6 * 4 * c;
+  // a region of n parameters held whole, updated and all-gathered round by round. Queued: the
+  // cells of its S(n) elements, the rounds' joins, the gathered rounds 4·R·S(n), the parameters
+  // sliced out 4n and the joins of parameters in several parts (4n when there are several rounds).
+  // Launched, one round: its cells' new parameters and the last cell's scope, the join, the
+  // gathered round and its slices, and the parts of parameters not complete yet (at most two per
+  // rank's range: the one the round ends in and the one across the range's start) and one join.
+  const heldWhole = (n: number): number => {
+    const S = shard(n);
+    const round = roundOf(n);
+    if (queued) return cell(S) + 4 * S + 4 * R * S + 4 * n + (S > round ? 4 * n : 0);
+    const c = Math.min(round, largest);
+    return 4 * round + cell(c) + 4 * round + 2 * 4 * R * round + Math.min(4 * n, 4 * (2 * R + 1) * largest);
+  };
+  // a zero3 block unit of n parameters: its cells (one per parameter), their join into the new shard.
+  // Launched: the new parameters so far and the last cell's scope, or the parts and their join.
+  const block = (n: number): number => {
+    const S = shard(n);
+    return queued ? cell(S) + 4 * S : Math.max(2 * 4 * S, 4 * S + cell(Math.min(S, largest)));
+  };
+  // the gradient norm's squares: all regions' queued; launched, the largest region's
+  if (sharding === 'zero1' || sharding === 'zero2') {
+    const S = shard(N);
+    const reduce = sharding === 'zero1'
+      // the bucketed all-reduce (flat bucket, sum, slices back), then this rank's range of it (slices and their join)
+      ? (queued ? 3 * 4 * N + 2 * 4 * S : Math.max(3 * Math.min(4 * N, bucketBytes), 2 * 4 * S))
+      : reduceScatter(N);
+    return queued ? reduce + 4 * S + heldWhole(N) : Math.max(reduce, 4 * S, heldWhole(N));
   }
-  if (sharding === 'zero2') return queued ? reduceScatter(N) + update(S) + gather(N) : Math.max(reduceScatter(N), update(S) + gather(N));
-  const M = Math.ceil(units.root / R) + units.blocks.reduce((sum, n) => sum + Math.ceil(n / R), 0);
-  return queued ? reduceScatter(units.root) + update(M) + gather(units.root) : Math.max(reduceScatter(units.root), update(M) + gather(units.root));
+  const regions = [units.root, ...units.blocks];
+  if (queued) return reduceScatter(units.root) + regions.reduce((sum, n) => sum + 4 * shard(n), 0) + heldWhole(units.root) + units.blocks.reduce((sum, n) => sum + block(n), 0);
+  return Math.max(reduceScatter(units.root), 4 * Math.max(...regions.map(shard)), heldWhole(units.root), ...units.blocks.map(block));
+}
+
+/** Elements of the largest parameter tensor of `config`: the embedding (V·d), a layer's stacked expert weights (E·d·f), or an attention projection (d²). */
+function largestParameter(config: TransformerConfig): number {
+  const c = validateConfig(config);
+  const p = countParameters(c);
+  return Math.max(c.vocabSize * c.dModel, p.components.experts / (3 * c.layers), c.dModel * c.dModel);
 }
 
 /** The per-rank memory of training `config` on `worldSize` ranks with `sharding` (module comment). */
@@ -371,7 +409,7 @@ export function memoryPerRank(config: TransformerConfig, options: MicroBatch & {
     }
   }
   const backwardMoment = parameters + optimizer + backwardGradients + activations + backward;
-  const updateMoment = parameters + optimizer + (regime === 'queued' ? backwardGradients : gradients) + updateTransients(sharding, R, N, units, regime, bucketBytes);
+  const updateMoment = parameters + optimizer + (regime === 'queued' ? backwardGradients : gradients) + updateTransients(sharding, R, N, units, largestParameter(config), regime, bucketBytes);
   const total = Math.max(backwardMoment, updateMoment);
   return { worldSize: R, sharding, regime, parameters, backwardGradients, gradients, optimizer, activations, backward, backwardMoment, updateMoment, total };
 }

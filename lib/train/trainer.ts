@@ -41,8 +41,9 @@ import { batchRows, BatchRowsOptions } from '../model/batch_rows';
 import { AdamW, AdamWOptions, finiteIndicator, learningRate, StepResult } from '../optim/adamw';
 import { loadCheckpointInto, saveCheckpoint } from './checkpoint';
 import { trainingFlops } from './flops';
-import { agreeFinite, allReduceGradients, microBatchGenerator, StepSplit, stepSplit, sumOverRanks } from './data_parallel';
+import { agreeFinite, GradientReducer, microBatchGenerator, ReducedParameters, StepSplit, stepSplit, sumOverRanks } from './data_parallel';
 import { checkSharding, Sharding, ZeroOptimizer } from './zero';
+import { consolidate, ExpertParallelAdamW, ExpertParallelPlan, loadExpertParallel, planExpertParallel } from './expert_parallel';
 import type { TokenBatchSource } from '../data/dataset';
 import { VocabInfo, VocabSpec, vocabFromSpec } from '../data/vocab';
 import { at } from '../checked';
@@ -92,6 +93,24 @@ export interface TrainerOptions {
    * every checkpoint. With one rank there is nothing to shard and it has no effect.
    */
   sharding?: Sharding;
+  /**
+   * Expert parallel (lib/train/expert_parallel.ts; default 1: off): the world's ranks form
+   * data-parallel replicas of groups of this many consecutive ranks, over which the experts of
+   * every MoE layer are spread (the Trainer shards the model's MoE layers: each rank keeps its
+   * experts). Each `data.next()` is then one group micro-batch of expertParallel × b sequences,
+   * rank j of a group training the j-th b of them: the run trains like one process whose
+   * micro-batches are those batches. Must divide the world size and every group's expert count;
+   * not with mixture-of-depths layers or sharding. A world of D × N ranks holds D data-parallel
+   * replicas of an N-rank group: replica k trains the step's batches k·A … k·A + A − 1.
+   */
+  expertParallel?: number;
+  /**
+   * Data parallel without sharding: all-reduce the gradients in buckets during the backward of the
+   * step's last micro-batch, each bucket as soon as its gradients are final (default true;
+   * GradientReducer in lib/train/data_parallel.ts). false all-reduces them after the backward. The
+   * sums are the same bit for bit either way.
+   */
+  overlapGrads?: boolean;
   /**
    * Steps with a non-finite loss or gradient norm the run may skip (default 0): such a step then
    * changes no parameter or moment, and the next logged step reports it ('skip' event). One more
@@ -164,10 +183,21 @@ interface StepTotals {
   flopsPerModality: number[];
 }
 
+/**
+ * This rank's micro-batches of a step and what the whole step adds up to; `lossScales[a]`: the
+ * factor of micro-batch a's loss, its counted targets over those of its expert-parallel group's
+ * micro-batch (1 without expert parallel).
+ */
+interface StepBatches {
+  batches: Batch[];
+  lossScales: number[];
+  totals: StepTotals;
+}
+
 /** A step's micro-batches (this rank's share) built ahead of time, with the data position before them (what a checkpoint saves). */
 interface NextStep {
   position: unknown;
-  result: Promise<{ batches: Batch[]; totals: StepTotals } | { error: unknown }>;
+  result: Promise<StepBatches | { error: unknown }>;
 }
 
 /**
@@ -234,6 +264,8 @@ export class Trainer extends EventEmitter {
   private next: NextStep | null = null;
   /** This rank's share of a step: ranks × accumulation micro-batches per step. */
   readonly split: StepSplit;
+  /** Expert parallel (lib/train/expert_parallel.ts): this rank's place, or null without it. */
+  readonly expertParallel: ExpertParallelPlan | null;
   private interval: Interval;
   /** The step of the last record (or where training started): routing statistics follow it. */
   private lastLogged = 0;
@@ -258,9 +290,12 @@ export class Trainer extends EventEmitter {
     const budget = options.skipNonfinite ?? 0;
     if (!Number.isInteger(budget) || budget < 0) throw new MomaError('ERR_ARG', `Trainer: skipNonfinite must be an integer >= 0, got ${String(options.skipNonfinite)}`);
     this.skipBudget = budget;
+    if (options.overlapGrads !== undefined && typeof options.overlapGrads !== 'boolean') throw new MomaError('ERR_ARG', `Trainer: overlapGrads must be true or false, got ${String(options.overlapGrads)}`);
     this.split = stepSplit(options.gradAccum, options.dataParallel);
     this.model = options.model;
-    this.optimizer = new AdamW(this.model, { lr: options.schedule.peak, ...options.optimizer });
+    this.expertParallel = planExpertParallel(this.model, options.expertParallel, { sharding: checkSharding(options.sharding, 'Trainer: sharding'), dataParallel: options.dataParallel });
+    const adamw = { lr: options.schedule.peak, ...options.optimizer };
+    this.optimizer = this.expertParallel === null ? new AdamW(this.model, adamw) : new ExpertParallelAdamW(this.model, adamw, this.expertParallel);
     const sharding = checkSharding(options.sharding, 'Trainer: sharding');
     this.zero = sharding !== 'none' && this.split.ranks > 1 ? new ZeroOptimizer(this.optimizer, sharding, this.split) : null;
     this.generator = new Generator(options.seed ?? 0);
@@ -269,6 +304,38 @@ export class Trainer extends EventEmitter {
     const peakPerDevice = options.peakFlops ?? (Number(process.env.MOMA_PEAK_FLOPS) || (this.model.config.device.startsWith('cuda') ? 989e12 : 256e9));
     this.peakFlops = peakPerDevice * this.split.ranks;
     this.interval = this.emptyInterval();
+  }
+
+  /** How the step's batches are split: over the ranks, or with expert parallel over the replicas of an EP group. */
+  private dataSplit(): { rank: number; ranks: number } {
+    const ep = this.expertParallel;
+    return ep === null ? { rank: this.split.rank, ranks: this.split.ranks } : { rank: ep.replica, ranks: ep.replicas };
+  }
+
+  /** The parameters every rank holds (all but the expert weights of an expert-parallel run), in model order. */
+  private replicatedParameters(): Tensor[] {
+    const ep = this.expertParallel;
+    if (ep === null) return this.model.parameters();
+    return [...this.model.namedParameters()].filter(([name]) => !ep.experts.has(name)).map(([, p]) => p);
+  }
+
+  /**
+   * The gradient sums of a data-parallel step without sharding: the replicated parameters over the
+   * world, and with D > 1 expert-parallel replicas the expert weights over this rank's
+   * data-parallel group (the ranks holding the same experts); overlapped unless overlapGrads is false.
+   */
+  private gradientReducer(): GradientReducer {
+    const ep = this.expertParallel;
+    const lists: ReducedParameters[] = [{ parameters: this.replicatedParameters() }];
+    if (ep !== null && ep.dataGroup !== null && ep.dataGroup.size > 1) {
+      lists.push({ parameters: [...this.model.namedParameters()].filter(([name]) => ep.experts.has(name)).map(([, p]) => p), group: ep.dataGroup });
+    }
+    return new GradientReducer(lists.filter((l) => l.parameters.length > 0), { overlap: this.options.overlapGrads ?? true });
+  }
+
+  /** Batches of `data` per step: its `next()` calls (with expert parallel each is one EP-group micro-batch). */
+  get batchesPerStep(): number {
+    return this.dataSplit().ranks * this.split.accumulation;
   }
 
   private modalities(): string[] {
@@ -307,7 +374,8 @@ export class Trainer extends EventEmitter {
    * when one of them or of the moments is not finite (one read).
    */
   resume(dir: string): Promise<void> {
-    const { state } = loadCheckpointInto(dir, this.model, this.zero ?? this.optimizer, { trainerResume: true });
+    const { state } = this.expertParallel === null ? loadCheckpointInto(dir, this.model, this.zero ?? this.optimizer, { trainerResume: true })
+      : loadExpertParallel(dir, this.model, this.optimizer, this.expertParallel, { trainerResume: true });
     if (state.flops !== undefined && (state.flops as { perModality: number[] }).perModality.length !== this.modalities().length) {
       throw new MomaError('ERR_FILE', `Trainer.resume: ${dir}/trainer.json: flops.perModality has ${(state.flops as { perModality: number[] }).perModality.length} entries, the model has ${this.modalities().length} modalities`);
     }
@@ -338,7 +406,9 @@ export class Trainer extends EventEmitter {
    * non-finite value, named, or null: one finite flag per tensor on the device, one read.
    */
   private async findNonfinite(moments: boolean): Promise<string | null> {
-    const named: [string, Tensor][] = [...this.model.namedParameters()].map(([name, t]) => [`parameter '${name}'`, t]);
+    // ZeRO-3: the blocks' parameters are shards, checked on every rank together
+    const probes = this.zero?.fsdp?.finiteProbes() ?? null;
+    const named: [string, Tensor][] = probes?.named ?? [...this.model.namedParameters()].map(([name, t]) => [`parameter '${name}'`, t]);
     if (moments && this.zero === null) {
       for (const [name, s] of this.optimizer.stateDict()) named.push([`the first moment of '${name}'`, s.m], [`the second moment of '${name}'`, s.v]);
     }
@@ -349,6 +419,7 @@ export class Trainer extends EventEmitter {
       values = await flags.toArray();
     } finally {
       flags.dispose();
+      probes?.dispose();
     }
     const index = Array.from(values).findIndex((v) => v !== 1);
     return index < 0 ? null : named[index]![0];
@@ -384,16 +455,21 @@ export class Trainer extends EventEmitter {
     if (!dir) throw new MomaError('ERR_ARG', 'Trainer.checkpoint: no checkpoint directory');
     // every rank checks (the flags are the same on all of them) so that all refuse together
     await this.assertCheckpointable(dir);
+    // expert parallel: the EP groups gather their experts for rank 0, which writes the whole model as one process does
+    const whole = this.expertParallel === null ? null : await consolidate(this.model, this.optimizer, this.expertParallel);
     if (this.split.rank !== 0 && this.zero === null) return;
     await saveCheckpoint(dir, {
       config: this.model.config as unknown as TransformerConfig,
-      model: this.model,
-      ...(this.zero === null ? { optimizer: this.optimizer } : { zero: this.zero }),
+      model: whole?.model ?? this.model,
+      ...(this.zero === null ? { optimizer: whole?.optimizer ?? this.optimizer } : { zero: this.zero }),
       state: {
         step: this.step, optimizerStep: this.optimizer.step, tokens: this.tokens, flops: this.flops, nonfiniteSkipped: this.skippedSteps,
         generator: this.generator.getState(), dataPosition: this.next === null ? this.options.data.state() : this.next.position,
       },
       files: { ...this.options.checkpointFiles, 'vocab.json': this.options.vocab },
+    }).finally(() => {
+      whole?.optimizer.dispose();
+      whole?.model.dispose();
     });
     if (this.split.rank === 0) this.emit('checkpoint', { step: this.step, dir });
   }
@@ -407,17 +483,28 @@ export class Trainer extends EventEmitter {
    * Builds this rank's micro-batches of a step (uploads queued now) from all ranks × accumulation
    * sequence sets, and adds up the step's rows, targets and FLOPs over all of them (host only).
    */
-  private toStep(sets: number[][][]): { batches: Batch[]; totals: StepTotals } | { error: unknown } {
-    const { rank, accumulation } = this.split;
+  private toStep(sets: number[][][]): StepBatches | { error: unknown } {
+    const { rank } = this.dataSplit();
+    const { accumulation } = this.split;
+    const ep = this.expertParallel;
     const M = this.modalities().length;
     const totals: StepTotals = { rows: 0, targets: 0, targetsPerModality: new Array<number>(M).fill(0), flops: 0, flopsPerModality: new Array<number>(M).fill(0) };
     const batches: Batch[] = [];
+    const lossScales: number[] = [];
     const options = this.rowsOptions();
     try {
       sets.forEach((sequences, j) => {
         const mine = j >= rank * accumulation && j < (rank + 1) * accumulation;
-        const rows = mine ? makeBatch(sequences, { ...options, device: this.model.config.device }) : batchRows(sequences, options);
-        if (mine) batches.push(rows as Batch);
+        if (ep !== null && sequences.length % ep.size !== 0) {
+          throw new MomaError('ERR_ARG', `Trainer: expert parallel over ${ep.size} ranks needs batches of a multiple of ${ep.size} sequences (each rank trains its share), got ${sequences.length}`);
+        }
+        const share = ep === null ? sequences : sequences.slice(ep.rank * (sequences.length / ep.size), (ep.rank + 1) * (sequences.length / ep.size));
+        const rows = mine && ep === null ? makeBatch(sequences, { ...options, device: this.model.config.device }) : batchRows(sequences, options);
+        if (mine) {
+          const batch = ep === null ? rows as Batch : makeBatch(share, { ...options, device: this.model.config.device });
+          batches.push(batch);
+          lossScales.push(ep === null ? 1 : rows.counts.total > 0 ? batch.counts.total / rows.counts.total : 0);
+        }
         const f = trainingFlops(this.model.config, 'host' in rows ? rows.host : rows);
         totals.rows += rows.counts.rows;
         totals.targets += rows.counts.total;
@@ -425,7 +512,7 @@ export class Trainer extends EventEmitter {
         totals.flops += f.total;
         f.perModality.forEach((x, m) => (totals.flopsPerModality[m]! += x));
       });
-      return { batches, totals };
+      return { batches, lossScales, totals };
     } catch (error) {
       batches.forEach(disposeBatch);
       return { error };
@@ -438,7 +525,7 @@ export class Trainer extends EventEmitter {
    */
   private fetchStep(): NextStep {
     const position = this.options.data.state();
-    const count = this.split.ranks * this.split.accumulation;
+    const count = this.dataSplit().ranks * this.split.accumulation;
     const sets: number[][][] = [];
     const pull = (): Promise<NextStep['result'] extends Promise<infer R> ? R : never> | ReturnType<Trainer['toStep']> => {
       while (sets.length < count) {
@@ -471,7 +558,7 @@ export class Trainer extends EventEmitter {
   }
 
   /** The step's micro-batches: those built ahead, or built now; the time spent waiting is the data wait. */
-  private async takeStep(): Promise<{ batches: Batch[]; totals: StepTotals }> {
+  private async takeStep(): Promise<StepBatches> {
     const begun = process.hrtime.bigint();
     const next = this.next ?? this.fetchStep();
     this.next = null;
@@ -501,12 +588,16 @@ export class Trainer extends EventEmitter {
     const log = options.log === true || step % this.logEvery === 0 || step >= this.options.steps;
     const routing = log && this.routingDue(step);
     for (const ffn of this.moeLayers()) ffn.collectStats = routing;
-    const { batches, totals } = await this.takeStep();
+    const { batches, lossScales, totals } = await this.takeStep();
     try {
       const { schedule } = this.options;
       const lr = learningRate(this.step, { ...schedule, total: schedule.total ?? this.options.steps });
-      const { rank, ranks, accumulation } = this.split;
-      const perStep = ranks * accumulation;
+      const { ranks, accumulation } = this.split;
+      // micro-batches of the step: ranks × accumulation, or with expert parallel one per replica of an EP group and accumulation
+      const { rank, ranks: batchRanks } = this.dataSplit();
+      const perStep = batchRanks * accumulation;
+      // data parallel without sharding: the step's gradient all-reduce, started during the last backward (per step: the optimizer replaces the parameter tensors)
+      const reducer = this.zero === null && ranks > 1 ? this.gradientReducer() : null;
       // per micro-batch: [loss · targets, loss_m · targets_m …] and the loss itself (for its finite flag)
       const weighted: Tensor[] = [];
       const losses: Tensor[] = [];
@@ -514,7 +605,9 @@ export class Trainer extends EventEmitter {
         const generator = perStep === 1 ? this.generator : microBatchGenerator(this.generator.seed, this.step, rank * accumulation + a, perStep);
         const [loss, parts] = tidy(() => {
           const out = this.model.loss(batch, { training: true, generator });
-          backward(perStep === 1 ? out.loss : scale(out.loss, 1 / perStep));
+          const factor = lossScales[a]! / perStep;
+          const last = reducer !== null && a === batches.length - 1;
+          backward(factor === 1 ? out.loss : scale(out.loss, factor), undefined, last ? { onGradReady: reducer.hook } : undefined);
           const counts = batch.counts;
           return [out.loss, concat([out.loss.scale(counts.total), ...out.perModality.map((t, m) => t.scale(counts.perModality[m] ?? 0))].map((t) => t.reshape([1])), 0)];
         });
@@ -530,7 +623,7 @@ export class Trainer extends EventEmitter {
         let result: StepResult;
         if (this.zero !== null) result = this.zero.update(lr, update);
         else {
-          if (ranks > 1) allReduceGradients(this.model.parameters());
+          reducer?.finish();
           result = this.optimizer.update(lr, update);
         }
         this.optimizer.zeroGrad();

@@ -25,15 +25,20 @@
  *   - clipping: each rank's sum of squares of its shards, all-reduced (one scalar), is the squared
  *     global norm; the shards are multiplied by min(1, clip / (norm + 1e-6)) as lib/optim/adamw.ts
  *     multiplies whole gradients.
- *   - AdamW: the same fused kernel (adamwStep) on flat slices: for every parameter that meets the
- *     range, its slice of the parameter, of the clipped shard and of the moments, with that
- *     parameter's weight decay. Element for element this is the unsharded update; only the norm's
- *     and the gradients' summation orders differ (results agree with unsharded training to ~1e-7
- *     relative).
- *   - zero1, zero2 and the root unit of zero3: the updated ranges (padded to S) are all-gathered,
- *     and every parameter is replaced by its slice of the gathered vector, so every rank holds the
- *     full parameters again. zero3 block units: the updated range is the unit's new shard; the
- *     block's full parameters exist only while a forward or backward gathers them.
+ *   - AdamW: the same fused kernel (adamwStep) on cells: a cell is the part of one parameter in
+ *     the range, and in a region held whole (zero1/2, the root unit of zero3) also split at the
+ *     rounds of the reduce-scatter (~25 MiB over the R ranks, [lo, hi) of every rank's range). Per
+ *     cell, in a scope of its own: its slice of the parameter and of the gradient shard, clipped,
+ *     and its moments, with that parameter's weight decay; the new moments replace the cell's
+ *     (moments are kept per cell), the new parameter slice is kept. AdamW is element-wise, so
+ *     element for element this is the unsharded update; only the norm's and the gradients'
+ *     summation orders differ (results agree with unsharded training to ~1e-7 relative).
+ *   - zero1, zero2 and the root unit of zero3: round by round, this rank's new [lo, hi) (padded)
+ *     is all-gathered and each parameter is replaced as soon as all its parts have arrived, so
+ *     every rank holds the full parameters again. zero3 block units: the new parameter slices,
+ *     joined, are the unit's new shard; the block's full parameters exist only while a forward or
+ *     backward gathers them. So the update's transients are bounded by a round or a unit, not the
+ *     whole shard (lib/train/memory_model.ts).
  * A parameter without a gradient counts as a zero gradient (as plain data parallel does), so every
  * rank reduces the same buffers.
  *
@@ -59,7 +64,7 @@ import { adamwStep } from '../nn/ops';
 import { AdamW, CLIP_EPS, selectFinite, StepResult, stepFinite, UpdateOptions } from '../optim/adamw';
 import { Transformer } from '../model/transformer';
 import { allReduceGradients, DEFAULT_BUCKET_BYTES, StepSplit } from './data_parallel';
-import { FlatLayout, flatLayout, flatSlice, piecesOf, shardRange } from './flat';
+import { FlatEntry, FlatLayout, flatLayout, flatSlice, piecesOf, shardRange } from './flat';
 import { FsdpUnit, FullyShardedModel } from './fsdp';
 
 export { FlatEntry, FlatLayout, flatLayout, piecesOf, shardRange } from './flat';
@@ -83,15 +88,46 @@ export interface MomentShard {
   expAvgSq: Tensor;
 }
 
+/** What one AdamW call of the update covers: elements [begin, end) of parameter `entry`, at `at` in its region's range. */
+interface Cell {
+  entry: FlatEntry;
+  begin: number;
+  end: number;
+  at: number;
+}
+
+/** A round of a region held whole: [lo, hi) of every rank's range, its cells [first, last) on this rank. */
+interface Round {
+  lo: number;
+  hi: number;
+  first: number;
+  last: number;
+}
+
 /** A part of the parameters this rank updates: a flat layout and this rank's range [from, to) of it. */
 interface Region {
   layout: FlatLayout;
   from: number;
   to: number;
-  /** Where the region's moments start in the optimizer's flat moment tensors. */
-  momentOffset: number;
   /** A ZeRO-3 block unit (its shard holds the parameters and their gradient), or null: the parameters are the model's. */
   unit: FsdpUnit | null;
+  /** The range's cells in flat order: a block unit's are its pieces, a region held whole splits its pieces at the rounds. */
+  cells: Cell[];
+  /** A region held whole: its rounds (the reduce-scatter's and the all-gather's); a block unit: one round over the range. */
+  rounds: Round[];
+}
+
+/** The cells and rounds of this rank's range [from, to) of `layout`, with rounds of `round` elements (module comment). */
+function regionCells(layout: FlatLayout, from: number, to: number, round: number): { cells: Cell[]; rounds: Round[] } {
+  const cells: Cell[] = [];
+  const rounds: Round[] = [];
+  for (let lo = 0; lo < layout.shardSize; lo += round) {
+    const hi = Math.min(layout.shardSize, lo + round);
+    const first = cells.length;
+    for (const { entry, begin, end } of piecesOf(layout, from + lo, Math.min(from + hi, to))) cells.push({ entry, begin, end, at: entry.offset + begin - from });
+    rounds.push({ lo, hi, first, last: cells.length });
+  }
+  return { cells, rounds };
 }
 
 /** One tensor of `parts` (concatenated when several; an empty float32 tensor when none). */
@@ -115,8 +151,9 @@ export class ZeroOptimizer {
   readonly fsdp: FullyShardedModel | null;
   private readonly regions: Region[];
   private readonly momentLength: number;
-  private expAvg: Tensor | null = null;
-  private expAvgSq: Tensor | null = null;
+  /** The moments of every region's cells (per region, per cell: float32 [end − begin]); null before the first update. */
+  private expAvg: Tensor[][] | null = null;
+  private expAvgSq: Tensor[][] | null = null;
   private last: StepResult | null = null;
 
   constructor(readonly adamw: AdamW, readonly stage: 'zero1' | 'zero2' | 'zero3', readonly split: Pick<StepSplit, 'rank' | 'ranks'>, readonly bucketBytes = DEFAULT_BUCKET_BYTES) {
@@ -134,27 +171,20 @@ export class ZeroOptimizer {
     } else {
       this.fsdp = null;
     }
-    let momentOffset = 0;
     const units: { layout: FlatLayout; from: number; to: number; unit: FsdpUnit | null }[] = this.fsdp === null
       ? [{ layout: this.layout, from: this.from, to: this.to, unit: null }]
       : this.fsdp.units.map((unit) => ({ layout: unit.layout, from: unit.from, to: unit.to, unit: unit.shard === null ? null : unit }));
-    this.regions = units.map((r) => {
-      const region = { ...r, momentOffset };
-      momentOffset += r.to - r.from;
-      return region;
-    });
-    this.momentLength = momentOffset;
+    this.regions = units.map((r) => ({ ...r, ...regionCells(r.layout, r.from, r.to, r.unit === null ? this.roundSize(r.layout) : r.layout.shardSize) }));
+    this.momentLength = this.regions.reduce((sum, r) => sum + r.to - r.from, 0);
   }
 
   private device(): string {
     return this.adamw.module.parameters()[0]?.device ?? 'cpu';
   }
 
-  /** zero1/zero2: this rank's moments (zeros before the first update), as a MomentShard the caller must not dispose. */
-  moments(): MomentShard {
-    if (this.fsdp !== null) throw new MomaError('ERR_ARG', 'ZeroOptimizer.moments: zero3 moments follow the units; use checkpointMoments()');
-    this.ensureMoments();
-    return { from: this.from, to: this.to, expAvg: this.expAvg!, expAvgSq: this.expAvgSq! };
+  /** Elements of one round of a region held whole: R rounds' pieces make one ~bucketBytes reduce-scatter or all-gather. */
+  private roundSize(layout: FlatLayout): number {
+    return Math.max(1, Math.min(layout.shardSize, Math.floor(this.bucketBytes / 4 / layout.ranks)));
   }
 
   /**
@@ -162,21 +192,23 @@ export class ZeroOptimizer {
    * shard holds) and whether the caller owns (disposes) them. zero3: a collective (module comment).
    */
   checkpointMoments(): MomentShard & { owned: boolean } {
-    if (this.fsdp === null) return { ...this.moments(), owned: false };
     this.ensureMoments();
     const device = this.device();
+    if (this.fsdp === null) {
+      const [ms, vs] = [this.expAvg![0]!, this.expAvgSq![0]!];
+      if (ms.length === 1) return { from: this.from, to: this.to, expAvg: ms[0]!, expAvgSq: vs[0]!, owned: false };
+      const [expAvg, expAvgSq] = [ms, vs].map((parts) => untrack(noGrad(() => joined(parts, device))));
+      return { from: this.from, to: this.to, expAvg: expAvg!, expAvgSq: expAvgSq!, owned: true };
+    }
     const globalOffset = new Map(this.layout.entries.map((e) => [e.name, e.offset]));
     const pieces: { at: number; m: Tensor; v: Tensor }[] = [];
     noGrad(() => {
-      for (const region of this.regions) {
+      this.regions.forEach((region, k) => {
         const S = region.layout.shardSize;
         const length = region.to - region.from;
         tidy(() => {
-          const pad = (t: Tensor): Tensor[] => (S > length ? [t, zeros([S - length], { device })] : [t]);
-          const mine = concat([
-            ...pad(this.expAvg!.slice(0, region.momentOffset, region.momentOffset + length)),
-            ...pad(this.expAvgSq!.slice(0, region.momentOffset, region.momentOffset + length)),
-          ], 0);
+          const pad = S > length ? [zeros([S - length], { device })] : [];
+          const mine = concat([...this.expAvg![k]!, ...pad, ...this.expAvgSq![k]!, ...pad], 0);
           const all = allGather(mine); // rank q's block: [q·2S, q·2S + S) first moments, then S second moments
           for (const entry of region.layout.entries) {
             const base = globalOffset.get(entry.name)!;
@@ -192,7 +224,7 @@ export class ZeroOptimizer {
             }
           }
         });
-      }
+      });
     });
     pieces.sort((a, b) => a.at - b.at);
     const expAvg = untrack(noGrad(() => joined(pieces.map((p) => p.m), device)));
@@ -222,14 +254,26 @@ export class ZeroOptimizer {
       throw new MomaError('ERR_ARG', `ZeroOptimizer.loadMoments: need ${length} values each (this rank's ranges of the flat space), got ${expAvg.length} and ${expAvgSq.length}`);
     }
     this.disposeMoments();
-    this.expAvg = tensor(expAvg, { shape: [length], device: this.device() });
-    this.expAvgSq = tensor(expAvgSq, { shape: [length], device: this.device() });
+    const device = this.device();
+    // the cells cover momentRanges() in the same order, each region's range from its start
+    const split = (values: Float32Array): Tensor[][] => {
+      let offset = 0;
+      return this.regions.map((region) => {
+        const out = region.cells.map((c) => tensor(values.slice(offset + c.at, offset + c.at + c.end - c.begin), { shape: [c.end - c.begin], device }));
+        offset += region.to - region.from;
+        return out;
+      });
+    };
+    this.expAvg = split(expAvg);
+    this.expAvgSq = split(expAvgSq);
   }
 
   private ensureMoments(): void {
     if (this.expAvg !== null) return;
-    this.expAvg = zeros([this.momentLength], { device: this.device() });
-    this.expAvgSq = zeros([this.momentLength], { device: this.device() });
+    const device = this.device();
+    const make = (): Tensor[][] => this.regions.map((region) => region.cells.map((c) => zeros([c.end - c.begin], { device })));
+    this.expAvg = make();
+    this.expAvgSq = make();
   }
 
   /**
@@ -253,12 +297,10 @@ export class ZeroOptimizer {
       return untrack(noGrad(() => tidy(() => flatSlice(layout, params.map((p) => p.grad), from, from + S, S, device))));
     }
     const R = layout.ranks;
-    const round = Math.max(1, Math.min(S, Math.floor(this.bucketBytes / 4 / R)));
     const pieces: Tensor[] = [];
     noGrad(() => {
       const grads = params.map((p) => p.grad);
-      for (let lo = 0; lo < S; lo += round) {
-        const hi = Math.min(S, lo + round);
+      for (const { lo, hi } of region.rounds) {
         pieces.push(untrack(tidy(() => {
           const send = Array.from({ length: R }, (_, q) => flatSlice(layout, grads, q * S + lo, q * S + hi, hi - lo, device));
           return reduceScatter(concat(send, 0), { op: 'sum' });
@@ -290,7 +332,8 @@ export class ZeroOptimizer {
     const device = this.device();
     const result = noGrad(() => {
       const gradNorm = untrack(tidy(() => {
-        const squares = shards.length === 1 ? shards[0]!.square().sum() : concat(shards.map((s) => s.square().sum().reshape([1])), 0).sum();
+        // one region's squares at a time (each sum in a scope of its own)
+        const squares = shards.length === 1 ? shards[0]!.square().sum() : concat(shards.map((s) => tidy(() => s.square().sum().reshape([1]))), 0).sum();
         return allReduce(squares.reshape([1]), { op: 'sum' }).reshape([]).sqrt();
       }));
       const clipScale = untrack(this.adamw.clips
@@ -301,50 +344,83 @@ export class ZeroOptimizer {
     const guard = options.skipNonfinite === true;
     this.adamw.step++;
     const step = this.adamw.step;
-    noGrad(() => tidy(() => {
+    noGrad(() => {
       const named = this.adamw.module.namedParameters();
-      const ms: Tensor[] = [];
-      const vs: Tensor[] = [];
-      const updated = this.regions.map((region, k) => {
-        const grad = this.adamw.clips ? shards[k]!.mul(result.clipScale) : shards[k]!;
-        const params: Tensor[] = [];
-        for (const { entry, begin, end } of piecesOf(region.layout, region.from, region.to)) {
-          const at = entry.offset + begin - region.from;
-          const n = end - begin;
-          const m = region.momentOffset + at;
-          const before = {
-            param: region.unit === null ? named.get(entry.name)!.reshape([entry.numel]).slice(0, begin, end) : region.unit.shard!.slice(0, at, at + n),
-            grad: grad.slice(0, at, at + n), expAvg: this.expAvg!.slice(0, m, m + n), expAvgSq: this.expAvgSq!.slice(0, m, m + n),
-          };
-          const out = adamwStep(before, {
-            lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weightDecay: o.decay(entry.name) ? o.weightDecay : 0, step,
-          });
-          params.push(guard ? selectFinite(result.finite, out.param, before.param) : out.param);
-          ms.push(guard ? selectFinite(result.finite, out.expAvg, before.expAvg) : out.expAvg);
-          vs.push(guard ? selectFinite(result.finite, out.expAvgSq, before.expAvgSq) : out.expAvgSq);
-        }
-        const pad = region.layout.shardSize - (region.to - region.from);
-        if (pad > 0) params.push(zeros([pad], { device }));
-        return joined(params, device);
-      });
-      this.disposeMoments();
-      this.expAvg = untrack(joined(ms, device));
-      this.expAvgSq = untrack(joined(vs, device));
       this.regions.forEach((region, k) => {
+        const grad = shards[k]!;
+        const ms = this.expAvg![k]!;
+        const vs = this.expAvgSq![k]!;
+        // AdamW on cell c in a scope of its own: its moments are replaced, its new parameter slice returned (in the caller's scope)
+        const updateCell = (c: number): Tensor => {
+          const { entry, begin, end, at } = region.cells[c]!;
+          const n = end - begin;
+          const out = tidy(() => {
+            const param = region.unit === null ? named.get(entry.name)!.reshape([entry.numel]).slice(0, begin, end) : region.unit.shard!.slice(0, at, at + n);
+            const slice = grad.slice(0, at, at + n);
+            const before = { param, grad: this.adamw.clips ? slice.mul(result.clipScale) : slice, expAvg: ms[c]!, expAvgSq: vs[c]! };
+            const next = adamwStep(before, {
+              lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weightDecay: o.decay(entry.name) ? o.weightDecay : 0, step,
+            });
+            if (!guard) return next;
+            return { param: selectFinite(result.finite, next.param, param), expAvg: selectFinite(result.finite, next.expAvg, before.expAvg), expAvgSq: selectFinite(result.finite, next.expAvgSq, before.expAvgSq) };
+          });
+          ms[c]!.dispose();
+          vs[c]!.dispose();
+          ms[c] = untrack(out.expAvg);
+          vs[c] = untrack(out.expAvgSq);
+          return out.param;
+        };
+        // the round's new parameters on this rank, padded to its length
+        const updateRound = ({ lo, hi, first, last }: Round): Tensor => {
+          const params = Array.from({ length: last - first }, (_, i) => updateCell(first + i));
+          const filled = Math.max(0, Math.min(hi, region.to - region.from) - lo);
+          if (hi - lo > filled) params.push(zeros([hi - lo - filled], { device }));
+          return joined(params, device);
+        };
         if (region.unit !== null) {
-          this.fsdp!.setShard(region.unit, untrack(updated[k]!));
+          this.fsdp!.setShard(region.unit, untrack(tidy(() => updateRound(region.rounds[0]!))));
           return;
         }
-        const gathered = allGather(updated[k]!);
-        for (const entry of region.layout.entries) {
-          this.adamw.module.setParameter(entry.name, untrack(gathered.slice(0, entry.offset, entry.offset + entry.numel).reshape(entry.shape)));
-        }
+        this.gatherRounds(region, updateRound);
       });
-    }));
+    });
     for (const shard of shards) shard.dispose();
     this.disposeLast();
     this.last = result;
     return result;
+  }
+
+  /**
+   * A region held whole, round by round: `updateRound` gives this rank's new [lo, hi) of its range,
+   * all ranks' are all-gathered, and each parameter is replaced in the model as soon as every
+   * part of it has arrived (its parts are held until then).
+   */
+  private gatherRounds(region: Region, updateRound: (round: Round) => Tensor): void {
+    const { layout } = region;
+    const S = layout.shardSize;
+    const pending = new Map<FlatEntry, { parts: { begin: number; t: Tensor }[]; received: number }>();
+    for (const round of region.rounds) {
+      tidy(() => {
+        const length = round.hi - round.lo;
+        const gathered = allGather(updateRound(round)); // rank q's block: [q·S + lo, q·S + hi) of the flat space
+        for (let q = 0; q < layout.ranks; q++) {
+          for (const { entry, begin, end } of piecesOf(layout, q * S + round.lo, q * S + round.hi)) {
+            const at = q * length + entry.offset + begin - q * S - round.lo;
+            const held = pending.get(entry) ?? { parts: [], received: 0 };
+            held.parts.push({ begin, t: untrack(gathered.slice(0, at, at + end - begin)) });
+            held.received += end - begin;
+            if (held.received < entry.numel) {
+              pending.set(entry, held);
+              continue;
+            }
+            pending.delete(entry);
+            const parts = held.parts.sort((a, b) => a.begin - b.begin).map((p) => p.t);
+            this.adamw.module.setParameter(entry.name, untrack(joined(parts, parts[0]!.device).reshape(entry.shape)));
+            for (const t of parts) t.dispose();
+          }
+        }
+      });
+    }
   }
 
   private disposeLast(): void {
@@ -356,8 +432,7 @@ export class ZeroOptimizer {
   }
 
   private disposeMoments(): void {
-    this.expAvg?.dispose();
-    this.expAvgSq?.dispose();
+    for (const t of [...(this.expAvg ?? []), ...(this.expAvgSq ?? [])].flat()) t.dispose();
     this.expAvg = null;
     this.expAvgSq = null;
   }
