@@ -95,7 +95,7 @@ async function main() {
   console.error(`moma bench: suites ${suites.join(', ')} on ${devices.join(', ')}; load average ${load.map((l) => l.toFixed(2)).join(' ')}`);
 
   const native = nativeSuites(kinds, { kernels: has('kernels'), filters });
-  const notes = [`moma ${info.cpu.threads} CPU threads, GEMM kernel ${info.cpu.gemmKernel}`, ...native.notes];
+  const notes = [`moma ${info.cpu.threads} CPU threads, GEMM ${info.cpu.gemm}`, ...native.notes];
   const results = native.results;
   for (const device of devices) results.push(await apiMatmul(moma, device, isCuda(device) ? 4096 : 1024, 10, results));
 

@@ -28,7 +28,7 @@ export interface NativeDeviceInfo {
 
 export interface NativeInfo {
   cuda: { compiled: boolean; runtimeVersion: number; driverVersion: number; devices: NativeDeviceInfo[] };
-  cpu: { threads: number; simd: string; gemm: string };
+  cpu: { threads: number; simd: string; gemm: string; gemmBf16: string };
 }
 
 export interface NativeMemoryStats {

@@ -1,37 +1,54 @@
-// CPU GEMM driver: Goto/BLIS blocking around a register-tiled float32 micro-kernel.
+// CPU GEMM driver: Goto/BLIS blocking around register-tiled micro-kernels, float32 and bf16.
 //
 // For each batch entry, C = alpha * op(A) @ op(B) + beta * C is computed as
 //   for each block of at most MB rows of A (MB = 12 * MC):
 //     for each KC-deep slice of K:
-//       pack op(A)[rows, slice] * alpha into MR-row panels   (k-major, zero-padded, 64B aligned)
+//       pack op(A)[rows, slice] into MR-row panels                (zero-padded, 64B aligned)
 //       for each NC-wide block of columns:
-//         pack op(B)[slice, cols] into NR-column panels        (k-major, zero-padded)
+//         pack op(B)[slice, cols] into NR-column panels           (zero-padded)
 //         threads take work items (an MC-row group of A panels x a run of B panels) from a
 //         shared counter; within an item a B micro-panel (KC x NR) stays in L1 across the MC
 //         rows and the A group stays in L2
 // The first K slice applies beta (C is not read when beta == 0); later slices accumulate.
 // Packing costs O(MK + KN) memory traffic per pass against 2 * MK * NC FLOPs, and turns any
 // transpose / leading dimension into the unit-stride panels the kernels need.
-// Dtypes: A and B may each be float32 or bf16. The packers are templated on the source element
-// type and widen bf16 to float32 as they copy (exact), so a bf16 operand costs nothing beyond
-// the pack it already had and the micro-kernels only ever see float32. A bf16 C is computed in
-// a float32 staging matrix per batch entry (C widened into it when beta != 0) and rounded once
-// to bf16 (nearest even, bf16.h) on store; a float32 C is written in place. The results are
-// therefore bit-identical to widening the bf16 inputs first and running the float32 GEMM.
+// Two paths share this driver (gemm_kernels.h describes the panels):
+// - float32: taken when A or B is float32, or when no bf16 kernel runs here. The packers are
+//   templated on the source element type and widen bf16 to float32 as they copy (exact), with
+//   alpha folded into A, so a bf16 operand costs nothing beyond the pack and the results are
+//   bit-identical to widening the bf16 inputs first and running the float32 GEMM.
+// - bf16 x bf16: A and B both bf16 and a bf16 kernel available (AMX tiles, else AVX-512-BF16).
+//   The panels stay bf16 (B in the VNNI pair layout, A in pairs or 32-k rows, K zero-padded to
+//   the kernel's granule), products are exact in float32 and accumulate in float32 (rounded after
+//   each instruction's pair or tile step, denormals flushed), alpha is applied at the store. Half
+//   the pack bytes and twice (AVX-512-BF16) or eight times (AMX) the multiply-adds per cycle of the
+//   float32 path; not bit-identical to it (the sums round in a different order), within float32
+//   summation error of the exact product of the bf16 inputs.
+// A bf16 C is computed in a float32 staging matrix per batch entry (C widened into it when
+// beta != 0) and rounded once to bf16 (nearest even, bf16.h) on store; a float32 C is written in
+// place.
+// Determinism: threads split M and N, never K. Each C tile is computed by one thread per K slice
+// with the same panels and the same kernel whatever the thread count, and the K slices run in
+// order, so results do not depend on the number of threads.
 // Threads: the two packs run as one parallel_for over panels, the tiles as a second one; both
 // hand out items dynamically (about 8 compute items per thread, split along N when M is small)
 // so small-M, small-N and unevenly loaded cores all keep every thread busy. Batches of many
 // independent matrices are spread over threads whole instead (each packs into its own buffers).
-// Kernel choice happens once: AVX-512 (14 x 32 tile), else AVX2 + FMA (6 x 16), else generic.
+// Kernel choice happens once, at the first call (gemm_paths_for; MOMA_CPU_GEMM overrides it):
+// float32 AVX-512 (14 x 32 tile), else AVX2 + FMA (6 x 16), else generic; bf16 AMX (32 x 32),
+// else AVX-512-BF16 (14 x 32), else the float32 path.
 // Pack buffers are per thread (thread_local), grow to the largest request and are freed when the
 // thread exits.
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
+#include <string>
 #include "../core/bf16.h"
 #include "../core/error.h"
+#include "cpu_features.h"
 #include "kernels.h"
 #include "gemm_kernels.h"
 #include "thread_pool.h"
@@ -49,21 +66,22 @@ class PackBuffer {
   PackBuffer& operator=(const PackBuffer&) = delete;
   ~PackBuffer() { std::free(data_); }
 
-  float* get(size_t floats) {
-    if (floats > cap_) {
+  template <typename T>
+  T* get(size_t count) {
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    if (bytes > cap_) {
       std::free(data_);
       data_ = nullptr;
       cap_ = 0;
-      const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      data_ = std::aligned_alloc(64, bytes);
       if (!data_) throw std::bad_alloc();
-      cap_ = floats;
+      cap_ = bytes;
     }
-    return data_;
+    return static_cast<T*>(data_);
   }
 
  private:
-  float* data_ = nullptr;
+  void* data_ = nullptr;
   size_t cap_ = 0;
 };
 
@@ -71,6 +89,7 @@ thread_local PackBuffer tl_pack_a;
 thread_local PackBuffer tl_pack_b;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // An element of an operand as float32: bf16 (stored as uint16_t) is widened exactly.
 inline float widen(float v) { return v; }
@@ -118,6 +137,77 @@ void pack_b_panel(const TB* B, int64_t ldb, bool trans, int64_t j0, int64_t cols
   }
 }
 
+// The bf16 panels are written a k pair (one 32-bit word: k even in the low half, k odd in the
+// high half, as vdpbf16ps / tdpbf16ps read them) at a time.
+typedef uint32_t __attribute__((may_alias)) PairWord;
+
+// d[j * stride] = (r0[j], r1[j]) for j < n: two rows of an operand contiguous along the panel's
+// other dimension; r1 == nullptr is an odd K tail (high half zero).
+void interleave_rows(const uint16_t* r0, const uint16_t* r1, int64_t n, PairWord* d) {
+  if (r1) {
+    for (int64_t j = 0; j < n; ++j) d[j] = uint32_t(r0[j]) | (uint32_t(r1[j]) << 16);
+  } else {
+    for (int64_t j = 0; j < n; ++j) d[j] = r0[j];
+  }
+}
+
+// d[p * stride] = (src[2p], src[2p + 1]) for the kc elements of src contiguous along K (an odd
+// last element pairs with zero).
+void gather_pairs(const uint16_t* src, int64_t kc, int64_t stride, PairWord* d) {
+  const int64_t full = kc / 2;
+  for (int64_t p = 0; p < full; ++p) {
+    uint32_t w;
+    std::memcpy(&w, src + 2 * p, sizeof w);
+    d[p * stride] = w;
+  }
+  if (kc & 1) d[full * stride] = src[kc - 1];
+}
+
+// An MR-row (or NR-column) panel of pair words, rows [r0, r0 + rows) and k in [p0, p0 + kc) of an
+// operand X whose op element (r, k) is X[r * ld + k] (k_contiguous) or X[k * ld + r]: word
+// (p, r) at d[p * width + r]. Rows / pairs past the live ones are left as they are.
+void pack_pairs(const uint16_t* X, int64_t ld, bool k_contiguous, int64_t r0, int64_t rows, int64_t p0, int64_t kc,
+                int64_t width, PairWord* d) {
+  if (k_contiguous) {
+    for (int64_t r = 0; r < rows; ++r) gather_pairs(X + (r0 + r) * ld + p0, kc, width, d + r);
+  } else {
+    for (int64_t k = 0; k + 1 < kc; k += 2)
+      interleave_rows(X + (p0 + k) * ld + r0, X + (p0 + k + 1) * ld + r0, rows, d + (k / 2) * width);
+    if (kc & 1) interleave_rows(X + (p0 + kc - 1) * ld + r0, nullptr, rows, d + (kc / 2) * width);
+  }
+}
+
+// One MR-row bf16 panel of op(A), rows [i0, i0 + rows), k in [p0, p0 + kc), zero-padded to MR rows
+// and kd >= kc steps: pairs (a[(k / 2) * mr * 2 + i * 2 + k % 2]) or 32-k rows
+// (a[(k / 32) * mr * 32 + i * 32 + k % 32]).
+void pack_a_panel_bf16(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int64_t rows, int64_t p0,
+                       int64_t kc, int64_t kd, int64_t mr, BF16ALayout layout, uint16_t* dst) {
+  if (rows < mr || kc < kd) std::memset(dst, 0, static_cast<size_t>(mr * kd) * sizeof(uint16_t));
+  if (layout == BF16ALayout::Pairs) {
+    pack_pairs(A, lda, !trans, i0, rows, p0, kc, mr, reinterpret_cast<PairWord*>(dst));
+  } else if (!trans) {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = 0; k < kc; k += 32)
+        std::memcpy(dst + (k / 32) * mr * 32 + i * 32, A + (i0 + i) * lda + p0 + k,
+                    static_cast<size_t>(std::min<int64_t>(32, kc - k)) * sizeof(uint16_t));
+  } else {
+    for (int64_t k = 0; k < kc; ++k) {
+      const uint16_t* src = A + (p0 + k) * lda + i0;
+      uint16_t* d = dst + (k / 32) * mr * 32 + (k % 32);
+      for (int64_t i = 0; i < rows; ++i) d[i * 32] = src[i];
+    }
+  }
+}
+
+// One NR-column bf16 panel of op(B) in the VNNI pair layout, columns [j0, j0 + cols), k in
+// [p0, p0 + kc), zero-padded to NR columns and kd >= kc steps: b[(k / 2) * nr * 2 + j * 2 + k % 2].
+// op(B) element (k, j) is B[k * ldb + j], or B[j * ldb + k] when transposed.
+void pack_b_panel_vnni(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int64_t cols, int64_t p0,
+                       int64_t kc, int64_t kd, int64_t nr, uint16_t* dst) {
+  if (cols < nr || kc < kd) std::memset(dst, 0, static_cast<size_t>(nr * kd) * sizeof(uint16_t));
+  pack_pairs(B, ldb, trans, j0, cols, p0, kc, nr, reinterpret_cast<PairWord*>(dst));
+}
+
 // C = beta * C for the K == 0 case (beta == 0 writes zeros without reading C).
 void scale_c(float* C, int64_t M, int64_t N, int64_t ldc, float beta) {
   if (beta == 1.0f) return;
@@ -148,29 +238,92 @@ void run_dynamic(int threads, int64_t n, const Fn& fn) {
   });
 }
 
-// One matrix of the batch on `threads` threads, into a float32 C with leading dimension ldc.
+// The float32 path for one matrix: operands of type TA / TB widened while packing, alpha folded
+// into the A panels.
 template <typename TA, typename TB>
-void gemm_single(const GemmKernel& kr, const GemmShape& g, const TA* A, const TB* B, float* C,
-                 int64_t ldc, int threads) {
+struct F32Path {
+  using Elem = float;
+  const GemmKernel& kr;
+  const GemmShape& g;
+  const TA* A;
+  const TB* B;
+
+  int64_t mr() const { return kr.mr; }
+  int64_t nr() const { return kr.nr; }
+  int64_t kc() const { return kr.kc; }
+  int64_t mc() const { return kr.mc; }
+  int64_t nc() const { return kr.nc; }
+  int64_t depth(int64_t kc) const { return kc; }
+  void pack_a(int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) const {
+    pack_a_panel(A, g.lda, g.transA, i0, rows, p0, kc, kr.mr, g.alpha, dst);
+  }
+  void pack_b(int64_t j0, int64_t cols, int64_t p0, int64_t kc, float* dst) const {
+    pack_b_panel(B, g.ldb, g.transB, j0, cols, p0, kc, kr.nr, dst);
+  }
+  void begin() const {}
+  void end() const {}
+  void micro(int64_t kd, const float* a, const float* b, float* c, int64_t ldc, int64_t rows, int64_t cols,
+             float beta) const {
+    kr.micro(kd, a, b, c, ldc, rows, cols, beta);
+  }
+};
+
+// The bf16 x bf16 path for one matrix: bf16 panels, alpha applied by the micro-kernel's store.
+struct Bf16Path {
+  using Elem = uint16_t;
+  const GemmKernelBf16& kr;
+  const GemmShape& g;
+  const uint16_t* A;
+  const uint16_t* B;
+
+  int64_t mr() const { return kr.mr; }
+  int64_t nr() const { return kr.nr; }
+  int64_t kc() const { return kr.kc; }
+  int64_t mc() const { return kr.mc; }
+  int64_t nc() const { return kr.nc; }
+  int64_t depth(int64_t kc) const { return round_up(kc, kr.k_align); }
+  void pack_a(int64_t i0, int64_t rows, int64_t p0, int64_t kc, uint16_t* dst) const {
+    pack_a_panel_bf16(A, g.lda, g.transA, i0, rows, p0, kc, depth(kc), kr.mr, kr.a_layout, dst);
+  }
+  void pack_b(int64_t j0, int64_t cols, int64_t p0, int64_t kc, uint16_t* dst) const {
+    pack_b_panel_vnni(B, g.ldb, g.transB, j0, cols, p0, kc, depth(kc), kr.nr, dst);
+  }
+  void begin() const {
+    if (kr.begin) kr.begin();
+  }
+  void end() const {
+    if (kr.end) kr.end();
+  }
+  void micro(int64_t kd, const uint16_t* a, const uint16_t* b, float* c, int64_t ldc, int64_t rows, int64_t cols,
+             float beta) const {
+    kr.micro(kd, a, b, c, ldc, rows, cols, g.alpha, beta);
+  }
+};
+
+// One matrix of the batch on `threads` threads, into a float32 C with leading dimension ldc.
+template <typename Path>
+void gemm_single(const Path& path, float* C, int64_t ldc, int threads) {
+  using Elem = typename Path::Elem;
+  const GemmShape& g = path.g;
   const int64_t M = g.M, N = g.N, K = g.K;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     scale_c(C, M, N, ldc, g.beta);
     return;
   }
-  const int64_t MR = kr.mr, NR = kr.nr, KC = kr.kc, MC = kr.mc, NC = kr.nc;
+  const int64_t MR = path.mr(), NR = path.nr(), KC = path.kc(), MC = path.mc(), NC = path.nc();
   const int64_t MB = 12 * MC;
   const int64_t mc_panels = std::max<int64_t>(1, MC / MR);
-  const int64_t mb_max = std::min(M, MB), kc_max = std::min(K, KC), nc_max = std::min(N, NC);
-  float* pa = tl_pack_a.get(size_t(ceil_div(mb_max, MR) * MR * kc_max));
-  float* pb = tl_pack_b.get(size_t(ceil_div(nc_max, NR) * NR * kc_max));
+  const int64_t mb_max = std::min(M, MB), kd_max = path.depth(std::min(K, KC)), nc_max = std::min(N, NC);
+  Elem* pa = tl_pack_a.get<Elem>(size_t(ceil_div(mb_max, MR) * MR * kd_max));
+  Elem* pb = tl_pack_b.get<Elem>(size_t(ceil_div(nc_max, NR) * NR * kd_max));
 
   for (int64_t m0 = 0; m0 < M; m0 += MB) {
     const int64_t mb = std::min(MB, M - m0);
     const int64_t a_panels = ceil_div(mb, MR);
     const int64_t ic_groups = ceil_div(a_panels, mc_panels);
     for (int64_t p0 = 0; p0 < K; p0 += KC) {
-      const int64_t kc = std::min(KC, K - p0);
+      const int64_t kc = std::min(KC, K - p0), kd = path.depth(kc);
       const float beta = p0 == 0 ? g.beta : 1.0f;
       for (int64_t n0 = 0; n0 < N; n0 += NC) {
         const int64_t nc = std::min(NC, N - n0);
@@ -179,12 +332,10 @@ void gemm_single(const GemmKernel& kr, const GemmShape& g, const TA* A, const TB
         const int64_t a_jobs = n0 == 0 ? a_panels : 0;
         run_dynamic(threads, a_jobs + b_panels, [&](int64_t t) {
           if (t < a_jobs) {
-            pack_a_panel(A, g.lda, g.transA, m0 + t * MR, std::min(MR, mb - t * MR), p0, kc, MR,
-                         g.alpha, pa + t * MR * kc);
+            path.pack_a(m0 + t * MR, std::min(MR, mb - t * MR), p0, kc, pa + t * MR * kd);
           } else {
             const int64_t j = t - a_jobs;
-            pack_b_panel(B, g.ldb, g.transB, n0 + j * NR, std::min(NR, nc - j * NR), p0, kc, NR,
-                         pb + j * NR * kc);
+            path.pack_b(n0 + j * NR, std::min(NR, nc - j * NR), p0, kc, pb + j * NR * kd);
           }
         });
 
@@ -195,22 +346,24 @@ void gemm_single(const GemmKernel& kr, const GemmShape& g, const TA* A, const TB
           const int64_t ig = item / jr_groups, jg = item % jr_groups;
           const int64_t ia = ig * mc_panels, ie = std::min(a_panels, ia + mc_panels);
           const int64_t jb = b_panels * jg / jr_groups, je = b_panels * (jg + 1) / jr_groups;
+          path.begin();
           for (int64_t jr = jb; jr < je; ++jr) {
-            const float* bp = pb + jr * NR * kc;
+            const Elem* bp = pb + jr * NR * kd;
             const int64_t cols = std::min(NR, nc - jr * NR);
             float* cbase = C + m0 * ldc + n0 + jr * NR;
             for (int64_t ir = ia; ir < ie; ++ir) {
-              kr.micro(kc, pa + ir * MR * kc, bp, cbase + ir * MR * ldc, ldc,
-                       std::min(MR, mb - ir * MR), cols, beta);
+              path.micro(kd, pa + ir * MR * kd, bp, cbase + ir * MR * ldc, ldc, std::min(MR, mb - ir * MR), cols,
+                         beta);
             }
           }
+          path.end();
         });
       }
     }
   }
 }
 
-const GemmKernel& select_kernel() {
+const GemmKernel& best_f32_kernel() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   const bool fma = __builtin_cpu_supports("fma");
@@ -222,9 +375,42 @@ const GemmKernel& select_kernel() {
   return gemm_kernel_generic();
 }
 
-const GemmKernel& chosen_kernel() {
-  static const GemmKernel& kernel = select_kernel();
-  return kernel;
+// The f32 kernel named `isa` when this CPU runs it, else nullptr.
+const GemmKernel* runnable_f32_kernel(const std::string& isa) {
+  if (isa == "generic") return &gemm_kernel_generic();
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  const bool fma = __builtin_cpu_supports("fma");
+  if (isa == "avx512" && fma && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+    return gemm_kernel_avx512();
+  if (isa == "avx2" && fma && __builtin_cpu_supports("avx2")) return gemm_kernel_avx2();
+#endif
+  return nullptr;
+}
+
+const GemmKernelBf16* runnable_amx_kernel(const char** why) {
+  if (!gemm_kernel_amx()) {
+    *why = "this build has no AMX kernel (not x86-64)";
+    return nullptr;
+  }
+  return cpu_amx_bf16_usable(why) ? gemm_kernel_amx() : nullptr;
+}
+
+const GemmKernelBf16* runnable_avx512_bf16_kernel(const char** why) {
+  if (!gemm_kernel_avx512_bf16()) {
+    *why = "this build has no AVX-512-BF16 kernel (not x86-64)";
+    return nullptr;
+  }
+  if (!cpu_has_avx512bf16()) {
+    *why = "the CPU has no AVX-512-BF16 (CPUID leaf 7 subleaf 1)";
+    return nullptr;
+  }
+  return gemm_kernel_avx512_bf16();
+}
+
+const GemmPaths& chosen_paths() {
+  static const GemmPaths paths = gemm_paths_from_env();
+  return paths;
 }
 
 void check_gemm_dtype(const char* operand, DType dt) {
@@ -232,14 +418,14 @@ void check_gemm_dtype(const char* operand, DType dt) {
     fail("ERR_DTYPE", "gemm: ", operand, " is ", dtype_name(dt), ", expected float32 or bfloat16");
 }
 
-// One matrix of the batch with C of dtype dt_c (batch strides already applied). A float32 C is
-// computed in place; a bf16 C through a float32 staging matrix (rows N apart) that holds the
-// widened C when beta != 0 and is rounded once into C at the end.
-template <typename TA, typename TB>
-void gemm_entry(const GemmKernel& kr, const GemmShape& g, const TA* A, const TB* B, DType dt_c, void* C,
-                int threads) {
+// One matrix of the batch with C of dtype dt_c (batch strides already applied), computed by
+// run(C32, ldc, threads) into a float32 C. A float32 C is computed in place; a bf16 C through a
+// float32 staging matrix (rows N apart) that holds the widened C when beta != 0 and is rounded
+// once into C at the end.
+template <typename Run>
+void gemm_entry(const GemmShape& g, DType dt_c, void* C, int threads, const Run& run) {
   if (dt_c == DType::F32) {
-    gemm_single(kr, g, A, B, static_cast<float*>(C), g.ldc, threads);
+    run(static_cast<float*>(C), g.ldc, threads);
     return;
   }
   const int64_t M = g.M, N = g.N;
@@ -256,18 +442,17 @@ void gemm_entry(const GemmKernel& kr, const GemmShape& g, const TA* A, const TB*
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = 0; j < N; ++j) s[i * N + j] = bf16_to_f32(c16[i * g.ldc + j]);
     });
-  gemm_single(kr, g, A, B, s, N, threads);
+  run(s, N, threads);
   rows([&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < N; ++j) c16[i * g.ldc + j] = f32_to_bf16(s[i * N + j]);
   });
 }
 
-template <typename TA, typename TB>
-void gemm_typed(const GemmKernel& kernel, const TA* A, const TB* B, DType dt_c, void* C, const GemmShape& g) {
+// Every batch entry: entry(b, threads) computes matrix b on `threads` threads.
+template <typename Entry>
+void gemm_batched(const GemmShape& g, const Entry& entry) {
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
-  const int64_t c_size = dtype_size(dt_c);
-  auto entry_c = [&](int64_t b) { return static_cast<char*>(C) + b * g.strideC * c_size; };
   const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
   int threads = flops * double(g.batch) < kSerialFlops ? 1 : std::max(1, num_threads());
 
@@ -275,34 +460,93 @@ void gemm_typed(const GemmKernel& kernel, const TA* A, const TB* B, DType dt_c, 
   const bool by_batch = threads > 1 && g.strideC != 0 && g.batch >= threads &&
                         (g.batch % threads == 0 || g.batch >= 4 * threads);
   if (by_batch) {
-    run_dynamic(threads, g.batch, [&](int64_t b) {
-      gemm_entry(kernel, g, A + b * g.strideA, B + b * g.strideB, dt_c, entry_c(b), 1);
-    });
+    run_dynamic(threads, g.batch, [&](int64_t b) { entry(b, 1); });
     return;
   }
   if (flops < kSerialFlops) threads = 1;
-  for (int64_t b = 0; b < g.batch; ++b)
-    gemm_entry(kernel, g, A + b * g.strideA, B + b * g.strideB, dt_c, entry_c(b), threads);
+  for (int64_t b = 0; b < g.batch; ++b) entry(b, threads);
+}
+
+char* entry_c(DType dt_c, void* C, const GemmShape& g, int64_t b) {
+  return static_cast<char*>(C) + b * g.strideC * int64_t(dtype_size(dt_c));
+}
+
+template <typename TA, typename TB>
+void gemm_f32_path(const GemmKernel& kernel, const TA* A, const TB* B, DType dt_c, void* C, const GemmShape& g) {
+  gemm_batched(g, [&](int64_t b, int threads) {
+    const F32Path<TA, TB> path{kernel, g, A + b * g.strideA, B + b * g.strideB};
+    gemm_entry(g, dt_c, entry_c(dt_c, C, g, b), threads,
+               [&](float* c32, int64_t ldc, int t) { gemm_single(path, c32, ldc, t); });
+  });
+}
+
+void gemm_bf16_path(const GemmKernelBf16& kernel, const uint16_t* A, const uint16_t* B, DType dt_c, void* C,
+                    const GemmShape& g) {
+  gemm_batched(g, [&](int64_t b, int threads) {
+    const Bf16Path path{kernel, g, A + b * g.strideA, B + b * g.strideB};
+    gemm_entry(g, dt_c, entry_c(dt_c, C, g, b), threads,
+               [&](float* c32, int64_t ldc, int t) { gemm_single(path, c32, ldc, t); });
+  });
 }
 
 }  // namespace
 
-void gemm(const LaunchCtx&, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
-          const GemmShape& g) {
-  const GemmKernel& kernel = chosen_kernel();
+GemmPaths gemm_paths_for(const char* choice) {
+  const std::string want = choice ? choice : "";
+  GemmPaths paths;
+  const char* why = nullptr;
+  if (want.empty()) {
+    paths.f32 = &best_f32_kernel();
+    paths.bf16 = runnable_amx_kernel(&why);
+    if (!paths.bf16) paths.bf16 = runnable_avx512_bf16_kernel(&why);
+    return paths;
+  }
+  if (want == "amx" || want == "avx512bf16") {
+    paths.f32 = &best_f32_kernel();
+    paths.bf16 = want == "amx" ? runnable_amx_kernel(&why) : runnable_avx512_bf16_kernel(&why);
+    if (!paths.bf16) fail("ERR_DEVICE", "gemm: MOMA_CPU_GEMM=", want, " cannot run here: ", why);
+    return paths;
+  }
+  if (want == "avx512" || want == "avx2" || want == "generic") {
+    paths.f32 = runnable_f32_kernel(want);
+    if (!paths.f32)
+      fail("ERR_DEVICE", "gemm: MOMA_CPU_GEMM=", want, " cannot run here: the CPU lacks ",
+           want == "avx512" ? "AVX-512F / AVX-512DQ / FMA" : "AVX2 / FMA");
+    return paths;
+  }
+  fail("ERR_ARG", "gemm: MOMA_CPU_GEMM=", want, " is not one of amx, avx512bf16, avx512, avx2, generic");
+}
+
+GemmPaths gemm_paths_from_env() { return gemm_paths_for(std::getenv("MOMA_CPU_GEMM")); }
+
+void gemm_on(const GemmPaths& paths, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
+             const GemmShape& g) {
   check_gemm_dtype("A", dt_a);
   check_gemm_dtype("B", dt_b);
   check_gemm_dtype("C", dt_c);
-  if (dt_a == DType::F32 && dt_b == DType::F32)
-    gemm_typed(kernel, static_cast<const float*>(A), static_cast<const float*>(B), dt_c, C, g);
+  const GemmKernel& kernel = *paths.f32;
+  if (dt_a == DType::BF16 && dt_b == DType::BF16 && paths.bf16)
+    gemm_bf16_path(*paths.bf16, static_cast<const uint16_t*>(A), static_cast<const uint16_t*>(B), dt_c, C, g);
+  else if (dt_a == DType::F32 && dt_b == DType::F32)
+    gemm_f32_path(kernel, static_cast<const float*>(A), static_cast<const float*>(B), dt_c, C, g);
   else if (dt_a == DType::F32)
-    gemm_typed(kernel, static_cast<const float*>(A), static_cast<const uint16_t*>(B), dt_c, C, g);
+    gemm_f32_path(kernel, static_cast<const float*>(A), static_cast<const uint16_t*>(B), dt_c, C, g);
   else if (dt_b == DType::F32)
-    gemm_typed(kernel, static_cast<const uint16_t*>(A), static_cast<const float*>(B), dt_c, C, g);
+    gemm_f32_path(kernel, static_cast<const uint16_t*>(A), static_cast<const float*>(B), dt_c, C, g);
   else
-    gemm_typed(kernel, static_cast<const uint16_t*>(A), static_cast<const uint16_t*>(B), dt_c, C, g);
+    gemm_f32_path(kernel, static_cast<const uint16_t*>(A), static_cast<const uint16_t*>(B), dt_c, C, g);
 }
 
-const char* gemm_isa() { return chosen_kernel().isa; }
+void gemm(const LaunchCtx&, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
+          const GemmShape& g) {
+  gemm_on(chosen_paths(), dt_a, A, dt_b, B, dt_c, C, g);
+}
+
+const char* gemm_isa() { return chosen_paths().f32->isa; }
+
+const char* gemm_bf16_isa() {
+  const GemmKernelBf16* k = chosen_paths().bf16;
+  return k ? k->isa : "none";
+}
 
 }  // namespace moma::cpu

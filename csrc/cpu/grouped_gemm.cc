@@ -1,6 +1,8 @@
 // Grouped GEMM over expert segments (kernels_moe.h): one call of the blocked CPU GEMM (gemm.cc,
-// which spreads its own work over the thread pool, widens bf16 operands while packing and rounds
-// a bf16 output once) per non-empty segment.
+// which spreads its own work over the thread pool and rounds a bf16 output once) per non-empty
+// segment. Segments whose x and w (forward, input gradient) or x and dy (weight gradient) are both
+// bf16 run on gemm.cc's bf16 path (AMX or AVX-512-BF16, float32 accumulation) when this CPU has
+// one; any float32 operand widens the bf16 one while packing (the float32 path).
 //   forward: y[seg e] = x[seg e] @ w[e]    (M = segment rows, N, K; w[e] transposed when trans_w)
 //   wgrad:   dw[e] = x[seg e]^T @ dy[seg e] (transA, M = K, N = N, inner dimension = segment rows)
 // x, w, dy float32 or bf16; y float32 or bf16; dw float32. Rows of y past offsets[E] and the dw of

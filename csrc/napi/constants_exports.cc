@@ -22,7 +22,7 @@
 namespace moma::napi {
 namespace {
 
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 using Info = const Napi::CallbackInfo&;
 

@@ -4,6 +4,7 @@
 #include "bridge.h"
 #include "core/queue.h"
 #include "core/storage.h"
+#include "cpu/cpu_features.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -52,6 +53,7 @@ Napi::Value info(Info info) {
   cpu_info.Set("threads", cpu::num_threads());
   cpu_info.Set("simd", simd_level());
   cpu_info.Set("gemm", cpu::gemm_isa());
+  cpu_info.Set("gemmBf16", cpu::gemm_bf16_isa());
   out.Set("cpu", cpu_info);
   return out;
 }

@@ -19,7 +19,7 @@ function printReport(r: InspectReport): void {
     `moma ${r.version} (node ${r.node}, ${r.platform})`,
     `binary:   ${r.binary.kind} — ${r.binary.path}`,
     `backends: ${r.backends.join(', ')}`,
-    `cpu:      ${r.cpu.threads} threads, ${r.cpu.simd}, GEMM kernel ${r.cpu.gemmKernel}`,
+    `cpu:      ${r.cpu.threads} threads, ${r.cpu.simd}, GEMM ${r.cpu.gemm}`,
     `cuda:     ${r.cuda.compiled ? `compiled (runtime ${r.cuda.runtimeVersion})` : 'not compiled'}, driver ${r.cuda.driverVersion ?? 'none'}`,
   ];
   if (r.cuda.devices.length === 0) lines.push('devices:  no CUDA device visible (everything runs on the CPU)');

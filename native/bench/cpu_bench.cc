@@ -2,10 +2,17 @@
 //
 // Ceilings: copy bandwidth = memcpy of a 256 MiB buffer split over the pool threads, counted as
 // bytes read + bytes written; FMA peak = every pool thread running 24 (AVX-512) or 12 (AVX2)
-// independent register-only FMA chains, so neither memory nor latency limits it.
-// Kernels: float32 GEMM at 1024^3, 2048^3 and MoE-like shapes (GFLOP/s against the FMA ceiling
-// and the nominal peak), then the memory-bound kernels of csrc/cpu/kernels.h on 32M-element
-// tensors (GB/s of compulsory traffic against the copy ceiling).
+// independent register-only FMA chains, so neither memory nor latency limits it; bf16 dot-product
+// peak (ceiling.dpbf16, CPUs with AVX-512-BF16) = the same with 24 vdpbf16ps chains, 64 FLOPs per
+// instruction (16 lanes x 2 bf16 products x 2).
+// Kernels: GEMM at 1024^3, 2048^3 and MoE-like shapes, float32 (gemm_f32, against the FMA ceiling
+// and the nominal peak) and bf16 x bf16 -> float32 (gemm_bf16, on the kernel gemm_bf16_isa names,
+// against the bf16 ceiling: ceiling.dpbf16 for AVX-512-BF16, twice the FMA ceiling when bf16 is
+// widened to the float32 path; the AMX tile peak is not measured here, so an AMX run reports
+// against ceiling.dpbf16 and says so; nominal: twice the float32 nominal peak); the grouped expert
+// GEMM at the 435M FFN shape (gemm_grouped_f32 / gemm_grouped_bf16: x [T, d] @ w[e] [d, f] over E
+// equal segments, T 8192, d 1024, f 4096, E 8; 2 T d f FLOPs); then the memory-bound kernels of
+// csrc/cpu/kernels.h on 32M-element tensors (GB/s of compulsory traffic against the copy ceiling).
 #include <algorithm>
 #include <cstdio>
 #include <iterator>
@@ -16,7 +23,9 @@
 #include <vector>
 
 #include "bench.h"
+#include "cpu/cpu_features.h"
 #include "cpu/kernels.h"
+#include "cpu/kernels_moe.h"
 #include "cpu/thread_pool.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -73,25 +82,28 @@ __attribute__((target("avx2,fma"))) float fma_loop_avx2(int64_t iters) {
   for (float v : out) total += v;
   return total;
 }
+
+__attribute__((target("avx512f,avx512bf16"))) float dpbf16_loop(int64_t iters) {
+  __m512 acc[24];
+  for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_ps(float(i) * 1e-3f);
+  const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x33803380);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < 24; ++i) s = _mm512_add_ps(s, acc[i]);
+  float out[16];
+  _mm512_storeu_ps(out, s);
+  float total = 0.0f;
+  for (float v : out) total += v;
+  return total;
+}
 #endif
 
-// GFLOP/s of the FMA loop on every pool thread; 0 when no SIMD FMA is available.
-double measure_fma_peak(std::string* isa, double* seconds) {
-  float (*loop)(int64_t) = nullptr;
-  double flops_per_iter = 0;
-#ifdef MOMA_BENCH_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
-    loop = fma_loop_avx512;
-    flops_per_iter = 24 * 16 * 2;
-    *isa = "avx512";
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    loop = fma_loop_avx2;
-    flops_per_iter = 12 * 8 * 2;
-    *isa = "avx2";
-  }
-#endif
-  if (!loop) return 0;
+// GFLOP/s of `loop` (flops_per_iter FLOPs per iteration) on every pool thread, best of 3 runs of
+// about 0.3 s; *seconds gets that run's time.
+double measure_loop_peak(float (*loop)(int64_t), double flops_per_iter, double* seconds) {
   const int threads = cpu::num_threads();
   std::vector<float> sink(size_t(threads), 0.0f);
   const int64_t probe = 1 << 20;
@@ -117,6 +129,35 @@ double measure_fma_peak(std::string* isa, double* seconds) {
   return best;
 }
 
+// GFLOP/s of the vdpbf16ps loop on every pool thread; 0 without AVX-512-BF16.
+double measure_dpbf16_peak(double* seconds) {
+#ifdef MOMA_BENCH_X86
+  if (cpu::cpu_has_avx512bf16()) return measure_loop_peak(dpbf16_loop, 24 * 16 * 4, seconds);
+#endif
+  (void)seconds;
+  return 0;
+}
+
+// GFLOP/s of the FMA loop on every pool thread; 0 when no SIMD FMA is available.
+double measure_fma_peak(std::string* isa, double* seconds) {
+  float (*loop)(int64_t) = nullptr;
+  double flops_per_iter = 0;
+#ifdef MOMA_BENCH_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
+    loop = fma_loop_avx512;
+    flops_per_iter = 24 * 16 * 2;
+    *isa = "avx512";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    loop = fma_loop_avx2;
+    flops_per_iter = 12 * 8 * 2;
+    *isa = "avx2";
+  }
+#endif
+  if (!loop) return 0;
+  return measure_loop_peak(loop, flops_per_iter, seconds);
+}
+
 // GB/s (read + write) of a 256 MiB memcpy split over the pool threads.
 double measure_copy_bandwidth(double* seconds) {
   const size_t bytes = size_t(256) << 20;
@@ -133,7 +174,8 @@ double measure_copy_bandwidth(double* seconds) {
 }
 
 constexpr const char* kOps[] = {
-    "ceiling.fma", "ceiling.copy", "gemm_f32", "fill_f32", "cast_f32_bf16", "unary_silu_f32",
+    "ceiling.fma", "ceiling.copy", "ceiling.dpbf16", "gemm_f32", "gemm_bf16", "gemm_grouped_f32",
+    "gemm_grouped_bf16", "fill_f32", "cast_f32_bf16", "unary_silu_f32",
     "unary_silu_bf16", "binary_add_bcast_f32", "softmax_rows_f32", "reduce_sum_rows_f32",
     "strided_copy_transpose", "index_select_rows_f32"};
 
@@ -179,29 +221,87 @@ void run_cpu(Runner& runner) {
   const GemmCase gemms[] = {{1024, 1024, 1024, false, false}, {1024, 1024, 1024, false, true},
                             {2048, 2048, 2048, false, false}, {8192, 4096, 1024, false, false},
                             {8192, 1024, 4096, false, false}};
-  if (runner.wanted("cpu", "gemm_f32")) {
+  // bf16 ceiling: vdpbf16ps when the CPU has it, else the float32 path (bf16 widened) at the FMA rate.
+  const bool bf16_wanted = runner.wanted("cpu", "ceiling.dpbf16") || runner.wanted("cpu", "gemm_bf16") ||
+                           runner.wanted("cpu", "gemm_grouped_bf16");
+  double bf16_peak = 0;
+  if (bf16_wanted) {
+    double dp_s = 0;
+    static const double dp_peak = measure_dpbf16_peak(&dp_s);
+    bf16_peak = dp_peak > 0 ? dp_peak : peak;
+    if (dp_peak > 0)
+      runner.report({"cpu", "ceiling.dpbf16", "registers", dp_s * 1e3, dp_peak, "GFLOP/s", 100.0,
+                     100.0 * dp_peak / (2 * nominal)});
+    std::snprintf(line, sizeof line, "cpu: bf16 GEMM kernel %s (%% of %s)", cpu::gemm_bf16_isa(),
+                  dp_peak > 0 ? "ceiling.dpbf16; an AMX kernel's tile peak is 8x the FMA ceiling and not measured here"
+                              : "the FMA ceiling: bf16 widened to the float32 path");
+    runner.note(line);
+  }
+
+  // One GEMM of dtype dt (A, B) -> float32 C; returns median seconds.
+  const auto time_gemm = [&](DType dt, int64_t M, int64_t N, int64_t K, bool tA, bool tB) {
+    std::vector<float> A(size_t(M * K)), B(size_t(K * N)), C(size_t(M * N), 0.0f);
+    for (auto& x : A) x = dist(rng);
+    for (auto& x : B) x = dist(rng);
+    std::vector<uint16_t> A16, B16;
+    const void* pa = A.data();
+    const void* pb = B.data();
+    if (dt == DType::BF16) {
+      A16.resize(A.size());
+      B16.resize(B.size());
+      cpu::cast(kCpuLaunch, DType::F32, A.data(), DType::BF16, A16.data(), int64_t(A.size()));
+      cpu::cast(kCpuLaunch, DType::F32, B.data(), DType::BF16, B16.data(), int64_t(B.size()));
+      pa = A16.data();
+      pb = B16.data();
+    }
+    GemmShape g;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.transA = tA;
+    g.transB = tB;
+    g.lda = tA ? M : K;
+    g.ldb = tB ? K : N;
+    g.ldc = N;
+    return median_seconds([&] { cpu::gemm(kCpuLaunch, dt, pa, dt, pb, DType::F32, C.data(), g); });
+  };
+  for (const DType dt : {DType::F32, DType::BF16}) {
+    const bool bf16 = dt == DType::BF16;
+    const char* op = bf16 ? "gemm_bf16" : "gemm_f32";
+    if (!runner.wanted("cpu", op)) continue;
+    const double ceiling = bf16 ? bf16_peak : peak, nominal_peak = bf16 ? 2 * nominal : nominal;
     for (const auto& c : gemms) {
-      std::vector<float> A(size_t(c.M * c.K)), B(size_t(c.K * c.N)), C(size_t(c.M * c.N), 0.0f);
-      for (auto& x : A) x = dist(rng);
-      for (auto& x : B) x = dist(rng);
-      GemmShape g;
-      g.M = c.M;
-      g.N = c.N;
-      g.K = c.K;
-      g.transA = c.tA;
-      g.transB = c.tB;
-      g.lda = c.tA ? c.M : c.K;
-      g.ldb = c.tB ? c.K : c.N;
-      g.ldc = c.N;
-      const double s = median_seconds([&] { cpu::gemm(kCpuLaunch, DType::F32, A.data(), DType::F32, B.data(),
-                                                      DType::F32, C.data(), g); });
+      const double s = time_gemm(dt, c.M, c.N, c.K, c.tA, c.tB);
       const double rate = 2.0 * double(c.M) * double(c.N) * double(c.K) / s / 1e9;
       std::string shape = shape_str({c.M, c.N, c.K});
       if (c.tA) shape += " tA";
       if (c.tB) shape += " tB";
-      runner.report({"cpu", "gemm_f32", shape, s * 1e3, rate, "GFLOP/s",
-                     peak > 0 ? 100.0 * rate / peak : -1, 100.0 * rate / nominal});
+      if (bf16) shape += " ->f32";
+      runner.report({"cpu", op, shape, s * 1e3, rate, "GFLOP/s", ceiling > 0 ? 100.0 * rate / ceiling : -1,
+                     100.0 * rate / nominal_peak});
     }
+  }
+
+  // Grouped expert GEMM at the 435M FFN shape: E equal segments of x [T, d] times w[e] [d, f].
+  for (const DType dt : {DType::F32, DType::BF16}) {
+    const bool bf16 = dt == DType::BF16;
+    const char* op = bf16 ? "gemm_grouped_bf16" : "gemm_grouped_f32";
+    if (!runner.wanted("cpu", op)) continue;
+    const int64_t T = 8192, d = 1024, f = 4096, E = 8;
+    const size_t es = dtype_size(dt);
+    std::vector<uint8_t> x(size_t(T * d) * es), w(size_t(E * d * f) * es);
+    std::vector<uint8_t> y(size_t(T * f) * es);
+    cpu::random_uniform(kCpuLaunch, dt, x.data(), T * d, 21, 0, -1.0f, 1.0f);
+    cpu::random_uniform(kCpuLaunch, dt, w.data(), E * d * f, 22, 0, -0.03f, 0.03f);
+    std::vector<int32_t> offsets(size_t(E + 1));
+    for (int64_t e = 0; e <= E; ++e) offsets[size_t(e)] = int32_t(e * T / E);
+    const double s = median_seconds([&] {
+      cpu::grouped_gemm(kCpuLaunch, dt, x.data(), dt, w.data(), false, offsets.data(), E, T, d, f, dt, y.data());
+    }, 0.1);
+    const double rate = 2.0 * double(T) * double(d) * double(f) / s / 1e9;
+    const double ceiling = bf16 ? bf16_peak : peak, nominal_peak = bf16 ? 2 * nominal : nominal;
+    runner.report({"cpu", op, "T8192 d1024 f4096 E8", s * 1e3, rate, "GFLOP/s",
+                   ceiling > 0 ? 100.0 * rate / ceiling : -1, 100.0 * rate / nominal_peak});
   }
 
   // Memory-bound kernels on [rows, cols] = [32768, 1024] float32 (128 MiB).

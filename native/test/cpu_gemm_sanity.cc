@@ -1,6 +1,7 @@
 // The CPU GEMMs (csrc/cpu/gemm.cc, grouped_gemm.cc, grouped_epilogue.cc) against double
 // references, run in every build (no device needed):
-// - cpu::gemm for every dtype combination (A, B, C each float32 or bf16), transposes, padded
+// - cpu::gemm on the float32 path (bf16 x bf16 widened: the paths MOMA_CPU_GEMM=avx512 / avx2 /
+//   generic pick) for every dtype combination (A, B, C each float32 or bf16), transposes, padded
 //   leading dimensions, strided and broadcast batches (also the whole-matrix-per-thread path),
 //   K past one KC slice, alpha, beta != 0 (a bf16 C is read widened) and K = 0. Each result is
 //   (1) within float32 summation error of the double reference on the widened inputs (plus one
@@ -8,20 +9,43 @@
 //   (+ 2^-8 |want|), and (2) bit-identical to the route the op layer took before the GEMMs took
 //   dtypes: widen bf16 operands to float32 (exact), float32 GEMM, round a bf16 C once (nearest
 //   even). Padding columns of C stay untouched.
+// - cpu::gemm's bf16 x bf16 path on every bf16 kernel this CPU runs (AMX, AVX-512-BF16; one it
+//   cannot run is reported as skipped): odd K, K = 1, K past several KC slices with an odd last
+//   slice, M / N off the tile sizes, empty M / N, K = 0, all transposes, alpha, beta != 0, float32
+//   and bf16 C, padded leading dimensions, batches. Bound (bf16_path_limit): each product of two
+//   bf16 is exact in float32, so the error is float32 summation error only: at most
+//   n = K + ceil(K / KC) + 2 roundings (each product added, each K slice added into C, alpha,
+//   beta), |err| <= gamma_n (|alpha| sum_k |a b| + |beta c|) + n 2^-126 (gamma_n = n u / (1 - n u),
+//   u = 2^-24; the 2^-126 term covers the denormals vdpbf16ps / tdpbf16ps flush), and for a bf16 C
+//   one more rounding: + 2^-8 (|want| + |err|). Results do not depend on the thread count: a batch
+//   of copies computed whole-matrix-per-thread (one thread each) equals the same matrix computed
+//   on all threads, bit for bit (also for the float32 path). The same checks run on a scalar model
+//   of the AMX micro-kernel (same tile addressing, float64 sums) so the AMX panel layouts are
+//   checked on CPUs without AMX.
+// - MOMA_CPU_GEMM: every value picks its kernels, an unknown value is ERR_ARG and a kernel this CPU
+//   lacks ERR_DEVICE, both naming the variable; the variable is read from the environment.
 // - grouped_gemm, grouped_gemm_scaled, grouped_gemm_swiglu (with and without h1 / h3) and
 //   grouped_gemm_wgrad with float32 / bf16 x, w, dy and outputs, both weight layouts, ragged and
-//   empty segments, rows past offsets[E]: bit-identical to the float32 kernels on the widened
-//   inputs with each output rounded once, and within the same bounds of double references.
+//   empty segments, rows past offsets[E]: bit-identical to the float32-output kernels on the same
+//   GEMM path (widened inputs, or bf16 inputs when x and w are both bf16 and a bf16 kernel runs)
+//   with each output rounded once; each segment bit-identical to cpu::gemm on it; and within the
+//   same bounds of double references.
 // - the float32 epilogues against double references; bad offsets throw ERR_RANGE, bad dtypes
 //   ERR_DTYPE.
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "../../csrc/core/bf16.h"
 #include "../../csrc/core/error.h"
+#include "../../csrc/cpu/cpu_features.h"
+#include "../../csrc/cpu/gemm_kernels.h"
 #include "../../csrc/cpu/kernels.h"
 #include "../../csrc/cpu/kernels_moe.h"
 #include "harness.h"
@@ -70,9 +94,23 @@ std::string gemm_tag(DType da, DType db, DType dc, const GemmShape& g) {
          dtype_name(da) + "*" + dtype_name(db) + "->" + dtype_name(dc) + (g.beta != 0.0f ? " beta" : "");
 }
 
-// One cpu::gemm call with dtypes. g.strideA / g.strideB nonzero = strided batch (the real
-// stride is filled in), zero = broadcast; pad adds columns past each matrix's leading extent.
-void gemm_dtype_check(DType da, DType db, DType dc, GemmShape g, bool pad) {
+// The paths the float32-route checks run on: the float32 kernel this CPU picks, bf16 widened.
+cpu::GemmPaths widened_paths() {
+  cpu::GemmPaths p = cpu::gemm_paths_for(nullptr);
+  p.bf16 = nullptr;
+  return p;
+}
+
+// The error bound of the bf16 x bf16 path (see the top of the file) for a dot product of K terms
+// of magnitude mag (|alpha| sum |a b| + |beta c|) on a kernel with K slices of kc.
+double bf16_path_limit(int64_t K, int64_t kc, double mag) {
+  const double n = double(K + (K + kc - 1) / kc + 2), u = std::ldexp(1.0, -24);
+  return n * u / (1.0 - n * u) * mag + n * std::ldexp(1.0, -126);
+}
+
+// One cpu::gemm call with dtypes on `paths`. g.strideA / g.strideB nonzero = strided batch (the
+// real stride is filled in), zero = broadcast; pad adds columns past each matrix's leading extent.
+void gemm_dtype_check(const cpu::GemmPaths& paths, DType da, DType db, DType dc, GemmShape g, bool pad) {
   const int64_t rowsA = g.transA ? g.K : g.M, colsA = g.transA ? g.M : g.K;
   const int64_t rowsB = g.transB ? g.N : g.K, colsB = g.transB ? g.K : g.N;
   g.lda = colsA + (pad ? 3 : 0);
@@ -85,15 +123,19 @@ void gemm_dtype_check(DType da, DType db, DType dc, GemmShape g, bool pad) {
   g.strideC = sizeC;
   const std::vector<uint8_t> a = make(da, rand_f(sizeA * nbA, -1, 1)), b = make(db, rand_f(sizeB * nbB, -1, 1)),
                              c = make(dc, rand_f(sizeC * g.batch, -1, 1));
-  const std::string tag = "cpu gemm " + gemm_tag(da, db, dc, g) + (pad ? " padded" : "");
+  const cpu::GemmKernelBf16* bf16 = da == DType::BF16 && db == DType::BF16 ? paths.bf16 : nullptr;
+  const std::string tag = std::string("cpu gemm [") + (bf16 ? bf16->isa : paths.f32->isa) + "] " +
+                          gemm_tag(da, db, dc, g) + (pad ? " padded" : "");
   std::vector<uint8_t> got = c;
-  cpu::gemm(kCpuLaunch, da, a.data(), db, b.data(), dc, got.data(), g);
+  cpu::gemm_on(paths, da, a.data(), db, b.data(), dc, got.data(), g);
 
-  // The former route: widen, float32 GEMM, round once.
   const std::vector<float> wa = widened(da, a), wb = widened(db, b), wc = widened(dc, c);
-  std::vector<float> c32 = wc;
-  cpu::gemm(kCpuLaunch, kF32, wa.data(), kF32, wb.data(), kF32, c32.data(), g);
-  expect(got == make(dc, c32), tag + ": bit-identical to widen + float32 GEMM + one rounding");
+  if (!bf16) {
+    // The former route: widen, float32 GEMM, round once.
+    std::vector<float> c32 = wc;
+    cpu::gemm_on(paths, kF32, wa.data(), kF32, wb.data(), kF32, c32.data(), g);
+    expect(got == make(dc, c32), tag + ": bit-identical to widen + float32 GEMM + one rounding");
+  }
 
   std::vector<double> want, mag;
   std::vector<size_t> index;
@@ -121,11 +163,28 @@ void gemm_dtype_check(DType da, DType db, DType dc, GemmShape g, bool pad) {
         pad_ok &= std::memcmp(&got[i * es], &c[i * es], es) == 0;
       }
     }
-  expect_near_ref(dc, got, want, mag, index, tag);
+  if (bf16) {
+    size_t bad = 0, first = 0;
+    for (size_t j = 0; j < index.size(); ++j) {
+      const double e = bf16_path_limit(g.K, bf16->kc, mag[j]);
+      const double lim = dc == DType::BF16 ? e + std::ldexp(std::fabs(want[j]) + e, -8) : e;
+      if (!(std::fabs(elem(dc, got, index[j]) - want[j]) <= lim)) {
+        if (!bad) first = j;
+        ++bad;
+      }
+    }
+    char buf[320];
+    std::snprintf(buf, sizeof buf, "%s: %zu of %zu outside the bf16-path bound of the double reference (first: got "
+                  "%.9g want %.9g)", tag.c_str(), bad, index.size(), bad ? elem(dc, got, index[first]) : 0.0,
+                  bad ? want[first] : 0.0);
+    expect(bad == 0, buf);
+  } else {
+    expect_near_ref(dc, got, want, mag, index, tag);
+  }
   expect(pad_ok, tag + ": wrote outside the N columns of C");
 }
 
-void gemm_dtype_cases() {
+void gemm_dtype_cases(const cpu::GemmPaths& paths) {
   const DType fl[] = {DType::F32, DType::BF16};
   int variant = 0;
   for (DType da : fl)
@@ -139,7 +198,7 @@ void gemm_dtype_cases() {
           g.transA = t & 1;
           g.transB = t >> 1;
           g.beta = variant % 2 ? 0.5f : 0.0f;
-          gemm_dtype_check(da, db, dc, g, variant % 3 == 0);
+          gemm_dtype_check(paths, da, db, dc, g, variant % 3 == 0);
         }
   // Threaded: several K slices and A / B blocks, alpha and beta.
   for (DType da : fl) {
@@ -150,10 +209,10 @@ void gemm_dtype_cases() {
     g.transA = true;
     g.alpha = 1.5f;
     g.beta = 0.75f;
-    gemm_dtype_check(da, DType::BF16, DType::BF16, g, true);
+    gemm_dtype_check(paths, da, DType::BF16, DType::BF16, g, true);
     g.transA = false;
     g.transB = true;
-    gemm_dtype_check(DType::BF16, da, DType::F32, g, false);
+    gemm_dtype_check(paths, DType::BF16, da, DType::F32, g, false);
   }
   // Batches: strided A with broadcast B (whole matrices per thread), then broadcast A.
   {
@@ -164,12 +223,12 @@ void gemm_dtype_cases() {
     g.K = 64;
     g.strideA = 1;
     g.beta = 1.0f;
-    gemm_dtype_check(DType::BF16, DType::BF16, DType::BF16, g, false);
+    gemm_dtype_check(paths, DType::BF16, DType::BF16, DType::BF16, g, false);
     g.strideA = 0;
     g.strideB = 1;
     g.batch = 3;
     g.transB = true;
-    gemm_dtype_check(DType::F32, DType::BF16, DType::BF16, g, true);
+    gemm_dtype_check(paths, DType::F32, DType::BF16, DType::BF16, g, true);
   }
   // K = 0: C = beta C, read widened and rounded back.
   {
@@ -178,8 +237,217 @@ void gemm_dtype_cases() {
     g.N = 7;
     g.K = 0;
     g.beta = 0.5f;
-    gemm_dtype_check(DType::BF16, DType::BF16, DType::BF16, g, true);
+    gemm_dtype_check(paths, DType::BF16, DType::BF16, DType::BF16, g, true);
   }
+}
+
+// The bf16 x bf16 path of one kernel: awkward sizes, every transpose, alpha / beta, both C dtypes.
+void bf16_path_cases(const cpu::GemmPaths& paths) {
+  const DType bf = DType::BF16;
+  struct Size {
+    int64_t M, N, K;
+  };
+  // Odd K, K = 1, K of one k pair, M / N just off the 14 x 32 and 32 x 32 blocks, K past two KC
+  // slices of either kernel (512, 1024) with an odd last slice.
+  const Size sizes[] = {{37, 29, 41}, {1, 1, 1}, {15, 33, 2}, {29, 61, 1}, {33, 31, 67}, {3, 65, 2049}};
+  int variant = 0;
+  for (const Size& sz : sizes)
+    for (int t = 0; t < 4; ++t, ++variant) {
+      GemmShape g;
+      g.M = sz.M;
+      g.N = sz.N;
+      g.K = sz.K;
+      g.transA = t & 1;
+      g.transB = t >> 1;
+      g.alpha = variant % 3 == 1 ? -1.5f : 1.0f;
+      g.beta = variant % 2 ? 0.5f : 0.0f;
+      gemm_dtype_check(paths, bf, bf, variant % 4 < 2 ? DType::F32 : bf, g, variant % 3 == 0);
+    }
+  // Threaded, several A blocks and K slices; batches (whole matrices per thread); K = 0; empty M / N.
+  GemmShape g;
+  g.M = 300;
+  g.N = 200;
+  g.K = 1101;
+  g.beta = 0.25f;
+  gemm_dtype_check(paths, bf, bf, DType::F32, g, true);
+  g.transA = g.transB = true;
+  gemm_dtype_check(paths, bf, bf, bf, g, false);
+  g = GemmShape();
+  g.batch = 6;
+  g.M = 40;
+  g.N = 50;
+  g.K = 60;
+  g.strideA = 1;
+  g.beta = 1.0f;
+  gemm_dtype_check(paths, bf, bf, bf, g, false);
+  g.strideB = 1;
+  g.transB = true;
+  gemm_dtype_check(paths, bf, bf, DType::F32, g, true);
+  for (const Size& sz : {Size{5, 7, 0}, Size{0, 5, 3}, Size{4, 0, 3}}) {
+    g = GemmShape();
+    g.M = sz.M;
+    g.N = sz.N;
+    g.K = sz.K;
+    g.beta = 0.5f;
+    gemm_dtype_check(paths, bf, bf, bf, g, true);
+    gemm_dtype_check(paths, bf, bf, DType::F32, g, false);
+  }
+}
+
+// Results do not depend on the thread count: one matrix on every pool thread against a batch of
+// copies of it (broadcast A and B, strided C) that the driver spreads whole-matrix-per-thread,
+// each copy on one thread.
+void thread_count_check(const cpu::GemmPaths& paths, DType dt) {
+  GemmShape g;
+  g.M = 150;
+  g.N = 97;
+  g.K = 1101;
+  g.transB = true;
+  g.lda = g.K;
+  g.ldb = g.K;
+  g.ldc = g.N;
+  g.beta = 0.5f;
+  const std::vector<uint8_t> a = make(dt, rand_f(g.M * g.K, -1, 1)), b = make(dt, rand_f(g.N * g.K, -1, 1));
+  const std::vector<float> c0 = rand_f(g.M * g.N, -1, 1);
+  std::vector<float> one = c0;
+  cpu::gemm_on(paths, dt, a.data(), dt, b.data(), kF32, one.data(), g);
+  const int64_t copies = 4;
+  std::vector<float> many;
+  for (int64_t i = 0; i < copies; ++i) many.insert(many.end(), c0.begin(), c0.end());
+  GemmShape gb = g;
+  gb.batch = copies;
+  gb.strideC = g.M * g.N;
+  cpu::gemm_on(paths, dt, a.data(), dt, b.data(), kF32, many.data(), gb);
+  bool same = true;
+  for (int64_t i = 0; i < copies; ++i)
+    same &= std::memcmp(many.data() + i * gb.strideC, one.data(), one.size() * sizeof(float)) == 0;
+  const cpu::GemmKernelBf16* bf16 = dt == DType::BF16 ? paths.bf16 : nullptr;
+  expect(same, std::string("cpu gemm [") + (bf16 ? bf16->isa : paths.f32->isa) + "] " + dtype_name(dt) +
+                   ": one thread per matrix gives the bits of all threads on one matrix");
+}
+
+// The code and message of the MomaException `fn` throws ("" when it returns).
+template <typename Fn>
+std::pair<std::string, std::string> thrown(const Fn& fn) {
+  try {
+    fn();
+  } catch (const MomaException& e) {
+    return {e.code(), e.what()};
+  }
+  return {"", ""};
+}
+
+// MOMA_CPU_GEMM picks the kernels; what this CPU lacks fails with ERR_DEVICE, nonsense with ERR_ARG.
+void forcing_check() {
+  g_case = "cpu gemm MOMA_CPU_GEMM";
+  const cpu::GemmPaths chosen = cpu::gemm_paths_from_env(), best = cpu::gemm_paths_for(nullptr);
+  expect(std::string(cpu::gemm_bf16_isa()) == (chosen.bf16 ? chosen.bf16->isa : "none") &&
+             std::string(cpu::gemm_isa()) == chosen.f32->isa,
+         std::string("gemm_isa / gemm_bf16_isa report the chosen kernels: ") + cpu::gemm_isa() + ", " +
+             cpu::gemm_bf16_isa());
+  const char* why = nullptr;
+  const bool amx = cpu::cpu_amx_bf16_usable(&why);
+  const bool dpbf16 = cpu::cpu_has_avx512bf16();
+  expect(std::string(best.bf16 ? best.bf16->isa : "none") == (amx ? "amx" : dpbf16 ? "avx512bf16" : "none"),
+         "default bf16 kernel: amx > avx512bf16 > widened");
+  for (const char* f32 : {"avx512", "avx2", "generic"}) {
+    const auto err = thrown([&] {
+      const cpu::GemmPaths p = cpu::gemm_paths_for(f32);
+      expect(p.bf16 == nullptr && std::string(p.f32->isa) == f32,
+             std::string("MOMA_CPU_GEMM=") + f32 + ": float32 kernel " + f32 + ", bf16 widened");
+    });
+    if (!err.first.empty())
+      expect(err.first == "ERR_DEVICE" && err.second.find("MOMA_CPU_GEMM") != std::string::npos,
+             std::string("MOMA_CPU_GEMM=") + f32 + " unavailable: " + err.first + " " + err.second);
+  }
+  for (const auto& [name, usable] : {std::pair<const char*, bool>{"amx", amx}, {"avx512bf16", dpbf16}}) {
+    const auto err = thrown([&] {
+      const cpu::GemmPaths p = cpu::gemm_paths_for(name);
+      expect(p.bf16 && std::string(p.bf16->isa) == name && p.f32 == best.f32,
+             std::string("MOMA_CPU_GEMM=") + name + ": bf16 kernel " + name + ", best float32 kernel");
+    });
+    expect(usable ? err.first.empty()
+                  : err.first == "ERR_DEVICE" && err.second.find("MOMA_CPU_GEMM=") != std::string::npos,
+           std::string("MOMA_CPU_GEMM=") + name + (usable ? " runs here" : " refused here") + ": '" + err.first +
+               "' " + err.second);
+  }
+  const auto bad = thrown([] { cpu::gemm_paths_for("avx1024"); });
+  expect(bad.first == "ERR_ARG" && bad.second.find("MOMA_CPU_GEMM=avx1024") != std::string::npos,
+         "MOMA_CPU_GEMM=avx1024: ERR_ARG naming the variable, got '" + bad.first + "' " + bad.second);
+  // The variable itself is what gemm_paths_from_env reads.
+  const char* saved = std::getenv("MOMA_CPU_GEMM");
+  const std::string saved_value = saved ? saved : "";
+  setenv("MOMA_CPU_GEMM", "generic", 1);
+  const cpu::GemmPaths forced = cpu::gemm_paths_from_env();
+  expect(std::string(forced.f32->isa) == "generic" && forced.bf16 == nullptr,
+         "MOMA_CPU_GEMM=generic in the environment: generic float32 kernel, bf16 widened");
+  setenv("MOMA_CPU_GEMM", "avx1024", 1);
+  expect(thrown([] { cpu::gemm_paths_from_env(); }).first == "ERR_ARG",
+         "MOMA_CPU_GEMM=avx1024 in the environment: ERR_ARG");
+  if (saved) setenv("MOMA_CPU_GEMM", saved_value.c_str(), 1);
+  else unsetenv("MOMA_CPU_GEMM");
+}
+
+// A scalar model of the AMX micro-kernel (gemm_amx.cc), for CPUs without AMX: the same tile
+// loads (A tiles at a + k0 * 32 and + 16 rows, 64-byte rows; B tiles at b + k0 * 32 and + 32
+// elements, 128-byte rows) and tdpbf16ps's arithmetic, in float64, so the driver's Rows32 A panels,
+// VNNI B panels, 32-deep K padding and begin / end hooks are checked on every machine.
+std::atomic<int> g_amx_model_open{0};
+std::atomic<bool> g_amx_model_balanced{true};
+
+void amx_model_begin() { g_amx_model_open.fetch_add(1); }
+void amx_model_end() { g_amx_model_open.fetch_sub(1); }
+
+void amx_model_micro(int64_t kd, const uint16_t* a, const uint16_t* b, float* c, int64_t ldc, int64_t mr, int64_t nr,
+                     float alpha, float beta) {
+  if (g_amx_model_open.load() <= 0) g_amx_model_balanced.store(false);
+  std::vector<double> acc(32 * 32, 0.0);
+  for (int64_t k0 = 0; k0 < kd; k0 += 32) {
+    const uint16_t* a_tiles[2] = {a + k0 * 32, a + k0 * 32 + 16 * 32};  // 16 rows x 32 bf16, row stride 32
+    const uint16_t* b_tiles[2] = {b + k0 * 32, b + k0 * 32 + 32};        // 16 pair rows x 32 bf16, row stride 64
+    for (int m = 0; m < 32; ++m)
+      for (int n = 0; n < 32; ++n) {
+        const uint16_t* at = a_tiles[m / 16] + (m % 16) * 32;
+        const uint16_t* bt = b_tiles[n / 16] + 2 * (n % 16);
+        for (int p = 0; p < 16; ++p)
+          acc[m * 32 + n] += double(bf16_to_f32(at[2 * p])) * bf16_to_f32(bt[p * 64]) +
+                             double(bf16_to_f32(at[2 * p + 1])) * bf16_to_f32(bt[p * 64 + 1]);
+      }
+  }
+  for (int64_t m = 0; m < mr; ++m)
+    for (int64_t n = 0; n < nr; ++n) {
+      float& out = c[m * ldc + n];
+      const float v = alpha * static_cast<float>(acc[m * 32 + n]);
+      out = beta != 0.0f ? v + beta * out : v;
+    }
+}
+
+const cpu::GemmKernelBf16 kAmxModel = {"amx-model", 32, 32, 1024, 256, 512, 32, cpu::BF16ALayout::Rows32,
+                                       amx_model_micro, amx_model_begin, amx_model_end};
+
+// Every bf16 kernel this CPU runs, through the bf16 checks; the others reported as skipped.
+void bf16_kernel_cases() {
+  for (const char* name : {"amx", "avx512bf16"}) {
+    g_case = std::string("cpu gemm bf16 path ") + name;
+    cpu::GemmPaths paths;
+    const auto err = thrown([&] { paths = cpu::gemm_paths_for(name); });
+    if (!err.first.empty()) {
+      std::printf("cpu gemm bf16 path %s: skipped (%s)\n", name, err.second.c_str());
+      continue;
+    }
+    bf16_path_cases(paths);
+    thread_count_check(paths, DType::BF16);
+  }
+  g_case = "cpu gemm bf16 path amx-model";
+  cpu::GemmPaths model = widened_paths();
+  model.bf16 = &kAmxModel;
+  bf16_path_cases(model);
+  thread_count_check(model, DType::BF16);
+  expect(g_amx_model_balanced && g_amx_model_open.load() == 0,
+         "amx-model: every micro-kernel call inside begin / end, and every begin ended");
+  g_case = "cpu gemm float32 thread count";
+  thread_count_check(widened_paths(), DType::F32);
+  thread_count_check(widened_paths(), DType::BF16);
 }
 
 // The grouped GEMMs with dtypes against the float32 kernels on widened inputs (bits) and double
@@ -208,21 +476,49 @@ void grouped_dtype_check(DType dx, DType dw, DType dy, bool trans_w) {
                            a2.data(), nullptr, nullptr);
   cpu::grouped_gemm_wgrad(kCpuLaunch, dx, x.data(), dw, dyv.data(), off.data(), E, R, K, N, dw_got.data());
 
-  // The former route: float32 kernels on widened inputs, each output rounded once.
+  // The route of float32 outputs: the same GEMM path (bf16 x bf16 on the bf16 kernel when one
+  // runs, else float32 kernels on widened inputs), each output rounded once.
+  const bool bf16_path = dx == DType::BF16 && dw == DType::BF16 && std::string(cpu::gemm_bf16_isa()) != "none";
+  const DType rx = bf16_path ? dx : kF32, rw = bf16_path ? dw : kF32;
+  const void* px = bf16_path ? static_cast<const void*>(x.data()) : wx.data();
+  const void* pw1 = bf16_path ? static_cast<const void*>(w1.data()) : ww1.data();
+  const void* pw3 = bf16_path ? static_cast<const void*>(w3.data()) : ww3.data();
+  const void* pdy = bf16_path ? static_cast<const void*>(dyv.data()) : wdy.data();
   std::vector<float> y32(R * N, NAN), ys32(R * N, NAN), a32(R * N, NAN), h1_32(R * N, NAN), h3_32(R * N, NAN),
       dw32(E * K * N, NAN);
-  cpu::grouped_gemm(kCpuLaunch, kF32, wx.data(), kF32, ww1.data(), trans_w, off.data(), E, R, K, N, kF32, y32.data());
-  cpu::grouped_gemm_scaled(kCpuLaunch, kF32, wx.data(), kF32, ww1.data(), trans_w, off.data(), scale.data(), E, R, K, N,
-                           kF32, ys32.data());
-  cpu::grouped_gemm_swiglu(kCpuLaunch, kF32, wx.data(), kF32, ww1.data(), ww3.data(), trans_w, off.data(), E, R, K, N,
-                           kF32, a32.data(), h1_32.data(), h3_32.data());
-  cpu::grouped_gemm_wgrad(kCpuLaunch, kF32, wx.data(), kF32, wdy.data(), off.data(), E, R, K, N, dw32.data());
-  expect(y == make(dy, y32), "cpu grouped_gemm" + tag + ": bits of the widened float32 route");
-  expect(ys == make(dy, ys32), "cpu grouped_gemm_scaled" + tag + ": bits of the widened float32 route");
+  cpu::grouped_gemm(kCpuLaunch, rx, px, rw, pw1, trans_w, off.data(), E, R, K, N, kF32, y32.data());
+  cpu::grouped_gemm_scaled(kCpuLaunch, rx, px, rw, pw1, trans_w, off.data(), scale.data(), E, R, K, N, kF32,
+                           ys32.data());
+  cpu::grouped_gemm_swiglu(kCpuLaunch, rx, px, rw, pw1, pw3, trans_w, off.data(), E, R, K, N, kF32, a32.data(),
+                           h1_32.data(), h3_32.data());
+  cpu::grouped_gemm_wgrad(kCpuLaunch, rx, px, rw, pdy, off.data(), E, R, K, N, dw32.data());
+  // Each segment is one cpu::gemm on that path.
+  bool seg_same = true;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = off[e], rows = off[e + 1] - r0;
+    if (rows == 0) continue;
+    GemmShape g;
+    g.M = rows;
+    g.N = N;
+    g.K = K;
+    g.transB = trans_w;
+    g.lda = K;
+    g.ldb = trans_w ? K : N;
+    g.ldc = N;
+    std::vector<float> ye(rows * N, NAN);
+    const size_t xs = dtype_size(rx), ws = dtype_size(rw);
+    cpu::gemm(kCpuLaunch, rx, static_cast<const char*>(px) + r0 * K * xs, rw,
+              static_cast<const char*>(pw1) + e * K * N * ws, kF32, ye.data(), g);
+    seg_same &= std::memcmp(ye.data(), y32.data() + r0 * N, ye.size() * sizeof(float)) == 0;
+  }
+  expect(seg_same, "cpu grouped_gemm" + tag + ": each segment = cpu::gemm on it" +
+                       (bf16_path ? std::string(" (") + cpu::gemm_bf16_isa() + ")" : std::string()));
+  expect(y == make(dy, y32), "cpu grouped_gemm" + tag + ": bits of the float32-output route");
+  expect(ys == make(dy, ys32), "cpu grouped_gemm_scaled" + tag + ": bits of the float32-output route");
   expect(a == make(dy, a32) && h1 == make(dy, h1_32) && h3 == make(dy, h3_32),
-         "cpu grouped_gemm_swiglu" + tag + ": a, h1, h3 = bits of the widened float32 route");
+         "cpu grouped_gemm_swiglu" + tag + ": a, h1, h3 = bits of the float32-output route");
   expect(a2 == a, "cpu grouped_gemm_swiglu" + tag + ": a without h1 / h3");
-  expect_equal(dw_got, dw32, "cpu grouped_gemm_wgrad" + tag + ": bits of the widened float32 route");
+  expect_equal(dw_got, dw32, "cpu grouped_gemm_wgrad" + tag + ": bits of the float32-output route");
 
   // Double references.
   std::vector<double> r1(R * N, 0.0), m1(R * N, 0.0), r3(R * N, 0.0), m3(R * N, 0.0);
@@ -342,7 +638,9 @@ void dtype_error_check() {
 
 void cpu_gemm_sanity() {
   g_case = "cpu gemm dtypes";
-  gemm_dtype_cases();
+  gemm_dtype_cases(widened_paths());
+  bf16_kernel_cases();
+  forcing_check();
   g_case = "cpu grouped gemm dtypes";
   const DType fl[] = {DType::F32, DType::BF16};
   for (DType dx : fl)

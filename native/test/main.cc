@@ -15,6 +15,7 @@
 #include <string>
 
 #include "../../csrc/core/error.h"
+#include "../../csrc/cpu/cpu_features.h"
 #include "../../csrc/cpu/kernels.h"
 #include "../../cuda/runtime.h"
 #include "harness.h"
@@ -32,9 +33,17 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // gemm_isa() throws for a MOMA_CPU_GEMM this CPU cannot run: report it, as a failure
+  std::string isa;
+  try {
+    isa = std::string(cpu::gemm_isa()) + " (f32), " + cpu::gemm_bf16_isa() + " (bf16)";
+  } catch (const std::exception& e) {
+    isa = std::string("unusable: ") + e.what();
+    failure(std::string("cpu gemm: ") + e.what());
+  }
   std::printf("moma_native_test: CUDA compiled=%d devices=%d runtime=%d driver=%d cpu gemm isa=%s\n",
               cuda::compiled() ? 1 : 0, cuda::device_count(), cuda::runtime_version(), cuda::driver_version(),
-              cpu::gemm_isa());
+              isa.c_str());
   try {
     cpu_sanity();
   } catch (const std::exception& e) {
