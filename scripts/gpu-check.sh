@@ -13,7 +13,8 @@
 #   1. build the native core for the device's compute capability (MOMA_CUDA_ARCHS overrides;
 #      with Node carried, the addon too)
 #   2. native test --require-cuda: every CUDA kernel against the CPU kernel; a skipped CUDA case
-#      fails
+#      fails. Its one-rank NCCL case says whether NCCL (libnccl.so.2) loaded: recorded as the stage
+#      "NCCL loaded" (ok) or "NCCL not loaded" (failed; native-test.log has the ERR_LOAD message)
 #   3. kernel bench, CUDA only (JSON lines)
 #   4. the same shapes in PyTorch on the same GPU       (bench/reference/gpu_kernels.py)
 #   5. PyTorch's eager reference FFN layers on the GPU   (bench/reference/run.py --layers)
@@ -21,6 +22,10 @@
 #   6. Node smoke run: cpu vs cuda:0 through the public API, trainRun, causal inference
 #                                                      (scripts/gpu-smoke.js)
 #   7. `bench/run.js layers step` on cuda:0 at T 8192
+#   7b. the NCCL copies of the distributed suites: jest test/dist_nccl.test.ts (what `npx jest
+#      test/dist_nccl.test.ts` runs, with the carried node) when node_modules has jest and ts-jest
+#      (gpu-carry.sh carries the runtime dependencies only) and at least 60 s of the budget are
+#      left; otherwise recorded as not run (absent), with the reason
 #   8. summary (scripts/gpu_summary.py): cases passed / failed / skipped, each kernel's rate, % of
 #      the measured ceiling and ratio to PyTorch, the issue's targets PASS / MISS; it writes
 #      <date>-<gpu>-gpu-check.md and .json (every result, with device, driver, CUDA and date) for
@@ -232,7 +237,29 @@ node_bench() {  # on the chosen device only, at the 435M FFN shape's T 8192; few
   tail -30 "$OUT/bench.log"
   return $rc
 }
-export -f build_native native_test kernel_bench torch_kernels torch_layers node_smoke node_bench
+node_nccl_tests() {  # one-rank NCCL collectives and launch on cuda:0; the 2-GPU cases skip on one GPU
+  PATH="$(dirname "$node_bin"):$PATH" "$node_bin" node_modules/jest/bin/jest.js test/dist_nccl.test.ts >"$OUT/jest-dist-nccl.log" 2>&1
+  local rc=$?
+  grep -E 'moma tests:|✓|✕|○|^Tests:' "$OUT/jest-dist-nccl.log"
+  return $rc
+}
+# Whether NCCL loaded, from the native test's one-rank NCCL case (native/test/dist_checks.cc).
+nccl_state() {
+  local log="$out/native-test.log" line
+  if grep -q '^moma_native_test: NCCL loaded' "$log" 2>/dev/null; then
+    echo "== NCCL: loaded (one-rank communicator on cuda:0 checked by the native test)"
+    record "NCCL loaded" ok null 0 0
+  elif line=$(grep -m1 '^moma_native_test: NCCL not loaded' "$log" 2>/dev/null); then
+    echo "== NCCL: NOT loaded: ${line#*is skipped: }"
+    record "NCCL not loaded" failed null 0 0
+    status=1
+  else
+    echo "== NCCL: unknown (the native test did not report its NCCL case)"
+    record "NCCL unknown" failed null 0 0
+    status=1
+  fi
+}
+export -f build_native native_test kernel_bench torch_kernels torch_layers node_smoke node_bench node_nccl_tests
 export python have_node node_bin
 
 built=0
@@ -241,6 +268,7 @@ if [ "$cpu_only" -eq 0 ]; then
   stage "build (sm_$archs$([ "$have_node" -eq 1 ] && echo ', with the addon'))" 300 60 bash -c build_native && built=1
   if [ "$built" -eq 1 ]; then
     stage "native test" 120 30 bash -c native_test
+    nccl_state
     stage "kernel bench (CUDA)" 120 30 bash -c kernel_bench
     [ "$have_node" -eq 1 ] && mkdir -p build/Release && cp build-gpu/moma.node build/Release/moma.node
   else
@@ -260,6 +288,15 @@ if [ "$have_node" -eq 1 ] && { [ "$cpu_only" -eq 1 ] || [ "$built" -eq 1 ]; }; t
   stage "bench layers step ($device)" 150 45 bash -c node_bench
   find bench/results -maxdepth 1 -name '*layers_step*.json' -newer "$out/.bench-start" -exec cp {} "$out/" \;
   rm -f "$out/.bench-start"
+  if [ ! -f node_modules/jest/bin/jest.js ] || [ ! -d node_modules/ts-jest ]; then
+    echo "== jest test/dist_nccl.test.ts: not run (no jest / ts-jest in node_modules: gpu-carry.sh carries the runtime dependencies only)"
+    record "jest dist_nccl" absent null 0 0
+  elif [ "$(allow 180 60)" -eq 0 ]; then
+    echo "== jest test/dist_nccl.test.ts: not run (${SECONDS}s used of the ${budget}s budget; raise MOMA_GPU_CHECK_BUDGET)"
+    record "jest dist_nccl" absent null 0 0
+  else
+    stage "jest dist_nccl ($device)" 180 60 bash -c node_nccl_tests
+  fi
 elif [ "$have_node" -eq 1 ]; then
   skip "node runs" "no build"
 else  # a run without Node is complete without them (not a failure); the summary says they did not run

@@ -36,18 +36,18 @@ import * as os from 'os';
 import * as path from 'path';
 import { ensureDist, runCli } from './support/cli';
 import { describeGloo, expectClose, expectSameParams, params, steps } from './support/dist_train';
+import { C2_CONFIG, epBase, epMulti } from './support/expert_parallel_flags';
 
-/** tiny-4t4i, micro-batches of b × 64 tokens per rank, a record every step, no held-out evaluation, documents in order. */
-const BASE = ['--seq-len', '64', '--log-every', '1', '--eval-every', '0', '--device', 'cpu', '--preset', 'tiny-4t4i', '--image-fraction', 'off'];
+const BASE = epBase('cpu');
 /** The multi-step runs (see the top of this file): real routing, c = 2, sequences of 32 tokens, one sequence per rank, seed 2. */
-const MULTI = ['--config', 'c2.json', ...BASE, '--seq-len', '32', '--seed', '2'];
+const MULTI = epMulti('cpu');
 
 describeGloo('expert parallel training tests')('expert parallel training (gloo, loopback)', () => {
   let dir: string;
   beforeAll(() => {
     ensureDist();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moma-ep-'));
-    fs.writeFileSync(path.join(dir, 'c2.json'), JSON.stringify({ model: { ffn: { capacityFactor: 2 } } }));
+    fs.writeFileSync(path.join(dir, 'c2.json'), JSON.stringify(C2_CONFIG));
   });
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 

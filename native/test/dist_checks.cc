@@ -11,6 +11,14 @@
 //
 // Needs the gloo plugin next to the executable (built when libgloo-dev is installed); without it
 // the collective checks report the ERR_LOAD message once and are skipped.
+//
+// NCCL (backend nccl): one CUDA case, "dist nccl: one rank on cuda:0", registered here and run or
+// skipped with the other CUDA cases (counted in the skips without a CUDA device): a one-rank NCCL
+// communicator on cuda:0, and a sub-group {0} of it, run every collective on device buffers of a
+// few elements (in a world of one every result is the input). Without a loadable libnccl.so.2 it
+// prints the ERR_LOAD message (what to install) and counts as skipped. It prints whether NCCL
+// loaded ("moma_native_test: NCCL loaded" / "moma_native_test: NCCL not loaded"), which
+// scripts/gpu-check.sh reports.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -517,9 +525,94 @@ bool check_missing_plugin() {
   }
 }
 
+// The NCCL case (see the top of the file). Inputs are bf16 values (k / 8), so the bf16 sums and
+// averages, widened to float32, reduced and rounded back, come out as the inputs exactly.
+void check_nccl_one_rank() {
+  dist::InitOptions o = options(0, 1, dist::pick_free_port(), std::chrono::seconds(60));
+  o.backend = dist::Backend::Nccl;
+  o.device = Device{DeviceType::CUDA, 0};
+  std::shared_ptr<Communicator> world;
+  try {
+    world = dist::connect_group(o);
+  } catch (const MomaException& e) {
+    if (e.code() != "ERR_LOAD") throw;
+    std::printf("moma_native_test: NCCL not loaded; the one-rank NCCL case is skipped: %s\n", e.what());
+    ++g_skipped;
+    return;
+  }
+  std::printf("moma_native_test: NCCL loaded: one-rank communicator on cuda:0\n");
+  expect(world->rank() == 0 && world->size() == 1 && world->backend() == dist::Backend::Nccl && world->device() == o.device,
+         "rank, size, backend and device of the NCCL communicator");
+  auto sub = dist::connect_subgroup(world, {0}, 1, "test");
+  const size_t n = 7;
+  int salt = 700;
+  for (Communicator* c : {world.get(), sub.get()}) {
+    const std::string where = c == world.get() ? " (world of one)" : " (sub-group {0})";
+    for (DType dt : {DType::F32, DType::BF16}) {
+      const std::string what = std::string(" ") + dtype_name(dt) + where;
+      const size_t bytes = n * dtype_size(dt);
+      const std::vector<uint8_t> host = encode(dt, rank_input(0, n, ++salt));
+      Dev in(host);
+      for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max}) {
+        Dev out(bytes);
+        out.poison();
+        c->all_reduce(in.p, out.p, n, dt, op);
+        expect(out.get() == host, std::string("all_reduce ") + dist::reduce_op_name(op) + what);
+      }
+      {
+        Dev out(bytes);
+        out.poison();
+        c->reduce_scatter(in.p, out.p, n, dt, ReduceOp::Sum);
+        expect(out.get() == host, "reduce_scatter sum" + what);
+      }
+      {
+        Dev out(bytes);
+        out.poison();
+        c->all_gather(in.p, out.p, n, dt);
+        expect(out.get() == host, "all_gather" + what);
+      }
+      {
+        Dev out(bytes);
+        out.poison();
+        c->broadcast(in.p, out.p, n, dt, 0);
+        expect(out.get() == host, "broadcast root 0" + what);
+      }
+      {
+        const int64_t counts[] = {static_cast<int64_t>(n)}, offsets[] = {0};
+        Dev out(bytes);
+        out.poison();
+        c->all_to_all_v(in.p, counts, offsets, out.p, counts, offsets, dt);
+        expect(out.get() == host, "all_to_all_v" + what);
+      }
+      // started: an all-reduce and a reduce-scatter in flight, a blocking all-gather queued
+      // between the starts and the waits, the waits in reverse order
+      {
+        Dev reduced(bytes), scattered(bytes), gathered(bytes);
+        reduced.poison();
+        scattered.poison();
+        gathered.poison();
+        auto started_reduce = c->start_all_reduce(in.p, reduced.p, n, dt, ReduceOp::Sum);
+        auto started_scatter = c->start_reduce_scatter(in.p, scattered.p, n, dt, ReduceOp::Sum);
+        c->all_gather(in.p, gathered.p, n, dt);
+        started_scatter->wait();
+        started_reduce->wait();
+        expect(reduced.get() == host, "started all_reduce + wait" + what);
+        expect(scattered.get() == host, "started reduce_scatter + wait" + what);
+        expect(gathered.get() == host, "all_gather between starts and waits" + what);
+      }
+    }
+    c->barrier();
+    cuda::synchronize(0, "dist nccl barrier");
+    pass();
+  }
+}
+
 }  // namespace
 
 void dist_checks() {
+  add("dist nccl: one rank on cuda:0", check_nccl_one_rank);
+  if (cuda::compiled() && cuda::device_count() == 0)
+    std::printf("moma_native_test: the one-rank NCCL case is skipped: no CUDA device\n");
   g_case = "dist";
   try {
     const bool have_plugin = check_missing_plugin();

@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
   const bool missing_cuda = require_cuda && (!cuda::compiled() || g_skipped > 0);
   if (missing_cuda) {
     if (cuda::compiled())
-      std::printf("FAIL --require-cuda: %d CUDA cases skipped (no CUDA device visible)\n", g_skipped);
+      std::printf("FAIL --require-cuda: %d CUDA cases skipped (no CUDA device visible, or a case skipped itself: see the lines above)\n", g_skipped);
     else
       std::printf("FAIL --require-cuda: built without CUDA (the CUDA cases were not built)\n");
   }
