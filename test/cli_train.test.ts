@@ -61,6 +61,22 @@ test('bad flags and config keys exit 1 with the MomaError naming them', async ()
   expect(resume.stderr).toContain('only --steps, --skip-nonfinite and --expert-parallel may be given, not --lr');
 });
 
+test('--dtype bfloat16 trains in bf16, records it in run.json and keeps it on resume', async () => {
+  const r = await moma(['train', '--steps', '3', ...SMALL, '--config', config, '--out', 'bf16', '--dtype', 'bfloat16', '--eval-every', '0']);
+  expect(r.code).toBe(0);
+  expect(r.stdout).toContain(', bfloat16 compute (float32 parameters and optimizer)');
+  const run = JSON.parse(fs.readFileSync(path.join(dir, 'bf16', 'run.json'), 'utf8')) as { config: { dtype: string }; model: { computeDtype: string } };
+  expect(run.config.dtype).toBe('bfloat16');
+  expect(run.model.computeDtype).toBe('bfloat16');
+  const resumed = await moma(['train', '--resume', 'bf16', '--steps', '5']);
+  expect(resumed.code).toBe(0);
+  expect(resumed.stdout).toContain('resuming bf16 from step 3');
+  expect(resumed.stdout).toContain(', bfloat16 compute');
+  const changed = await moma(['train', '--resume', 'bf16', '--dtype', 'float32']);
+  expect(changed.code).toBe(1);
+  expect(changed.stderr).toContain('may be given, not --dtype');
+});
+
 test('Ctrl-C stops after the step, checkpoints, prints the resume command and exits 130; --resume finishes the run', async () => {
   let sent = false;
   const r = await moma(['train', '--steps', '100000', ...SMALL, '--config', config, '--out', 'interrupted', '--json-log'], (text, child) => {

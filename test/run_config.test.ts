@@ -37,7 +37,7 @@ test('no arguments: the measured defaults, the best device, MoMa 4t4i with image
   const expected: RunSettings = {
     preset: 'tiny-4t4i', model: {}, data: 'builtin', device: bestDevice(), steps: RUN_DEFAULTS.steps, batchSize: 8, seqLen: 256,
     lr: 3e-3, warmup: 50, seed: 0, imageFraction: 0.5, evalEvery: RUN_DEFAULTS.evalEvery, evalBatches: RUN_DEFAULTS.evalBatches,
-    checkpointEvery: RUN_DEFAULTS.checkpointEvery, logEvery: RUN_DEFAULTS.logEvery, gradAccum: RUN_DEFAULTS.gradAccum, sharding: 'none', expertParallel: 1, skipNonfinite: 0, out: 'runs/20250102-030405-tiny-4t4i',
+    checkpointEvery: RUN_DEFAULTS.checkpointEvery, logEvery: RUN_DEFAULTS.logEvery, gradAccum: RUN_DEFAULTS.gradAccum, sharding: 'none', expertParallel: 1, skipNonfinite: 0, dtype: 'float32', out: 'runs/20250102-030405-tiny-4t4i',
   };
   expect(settings).toEqual(expected);
   expect(Object.keys(settings)).toEqual(Object.keys(expected));
@@ -69,6 +69,18 @@ test('flags override the config file and options; options override the file; the
   expect(resolveRunConfig({ flags: { lr: '3e-4', warmup: '0', checkpointEvery: '0', evalBatches: '1' } }).settings).toMatchObject({ lr: 3e-4, warmup: 0, checkpointEvery: 0, evalBatches: 1 });
 });
 
+test('--dtype sets the compute dtype; model.computeDtype of a config file is the same setting and may not contradict it', () => {
+  expect(resolveRunConfig({ flags: { dtype: 'bfloat16' } }).settings).toMatchObject({ dtype: 'bfloat16', model: {} });
+  expect(resolveRunConfig({ values: { dtype: 'float32' } }).settings.dtype).toBe('float32');
+  const file = writeConfig('bf16.json', { model: { dModel: 64, computeDtype: 'bfloat16' } });
+  expect(resolveRunConfig({ configFile: file }).settings).toMatchObject({ dtype: 'bfloat16', model: { dModel: 64, computeDtype: 'bfloat16' } });
+  expect(resolveRunConfig({ configFile: file, flags: { dtype: 'bfloat16' } }).settings.dtype).toBe('bfloat16');
+  const err = failure({ configFile: file, flags: { dtype: 'float32' } });
+  expect(err.code).toBe('ERR_ARG');
+  expect(err.message).toContain("--dtype 'float32' contradicts 'model''s computeDtype 'bfloat16'");
+  expect(resolveRunConfig({ configFile: writeConfig('dtype-key.json', { dtype: 'bfloat16' }) }).settings.dtype).toBe('bfloat16');
+});
+
 test('unknown keys in a config file or in options are refused by name', () => {
   const file = writeConfig('unknown.json', { steps: 5, bogusKey: 1 });
   const err = failure({ configFile: file });
@@ -87,6 +99,7 @@ test.each([
   ['imageFraction', '1.5', '--image-fraction'], ['imageFraction', 'half', '--image-fraction'], ['evalEvery', '-1', '--eval-every'],
   ['evalBatches', '0', '--eval-batches'], ['checkpointEvery', '2.5', '--checkpoint-every'], ['device', 'gpu', '--device'],
   ['device', 'cuda:7', '--device'], ['preset', 'nope', '--preset'], ['preset', ' ', '--preset'], ['out', '', '--out'],
+  ['dtype', 'bf16', '--dtype'], ['dtype', 'float16', '--dtype'], ['dtype', '', '--dtype'],
 ])('bad flag %s=%j is refused naming %s', (key, value, flag) => {
   const err = failure({ flags: { [key]: value } });
   expect(err.code).toBe('ERR_ARG');
@@ -135,6 +148,21 @@ describe('resume', () => {
     expect(failure({ resume: runDir, values: { seed: 3 } }).message).toContain("option 'seed'");
     expect(failure({ resume: runDir, configFile: writeConfig('c.json', {}) }).message).toContain('--config cannot be combined with --resume');
     expect(failure({ resume: runDir, flags: { steps: 'many' } }).message).toContain('--steps');
+    expect(failure({ resume: runDir, flags: { dtype: 'bfloat16' } }).message).toContain('may be given, not --dtype');
+  });
+
+  test('keeps the dtype of the run; a run.json from before the setting takes its model.computeDtype, else float32', () => {
+    const dirOf = (name: string, config: Record<string, unknown>): string => {
+      const d = path.join(dir, name);
+      fs.mkdirSync(d);
+      fs.writeFileSync(path.join(d, 'run.json'), JSON.stringify({ format: 'moma-run', version: 1, config }));
+      return d;
+    };
+    const bf16 = dirOf('run-bf16', { ...stored, dtype: 'bfloat16' });
+    expect(resolveRunConfig({ resume: bf16, flags: { steps: '80' } }).settings).toEqual({ ...stored, dtype: 'bfloat16', steps: 80, out: bf16 });
+    const { dtype: _dropped, ...before } = stored;
+    expect(resolveRunConfig({ resume: dirOf('run-old', before) }).settings.dtype).toBe('float32');
+    expect(resolveRunConfig({ resume: dirOf('run-old-bf16', { ...before, model: { computeDtype: 'bfloat16' } }) }).settings.dtype).toBe('bfloat16');
   });
 
   test('refuses folders that are not runs and run files that are broken', () => {

@@ -2,12 +2,12 @@
  * Differentiable functions: each computes its output with native ops and records how to map the
  * output's gradient back to its inputs (tape.ts). Gradients are float32; inputs may be bf16.
  */
-import { full, zeros } from '../creation';
+import { full, tensor, zeros } from '../creation';
 import { MomaError } from '../errors';
 import { matmul as matmulOp } from '../ops';
 import { requireOptions } from '../options';
 import { Tensor } from '../tensor';
-import { swiglu as swigluOp, swigluBackward } from '../moe/ops';
+import { groupedMatmulWgrad, swiglu as swigluOp, swigluBackward } from '../moe/ops';
 import * as nn from '../nn/ops';
 import { record } from './tape';
 
@@ -106,12 +106,25 @@ export function matmul(a: Tensor, b: Tensor, options: { transB?: boolean } = {})
   const transB = options.transB === true;
   const y = matmulOp(a, b, { transB });
   return record(y, [a, b], (g) => {
-    // d a in a's dtype; d b from the float32 gradient (bf16 x float32 multiplies in float32 on the
-    // CPU, reads bf16-rounded operands on the tensor cores, and always writes float32)
-    const da = matmulOp(asLike(g, a), asLike(b, a), { transB: !transB });
-    const db = transB ? matmulOp(g, a, { transA: true }) : matmulOp(a, g, { transA: true });
-    return [da, db];
+    // d a in a's dtype from the gradient rounded to it (bf16 x bf16, as autocast's backward reads it)
+    const ga = asLike(g, a);
+    const da = matmulOp(ga, asLike(b, a), { transB: !transB });
+    return [da, weightGradient(a, g, ga, transB)];
   });
+}
+
+/**
+ * d b of matmul (float32): aᵀ·g, or gᵀ·a when b was transposed. A bf16 a on the CPU multiplies
+ * the gradient rounded to bf16 (ga) on the bf16 x bf16 GEMM path through groupedMatmulWgrad, one
+ * segment of all rows, which accumulates and writes float32: what the tensor cores compute for
+ * the float32 gradient (bf16-rounded operands, float32 sums), without a bf16 rounding of d b.
+ * Otherwise g as is (float32 x float32, or float32 x bf16 on a GPU).
+ */
+function weightGradient(a: Tensor, g: Tensor, ga: Tensor, transB: boolean): Tensor {
+  if (a.dtype !== 'bfloat16' || a.device !== 'cpu') return transB ? matmulOp(g, a, { transA: true }) : matmulOp(a, g, { transA: true });
+  const offsets = tensor(Int32Array.of(0, a.size(0)), { device: a.device });
+  const dw = transB ? groupedMatmulWgrad(ga, a, { offsets }) : groupedMatmulWgrad(a, ga, { offsets });
+  return dw.reshape(dw.shape.slice(1));
 }
 
 /** Rows of `table` [V, D] at int32 ids [N]; the gradient is a deterministic scatter-add. */

@@ -38,6 +38,7 @@ interface TrainFlags {
   sharding?: string;
   expertParallel?: string;
   skipNonfinite?: string;
+  dtype?: string;
   resume?: string;
   out?: string;
   jsonLog?: boolean;
@@ -188,6 +189,7 @@ async function runTrain(flags: TrainFlags): Promise<void> {
           : `(${ranks > 1 ? `${ranks} ranks × ` : ''}${accum > 1 ? `${accum} micro-batches × ` : ''}${info.settings.batchSize})`;
         say(`moma train: ${what} — ${info.settings.preset} (${formatSI(info.parameters.total)} parameters) on ${info.settings.device}, data ${info.dataset}, `
           + `${info.settings.steps} steps × ${batch} × ${info.settings.seqLen} tokens, lr ${info.settings.lr}`
+          + `${info.model.computeDtype === 'bfloat16' ? ', bfloat16 compute (float32 parameters and optimizer)' : ''}`
           + `${ranks > 1 && (info.settings.sharding ?? 'none') !== 'none' ? `, optimizer state sharded (${info.settings.sharding})` : ''}`
           + `${experts > 1 ? `, experts spread over groups of ${experts} ranks (a group's ${experts} × ${info.settings.batchSize} sequences routed as one micro-batch)` : ''}`);
         progress.start(info);
@@ -213,7 +215,7 @@ export function registerTrainCommands(program: Command): void {
     .command('train')
     .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
     .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
-    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, expertParallel, skipNonfinite, out); flags override it')
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, expertParallel, skipNonfinite, dtype, out); flags override it')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
@@ -233,6 +235,7 @@ export function registerTrainCommands(program: Command): void {
       + 'not with mixture-of-depths presets or --sharding; may be given again on resume')
     .option('--log-every <n>', `read the metrics back every n steps, one metrics.jsonl record with the means (default ${RUN_DEFAULTS.logEvery}); the steps between never wait for the device`)
     .option('--skip-nonfinite <n>', `skip up to n steps with a non-finite loss or gradient norm (no update applied, recorded in metrics.jsonl); one more stops the run, as does the first with 0 (default ${RUN_DEFAULTS.skipNonfinite}); may be given again on resume`)
+    .option('--dtype <dtype>', `compute dtype: 'bfloat16' runs activations and matrix products in bf16 with float32 parameters, gradients and AdamW state (mixed precision), 'float32' all in float32 (default ${RUN_DEFAULTS.dtype}); kept on resume`)
     .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps and --skip-nonfinite may change)')
     .option('--out <run dir>', 'run directory (default runs/<yyyymmdd-hhmmss>-<preset>)')
     .option('--json-log', 'print the metrics records as JSON lines instead of a progress bar')

@@ -239,6 +239,7 @@ function runRanks(): { rank: number; ranks: number } {
 function newRunFile(settings: RunSettings, dataset: MixedModalDataset): RunFile {
   const model = preset(settings.preset, {
     ...settings.model, vocabSize: dataset.layout.size, modalities: ['text', 'image'], device: settings.device, seed: settings.seed,
+    computeDtype: settings.dtype ?? RUN_DEFAULTS.dtype,
   });
   const parameters = countParameters(model);
   return {

@@ -76,9 +76,20 @@ export interface RunSettings {
    * again on resume. Optional in the type for run.json files written before it existed (default 0).
    */
   skipNonfinite?: number;
+  /**
+   * The model's compute dtype (its computeDtype): 'bfloat16' runs activations and GEMMs in bf16
+   * (bf16 x bf16 GEMMs with float32 sums where the CPU has a bf16 path, tensor cores on a GPU) with
+   * float32 parameters, gradients and AdamW state; 'float32' everything in float32. Kept on resume.
+   * The same as `model.computeDtype` of a config file, which it may not contradict. Optional in
+   * the type for run.json files written before it existed (default: their model.computeDtype, else
+   * 'float32').
+   */
+  dtype?: ComputeDtype;
   /** The run directory. */
   out: string;
 }
+
+export type ComputeDtype = 'float32' | 'bfloat16';
 
 export type SettingKey = keyof RunSettings;
 
@@ -106,6 +117,7 @@ export const RUN_DEFAULTS = {
   sharding: 'none',
   expertParallel: 1,
   skipNonfinite: 0,
+  dtype: 'float32',
 } as const;
 
 /** Runs whose run.json predates the logEvery setting logged every step, and go on doing so when resumed. */
@@ -163,6 +175,7 @@ const SETTINGS: Record<SettingKey, Setting> = {
   sharding: { flag: '--sharding', expect: "'none', 'zero1', 'zero2' or 'zero3'", schema: z.enum(SHARDINGS as [Sharding, ...Sharding[]]), fromText: (t) => t },
   expertParallel: { flag: '--expert-parallel', expect: 'an integer in [1, 4096]', schema: intIn(1, 4096), fromText: asInt },
   skipNonfinite: { flag: '--skip-nonfinite', expect: 'an integer in [0, 1e9]', schema: intIn(0, 1e9), fromText: asInt },
+  dtype: { flag: '--dtype', expect: "'float32' or 'bfloat16'", schema: z.enum(['float32', 'bfloat16']), fromText: (t) => t },
   out: { flag: '--out', expect: 'a folder path', schema: z.string().trim().min(1), fromText: (t) => t },
 };
 
@@ -262,6 +275,7 @@ export function readRunSettings(runDir: string): RunSettings {
   stored.sharding ??= RUN_DEFAULTS.sharding;
   stored.expertParallel ??= RUN_DEFAULTS.expertParallel;
   stored.skipNonfinite ??= RUN_DEFAULTS.skipNonfinite;
+  stored.dtype ??= (stored.model as ModelOverrides | undefined)?.computeDtype ?? RUN_DEFAULTS.dtype;
   const missing = SETTING_KEYS.filter((k) => stored[k] === undefined);
   if (missing.length > 0) throw new MomaError('ERR_FILE', `run config: ${file} lacks setting(s) ${missing.join(', ')}`);
   return stored as unknown as RunSettings;
@@ -317,6 +331,9 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
   const presetName = ((merged.preset as string | undefined) ?? RUN_DEFAULTS.preset).toLowerCase();
   const model = (merged.model as ModelOverrides | undefined) ?? {};
   const given = merged as Partial<RunSettings>;
+  if (given.dtype !== undefined && model.computeDtype !== undefined && given.dtype !== model.computeDtype) {
+    throw new MomaError('ERR_ARG', `run config: ${nameOfKey('dtype')} '${given.dtype}' contradicts ${nameOfKey('model')}'s computeDtype '${model.computeDtype}' (give one of them)`);
+  }
   const settings: RunSettings = {
     preset: presetName,
     model,
@@ -337,6 +354,7 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     sharding: given.sharding ?? RUN_DEFAULTS.sharding,
     expertParallel: given.expertParallel ?? RUN_DEFAULTS.expertParallel,
     skipNonfinite: given.skipNonfinite ?? RUN_DEFAULTS.skipNonfinite,
+    dtype: given.dtype ?? model.computeDtype ?? RUN_DEFAULTS.dtype,
     out: given.out ?? defaultRunDir(presetName, sources.now ?? new Date()),
   };
   checkPresetAndDevice(settings, nameOfKey);
