@@ -1,7 +1,12 @@
 #include "storage.h"
 
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <new>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "../../cuda/runtime.h"
 
@@ -21,6 +26,22 @@ void note_cpu_alloc(size_t bytes) {
   g_cpu_num_allocs.fetch_add(1);
   g_external_delta.fetch_add(static_cast<int64_t>(bytes));
 }
+
+// glibc serves blocks from 128 KiB up (its threshold grows to at most 32 MiB as such blocks are
+// freed) with fresh mmaps and gives the top of the heap back above twice that, so a training
+// step's activations and gradients page-fault anew every step (measured: the d 512 4t4i CPU step
+// 1.58x the dense step with the defaults, 1.28x with these settings). Tensors of up to 32 MiB are
+// therefore kept on the heap and the heap is trimmed only above 1 GiB of free space at its top, as
+// a caching allocator would hold them. Process-wide, set once at the first CPU allocation;
+// MOMA_CPU_MALLOC=system keeps glibc's defaults.
+void tune_cpu_malloc() {
+#if defined(__GLIBC__)
+  const char* choice = std::getenv("MOMA_CPU_MALLOC");
+  if (choice != nullptr && std::strcmp(choice, "system") == 0) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
 }  // namespace
 
 std::shared_ptr<Storage> Storage::allocate(Device device, size_t bytes) {
@@ -28,6 +49,8 @@ std::shared_ptr<Storage> Storage::allocate(Device device, size_t bytes) {
   if (device.is_cuda()) {
     data = cuda::alloc(device.index, bytes);
   } else {
+    static std::once_flag tuned;
+    std::call_once(tuned, tune_cpu_malloc);
     size_t rounded = ((bytes + 63) / 64) * 64;
     if (rounded == 0) rounded = 64;
     data = std::aligned_alloc(64, rounded);

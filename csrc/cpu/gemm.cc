@@ -34,6 +34,9 @@
 // hand out items dynamically (about 8 compute items per thread, split along N when M is small)
 // so small-M, small-N and unevenly loaded cores all keep every thread busy. Batches of many
 // independent matrices are spread over threads whole instead (each packs into its own buffers).
+// Skinny shapes (one matrix with N or K <= 16: a mixture-of-experts router's GEMMs) go to
+// gemm_skinny.cc instead, which streams the big operand once (cpu::gemm only; gemm_on always runs
+// this driver).
 // Kernel choice happens once, at the first call (gemm_paths_for; MOMA_CPU_GEMM overrides it):
 // float32 AVX-512 (14 x 32 tile), else AVX2 + FMA (6 x 16), else generic; bf16 AMX (32 x 32),
 // else AVX-512-BF16 (14 x 32), else the float32 path.
@@ -539,6 +542,13 @@ void gemm_on(const GemmPaths& paths, DType dt_a, const void* A, DType dt_b, cons
 
 void gemm(const LaunchCtx&, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
           const GemmShape& g) {
+  if (gemm_skinny_applies(g)) {
+    check_gemm_dtype("A", dt_a);
+    check_gemm_dtype("B", dt_b);
+    check_gemm_dtype("C", dt_c);
+    gemm_skinny(dt_a, A, dt_b, B, dt_c, C, g, num_threads());
+    return;
+  }
   gemm_on(chosen_paths(), dt_a, A, dt_b, B, dt_c, C, g);
 }
 

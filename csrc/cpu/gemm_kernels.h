@@ -77,6 +77,15 @@ struct GemmPaths {
 GemmPaths gemm_paths_for(const char* choice);
 // gemm_paths_for(getenv("MOMA_CPU_GEMM")), read now (cpu::gemm reads it once, at its first call).
 GemmPaths gemm_paths_from_env();
+// Skinny GEMMs (gemm_skinny.cc): one matrix (batch 1) with N or K at most kSkinnyMax, float32 or
+// bf16 operands and C, streaming the big operand once with the small one packed in float32; any
+// transposes, alpha and beta. cpu::gemm sends every shape gemm_skinny_applies to here (whatever
+// MOMA_CPU_GEMM picks for the blocked driver); gemm_on does not. Results do not depend on
+// `threads` (1 runs on the calling thread, more on the pool).
+constexpr int64_t kSkinnyMax = 16;
+bool gemm_skinny_applies(const GemmShape& g);
+void gemm_skinny(DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C, const GemmShape& g,
+                 int threads);
 // cpu::gemm on the given paths instead of the process-wide choice (tests compare the paths).
 void gemm_on(const GemmPaths& paths, DType dt_a, const void* A, DType dt_b, const void* B, DType dt_c, void* C,
              const GemmShape& g);

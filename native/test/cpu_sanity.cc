@@ -188,6 +188,7 @@ void cpu_sanity() {
   portable_math_sanity();
   cpu_moe_sanity();
   cpu_gemm_sanity();
+  cpu_gemm_skinny_sanity();
   g_case = "cpu index_select bad index";
   {
     std::vector<float> x(10, 1.0f), y(2);

@@ -168,6 +168,7 @@ void add_coverage_cases();
 void cpu_sanity();
 void cpu_moe_sanity();
 void cpu_gemm_sanity();
+void cpu_gemm_skinny_sanity();
 // CPU collectives over gloo, 2 and 3 ranks as threads on loopback, and their failures (dist_checks.cc).
 void dist_checks();
 
