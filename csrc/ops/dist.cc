@@ -37,6 +37,17 @@ void check_counts(const char* op, const char* arg, const std::vector<int64_t>& r
     if (rows[p] < 0) fail("ERR_ARG", op, ": ", arg, "[", p, "] = ", rows[p], " is negative");
 }
 
+// The output of a reduce-scatter of x over comm's ranks: x's first dimension split by the group size.
+Tensor reduce_scatter_output(const char* op, const Tensor& x, const Communicator& comm) {
+  check_rows(op, x);
+  const int64_t w = comm.size();
+  if (x.shape[0] % w != 0)
+    fail("ERR_SHAPE", op, ": x has shape ", shape_str(x.shape), "; its first dimension must be divisible by the group size ", w);
+  Shape shape = x.shape;
+  shape[0] /= w;
+  return empty_tensor(shape, x.dtype, x.device(), op);
+}
+
 }  // namespace
 
 Tensor dist_all_reduce(const Tensor& x, dist::ReduceOp rop, int group) {
@@ -53,13 +64,7 @@ Tensor dist_reduce_scatter(const Tensor& x, dist::ReduceOp rop, int group) {
   const char* op = "dist_reduce_scatter";
   auto comm = group_for(op, x, group);
   check_reduce(op, x, rop);
-  check_rows(op, x);
-  const int64_t w = comm->size();
-  if (x.shape[0] % w != 0)
-    fail("ERR_SHAPE", op, ": x has shape ", shape_str(x.shape), "; its first dimension must be divisible by the group size ", w);
-  Shape shape = x.shape;
-  shape[0] /= w;
-  Tensor out = empty_tensor(shape, x.dtype, x.device(), op);
+  Tensor out = reduce_scatter_output(op, x, *comm);
   const size_t n = static_cast<size_t>(out.numel());
   submit(op, x.device(), {x}, {out}, [comm, x, out, n, rop] { comm->reduce_scatter(x.data(), out.data(), n, x.dtype, rop); });
   return out;
@@ -106,13 +111,7 @@ StartedCollective dist_reduce_scatter_start(const Tensor& x, dist::ReduceOp rop,
   const char* op = "dist_reduce_scatter_async";
   auto comm = group_for(op, x, group);
   check_reduce(op, x, rop);
-  check_rows(op, x);
-  const int64_t w = comm->size();
-  if (x.shape[0] % w != 0)
-    fail("ERR_SHAPE", op, ": x has shape ", shape_str(x.shape), "; its first dimension must be divisible by the group size ", w);
-  Shape shape = x.shape;
-  shape[0] /= w;
-  Tensor out = empty_tensor(shape, x.dtype, x.device(), op);
+  Tensor out = reduce_scatter_output(op, x, *comm);
   const size_t n = static_cast<size_t>(out.numel());
   return start(op, comm, x, out, [x, out, n, rop](Communicator& c) { return c.start_reduce_scatter(x.data(), out.data(), n, x.dtype, rop); });
 }
