@@ -189,6 +189,7 @@ void cpu_sanity() {
   cpu_moe_sanity();
   cpu_gemm_sanity();
   cpu_gemm_skinny_sanity();
+  cpu_attention_sanity();
   g_case = "cpu index_select bad index";
   {
     std::vector<float> x(10, 1.0f), y(2);

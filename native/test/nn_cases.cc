@@ -22,6 +22,7 @@
 
 #include "../../csrc/core/bf16.h"
 #include "../../csrc/core/nn_types.h"
+#include "../../csrc/cpu/cpu_features.h"
 #include "../../csrc/cpu/kernels_nn.h"
 #include "../../cuda/kernels_nn.h"
 #include "harness.h"
@@ -275,7 +276,8 @@ void check_frobenius(const std::vector<float>& got, const std::vector<float>& wa
 // (+ 1e-5 RMS absolute, for results that cancel to ~0, e.g. dq with one key per row); lse within
 // 1e-4 (|lse| + 1) of the CPU and of the float32 SIMT kernel on the same inputs; `twice` runs the
 // backward again and expects the same bits. Every other case runs the SIMT kernels and uses the
-// element-wise tolerances of the header.
+// element-wise tolerances of the header, except o in bf16 when the CPU forward rounds P to bf16
+// (csrc/cpu/attention.cc on AVX-512-BF16): 4e-3 of the summed magnitude.
 void attention_check(DType dt, int64_t N, int64_t H, int64_t D, const std::vector<int32_t>& seg, bool twice) {
   const bool tc = dt == DType::BF16 && (D == 64 || D == 128);
   const size_t n = sz(N * H * D), es = dtype_size(dt), nh = sz(N * H);
@@ -351,7 +353,11 @@ void attention_check(DType dt, int64_t N, int64_t H, int64_t D, const std::vecto
         }
       }
     }
-  check_scaled(dt, o->get(), o_w, n, so, 1e-4, "o");
+  // The CPU's bf16 forward on vdpbf16ps rounds P to bf16 for P.V (2^-9 relative per term), the
+  // SIMT kernel keeps it in float32: o within 4e-3 of the summed magnitude there.
+  const bool cpu_p_bf16 =
+      dt == DType::BF16 && cpu::cpu_has_avx512bf16() && std::strcmp(cpu::gemm_bf16_isa(), "none") != 0;
+  check_scaled(dt, o->get(), o_w, n, so, cpu_p_bf16 ? 4e-3 : 1e-4, "o");
   check_scaled(DType::F32, lse->get(), make(DType::F32, lse_w), nh, sl, 1e-4, "lse");
   check_scaled(dt, dq->get(), dq_w, n, sdq, 1e-4, "dq");
   check_scaled(dt, dk->get(), dk_w, n, sdk, 1e-4, "dk");
