@@ -34,7 +34,25 @@ function expectSuccess(r: CliResult): void {
   expect(r.code).toBe(0);
 }
 
-interface RouterMetrics { layer: number; kind: 'depth' | 'experts'; group: number; modality: string; bce: number; accuracy: number }
+/** A router's held-out metrics; null when no held-out row reached it (entries 0). */
+interface RouterMetrics { layer: number; kind: 'depth' | 'experts'; group: number; modality: string; entries: number; bce: number | null; accuracy: number | null }
+
+/**
+ * The routers that held-out rows reached. An expert router inside a MoD block sees only the rows
+ * the block selected, and after 30 steps the block may select none of one modality in the one
+ * held-out batch: such a router has no metrics (null), which is what the table's '-' shows.
+ */
+function measured(ms: RouterMetrics[]): RouterMetrics[] {
+  for (const m of ms) {
+    if (m.entries === 0) {
+      expect(m.kind === 'experts' && m.layer % 2 === 0).toBe(true); // layers 0, 2, 4 are MoD blocks
+      expect([m.bce, m.accuracy]).toEqual([null, null]);
+    }
+  }
+  const out = ms.filter((m) => m.entries > 0);
+  expect(out.length).toBeGreaterThanOrEqual(10);
+  return out;
+}
 interface AuxSummary { checkpoint: string; steps: number; stopped: boolean; settings: { steps: number; lr: number }; before: RouterMetrics[]; after: RouterMetrics[] }
 interface LossResult { loss: number; perModality: Record<string, number>; targets: number }
 interface CausalJson { training: LossResult; causal: LossResult; routers: RouterMetrics[] }
@@ -97,10 +115,13 @@ test('train-aux on the newest run: router table with 13 routers, files saved, he
   expect(summary.before).toHaveLength(13);
   expect(summary.after).toHaveLength(13);
   expect(summary.after.map((m) => `${m.layer} ${m.kind === 'depth' ? 'MoD' : `experts g${m.group}`}`)).toEqual(EXPECTED_ROUTERS);
-  for (const m of [...summary.before, ...summary.after]) expect(Number.isFinite(m.bce)).toBe(true);
+  const before = measured(summary.before);
+  const after = measured(summary.after);
+  expect(after.map((m) => m.entries)).toEqual(before.map((m) => m.entries));
+  for (const m of [...before, ...after]) expect(Number.isFinite(m.bce)).toBe(true);
   // untrained routers sit near ln 2 per entry; 20 steps at lr 1e-3 must bring the sum down
-  expect(sum(summary.before.map((m) => m.bce))).toBeCloseTo(13 * Math.LN2, 0);
-  expect(sum(summary.after.map((m) => m.bce))).toBeLessThan(sum(summary.before.map((m) => m.bce)));
+  expect(sum(before.map((m) => m.bce!))).toBeCloseTo(before.length * Math.LN2, 0);
+  expect(sum(after.map((m) => m.bce!))).toBeLessThan(sum(before.map((m) => m.bce!)));
 
   expect(fs.readFileSync(modelFile).equals(modelBefore)).toBe(true);
 }, 120_000);
@@ -117,13 +138,16 @@ test('eval --causal --json: both losses finite, per modality, 13 routers with ac
   }
   expect(result.causal.targets).toBe(result.training.targets);
   expect(result.routers).toHaveLength(13);
-  for (const m of result.routers) {
+  for (const m of measured(result.routers)) {
     expect(m.accuracy).toBeGreaterThanOrEqual(0);
     expect(m.accuracy).toBeLessThanOrEqual(1);
   }
   // the held-out rows are the ones train-aux measured "after" on
   const summary = JSON.parse(fs.readFileSync(path.join(dir, checkpoint, 'aux_routers.json'), 'utf8')) as AuxSummary;
-  result.routers.forEach((m, i) => expect(m.bce).toBeCloseTo(summary.after[i]!.bce, 4));
+  result.routers.forEach((m, i) => {
+    expect(m.entries).toBe(summary.after[i]!.entries);
+    if (m.entries > 0) expect(m.bce!).toBeCloseTo(summary.after[i]!.bce!, 4);
+  });
 }, 120_000);
 
 test('eval --causal prints the training-mode and the causal-mode row and the router table', async () => {
