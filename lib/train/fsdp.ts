@@ -6,11 +6,11 @@
  * rest (embedding, final norm, LM head) is the root unit. A block unit's parameters are
  * flattened into one float32 vector (lib/train/flat.ts, the block's parameters in model order)
  * split over R ranks: rank r holds S = ceil(n / R) elements (zero padded) as `shard`, a leaf with
- * requiresGrad. Between calls the block's parameters in the model are placeholders: the model's
+ * requiresGrad. Between calls the block's parameters in the model are released: the model's
  * own tensors, disposed (they keep their name, shape and dtype; using one fails loudly).
  *
  * Forward of block i (Transformer.blockRunner): all-gather the unit's shard into fresh parameter
- * tensors, set them into the block, run the block under noGrad, put the placeholders back (the
+ * tensors, set them into the block, run the block under noGrad, put the released tensors back (the
  * gathered tensors are freed), and record ONE tape node with inputs (block input x, shard). Its
  * backward: restore the generator to its state before the block's forward (the same Gumbel noise),
  * gather the parameters again as leaves, recompute the block with grad from a detached view of x
@@ -54,7 +54,7 @@ export interface FsdpUnit {
 export class FullyShardedModel {
   /** The root unit first, then the blocks in order. */
   readonly units: FsdpUnit[];
-  private readonly placeholders = new Map<string, Tensor>();
+  private readonly released = new Map<string, Tensor>();
   private readonly device: string;
 
   constructor(readonly model: Transformer, readonly split: { rank: number; ranks: number }) {
@@ -81,14 +81,14 @@ export class FullyShardedModel {
       shard.requiresGrad = true;
       return { name, layout, from, to, shard };
     });
-    // the block parameters leave the model: each becomes its own disposed placeholder
+    // the block parameters leave the model: each stays in the model as its own disposed (released) tensor
     for (const unit of this.blockUnits()) {
       for (const entry of unit.layout.entries) {
         const p = named.get(entry.name)!;
         p.grad?.dispose();
         p.grad = null;
         p.dispose();
-        this.placeholders.set(entry.name, p);
+        this.released.set(entry.name, p);
       }
     }
     model.blockRunner = (block, index, x, run) => this.runBlock(this.units[index + 1]!, block, x, run);
@@ -119,14 +119,14 @@ export class FullyShardedModel {
     for (const [name, t] of params) this.model.setParameter(name, t);
   }
 
-  /** Puts a block's placeholders back into the model; the gathered tensors and their gradients are freed. */
+  /** Puts a block's released tensors back into the model; the gathered tensors and their gradients are freed. */
   private release(unit: FsdpUnit): void {
     const named = this.model.namedParameters();
     for (const entry of unit.layout.entries) {
       const t = named.get(entry.name)!;
       t.grad?.dispose();
       t.grad = null;
-      this.model.setParameter(entry.name, this.placeholders.get(entry.name)!);
+      this.model.setParameter(entry.name, this.released.get(entry.name)!);
     }
   }
 
@@ -266,7 +266,7 @@ export class FullyShardedModel {
     return { named: [...root, ...probes], dispose: () => probes.forEach(([, t]) => t.dispose()) };
   }
 
-  /** Takes the hook off the model and frees the shards (the model's block parameters stay placeholders). */
+  /** Takes the hook off the model and frees the shards (the model's block parameters stay released). */
   dispose(): void {
     if (this.model.blockRunner !== null) this.model.blockRunner = null;
     for (const unit of this.blockUnits()) {
