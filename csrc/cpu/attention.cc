@@ -311,6 +311,32 @@ inline void exp_map(const vmath::Kernels* k, const float* x, float* y, int64_t n
 }
 
 // Runs fn(scratch, unit) for units in the given order, claimed dynamically by the pool threads.
+// Query rows t0 .. t0 + nq - 1 of one head: row i of S (columns from key lo, row stride lds) holds
+// the scores of keys seg[t] .. t. Each becomes exp(score - max) in place; l[i] = their sum
+// (double) and lse[t * lse_stride] = max + log(sum).
+void softmax_rows(const vmath::Kernels* vk, float* S, int64_t lds, const int32_t* seg, int64_t lo, int64_t t0,
+                  int64_t nq, double* l, float* lse, int64_t lse_stride) {
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t t = t0 + i;
+    float* row = S + i * lds + (seg[t] - lo);
+    const int64_t len = t - seg[t] + 1;
+    float m = row[0];
+    double sum = 0.0;
+    if (vk) {
+      m = vk->max_f32(row, len);
+      sum = vk->exp_shift_sum(row, m, row, len);
+    } else {
+      for (int64_t j = 1; j < len; ++j) m = (m != m || row[j] <= m) ? m : row[j];
+      for (int64_t j = 0; j < len; ++j) {
+        row[j] = std::exp(row[j] - m);
+        sum += static_cast<double>(row[j]);
+      }
+    }
+    l[i] = sum;
+    lse[t * lse_stride] = static_cast<float>(static_cast<double>(m) + std::log(sum));
+  }
+}
+
 template <typename Scratch, typename F>
 void run_units(const std::vector<int64_t>& order, F fn) {
   const int64_t n = static_cast<int64_t>(order.size());
@@ -527,25 +553,7 @@ void attention_bf16_dp(const uint16_t* q, const uint16_t* k, const uint16_t* v, 
       }
     }
     double l[kQ];
-    for (int64_t i = 0; i < nq; ++i) {
-      const int64_t t = t0 + i;
-      float* row = S + i * lds + (seg[t] - lo);
-      const int64_t len = t - seg[t] + 1;
-      float m = row[0];
-      double sum = 0.0;
-      if (vk) {
-        m = vk->max_f32(row, len);
-        sum = vk->exp_shift_sum(row, m, row, len);
-      } else {
-        for (int64_t j = 1; j < len; ++j) m = (m != m || row[j] <= m) ? m : row[j];
-        for (int64_t j = 0; j < len; ++j) {
-          row[j] = std::exp(row[j] - m);
-          sum += static_cast<double>(row[j]);
-        }
-      }
-      l[i] = sum;
-      lse[t * H + h] = static_cast<float>(static_cast<double>(m) + std::log(sum));
-    }
+    softmax_rows(vk, S, lds, seg, lo, t0, nq, l, lse + h, H);
     // Blocks of kB keys from the even key at or before lo, so that they hold whole pairs of vw.
     for (int64_t kb = lo - lo % 2; kb < t1; kb += kB) {
       const int64_t nk = std::min(kB, t1 - kb);
@@ -640,25 +648,7 @@ void attention_t(const T* q, const T* k, const T* v, const int32_t* seg, int64_t
       score_tile(a, lda, nq, kt + h * D * np + kb, np, D, nk, scale, S + (kb - lo), lds);
     }
     double l[kQ];
-    for (int64_t i = 0; i < nq; ++i) {
-      const int64_t t = t0 + i;
-      float* row = S + i * lds + (seg[t] - lo);
-      const int64_t len = t - seg[t] + 1;
-      float m = row[0];
-      double sum = 0.0;
-      if (vk) {
-        m = vk->max_f32(row, len);
-        sum = vk->exp_shift_sum(row, m, row, len);
-      } else {
-        for (int64_t j = 1; j < len; ++j) m = (m != m || row[j] <= m) ? m : row[j];
-        for (int64_t j = 0; j < len; ++j) {
-          row[j] = std::exp(row[j] - m);
-          sum += static_cast<double>(row[j]);
-        }
-      }
-      l[i] = sum;
-      lse[t * H + h] = static_cast<float>(static_cast<double>(m) + std::log(sum));
-    }
+    softmax_rows(vk, S, lds, seg, lo, t0, nq, l, lse + h, H);
     for (int64_t kb = lo; kb < t1; kb += kB) {
       const int64_t nk = std::min(kB, t1 - kb);
       int64_t ldv;
