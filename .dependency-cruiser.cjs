@@ -12,7 +12,7 @@
 
 /** Bottom to top. `path`: regular expressions over paths from the repository root (disjoint). */
 const LAYERS = [
-  { name: 'core', path: ['^lib/(errors|checked|options|native_tables|formulas|binding|dtype|device|random|tensor|memory|inspect)\\.ts$', '^lib/types/'] },
+  { name: 'core', path: ['^lib/(errors|checked|options|native_tables|formulas|binding|dtype|device|random|tensor|memory|inspect|cuda_probe)\\.ts$', '^lib/types/'] },
   { name: 'distributed', path: ['^lib/distributed/'] },
   { name: 'ops', path: ['^lib/(ops|creation|kernels)\\.ts$', '^lib/nn/ops\\.ts$', '^lib/moe/ops\\.ts$'] },
   { name: 'io', path: ['^lib/io/'] },

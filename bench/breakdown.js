@@ -132,13 +132,14 @@ async function maxAbsDiff(a, b) {
 }
 
 /**
- * Replays dense, 4t4i and 8x at T rows (d 1024, f 4096 unless `shape` says otherwise) `repeats` times after a warm-up; returns
- * { T, d, f, variants: [{ name, ms: {category: median ms}, total, ops: {label: median ms}, opsCpu: {label: median CPU ms}, check }] }.
+ * Replays dense, 4t4i and 8x at T rows (d 1024, f 4096 and the device's dtype — bfloat16 on a GPU, float32 on the CPU — unless
+ * `shape` says otherwise) `repeats` times after a warm-up; returns
+ * { T, d, f, dtype, variants: [{ name, ms: {category: median ms}, total, ops: {label: median ms}, opsCpu: {label: median CPU ms}, check }] }.
  */
 async function layerBreakdown(moma, device, T, repeats, modalityHost, shape = {}) {
   const d = shape.d ?? 1024;
   const f = shape.f ?? 4096;
-  const dtype = device.startsWith('cuda') ? 'bfloat16' : 'float32';
+  const dtype = shape.dtype ?? (device.startsWith('cuda') ? 'bfloat16' : 'float32');
   const gen = new moma.Generator(11);
   const x = moma.randn([T, d], { device, dtype, generator: gen });
   const dy = moma.randn([T, d], { device, dtype, generator: gen, std: 1e-3 });
@@ -173,7 +174,31 @@ async function layerBreakdown(moma, device, T, repeats, modalityHost, shape = {}
     v.module.dispose();
   }
   for (const t of [x, dy, modality]) t.dispose();
-  return { device, T, d, f, repeats, categories: CATEGORIES, variants: out };
+  return { device, T, d, f, dtype, repeats, categories: CATEGORIES, variants: out };
+}
+
+/**
+ * `node bench/breakdown.js [T d f dtype]` (default 2048 512 1368 float32: the layer of the d-512 training step) on the CPU:
+ * prints each variant's categories, its ops and its share of time outside the GEMMs and SwiGLU, as JSON.
+ */
+async function main() {
+  const path = require('path');
+  const moma = require(path.join(__dirname, '..', 'dist'));
+  const { modalityPattern } = require('./layers');
+  const [T, d, f] = [2, 3, 4].map((i, k) => Number(process.argv[i] ?? [2048, 512, 1368][k]));
+  const dtype = process.argv[5] ?? 'float32';
+  const repeats = Number(process.env.MOMA_BENCH_REPEATS ?? 7);
+  const b = await layerBreakdown(moma, 'cpu', T, repeats, modalityPattern(T), { d, f, dtype });
+  // the share of the layer that is neither a GEMM nor the SwiGLU (routing, dispatch, combine, adds)
+  for (const v of b.variants) v.nonGemmShare = (v.total - v.ms.GEMM - v.ms.SwiGLU) / v.total;
+  console.log(JSON.stringify({ ...b, load: require('os').loadavg() }, null, 1));
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    console.error(e instanceof Error ? e.stack : e);
+    process.exitCode = 1;
+  });
 }
 
 module.exports = { layerBreakdown };

@@ -328,7 +328,7 @@ async function trainRun(moma, m, { ranks, threads, dir }) {
   }
   await launchRanks(moma, [process.execPath, CLI, ...args], { ranks, threads, stdout: discard() });
   const lines = fs.readFileSync(path.join(dir, 'run', 'metrics.jsonl'), 'utf8').split('\n').filter(Boolean);
-  return lines.map((l) => JSON.parse(l)).filter((r) => r.kind === undefined && typeof r.step === 'number');
+  return lines.map((l) => JSON.parse(l)).filter((r) => (r.kind === undefined || r.kind === 'step') && typeof r.step === 'number');
 }
 
 /**

@@ -27,7 +27,20 @@ export interface NativeDeviceInfo {
 }
 
 export interface NativeInfo {
-  cuda: { compiled: boolean; runtimeVersion: number; driverVersion: number; devices: NativeDeviceInfo[] };
+  /**
+   * runtimeVersion: the CUDA runtime compiled in (e.g. 13000; 0 without CUDA); driverVersion: the
+   * CUDA version the driver supports (0: no driver); deviceCountError: cudaGetDeviceCount's error
+   * when it failed; devices: every GPU the runtime lists, including ones moma refuses (lib/cuda_probe.ts);
+   * architectures: the CUDA architectures the kernels were built for ('80-real,86-real,89-real,90'; '' unknown).
+   */
+  cuda: {
+    compiled: boolean;
+    runtimeVersion: number;
+    driverVersion: number;
+    deviceCountError: { name: string; message: string } | null;
+    devices: NativeDeviceInfo[];
+    architectures: string;
+  };
   cpu: { threads: number; simd: string; gemm: string; gemmBf16: string };
 }
 
@@ -192,7 +205,7 @@ function loadFailure(cause: unknown): MomaError {
     [
       `moma: the native addon could not be loaded (${reason}).`,
       `Tried: ${tried.join(', ')}${present.length ? ` (present: ${present.join(', ')})` : ''}.`,
-      'Likely fixes: prebuilt binaries exist for linux-x64 only (glibc); elsewhere build from source with',
+      'Likely fixes: prebuilt binaries exist for linux-x64 and linux-arm64 (glibc ≥ 2.28; arm64 CPU only); elsewhere build from source with',
       "`npm rebuild moma` (needs CMake >= 3.20 and a C++17 compiler; nvcc for CUDA). Set MOMA_PREBUILD to a",
       'folder holding a prebuilds/ tree to load another binary.',
     ].join('\n'),

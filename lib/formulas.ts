@@ -22,7 +22,7 @@ export function philoxBlocksGumbel(entries: number): number {
 
 /**
  * Rows expert choice gives each expert of a group with n rows and E experts at capacity factor c
- * (SPEC §2): min(n, ceil(c n / E)); a single-expert group takes all of its rows
+ * (docs/MOE.md): min(n, ceil(c n / E)); a single-expert group takes all of its rows
  * (expert_choice_capacity, csrc/core/moe_types.h).
  */
 export function expertChoiceCapacity(n: number, experts: number, c: number): number {
@@ -59,7 +59,7 @@ export function modLayerCount(layers: number, interval: number): number {
   return Math.ceil(layers / interval);
 }
 
-/** Rows a MoD block processes in training mode (SPEC §3): k = min(T_valid, ceil(c_d T_valid)). */
+/** Rows a MoD block processes in training mode (docs/TRAINING.md, "The model"): k = min(T_valid, ceil(c_d T_valid)). */
 export function modRows(validRows: number, capacity: number): number {
   return Math.min(validRows, Math.ceil(capacity * validRows));
 }

@@ -8,7 +8,9 @@ export { tensor, empty, full, zeros, ones, arange, rand, randn } from './creatio
 export type { ArangeOptions, CreateOptions, RandomOptions, TensorData } from './creation';
 export * from './ops';
 export { Generator, manualSeed, defaultGenerator } from './random';
-export { bestDevice, cudaAvailable, cudaDeviceCount, getDefaultDevice, setDefaultDevice } from './device';
+export { bestDevice, chooseTrainDevice, cudaAvailable, cudaDeviceCount, cudaStatus, getDefaultDevice, requireUsableDevice, setDefaultDevice } from './device';
+export { decideCuda } from './cuda_probe';
+export type { CudaProbe, CudaStatus } from './cuda_probe';
 export type { DeviceName, DeviceInput } from './device';
 export { memoryStats, runtimeStats, resetPeakMemory, emptyCache, synchronize } from './memory';
 export type { MemoryStats, RuntimeStats } from './memory';

@@ -7,7 +7,7 @@
  */
 
 /** The binding interface version (kAbiVersion in csrc/napi/constants_exports.cc). */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 /** Name -> code tables, one per C++ enum (csrc/core/dtype.h, kernel_types.h, moe_types.h). */
 export const NATIVE_TABLES = {

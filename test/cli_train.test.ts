@@ -1,12 +1,17 @@
 /**
  * `moma train` and `moma report` as a user runs them: the built CLI (dist/, rebuilt with tsc when
  * a source is newer) in a child process. A short run, bad flags, Ctrl-C (exit 130, checkpoint,
- * resume command) then --resume, SIGKILL then --resume, and `moma report`.
+ * resume command) then --resume, SIGTERM (exit 143, the same), SIGKILL then --resume,
+ * --checkpoint-minutes, and `moma report`; in-process, the held-out loss in the progress bar and lines.
  */
 import type { ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { Writable } from 'stream';
+import { barProgress, lineProgress } from '../lib/cli/train';
+import type { EvalRecord, StepRecord } from '../lib/run/records';
+import type { RunStartInfo } from '../lib/run/run';
 import { CliResult, ensureDist, runCli } from './support/cli';
 
 let dir: string;
@@ -17,7 +22,7 @@ const moma = (args: string[], onStdout?: (text: string, child: ChildProcess) => 
 
 function stepLines(runDir: string): number[] {
   return fs.readFileSync(path.join(dir, runDir, 'metrics.jsonl'), 'utf8').split('\n').filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as { step: number; kind?: string }).filter((r) => r.kind === undefined).map((r) => r.step);
+    .map((l) => JSON.parse(l) as { step: number; kind?: string }).filter((r) => r.kind === 'step').map((r) => r.step);
 }
 
 const SMALL = ['--preset', 'tiny-4t4i', '--batch-size', '2', '--seq-len', '64', '--warmup', '2', '--log-every', '1'];
@@ -101,6 +106,75 @@ test('Ctrl-C stops after the step, checkpoints, prints the resume command and ex
   expect(resumed.stdout).toContain(`resuming interrupted from step ${last}`);
   expect(resumed.stdout).toMatch(new RegExp(`done at step ${last + 5} in .*: 5 steps`));
   expect(stepLines('interrupted')).toEqual(Array.from({ length: last + 5 }, (_, i) => i + 1));
+});
+
+test('SIGTERM (Slurm, Kubernetes, preemption) stops like Ctrl-C: checkpoint, report, resume command, exit 143', async () => {
+  let sent = false;
+  const r = await moma(['train', '--steps', '100000', ...SMALL, '--config', config, '--out', 'terminated', '--json-log'], (text, child) => {
+    if (!sent && /"step":\d+/.test(text)) {
+      sent = true;
+      child.kill('SIGTERM');
+    }
+  });
+  expect(r.code).toBe(143);
+  const steps = stepLines('terminated');
+  const last = steps[steps.length - 1]!;
+  expect(fs.readdirSync(path.join(dir, 'terminated', 'checkpoints'))).toEqual([`step-${String(last).padStart(6, '0')}`]);
+  expect(fs.existsSync(path.join(dir, 'terminated', 'report.html'))).toBe(true);
+  expect(r.stderr).toContain('SIGTERM: stopping after the current step (SIGTERM again quits at once');
+  expect(r.stderr).toContain('resume with: moma train --resume terminated');
+  const resumed = await moma(['train', '--resume', 'terminated', '--steps', String(last + 2)]);
+  expect(resumed.code).toBe(0);
+  expect(stepLines('terminated')).toEqual(Array.from({ length: last + 2 }, (_, i) => i + 1));
+});
+
+test('--checkpoint-minutes checkpoints by wall time (a tiny interval: at every logged step), kept on resume', async () => {
+  const r = await moma(['train', '--steps', '6', ...SMALL, '--config', config, '--out', 'timed', '--log-every', '2', '--eval-every', '0', '--checkpoint-minutes', '1e-6']);
+  expect(r.code).toBe(0);
+  // --checkpoint-every is 200: steps 4 and 6 (the newest two of 2, 4, 6) come from the time
+  expect(fs.readdirSync(path.join(dir, 'timed', 'checkpoints')).sort()).toEqual(['step-000004', 'step-000006']);
+  const run = JSON.parse(fs.readFileSync(path.join(dir, 'timed', 'run.json'), 'utf8')) as { config: { checkpointMinutes: number }; environment: { command: string[] } };
+  expect(run.config.checkpointMinutes).toBe(1e-6);
+  expect(run.environment.command).toEqual(['moma', 'train', '--steps', '6', ...SMALL, '--config', config, '--out', 'timed', '--log-every', '2', '--eval-every', '0', '--checkpoint-minutes', '1e-6']);
+  const resumed = await moma(['train', '--resume', 'timed', '--steps', '8']);
+  expect(resumed.code).toBe(0);
+  expect(fs.readdirSync(path.join(dir, 'timed', 'checkpoints')).sort()).toEqual(['step-000006', 'step-000008']);
+  expect(stepLines('timed')).toEqual([2, 4, 6, 8]);
+});
+
+describe('the held-out loss in the progress', () => {
+  const info = { settings: { steps: 100 }, startStep: 0 } as unknown as RunStartInfo;
+  const step = (n: number): StepRecord => ({ kind: 'step', step: n, loss: 2.5, lossPerModality: { text: 2.25, image: 2.75 }, tokensPerSecond: 1234 } as unknown as StepRecord);
+  const heldOut = { kind: 'eval', step: 50, loss: 1.875, lossPerModality: { text: 1.5, image: 2.25 } } as unknown as EvalRecord;
+
+  test('the bar shows it once there is one, within 80 columns', () => {
+    let written = '';
+    const stream = new Writable({ write(chunk, _enc, done) { written += String(chunk); done(); } });
+    const progress = barProgress({ stream, forceOutput: true });
+    progress.start(info);
+    progress.step(step(10));
+    const before = written;
+    progress.eval(heldOut);
+    progress.step(step(60));
+    progress.stop();
+    expect(before).toContain('held-out -');
+    const lines = written.split(/\r|\n/).map((l) => l.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')).filter((l) => l.startsWith('step 60/100'));
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines[0]).toMatch(/^step 60\/100 \S+ text 2\.250 image 2\.750 held-out 1\.875 \| 1234 tok\/s \| ETA /);
+    expect(lines[0]!.length).toBeLessThanOrEqual(80);
+  });
+
+  test('the lines: one per evaluation, then on each step line', () => {
+    const said: string[] = [];
+    const progress = lineProgress((l) => said.push(l));
+    progress.start(info);
+    progress.step(step(1));
+    progress.eval(heldOut);
+    progress.step(step(60));
+    expect(said[0]).not.toContain('held-out');
+    expect(said[1]).toBe('held-out at step 50: loss 1.875 (text 1.500, image 2.250)');
+    expect(said[2]).toMatch(/^step 60\/100 +loss 2\.500 .*  held-out 1\.875 \(step 50\)$/);
+  });
 });
 
 test('a run killed with SIGKILL resumes from its last checkpoint', async () => {

@@ -17,7 +17,7 @@ import { buildProgram } from '../lib/cli/main';
 import { MomaError } from '../lib/errors';
 import { countParameters } from '../lib/model/params';
 import { preset } from '../lib/model/presets';
-import type { EvalRecord, MetricsRecord, StepRecord } from '../lib/run/records';
+import type { MetricsRecord, StepRecord } from '../lib/run/records';
 
 const MODEL = { dModel: 32, heads: 2, ffn: { dFF: 48 } };
 const VALUES = { steps: 10, batchSize: 2, seqLen: 64, lr: 3e-3, warmup: 2, device: 'cpu', evalEvery: 5 };
@@ -36,12 +36,11 @@ afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 function metricsOf(runDir: string): MetricsRecord[] {
   return fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as MetricsRecord);
 }
-const isEval = (r: MetricsRecord): r is EvalRecord => 'kind' in r && r.kind === 'eval';
-const stepsOf = (runDir: string): StepRecord[] => metricsOf(runDir).filter((r): r is StepRecord => !isEval(r));
+const stepsOf = (runDir: string): StepRecord[] => metricsOf(runDir).filter((r): r is StepRecord => r.kind === 'step');
 
 /** A record without its timings and the process's host-wait count (the only fields that differ between equal runs). */
 function untimed(r: MetricsRecord): unknown {
-  const { seconds: _s, tokensPerSecond: _t, mfu: _m, dataWaitMs: _d, hostSyncs: _h, ...rest } = r as StepRecord;
+  const { seconds: _s, tokensPerSecond: _t, mfu: _m, dataWaitMs: _d, hostSyncs: _h, time: _w, ...rest } = r as StepRecord;
   return rest;
 }
 
@@ -149,7 +148,7 @@ describe('five variants, 10 steps each', () => {
     for (const row of rows.slice(1)) for (const cell of row.slice(9, 12)) expect(cell).toMatch(etaCell);
     expect(rows[4]![5]).toBe(results.variants[4]!.flopsVsDense.toFixed(3));
     expect(md).toContain('## Held-out η');
-    expect(md).toContain('## Compared with the paper (SPEC §8)');
+    expect(md).toContain('## Compared with the paper (1.4B tier, 1T tokens)');
     for (const sentence of results.comparison) expect(md).toContain(sentence);
   });
 
@@ -244,7 +243,7 @@ describe('refusals', () => {
   });
 });
 
-describe('the comparison with SPEC §8', () => {
+describe("the comparison with the paper's 1.4B-tier results", () => {
   const eta = (value: number, kind: EtaResult['kind'] = 'crossing'): EtaResult => ({
     kind, eta: value, sparseFlops: 1, sparseLoss: 1, denseFlops: value, denseFinalLoss: 1, denseEndFlops: 1, fit: null, windows: { dense: 1, sparse: 1 },
   });

@@ -38,10 +38,25 @@ test('usage errors commander finds exit 1 as moma: ERR_ARG', async () => {
   expect(group.code).toBe(1);
   expect(group.stderr).toMatch(/^Usage: moma model /);
   expect(group.stderr.trimEnd().split('\n').pop()).toBe('moma: ERR_ARG: no command given (see the help above)');
+  expect(failure(await moma(['train', '--steps']), 'ERR_ARG')).toBe("option '--steps <n>' argument missing");
+  expect(failure(await moma(['model', 'list', 'extra']), 'ERR_ARG')).toBe("too many arguments for 'list'. Expected 0 arguments but got 1.");
   const help = await moma(['--help']);
   expect(help.code).toBe(0);
   expect(help.stdout).toContain('Usage: moma');
+  expect(help.stdout).toContain('-V, --version');
+  expect(help.stderr).toBe('');
+  const subHelp = await moma(['model', 'info', '--help']);
+  expect(subHelp.code).toBe(0);
+  expect(subHelp.stdout).toMatch(/^Usage: moma model info \[options\] <preset>/);
 }, 60_000);
+
+test('moma --version and -V print the package version and exit 0', async () => {
+  const version = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version;
+  for (const flag of ['--version', '-V']) {
+    const r = await moma([flag]);
+    expect(r).toEqual({ code: 0, signal: null, stdout: `${version}\n`, stderr: '' });
+  }
+}, 30_000);
 
 test('moma model info of an unknown preset exits 1', async () => {
   expect(failure(await moma(['model', 'info', 'nope']), 'ERR_ARG')).toMatch(/nope/);

@@ -217,7 +217,7 @@ describeDevices('host syncs in training', (device) => {
       spy.mockRestore();
     }
     const records = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').split('\n').filter((l) => l !== '')
-      .map((l) => JSON.parse(l) as StepMetrics & { kind?: string }).filter((r) => r.kind === undefined);
+      .map((l) => JSON.parse(l) as StepMetrics & { kind?: string }).filter((r) => r.kind === 'step');
     expect(records.map((r) => [r.step, r.interval])).toEqual([[5, 5], [10, 5], [15, 5], [20, 5]]);
     const added = records.slice(1).map((r, i) => r.hostSyncs - records[i]!.hostSyncs);
     expect(added).toEqual([1, 1, 1]);

@@ -173,7 +173,7 @@ describe('non-finite training', () => {
     const lines = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, unknown>);
     const skips = lines.filter((l) => l.kind === 'skip');
     expect(skips).toEqual([expect.objectContaining({ kind: 'skip', step: 4, skipped: 1, firstStep: 3, total: 1, budget: 2 })]);
-    const steps = lines.filter((l) => l.kind === undefined);
+    const steps = lines.filter((l) => l.kind === 'step');
     expect(steps.map((l) => l.step)).toEqual([2, 4, 6, 8]);
     expect(steps[1]!.skipped).toBe(1);
     for (const l of steps) expect(typeof l.loss).toBe('number');

@@ -13,6 +13,8 @@ interface PackReport {
   binary: { kind: string; path: string };
   backends: string[];
   values: number[];
+  sourceMaps: number;
+  trainLosses: number[];
 }
 
 test('npm pack tarball installs from its prebuild and loads without compiling', () => {
@@ -23,8 +25,13 @@ test('npm pack tarball installs from its prebuild and loads without compiling', 
   expect(report.cmakeCalled).toBe(false);
   expect(report.buildDirCreated).toBe(false);
   expect(report.binary.kind).toBe('prebuilt');
-  expect(report.binary.path).toMatch(/node_modules[\\/]moma[\\/]prebuilds[\\/]linux-x64[\\/]moma\.napi\.node$/);
+  expect(report.binary.path).toMatch(/node_modules[\\/]moma[\\/]prebuilds[\\/]linux-x64[\\/]moma\.glibc\.node$/);
+  expect(report.sourceMaps).toBe(0);
   expect(report.values).toEqual([2, 4, 6]);
+  // the installed CLI trains (3 steps, every compiler stubbed out): finite losses near ln(vocab) at the start
+  expect(report.trainLosses).toHaveLength(3);
+  for (const loss of report.trainLosses) expect(loss).toBeGreaterThan(1);
+  for (const loss of report.trainLosses) expect(loss).toBeLessThan(10);
 }, 300_000);
 
 test('when no binary loads, one MomaError lists what was tried and the likely fixes', () => {

@@ -249,6 +249,10 @@ describeDevices('padding never changes the documents (SPEC §1)', (device) => {
     const tol = cuda ? 1e-4 : 2e-6;
     want.forEach((w, k) => expect(Math.abs(got[k]! - w)).toBeLessThan(tol * Math.abs(w)));
     expect(batch.counts.total).toBe(counted.length);
+    // the held-out loss is the cross-entropy alone: the z-loss is part of the training loss only
+    const heldOut = await evaluate(model, seqs, { vocab, batchSize: 2 });
+    const crossEntropy = mean(counted.map(nll));
+    expect(Math.abs(heldOut.loss - crossEntropy)).toBeLessThan(tol * crossEntropy);
     disposeBatch(batch);
     model.dispose();
   });

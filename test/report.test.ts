@@ -1,7 +1,9 @@
 /**
  * Report charts and pages from hand-made metrics: the smoothing, chart specs (thinning, log axes,
- * skipped values), SVG rendering and composition, the summary numbers, the HTML page (escaped,
- * self-contained, routing table) and the refusals.
+ * skipped values, y bounds, colour schemes), SVG rendering and composition, the summary numbers,
+ * the routing measures per layer, the data of every report chart read back from a run folder
+ * (records with and without kind and time), the HTML page (escaped, self-contained, routing
+ * table) and the refusals.
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -11,8 +13,9 @@ import { MomaError } from '../lib';
 import { preset } from '../lib/model/presets';
 import { centredMean, lineChartSpec, renderSvg, sideBySide, smoothingHalfWidth } from '../lib/run/charts';
 import { EvalRecord, readMetrics, RunFile, StepRecord } from '../lib/run/records';
-import { formatDuration, formatSI, summarizeMetrics, writeReport } from '../lib/run/report';
+import { formatDuration, formatSI, layerRouting, reportChartSpecs, summarizeMetrics, trainingRecords, writeReport } from '../lib/run/report';
 import { resolveRunConfig } from '../lib/run/run_config';
+import type { ExpertStat } from '../lib/train/trainer';
 import { throwsCode } from './support/errors';
 
 let dir: string;
@@ -35,7 +38,7 @@ test('centredMean averages a symmetric window that shrinks at the ends, skips mi
   expect([10, 600, 1000, 100000].map(smoothingHalfWidth)).toEqual([1, 6, 10, 12]);
 });
 
-function rowsOf(spec: ReturnType<typeof lineChartSpec>, name: string): { x: number; y: number; series: string; layer: string }[] {
+function rowsOf(spec: ReturnType<typeof lineChartSpec>, name: 'lines' | 'markers' | 'yBounds'): { x: number; y: number; series: string; layer: string }[] {
   return (spec.data!.find((d) => d.name === name) as { values: { x: number; y: number; series: string; layer: string }[] }).values;
 }
 
@@ -60,6 +63,13 @@ test('lineChartSpec: raw and smoothed lines per series, long series thinned, log
   const logY = lineChartSpec({ title: 'l', xTitle: 'x', yTitle: 'y', yScale: 'log', raw: true, series: [{ name: 'a', points: [[1, 0], [2, -1], [3, 0.5]] }] });
   expect(rowsOf(logY, 'lines').map((r) => r.y)).toEqual([0.5]);
   expect((logY.scales as { name: string; type: string }[]).find((s) => s.name === 'y')!.type).toBe('log');
+  // yMin / yMax join the y domain (the data may widen it); a scheme is sampled once per series
+  const bounded = lineChartSpec({ title: 'b', xTitle: 'x', yTitle: 'y', raw: true, yMin: 0, yMax: 1, scheme: 'viridis', series: [{ name: 'a', points: [[1, 1.5]] }, { name: 'b', points: [[1, 0.5]] }] });
+  expect(rowsOf(bounded, 'yBounds')).toEqual([{ y: 0 }, { y: 1 }]);
+  const scales = bounded.scales as { name: string; domain: { fields: { data: string }[] }; range: unknown }[];
+  expect(scales.find((sc) => sc.name === 'y')!.domain.fields.map((f) => f.data)).toEqual(['lines', 'markers', 'yBounds']);
+  expect(scales.find((sc) => sc.name === 'color')!.range).toEqual({ scheme: 'viridis', count: 2 });
+  expect(rowsOf(lineChartSpec({ title: 'l', xTitle: 'x', yTitle: 'y', yScale: 'log', yMin: 0, yMax: 2, series: [] }), 'yBounds')).toEqual([{ y: 2 }]);
   throwsCode(() => lineChartSpec({ title: 't', xTitle: 'x', yTitle: 'y', series: [{ name: 'a', points: [[1, 2, 3] as unknown as [number, number]] }] }), 'ERR_ARG');
   throwsCode(() => lineChartSpec({ title: 't', xTitle: 'x', yTitle: 'y', series: 'a' as unknown as [] }), 'ERR_ARG');
 });
@@ -179,7 +189,11 @@ test('writeReport: the summary table, loss table, routing table and config on on
   expect(html).toContain('<th>layer</th><th>text 0</th><th>image 0</th>');
   expect(html).toContain('<tr><td>1</td><td class="num">401 <span class="gate">0.50</span></td><td class="num">402 <span class="gate">0.50</span></td></tr>');
   expect(html).toContain('&quot;format&quot;: &quot;moma-run&quot;');
-  expect((html.match(/<svg /g) ?? []).length).toBeGreaterThanOrEqual(4);
+  expect(html.match(/<h2>[^<]*/g)).toEqual(['<h2>Loss', '<h2>Optimisation', '<h2>Throughput and utilisation', '<h2>Routing over training', '<h2>Routing (step 40)', '<h2>Configuration (run.json)']);
+  const titles = ['Training loss by modality', 'Training loss against compute', 'Held-out loss by modality', 'Learning rate', 'Gradient norm', 'Throughput',
+    'Model FLOPs utilisation', 'Routing load per layer', 'Expert coverage per layer', 'Mean gate per layer'];
+  for (const title of titles) expect(html).toContain(`>${title}<`);
+  expect((html.match(/<svg /g) ?? []).length).toBe(titles.length);
   const svg = fs.readFileSync(files.svg, 'utf8');
   const meta = await sharp(fs.readFileSync(files.png)).metadata();
   expect(meta.width).toBe(2 * Number(/width="(\d+)"/.exec(svg)![1]));
@@ -207,4 +221,68 @@ test('a run with no steps yet still gets a report; broken inputs are refused wit
   fs.writeFileSync(path.join(notRun, 'run.json'), '{"format": "other"}');
   await expect(writeReport(notRun)).rejects.toBeInstanceOf(MomaError);
   await expect(writeReport(notRun)).rejects.toMatchObject({ code: 'ERR_FILE' });
+});
+
+test('layerRouting: per layer the most unequal group\'s busiest expert over its mean, the share of experts in use, the row-weighted mean gate', () => {
+  const stat = (layer: number, group: number, expert: number, rows: number, meanGate: number): ExpertStat => ({ layer, group, expert, rows, meanGate });
+  expect(layerRouting([
+    // layer 1: group 0 rows 30, 10 (load 1.5), group 1 rows 5, 5, 0, 0 (load 5 / 2.5 = 2; experts in use 2 of 4)
+    stat(1, 0, 0, 30, 0.8), stat(1, 0, 1, 10, 0.4), stat(1, 1, 0, 5, 0.5), stat(1, 1, 1, 5, 0.5), stat(1, 1, 2, 0, NaN), stat(1, 1, 3, 0, NaN),
+    // layer 0: group 1 absent from the micro-batch (no rows at all): left out of load and coverage
+    stat(0, 0, 0, 8, 0.25), stat(0, 0, 1, 8, 0.75), stat(0, 1, 0, 0, NaN), stat(0, 1, 1, 0, NaN),
+    // layer 2: a non-finite entry is skipped, no rows anywhere: nothing to measure
+    stat(2, 0, 0, NaN, 0.5), stat(2, 0, 1, 0, NaN),
+  ])).toEqual([
+    { layer: 0, load: 1, coverage: 1, meanGate: 0.5 },
+    { layer: 1, load: 2, coverage: 4 / 6, meanGate: (30 * 0.8 + 10 * 0.4 + 5 * 0.5 + 5 * 0.5) / 50 },
+    { layer: 2, load: null, coverage: null, meanGate: null },
+  ]);
+  expect(layerRouting([])).toEqual([]);
+});
+
+test('reportChartSpecs: the data of every chart, from a run folder whose records have kind and time or not', () => {
+  const runDir = path.join(dir, 'charts');
+  const steps = fakeSteps(40).map((r, i) => {
+    const record = { ...r, gradNorm: 10 / r.step, mfu: r.step / 1000 } as StepRecord & { kind?: 'step'; time?: string };
+    if (r.routing) record.routing = [[6, 2], [4, 4]].flatMap((rows, layer) => rows.map((n, expert) => ({ layer, group: 0, expert, rows: n * r.step, meanGate: 0.25 * (expert + 1) })));
+    // the first half as written before records had a kind and a time, the second half with them
+    if (i >= 20) Object.assign(record, { kind: 'step', time: new Date(Date.UTC(2025, 0, 2, 3, 4, i)).toISOString() });
+    return record;
+  });
+  const skip = { kind: 'skip', step: 30, tokens: 3000, skipped: 1, lossSteps: 1, gradNormSteps: 0, firstStep: 30, total: 1, budget: 2, time: '2025-01-02T03:04:30.000Z' };
+  const records = [...steps.slice(0, 20), fakeEval(20, 2), ...steps.slice(20, 30), skip, ...steps.slice(30), fakeEval(40, 1.5)];
+  writeRun(runDir, records.map((r) => JSON.stringify(r)));
+  const read = readMetrics(runDir);
+  const training = trainingRecords(read.steps);
+  expect(training.map((r) => r.step)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+  const specs = reportChartSpecs(training, read.evals, ['text', 'image']);
+  expect(Object.keys(specs)).toEqual(['lossTokens', 'lossFlops', 'heldOut', 'lr', 'gradNorm', 'throughput', 'mfu', 'routingLoad', 'routingCoverage', 'routingGate']);
+  const points = (name: string, series: string, layer = 'smooth', data: 'lines' | 'markers' = 'lines'): [number, number][] =>
+    rowsOf(specs[name]!, data).filter((r) => r.series === series && r.layer === layer).map((r) => [r.x, r.y]);
+
+  expect(points('gradNorm', 'grad norm', 'raw')).toEqual(training.map((r) => [r.step, 10 / r.step]));
+  expect(points('gradNorm', 'grad norm')).toHaveLength(40);
+  expect(points('mfu', 'MFU', 'raw')).toEqual(training.map((r) => [r.step, r.step / 1000]));
+  expect(rowsOf(specs.mfu!, 'yBounds')).toEqual([{ y: 0 }]);
+  expect(points('lr', 'learning rate')).toEqual(training.map((r) => [r.step, 1e-3]));
+
+  // held-out: a line through the evaluations of each modality, and a dot at each
+  expect(points('heldOut', 'overall')).toEqual([[2000, 2], [4000, 1.5]]);
+  expect(points('heldOut', 'text')).toEqual([[2000, 3], [4000, 2.5]]);
+  expect(points('heldOut', 'image', 'smooth', 'markers')).toEqual([[2000, 1], [4000, 0.5]]);
+  expect(points('lossTokens', 'text', 'smooth', 'markers')).toEqual([[2000, 3], [4000, 2.5]]);
+  expect(points('lossTokens', 'image', 'raw').map(([x]) => x)).not.toContain(300);  // step 3's image loss is NaN
+
+  // routing at steps 20 and 40: layer 0 rows 6s and 2s (load 1.5), layer 1 4s and 4s (load 1)
+  expect(points('routingLoad', 'layer 0')).toEqual([[20, 1.5], [40, 1.5]]);
+  expect(points('routingLoad', 'layer 1')).toEqual([[20, 1], [40, 1]]);
+  expect(rowsOf(specs.routingLoad!, 'yBounds')).toEqual([{ y: 1 }, { y: 2 }]);
+  expect(points('routingCoverage', 'layer 0')).toEqual([[20, 1], [40, 1]]);
+  expect(points('routingGate', 'layer 0')).toEqual([[20, (6 * 0.25 + 2 * 0.5) / 8], [40, (6 * 0.25 + 2 * 0.5) / 8]]);
+  expect(points('routingGate', 'layer 1')).toEqual([[20, 0.375], [40, 0.375]]);
+  expect((specs.routingLoad!.legends as { title: string }[])[0]!.title).toBe('MoE layer');
+
+  const dense = reportChartSpecs(training.map(({ routing: _r, ...r }) => r as StepRecord), [], ['text', 'image']);
+  // no evaluation with a finite loss: no held-out chart (an empty one would have no axis range)
+  expect(Object.keys(dense)).toEqual(['lossTokens', 'lossFlops', 'lr', 'gradNorm', 'throughput', 'mfu']);
 });

@@ -14,6 +14,7 @@ import type { MixedModalDataset } from '../lib/data/dataset';
 import { documentTokens } from '../lib/data/document';
 import { buildVocabLayout, parseVocabLayout } from '../lib/data/vocab';
 import type { EvalRecord, MetricsRecord, RunFile, StepRecord } from '../lib/run/records';
+import { readMetrics } from '../lib/run/records';
 import { RunHooks, trainRun } from '../lib/run/run';
 
 let dir: string;
@@ -35,7 +36,7 @@ const isEval = (r: MetricsRecord): r is EvalRecord => 'kind' in r && r.kind === 
 
 /** A record without its timings and the process's host-wait count (the only fields that differ between equal runs). */
 function untimed(r: MetricsRecord): Record<string, unknown> {
-  const { seconds: _s, ...rest } = r as StepRecord;
+  const { seconds: _s, time: _w, ...rest } = r as StepRecord;
   if (isEval(r)) return rest;
   const { tokensPerSecond: _t, mfu: _m, dataWaitMs: _d, hostSyncs: _h, ...step } = rest as Omit<StepRecord, 'seconds'>;
   return step;
@@ -52,7 +53,7 @@ describe('a 20-step run', () => {
 
   beforeAll(async () => {
     runDir = path.join(dir, 'straight');
-    summary = await trainRun({ values: { ...SMALL, steps: 20, evalEvery: 10, checkpointEvery: 5, out: runDir }, dataset: shapes }, {
+    summary = await trainRun({ values: { ...SMALL, steps: 20, evalEvery: 10, checkpointEvery: 5, out: runDir }, dataset: shapes, commandLine: ['moma', 'train', '--steps', '20'] }, {
       onStart: (info) => (seen.start = info.startStep),
       onStep: () => seen.steps++,
       onEval: (r) => seen.evals.push(r.step),
@@ -70,6 +71,14 @@ describe('a 20-step run', () => {
     expect(run.dataset).toEqual({ name: 'builtin:shapes', vocabHash: shapes.layout.hash, vocabSize: 517, files: ['image_tokenizer.safetensors'] });
     expect(run.optimizer.schedule).toEqual({ shape: 'cosine', peak: 3e-3, warmup: 4, total: 20, floor: 0.01 });
     expect(run.resumes).toEqual([]);
+    const env = run.environment!;
+    expect(env).toMatchObject({ host: os.hostname(), node: process.version, moma: run.moma, command: ['moma', 'train', '--steps', '20'] });
+    expect(env.cpu.cores).toBe(os.cpus().length);
+    expect(env.cpu.threads).toBeGreaterThan(0);
+    expect(env.binary.kind).toMatch(/^(prebuilt|source)$/);
+    expect(env.binary.backends[0]).toBe('cpu');
+    expect(Array.isArray(env.gpus)).toBe(true);
+    expect(env.git === null || /^[0-9a-f]{40}$/.test(env.git.sha)).toBe(true);
     const vocab = parseVocabLayout(JSON.parse(fs.readFileSync(path.join(runDir, 'vocab.json'), 'utf8')), 'vocab.json');
     expect(vocab.hash).toBe(shapes.layout.hash);
     expect(fs.readFileSync(path.join(runDir, 'image_tokenizer.safetensors')).equals(shapes.files['image_tokenizer.safetensors'] as Buffer)).toBe(true);
@@ -80,6 +89,11 @@ describe('a 20-step run', () => {
     const steps = all.filter((r): r is StepRecord => !isEval(r));
     const evals = all.filter(isEval);
     expect(steps.map((r) => r.step)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    // every record has a kind and a time, in order; a MoMa model cannot sample (no auxiliary routers yet)
+    expect(all.map((r) => r.kind)).toEqual(all.map((r) => (isEval(r) ? 'eval' : 'step')));
+    const times = all.map((r) => Date.parse(r.time!));
+    expect(times.every((t, i) => Number.isFinite(t) && (i === 0 || t >= times[i - 1]!))).toBe(true);
+    expect(fs.existsSync(path.join(runDir, 'samples'))).toBe(false);
     steps.forEach((r, i) => {
       expect(r.tokens).toBe((i + 1) * 2 * 64);
       for (const v of [r.loss, r.lossPerModality.text, r.lossPerModality.image, r.gradNorm, r.tokensPerSecond, r.flops.total]) expect(Number.isFinite(v)).toBe(true);
@@ -164,7 +178,7 @@ describe('a 20-step run', () => {
     }
     const run = JSON.parse(fs.readFileSync(path.join(stoppedDir, 'run.json'), 'utf8')) as RunFile;
     expect(run.resumes).toHaveLength(1);
-    expect(run.resumes[0]).toMatchObject({ step: 10, steps: 20 });
+    expect(run.resumes[0]).toMatchObject({ step: 10, steps: 20, environment: { host: os.hostname(), node: process.version } });
   });
 
   test('after a kill, resume drops metrics past the checkpoint (and a torn line) and repeats those steps exactly', async () => {
@@ -196,6 +210,42 @@ describe('a 20-step run', () => {
     await expect(trainRun({ values: { ...SMALL, steps: 2, out: notEmpty }, dataset: shapes })).rejects.toMatchObject({ code: 'ERR_ARG' });
     await expect(trainRun({ values: { ...SMALL, steps: 2, out: path.join(dir, 'no-shards'), data: path.join(dir, 'missing') } })).rejects.toMatchObject({ code: 'ERR_ARG', message: expect.stringContaining('--data') });
   });
+});
+
+test('--checkpoint-minutes checkpoints at the first logged step that many minutes after the previous one (a fake clock: 30 s a step)', async () => {
+  const runDir = path.join(dir, 'timed');
+  let now = 0;
+  const checkpoints: number[] = [];
+  await trainRun({ values: { ...SMALL, steps: 12, evalEvery: 0, checkpointEvery: 0, checkpointMinutes: 1.5, logEvery: 1, out: runDir }, dataset: shapes, clock: () => now }, {
+    onStep: (r) => (now = r.step * 30_000),
+    onCheckpoint: (c) => checkpoints.push(c.step),
+  });
+  expect(checkpoints).toEqual([3, 6, 9, 12]);
+  // with --log-every 2 the check runs at logged steps only: 1.5 minutes have passed at step 3, checkpointed at step 4
+  const everyOther = path.join(dir, 'timed-2');
+  const seen: number[] = [];
+  now = 0;
+  await trainRun({ values: { ...SMALL, steps: 9, evalEvery: 0, checkpointEvery: 0, checkpointMinutes: 1.5, logEvery: 2, out: everyOther }, dataset: shapes, clock: () => now }, {
+    onStep: (r) => (now = r.step * 30_000),
+    onCheckpoint: (c) => seen.push(c.step),
+  });
+  expect(seen).toEqual([4, 8, 9]);
+  expect(JSON.parse(fs.readFileSync(path.join(everyOther, 'run.json'), 'utf8')).config.checkpointMinutes).toBe(1.5);
+});
+
+test('readMetrics sorts records by kind and reads files written before records had a kind or a time', () => {
+  const runDir = path.join(dir, 'old-metrics');
+  fs.mkdirSync(runDir);
+  const step = { step: 1, tokens: 128, loss: 2, lossPerModality: { text: 2 } };
+  fs.writeFileSync(path.join(runDir, 'metrics.jsonl'), [
+    step, { ...step, step: 2, kind: 'step', time: '2026-01-01T00:00:00.000Z' }, { kind: 'eval', step: 2, tokens: 256, loss: 1.5 },
+    { kind: 'sample', step: 2, tokens: 256, prompt: 'a red circle.' }, { kind: 'skip', step: 2, tokens: 256, skipped: 1 }, { kind: 'later-kind', step: 2, tokens: 256 },
+  ].map((r) => JSON.stringify(r)).join('\n') + '\n{"step":3,"tok');
+  const read = readMetrics(runDir);
+  expect(read.steps.map((r) => [r.step, r.kind])).toEqual([[1, undefined], [2, 'step']]);
+  expect(read.evals.map((r) => r.loss)).toEqual([1.5]);
+  expect(read.samples.map((r) => r.prompt)).toEqual(['a red circle.']);
+  expect(read.skips.map((r) => r.skipped)).toEqual([1]);
 });
 
 /** A text-only dataset without an eval split: numbers spelled as byte strings. */

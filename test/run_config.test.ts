@@ -37,7 +37,7 @@ test('no arguments: the measured defaults, the best device, MoMa 4t4i with image
   const expected: RunSettings = {
     preset: 'tiny-4t4i', model: {}, data: 'builtin', device: bestDevice(), steps: RUN_DEFAULTS.steps, batchSize: 8, seqLen: 256,
     lr: 3e-3, warmup: 50, seed: 0, imageFraction: 0.5, evalEvery: RUN_DEFAULTS.evalEvery, evalBatches: RUN_DEFAULTS.evalBatches,
-    checkpointEvery: RUN_DEFAULTS.checkpointEvery, logEvery: RUN_DEFAULTS.logEvery, gradAccum: RUN_DEFAULTS.gradAccum, sharding: 'none', expertParallel: 1, skipNonfinite: 0, dtype: 'float32', out: 'runs/20250102-030405-tiny-4t4i',
+    checkpointEvery: RUN_DEFAULTS.checkpointEvery, checkpointMinutes: 0, tensorboard: false, logEvery: RUN_DEFAULTS.logEvery, gradAccum: RUN_DEFAULTS.gradAccum, sharding: 'none', expertParallel: 1, skipNonfinite: 0, dtype: 'float32', out: 'runs/20250102-030405-tiny-4t4i',
   };
   expect(settings).toEqual(expected);
   expect(Object.keys(settings)).toEqual(Object.keys(expected));
@@ -100,10 +100,22 @@ test.each([
   ['evalBatches', '0', '--eval-batches'], ['checkpointEvery', '2.5', '--checkpoint-every'], ['device', 'gpu', '--device'],
   ['device', 'cuda:7', '--device'], ['preset', 'nope', '--preset'], ['preset', ' ', '--preset'], ['out', '', '--out'],
   ['dtype', 'bf16', '--dtype'], ['dtype', 'float16', '--dtype'], ['dtype', '', '--dtype'],
+  ['checkpointMinutes', '-1', '--checkpoint-minutes'], ['checkpointMinutes', 'hourly', '--checkpoint-minutes'], ['checkpointMinutes', '2e6', '--checkpoint-minutes'],
+  ['tensorboard', 'yes', '--tensorboard'],
 ])('bad flag %s=%j is refused naming %s', (key, value, flag) => {
   const err = failure({ flags: { [key]: value } });
-  expect(err.code).toBe('ERR_ARG');
+  // a well-spelled CUDA device this machine cannot use is a device error, naming why
+  expect(err.code).toBe(value === 'cuda:7' ? 'ERR_DEVICE' : 'ERR_ARG');
   expect(err.message).toContain(flag);
+});
+
+test('--checkpoint-minutes takes fractional minutes (0: off); --tensorboard is a switch; both come from a config file too', () => {
+  expect(resolveRunConfig({ flags: { checkpointMinutes: '0.25', tensorboard: true } }).settings).toMatchObject({ checkpointMinutes: 0.25, tensorboard: true });
+  expect(resolveRunConfig({ flags: { checkpointMinutes: '1e-3', tensorboard: 'false' } }).settings).toMatchObject({ checkpointMinutes: 0.001, tensorboard: false });
+  const file = writeConfig('cluster.json', { checkpointMinutes: 30, tensorboard: true });
+  expect(resolveRunConfig({ configFile: file }).settings).toMatchObject({ checkpointMinutes: 30, tensorboard: true });
+  expect(resolveRunConfig({ configFile: file, flags: { checkpointMinutes: '0' } }).settings.checkpointMinutes).toBe(0);
+  expect(failure({ configFile: writeConfig('tb.json', { tensorboard: 'yes' }) }).message).toContain("key 'tensorboard'");
 });
 
 test('bad config file values name the key and the file; unreadable files are refused', () => {
@@ -149,6 +161,20 @@ describe('resume', () => {
     expect(failure({ resume: runDir, configFile: writeConfig('c.json', {}) }).message).toContain('--config cannot be combined with --resume');
     expect(failure({ resume: runDir, flags: { steps: 'many' } }).message).toContain('--steps');
     expect(failure({ resume: runDir, flags: { dtype: 'bfloat16' } }).message).toContain('may be given, not --dtype');
+    expect(failure({ resume: runDir, flags: { checkpointMinutes: '5', tensorboard: true } }).message).toContain('may be given, not --checkpoint-minutes, --tensorboard');
+  });
+
+  test('keeps checkpointMinutes and tensorboard; a run.json from before them gets 0 and false', () => {
+    const dirOf = (name: string, config: Record<string, unknown>): string => {
+      const d = path.join(dir, name);
+      fs.mkdirSync(d);
+      fs.writeFileSync(path.join(d, 'run.json'), JSON.stringify({ format: 'moma-run', version: 1, config }));
+      return d;
+    };
+    const cluster = dirOf('run-cluster', { ...stored, checkpointMinutes: 0.5, tensorboard: true });
+    expect(resolveRunConfig({ resume: cluster, flags: { steps: '80' } }).settings).toEqual({ ...stored, checkpointMinutes: 0.5, tensorboard: true, steps: 80, out: cluster });
+    const { checkpointMinutes: _m, tensorboard: _t, ...before } = stored;
+    expect(resolveRunConfig({ resume: dirOf('run-before-tb', before) }).settings).toMatchObject({ checkpointMinutes: 0, tensorboard: false });
   });
 
   test('keeps the dtype of the run; a run.json from before the setting takes its model.computeDtype, else float32', () => {

@@ -13,7 +13,7 @@ import { packShardSet } from '../lib/data/pack';
 import { describeDocument, renderScene } from '../lib/data/shapes';
 import { openShardSet } from '../lib/data/shard_set';
 import { parseVocabLayout } from '../lib/data/vocab';
-import type { StepRecord } from '../lib/run/records';
+import type { MetricsRecord, StepRecord } from '../lib/run/records';
 import { trainRun } from '../lib/run/run';
 
 let dir: string;
@@ -41,7 +41,7 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function steps(runDir: string): StepRecord[] {
   return fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').split('\n').filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as StepRecord & { kind?: string }).filter((r) => r.kind !== 'eval');
+    .map((l) => JSON.parse(l) as MetricsRecord).filter((r): r is StepRecord => r.kind === 'step');
 }
 
 test('trains on a packed shard set of real PNG files, and its checkpoints carry the vocabulary and tokenizer', async () => {

@@ -38,8 +38,9 @@
 // gemm_skinny.cc instead, which streams the big operand once (cpu::gemm only; gemm_on always runs
 // this driver).
 // Kernel choice happens once, at the first call (gemm_paths_for; MOMA_CPU_GEMM overrides it):
-// float32 AVX-512 (14 x 32 tile), else AVX2 + FMA (6 x 16), else generic; bf16 AMX (32 x 32),
-// else AVX-512-BF16 (14 x 32), else the float32 path.
+// float32 AVX-512 (14 x 32 tile), else AVX2 + FMA (6 x 16), else NEON on AArch64 (8 x 12), else
+// generic; bf16 AMX (32 x 32), else AVX-512-BF16 (14 x 32), else the float32 path (always on
+// AArch64: bf16 operands are widened while packing and run on the NEON float32 kernel).
 // Pack buffers are per thread (thread_local), grow to the largest request and are freed when the
 // thread exits.
 #include <algorithm>
@@ -54,6 +55,7 @@
 #include "cpu_features.h"
 #include "kernels.h"
 #include "gemm_kernels.h"
+#include "gemm_pack.h"
 #include "thread_pool.h"
 
 namespace moma::cpu {
@@ -62,154 +64,11 @@ namespace {
 // Problems below this many FLOPs run on the calling thread: waking the pool costs more.
 constexpr double kSerialFlops = 1 << 21;
 
-class PackBuffer {
- public:
-  PackBuffer() = default;
-  PackBuffer(const PackBuffer&) = delete;
-  PackBuffer& operator=(const PackBuffer&) = delete;
-  ~PackBuffer() { std::free(data_); }
-
-  template <typename T>
-  T* get(size_t count) {
-    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
-    if (bytes > cap_) {
-      std::free(data_);
-      data_ = nullptr;
-      cap_ = 0;
-      data_ = std::aligned_alloc(64, bytes);
-      if (!data_) throw std::bad_alloc();
-      cap_ = bytes;
-    }
-    return static_cast<T*>(data_);
-  }
-
- private:
-  void* data_ = nullptr;
-  size_t cap_ = 0;
-};
-
-thread_local PackBuffer tl_pack_a;
-thread_local PackBuffer tl_pack_b;
+thread_local pack::Buffer tl_pack_a;
+thread_local pack::Buffer tl_pack_b;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-
-// An element of an operand as float32: bf16 (stored as uint16_t) is widened exactly.
-inline float widen(float v) { return v; }
-inline float widen(uint16_t v) { return bf16_to_f32(v); }
-
-// One MR-row panel of alpha * op(A): rows [i0, i0 + rows) and k in [p0, p0 + kc).
-template <typename TA>
-void pack_a_panel(const TA* A, int64_t lda, bool trans, int64_t i0, int64_t rows, int64_t p0,
-                  int64_t kc, int64_t mr, float alpha, float* dst) {
-  if (trans) {
-    for (int64_t k = 0; k < kc; ++k) {
-      const TA* src = A + (p0 + k) * lda + i0;
-      float* d = dst + k * mr;
-      for (int64_t i = 0; i < rows; ++i) d[i] = alpha * widen(src[i]);
-      for (int64_t i = rows; i < mr; ++i) d[i] = 0.0f;
-    }
-  } else {
-    for (int64_t i = 0; i < rows; ++i) {
-      const TA* src = A + (i0 + i) * lda + p0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = alpha * widen(src[k]);
-    }
-    for (int64_t k = 0; k < kc; ++k)
-      for (int64_t i = rows; i < mr; ++i) dst[k * mr + i] = 0.0f;
-  }
-}
-
-// One NR-column panel of op(B): columns [j0, j0 + cols) and k in [p0, p0 + kc).
-template <typename TB>
-void pack_b_panel(const TB* B, int64_t ldb, bool trans, int64_t j0, int64_t cols, int64_t p0,
-                  int64_t kc, int64_t nr, float* dst) {
-  if (trans) {
-    for (int64_t j = 0; j < cols; ++j) {
-      const TB* src = B + (j0 + j) * ldb + p0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = widen(src[k]);
-    }
-    for (int64_t k = 0; k < kc; ++k)
-      for (int64_t j = cols; j < nr; ++j) dst[k * nr + j] = 0.0f;
-  } else {
-    for (int64_t k = 0; k < kc; ++k) {
-      const TB* src = B + (p0 + k) * ldb + j0;
-      float* d = dst + k * nr;
-      for (int64_t j = 0; j < cols; ++j) d[j] = widen(src[j]);
-      for (int64_t j = cols; j < nr; ++j) d[j] = 0.0f;
-    }
-  }
-}
-
-// The bf16 panels are written a k pair (one 32-bit word: k even in the low half, k odd in the
-// high half, as vdpbf16ps / tdpbf16ps read them) at a time.
-typedef uint32_t __attribute__((may_alias)) PairWord;
-
-// d[j * stride] = (r0[j], r1[j]) for j < n: two rows of an operand contiguous along the panel's
-// other dimension; r1 == nullptr is an odd K tail (high half zero).
-void interleave_rows(const uint16_t* r0, const uint16_t* r1, int64_t n, PairWord* d) {
-  if (r1) {
-    for (int64_t j = 0; j < n; ++j) d[j] = uint32_t(r0[j]) | (uint32_t(r1[j]) << 16);
-  } else {
-    for (int64_t j = 0; j < n; ++j) d[j] = r0[j];
-  }
-}
-
-// d[p * stride] = (src[2p], src[2p + 1]) for the kc elements of src contiguous along K (an odd
-// last element pairs with zero).
-void gather_pairs(const uint16_t* src, int64_t kc, int64_t stride, PairWord* d) {
-  const int64_t full = kc / 2;
-  for (int64_t p = 0; p < full; ++p) {
-    uint32_t w;
-    std::memcpy(&w, src + 2 * p, sizeof w);
-    d[p * stride] = w;
-  }
-  if (kc & 1) d[full * stride] = src[kc - 1];
-}
-
-// An MR-row (or NR-column) panel of pair words, rows [r0, r0 + rows) and k in [p0, p0 + kc) of an
-// operand X whose op element (r, k) is X[r * ld + k] (k_contiguous) or X[k * ld + r]: word
-// (p, r) at d[p * width + r]. Rows / pairs past the live ones are left as they are.
-void pack_pairs(const uint16_t* X, int64_t ld, bool k_contiguous, int64_t r0, int64_t rows, int64_t p0, int64_t kc,
-                int64_t width, PairWord* d) {
-  if (k_contiguous) {
-    for (int64_t r = 0; r < rows; ++r) gather_pairs(X + (r0 + r) * ld + p0, kc, width, d + r);
-  } else {
-    for (int64_t k = 0; k + 1 < kc; k += 2)
-      interleave_rows(X + (p0 + k) * ld + r0, X + (p0 + k + 1) * ld + r0, rows, d + (k / 2) * width);
-    if (kc & 1) interleave_rows(X + (p0 + kc - 1) * ld + r0, nullptr, rows, d + (kc / 2) * width);
-  }
-}
-
-// One MR-row bf16 panel of op(A), rows [i0, i0 + rows), k in [p0, p0 + kc), zero-padded to MR rows
-// and kd >= kc steps: pairs (a[(k / 2) * mr * 2 + i * 2 + k % 2]) or 32-k rows
-// (a[(k / 32) * mr * 32 + i * 32 + k % 32]).
-void pack_a_panel_bf16(const uint16_t* A, int64_t lda, bool trans, int64_t i0, int64_t rows, int64_t p0,
-                       int64_t kc, int64_t kd, int64_t mr, BF16ALayout layout, uint16_t* dst) {
-  if (rows < mr || kc < kd) std::memset(dst, 0, static_cast<size_t>(mr * kd) * sizeof(uint16_t));
-  if (layout == BF16ALayout::Pairs) {
-    pack_pairs(A, lda, !trans, i0, rows, p0, kc, mr, reinterpret_cast<PairWord*>(dst));
-  } else if (!trans) {
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t k = 0; k < kc; k += 32)
-        std::memcpy(dst + (k / 32) * mr * 32 + i * 32, A + (i0 + i) * lda + p0 + k,
-                    static_cast<size_t>(std::min<int64_t>(32, kc - k)) * sizeof(uint16_t));
-  } else {
-    for (int64_t k = 0; k < kc; ++k) {
-      const uint16_t* src = A + (p0 + k) * lda + i0;
-      uint16_t* d = dst + (k / 32) * mr * 32 + (k % 32);
-      for (int64_t i = 0; i < rows; ++i) d[i * 32] = src[i];
-    }
-  }
-}
-
-// One NR-column bf16 panel of op(B) in the VNNI pair layout, columns [j0, j0 + cols), k in
-// [p0, p0 + kc), zero-padded to NR columns and kd >= kc steps: b[(k / 2) * nr * 2 + j * 2 + k % 2].
-// op(B) element (k, j) is B[k * ldb + j], or B[j * ldb + k] when transposed.
-void pack_b_panel_vnni(const uint16_t* B, int64_t ldb, bool trans, int64_t j0, int64_t cols, int64_t p0,
-                       int64_t kc, int64_t kd, int64_t nr, uint16_t* dst) {
-  if (cols < nr || kc < kd) std::memset(dst, 0, static_cast<size_t>(nr * kd) * sizeof(uint16_t));
-  pack_pairs(B, ldb, trans, j0, cols, p0, kc, nr, reinterpret_cast<PairWord*>(dst));
-}
 
 // C = beta * C for the K == 0 case (beta == 0 writes zeros without reading C).
 void scale_c(float* C, int64_t M, int64_t N, int64_t ldc, float beta) {
@@ -258,10 +117,10 @@ struct F32Path {
   int64_t nc() const { return kr.nc; }
   int64_t depth(int64_t kc) const { return kc; }
   void pack_a(int64_t i0, int64_t rows, int64_t p0, int64_t kc, float* dst) const {
-    pack_a_panel(A, g.lda, g.transA, i0, rows, p0, kc, kr.mr, g.alpha, dst);
+    pack::a_panel_f32(A, g.lda, g.transA, i0, rows, p0, kc, kr.mr, g.alpha, dst);
   }
   void pack_b(int64_t j0, int64_t cols, int64_t p0, int64_t kc, float* dst) const {
-    pack_b_panel(B, g.ldb, g.transB, j0, cols, p0, kc, kr.nr, dst);
+    pack::b_panel_f32(B, g.ldb, g.transB, j0, cols, p0, kc, kr.nr, dst);
   }
   void begin() const {}
   void end() const {}
@@ -286,10 +145,10 @@ struct Bf16Path {
   int64_t nc() const { return kr.nc; }
   int64_t depth(int64_t kc) const { return round_up(kc, kr.k_align); }
   void pack_a(int64_t i0, int64_t rows, int64_t p0, int64_t kc, uint16_t* dst) const {
-    pack_a_panel_bf16(A, g.lda, g.transA, i0, rows, p0, kc, depth(kc), kr.mr, kr.a_layout, dst);
+    pack::a_panel_bf16(A, g.lda, g.transA, i0, rows, p0, kc, depth(kc), kr.mr, kr.a_layout, dst);
   }
   void pack_b(int64_t j0, int64_t cols, int64_t p0, int64_t kc, uint16_t* dst) const {
-    pack_b_panel_vnni(B, g.ldb, g.transB, j0, cols, p0, kc, depth(kc), kr.nr, dst);
+    pack::b_panel_vnni(B, g.ldb, g.transB, j0, cols, p0, kc, depth(kc), kr.nr, dst);
   }
   void begin() const {
     if (kr.begin) kr.begin();
@@ -375,6 +234,8 @@ const GemmKernel& best_f32_kernel() {
     return *gemm_kernel_avx512();
   if (gemm_kernel_avx2() && fma && __builtin_cpu_supports("avx2")) return *gemm_kernel_avx2();
 #endif
+  // NEON is in every AArch64 CPU: the kernel exists exactly when this is an AArch64 build.
+  if (gemm_kernel_neon()) return *gemm_kernel_neon();
   return gemm_kernel_generic();
 }
 
@@ -388,6 +249,7 @@ const GemmKernel* runnable_f32_kernel(const std::string& isa) {
     return gemm_kernel_avx512();
   if (isa == "avx2" && fma && __builtin_cpu_supports("avx2")) return gemm_kernel_avx2();
 #endif
+  if (isa == "neon") return gemm_kernel_neon();
   return nullptr;
 }
 
@@ -510,14 +372,16 @@ GemmPaths gemm_paths_for(const char* choice) {
     if (!paths.bf16) fail("ERR_DEVICE", "gemm: MOMA_CPU_GEMM=", want, " cannot run here: ", why);
     return paths;
   }
-  if (want == "avx512" || want == "avx2" || want == "generic") {
+  if (want == "avx512" || want == "avx2" || want == "neon" || want == "generic") {
     paths.f32 = runnable_f32_kernel(want);
     if (!paths.f32)
-      fail("ERR_DEVICE", "gemm: MOMA_CPU_GEMM=", want, " cannot run here: the CPU lacks ",
-           want == "avx512" ? "AVX-512F / AVX-512DQ / FMA" : "AVX2 / FMA");
+      fail("ERR_DEVICE", "gemm: MOMA_CPU_GEMM=", want, " cannot run here: ",
+           want == "avx512" ? "the CPU lacks AVX-512F / AVX-512DQ / FMA"
+           : want == "avx2" ? "the CPU lacks AVX2 / FMA"
+                            : "NEON kernels are only built for AArch64");
     return paths;
   }
-  fail("ERR_ARG", "gemm: MOMA_CPU_GEMM=", want, " is not one of amx, avx512bf16, avx512, avx2, generic");
+  fail("ERR_ARG", "gemm: MOMA_CPU_GEMM=", want, " is not one of amx, avx512bf16, avx512, avx2, neon, generic");
 }
 
 GemmPaths gemm_paths_from_env() { return gemm_paths_for(std::getenv("MOMA_CPU_GEMM")); }

@@ -1,6 +1,6 @@
 // Private interface between the CPU GEMM driver (gemm.cc) and its micro-kernels
-// (gemm_avx512.cc, gemm_avx2.cc, gemm_generic.cc for float32; gemm_avx512_bf16.cc, gemm_amx.cc for
-// bf16 x bf16).
+// (gemm_avx512.cc, gemm_avx2.cc, gemm_neon.cc, gemm_generic.cc for float32; gemm_avx512_bf16.cc,
+// gemm_amx.cc for bf16 x bf16; AArch64 has no bf16 x bf16 kernel, its bf16 GEMMs widen to float32).
 //
 // A float32 micro-kernel computes one MR x NR tile of C from packed panels:
 //   A panel: kc steps of MR floats (row i of the tile at a[k * MR + i]), alpha already applied;
@@ -31,7 +31,7 @@ using GemmMicroKernel = void (*)(int64_t kc, const float* a, const float* b, flo
                                  int64_t mr, int64_t nr, float beta);
 
 struct GemmKernel {
-  const char* isa;         // "avx512", "avx2" or "generic"
+  const char* isa;         // "avx512", "avx2", "neon" or "generic"
   int64_t mr, nr;          // register tile
   int64_t kc, mc, nc;      // cache blocking: K step, rows of A per L2 block, columns of B per pack
   GemmMicroKernel micro;
@@ -54,10 +54,11 @@ struct GemmKernelBf16 {
   void (*end)();           // on that thread after the last call of the work item, or nullptr
 };
 
-// Kernels of this build; the SIMD ones are nullptr when the compiler cannot target them
-// (non-x86 builds). The caller checks the CPU before using one.
+// Kernels of this build; the SIMD ones are nullptr when the compiler cannot target them (the x86
+// ones outside x86-64, NEON outside AArch64). The caller checks the CPU before using one.
 const GemmKernel* gemm_kernel_avx512();
 const GemmKernel* gemm_kernel_avx2();
+const GemmKernel* gemm_kernel_neon();
 const GemmKernel& gemm_kernel_generic();
 const GemmKernelBf16* gemm_kernel_avx512_bf16();
 const GemmKernelBf16* gemm_kernel_amx();
@@ -70,9 +71,9 @@ struct GemmPaths {
 };
 
 // The paths for a MOMA_CPU_GEMM value: null or "" = the best this CPU runs (bf16: amx, else
-// avx512bf16, else widened; float32: avx512, else avx2, else generic); "amx" / "avx512bf16" = that
-// bf16 kernel with the best float32 one; "avx512" / "avx2" / "generic" = that float32 kernel with
-// bf16 widened. An unknown value throws ERR_ARG, a path this CPU cannot run ERR_DEVICE, both
+// avx512bf16, else widened; float32: avx512, else avx2, else neon, else generic); "amx" /
+// "avx512bf16" = that bf16 kernel with the best float32 one; "avx512" / "avx2" / "neon" /
+// "generic" = that float32 kernel with bf16 widened. An unknown value throws ERR_ARG, a path this CPU cannot run ERR_DEVICE, both
 // naming MOMA_CPU_GEMM.
 GemmPaths gemm_paths_for(const char* choice);
 // gemm_paths_for(getenv("MOMA_CPU_GEMM")), read now (cpu::gemm reads it once, at its first call).

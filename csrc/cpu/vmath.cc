@@ -1,5 +1,6 @@
-// Run-time choice of the vmath.h SIMD table: AVX-512 (F, BW, DQ) when the CPU has it, else AVX2
-// with FMA, else none (callers keep their scalar loops). Decided once, on first use.
+// Run-time choice of the vmath.h SIMD table: on x86-64 AVX-512 (F, BW, DQ) when the CPU has it,
+// else AVX2 with FMA; on AArch64 NEON (part of the baseline); else none (callers keep their scalar
+// loops). Decided once, on first use.
 #include "vmath.h"
 
 namespace moma::cpu::vmath {
@@ -14,7 +15,7 @@ const Kernels* select_kernels() {
     return kernels_avx512();
   if (kernels_avx2() && fma && __builtin_cpu_supports("avx2")) return kernels_avx2();
 #endif
-  return nullptr;
+  return kernels_neon();  // nullptr outside AArch64
 }
 
 }  // namespace

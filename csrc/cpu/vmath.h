@@ -1,8 +1,10 @@
 // Private interface between the element-wise / reduction kernels (elementwise.cc, reduce.cc) and
-// their SIMD loops (vmath_avx512.cc, vmath_avx2.cc; shared algorithms in vmath_simd.h).
+// their SIMD loops (vmath_avx512.cc, vmath_avx2.cc, vmath_neon.cc; shared algorithms in
+// vmath_simd.h).
 //
-// vector_kernels() returns the table for this CPU, chosen once (AVX-512F/BW/DQ, else AVX2 + FMA),
-// or nullptr when neither is available; callers then keep their scalar loops. Every function
+// vector_kernels() returns the table for this CPU, chosen once (x86-64: AVX-512F/BW/DQ, else
+// AVX2 + FMA; AArch64: NEON, always present), or nullptr when none is available; callers then
+// keep their scalar loops. Every function
 // takes contiguous arrays of any length (tails included) and never reads or writes past n.
 //
 // Numerics (float32; maxima measured against double references on every 29th bit pattern and
@@ -28,7 +30,7 @@ namespace moma::cpu::vmath {
 enum class Fn : int { Exp, Log, Sigmoid, Silu, Tanh };
 
 struct Kernels {
-  const char* isa;  // "avx512" or "avx2"
+  const char* isa;  // "avx512", "avx2" or "neon"
   // y[i] = fn(x[i]); y may alias x.
   void (*map_f32)(Fn fn, const float* x, float* y, int64_t n);
   void (*map_bf16)(Fn fn, const uint16_t* x, uint16_t* y, int64_t n);
@@ -58,5 +60,6 @@ const Kernels* vector_kernels();
 // the CPU before using one.
 const Kernels* kernels_avx512();
 const Kernels* kernels_avx2();
+const Kernels* kernels_neon();
 
 }  // namespace moma::cpu::vmath

@@ -22,7 +22,7 @@
 namespace moma::napi {
 namespace {
 
-constexpr int kAbiVersion = 4;
+constexpr int kAbiVersion = 5;
 
 using Info = const Napi::CallbackInfo&;
 

@@ -1,7 +1,9 @@
-// Exports: what was compiled and what the machine has (for `moma inspect`), memory statistics,
+// Exports: what was compiled and what the machine has (for `moma inspect` and the CUDA usability
+// check of lib/cuda_probe.ts: versions, cudaGetDeviceCount's error, every listed GPU), memory statistics,
 // queue statistics (host waits per device), and the MomaError class registration.
 #include "../../cuda/runtime.h"
 #include "bridge.h"
+#include "core/device.h"
 #include "core/queue.h"
 #include "core/storage.h"
 #include "cpu/cpu_features.h"
@@ -23,6 +25,8 @@ std::string simd_level() {
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
   return "sse2";
+#elif defined(__aarch64__)
+  return "neon";
 #else
   return "generic";
 #endif
@@ -32,15 +36,24 @@ Napi::Value info(Info info) {
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);
   Napi::Object cuda_info = Napi::Object::New(env);
-  cuda_info.Set("compiled", cuda::compiled());
-  cuda_info.Set("runtimeVersion", cuda::runtime_version());
-  cuda_info.Set("driverVersion", cuda::driver_version());
-  int count = cuda::device_count();
-  Napi::Array devices = Napi::Array::New(env, count);
-  for (int i = 0; i < count; ++i) {
-    cuda::DeviceInfo d = cuda::device_info(i);
+  CudaProbe probe = probe_cuda();
+  cuda_info.Set("compiled", probe.compiled);
+  cuda_info.Set("runtimeVersion", probe.runtime_version);
+  cuda_info.Set("driverVersion", probe.driver_version);
+  cuda_info.Set("architectures", probe.architectures);
+  if (probe.device_count_error_name.empty()) {
+    cuda_info.Set("deviceCountError", env.Null());
+  } else {
+    Napi::Object error = Napi::Object::New(env);
+    error.Set("name", probe.device_count_error_name);
+    error.Set("message", probe.device_count_error_message);
+    cuda_info.Set("deviceCountError", error);
+  }
+  Napi::Array devices = Napi::Array::New(env, probe.devices.size());
+  for (size_t i = 0; i < probe.devices.size(); ++i) {
+    const CudaProbeDevice& d = probe.devices[i];
     Napi::Object o = Napi::Object::New(env);
-    o.Set("index", i);
+    o.Set("index", static_cast<double>(i));
     o.Set("name", d.name);
     o.Set("totalMemory", static_cast<double>(d.total_memory));
     o.Set("computeCapability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor));

@@ -1,5 +1,5 @@
 /**
- * `moma train-aux [--checkpoint DIR]`: the second training stage (SPEC §4) — trains the auxiliary
+ * `moma train-aux [--checkpoint DIR]`: the second training stage (auxiliary routers learn to predict the batch top-k choices from each row alone, for causal inference): trains the auxiliary
  * routers of a checkpoint against its batch top-k selections with the main model frozen, saves
  * them into the checkpoint and prints each router's held-out BCE, accuracy, precision and recall.
  */

@@ -1,8 +1,9 @@
 /**
  * `moma eval [--checkpoint DIR] [--data FILE] [--causal] [--json]`: loss overall and per modality
  * of a checkpoint, on a token file or (by default) on its run's held-out sequences. With
- * `--causal`, also in causal mode (auxiliary routers, SPEC §4) next to training mode, and per
- * auxiliary router its BCE, accuracy, precision and recall against the batch top-k selections.
+ * `--causal`, also in causal mode (each expert and MoD block takes a row iff its auxiliary router
+ * says > 0.5) next to training mode, and per auxiliary router its BCE, accuracy, precision and
+ * recall against the batch top-k selections.
  */
 import * as fs from 'fs';
 import * as path from 'path';

@@ -113,7 +113,7 @@ export function registerExperimentCommands(program: Command): void {
   const variants = Object.entries(FLOPS_SAVINGS_TIERS).map(([tier, names]) => `${tier}: ${names.join(',')}`).join('; ');
   experiment
     .command('flops-savings')
-    .description('train dense and sparse variants at matched settings on the same data order and measure the FLOPs savings η (SPEC §6) overall, for text and for image; rerun with the same --out to continue')
+    .description('train dense and sparse variants at matched settings on the same data order and measure the FLOPs savings η (the training FLOPs the dense model needs to reach a variant\'s final loss, over the variant\'s own) overall, for text and for image; rerun with the same --out to continue')
     .option('--tier <name>', `variant tier (default ${FLOPS_SAVINGS_DEFAULTS.tier}; tiers: ${Object.keys(FLOPS_SAVINGS_TIERS).join(', ')})`)
     .option('--variants <list>', `comma-separated variants; dense is always trained (default ${variants})`)
     .option('--steps <n>', `training steps of every variant (default ${RUN_DEFAULTS.steps})`)

@@ -1,22 +1,27 @@
 /**
  * `moma train` and `moma report`: a thin layer over trainRun (lib/run/run.ts) and writeReport.
  *
- * train shows a progress bar on a terminal (step, loss text / image, tokens/s, ETA), one line
- * every few steps elsewhere (CI, pipes), or the metrics records as JSON lines with --json-log
- * (human messages then go to stderr, so stdout stays JSON). The first Ctrl-C stops after the
- * current step, checkpoints, writes the report, prints how to resume and exits with 130; a second
- * one exits at once.
+ * train shows a progress bar on a terminal (step, loss text / image, the latest held-out loss,
+ * tokens/s, ETA), one line every few steps elsewhere (CI, pipes), or the metrics records as JSON
+ * lines with --json-log (human messages then go to stderr, so stdout stays JSON). The first Ctrl-C
+ * or SIGTERM (what Slurm, Kubernetes and spot preemption send) stops after the current step,
+ * checkpoints, writes the report, prints how to resume and exits with 128 + the signal's number
+ * (130 for SIGINT, 143 for SIGTERM); a second signal exits at once.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import { Command } from 'commander';
 import { shownPath } from './paths';
+import { printable } from './terminal';
 import * as cliProgress from 'cli-progress';
-import type { EvalRecord, StepRecord } from '../run/records';
+import type { EvalRecord, SampleRecord, StepRecord } from '../run/records';
 import { firstLabel, formatDuration, formatSI, LossRow, writeReport } from '../run/report';
 import { RunStartInfo, RunSummary, SkipRecord, trainRun } from '../run/run';
 import { RUN_DEFAULTS } from '../run/run_config';
+import { SAMPLES_DIR } from '../run/samples';
 import { init, isInitialized, world } from '../distributed/process_group';
 import { worldFromEnv } from '../distributed/env';
+import { chooseTrainDevice } from '../device';
 
 interface TrainFlags {
   preset?: string;
@@ -33,6 +38,8 @@ interface TrainFlags {
   evalEvery?: string;
   evalBatches?: string;
   checkpointEvery?: string;
+  checkpointMinutes?: string;
+  tensorboard?: boolean;
   logEvery?: string;
   gradAccum?: string;
   sharding?: string;
@@ -49,10 +56,11 @@ function lossText(value: number | null | undefined): string {
 }
 
 /** How progress is shown: JSON lines, plain lines, or a bar. */
-interface Progress {
+export interface Progress {
   start(info: RunStartInfo): void;
   step(record: StepRecord): void;
   eval(record: EvalRecord): void;
+  sample(record: SampleRecord): void;
   /** Steps with a non-finite loss or gradient norm were skipped. */
   skip(record: SkipRecord): void;
   stop(): void;
@@ -62,23 +70,36 @@ function skipText(r: SkipRecord): string {
   return `step ${r.step}: skipped ${r.skipped} step(s) with a non-finite loss or gradient norm (first at step ${r.firstStep}); ${r.total} of the allowed ${r.budget} skipped so far`;
 }
 
+function sampleText(r: SampleRecord): string {
+  return `sample at step ${r.step}: "${printable(r.prompt)}" → ${r.image}; held-out image → "${printable(r.caption)}"`;
+}
+
+function heldOutText(r: EvalRecord): string {
+  return `${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})`;
+}
+
 function jsonProgress(): Progress {
   return {
     start: () => undefined,
     step: (r) => console.log(JSON.stringify(r)),
     eval: (r) => console.log(JSON.stringify(r)),
+    sample: (r) => console.log(JSON.stringify(r)),
     skip: (r) => console.log(JSON.stringify(r)),
     stop: () => undefined,
   };
 }
 
-/** About 20 lines a run: the first record, then the first record past each 5% of the steps, and the last. */
-function lineProgress(say: (line: string) => void): Progress {
+/**
+ * About 20 lines a run: the first record, then the first record past each 5% of the steps, and the
+ * last, each with the latest held-out loss once there is one; a line per evaluation and sample.
+ */
+export function lineProgress(say: (line: string) => void): Progress {
   let total = 0;
   let every = 1;
   let began = 0;
   let firstStep = 0;
   let shown = -1;
+  let heldOut = '';
   return {
     start(info) {
       total = info.settings.steps;
@@ -86,38 +107,49 @@ function lineProgress(say: (line: string) => void): Progress {
       began = Date.now();
       firstStep = info.startStep;
       shown = -1;
+      heldOut = '';
     },
     step(r) {
       if (shown >= 0 && Math.floor(r.step / every) === Math.floor(shown / every) && r.step !== total) return;
       shown = r.step;
       const elapsed = (Date.now() - began) / 1000;
       const eta = (elapsed / (r.step - firstStep)) * (total - r.step);
-      say(`step ${r.step}/${total}  loss ${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})  ${Math.round(r.tokensPerSecond)} tok/s  elapsed ${formatDuration(elapsed)}  eta ${formatDuration(eta)}`);
+      say(`step ${r.step}/${total}  loss ${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})  ${Math.round(r.tokensPerSecond)} tok/s  elapsed ${formatDuration(elapsed)}  eta ${formatDuration(eta)}${heldOut}`);
     },
     eval(r) {
-      say(`held-out at step ${r.step}: loss ${lossText(r.loss)} (text ${lossText(r.lossPerModality.text)}, image ${lossText(r.lossPerModality.image)})`);
+      heldOut = `  held-out ${lossText(r.loss)} (step ${r.step})`;
+      say(`held-out at step ${r.step}: loss ${heldOutText(r)}`);
     },
+    sample: (r) => say(sampleText(r)),
     skip: (r) => say(skipText(r)),
     stop: () => undefined,
   };
 }
 
-/** The bar fits 80 columns: step, bar, loss text / image, tokens/s, ETA (held-out losses come in the summary). */
-function barProgress(): Progress {
+/**
+ * The bar fits 80 columns up to 9999 steps: step, bar, training loss text / image, the latest
+ * held-out loss (overall; '-' before the first evaluation), tokens/s, ETA. `stream` and
+ * `forceOutput` (render on a stream that is not a terminal) are for tests.
+ */
+export function barProgress(options: { stream?: NodeJS.WritableStream; forceOutput?: boolean } = {}): Progress {
   const bar = new cliProgress.SingleBar({
-    format: 'step {value}/{total} {bar} text {text} image {image} | {tps} tok/s | ETA {eta_formatted}',
-    barsize: 16, barCompleteChar: '█', barIncompleteChar: '░', hideCursor: true, etaBuffer: 50, stream: process.stderr,
+    format: 'step {value}/{total} {bar} text {text} image {image} held-out {heldOut} | {tps} tok/s | ETA {eta_formatted}',
+    barsize: 8, barCompleteChar: '█', barIncompleteChar: '░', hideCursor: true, etaBuffer: 50, stream: options.stream ?? process.stderr,
+    noTTYOutput: options.forceOutput === true, notTTYSchedule: 0,
   });
   let running = false;
   return {
     start(info) {
-      bar.start(info.settings.steps, info.startStep, { text: '-', image: '-', tps: '-' });
+      bar.start(info.settings.steps, info.startStep, { text: '-', image: '-', heldOut: '-', tps: '-' });
       running = true;
     },
     step(r) {
       bar.update(r.step, { text: lossText(r.lossPerModality.text), image: lossText(r.lossPerModality.image), tps: Math.round(r.tokensPerSecond) });
     },
-    eval: () => undefined,
+    eval(r) {
+      bar.update({ heldOut: lossText(r.loss) });
+    },
+    sample: () => undefined,
     skip: (r) => void process.stderr.write(`\n${skipText(r)}\n`),
     stop() {
       if (running) bar.stop();
@@ -146,6 +178,8 @@ function printSummary(summary: RunSummary, say: (line: string) => void): void {
   if (summary.report !== null) say(`  report      ${shownPath(summary.report.html)} (picture: ${path.basename(summary.report.png)}, ${path.basename(summary.report.svg)})`);
   say(`  metrics     ${shownPath(path.join(summary.runDir, 'metrics.jsonl'))}`);
   say(`  checkpoint  ${shownPath(summary.checkpoint)}`);
+  if (fs.existsSync(path.join(summary.runDir, SAMPLES_DIR))) say(`  samples     ${shownPath(path.join(summary.runDir, SAMPLES_DIR))}`);
+  if (summary.tensorboard !== null) say(`  tensorboard ${shownPath(summary.tensorboard)} (tensorboard --logdir ${shownPath(path.dirname(summary.runDir))})`);
 }
 
 /** Under `moma launch` (or torchrun, srun, mpirun) with more than one rank: joins the process group; true on ranks other than 0. */
@@ -155,30 +189,40 @@ async function joinRanks(device: string | undefined): Promise<boolean> {
   return world().rank !== 0;
 }
 
-const quietProgress: Progress = { start: () => undefined, step: () => undefined, eval: () => undefined, skip: () => undefined, stop: () => undefined };
+const quietProgress: Progress = { start: () => undefined, step: () => undefined, eval: () => undefined, sample: () => undefined, skip: () => undefined, stop: () => undefined };
+
+const SIGNAL_NUMBERS = { SIGINT: 2, SIGTERM: 15 } as const;
 
 async function runTrain(flags: TrainFlags): Promise<void> {
   const { config, resume, jsonLog, ...settings } = flags;
+  // --device cuda[:N] never falls back (ERR_DEVICE naming why); with no device given anywhere, the
+  // first usable GPU, else the CPU after a stderr warning when an NVIDIA GPU/driver is present but unusable
+  if (settings.device !== undefined || (resume === undefined && config === undefined)) {
+    settings.device = chooseTrainDevice(settings.device, (text) => process.stderr.write(`${text}\n`));
+  }
   // data parallel: rank 0 reports; the other ranks train silently (their errors still reach stderr)
   const quiet = await joinRanks(settings.device);
   const say = quiet ? (): void => undefined : jsonLog ? (line: string): void => void process.stderr.write(line + '\n') : (line: string): void => console.log(line);
   const progress = quiet ? quietProgress : jsonLog ? jsonProgress() : process.stderr.isTTY ? barProgress() : lineProgress(say);
   const controller = new AbortController();
-  let interrupts = 0;
-  const onInterrupt = (): void => {
-    interrupts++;
-    if (interrupts > 1) process.exit(130);
+  let stoppedBy: keyof typeof SIGNAL_NUMBERS | null = null;
+  const onSignal = (signal: keyof typeof SIGNAL_NUMBERS): void => {
+    if (stoppedBy !== null) process.exit(128 + SIGNAL_NUMBERS[signal]);
+    stoppedBy = signal;
     progress.stop();
+    const again = signal === 'SIGINT' ? 'Ctrl-C' : signal;
     say(isInitialized() && world().worldSize > 1
-      ? 'stopping at the next logged step, on every rank (Ctrl-C again quits at once, without a checkpoint)…'
-      : 'stopping after the current step (Ctrl-C again quits at once, without a checkpoint)…');
+      ? `${signal}: stopping at the next logged step, on every rank (${again} again quits at once, without a checkpoint)…`
+      : `${signal}: stopping after the current step (${again} again quits at once, without a checkpoint)…`);
     controller.abort();
   };
+  const onInterrupt = (): void => onSignal('SIGINT');
+  const onTerminate = (): void => onSignal('SIGTERM');
   process.on('SIGINT', onInterrupt);
-  process.on('SIGTERM', onInterrupt);
+  process.on('SIGTERM', onTerminate);
   let summary: RunSummary;
   try {
-    summary = await trainRun({ flags: settings, configFile: config, resume }, {
+    summary = await trainRun({ flags: settings, configFile: config, resume, commandLine: ['moma', ...process.argv.slice(2)] }, {
       signal: controller.signal,
       onStart(info) {
         const what = info.resumedFrom ? `resuming ${shownPath(info.runDir)} from step ${info.startStep}` : `training into ${shownPath(info.runDir)}`;
@@ -196,17 +240,18 @@ async function runTrain(flags: TrainFlags): Promise<void> {
       },
       onStep: (r) => progress.step(r),
       onEval: (r) => progress.eval(r),
+      onSample: (r) => progress.sample(r),
       onSkip: (r) => progress.skip(r),
     });
   } finally {
     progress.stop();
     process.off('SIGINT', onInterrupt);
-    process.off('SIGTERM', onInterrupt);
+    process.off('SIGTERM', onTerminate);
   }
   printSummary(summary, say);
   if (summary.stopped) {
     say(`resume with: moma train --resume ${shownPath(summary.runDir)}`);
-    process.exitCode = 130;
+    process.exitCode = 128 + SIGNAL_NUMBERS[stoppedBy ?? 'SIGINT'];
   }
 }
 
@@ -215,7 +260,7 @@ export function registerTrainCommands(program: Command): void {
     .command('train')
     .description(`train a model (default: ${RUN_DEFAULTS.preset} on the built-in captioned shapes, a few minutes on a CPU) into a run directory with metrics, checkpoints and a report`)
     .option('--preset <name>', `model preset (default ${RUN_DEFAULTS.preset}; vocabulary size from the data)`)
-    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, logEvery, gradAccum, sharding, expertParallel, skipNonfinite, dtype, out); flags override it')
+    .option('--config <file>', 'JSON file of settings (keys: preset, model, data, device, steps, batchSize, seqLen, lr, warmup, seed, imageFraction, evalEvery, evalBatches, checkpointEvery, checkpointMinutes, tensorboard, logEvery, gradAccum, sharding, expertParallel, skipNonfinite, dtype, out); flags override it')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--steps <n>', `training steps (default ${RUN_DEFAULTS.steps})`)
@@ -228,6 +273,8 @@ export function registerTrainCommands(program: Command): void {
     .option('--eval-every <n>', `held-out evaluation every n steps, 0: at the end only (default ${RUN_DEFAULTS.evalEvery})`)
     .option('--eval-batches <n>', `held-out batches per evaluation (default ${RUN_DEFAULTS.evalBatches})`)
     .option('--checkpoint-every <n>', `checkpoint every n steps, 0: at the end only (default ${RUN_DEFAULTS.checkpointEvery}); the newest 2 are kept`)
+    .option('--checkpoint-minutes <m>', 'also checkpoint at the first logged step m minutes (fractions allowed) after the previous checkpoint, 0: off (default 0); kept on resume')
+    .option('--tensorboard', 'write TensorBoard event files into <run dir>/tensorboard (scalars, and the samples at each evaluation); kept on resume')
     .option('--grad-accum <n>', `micro-batches of --batch-size per optimizer step on each rank (default ${RUN_DEFAULTS.gradAccum}); a step trains ranks × n × batch-size sequences`)
     .option('--sharding <kind>', "data parallel: 'zero1' shards the AdamW moments over the ranks, 'zero2' the gradients too, 'zero3' the parameters too (FSDP: each block gathered for its forward and recomputed in the backward) (default none); kept on resume")
     .option('--expert-parallel <n>', 'spread the experts of every MoE layer over groups of n ranks (default 1): a group routes its n × batch-size sequences as one micro-batch, '
@@ -236,7 +283,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--log-every <n>', `read the metrics back every n steps, one metrics.jsonl record with the means (default ${RUN_DEFAULTS.logEvery}); the steps between never wait for the device`)
     .option('--skip-nonfinite <n>', `skip up to n steps with a non-finite loss or gradient norm (no update applied, recorded in metrics.jsonl); one more stops the run, as does the first with 0 (default ${RUN_DEFAULTS.skipNonfinite}); may be given again on resume`)
     .option('--dtype <dtype>', `compute dtype: 'bfloat16' runs activations and matrix products in bf16 with float32 parameters, gradients and AdamW state (mixed precision), 'float32' all in float32 (default ${RUN_DEFAULTS.dtype}); kept on resume`)
-    .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps and --skip-nonfinite may change)')
+    .option('--resume <run dir>', 'continue a run from its newest checkpoint (only --steps, --skip-nonfinite and --expert-parallel may change)')
     .option('--out <run dir>', 'run directory (default runs/<yyyymmdd-hhmmss>-<preset>)')
     .option('--json-log', 'print the metrics records as JSON lines instead of a progress bar')
     .action(runTrain);

@@ -1,7 +1,7 @@
 /**
  * Documents in the shared id space: `BOS, segments…, EOS`, where a text segment is its text
  * tokenizer ids shifted by the layout's text offset and an image segment is `BOI, codes…, EOI`
- * with exactly tokensPerImage codes shifted by the image offset (SPEC §1). `splitDocument`
+ * with exactly tokensPerImage codes shifted by the image offset (docs/DATA.md). `splitDocument`
  * inverts it (for decoding and for checking packed data).
  */
 import { MomaError } from '../errors';

@@ -2,7 +2,7 @@
  * The vocabulary layout: one id space for every modality, stored as data (vocab.json) with every
  * checkpoint and shard set. Ids are laid out as
  *
- *   [0, 5)                         specials PAD, BOS, EOS, BOI, EOI (text tokens, SPEC §1)
+ *   [0, 5)                         specials PAD, BOS, EOS, BOI, EOI (text tokens)
  *   [text.offset, +text.size)      the text tokenizer's ids (bytes, or a tokenizer.json vocabulary)
  *   [image.offset, +image.size)    the image tokenizer's codebook entries
  *

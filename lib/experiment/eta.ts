@@ -1,5 +1,5 @@
 /**
- * The speed-up factor η of SPEC §6, as pure functions of loss curves (loss against cumulative
+ * The speed-up factor η (docs/EXPERIMENTS.md), as pure functions of loss curves (loss against cumulative
  * training FLOPs, one point per step or per held-out evaluation).
  *
  * Smoothing: a trailing mean over a window of w = max(1, round(0.05·n)) points of a curve of n

@@ -1,6 +1,6 @@
 /**
  * `moma experiment flops-savings`: trains the dense baseline and sparse variants of a tier at the
- * same settings on the same data order, then measures η (SPEC §6) of each sparse variant against
+ * same settings on the same data order, then measures η (docs/EXPERIMENTS.md) of each sparse variant against
  * dense (lib/experiment/flops_savings_results.ts writes the tables and the figure).
  *
  * Experiment folder:
@@ -276,7 +276,7 @@ export async function runFlopsSavings(options: FlopsSavingsOptions = {}, hooks: 
           preset, model: settings.model, data: settings.data, device: settings.device, steps: settings.steps, batchSize: settings.batchSize,
           seqLen: settings.seqLen, lr: settings.lr, warmup: settings.warmup, seed: settings.seed, imageFraction: settings.imageFraction,
           evalEvery: settings.evalEvery, evalBatches: settings.evalBatches, checkpointEvery: settings.checkpointEvery, out: runDir,
-          logEvery: 1, // η needs the loss curve of every step (SPEC §6 smoothing)
+          logEvery: 1, // η smooths the loss curve of every step
         },
         dataset,
       }, runHooks);

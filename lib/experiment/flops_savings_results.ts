@@ -5,7 +5,7 @@
  *                       held-out losses, η overall / text / image (training and held-out curves,
  *                       with F_s, L_s, F_d, the fit), train time and throughput; the comparison
  *   results.md          the command lines, the settings, the table, the held-out table and a
- *                       comparison with SPEC §8 generated from the numbers
+ *                       comparison with the paper's 1.4B-tier results generated from the numbers
  *   loss_vs_flops.svg/.png   three panels (overall, text, image), one line per variant, log FLOPs
  *
  * Before computing anything it checks that every variant's run.json holds the experiment's shared
@@ -71,7 +71,7 @@ export interface FlopsSavingsResults {
   /** What the same-data check compared: steps and tokens per variant. */
   sameData: { steps: number; tokens: number; variants: string[] };
   variants: VariantResult[];
-  /** Sentences comparing the η values with SPEC §8. */
+  /** Sentences comparing the η values with the paper's 1.4B-tier results after 1T tokens. */
   comparison: string[];
 }
 
@@ -82,7 +82,7 @@ export interface ResultFiles {
   png: string;
 }
 
-/** SPEC §8: the paper's η at the 1.4B tier after 1T tokens. */
+/** The paper's η at the 1.4B tier after 1T tokens. */
 export const PAPER_ETA: Readonly<Record<string, Record<LossKey, number>>> = {
   moe8x: { overall: 3.0, text: 3.0, image: 2.8 },
   '4t4i': { overall: 3.7, text: 2.6, image: 5.2 },
@@ -219,7 +219,7 @@ function etaText(r: EtaResult | null): string {
   return r === null ? '-' : formatEta(r);
 }
 
-/** The SPEC §8 comparison, one sentence per point, from the numbers only. */
+/** The comparison with the paper's 1.4B-tier results, one sentence per point, from the numbers only. */
 export function compareWithPaper(variants: VariantResult[]): string[] {
   if (!Array.isArray(variants)) throw new MomaError('ERR_ARG', 'flops-savings results: compareWithPaper needs the variant results');
   const sparse = variants.filter((v) => v.eta !== null);
@@ -310,7 +310,7 @@ export function resultsMarkdown(results: FlopsSavingsResults): string {
     ]),
   ));
   lines.push('');
-  lines.push(`Final loss: the trailing mean of the last ${window === 1 ? 'step' : `${window} steps`} (5%, at least 1). η = F_d / F_s (SPEC §6; docs/EXPERIMENTS.md): F_s the variant's training FLOPs at its last step, `
+  lines.push(`Final loss: the trailing mean of the last ${window === 1 ? 'step' : `${window} steps`} (5%, at least 1). η = F_d / F_s (docs/EXPERIMENTS.md): F_s the variant's training FLOPs at its last step, `
     + `F_d where ${results.baseline}'s loss curve, smoothed by the same trailing mean, first reaches the variant's final loss (interpolated in log FLOPs). `
     + `"(extrapolated)": ${results.baseline} never reached it, F_d solves L = a·F^(−b) + c fitted to the second half of its smoothed curve; "> x (no crossing)": the fit never reaches it, x = F_end / F_s; `
     + `"< x (dense starts below)": ${results.baseline}'s first smoothed point is already below it. The x axis of the text and image curves is the total training FLOPs too.`);
@@ -336,7 +336,7 @@ export function resultsMarkdown(results: FlopsSavingsResults): string {
     ));
     lines.push('');
   }
-  lines.push('## Compared with the paper (SPEC §8)', '', ...results.comparison.map((c) => `- ${c}`), '');
+  lines.push('## Compared with the paper (1.4B tier, 1T tokens)', '', ...results.comparison.map((c) => `- ${c}`), '');
   lines.push('## Files', '');
   lines.push('- `variants/<name>/`: each variant\'s run directory (run.json, metrics.jsonl, checkpoints, report.html)');
   lines.push('- `results.json`: these numbers and, per η, F_s, L_s, F_d and the power-law fit');

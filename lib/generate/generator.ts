@@ -1,5 +1,5 @@
 /**
- * Generation with a KV cache in causal mode (SPEC §4): the prompt is run once (prefill), then one
+ * Generation with a KV cache in causal mode (docs/INFERENCE.md): the prompt is run once (prefill), then one
  * token per step; each step samples from the last logits (temperature / top-k / top-p, seeded)
  * within the ids the modality constraint allows (after BOI exactly tokensPerImage image codes,
  * then EOI; text ids only outside images), so every image span is well formed.
@@ -41,7 +41,7 @@ export interface GenerateResult {
 
 /** What every generation call decodes with: the causal routing and the model's vocabulary layout. */
 export interface DecodeOptions extends GenerateOptions {
-  /** Causal routing for decoding (the auxiliary routers, SPEC §4). */
+  /** Causal routing for decoding (the auxiliary routers, lib/model/aux_router.ts). */
   routing: CausalRouting;
   /** The model's vocabulary layout. */
   layout: VocabLayout;

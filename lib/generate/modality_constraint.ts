@@ -1,5 +1,5 @@
 /**
- * The grammar of a mixed-modal document (SPEC §1) as a decoding constraint: which ids may come
+ * The grammar of a mixed-modal document (docs/DATA.md) as a decoding constraint: which ids may come
  * next, given every id so far (prompt included).
  *
  *   state 'text'   text ids, EOS and BOI (when the layout has an image tokenizer);

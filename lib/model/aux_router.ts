@@ -1,5 +1,5 @@
 /**
- * Auxiliary routers (SPEC.md §4): small per-site MLPs a = sigmoid(SiLU(v·A1)·A2) that predict,
+ * Auxiliary routers (docs/INFERENCE.md): small per-site MLPs a = sigmoid(SiLU(v·A1)·A2) that predict,
  * from a row alone, what the batch-level top-k of the main model would decide — one per routed
  * expert group of every MoE layer (E_g outputs) and one per MoD layer (1 output). They are trained
  * after the main model (lib/run/aux_train.ts) and let a causal model route at inference: an

@@ -1,5 +1,5 @@
 /**
- * Which rows count in the loss and which rows a row attends to (SPEC.md §1), decided once on the
+ * Which rows count in the loss and which rows a row attends to (docs/TRAINING.md, "The model"), decided once on the
  * host for every path that builds a batch (training, evaluate, `moma eval`, causal evaluation,
  * auxiliary-router targets: all through makeBatch in ./transformer.ts). Pure: no tensors.
  *

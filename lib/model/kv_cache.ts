@@ -2,7 +2,7 @@
  * KV cache for generation: per attention layer, the keys (after QK-norm and RoPE) and values of
  * every row the layer has processed so far in the current document of one sequence, as float32
  * [heads, L, headDim]. A MoD layer's cache holds only the rows its block ran on, so a new row
- * attends to exactly the keys it would see in a full causal-mode forward (SPEC §1, §3–4).
+ * attends to exactly the keys it would see in a full causal-mode forward (docs/INFERENCE.md).
  *
  * The cache owns its tensors (they leave any tidy scope they were made in); dispose() frees them.
  *
@@ -68,7 +68,7 @@ export class LayerCache {
 
 /**
  * The cache of one sequence: one LayerCache per decoder layer, and the tokens consumed. With
- * `bosId`, a BOS after the first position opens a new document (SPEC §1): the rows before it are
+ * `bosId`, a BOS after the first position opens a new document: the rows before it are
  * never attended to again, so Transformer.decode empties the layer caches there (startDocument)
  * while positions go on counting.
  */

@@ -1,11 +1,12 @@
 /**
- * The decoder's layers (SPEC.md §1–2) as autograd modules: Linear (PyTorch layout [out, in], no
- * bias), Embedding, RMSNorm, causal multi-head attention with per-head LayerNorm QK-norm and RoPE,
- * the dense SwiGLU FFN (SwiGLUFFN), the MoE / MoMa FFN (MoEFeedForward over lib/moe MoMaFFN), and the decoder block with swin
- * (default) or pre norm placement.
+ * The decoder's layers (docs/TRAINING.md, "The model"; MoE: docs/MOE.md) as autograd modules:
+ * Linear (PyTorch layout [out, in], no bias), Embedding, RMSNorm, causal multi-head attention with
+ * per-head LayerNorm QK-norm and RoPE, the dense SwiGLU FFN (SwiGLUFFN), the MoE / MoMa FFN
+ * (MoEFeedForward over lib/moe MoMaFFN), and the decoder block with swin (default) or pre norm
+ * placement.
  *
- * Routing modes: by default the MoE FFN and MoD blocks route by batch top-k (training mode, SPEC
- * §2–3); with `ctx.causal` the MoE FFN routes by the auxiliary routers' scores (SPEC §4) and MoD
+ * Routing modes: by default the MoE FFN and MoD blocks route by batch top-k (training mode);
+ * with `ctx.causal` the MoE FFN routes by the auxiliary routers' scores (docs/INFERENCE.md) and MoD
  * blocks run on rows chosen by the caller (lib/model/transformer.ts decides them from â > 0.5).
  * `ctx.observer` sees each training-mode decision (aux-router training and evaluation). Blocks
  * also run incrementally over a KV cache (forwardCached: generation).
@@ -163,7 +164,7 @@ export class Attention extends Module {
 }
 
 /**
- * The dense SwiGLU FFN of SPEC §2, FFN(v) = (SiLU(v·W1ᵀ) ⊙ (v·W3ᵀ))·W2ᵀ, on every row: what a
+ * The dense SwiGLU FFN, FFN(v) = (SiLU(v·W1ᵀ) ⊙ (v·W3ᵀ))·W2ᵀ, on every row: what a
  * `kind: 'dense'` decoder trains and what the benchmarks time against the MoE layers. Linear
  * children w1, w3 [dFF, dModel] and w2 [dModel, dFF] (PyTorch layout); autograd forward.
  */
@@ -284,7 +285,7 @@ export class MoEFeedForward extends Module {
 
 export type NormPlacement = 'swin' | 'pre';
 
-/** Routing by the auxiliary routers (SPEC §4 causal mode) instead of batch top-k. */
+/** Routing by the auxiliary routers (causal mode, docs/INFERENCE.md) instead of batch top-k. */
 export interface CausalRouting {
   /** a [T, E] float32: expert e of a routed group takes row t iff a[t, e] > 0.5. */
   expertSelect(site: string, v: Tensor): Tensor;
@@ -396,7 +397,7 @@ export interface MoDCachedRows extends MoDRows {
 }
 
 /**
- * Mixture-of-depths (SPEC §3, staged before the modality split): a router ĝ = sigmoid(x·ŵ) picks
+ * Mixture-of-depths (staged before the modality split; docs/TRAINING.md, "The model"): a router ĝ = sigmoid(x·ŵ) picks
  * the k = ceil(c_d · T_valid) non-padding rows with the largest ĝ in the micro-batch; the block
  * runs on those rows only (attention among them within their sequence and document, causal by
  * original position, RoPE at original positions; the FFN routes among them), and row t becomes

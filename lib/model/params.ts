@@ -21,9 +21,9 @@
  *                          min(topK, E_g) with token choice. The maximum of a_g over the groups is used, so
  *                          active = total − L·(E − a)·3·d·f. Embedding, LM head, routers and MoD layers count
  *                          in full (MoD: the view of a row the MoD router selects; see FLOPs for expectations).
- * SPEC §7 (Table 1) ignores the norm weights and routers; they are < 0.1% of every tier.
+ * The paper's Table 1 totals ignore the norm weights and routers; they are < 0.1% of every tier.
  *
- * Forward FLOPs per row (SPEC §6, multiply-add = 2 FLOPs; expectations over rows):
+ * Forward FLOPs per row (docs/EXPERIMENTS.md, "Training FLOPs"; multiply-add = 2 FLOPs; expectations over rows):
  *   attention projections 8d², attention scores and weighted sum 4·d·L_t, FFN 6·d·f per (row, expert)
  *   assignment, routers 2·d·E_g (groups with E_g > 1) and 2·d per MoD router, LM head 2·d·V. A MoD layer
  *   runs its block on a fraction c_d of the rows, so its block terms are scaled by c_d, and a selected row
@@ -150,7 +150,7 @@ function finish(parts: Omit<FlopsBreakdown, 'excludingScores' | 'total' | 'train
   return { ...parts, excludingScores, total, training: 3 * total };
 }
 
-/** Expected forward FLOPs per row (SPEC §6; convention: see the module comment), at sequence length `seqLen` (default 4096). */
+/** Expected forward FLOPs per row (convention: see the module comment), at sequence length `seqLen` (default 4096). */
 export function forwardFlopsPerRow(config: TransformerConfig, options: { seqLen?: number } = {}): FlopsReport {
   const r = resolve(config);
   const seqLen = options.seqLen ?? 4096;

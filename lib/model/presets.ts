@@ -1,5 +1,5 @@
 /**
- * Named model presets (SPEC.md §7): tiny configs that train in minutes on a CPU, and the paper's
+ * Named model presets (docs/MODELS.md): tiny configs that train in minutes on a CPU, and the paper's
  * Table 1 tiers (90M, 435M, 1.4B) as dense, MoE 8x, 1t1i, MoMa 4t4i and their MoD versions.
  *
  * Table tiers: vocabulary 65,536 (incl. 8,192 image codes), SwiGLU hidden size
@@ -89,7 +89,7 @@ for (const v of ['dense', 'moe8x', '4t4i'] as const) {
   register(`tiny-${v}-mod`, `tiny (CPU) — ${VARIANT_TEXT[v]}; MoD every 2nd layer, c_d 0.25`, () => makeConfig(TINY_MOD, v, TINY_VOCAB, true));
 }
 
-/** SPEC §7 / Table 1: the dense column and the MoD column of each tier. */
+/** The paper's Table 1: the dense column and the MoD column of each tier. */
 export const TABLE1_TIERS: Readonly<Record<'90m' | '435m' | '1.4b', { dense: Shape; mod: Shape }>> = {
   '90m': { dense: { layers: 8, dModel: 512, ffn: 2048, heads: 8 }, mod: { layers: 14, dModel: 512, ffn: 2048, heads: 8 } },
   '435m': { dense: { layers: 24, dModel: 1024, ffn: 4096, heads: 16 }, mod: { layers: 40, dModel: 1024, ffn: 4096, heads: 16 } },

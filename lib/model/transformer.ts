@@ -1,9 +1,9 @@
 /**
- * The early-fusion decoder of SPEC.md §1: token embedding, decoder blocks (dense, moe or moma
+ * The early-fusion decoder (docs/TRAINING.md, "The model"): token embedding, decoder blocks (dense, moe or moma
  * FFN), final RMSNorm and an untied LM head, with the next-token loss overall and per modality of
  * the target token (and optional z-loss in the training loss).
  *
- * Two routing modes (SPEC §4): training mode (`logits`, `loss`: batch top-k, what training
+ * Two routing modes (docs/INFERENCE.md): training mode (`logits`, `loss`: batch top-k, what training
  * optimises) and causal mode (`causalLogits`, `causalLoss`, `decode`: the auxiliary routers decide
  * per row, so a row's output never depends on later rows). Causal mode reads each MoD layer's
  * â to the host to size the block's rows, so those methods are async.
@@ -77,7 +77,7 @@ export interface DecodeStepOptions {
 /** A micro-batch on the device: T rows (B sequences of S positions, flattened). */
 export interface Batch {
   tokens: Tensor;       // int32 [T]
-  targets: Tensor;      // int32 [T], -1 where the row does not count in the loss (SPEC §1)
+  targets: Tensor;      // int32 [T], -1 where the row does not count in the loss (see makeBatch)
   positions: Tensor;    // int32 [T], index inside the sequence
   segStart: Tensor;     // int32 [T], first row of the row's document (attention mask; t for padding)
   modality: Tensor;     // int32 [T], modality of the input token (-1 padding)
@@ -98,13 +98,13 @@ export function disposeBatch(batch: Batch): void {
 export interface LossOutput {
   /** The training loss (mean next-token cross-entropy + z-loss), a scalar with a gradient. */
   loss: Tensor;
-  /** Per-row cross-entropy (float32 [T], 0 for rows that do not count, SPEC §1). */
+  /** Per-row cross-entropy (float32 [T], 0 for rows that do not count). */
   nll: Tensor;
   /** Mean loss per modality of the target token (scalars, no gradient). */
   perModality: Tensor[];
 }
 
-/** The mixture-of-depths defaults: every second layer routed, a quarter of the rows (SPEC §3). */
+/** The mixture-of-depths defaults: every second layer routed, a quarter of the rows. */
 export const MOD_DEFAULTS: Readonly<ResolvedMoD> = { interval: 2, capacity: 0.25 };
 
 /** A mixture-of-depths setting with its defaults applied (what validateConfig returns). */
@@ -206,7 +206,7 @@ export class Transformer extends Module {
   /**
    * Generation: runs token ids after those already in `cache` (one sequence, causal mode), appends
    * their keys and values to it, and returns the logits of the last one (float32 [vocab] on the host).
-   * A BOS (cache.bosId) after the sequence's first position starts a new document (SPEC §1): the
+   * A BOS (cache.bosId) after the sequence's first position starts a new document: the
    * cache drops the rows before it, so decoding gives the logits of a full causal-mode forward.
    * `decode(cache, ids, { modalityOf, routing })`: modalityOf(id) gives each id's modality, routing
    * the causal routers (AuxRouters).
@@ -425,7 +425,7 @@ export function validateConfig(config: TransformerConfig): Transformer['config']
 }
 
 /**
- * A batch from host token ids [B][S] (lib/model/batch_rows.ts decides the rows, SPEC §1): rows
+ * A batch from host token ids [B][S] (lib/model/batch_rows.ts decides the rows): rows
  * whose token is `padId` are padding (one-row segments, never attended to, never counted); a
  * document starts at each `bosId`, at each sequence start and at the first non-padding row after
  * padding; row t's target is the next token when both are non-padding and the next is not BOS.

@@ -1,5 +1,5 @@
 /**
- * Expert parallelism for expert choice (issue 15): the MoMa FFN of SPEC §2 with the experts of
+ * Expert parallelism for expert choice (issue 15): the MoMa FFN (docs/MOE.md) with the experts of
  * each modality group spread over the ranks of the process group, and routing that equals one
  * process routing the ranks' micro-batches concatenated in rank order.
  *
@@ -13,7 +13,7 @@
  *      group's N·T rows, rank h's rows at [h·T, (h+1)·T).
  *   3. every rank computes the same partition, scores (Gumbel noise keyed by the global row index,
  *      so it equals the single process's) and route() over all N·T rows: the capacities come from
- *      the group counts over all N·T rows and ties go to the smaller global row (SPEC §2).
+ *      the group counts over all N·T rows and ties go to the smaller global row.
  *   4. the host reads the routing (expertOffsets, slotRow, slotGate: E + 1 + 2·R numbers, one host
  *      sync per layer) and plans the exchange (planExchange): which of its rows go to which rank,
  *      and the orders on both sides.

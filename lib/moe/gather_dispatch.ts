@@ -1,5 +1,5 @@
 /**
- * Expert parallelism with an all-gather dispatch: the synchronous form of the MoMa FFN of SPEC §2
+ * Expert parallelism with an all-gather dispatch: the synchronous form of the MoMa FFN (docs/MOE.md)
  * with its experts spread over an expert-parallel (EP) group, used inside the autograd model in
  * training (MoEFeedForward, lib/model/layers.ts). No host reads: every shape is a host-known bound.
  *

@@ -1,5 +1,5 @@
 /**
- * MoMaFFN: the modality-aware mixture-of-experts feed-forward layer of SPEC.md §2, composed from
+ * MoMaFFN: the modality-aware mixture-of-experts feed-forward layer (docs/MOE.md), composed from
  * the native ops of ./ops. One module covers the paper's variants through its groups:
  *   moma "4t4i":  groups [{ modality: 'text', experts: 4 }, { modality: 'image', experts: 4 }]
  *   moe "8x":     groups [{ modality: ['text', 'image'], experts: 8 }]  (mixed-modal expert choice)
@@ -36,7 +36,7 @@ export interface MoeGroupConfig {
 }
 
 /**
- * The router function when the config names none (SPEC §2): sigmoid for expert choice (the
+ * The router function when the config names none (docs/MOE.md, "Token choice"): sigmoid for expert choice (the
  * paper's choice), softmax for token choice (each row takes its k best experts by softmax score).
  */
 export function defaultRouter(routing: RoutingMode | undefined): RouterFn {
@@ -331,7 +331,7 @@ export class MoMaFFN {
   /**
    * y [T, dModel] for rows x [T, dModel] of modality ids `modality` (int32 [T], -1 = padding).
    * With `training` and config.gumbel, Gumbel noise is drawn from `generator` (required then).
-   * With `select` (float32 [T, E], the auxiliary routers' probabilities; SPEC §4 causal mode),
+   * With `select` (float32 [T, E], the auxiliary routers' probabilities; causal mode, docs/INFERENCE.md),
    * expert e takes every row of its group with select > 0.5 instead of the batch top-k.
    */
   forward(x: Tensor, modality: Tensor, options: { training?: boolean; generator?: Generator; select?: Tensor } = {}): { y: Tensor; ctx: MoMaFFNContext } {

@@ -1,7 +1,7 @@
 /**
- * The mixture-of-experts ops of SPEC.md §2 as functions on tensors: modality partition, router
+ * The mixture-of-experts ops (docs/MOE.md) as functions on tensors: modality partition, router
  * scores, capacity-bounded expert-choice (or token-choice) routing, the causal threshold routing
- * of SPEC §4 (auxiliary-router probabilities > 0.5, no capacity), dispatch (gatherRows), grouped
+ * of causal mode (docs/INFERENCE.md; auxiliary-router probabilities > 0.5, no capacity), dispatch (gatherRows), grouped
  * expert GEMMs, SwiGLU, combine, and the backward pieces. All run on the tensors' device without
  * a host sync: data-dependent counts stay in int32 tensors, buffers are sized by bounds.
  */
@@ -187,7 +187,7 @@ export interface RouteOptions extends RoutingOptions {
 
 /**
  * Which rows each expert takes: `route(scores, partition, { layout, mode, capacityFactor, topK, select })`
- * (expert choice by default; SPEC §2). Threshold mode (SPEC §4, causal): expert e takes every row
+ * (expert choice by default; docs/MOE.md). Threshold mode (causal mode, docs/INFERENCE.md): expert e takes every row
  * t of its group with options.select[t, e] > 0.5 (NaN: not), gated by scores[t, e]; single-expert
  * groups take all their rows with gate 1.
  */
@@ -310,7 +310,7 @@ export function routingStats(partition: Partition, routing: Routing, layout: Moe
 }
 
 /**
- * Mixture-of-depths selection (SPEC §3): the k rows with modality ≥ 0 and the largest scores
+ * Mixture-of-depths selection (docs/TRAINING.md, "The model"): the k rows with modality ≥ 0 and the largest scores
  * (ties to the smaller row), as int32 [k] in increasing row order.
  */
 export function modSelect(scores: Tensor, modality: Tensor, k: number): Tensor {

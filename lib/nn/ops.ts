@@ -1,5 +1,5 @@
 /**
- * The transformer ops of SPEC.md §1 as plain functions on tensors (no autograd): RMSNorm,
+ * The transformer ops (docs/TRAINING.md, "The model") as plain functions on tensors (no autograd): RMSNorm,
  * per-head LayerNorm (QK-norm), RoPE, causal segment attention, cross-entropy, and the fused
  * AdamW step, each with its backward. The autograd layer (lib/autograd) builds on these.
  */

@@ -1,7 +1,7 @@
 /**
  * AdamW over a Module's parameters with the fused native step (lib/nn/ops adamwStep): fp32
  * parameters and moments, decoupled weight decay (not on norms, biases and embeddings unless
- * asked), gradient clipping by global norm. Defaults follow the paper's recipe (SPEC §7):
+ * asked), gradient clipping by global norm. Defaults follow the paper's recipe (docs/MODELS.md):
  * betas (0.9, 0.95), eps 1e-5, clip 1.0.
  *
  * Clipping stays on the device: the global norm and the factor min(1, clipNorm / (norm + 1e-6))

@@ -1,5 +1,5 @@
 /**
- * The second training stage (SPEC §4, `moma train-aux`): the main model is frozen (evaluated under
+ * The second training stage (`moma train-aux`, docs/INFERENCE.md): the main model is frozen (evaluated under
  * noGrad, its parameters never see a gradient or an optimizer) and the auxiliary routers learn,
  * with AdamW, the binary cross-entropy against the batch top-k selections of training-mode
  * forwards on the run's training data. Learning rate: linear warm-up to `lr`, then linear decay to

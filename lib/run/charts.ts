@@ -30,8 +30,13 @@ export interface LineChartOptions {
   markers?: ChartSeries[];
   /** Legend title (the legend shows when there are several series; default 'series'). */
   legendTitle?: string;
-  /** Colours by series name (default: Vega's category palette). */
+  /** Colours by series name (default: Vega's category palette, or `scheme`). */
   colors?: Record<string, string>;
+  /** A Vega colour scheme sampled once per series in order (e.g. 'viridis' for layers 0…L−1), when `colors` is not given. */
+  scheme?: string;
+  /** Bounds the y axis always shows (the data may widen it), e.g. 0 and 1 for a share. */
+  yMin?: number;
+  yMax?: number;
   /** Draw the raw line only (no smoothing), e.g. a learning-rate schedule. */
   raw?: boolean;
   /** d3 number format of the y axis (default '~g'; '~s' for SI prefixes such as 12k). */
@@ -117,8 +122,9 @@ export function lineChartSpec(options: LineChartOptions): vega.Spec {
   }
   const markers = (options.markers ?? []).flatMap((s) => rowsOf(s, 'smooth', log));
   const names = [...new Set([...options.series, ...(options.markers ?? [])].map((s) => s.name))];
-  const colorRange = options.colors ? names.map((n) => options.colors![n] ?? '#555555') : { scheme: 'category10' };
+  const colorRange = options.colors ? names.map((n) => options.colors![n] ?? '#555555') : options.scheme !== undefined ? { scheme: options.scheme, count: names.length } : { scheme: 'category10' };
   const fields = (field: string): vega.ScaleDataRef[] => [{ data: 'lines', field }, { data: 'markers', field }];
+  const yBounds = [options.yMin, options.yMax].filter((y): y is number => typeof y === 'number' && Number.isFinite(y) && (!log.y || y > 0)).map((y) => ({ y }));
   return {
     $schema: 'https://vega.github.io/schema/vega/v5.json',
     width: options.width ?? 420,
@@ -129,10 +135,11 @@ export function lineChartSpec(options: LineChartOptions): vega.Spec {
     data: [
       { name: 'lines', values: lines },
       { name: 'markers', values: markers },
+      { name: 'yBounds', values: yBounds },
     ],
     scales: [
       { name: 'x', type: log.x ? 'log' : 'linear', domain: { fields: fields('x') }, range: 'width', nice: !log.x, zero: false },
-      { name: 'y', type: log.y ? 'log' : 'linear', domain: { fields: fields('y') }, range: 'height', nice: !log.y, zero: false },
+      { name: 'y', type: log.y ? 'log' : 'linear', domain: { fields: [...fields('y'), { data: 'yBounds', field: 'y' }] }, range: 'height', nice: !log.y, zero: false },
       { name: 'color', type: 'ordinal', domain: names, range: colorRange as vega.RangeScheme },
     ],
     axes: [

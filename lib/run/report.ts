@@ -3,14 +3,17 @@
  * (`moma report <run dir>`, and by `trainRun` at the end or on a stop):
  *   report.svg   loss per modality against tokens and against training FLOPs, side by side
  *   report.png   the same picture, rendered by sharp at twice the size
- *   report.html  one self-contained page (inline SVG, no scripts, no network): a summary table,
- *                the loss, learning-rate and throughput charts, the last routing statistics of
- *                MoE models, and the run configuration.
+ *   report.html  one self-contained page (inline SVG, no scripts, no network): a summary table;
+ *                charts of the loss, the held-out loss, learning rate, gradient norm, throughput
+ *                and MFU over training; for MoE models routing load, coverage and mean gate per
+ *                layer over training and the last routing statistics; and the run configuration.
+ * `reportChartSpecs` gives the charts as Vega specs (their data is what the tests check).
  * `summarizeMetrics` gives the numbers the CLI prints at the end of a run.
  *
  * A step record holds the means over the steps since the previous record (`interval` of them,
  * `logEvery` unless an evaluation, checkpoint or stop came first); records written before
- * `interval` existed covered one step each.
+ * `interval` existed covered one step each. Step records carry `kind: 'step'` and an ISO `time`,
+ * or (written before those existed) neither: both read alike.
  *
  * Any value may be missing or not a finite number (a diverged run's null losses, a hand-edited or
  * older file): tables show '-', charts leave a gap, sums and means skip it.
@@ -18,6 +21,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import sharp from 'sharp';
+import type * as vega from 'vega';
 import { MomaError } from '../errors';
 import { writeFileAtomic } from '../io/files';
 import { countParameters } from '../model/params';
@@ -79,9 +83,12 @@ function lossRow(record: { loss?: unknown; lossPerModality?: unknown }): LossRow
   return row;
 }
 
-/** The training step records of a run's metrics, without the other kinds readMetrics may pass on (a 'skip' record). */
+/** The training step records of a run's metrics (`kind: 'step'`, or no kind in older files), without the other kinds readMetrics may pass on (a 'skip' record). */
 export function trainingRecords(steps: StepRecord[]): StepRecord[] {
-  return steps.filter((r) => (r as { kind?: unknown }).kind === undefined);
+  return steps.filter((r) => {
+    const kind = (r as { kind?: unknown }).kind;
+    return kind === undefined || kind === 'step';
+  });
 }
 
 /** A record's FLOPs (total and per modality), zeros where missing. */
@@ -150,31 +157,127 @@ function lossSeries(records: LossRecord[], x: (r: LossRecord) => number | null, 
   }));
 }
 
-/** The four charts of a report, as SVG strings. */
-async function renderCharts(steps: StepRecord[], evals: EvalRecord[], modalities: string[]): Promise<{ lossTokens: string; lossFlops: string; lr: string; throughput: string }> {
+/** Whether any series has a point with a finite x and y (a chart without one has no axis range). */
+function hasPoints(series: ChartSeries[]): boolean {
+  return series.some((s) => s.points.some(([x, y]) => Number.isFinite(x) && y !== null && Number.isFinite(y)));
+}
+
+/** One layer's routing in one record (null where the record has nothing to measure it by). */
+export interface LayerRouting {
+  layer: number;
+  /** The busiest expert's rows over the mean rows per expert of its group, for the layer's most unequal group (1: even). */
+  load: number | null;
+  /** Share of the experts of the layer's groups that had rows which selected at least one row. */
+  coverage: number | null;
+  /** Mean gate of the rows the layer's experts selected (each expert's mean weighted by its rows). */
+  meanGate: number | null;
+}
+
+/** Load, coverage and mean gate per layer from one record's routing statistics (entries with non-finite values are skipped). */
+export function layerRouting(experts: ExpertStat[]): LayerRouting[] {
+  const valid = experts.filter((e) => Number.isInteger(e?.layer) && Number.isInteger(e.group) && Number.isFinite(e.rows) && e.rows >= 0);
+  const layers = [...new Set(valid.map((e) => e.layer))].sort((a, b) => a - b);
+  return layers.map((layer) => {
+    const own = valid.filter((e) => e.layer === layer);
+    let load: number | null = null;
+    let used = 0;
+    let counted = 0;
+    for (const group of new Set(own.map((e) => e.group))) {
+      const rows = own.filter((e) => e.group === group).map((e) => e.rows);
+      const total = rows.reduce((a, b) => a + b, 0);
+      if (total === 0) continue;  // the group's modality was absent from the micro-batch
+      load = Math.max(load ?? 0, Math.max(...rows) / (total / rows.length));
+      used += rows.filter((r) => r > 0).length;
+      counted += rows.length;
+    }
+    const gated = own.filter((e) => e.rows > 0 && Number.isFinite(e.meanGate));
+    const gatedRows = gated.reduce((a, e) => a + e.rows, 0);
+    return {
+      layer, load, coverage: counted > 0 ? used / counted : null,
+      meanGate: gatedRows > 0 ? gated.reduce((a, e) => a + e.rows * e.meanGate, 0) / gatedRows : null,
+    };
+  });
+}
+
+/** One series per layer of a routing measure against the step, over the records that carry routing statistics. */
+function routingSeries(steps: StepRecord[], measure: (l: LayerRouting) => number | null): ChartSeries[] {
+  const byLayer = new Map<number, [number, number | null][]>();
+  for (const r of steps) {
+    const step = finiteOrNull(r.step);
+    if (step === null || !Array.isArray(r.routing) || r.routing.length === 0) continue;
+    for (const l of layerRouting(r.routing)) {
+      if (!byLayer.has(l.layer)) byLayer.set(l.layer, []);
+      byLayer.get(l.layer)!.push([step, measure(l)]);
+    }
+  }
+  return [...byLayer.entries()].sort(([a], [b]) => a - b).map(([layer, points]) => ({ name: `layer ${layer}`, points }));
+}
+
+/** The Vega specs of a report's charts, by name; the routing charts only when some record carries routing statistics. */
+export function reportChartSpecs(steps: StepRecord[], evals: EvalRecord[], modalities: string[]): Record<string, vega.Spec> {
   const subtitle = 'faint: each record (mean of its steps); bold: smoothed; dots: held-out evaluation';
+  const perRecord = 'faint: each record (mean of its steps); bold: smoothed';
   const byTokens = (r: LossRecord): number | null => finiteOrNull(r.tokens);
   const byFlops = (r: LossRecord): number | null => finiteOrNull((r.flops as { total?: unknown } | undefined)?.total);
   const byStep = (r: StepRecord): number => finiteOrNull(r.step) ?? NaN;
-  const [lossTokens, lossFlops, lr, throughput] = await Promise.all([
-    renderSvg(lineChartSpec({
+  const held = lossSeries(evals, byTokens, modalities);
+  const specs: Record<string, vega.Spec> = {
+    lossTokens: lineChartSpec({
       title: 'Training loss by modality', subtitle, xTitle: 'tokens', yTitle: 'loss (nats per token)', yScale: 'log', legendTitle: 'modality', colors: COLORS,
-      series: lossSeries(steps, byTokens, modalities), markers: lossSeries(evals, byTokens, modalities),
-    })),
-    renderSvg(lineChartSpec({
+      series: lossSeries(steps, byTokens, modalities), markers: held,
+    }),
+    lossFlops: lineChartSpec({
       title: 'Training loss against compute', subtitle, xTitle: 'training FLOPs', yTitle: 'loss (nats per token)', xScale: 'log', yScale: 'log', legendTitle: 'modality', colors: COLORS,
       series: lossSeries(steps, byFlops, modalities), markers: lossSeries(evals, byFlops, modalities),
-    })),
-    renderSvg(lineChartSpec({
+    }),
+    // a held-out chart only when an evaluation has a finite loss (an empty chart has no axis range)
+    ...(hasPoints(held) ? {
+      heldOut: lineChartSpec({
+        title: 'Held-out loss by modality', subtitle: 'each evaluation on the held-out data', xTitle: 'tokens', yTitle: 'loss (nats per token)', yScale: 'log', legendTitle: 'modality', colors: COLORS,
+        raw: true, series: held, markers: held,
+      }),
+    } : {}),
+    lr: lineChartSpec({
       title: 'Learning rate', xTitle: 'step', yTitle: 'learning rate', raw: true, colors: { 'learning rate': COLORS.overall! },
       series: [{ name: 'learning rate', points: steps.map((r) => [byStep(r), finiteOrNull(r.lr)]) }],
-    })),
-    renderSvg(lineChartSpec({
+    }),
+    gradNorm: lineChartSpec({
+      title: 'Gradient norm', subtitle: `${perRecord}; before clipping`, xTitle: 'step', yTitle: 'global gradient norm', yScale: 'log', colors: { 'grad norm': COLORS.overall! },
+      series: [{ name: 'grad norm', points: steps.map((r) => [byStep(r), finiteOrNull(r.gradNorm)]) }],
+    }),
+    throughput: lineChartSpec({
       title: 'Throughput', subtitle: 'faint: each record (its steps); bold: smoothed', xTitle: 'step', yTitle: 'tokens per second', yFormat: '~s', colors: { 'tokens/s': COLORS.overall! },
       series: [{ name: 'tokens/s', points: steps.map((r) => [byStep(r), finiteOrNull(r.tokensPerSecond)]) }],
-    })),
-  ]);
-  return { lossTokens, lossFlops, lr, throughput };
+    }),
+    mfu: lineChartSpec({
+      title: 'Model FLOPs utilisation', subtitle: `${perRecord}; of the device's peak`, xTitle: 'step', yTitle: 'MFU', yFormat: '.2~%', yMin: 0, colors: { MFU: COLORS.overall! },
+      series: [{ name: 'MFU', points: steps.map((r) => [byStep(r), finiteOrNull(r.mfu)]) }],
+    }),
+  };
+  const load = routingSeries(steps, (l) => l.load);
+  if (load.length > 0) {
+    const routed = 'records with routing statistics';
+    specs.routingLoad = lineChartSpec({
+      title: 'Routing load per layer', subtitle: `${routed}; busiest expert over its group's mean, 1 = even`, xTitle: 'step', yTitle: 'max / mean rows per expert', yMin: 1, yMax: 2,
+      legendTitle: 'MoE layer', scheme: 'viridis', raw: true, series: load,
+    });
+    specs.routingCoverage = lineChartSpec({
+      title: 'Expert coverage per layer', subtitle: `${routed}; share of experts that selected rows`, xTitle: 'step', yTitle: 'experts in use', yFormat: '.0%', yMin: 0, yMax: 1,
+      legendTitle: 'MoE layer', scheme: 'viridis', raw: true, series: routingSeries(steps, (l) => l.coverage),
+    });
+    specs.routingGate = lineChartSpec({
+      title: 'Mean gate per layer', subtitle: `${routed}; router weight of the selected rows`, xTitle: 'step', yTitle: 'mean gate', yMin: 0, yMax: 1,
+      legendTitle: 'MoE layer', scheme: 'viridis', raw: true, series: routingSeries(steps, (l) => l.meanGate),
+    });
+  }
+  return specs;
+}
+
+/** The report's charts (reportChartSpecs) rendered to SVG strings, by the same names. */
+async function renderCharts(specs: Record<string, vega.Spec>): Promise<Record<string, string>> {
+  const names = Object.keys(specs);
+  const svgs = await Promise.all(names.map((name) => renderSvg(specs[name]!)));
+  return Object.fromEntries(names.map((name, i) => [name, svgs[i]!]));
 }
 
 function escapeHtml(text: string): string {
@@ -288,13 +391,17 @@ export async function writeReport(runDir: string): Promise<ReportFiles> {
   const evals = read.evals;
   const modalities = run.model.modalities ?? ['text', 'image'];
   const summary = summarizeMetrics(steps, evals);
-  const charts = await renderCharts(steps, evals, modalities);
+  const charts = await renderCharts(reportChartSpecs(steps, evals, modalities));
   const files: ReportFiles = { html: path.join(runDir, 'report.html'), svg: path.join(runDir, 'report.svg'), png: path.join(runDir, 'report.png') };
 
-  const picture = sideBySide([charts.lossTokens, charts.lossFlops]);
+  const picture = sideBySide([charts.lossTokens!, charts.lossFlops!]);
   writeFileAtomic(files.svg, picture);
   writeFileAtomic(files.png, await sharp(Buffer.from(picture), { density: 144 }).png().toBuffer());
 
+  const row = (...names: string[]): string => `<div class="charts">${names.map((n) => charts[n]).filter((svg) => svg !== undefined).join('')}</div>`;
+  const routingOverTraining = charts.routingLoad === undefined ? '' : `<h2>Routing over training</h2>
+<p>Per MoE layer, from each record that carries routing statistics: how unequal the experts' loads are, the share of experts in use, and the mean router weight of the rows they took. Expert choice gives every expert its capacity, so its load stays at 1.</p>
+${row('routingLoad', 'routingCoverage', 'routingGate')}`;
   const title = `moma run ${path.basename(path.resolve(runDir))} — ${run.config.preset}`;
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title><style>${STYLE}</style></head>
@@ -303,9 +410,13 @@ export async function writeReport(runDir: string): Promise<ReportFiles> {
 ${summaryTable(run, summary)}
 <h2>Loss</h2>
 ${lossTable(summary, modalities)}
-<div class="charts">${charts.lossTokens}${charts.lossFlops}</div>
-<h2>Learning rate and throughput</h2>
-<div class="charts">${charts.lr}${charts.throughput}</div>
+${row('lossTokens', 'lossFlops')}
+${charts.heldOut !== undefined ? row('heldOut') : ''}
+<h2>Optimisation</h2>
+${row('lr', 'gradNorm')}
+<h2>Throughput and utilisation</h2>
+${row('throughput', 'mfu')}
+${routingOverTraining}
 ${summary.routing ? routingTable(run, summary.routing) : ''}
 <h2>Configuration (run.json)</h2>
 <pre>${escapeHtml(JSON.stringify(run, null, 2))}</pre>

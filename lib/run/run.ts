@@ -4,15 +4,22 @@
  * `trainRun`; tests call it directly.
  *
  * Run directory:
- *   run.json             the resolved settings, model config, dataset, optimiser, version, start time
+ *   run.json             the resolved settings, model config, dataset, optimiser, version, start
+ *                        time, environment (lib/run/environment.ts), resumes
  *   vocab.json + files   the vocabulary layout and the tokenizer files the dataset names
- *   metrics.jsonl        one JSON object per logged step (every `logEvery` steps, and at each
- *                        evaluation, checkpoint and stop) with the means since the previous one,
- *                        and {"kind":"eval", …} per held-out evaluation
+ *   metrics.jsonl        one JSON object per logged step, {"kind":"step", "time": ISO 8601, …}
+ *                        (every `logEvery` steps, and at each evaluation, checkpoint and stop) with
+ *                        the means since the previous one,
+ *                        and {"kind":"eval", …} per held-out evaluation,
+ *                        {"kind":"sample", …} per sample generation (lib/run/samples.ts),
  *                        and {"kind":"skip", …} when a logged step found steps with a non-finite loss
  *                        or gradient norm that were skipped (`skipNonfinite`)
  *   checkpoints/step-NNNNNN/   the newest two checkpoints (an older one is deleted only after the
- *                        new one is complete; each is written under a temporary name and renamed)
+ *                        new one is complete; each is written under a temporary name and renamed),
+ *                        every `checkpointEvery` steps and at the first logged step
+ *                        `checkpointMinutes` of wall time after the previous one (when set)
+ *   samples/             the sample generations at each evaluation, for models that can generate
+ *   tensorboard/         TensorBoard event files (`tensorboard`; lib/run/tensorboard.ts)
  *
  * Diverged training (a non-finite loss or gradient norm, lib/train/trainer.ts) stops the run with
  * ERR_NONFINITE at the next logged step, past the `skipNonfinite` budget: every checkpoint is taken
@@ -47,17 +54,25 @@ import { SequencePacker } from '../data/packer';
 import { openShardSet } from '../data/shard_set';
 import { modalityOfId, parseVocabLayout, VocabLayout, vocabFromSpec } from '../data/vocab';
 import { readJson, writeFileAtomic, writeJsonAtomic } from '../io/files';
-import { barrier, isInitialized, world } from '../distributed/process_group';
+import { barrier, broadcast, isInitialized, world } from '../distributed/process_group';
+import { full } from '../creation';
 import { readCheckpoint } from '../train/checkpoint';
 import { evaluate } from '../train/evaluate';
-import { NonfiniteSkip, StepMetrics, Trainer } from '../train/trainer';
-import { EvalRecord, MetricsRecord, readMetrics, readRunFile, RunFile, StepRecord } from './records';
+import { StepMetrics, Trainer } from '../train/trainer';
+import { runEnvironment } from './environment';
+import { EvalRecord, MetricsRecord, readMetrics, readRunFile, RunFile, SampleRecord, SkipRecord, StepRecord } from './records';
+import { RunSampler } from './samples';
+import { EVENTS_DIR, evalScalars, stepScalars, TensorBoardWriter, truncateEvents, wallTimeOf } from './tensorboard';
 import { summarizeMetrics, trainingRecords, writeReport, MetricsSummary, ReportFiles } from './report';
 import { RunConfigSources, resolveRunConfig, RUN_DEFAULTS, RunSettings } from './run_config';
 
 export interface RunOptions extends RunConfigSources {
   /** Train on this dataset instead of opening settings.data (custom data, tests). */
   dataset?: MixedModalDataset;
+  /** The command line recorded in run.json's environment (default: process.argv less the node executable). */
+  commandLine?: string[];
+  /** Milliseconds since some origin, read for `checkpointMinutes` (default Date.now). */
+  clock?: () => number;
 }
 
 export interface RunStartInfo {
@@ -72,14 +87,15 @@ export interface RunStartInfo {
   resumedFrom: string | null;
 }
 
-/** A metrics.jsonl line of a logged step that found skipped non-finite steps. */
-export type SkipRecord = NonfiniteSkip & { kind: 'skip' };
+export type { SkipRecord } from './records';
 
 export interface RunHooks {
   onStart?(info: RunStartInfo): void;
   onStep?(record: StepRecord): void;
   onSkip?(record: SkipRecord): void;
   onEval?(record: EvalRecord): void;
+  /** A sample generation after an evaluation (models that can generate: lib/run/samples.ts). */
+  onSample?(record: SampleRecord): void;
   onCheckpoint?(info: { step: number; dir: string }): void;
   /** Aborting stops the run after the current step; it then checkpoints and writes the report. */
   signal?: AbortSignal;
@@ -96,6 +112,8 @@ export interface RunSummary extends MetricsSummary {
   checkpoint: string;
   /** The report's files; null on data-parallel ranks other than 0 (rank 0 writes the run directory). */
   report: ReportFiles | null;
+  /** The folder of the TensorBoard event files, or null without `tensorboard` (and on ranks other than 0). */
+  tensorboard: string | null;
 }
 
 const SCHEDULE_FLOOR = 0.01;
@@ -236,7 +254,7 @@ function runRanks(): { rank: number; ranks: number } {
   return { rank: world().rank, ranks: world().worldSize };
 }
 
-function newRunFile(settings: RunSettings, dataset: MixedModalDataset): RunFile {
+function newRunFile(settings: RunSettings, dataset: MixedModalDataset, commandLine: string[] | undefined): RunFile {
   const model = preset(settings.preset, {
     ...settings.model, vocabSize: dataset.layout.size, modalities: ['text', 'image'], device: settings.device, seed: settings.seed,
     computeDtype: settings.dtype ?? RUN_DEFAULTS.dtype,
@@ -244,6 +262,7 @@ function newRunFile(settings: RunSettings, dataset: MixedModalDataset): RunFile 
   const parameters = countParameters(model);
   return {
     format: 'moma-run', version: 1, moma: momaVersion(), startedAt: new Date().toISOString(),
+    environment: runEnvironment(commandLine),
     config: settings, model, parameters: { total: parameters.total, active: parameters.active },
     dataset: { name: dataset.name, vocabHash: dataset.layout.hash, vocabSize: dataset.layout.size, files: Object.keys(dataset.files) },
     optimizer: {
@@ -309,13 +328,14 @@ function prepareResume(runDir: string, settings: RunSettings, dataset: MixedModa
 }
 
 /** Rank 0's part of a resume: drops partial checkpoints and the metrics past the checkpoint, and records the resume in run.json. */
-function commitResume(runDir: string, settings: RunSettings, prepared: Prepared): void {
+function commitResume(runDir: string, settings: RunSettings, prepared: Prepared, commandLine: string[] | undefined): void {
   const { run, checkpoint } = prepared;
   removePartialCheckpoints(runDir);
   truncateMetrics(path.join(runDir, 'metrics.jsonl'), checkpoint!.step);
+  onDisk('truncate the TensorBoard event files', () => truncateEvents(path.join(runDir, EVENTS_DIR), checkpoint!.step));
   run.config = settings;
   run.optimizer.schedule.total = settings.steps;
-  run.resumes = [...(run.resumes ?? []), { step: checkpoint!.step, at: new Date().toISOString(), steps: settings.steps }];
+  run.resumes = [...(run.resumes ?? []), { step: checkpoint!.step, at: new Date().toISOString(), steps: settings.steps, environment: runEnvironment(commandLine) }];
   run.parallel = parallelOf(settings);
   writeJsonAtomic(path.join(runDir, 'run.json'), run);
 }
@@ -366,9 +386,9 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     prepared = prepareResume(runDir, settings, dataset);
     // every rank has read run.json, the metrics and the checkpoint list before rank 0 rewrites them
     if (ranks > 1) await barrier();
-    if (writer) commitResume(runDir, settings, prepared);
+    if (writer) commitResume(runDir, settings, prepared, options.commandLine);
   } else {
-    const run = newRunFile(settings, dataset);
+    const run = newRunFile(settings, dataset, options.commandLine);
     if (writer) createRunDir(runDir, run, dataset);
     prepared = { run, checkpoint: null, records: [] };
   }
@@ -384,10 +404,16 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
   const appendRecord = (record: MetricsRecord | SkipRecord): void => {
     if (writer) onDisk(`append to ${metricsFile}`, () => fs.appendFileSync(metricsFile, JSON.stringify(record) + '\n'));
   };
+  const clock = options.clock ?? Date.now;
 
   const model = new Transformer(run.model);
   let trainer: Trainer | null = null;
+  let events: TensorBoardWriter | null = null;
+  let sampler: RunSampler | null = null;
   try {
+    if (writer && settings.tensorboard === true) events = TensorBoardWriter.create(path.join(runDir, EVENTS_DIR));
+    // decoding on rank 0 alone needs the whole model there (not ZeRO-3's released parameters)
+    if (writer && (settings.sharding ?? 'none') !== 'zero3') sampler = RunSampler.create(model, dataset, runDir, settings.seed);
     trainer = new Trainer({
       model, data, vocab: dataset.layout, checkpointFiles: dataset.files, steps: settings.steps,
       schedule: { peak: settings.lr, warmup: settings.warmup, shape: 'cosine', floor: SCHEDULE_FLOOR },
@@ -398,7 +424,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     });
     if (prepared.checkpoint !== null) await trainer.resume(prepared.checkpoint.dir);
     trainer.on('skip', (skip) => {
-      const record: SkipRecord = { kind: 'skip', ...skip };
+      const record: SkipRecord = { kind: 'skip', time: new Date().toISOString(), ...skip };
       appendRecord(record);
       hooks.onSkip?.(record);
     });
@@ -412,7 +438,21 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     const t = trainer;
     let lastEvalStep = prepared.records.filter((r) => 'kind' in r && r.kind === 'eval').reduce((s, r) => Math.max(s, r.step), -1);
     let lastCheckpoint = prepared.checkpoint;
+    let lastCheckpointAt = clock();
     let trainSeconds = 0;
+    const checkpointMs = (settings.checkpointMinutes ?? 0) * 60_000;
+    // checked at logged steps; the ranks checkpoint together, so rank 0's clock decides for all
+    const checkpointTimeDue = async (): Promise<boolean> => {
+      if (checkpointMs <= 0) return false;
+      const due = clock() - lastCheckpointAt >= checkpointMs;
+      if (ranks === 1) return due;
+      const agreed = broadcast(full([1], due ? 1 : 0, { device: settings.device }));
+      try {
+        return (await agreed.item()) > 0;
+      } finally {
+        agreed.dispose();
+      }
+    };
 
     const runEval = async (): Promise<void> => {
       if (heldOut === null) return;
@@ -420,14 +460,24 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       const result = await evaluate(model, heldOut, { vocab: vocabInfo, batchSize: settings.batchSize * (settings.expertParallel ?? 1) });
       const names = model.config.modalities;
       const record: EvalRecord = {
-        kind: 'eval', step: t.step, tokens: t.tokens,
+        kind: 'eval', time: new Date().toISOString(), step: t.step, tokens: t.tokens,
         flops: { total: t.flops.total, perModality: Object.fromEntries(names.map((n, m) => [n, t.flops.perModality[m] ?? 0])) },
         loss: result.loss, lossPerModality: result.perModality, targets: result.targets, targetsPerModality: result.targetsPerModality,
         seconds: Number(process.hrtime.bigint() - begun) / 1e9,
       };
       appendRecord(record);
+      events?.summary(record.step, evalScalars(record), wallTimeOf(record));
       lastEvalStep = t.step;
       hooks.onEval?.(record);
+      if (sampler !== null) {
+        const sample = await sampler.sample(t.step, t.tokens);
+        appendRecord(sample.record);
+        events?.summary(sample.record.step, [
+          { tag: 'samples/caption_to_image', image: { png: sample.png, width: sample.width, height: sample.height, channels: sample.channels } },
+          { tag: 'samples/captions', text: `**caption → image:** ${sample.record.prompt}\n\n**held-out image → caption:** ${sample.record.caption}` },
+        ], wallTimeOf(sample.record));
+        hooks.onSample?.(sample.record);
+      }
     };
     // Trainer.checkpoint refuses a state it has not found finite, and writes under a temporary name
     // renamed when complete: the old checkpoints go only once the new one is there
@@ -435,6 +485,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
       const dir = checkpointDirOf(runDir, t.step);
       await t.checkpoint(dir);
       lastCheckpoint = { step: t.step, dir };
+      lastCheckpointAt = clock();
       if (writer && fs.existsSync(path.join(dir, 'trainer.json'))) {
         for (const old of listCheckpoints(runDir).slice(KEEP_CHECKPOINTS)) fs.rmSync(old.dir, { recursive: true, force: true });
       }
@@ -444,8 +495,9 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     const logRecord = (metrics: StepMetrics | null): void => {
       if (metrics === null) return;
       trainSeconds += metrics.seconds;
-      const record: StepRecord = { ...metrics, imageFraction: data.takeImageFraction(metrics.interval * t.batchesPerStep) };
+      const record: StepRecord = { kind: 'step', time: new Date().toISOString(), ...metrics, imageFraction: data.takeImageFraction(metrics.interval * t.batchesPerStep) };
       appendRecord(record);
+      events?.summary(record.step, stepScalars(record), wallTimeOf(record));
       hooks.onStep?.(record);
     };
 
@@ -459,9 +511,10 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
         const step = t.step + 1;
         const evalDue = settings.evalEvery > 0 && step % settings.evalEvery === 0;
         const checkpointDue = settings.checkpointEvery > 0 && step % settings.checkpointEvery === 0;
-        logRecord(await t.trainStep({ log: evalDue || checkpointDue }));
+        const metrics = await t.trainStep({ log: evalDue || checkpointDue });
+        logRecord(metrics);
         if (evalDue) await runEval();
-        if (checkpointDue) await runCheckpoint();
+        if (checkpointDue || (metrics !== null && await checkpointTimeDue())) await runCheckpoint();
       }
       logRecord(await t.flushMetrics());
     } catch (err) {
@@ -476,7 +529,7 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     hooks.signal?.removeEventListener('abort', onAbort);
     if (!writer) {
       const session = { steps: t.step - startStep, tokens: t.tokens - startTokens, trainSeconds, tokensPerSecond: trainSeconds > 0 ? (t.tokens - startTokens) / trainSeconds : 0 };
-      return { ...summarizeMetrics([], []), runDir, stopped, session, wallSeconds: (Date.now() - started) / 1000, checkpoint: lastCheckpoint?.dir ?? '', report: null };
+      return { ...summarizeMetrics([], []), runDir, stopped, session, wallSeconds: (Date.now() - started) / 1000, checkpoint: lastCheckpoint?.dir ?? '', report: null, tensorboard: null };
     }
     const report = await writeReport(runDir);
     const { steps: records, evals } = readMetrics(runDir);
@@ -485,8 +538,11 @@ export async function trainRun(options: RunOptions = {}, hooks: RunHooks = {}): 
     return {
       ...summarizeMetrics(steps, evals), runDir, stopped, session,
       wallSeconds: (Date.now() - started) / 1000, checkpoint: lastCheckpoint!.dir, report,
+      tensorboard: events === null ? null : path.dirname(events.file),
     };
   } finally {
+    events?.close();
+    sampler?.dispose();
     trainer?.dispose();
     model.dispose();
   }

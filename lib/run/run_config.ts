@@ -11,7 +11,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { z } from 'zod';
-import { cudaDeviceCount, bestDevice, DeviceName, normalizeDevice } from '../device';
+import { bestDevice, DeviceName, normalizeDevice, requireUsableDevice } from '../device';
 import { MomaError } from '../errors';
 import { readJson } from '../io/files';
 import { preset, PresetOverrides } from '../model/presets';
@@ -43,6 +43,18 @@ export interface RunSettings {
   evalBatches: number;
   /** Checkpoint every this many steps (0: only at the end). */
   checkpointEvery: number;
+  /**
+   * Also checkpoint at the first logged step that ends this many minutes (fractions allowed) of
+   * wall time after the previous checkpoint, or after this invocation began (0: off). Kept on
+   * resume. Optional in the type for run.json files written before it existed (default 0).
+   */
+  checkpointMinutes?: number;
+  /**
+   * Write TensorBoard event files into <run>/tensorboard/ (lib/run/tensorboard.ts): the metrics
+   * as scalars, the sample generations as images and text. Kept on resume. Optional in the type
+   * for run.json files written before it existed (default false).
+   */
+  tensorboard?: boolean;
   /**
    * Read the metrics back (one metrics.jsonl record with the means) every this many steps; the
    * steps between never wait for the device. Always set by resolveRunConfig; optional in the type
@@ -112,6 +124,8 @@ export const RUN_DEFAULTS = {
   evalEvery: 100,
   evalBatches: 4,
   checkpointEvery: 200,
+  checkpointMinutes: 0,
+  tensorboard: false,
   logEvery: 10,
   gradAccum: 1,
   sharding: 'none',
@@ -141,6 +155,7 @@ const modelSchema = z.strictObject({
 type TextParser = (text: string) => unknown;
 const asInt: TextParser = (text) => (/^[+-]?\d+$/.test(text.trim()) ? Number(text) : text);
 const asNumber: TextParser = (text) => (/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(text.trim()) ? Number(text) : text);
+const asBoolean: TextParser = (text) => (text === 'true' ? true : text === 'false' ? false : text);
 const asFraction: TextParser = (text) => (text === 'off' || text === 'auto' ? text : asNumber(text));
 
 interface Setting {
@@ -170,6 +185,10 @@ const SETTINGS: Record<SettingKey, Setting> = {
   evalEvery: { flag: '--eval-every', expect: 'an integer in [0, 1e9] (0: only at the end)', schema: intIn(0, 1e9), fromText: asInt },
   evalBatches: { flag: '--eval-batches', expect: 'an integer in [1, 10000]', schema: intIn(1, 10000), fromText: asInt },
   checkpointEvery: { flag: '--checkpoint-every', expect: 'an integer in [0, 1e9] (0: only at the end)', schema: intIn(0, 1e9), fromText: asInt },
+  checkpointMinutes: {
+    flag: '--checkpoint-minutes', expect: 'a number of minutes in [0, 1e6] (0: off)', schema: z.number().min(0).max(1e6), fromText: asNumber,
+  },
+  tensorboard: { flag: '--tensorboard', expect: 'true or false', schema: z.boolean(), fromText: asBoolean },
   logEvery: { flag: '--log-every', expect: 'an integer in [1, 1e9]', schema: intIn(1, 1e9), fromText: asInt },
   gradAccum: { flag: '--grad-accum', expect: 'an integer in [1, 4096]', schema: intIn(1, 4096), fromText: asInt },
   sharding: { flag: '--sharding', expect: "'none', 'zero1', 'zero2' or 'zero3'", schema: z.enum(SHARDINGS as [Sharding, ...Sharding[]]), fromText: (t) => t },
@@ -275,6 +294,8 @@ export function readRunSettings(runDir: string): RunSettings {
   stored.sharding ??= RUN_DEFAULTS.sharding;
   stored.expertParallel ??= RUN_DEFAULTS.expertParallel;
   stored.skipNonfinite ??= RUN_DEFAULTS.skipNonfinite;
+  stored.checkpointMinutes ??= RUN_DEFAULTS.checkpointMinutes;
+  stored.tensorboard ??= RUN_DEFAULTS.tensorboard;
   stored.dtype ??= (stored.model as ModelOverrides | undefined)?.computeDtype ?? RUN_DEFAULTS.dtype;
   const missing = SETTING_KEYS.filter((k) => stored[k] === undefined);
   if (missing.length > 0) throw new MomaError('ERR_FILE', `run config: ${file} lacks setting(s) ${missing.join(', ')}`);
@@ -295,12 +316,7 @@ function checkPresetAndDevice(settings: RunSettings, nameOfKey: (key: SettingKey
   } catch (err) {
     throw new MomaError('ERR_ARG', `run config: ${nameOfKey('device')}: ${(err as Error).message}`);
   }
-  if (device.startsWith('cuda:')) {
-    const index = Number(device.slice(5));
-    const count = cudaDeviceCount();
-    if (index >= count) throw new MomaError('ERR_ARG', `run config: ${nameOfKey('device')} ${device}: no such device (${count} CUDA device(s) visible)`);
-  }
-  settings.device = device;
+  settings.device = requireUsableDevice(device, `run config: ${nameOfKey('device')}`);
 }
 
 /** Merges defaults, config file, values and flags (or a resumed run's run.json) into checked settings. */
@@ -349,6 +365,8 @@ export function resolveRunConfig(sources: RunConfigSources = {}): ResolvedRunCon
     evalEvery: given.evalEvery ?? RUN_DEFAULTS.evalEvery,
     evalBatches: given.evalBatches ?? RUN_DEFAULTS.evalBatches,
     checkpointEvery: given.checkpointEvery ?? RUN_DEFAULTS.checkpointEvery,
+    checkpointMinutes: given.checkpointMinutes ?? RUN_DEFAULTS.checkpointMinutes,
+    tensorboard: given.tensorboard ?? RUN_DEFAULTS.tensorboard,
     logEvery: given.logEvery ?? RUN_DEFAULTS.logEvery,
     gradAccum: given.gradAccum ?? RUN_DEFAULTS.gradAccum,
     sharding: given.sharding ?? RUN_DEFAULTS.sharding,

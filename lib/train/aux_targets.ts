@@ -1,5 +1,5 @@
 /**
- * What the auxiliary routers learn from (SPEC §4): a training-mode forward of the frozen main model
+ * What the auxiliary routers learn from (docs/INFERENCE.md): a training-mode forward of the frozen main model
  * is observed at every routed site; each observation becomes, per auxiliary router, its input rows
  * (the FFN input of the group's rows, or the MoD block input of the non-padding rows) and 0/1
  * targets (1 where the batch top-k selected the row for that expert / for the block). The loss of

@@ -1,5 +1,5 @@
 /**
- * Causal-mode evaluation (SPEC §4): the held-out loss with routing by the auxiliary routers next to
+ * Causal-mode evaluation (docs/INFERENCE.md): the held-out loss with routing by the auxiliary routers next to
  * the loss with batch top-k routing (training mode), overall and per modality, and per auxiliary
  * router its binary cross-entropy, accuracy, precision and recall against the batch top-k
  * selections of a training-mode forward on the same rows.
@@ -34,7 +34,7 @@ export interface CausalEvalResult {
 }
 
 export interface CausalEvalOptions {
-  /** The auxiliary routers (SPEC §4). */
+  /** The auxiliary routers (lib/model/aux_router.ts). */
   aux: AuxRouters;
   /** Pad, BOS and the modality of each id. */
   vocab: VocabInfo;

@@ -9,7 +9,7 @@
  *   optimizer.index.json   OptimizerIndex of a sharded checkpoint (lib/train/checkpoint.ts)
  *   optimizer shard metadata  the __metadata__ of optimizer.rank-…-of-….safetensors
  *   checksums.json         SHA-256 of every other file of the checkpoint folder
- *   run.json               RunFile (lib/run/records.ts)
+ *   run.json               RunFile (lib/run/records.ts), its environment RunEnvironment (lib/run/environment.ts)
  * config.json is a Transformer config, checked by validateConfig (lib/model/transformer.ts).
  */
 import { z } from 'zod';
@@ -80,6 +80,20 @@ export const checksumsSchema = z.strictObject({
 
 export type Checksums = z.infer<typeof checksumsSchema>;
 
+/** run.json's environment (lib/run/environment.ts): where a run started or resumed; keys added later are let through. */
+export const runEnvironmentSchema = z.looseObject({
+  host: z.string(),
+  os: z.string(),
+  cpu: z.looseObject({ model: z.string(), cores: count, threads: count }),
+  gpus: z.array(z.looseObject({ index: count, name: z.string() })),
+  cuda: z.looseObject({ driver: z.union([z.string(), z.null()]), runtime: z.union([z.string(), z.null()]) }),
+  node: z.string(),
+  moma: z.string(),
+  binary: z.looseObject({ kind: z.string(), backends: z.array(z.string()), path: z.string() }),
+  git: z.union([z.null(), z.looseObject({ sha: z.string(), dirty: z.boolean(), root: z.string() })]),
+  command: z.array(z.string()),
+});
+
 /** run.json: the keys the report, the experiments and a resume read, with their types (the settings are checked again by run_config on resume). */
 export const runFileSchema = z.looseObject({
   format: z.literal('moma-run'),
@@ -92,6 +106,7 @@ export const runFileSchema = z.looseObject({
     warmup: count.optional(), seed: z.number().int().optional(), imageFraction: z.union([finiteNonNegative, z.null(), z.string()]).optional(),
     evalEvery: count.optional(), evalBatches: count.optional(), checkpointEvery: count.optional(), logEvery: count.optional(),
     gradAccum: count.optional(), sharding: z.enum(['none', 'zero1', 'zero2', 'zero3']).optional(), expertParallel: z.number().int().min(1).optional(), out: z.string().optional(),
+    checkpointMinutes: finiteNonNegative.optional(), tensorboard: z.boolean().optional(),
   }),
   model: z.looseObject({ vocabSize: count, dModel: count, layers: count, heads: count, ffn: z.looseObject({ kind: z.enum(['dense', 'moe']) }) }),
   parameters: z.strictObject({ total: count, active: count }),
@@ -100,7 +115,8 @@ export const runFileSchema = z.looseObject({
     kind: z.literal('adamw'), betas: z.tuple([z.number(), z.number()]), eps: z.number(), weightDecay: z.number(), clipNorm: z.number(),
     schedule: z.looseObject({ shape: z.literal('cosine'), peak: z.number(), warmup: count, total: count, floor: z.number() }),
   }),
-  resumes: z.array(z.strictObject({ step: count, at: z.string(), steps: count })),
+  environment: runEnvironmentSchema.optional(),
+  resumes: z.array(z.strictObject({ step: count, at: z.string(), steps: count, environment: runEnvironmentSchema.optional() })),
   parallel: z.strictObject({ worldSize: z.number().int().min(1), gradAccum: z.number().int().min(1), globalBatch: z.number().int().min(1) }).optional(),
 });
 

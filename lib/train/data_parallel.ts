@@ -6,7 +6,7 @@
  * order from the data source, which every rank runs identically: rank r trains micro-batches
  * r·A … r·A + A − 1 (a contiguous split) and reads only the host counts of the others, so every
  * rank knows the global tokens, targets and FLOPs without communicating. Each micro-batch's loss
- * is its own mean over its counted rows (SPEC §1), and the step's gradient is the mean of the R·A
+ * is its own mean over its counted rows (lib/model/batch_rows.ts), and the step's gradient is the mean of the R·A
  * micro-batch gradients (as Megatron-Core does without per-token loss): each backward is scaled
  * by 1/(R·A) and the ranks' sums are all-reduced. R ranks with accumulation A therefore train
  * exactly like one rank with accumulation R·A on the same micro-batches, up to the order of the

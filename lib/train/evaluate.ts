@@ -26,7 +26,7 @@ export interface EvalOptions {
   vocab: VocabInfo;
   /** Sequences per forward pass (default 8). */
   batchSize?: number;
-  /** Auxiliary routers (SPEC §4): evaluate in causal mode instead of training mode. */
+  /** Auxiliary routers (docs/INFERENCE.md): evaluate in causal mode instead of training mode. */
   causal?: CausalRouting;
 }
 
@@ -51,10 +51,14 @@ export async function evaluate(model: Transformer, sequences: number[][], option
     const chunk = sequences.slice(i, i + batchSize);
     const batch = makeBatch(chunk, { padId: vocab.padId, bosId: vocab.bosId, modalityOf: (id) => vocab.modalityOf(id), modalities: names.length, device: model.config.device, vocabSize: model.config.vocabSize });
     const out = causal === undefined ? tidy(() => noGrad(() => model.loss(batch))) : await model.causalLoss(batch, causal);
+    // the held-out loss is the cross-entropy alone: the z-loss is part of the training loss only
+    const nllSum = noGrad(() => out.nll.sum());
     out.nll.dispose();
-    const losses = [out.loss, ...out.perModality];
+    out.loss.dispose();
+    const losses = [nllSum, ...out.perModality];
     const values = await Promise.all(losses.map((t) => t.item()));
     losses.forEach((t) => t.dispose());
+    if (batch.counts.total > 0) values[0] = at(values, 0, 'evaluate') / batch.counts.total;
     // the batch losses are means: weight them back by their target counts
     const batchCounts = [batch.counts.total, ...batch.counts.perModality];
     totals.forEach((total, k) => {

@@ -8,9 +8,10 @@
  * What a step computes: the data source's batches are EP-group micro-batches (N·b sequences);
  * replica k trains batches k·A … k·A + A − 1 of the step (A = gradAccum), rank j of its group the
  * j-th b sequences of each. Each rank's loss is divided by the counted targets of the group's
- * micro-batch (SPEC §1), so the sum over the group is the single process's micro-batch loss, and
- * every backward is scaled by 1/(D·A): N·D ranks train exactly like one process with batch size
- * N·b and accumulation D·A on the same sequences, up to the order of float sums.
+ * micro-batch (rows whose token and target are not padding and whose target is not BOS), so
+ * the sum over the group is the single process's micro-batch loss, and every backward is scaled
+ * by 1/(D·A): N·D ranks train exactly like one process with batch size N·b and accumulation D·A
+ * on the same sequences, up to the order of float sums.
  * Gradients: replicated parameters are summed over the world; an expert weight's gradient is
  * complete for its group (every row that reached the expert is in it) and is summed over the D
  * replicas only. The gradient norm adds the replicated parameters' squares (the same on every

@@ -1,5 +1,5 @@
 /**
- * Training FLOPs of a step (SPEC §6): forward FLOPs per row — attention projections 8d², scores
+ * Training FLOPs of a step (docs/EXPERIMENTS.md, "Training FLOPs"): forward FLOPs per row — attention projections 8d², scores
  * and weighted sum 4·d·L_t (L_t keys attended by row t), FFN 6·d·f per (row, expert) assignment
  * computed, routers 2·d·E_g per routed group and 2·d per MoD router, LM head 2·d·V — times 3 for
  * training. Each row's FLOPs count for its modality.

@@ -7,7 +7,7 @@
  * the device only on logged steps, every `logEvery` steps (and at checkpoints of `run()`, the
  * last step and `flushMetrics()`), where one read fetches the interval's sums and a 'step' event
  * carries the means since the previous one: tokens, cumulative training FLOPs overall and per
- * modality (SPEC §6), loss overall and per modality, learning rate, gradient norm, tokens/s, model
+ * modality (docs/EXPERIMENTS.md, "Training FLOPs"), loss overall and per modality, learning rate, gradient norm, tokens/s, model
  * FLOPs utilisation against the device peak, the data-wait time, the host waits so far and, on
  * the first logged step of every `statsEvery` steps, routing statistics (read in the same read).
  * Checkpoints every `checkpointEvery` steps and at the end (lib/train/checkpoint.ts); `resume`

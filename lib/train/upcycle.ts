@@ -1,5 +1,5 @@
 /**
- * Upcycling (SPEC §5): from a checkpoint whose MoE layers have one expert per modality group
+ * Upcycling (docs/TRAINING.md): from a checkpoint whose MoE layers have one expert per modality group
  * ("1t1i"), build a model with E_g experts per group, each a copy of the group's FFN; every other
  * parameter is copied; routers are new, drawn from N(0, routerStd²) (default 0.02), and Gumbel-
  * sigmoid routing is switched on. The caller restarts the learning-rate schedule and continues

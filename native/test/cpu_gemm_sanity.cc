@@ -350,7 +350,7 @@ void forcing_check() {
   const bool dpbf16 = cpu::cpu_has_avx512bf16();
   expect(std::string(best.bf16 ? best.bf16->isa : "none") == (amx ? "amx" : dpbf16 ? "avx512bf16" : "none"),
          "default bf16 kernel: amx > avx512bf16 > widened");
-  for (const char* f32 : {"avx512", "avx2", "generic"}) {
+  for (const char* f32 : {"avx512", "avx2", "neon", "generic"}) {
     const auto err = thrown([&] {
       const cpu::GemmPaths p = cpu::gemm_paths_for(f32);
       expect(p.bf16 == nullptr && std::string(p.f32->isa) == f32,
@@ -647,6 +647,7 @@ void cpu_gemm_sanity() {
     for (DType dw : fl)
       for (DType dy : fl) grouped_dtype_check(dx, dw, dy, dx == dw);
   grouped_dtype_check(DType::BF16, DType::BF16, DType::BF16, false);
+  cpu_grouped_gemm_sanity();
   g_case = "cpu grouped epilogues";
   epilogue_f32_check();
   dtype_error_check();

@@ -169,6 +169,8 @@ void cpu_sanity();
 void cpu_moe_sanity();
 void cpu_gemm_sanity();
 void cpu_gemm_skinny_sanity();
+// The grouped expert GEMM driver on every kernel this CPU runs (cpu_grouped_gemm.cc).
+void cpu_grouped_gemm_sanity();
 void cpu_attention_sanity();
 // CPU collectives over gloo, 2 and 3 ranks as threads on loopback, and their failures (dist_checks.cc).
 void dist_checks();

@@ -25,7 +25,7 @@ export interface Step { step: number; loss: number; gradNorm: number; tokens: nu
 /** The step records of a run's metrics.jsonl. */
 export function steps(runDir: string): Step[] {
   return fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Step & { kind?: string })
-    .filter((r) => r.kind === undefined);
+    .filter((r) => r.kind === 'step');
 }
 
 /** The parameters of a checkpoint folder, as float32 arrays by name. */
