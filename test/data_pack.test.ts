@@ -6,9 +6,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import sharp from 'sharp';
-import { Command } from 'commander';
 import { MomaError, MomaErrorCode } from '../lib/errors';
 import { DataInspectReport, registerDataCommands } from '../lib/cli/data';
+import { runInProcess } from './support/in_process_cli';
 import { splitDocument } from '../lib/data/document';
 import { ImageTokenizer } from '../lib/data/image_tokenizer';
 import { defaultEvalDocuments, packShardSet, PackOptions, PackProgress, parseDocumentLine } from '../lib/data/pack';
@@ -240,20 +240,7 @@ describe('packShardSet', () => {
 });
 
 describe('moma data (CLI)', () => {
-  async function cli(args: string[]): Promise<string> {
-    const lines: string[] = [];
-    const spy = jest.spyOn(console, 'log').mockImplementation((...parts: unknown[]) => {
-      lines.push(parts.join(' '));
-    });
-    try {
-      const program = new Command().exitOverride();
-      registerDataCommands(program);
-      await program.parseAsync(['node', 'moma', ...args]);
-    } finally {
-      spy.mockRestore();
-    }
-    return lines.join('\n');
-  }
+  const cli = (args: string[]): Promise<string> => runInProcess(registerDataCommands, args);
 
   test('data pack then data inspect --json, end to end', async () => {
     const out = freshOut();

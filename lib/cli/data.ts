@@ -1,10 +1,13 @@
 /**
- * `moma data pack` (JSON Lines documents → a shard set, lib/data/pack.ts) and `moma data inspect`
- * (what a shard set holds: splits, vocabulary, its first document decoded).
+ * `moma data pack` (JSON Lines documents → a shard set, lib/data/pack.ts), `moma data inspect`
+ * (what a shard set holds: splits, vocabulary, its first document decoded) and `moma data corpus`
+ * (installed npm and Debian packages → JSON Lines documents, lib/data/corpus/build.ts).
  */
 import { Command } from 'commander';
 import { SingleBar } from 'cli-progress';
 import { MomaError } from '../errors';
+import { buildCorpus, CORPUS_SPLITS, CorpusReport, DOCUMENT_KINDS, installEmojiPackages, TEXT_SOURCES, TextSource } from '../data/corpus/build';
+import { EMOJI_IMAGE_SETS, emojiInstallCommand } from '../data/corpus/emoji';
 import type { Split } from '../data/dataset';
 import { splitDocument } from '../data/document';
 import { DEFAULT_SHARD_TOKENS, packShardSet, PackProgress, PackReport } from '../data/pack';
@@ -99,6 +102,7 @@ interface PackCommandOptions {
   imageTokenizer?: string;
   textTokenizer: string;
   evalDocuments?: string;
+  evalInput?: string[];
   shardTokens: string;
   seed: string;
   force?: boolean;
@@ -120,6 +124,7 @@ async function runPack(inputs: string[], opts: PackCommandOptions): Promise<void
     report = await packShardSet({
       inputs, out: opts.out, imageTokenizer: opts.imageTokenizer ?? null, textTokenizer: opts.textTokenizer,
       evalDocuments: opts.evalDocuments === undefined ? undefined : integerOption('--eval-documents', opts.evalDocuments, 0),
+      evalInputs: opts.evalInput ?? [],
       shardTokens: integerOption('--shard-tokens', opts.shardTokens, 1), seed: integerOption('--seed', opts.seed, 0),
       force: opts.force === true, onProgress,
     });
@@ -139,9 +144,71 @@ async function runPack(inputs: string[], opts: PackCommandOptions): Promise<void
   console.log(lines.join('\n'));
 }
 
-/** Adds the `data` command group (pack, inspect) to the program. */
+interface CorpusCommandOptions {
+  sources: string;
+  out: string;
+  emojiSet: string;
+  imageSize: string;
+  heldout: string;
+  seed: string;
+  debianRoot: string;
+  text: string;
+  maxTextDocuments?: string;
+  install?: boolean;
+  force?: boolean;
+  json?: boolean;
+}
+
+/** The --text list: "gcide,wordnet", a subset, or "none". */
+function textSources(value: string): TextSource[] {
+  if (value.trim() === 'none') return [];
+  const list = value.split(',').map((s) => s.trim());
+  const unknown = list.find((s) => !(TEXT_SOURCES as readonly string[]).includes(s));
+  if (unknown !== undefined) throw new MomaError('ERR_ARG', `data corpus: --text must list sources from ${TEXT_SOURCES.join(', ')} (or be "none"), got '${value}'`);
+  return [...new Set(list)] as TextSource[];
+}
+
+function fractionOption(name: string, value: string): number {
+  const n = /^\s*(0|0?\.\d+)\s*$/.test(value) ? Number(value) : NaN;
+  if (!(n >= 0 && n < 1)) throw new MomaError('ERR_ARG', `${name} must be a fraction in [0, 1), got '${value}'`);
+  return n;
+}
+
+function printCorpus(r: CorpusReport): void {
+  const m = r.manifest;
+  const mb = (bytes: number): string => (bytes / 1e6).toFixed(1);
+  const lines = [`corpus ${printable(r.out)} in ${r.seconds.toFixed(1)} s`];
+  for (const split of CORPUS_SPLITS) {
+    const kinds = DOCUMENT_KINDS.map((k) => `${count(m.documents[split][k])} ${k}`).join(', ');
+    lines.push(`  ${split.padEnd(7)} ${kinds}; ${count(m.images[split])} images of ${count(m.emoji[split])} emoji; ${split}.jsonl ${mb(r.bytes[split])} MB`);
+  }
+  lines.push(`  images/ ${mb(r.bytes.images)} MB (${m.options.imageSize}×${m.options.imageSize} PNG, alpha flattened onto white)`);
+  for (const s of m.sources) lines.push(`  source ${printable(`${s.name} ${s.version}: ${s.license}${s.imagesLicense ? `; images ${s.imagesLicense}` : ''}`)}`);
+  console.log(lines.join('\n'));
+}
+
+async function runCorpus(opts: CorpusCommandOptions): Promise<void> {
+  if (!(opts.emojiSet in EMOJI_IMAGE_SETS)) throw new MomaError('ERR_ARG', `data corpus: --emoji-set must be one of ${Object.keys(EMOJI_IMAGE_SETS).join(', ')}, got '${opts.emojiSet}'`);
+  const imageSize = integerOption('--image-size', opts.imageSize, 1);
+  const options = {
+    sources: opts.sources, out: opts.out, emojiSet: opts.emojiSet, imageSize,
+    heldout: fractionOption('--heldout', opts.heldout), seed: integerOption('--seed', opts.seed, 0), debianRoot: opts.debianRoot,
+    text: textSources(opts.text),
+    maxTextDocuments: opts.maxTextDocuments === undefined ? null : integerOption('--max-text-documents', opts.maxTextDocuments, 0),
+    force: opts.force === true,
+  };
+  if (opts.install) {
+    if (!opts.json) console.error(`running ${emojiInstallCommand(opts.sources, opts.emojiSet).join(' ')}`);
+    installEmojiPackages(opts.sources, opts.emojiSet);
+  }
+  const report = await buildCorpus(options);
+  if (opts.json) console.log(JSON.stringify(report, null, 2));
+  else printCorpus(report);
+}
+
+/** Adds the `data` command group (pack, inspect, corpus) to the program. */
 export function registerDataCommands(program: Command): void {
-  const data = program.command('data').description('mixed-modal data: pack JSON Lines documents into token shards, inspect a shard set');
+  const data = program.command('data').description('mixed-modal data: pack JSON Lines documents into token shards, inspect a shard set, build a corpus from installed packages');
   data
     .command('pack')
     .description('tokenize JSON Lines documents ([{"text": …}, {"image": "path"}] per line) into a shard set folder')
@@ -149,7 +216,8 @@ export function registerDataCommands(program: Command): void {
     .requiredOption('--out <dir>', 'the shard set folder to create')
     .option('--image-tokenizer <file>', 'image codebook (.safetensors); needed when a document has an image')
     .option('--text-tokenizer <file>', 'a Hugging Face tokenizer.json, or "bytes" for UTF-8 bytes', 'bytes')
-    .option('--eval-documents <n>', 'held-out documents (default: 1% of them, at most 1000, at least 1 from 2 documents; 0: none)')
+    .option('--eval-documents <n>', 'held-out documents chosen from the inputs (default: 1% of them, at most 1000, at least 1 from 2 documents; 0: none; 0 by default with --eval-input)')
+    .option('--eval-input <files...>', 'JSON Lines files whose documents are the held-out split as they are (e.g. moma data corpus\'s heldout.jsonl)')
     .option('--shard-tokens <n>', 'most tokens per shard', String(DEFAULT_SHARD_TOKENS))
     .option('--seed <n>', 'seeds the choice of eval documents', '0')
     .option('--force', 'replace a non-empty --out folder')
@@ -165,4 +233,20 @@ export function registerDataCommands(program: Command): void {
       if (opts.json) console.log(JSON.stringify(report, null, 2));
       else printInspect(report);
     });
+  data
+    .command('corpus')
+    .description('emoji images with captions (npm: emoji-datasource-*, emojibase-data) and dictionary text (Debian: dict-gcide, wordnet-base) as JSON Lines documents, a held-out split and sources.json')
+    .requiredOption('--sources <dir>', 'the folder the npm packages are installed in (npm install --prefix <dir> …)')
+    .requiredOption('--out <dir>', 'the corpus folder to create: images/, train.jsonl, heldout.jsonl, sources.json')
+    .option('--install', 'first run npm install --prefix <sources> emoji-datasource-<set>@16 emojibase-data@17')
+    .option('--emoji-set <set>', `emoji-datasource image set (${Object.keys(EMOJI_IMAGE_SETS).join(', ')})`, 'google')
+    .option('--image-size <n>', 'image side in pixels: 32 or 64', '32')
+    .option('--heldout <fraction>', 'fraction of emoji and text documents held out (by a seeded hash; an emoji\'s images are never split)', '0.05')
+    .option('--seed <n>', 'seeds the held-out split and the --max-text-documents choice', '0')
+    .option('--text <sources>', `text sources, comma-separated (${TEXT_SOURCES.join(', ')}) or "none"`, TEXT_SOURCES.join(','))
+    .option('--max-text-documents <n>', 'at most this many documents of each text source (a seeded choice; default: all)')
+    .option('--debian-root <dir>', 'where the Debian packages\' usr/share/… files are', '/')
+    .option('--force', 'replace a non-empty --out folder')
+    .option('--json', 'print the report as JSON')
+    .action(runCorpus);
 }

@@ -1,14 +1,17 @@
 /**
- * `moma tokenizer …`: the image tokenizer from the command line.
+ * `moma tokenizer …`: the tokenizers from the command line.
+ *   train-text <jsonl...> --out <file>    byte-level BPE tokenizer.json from the text of JSON Lines documents
  *   train-image <folder> --out <file>     k-means codebook over the patches of a folder of images
  *   encode-image <image> --tokenizer <f>  the codes of one image
  *   decode-image --tokenizer <f> --codes  a PNG of codes (JSON array, or @file holding one)
  * Flags are validated here and errors are MomaErrors (ERR_ARG for bad flags).
  */
+import { createHash } from 'crypto';
 import * as fs from 'fs';
 import { Command } from 'commander';
 import { MomaError } from '../errors';
 import { writeFileAtomic } from '../io/files';
+import { BYTE_ALPHABET_SIZE, MAX_BPE_VOCAB_SIZE, tokenizerJson, trainByteLevelBpe, WordCounter } from '../data/bpe_trainer';
 import { ImageTokenizer, ImageTrainProgress } from '../data/image_tokenizer';
 
 /** A flag that must be a whole number in [min, max]. */
@@ -97,8 +100,51 @@ async function trainImage(folder: string, flags: TrainFlags): Promise<void> {
   console.log(lines.join('\n'));
 }
 
+interface TrainTextFlags {
+  out: string;
+  vocabSize: string;
+  minFrequency: string;
+}
+
+function trainText(inputs: string[], flags: TrainTextFlags): void {
+  const name = 'train-text';
+  const vocabSize = intFlag(name, '--vocab-size', flags.vocabSize, BYTE_ALPHABET_SIZE, MAX_BPE_VOCAB_SIZE);
+  const minFrequency = intFlag(name, '--min-frequency', flags.minFrequency, 1);
+  const started = performance.now();
+  const counter = new WordCounter();
+  for (const input of inputs) counter.addJsonlFile(input);
+  if (counter.bytes === 0) {
+    throw new MomaError('ERR_FILE', `tokenizer ${name}: ${inputs.join(', ')} hold no text (${counter.documents} documents, ${counter.segments} text segments, all empty or none)`);
+  }
+  const result = trainByteLevelBpe(counter, { vocabSize, minFrequency });
+  const json = tokenizerJson(result);
+  try {
+    writeFileAtomic(flags.out, json);
+  } catch (err) {
+    throw new MomaError('ERR_FILE', `tokenizer ${name}: --out: ${(err as Error).message}`);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const stopped = result.exhausted ? ` (fewer than --vocab-size ${vocabSize}: no pair left that occurs ${minFrequency} times or more)` : '';
+  const lines = [
+    `documents  ${counter.documents} (${counter.segments} text segments, ${counter.bytes} bytes) from ${inputs.join(', ')}`,
+    `words      ${result.words} (${result.distinctWords} distinct)`,
+    `vocabulary ${result.vocab.length} tokens (${BYTE_ALPHABET_SIZE} bytes, ${result.merges.length} merges)${stopped}`,
+    `tokens     ${result.tokens} on the corpus, ${(result.bytes / Math.max(1, result.tokens)).toFixed(3)} bytes per token`,
+    `time       ${seconds.toFixed(2)} s`,
+    `saved      ${flags.out} (sha256 ${createHash('sha256').update(json).digest('hex')})`,
+  ];
+  console.log(lines.join('\n'));
+}
+
 export function registerTokenizerCommands(program: Command): void {
   const tokenizer = program.command('tokenizer').description('train and use tokenizers');
+  tokenizer
+    .command('train-text <inputs...>')
+    .description('train a byte-level BPE tokenizer.json on the text segments of JSON Lines documents (the moma data pack input)')
+    .requiredOption('--out <file>', 'tokenizer.json to write (for moma data pack --text-tokenizer)')
+    .option('--vocab-size <n>', `tokens: ${BYTE_ALPHABET_SIZE} bytes plus the merges`, '8192')
+    .option('--min-frequency <n>', 'a pair is merged only if it occurs at least n times', '2')
+    .action((inputs: string[], flags: TrainTextFlags) => trainText(inputs, flags));
   tokenizer
     .command('train-image <folder>')
     .description('train a VQ patch image tokenizer (k-means codebook) on the images of a folder (.png .jpg .jpeg .webp, recursively)')

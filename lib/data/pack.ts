@@ -17,7 +17,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { describeKey, describeValue } from '../checked';
 import { MomaError } from '../errors';
-import { jsonSyntaxProblem, replaceDirAtomic, writeJsonAtomic } from '../io/files';
+import { checkOutFolder, jsonSyntaxProblem, replaceDirAtomic, writeJsonAtomic } from '../io/files';
 import type { Split } from './dataset';
 import { documentTokens, TokenSegment } from './document';
 import { IMAGE_TOKENIZER_FILE, ImageTokenizer } from './image_tokenizer';
@@ -29,6 +29,8 @@ import { buildVocabLayout, TextTokenizerInfo, VocabLayout } from './vocab';
 
 export const TEXT_TOKENIZER_FILE = 'tokenizer.json';
 export const DEFAULT_SHARD_TOKENS = 2 ** 26;
+/** A corpus builder's sources.json (next to the first input), copied into the shard set. */
+export const SOURCES_FILE = 'sources.json';
 /** Key that separates the eval choice's random stream from the epoch shuffles of the same seed. */
 const EVAL_CHOICE_KEY = 0x6576616c;
 
@@ -44,8 +46,10 @@ export interface PackOptions {
   imageTokenizer?: string | null;
   /** "bytes" (default) or a Hugging Face tokenizer.json. */
   textTokenizer?: string;
-  /** Held-out documents (default: defaultEvalDocuments). */
+  /** Held-out documents chosen by the seed from `inputs` (default: defaultEvalDocuments; 0 when evalInputs are given). */
   evalDocuments?: number;
+  /** JSON Lines files whose documents are the held-out split, as they are (e.g. a corpus builder's heldout.jsonl). */
+  evalInputs?: string[];
   /** Most tokens per shard (default 2^26). */
   shardTokens?: number;
   /** Seeds the eval choice (default 0). */
@@ -253,18 +257,6 @@ class SplitWriter {
   }
 }
 
-/** Checks `out` may be written: absent, an empty folder, or (with force) a folder to replace. */
-function checkOut(out: string, force: boolean): void {
-  let stat: fs.Stats;
-  try {
-    stat = fs.statSync(out);
-  } catch {
-    return;
-  }
-  if (!stat.isDirectory()) throw new MomaError('ERR_FILE', `packShardSet: --out ${out} exists and is not a folder`);
-  if (fs.readdirSync(out).length > 0 && !force) throw new MomaError('ERR_FILE', `packShardSet: --out ${out} is not empty (pass --force to replace it)`);
-}
-
 /** Packs JSON Lines documents into a shard set folder. */
 export async function packShardSet(options: PackOptions): Promise<PackReport> {
   const started = performance.now();
@@ -273,16 +265,21 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
   if (!Array.isArray(inputs) || inputs.length === 0 || inputs.some((f) => typeof f !== 'string' || f === '')) {
     throw new MomaError('ERR_ARG', `packShardSet: inputs must be a non-empty list of JSONL files, got ${JSON.stringify(inputs)}`);
   }
+  const evalInputs = options.evalInputs ?? [];
+  if (!Array.isArray(evalInputs) || evalInputs.some((f) => typeof f !== 'string' || f === '')) {
+    throw new MomaError('ERR_ARG', `packShardSet: evalInputs must be a list of JSONL files, got ${JSON.stringify(options.evalInputs)}`);
+  }
+  const allInputs = [...inputs, ...evalInputs];
   if (typeof out !== 'string' || out === '') throw new MomaError('ERR_ARG', `packShardSet: out must be a non-empty path, got ${JSON.stringify(out)}`);
   const shardTokens = checkCount('shardTokens', options.shardTokens ?? DEFAULT_SHARD_TOKENS, 1);
   const seed = checkCount('seed', options.seed ?? 0, 0);
   const concurrency = checkCount('concurrency', options.concurrency ?? 4, 1);
   if (options.evalDocuments !== undefined) checkCount('evalDocuments', options.evalDocuments, 0);
   if (onProgress !== undefined && typeof onProgress !== 'function') throw new MomaError('ERR_ARG', 'packShardSet: onProgress must be a function');
-  for (const file of inputs) {
+  for (const file of allInputs) {
     if (!fs.existsSync(file) || !fs.statSync(file).isFile()) throw new MomaError('ERR_FILE', `packShardSet: input ${file} is not a readable file`);
   }
-  checkOut(out, options.force === true);
+  checkOutFolder('packShardSet', out, options.force === true);
 
   const text = openTextTokenizer(options.textTokenizer ?? 'bytes');
   const imageTokenizer = options.imageTokenizer ? ImageTokenizer.load(options.imageTokenizer) : null;
@@ -291,7 +288,9 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
   // pass 1: parse, check images, count
   let documents = 0;
   let images = 0;
-  for (const file of inputs) {
+  let trainInputDocuments = 0;
+  for (const [fileIndex, file] of allInputs.entries()) {
+    if (fileIndex === inputs.length) trainInputDocuments = documents;
     const folder = path.dirname(file);
     await forEachDocument(file, (segments, where) => {
       for (const segment of segments) {
@@ -310,11 +309,14 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
     });
     onProgress?.({ phase: 'scan', file, documents, images });
   }
-  if (documents === 0) throw new MomaError('ERR_ARG', `packShardSet: the inputs hold no documents (${inputs.join(', ')})`);
-  const evalCount = options.evalDocuments ?? defaultEvalDocuments(documents);
-  if (evalCount >= documents) throw new MomaError('ERR_ARG', `packShardSet: evalDocuments ${evalCount} leaves no training documents out of ${documents}`);
+  if (evalInputs.length === 0) trainInputDocuments = documents;
+  if (trainInputDocuments === 0) throw new MomaError('ERR_ARG', `packShardSet: the inputs hold no documents (${inputs.join(', ')})`);
+  // held-out: the evalInputs' documents as they are, plus evalDocuments chosen by the seed from the inputs
+  const evalCount = options.evalDocuments ?? (evalInputs.length > 0 ? 0 : defaultEvalDocuments(trainInputDocuments));
+  if (evalCount >= trainInputDocuments) throw new MomaError('ERR_ARG', `packShardSet: evalDocuments ${evalCount} leaves no training documents out of ${trainInputDocuments}`);
   const isEval = new Uint8Array(documents);
-  seededPermutation(documents, seed, EVAL_CHOICE_KEY).subarray(0, evalCount).forEach((doc) => (isEval[doc] = 1));
+  seededPermutation(trainInputDocuments, seed, EVAL_CHOICE_KEY).subarray(0, evalCount).forEach((doc) => (isEval[doc] = 1));
+  isEval.fill(1, trainInputDocuments);
 
   // pass 2: tokenize and write, into a partial folder
   const partial = `${path.resolve(out)}.partial-${process.pid}`;
@@ -336,7 +338,7 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
   };
   try {
     let doc = 0;
-    for (const file of inputs) {
+    for (const file of allInputs) {
       const folder = path.dirname(file);
       await forEachDocument(file, async (segments, where) => {
         const tokenize = async (): Promise<number[]> => {
@@ -365,6 +367,9 @@ export async function packShardSet(options: PackOptions): Promise<PackReport> {
     if (imageTokenizer !== null) fs.writeFileSync(path.join(partial, IMAGE_TOKENIZER_FILE), imageTokenizer.toBuffer());
     if (text.bytes !== null) fs.writeFileSync(path.join(partial, TEXT_TOKENIZER_FILE), text.bytes);
     writeJsonAtomic(path.join(partial, 'vocab.json'), layout);
+    // a corpus builder's record of its sources (packages, versions, licences) travels with the shards
+    const sources = path.join(path.dirname(inputs[0]!), SOURCES_FILE);
+    if (fs.existsSync(sources)) fs.copyFileSync(sources, path.join(partial, SOURCES_FILE));
     const index: ShardSetIndex = { format: SHARD_SET_FORMAT, version: SHARD_SET_VERSION, vocabHash: layout.hash, splits: shards };
     writeJsonAtomic(path.join(partial, 'index.json'), index);
     replaceDirAtomic(partial, out);

@@ -95,7 +95,7 @@ export class HFTokenizer implements TextTokenizer {
     list.forEach((id, i) => {
       if (!Number.isInteger(id) || id < 0 || id >= this.size) throw new MomaError('ERR_RANGE', `HFTokenizer.decode: id ${String(id)} at position ${i} is outside [0, ${this.size})`);
     });
-    return list.length === 0 ? '' : this.tokenizer.decode(list, { skip_special_tokens: false });
+    return list.length === 0 ? '' : this.tokenizer.decode(list, { skip_special_tokens: false, clean_up_tokenization_spaces: false });
   }
 }
 

@@ -45,6 +45,18 @@ export function writeJsonAtomic(file: string, value: unknown): void {
  * first and removed only after the new one is in place, so `target` is at every moment either the
  * old folder or the new one (a crash between the renames leaves `<target>.old-<pid>`).
  */
+/** Checks an output folder may be written: absent, an empty folder, or (with force) a folder to replace. */
+export function checkOutFolder(op: string, out: string, force: boolean): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(out);
+  } catch {
+    return;
+  }
+  if (!stat.isDirectory()) throw new MomaError('ERR_FILE', `${op}: --out ${out} exists and is not a folder`);
+  if (fs.readdirSync(out).length > 0 && !force) throw new MomaError('ERR_FILE', `${op}: --out ${out} is not empty (pass --force to replace it)`);
+}
+
 export function replaceDirAtomic(partial: string, target: string): void {
   const old = `${path.resolve(target)}.old-${process.pid}`;
   if (fs.existsSync(target)) fs.renameSync(target, old);
