@@ -51,6 +51,11 @@ using GroupedFinish = std::function<void(const GroupedTile&)>;
 void check_dtype(const char* op, const char* what, DType dt);
 void check_offsets(const char* op, const int32_t* offsets, int64_t E, int64_t R);
 
+// Sets `bytes` bytes at p to zero, in parallel (0 is +0.0 in float32 and bf16).
+void zero_bytes(void* p, int64_t bytes);
+// The address of element i of an array of dtype dt.
+const void* element_at(DType dt, const void* p, int64_t i);
+
 // The shape of the forward products y[seg] = x[seg] @ op(w[e]) with x [R, K] and y [R, N].
 GroupedGemm forward_shape(DType dt_x, DType dt_w, bool trans_w, int64_t K, int64_t N);
 

@@ -28,8 +28,7 @@ namespace {
 void zero_tail(DType dt, void* out, int64_t r0, int64_t R, int64_t N) {
   if (out == nullptr) return;
   const int64_t es = static_cast<int64_t>(dtype_size(dt));
-  char* p = static_cast<char*>(out) + r0 * N * es;
-  parallel_for((R - r0) * N * es, 262144, [&](int64_t a, int64_t b) { std::fill(p + a, p + b, char(0)); });
+  zero_bytes(static_cast<char*>(out) + r0 * N * es, (R - r0) * N * es);
 }
 
 // dst[0..n) of dtype dt (bf16 rounded once) from float32 src; nothing for a float32 dst that is src.
@@ -43,9 +42,6 @@ void store_row(DType dt, void* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
 }
 
-const void* at(DType dt, const void* p, int64_t i) {
-  return static_cast<const char*>(p) + i * static_cast<int64_t>(dtype_size(dt));
-}
 void* out_at(DType dt, void* p, int64_t i) { return static_cast<char*>(p) + i * static_cast<int64_t>(dtype_size(dt)); }
 
 }  // namespace
@@ -63,8 +59,8 @@ void grouped_gemm_scaled(const LaunchCtx&, DType dt_x, const void* x, DType dt_w
   std::vector<GroupedProduct> products(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
     GroupedProduct& p = products[size_t(e)];
-    p.a = at(dt_x, x, offsets[e] * K);
-    p.b[0] = at(dt_w, w, e * K * N);
+    p.a = element_at(dt_x, x, offsets[e] * K);
+    p.b[0] = element_at(dt_w, w, e * K * N);
     p.c[0] = dt_y == DType::F32 ? static_cast<float*>(y) + offsets[e] * N : nullptr;
     p.m = offsets[e + 1] - offsets[e];
     p.k = K;
@@ -95,9 +91,9 @@ void grouped_gemm_swiglu(const LaunchCtx& ctx, DType dt_x, const void* x, DType 
   std::vector<GroupedProduct> products(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
     GroupedProduct& p = products[size_t(e)];
-    p.a = at(dt_x, x, offsets[e] * K);
-    p.b[0] = at(dt_w, w1, e * K * N);
-    p.b[1] = at(dt_w, w3, e * K * N);
+    p.a = element_at(dt_x, x, offsets[e] * K);
+    p.b[0] = element_at(dt_w, w1, e * K * N);
+    p.b[1] = element_at(dt_w, w3, e * K * N);
     p.c[0] = f32 && h1 ? static_cast<float*>(h1) + offsets[e] * N : nullptr;
     p.c[1] = f32 && h3 ? static_cast<float*>(h3) + offsets[e] * N : nullptr;
     p.m = offsets[e + 1] - offsets[e];

@@ -263,17 +263,17 @@ void run_products(const Kernel& kern, const GroupedGemm& g, const std::vector<Gr
   }
 }
 
+}  // namespace
+
 // Sets `bytes` bytes at p to zero (0 is +0.0 in float32 and bf16).
 void zero_bytes(void* p, int64_t bytes) {
   char* c = static_cast<char*>(p);
   parallel_for(bytes, 262144, [&](int64_t a, int64_t b) { std::memset(c + a, 0, static_cast<size_t>(b - a)); });
 }
 
-const void* at(DType dt, const void* p, int64_t i) {
+const void* element_at(DType dt, const void* p, int64_t i) {
   return static_cast<const char*>(p) + i * static_cast<int64_t>(dtype_size(dt));
 }
-
-}  // namespace
 
 void check_dtype(const char* op, const char* what, DType dt) {
   if (dt != DType::F32 && dt != DType::BF16)
@@ -341,8 +341,8 @@ void grouped_gemm_on(const GemmPaths& paths, DType dt_x, const void* x, DType dt
   std::vector<GroupedProduct> products(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
     GroupedProduct& p = products[size_t(e)];
-    p.a = at(dt_x, x, offsets[e] * K);
-    p.b[0] = at(dt_w, w, e * K * N);
+    p.a = element_at(dt_x, x, offsets[e] * K);
+    p.b[0] = element_at(dt_w, w, e * K * N);
     p.c[0] = in_place ? static_cast<float*>(y) + offsets[e] * N : nullptr;
     p.m = offsets[e + 1] - offsets[e];
     p.k = K;
@@ -378,8 +378,8 @@ void grouped_gemm_wgrad_on(const GemmPaths& paths, DType dt_x, const void* x, DT
     // An empty segment's gradient is zero; so is every one when N or K is 0.
     if (rows == 0) zero_bytes(dw + e * K * N, K * N * 4);
     GroupedProduct& p = products[size_t(e)];
-    p.a = at(dt_x, x, offsets[e] * K);
-    p.b[0] = at(dt_dy, dy, offsets[e] * N);
+    p.a = element_at(dt_x, x, offsets[e] * K);
+    p.b[0] = element_at(dt_dy, dy, offsets[e] * N);
     p.c[0] = dw + e * K * N;
     p.m = K;
     p.k = rows;
