@@ -129,6 +129,23 @@ describe('five variants, 10 steps each', () => {
       expect(v.eta.image).toEqual(computeEta(curve(denseSteps, (r) => r.lossPerModality.image!), curve(steps, (r) => r.lossPerModality.image!)));
       expect(v.heldOutEta).not.toBeNull();
     }
+    // tokens per expert: expert choice with c = 1 gives each group's experts its rows, so per layer the groups' experts together process every token once
+    expect(dense.tokensPerExpert).toBeNull();
+    const groupsOf = (name: string) => results.variants.find((v) => v.name === name)!.tokensPerExpert!;
+    expect(groupsOf('moe8x').map((g) => [g.group, g.experts])).toEqual([['text+image', 8]]);
+    expect(groupsOf('4t4i').map((g) => [g.group, g.experts])).toEqual([['text', 4], ['image', 4]]);
+    expect(groupsOf('1t1i').map((g) => [g.group, g.experts])).toEqual([['text', 1], ['image', 1]]);
+    for (const name of ['moe8x', '4t4i']) {
+      const groups = groupsOf(name);
+      const covered = groups.reduce((s, g) => s + g.mean * g.experts, 0) / dense.tokens;
+      expect(covered).toBeGreaterThan(0.95);
+      expect(covered).toBeLessThan(1.1);
+      for (const g of groups) {
+        expect(g.layers).toBe(preset(`tiny-${name}`).layers);
+        expect(g.min).toBeLessThanOrEqual(g.mean);
+        expect(g.max).toBeGreaterThanOrEqual(g.mean);
+      }
+    }
     // the FLOPs per token are close to dense (c = 1 expert choice), MoD below it (a quarter of the rows in 2 of 4 layers)
     for (const v of results.variants.slice(1, 4)) expect(Math.abs(v.flopsVsDense - 1)).toBeLessThan(0.03);
     expect(results.variants[4]!.flopsVsDense).toBeLessThan(0.95);
@@ -147,6 +164,8 @@ describe('five variants, 10 steps each', () => {
     const etaCell = /^(\d+\.\d\d( \(extrapolated\))?|> \d+\.\d\d \(no crossing\)|< \d+\.\d\d \(dense starts below\))$/;
     for (const row of rows.slice(1)) for (const cell of row.slice(9, 12)) expect(cell).toMatch(etaCell);
     expect(rows[4]![5]).toBe(results.variants[4]!.flopsVsDense.toFixed(3));
+    expect(md).toContain('## Tokens per expert');
+    expect(md).toMatch(/\| 4t4i \| tiny-4t4i \| text 4×: [\d.]+( k)? \([\d.]+( k)?–[\d.]+( k)?\); image 4×: /);
     expect(md).toContain('## Held-out η');
     expect(md).toContain('## Compared with the paper (1.4B tier, 1T tokens)');
     for (const sentence of results.comparison) expect(md).toContain(sentence);
@@ -240,6 +259,8 @@ describe('refusals', () => {
     await expect(run(['--image-fraction', 'auto'])).rejects.toThrow(/--image-fraction must be one value for every variant/);
     await expect(run(['--variants', 'dense,nope'])).rejects.toThrow(/--variants: unknown tiny variant 'nope'/);
     await expect(run(['--tier', 'big'])).rejects.toThrow(/--tier must be one of tiny/);
+    await expect(run(['--eval-batches', '0'])).rejects.toThrow(/--eval-batches must be an integer in \[1, 10000\]/);
+    await expect(run(['--checkpoint-every', '-1'])).rejects.toThrow(/--checkpoint-every must be an integer in \[0, 1e9\]/);
   });
 });
 
@@ -251,7 +272,7 @@ describe("the comparison with the paper's 1.4B-tier results", () => {
     name, preset: `tiny-${name}`, runDir: `variants/${name}`, device: 'cpu', parameters: { total: 1000, active: 1000 }, steps: 10, tokens: 2000,
     flops: { total: 1, perModality: {} }, trainingFlopsPerToken: 1, flopsVsDense: 1, nominalTrainingFlopsPerRow: 1, nominalVsDense: 1,
     finalLoss: { overall: 1, text: 1, image: 1 }, heldOutLoss: null, trainSeconds: 1, tokensPerSecond: 1, throughputVsDense: 1,
-    eta: etas === null ? null : { overall: etas[0], text: etas[1], image: etas[2] }, heldOutEta: null,
+    eta: etas === null ? null : { overall: etas[0], text: etas[1], image: etas[2] }, heldOutEta: null, tokensPerExpert: null,
   });
 
   test('the paper\'s pattern is recognised sentence by sentence', () => {

@@ -25,6 +25,8 @@ interface ExperimentFlags {
   device?: string;
   data?: string;
   evalEvery?: string;
+  evalBatches?: string;
+  checkpointEvery?: string;
   imageFraction?: string;
   out?: string;
 }
@@ -125,6 +127,8 @@ export function registerExperimentCommands(program: Command): void {
     .option('--device <device>', 'cpu, cuda or cuda:N (default: the first GPU, else the CPU)')
     .option('--data <dir>', "shard set folder (default: 'builtin', the captioned shapes)")
     .option('--eval-every <n>', `held-out evaluation every n steps, 0: at the end only (default ${RUN_DEFAULTS.evalEvery})`)
+    .option('--eval-batches <n>', `held-out batches per evaluation (default ${RUN_DEFAULTS.evalBatches})`)
+    .option('--checkpoint-every <n>', `steps between checkpoints of each variant (default ${RUN_DEFAULTS.checkpointEvery})`)
     .option('--image-fraction <x>', `share of image tokens per batch for every variant, or 'off' (default ${FLOPS_SAVINGS_DEFAULTS.imageFraction})`)
     .option('--out <dir>', 'experiment folder (default runs/flops-savings-<yyyymmdd-hhmmss>); an existing one is continued')
     .action(async (flags: ExperimentFlags) => {

@@ -42,7 +42,7 @@ export const FLOPS_SAVINGS_DEFAULTS = { tier: 'tiny', imageFraction: 0.5 } as co
 export type { ExperimentSettings } from './experiment_file';
 
 export interface FlopsSavingsOptions {
-  /** Command-line values (strings): tier, variants, out, imageFraction and the run flags steps, batchSize, seqLen, lr, warmup, seed, device, data, evalEvery. */
+  /** Command-line values (strings): tier, variants, out, imageFraction and the run flags steps, batchSize, seqLen, lr, warmup, seed, device, data, evalEvery, evalBatches, checkpointEvery. */
   flags?: Record<string, unknown>;
   /** The same keys from code (numbers, `variants` as an array). */
   values?: Record<string, unknown>;
@@ -91,7 +91,7 @@ export interface FlopsSavingsRun {
 const CHECKPOINT_NAME = /^step-(\d+)$/;
 /** Flags of the experiment's own keys; the other keys are run settings (run_config.ts names them). */
 const OWN_FLAGS = { tier: '--tier', variants: '--variants', out: '--out', imageFraction: '--image-fraction' } as const;
-const RUN_KEYS = ['steps', 'batchSize', 'seqLen', 'lr', 'warmup', 'seed', 'device', 'data', 'evalEvery'] as const;
+const RUN_KEYS = ['steps', 'batchSize', 'seqLen', 'lr', 'warmup', 'seed', 'device', 'data', 'evalEvery', 'evalBatches', 'checkpointEvery'] as const;
 type OwnKey = keyof typeof OWN_FLAGS;
 
 function fail(message: string): never {

@@ -3,7 +3,8 @@
  * each variant's run.json and metrics.jsonl), so a rerun of the experiment rebuilds them:
  *   results.json        per variant: parameters, FLOPs per token and against dense, final and
  *                       held-out losses, η overall / text / image (training and held-out curves,
- *                       with F_s, L_s, F_d, the fit), train time and throughput; the comparison
+ *                       with F_s, L_s, F_d, the fit), tokens per expert, train time and
+ *                       throughput; the comparison
  *   results.md          the command lines, the settings, the table, the held-out table and a
  *                       comparison with the paper's 1.4B-tier results generated from the numbers
  *   loss_vs_flops.svg/.png   three panels (overall, text, image), one line per variant, log FLOPs
@@ -52,6 +53,8 @@ export interface VariantResult {
   finalLoss: LossByKey;
   /** The last held-out evaluation. */
   heldOutLoss: LossByKey | null;
+  /** Tokens each expert of a routed group processed over the run (null for a model without experts). */
+  tokensPerExpert: ExpertTokens[] | null;
   /** Sum of the step times, and tokens / that. */
   trainSeconds: number;
   tokensPerSecond: number;
@@ -60,6 +63,23 @@ export interface VariantResult {
   eta: EtaByKey | null;
   /** η on the held-out evaluation curves (null for the baseline, or without evaluations). */
   heldOutEta: EtaByKey | null;
+}
+
+/**
+ * One routed group's share of the training tokens: the rows its experts processed, summed over the
+ * run and estimated from the step records that carry routing statistics (every `statsEvery` steps)
+ * scaled by steps / such records; mean, smallest and largest over (layer, expert).
+ */
+export interface ExpertTokens {
+  /** The group's modalities, joined with '+'. */
+  group: string;
+  experts: number;
+  layers: number;
+  mean: number;
+  min: number;
+  max: number;
+  /** The step records the estimate comes from. */
+  records: number;
 }
 
 export interface FlopsSavingsResults {
@@ -181,6 +201,47 @@ function lastEvalLoss(evals: EvalRecord[]): LossByKey | null {
   return Object.fromEntries(LOSS_KEYS.map((k) => [k, lossOf(last, k)])) as LossByKey;
 }
 
+function groupName(model: RunFile['model'], group: number): string {
+  const groups = model.ffn.kind === 'moe' ? (model.ffn.groups as { modality: string | string[] }[]) : [];
+  const modality = groups[group]?.modality;
+  return modality === undefined ? `group ${group}` : Array.isArray(modality) ? modality.join('+') : modality;
+}
+
+/** Tokens per expert of each routed group (ExpertTokens), or null when no record carries routing statistics. */
+export function tokensPerExpertOf(model: RunFile['model'], steps: StepRecord[]): ExpertTokens[] | null {
+  const routed = steps.filter((r) => Array.isArray(r.routing) && r.routing.length > 0);
+  if (routed.length === 0) return null;
+  const scale = steps.length / routed.length;
+  const byGroup = new Map<number, Map<string, number>>();
+  for (const r of routed) {
+    for (const e of r.routing!) {
+      if (!Number.isFinite(e.rows)) continue;
+      const sums = byGroup.get(e.group) ?? new Map<string, number>();
+      byGroup.set(e.group, sums);
+      const key = `${e.layer}/${e.expert}`;
+      sums.set(key, (sums.get(key) ?? 0) + e.rows);
+    }
+  }
+  return [...byGroup.entries()].sort(([a], [b]) => a - b).map(([group, sums]) => {
+    const tokens = [...sums.values()].map((rows) => rows * scale);
+    const keys = [...sums.keys()];
+    return {
+      group: groupName(model, group),
+      experts: new Set(keys.map((k) => k.split('/')[1])).size,
+      layers: new Set(keys.map((k) => k.split('/')[0])).size,
+      mean: tokens.reduce((a, b) => a + b, 0) / tokens.length,
+      min: Math.min(...tokens),
+      max: Math.max(...tokens),
+      records: routed.length,
+    };
+  });
+}
+
+function expertTokensText(groups: ExpertTokens[] | null): string {
+  if (groups === null) return '-';
+  return groups.map((g) => `${g.group} ${g.experts}×: ${formatSI(g.mean)} (${formatSI(g.min)}–${formatSI(g.max)})`).join('; ');
+}
+
 function variantResult(v: VariantRun, dense: VariantRun, denseResult: VariantResult | null): VariantResult {
   const last = v.steps[v.steps.length - 1] as StepRecord;
   const trainSeconds = v.steps.reduce((s, r) => s + r.seconds, 0);
@@ -195,6 +256,7 @@ function variantResult(v: VariantRun, dense: VariantRun, denseResult: VariantRes
     trainingFlopsPerToken: perToken, flopsVsDense: denseResult === null ? 1 : perToken / denseResult.trainingFlopsPerToken,
     nominalTrainingFlopsPerRow: nominal, nominalVsDense: denseResult === null ? 1 : nominal / denseResult.nominalTrainingFlopsPerRow,
     finalLoss: finalLossOf(v.steps), heldOutLoss: lastEvalLoss(v.evals),
+    tokensPerExpert: tokensPerExpertOf(v.run.model, v.steps),
     trainSeconds, tokensPerSecond, throughputVsDense: denseResult === null || denseResult.tokensPerSecond === 0 ? 1 : tokensPerSecond / denseResult.tokensPerSecond,
     eta: isBaseline ? null : etaOf(dense.steps, v.steps),
     heldOutEta: isBaseline || v.evals.length === 0 || dense.evals.length === 0 ? null : etaOf(dense.evals, v.evals),
@@ -321,6 +383,14 @@ export function resultsMarkdown(results: FlopsSavingsResults): string {
     lines.push(`Training FLOPs per token against ${results.baseline} (measured): ${ratios.map((v) => `${v.name} ${v.flopsVsDense.toFixed(3)}`).join(', ')}; `
       + `the largest difference is ${widest.name}, ${percent(widest.flopsVsDense)}. Nominal (forward FLOPs per row at sequence ${s.seqLen}, ×3): `
       + `${ratios.map((v) => `${v.name} ${v.nominalVsDense.toFixed(3)}`).join(', ')}.`);
+    lines.push('');
+  }
+  const routed = results.variants.filter((v) => v.tokensPerExpert !== null);
+  if (routed.length > 0) {
+    lines.push('## Tokens per expert', '');
+    lines.push('Rows each expert processed over the run, mean over layers and experts (smallest–largest), per routed group; '
+      + 'estimated from the step records that carry routing statistics, scaled to all steps.', '');
+    lines.push(...markdownTable(['variant', 'preset', 'tokens per expert'], routed.map((v) => [v.name, v.preset, expertTokensText(v.tokensPerExpert)])));
     lines.push('');
   }
   const heldOut = results.variants.filter((v) => v.heldOutLoss !== null);
